@@ -1,0 +1,175 @@
+"""The callback: an agent calls back a customer whose call the center missed.
+
+Theory of operation. The notice (POLICY.md §3) treats a callback within one hour of a
+missed call as the same communication: the customer is not told again, a sales callback is
+recorded, a service callback is recorded only if the customer pressed 1 on the missed call
+(and has not withdrawn since). The flow asks for the newest missed call from the customer
+within the window (`LookUpPriorCall`; the window widens only while the operator's overload
+switch is on) and decides from the answer. With no such call the callback is a new
+communication: nothing is recorded on the agent's leg and the customer's leg must hear the
+line's notice (`NoticeCallee`), which runs `flows.consent.InboundFlow` on that leg.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime, timedelta
+
+from flows.commands import (
+    Command,
+    CommitDecision,
+    Continue,
+    LookUpPriorCall,
+    NoticeCallee,
+    SkipRecording,
+    StartRecording,
+)
+from flows.events import (
+    CallbackPlaced,
+    CallerHungUp,
+    CommitFailed,
+    DecisionCommitted,
+    NoPriorCall,
+    PriorCallFound,
+)
+from flows.machine import Rule, Table, mermaid, stays, step
+from flows.policy import Decision, LegalBasis, Line, Policy
+
+
+class State(enum.Enum):
+    AWAITING_CALL = enum.auto()
+    LOOKING_UP = enum.auto()  # asking the ledger for the missed call this one answers
+    COMMITTING = enum.auto()
+    CONTINUED = enum.auto()
+    HUNG_UP = enum.auto()
+
+
+def same_communication(prior: PriorCallFound) -> tuple[Decision, str]:
+    """What a callback inherits from the missed call it answers."""
+    if prior.legal_basis is LegalBasis.ZEKOM2_214_7:
+        return Decision.RECORD, "callback to a missed sales call: same communication"
+    if prior.decision is not Decision.RECORD:
+        return Decision.REFUSE, "callback to a missed call without consent"
+    if prior.consent_withdrawn:
+        return Decision.REFUSE, "callback to a missed call whose consent was withdrawn"
+    return Decision.RECORD, "callback to a missed call with consent"
+
+
+class CallbackFlow:
+    def __init__(
+        self,
+        line: Line,
+        *,
+        callback_window: timedelta,
+        overload_window: timedelta | None,
+        call_id: str | None = None,
+    ) -> None:
+        self.line = line  # the line the callback is made for (its notice if none is found)
+        self.call_id = call_id
+        self.state = State.AWAITING_CALL
+        self._callback_window = callback_window
+        self._overload_window = overload_window
+        self._decision = Decision.NONE
+        self._notice_callee = False
+        self._window = callback_window
+        self._overload = False
+
+    @classmethod
+    def for_line(cls, line: Line, policy: Policy, call_id: str | None = None) -> CallbackFlow:
+        return cls(
+            line,
+            callback_window=policy.callback_window,
+            overload_window=policy.overload_window,
+            call_id=call_id,
+        )
+
+    @property
+    def decision(self) -> Decision:
+        return self._decision
+
+    def handle(self, event: object, now: datetime) -> list[Command]:
+        return step(TRANSITIONS, self, event, now)
+
+    def _placed(self, event: CallbackPlaced, now: datetime) -> tuple[State, list[Command]]:
+        window = self._callback_window
+        if event.overload and self._overload_window is not None:
+            window = max(window, self._overload_window)
+        self._window = window
+        self._overload = event.overload
+        return State.LOOKING_UP, [LookUpPriorCall(window=window, overload=event.overload)]
+
+    def _found(self, event: PriorCallFound, now: datetime) -> tuple[State, list[Command]]:
+        self._decision, reason = same_communication(event)
+        return State.COMMITTING, [
+            CommitDecision(
+                decision=self._decision,
+                legal_basis=event.legal_basis,
+                digit=None,
+                reason=reason,
+                prompt=None,
+                decided_at=now,
+                linked_to=event.call_id,
+                window=self._window,
+                overload=self._overload,
+            )
+        ]
+
+    def _not_found(self, event: NoPriorCall, now: datetime) -> tuple[State, list[Command]]:
+        self._notice_callee = True
+        return State.COMMITTING, [
+            CommitDecision(
+                decision=Decision.NONE,
+                legal_basis=self.line.legal_basis,
+                digit=None,
+                reason="no missed call within the window: a new communication",
+                prompt=None,
+                decided_at=now,
+                window=self._window,
+                overload=self._overload,
+            )
+        ]
+
+    def _committed(self, event: DecisionCommitted, now: datetime) -> tuple[State, list[Command]]:
+        if self._decision is Decision.RECORD:
+            return State.CONTINUED, [StartRecording(), Continue()]
+        if self._notice_callee:
+            return State.CONTINUED, [
+                SkipRecording("the customer's leg hears the notice and decides"),
+                NoticeCallee(self.line.name),
+                Continue(),
+            ]
+        return State.CONTINUED, [SkipRecording("no consent on the missed call"), Continue()]
+
+    def _commit_failed(self, event: CommitFailed, now: datetime) -> tuple[State, list[Command]]:
+        return State.CONTINUED, [
+            SkipRecording(f"the decision could not be committed: {event.reason}"),
+            Continue(),
+        ]
+
+    def _hung_up(self, event: CallerHungUp, now: datetime) -> tuple[State, list[Command]]:
+        return State.HUNG_UP, []
+
+
+_S = State
+_F = CallbackFlow
+
+TRANSITIONS: Table[State, CallbackFlow] = {
+    (_S.AWAITING_CALL, CallbackPlaced): Rule(_F._placed, (_S.LOOKING_UP,)),
+    (_S.AWAITING_CALL, CallerHungUp): Rule(_F._hung_up, (_S.HUNG_UP,)),
+    (_S.LOOKING_UP, PriorCallFound): Rule(_F._found, (_S.COMMITTING,)),
+    (_S.LOOKING_UP, NoPriorCall): Rule(_F._not_found, (_S.COMMITTING,)),
+    (_S.LOOKING_UP, CallerHungUp): Rule(_F._hung_up, (_S.HUNG_UP,)),
+    (_S.COMMITTING, DecisionCommitted): Rule(_F._committed, (_S.CONTINUED,)),
+    (_S.COMMITTING, CommitFailed): Rule(_F._commit_failed, (_S.CONTINUED,)),
+    (_S.COMMITTING, CallerHungUp): Rule(_F._hung_up, (_S.HUNG_UP,)),
+    (_S.CONTINUED, CallerHungUp): stays(_S.CONTINUED),
+    (_S.HUNG_UP, PriorCallFound): stays(_S.HUNG_UP),
+    (_S.HUNG_UP, NoPriorCall): stays(_S.HUNG_UP),
+    (_S.HUNG_UP, DecisionCommitted): stays(_S.HUNG_UP),
+    (_S.HUNG_UP, CommitFailed): stays(_S.HUNG_UP),
+    (_S.HUNG_UP, CallerHungUp): stays(_S.HUNG_UP),
+}
+
+
+def diagram() -> str:
+    return mermaid(TRANSITIONS, "callback (flows/callbacks.py)")

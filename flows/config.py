@@ -1,0 +1,231 @@
+"""Build the `Policy` from a parsed TOML table, checking every key.
+
+Reading the file is `callrec.config`'s job; this module only validates data, so a bad
+file gives one `ConfigError` that names the key and the reason. Sections it reads:
+`[policy]`, `[consent]`, `[callbacks]`, `[lines.<name>]`. When `[lines]` is given it
+replaces the built-in lines entirely (a partial merge would hide a forgotten number).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from datetime import time, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from flows import policy as defaults
+from flows.errors import ConfigError, NumberError
+from flows.numbers import normalise
+from flows.policy import LegalBasis, Line, LinePolicy, Policy, Prompts, Purpose
+from flows.purposes import ALLOWED
+
+POLICY_SECTIONS = ("policy", "consent", "callbacks", "lines")
+_PROMPT_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+_LINE_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
+_BASIS_OF = {LinePolicy.NOTICE: LegalBasis.ZEKOM2_214_7, LinePolicy.CONSENT: LegalBasis.CONSENT}
+
+
+def _table(data: Mapping[str, Any], key: str, allowed: set[str]) -> Mapping[str, Any]:
+    value = data.get(key, {})
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{key}: must be a table, got {type(value).__name__}")
+    for name in value:
+        if name not in allowed:
+            raise ConfigError(f"{key}.{name}: unknown key (known: {', '.join(sorted(allowed))})")
+    return value
+
+
+def _int(
+    section: Mapping[str, Any], where: str, key: str, default: int, low: int, high: int
+) -> int:
+    value = section.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{where}.{key}: must be a whole number, got {value!r}")
+    if not low <= value <= high:
+        raise ConfigError(f"{where}.{key}: must be between {low} and {high}, got {value}")
+    return value
+
+
+def _clock(section: Mapping[str, Any], where: str, key: str) -> time | None:
+    value = section.get(key)
+    if value is None:
+        return None
+    if isinstance(value, time):
+        return value
+    if isinstance(value, str) and re.fullmatch(r"\d{2}:\d{2}", value):
+        hours, minutes = int(value[:2]), int(value[3:])
+        if hours < 24 and minutes < 60:
+            return time(hours, minutes)
+    raise ConfigError(f'{where}.{key}: must be a time of day like "16:00", got {value!r}')
+
+
+def _prompt(section: Mapping[str, Any], where: str, key: str, required: bool) -> str | None:
+    value = section.get(key)
+    if value is None:
+        if required:
+            raise ConfigError(f"{where}.{key}: missing (the prompt id the caller hears)")
+        return None
+    if not isinstance(value, str) or not _PROMPT_ID.match(value):
+        raise ConfigError(
+            f"{where}.{key}: must be a prompt id of lowercase letters, digits, - and _, "
+            f"got {value!r}"
+        )
+    return value
+
+
+def _line(name: str, section: Any, country_code: str) -> Line:
+    where = f"lines.{name}"
+    if not _LINE_NAME.match(name):
+        raise ConfigError(f"{where}: a line name is lowercase letters, digits, - and _")
+    if not isinstance(section, Mapping):
+        raise ConfigError(f"{where}: must be a table")
+    known = {
+        "policy",
+        "numbers",
+        "legal_basis",
+        "purposes",
+        "prompt",
+        "invalid_key_prompt",
+        "ask_again_prompt",
+    }
+    for key in section:
+        if key not in known:
+            raise ConfigError(f"{where}.{key}: unknown key (known: {', '.join(sorted(known))})")
+    try:
+        line_policy = LinePolicy(str(section.get("policy")))
+    except ValueError:
+        raise ConfigError(
+            f'{where}.policy: must be "notice" or "consent", got {section.get("policy")!r}'
+        ) from None
+    basis = _BASIS_OF[line_policy]
+    if "legal_basis" in section and section["legal_basis"] != basis.value:
+        raise ConfigError(
+            f"{where}.legal_basis: a {line_policy.value} line records under {basis.value!r}, "
+            f"not {section['legal_basis']!r}"
+        )
+    raw_numbers = section.get("numbers")
+    if not isinstance(raw_numbers, list) or not raw_numbers:
+        raise ConfigError(f"{where}.numbers: must be a non-empty list of phone numbers")
+    numbers: list[str] = []
+    for raw in raw_numbers:
+        try:
+            number = normalise(raw, country_code=country_code)
+        except NumberError as error:
+            raise ConfigError(f"{where}.numbers: {error}") from None
+        if number in numbers:
+            raise ConfigError(f"{where}.numbers: {number} is listed twice")
+        numbers.append(number)
+    raw_purposes = section.get("purposes", sorted(ALLOWED[basis]))
+    if not isinstance(raw_purposes, list) or not raw_purposes:
+        raise ConfigError(f"{where}.purposes: must be a non-empty list")
+    purposes: set[Purpose] = set()
+    for raw in raw_purposes:
+        try:
+            purpose = Purpose(raw)
+        except ValueError:
+            raise ConfigError(f"{where}.purposes: unknown purpose {raw!r}") from None
+        if purpose not in ALLOWED[basis]:
+            raise ConfigError(
+                f"{where}.purposes: {purpose.value!r} is not a purpose a {basis.value} "
+                f"recording may serve (allowed: {', '.join(sorted(ALLOWED[basis]))})"
+            )
+        purposes.add(purpose)
+    consent = line_policy is LinePolicy.CONSENT
+    notice = _prompt(section, where, "prompt", required=True)
+    assert notice is not None  # required=True never returns None
+    return Line(
+        name=name,
+        numbers=tuple(numbers),
+        policy=line_policy,
+        legal_basis=basis,
+        purposes=frozenset(purposes),
+        prompts=Prompts(
+            notice=notice,
+            invalid_key=_prompt(section, where, "invalid_key_prompt", required=consent),
+            ask_again=_prompt(section, where, "ask_again_prompt", required=consent),
+        ),
+    )
+
+
+def policy_from_mapping(data: Mapping[str, Any]) -> Policy:
+    """A `Policy` from the policy sections of a parsed config; missing keys take the
+    defaults of `flows.policy` (which equal POLICY.md)."""
+    general = _table(
+        data,
+        "policy",
+        {
+            "retention_months",
+            "withdrawal_working_days",
+            "receipt_cutoff",
+            "timezone",
+            "sweep_interval_minutes",
+            "country_code",
+        },
+    )
+    consent = _table(
+        data, "consent", {"digit_timeout_seconds", "no_key_retries", "invalid_key_limit"}
+    )
+    callbacks = _table(
+        data, "callbacks", {"window_minutes", "overload_window_minutes", "default_line"}
+    )
+    timezone = general.get("timezone", defaults.TIMEZONE)
+    try:
+        ZoneInfo(str(timezone))
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(f"policy.timezone: unknown time zone {timezone!r}") from None
+    country_code = general.get("country_code", defaults.DEFAULT_COUNTRY)
+    if not isinstance(country_code, str) or not re.fullmatch(r"[1-9]\d{0,2}", country_code):
+        raise ConfigError(
+            f'policy.country_code: must be 1-3 digits like "386", got {country_code!r}'
+        )
+    raw_lines = data.get("lines")
+    if raw_lines is None:
+        lines = defaults.DEFAULT_LINES
+    elif not isinstance(raw_lines, Mapping) or not raw_lines:
+        raise ConfigError("lines: must be a table with at least one [lines.<name>]")
+    else:
+        lines = tuple(_line(name, section, country_code) for name, section in raw_lines.items())
+    overload = callbacks.get("overload_window_minutes")
+    if overload is not None:
+        overload = _int(callbacks, "callbacks", "overload_window_minutes", 0, 1, 7 * 24 * 60)
+    default_line = callbacks.get("default_line", "service" if raw_lines is None else None)
+    if default_line is None:
+        consent_lines = [line.name for line in lines if line.policy is LinePolicy.CONSENT]
+        default_line = consent_lines[0] if consent_lines else lines[0].name
+    if not isinstance(default_line, str):
+        raise ConfigError(f"callbacks.default_line: must be a line name, got {default_line!r}")
+    return Policy(
+        lines=lines,
+        retention_months=_int(
+            general, "policy", "retention_months", defaults.RETENTION_MONTHS, 1, 120
+        ),
+        withdrawal_working_days=_int(
+            general, "policy", "withdrawal_working_days", defaults.WITHDRAWAL_WORKING_DAYS, 0, 30
+        ),
+        callback_window=timedelta(
+            minutes=_int(callbacks, "callbacks", "window_minutes", 60, 1, 24 * 60)
+        ),
+        overload_window=None if overload is None else timedelta(minutes=overload),
+        digit_timeout=timedelta(
+            seconds=_int(
+                consent,
+                "consent",
+                "digit_timeout_seconds",
+                int(defaults.DIGIT_TIMEOUT.total_seconds()),
+                1,
+                60,
+            )
+        ),
+        no_key_retries=_int(consent, "consent", "no_key_retries", defaults.NO_KEY_RETRIES, 0, 5),
+        invalid_key_limit=_int(
+            consent, "consent", "invalid_key_limit", defaults.INVALID_KEY_LIMIT, 0, 10
+        ),
+        receipt_cutoff=_clock(general, "policy", "receipt_cutoff"),
+        timezone=str(timezone),
+        sweep_interval=timedelta(
+            minutes=_int(general, "policy", "sweep_interval_minutes", 60, 1, 24 * 60)
+        ),
+        country_code=country_code,
+        callback_default_line=default_line,
+    )

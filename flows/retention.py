@@ -1,0 +1,111 @@
+"""When a recording must be gone: retention and withdrawal deadlines.
+
+Both notices promise six months from the recording's creation; a month is a calendar
+month in Europe/Ljubljana, so a recording of 31 August is due at the same wall-clock time
+on the last day of February. A withdrawal is honoured within five Slovenian working days
+(Monday to Friday, less the public holidays of the `holidays` package's Slovenian
+calendar, which is maintained upstream rather than hand-written here).
+
+When is a withdrawal "received"? A message that arrives on a working day counts as
+received that day, whatever the hour (the conservative reading: the hour of arrival never
+pushes the deadline later), unless the operator configures a receipt cut-off, after which
+it counts from the next working day. One that arrives on a Saturday, Sunday or public
+holiday counts as received on the next working day. The deadline is the end (24:00 local
+time) of the fifth working day after the day of receipt.
+"""
+
+from __future__ import annotations
+
+import calendar
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta
+from functools import lru_cache
+from zoneinfo import ZoneInfo
+
+import holidays
+
+from flows.errors import CallrecError
+
+
+def _aware(moment: datetime, what: str) -> None:
+    if moment.tzinfo is None or moment.utcoffset() is None:
+        raise CallrecError(f"{what} must carry a time zone, got naive {moment.isoformat()}")
+
+
+def add_calendar_months(day: date, months: int) -> date:
+    """`day` plus `months` calendar months, clamped to the month's last day."""
+    index = day.year * 12 + (day.month - 1) + months
+    year, month0 = divmod(index, 12)
+    last = calendar.monthrange(year, month0 + 1)[1]
+    return date(year, month0 + 1, min(day.day, last))
+
+
+def delete_after(made_at: datetime, *, months: int, tz: str) -> datetime:
+    """The moment (UTC) from which a recording made at `made_at` must be deleted.
+
+    Never earlier than `months` calendar months after `made_at`: where the local wall
+    time does not exist or is ambiguous on the due day (DST changes), the later instant
+    is taken.
+    """
+    _aware(made_at, "made_at")
+    zone = ZoneInfo(tz)
+    local = made_at.astimezone(zone)
+    due_day = add_calendar_months(local.date(), months)
+    wall = local.time().replace(tzinfo=None)
+    candidates = [
+        datetime.combine(due_day, wall, tzinfo=zone).replace(fold=fold).astimezone(UTC)
+        for fold in (0, 1)
+    ]
+    return max(candidates)
+
+
+@lru_cache(maxsize=64)
+def _holidays_of(year: int) -> frozenset[date]:
+    return frozenset(holidays.country_holidays("SI", years=year).keys())
+
+
+def is_working_day(day: date) -> bool:
+    """Monday to Friday and not a Slovenian public holiday."""
+    return day.weekday() < 5 and day not in _holidays_of(day.year)
+
+
+def next_working_day(day: date) -> date:
+    day += timedelta(days=1)
+    while not is_working_day(day):
+        day += timedelta(days=1)
+    return day
+
+
+def add_working_days(day: date, count: int) -> date:
+    """The `count`-th working day after `day` (`day` itself is not counted)."""
+    for _ in range(count):
+        day = next_working_day(day)
+    return day
+
+
+def receipt_day(received_at: datetime, *, tz: str, cutoff: time | None = None) -> date:
+    """The working day on which a withdrawal counts as received (see the module docstring)."""
+    _aware(received_at, "received_at")
+    local = received_at.astimezone(ZoneInfo(tz))
+    day = local.date()
+    if not is_working_day(day):
+        return next_working_day(day)
+    if cutoff is not None and local.time() >= cutoff:
+        return next_working_day(day)
+    return day
+
+
+@dataclass(frozen=True, slots=True)
+class WithdrawalDeadline:
+    received_on: date  # the working day the withdrawal counts as received
+    due_on: date  # the last working day on which the deletion may happen
+    deadline: datetime  # UTC: 24:00 local time at the end of `due_on`
+
+
+def withdrawal_deadline(
+    received_at: datetime, *, working_days: int, tz: str, cutoff: time | None = None
+) -> WithdrawalDeadline:
+    received_on = receipt_day(received_at, tz=tz, cutoff=cutoff)
+    due_on = add_working_days(received_on, working_days)
+    end_local = datetime.combine(due_on + timedelta(days=1), time(0), tzinfo=ZoneInfo(tz))
+    return WithdrawalDeadline(received_on, due_on, end_local.astimezone(UTC))

@@ -1,0 +1,1 @@
+"""The ledger and the retention-managed recording store (embedded default: SQLite + files)."""

@@ -1,0 +1,225 @@
+"""The store's narrow interface: what the controller and the command line may ask of it.
+
+`Ledger` is what a live call needs (fast, small); `RecordingStore` is what the retention
+and the data protection officer need. The embedded default implements both on one SQLite
+file and a directory (`storage.sqlite.SqliteStore`); PostgreSQL and an S3-compatible
+object store are further implementations of these Protocols, not rewrites.
+
+All datetimes are timezone-aware UTC. Phone numbers are E.164 or None (anonymous).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Protocol
+
+from flows.outcome import Outcome
+from flows.policy import Decision, Direction, LegalBasis, Purpose
+
+
+class RecordingStatus(enum.StrEnum):
+    STORED = "stored"  # audio in the store, hash recorded
+    EMPTY = "empty"  # MixMonitor wrote only a header (nobody was bridged): no audio kept
+    DELETED = "deleted"  # retention or withdrawal removed it; only the audit entry remains
+    MISSING = "missing"  # the ledger expects a file that is not there (flagged by reconcile)
+
+
+class WithdrawalVia(enum.StrEnum):
+    PHONE = "phone"  # registered by an agent during a call to the center
+    EMAIL = "email"  # registered by the DPO from an e-mail
+
+
+@dataclass(frozen=True, slots=True)
+class CallStart:
+    call_id: str  # ours: 32 lowercase hex digits, safe in paths and variables
+    channel_id: str  # Asterisk's unique id (never used in a path)
+    direction: Direction
+    line: str | None  # None: the dialed number belongs to no line
+    caller: str | None  # E.164 of the customer, None when anonymous or unusable
+    dialed: str | None  # E.164 of the line number dialed (inbound) or the customer (callback)
+    started_at: datetime
+    parent_call_id: str | None = None  # callee leg: the callback it belongs to
+
+
+@dataclass(frozen=True, slots=True)
+class DecisionRecord:
+    call_id: str
+    decision: Decision
+    legal_basis: LegalBasis
+    digit: str | None
+    reason: str
+    prompt: str | None  # prompt id the decision was given to
+    prompt_sha256: str | None  # the version of that prompt's audio (prompts/manifest.json)
+    decided_at: datetime
+    linked_to: str | None = None  # callback: the missed call it answers
+    window: timedelta | None = None  # callback: the window used to find it
+    overload: bool = False  # callback: the operator's overload switch was on
+
+
+@dataclass(frozen=True, slots=True)
+class MissedCall:
+    """Answer to a callback lookup: the newest missed call from a number."""
+
+    call_id: str
+    line: str
+    legal_basis: LegalBasis
+    decision: Decision
+    ended_at: datetime
+    consent_withdrawn: bool  # a withdrawal by this caller was registered after the decision
+
+
+@dataclass(frozen=True, slots=True)
+class CallRow:
+    call_id: str
+    channel_id: str
+    direction: Direction
+    line: str | None
+    caller: str | None
+    dialed: str | None
+    started_at: datetime
+    ended_at: datetime | None
+    outcome: Outcome | None
+    decision: Decision
+    decided_at: datetime | None
+    digit: str | None
+    legal_basis: LegalBasis | None
+    prompt: str | None
+    prompt_sha256: str | None
+    reason: str | None
+    linked_to: str | None
+    parent_call_id: str | None
+    recording_file: str | None  # the path MixMonitor was told to write (spool)
+
+
+@dataclass(frozen=True, slots=True)
+class RecordingRow:
+    """One recording; the fields of `callrec recordings list --json` (DESIGN.md)."""
+
+    id: str
+    call_id: str
+    line: str
+    legal_basis: LegalBasis
+    caller: str | None
+    dialed: str | None
+    created_at: datetime
+    delete_after: datetime
+    sha256: str | None
+    path: str | None  # absolute path in the store; None once deleted or when empty
+    linked_to: str | None
+    purposes: frozenset[Purpose]
+    size: int
+    status: RecordingStatus
+    deleted_at: datetime | None = None
+    deletion_reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SweepReport:
+    deleted: tuple[str, ...]  # recording ids deleted (or, on a dry run, due)
+    dry_run: bool
+    finished_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class WithdrawalReport:
+    withdrawal_id: str
+    caller: str
+    via: WithdrawalVia
+    received_at: datetime
+    received_on: str  # ISO date the withdrawal counts as received (flows.retention)
+    due_on: str  # ISO date of the last working day for the deletion
+    deadline: datetime
+    deleted: tuple[str, ...]  # consent recordings deleted
+    kept: tuple[tuple[str, str], ...]  # (recording id, why) kept: sales recordings
+    completed_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyReport:
+    checked: int
+    problems: tuple[str, ...]  # one line each; empty means everything matches
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+@dataclass(frozen=True, slots=True)
+class ReconcileReport:
+    ingested: tuple[str, ...] = ()  # call ids whose finished file was ingested now
+    deleted_unowned: tuple[str, ...] = ()  # files with no committed RECORD decision: deleted
+    flagged: tuple[str, ...] = ()  # human-readable lines for what needs a look
+    failed_closed: tuple[str, ...] = ()  # calls without a decision marked as not recorded
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    seq: int
+    at: datetime
+    action: str  # e.g. "recording.deleted", "withdrawal.registered"
+    subject: str  # a recording/call/withdrawal id; never a phone number
+    details: dict[str, str] = field(default_factory=dict)  # pseudonymised, no personal data
+    prev_hash: str = ""
+    hash: str = ""
+
+
+class Ledger(Protocol):
+    """What a live call needs from the store."""
+
+    async def start_call(self, call: CallStart) -> None: ...
+
+    async def commit_decision(self, record: DecisionRecord) -> None:
+        """Durably store the decision (fsync'd by the database) before returning."""
+
+    async def set_recording_file(self, call_id: str, path: str) -> None:
+        """Remember the file MixMonitor was told to write, before it is told."""
+
+    async def end_call(self, call_id: str, ended_at: datetime, outcome: Outcome) -> None: ...
+
+    async def find_missed_call(self, caller: str, since: datetime) -> MissedCall | None:
+        """The newest call from `caller` with outcome MISSED that ended at or after
+        `since` and has not been answered by a callback yet."""
+
+    async def overload(self) -> bool:
+        """Whether the operator's overload switch is on now."""
+
+    async def get_call(self, call_id: str) -> CallRow | None: ...
+
+    async def open_calls(self) -> list[CallRow]:
+        """Calls started and not ended (for reconciling after a restart)."""
+
+
+class RecordingStore(Protocol):
+    """Retention, withdrawal, access and proof: what the DPO answers for."""
+
+    async def ingest(self, call_id: str, source: Path, now: datetime) -> RecordingRow | None:
+        """Move a finished MixMonitor file into the store. None when the call has no
+        committed RECORD decision (the file is then deleted and audited, never kept)."""
+
+    async def sweep(self, now: datetime, *, dry_run: bool = False) -> SweepReport: ...
+
+    async def withdraw(
+        self, caller: str, via: WithdrawalVia, received_at: datetime, registered_by: str,
+        now: datetime,
+    ) -> WithdrawalReport: ...
+
+    async def access(self, recording_id: str, purpose: Purpose, who: str, now: datetime) -> Path:
+        """The audio's path, logged; `AccessRefused` when the purpose does not fit."""
+
+    async def export(
+        self, recording_ids: list[str], dest: Path, purpose: Purpose, who: str, now: datetime
+    ) -> Path: ...
+
+    async def verify(self) -> VerifyReport: ...
+
+    async def reconcile(self, spool: Path, now: datetime) -> ReconcileReport: ...
+
+    async def recordings(self, *, include_deleted: bool = False) -> list[RecordingRow]: ...
+
+    async def recording(self, recording_id: str) -> RecordingRow | None: ...
+
+    async def set_overload(self, on: bool, by: str, now: datetime) -> None:
+        """The operator's overload switch: explicit and audited, never silent."""
