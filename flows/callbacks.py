@@ -28,6 +28,7 @@ from flows.events import (
     CallbackPlaced,
     CallerHungUp,
     CommitFailed,
+    ControlLost,
     DecisionCommitted,
     NoPriorCall,
     PriorCallFound,
@@ -146,7 +147,9 @@ class CallbackFlow:
             Continue(),
         ]
 
-    def _hung_up(self, event: CallerHungUp, now: datetime) -> tuple[State, list[Command]]:
+    def _hung_up(
+        self, event: CallerHungUp | ControlLost, now: datetime
+    ) -> tuple[State, list[Command]]:
         return State.HUNG_UP, []
 
 
@@ -163,6 +166,11 @@ TRANSITIONS: Table[State, CallbackFlow] = {
     (_S.COMMITTING, CommitFailed): Rule(_F._commit_failed, (_S.CONTINUED,)),
     (_S.COMMITTING, CallerHungUp): Rule(_F._hung_up, (_S.HUNG_UP,)),
     (_S.CONTINUED, CallerHungUp): stays(_S.CONTINUED),
+    (_S.AWAITING_CALL, ControlLost): Rule(_F._hung_up, (_S.HUNG_UP,)),
+    (_S.LOOKING_UP, ControlLost): Rule(_F._hung_up, (_S.HUNG_UP,)),
+    (_S.COMMITTING, ControlLost): stays(_S.COMMITTING),
+    (_S.CONTINUED, ControlLost): stays(_S.CONTINUED),
+    (_S.HUNG_UP, ControlLost): stays(_S.HUNG_UP),
     (_S.HUNG_UP, PriorCallFound): stays(_S.HUNG_UP),
     (_S.HUNG_UP, NoPriorCall): stays(_S.HUNG_UP),
     (_S.HUNG_UP, DecisionCommitted): stays(_S.HUNG_UP),

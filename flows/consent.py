@@ -36,6 +36,7 @@ from flows.events import (
     CallEntered,
     CallerHungUp,
     CommitFailed,
+    ControlLost,
     DecisionCommitted,
     DigitPressed,
     DigitTimedOut,
@@ -197,6 +198,12 @@ class InboundFlow:
         reason = f"the caller hung up in {self.state.name}"
         return State.HUNG_UP, [*stop, self._commit(Decision.NONE, None, reason, now)]
 
+    def _control_lost(self, event: ControlLost, now: datetime) -> tuple[State, list[Command]]:
+        # Fail closed: whatever was asked or pressed, no decision means no recording; the
+        # adapter still tries to hand the caller on to an agent, unrecorded.
+        reason = f"control of the channel was lost: {event.reason}"
+        return State.COMMITTING, [self._commit(Decision.NONE, None, reason, now)]
+
     def _hung_up_while_committing(
         self, event: CallerHungUp, now: datetime
     ) -> tuple[State, list[Command]]:
@@ -205,7 +212,7 @@ class InboundFlow:
 
 
 def _hung_up_before_entry(
-    flow: InboundFlow, event: CallerHungUp, now: datetime
+    flow: InboundFlow, event: CallerHungUp | ControlLost, now: datetime
 ) -> tuple[State, list[Command]]:
     return State.HUNG_UP, []
 
@@ -216,6 +223,13 @@ _F = InboundFlow
 TRANSITIONS: Table[State, InboundFlow] = {
     (_S.AWAITING_CALL, CallEntered): Rule(_F._entered, (_S.HEARING_NOTICE, _S.HEARING_QUESTION)),
     (_S.AWAITING_CALL, CallerHungUp): Rule(_hung_up_before_entry, (_S.HUNG_UP,)),
+    (_S.AWAITING_CALL, ControlLost): Rule(_hung_up_before_entry, (_S.HUNG_UP,)),
+    (_S.HEARING_NOTICE, ControlLost): Rule(_F._control_lost, (_S.COMMITTING,)),
+    (_S.HEARING_QUESTION, ControlLost): Rule(_F._control_lost, (_S.COMMITTING,)),
+    (_S.AWAITING_KEY, ControlLost): Rule(_F._control_lost, (_S.COMMITTING,)),
+    (_S.COMMITTING, ControlLost): stays(_S.COMMITTING),
+    (_S.CONTINUED, ControlLost): stays(_S.CONTINUED),
+    (_S.HUNG_UP, ControlLost): stays(_S.HUNG_UP),
     (_S.HEARING_NOTICE, PromptFinished): Rule(
         _F._notice_finished, (_S.COMMITTING, _S.HEARING_NOTICE)
     ),

@@ -75,6 +75,14 @@ class CommitFailed:
     reason: str
 
 
+@dataclass(frozen=True, slots=True)
+class ControlLost:
+    """The adapter can no longer drive the channel (Asterisk answered 500, timed out, or the
+    connection dropped) before a decision: the call must go on unrecorded."""
+
+    reason: str
+
+
 Event = (
     CallEntered
     | CallbackPlaced
@@ -86,4 +94,5 @@ Event = (
     | NoPriorCall
     | DecisionCommitted
     | CommitFailed
+    | ControlLost
 )

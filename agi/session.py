@@ -1,0 +1,300 @@
+"""One call, driven: a flow's commands carried out against a channel and the ledger.
+
+Both adapters (ARI in `agi/stasis.py`, FastAGI in `agi/fastagi.py`) create a `CallSession`
+per call and feed it events; neither holds policy of its own. The session:
+
+* runs the flow's commands in order; a command that answers at once (FastAGI's
+  `STREAM FILE` returns the key) yields events that are fed back after the batch;
+* answers the flow's data questions itself: `CommitDecision` goes to the ledger (and only
+  `DecisionCommitted` lets the flow ask for `StartRecording`), `LookUpPriorCall` asks the
+  ledger for the missed call;
+* maps `ChannelGone` to `CallerHungUp` and any other Asterisk failure before the decision to
+  `ControlLost`, which the flows answer by committing "no decision" and going on unrecorded;
+* remembers the file MixMonitor is told to write in the ledger *before* telling Asterisk,
+  so that a crash in between leaves a file somebody owns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from agi.ports import ChannelPort, Clock, EventSink
+from flows.callbacks import CallbackFlow
+from flows.commands import (
+    Answer,
+    CancelWait,
+    Command,
+    CommitDecision,
+    Continue,
+    Hangup,
+    LookUpPriorCall,
+    NoticeCallee,
+    PlayPrompt,
+    SkipRecording,
+    StartRecording,
+    StopPrompt,
+    WaitForDigit,
+)
+from flows.consent import InboundFlow
+from flows.errors import AsteriskError, ChannelGone, StorageError
+from flows.events import (
+    CallerHungUp,
+    CommitFailed,
+    ControlLost,
+    DecisionCommitted,
+    Event,
+    NoPriorCall,
+    PriorCallFound,
+)
+from flows.outcome import Outcome
+from flows.policy import Decision
+from storage.ports import CallStart, DecisionRecord, Ledger, RecordingRow, RecordingStore
+
+log = logging.getLogger("callrec.session")
+
+Flow = InboundFlow | CallbackFlow
+
+
+@dataclass(frozen=True, slots=True)
+class SessionDeps:
+    """What every session of one controller shares."""
+
+    ledger: Ledger
+    store: RecordingStore
+    clock: Clock
+    events: EventSink
+    spool_dir: Path  # where MixMonitor writes; file names are our call ids, never caller IDs
+    prompt_versions: Mapping[str, str]  # prompt id -> sha256 of its audio
+
+
+class CallSession:
+    def __init__(self, start: CallStart, flow: Flow, channel: ChannelPort, deps: SessionDeps):
+        self.start = start
+        self.flow = flow
+        self.channel = channel
+        self.deps = deps
+        self.call_id = start.call_id
+        self.recording_file: str | None = None  # set when StartRecording was carried out
+        self.continued = False
+        self.decision_committed = False
+        self.ended = False
+
+    @property
+    def decision(self) -> Decision:
+        return self.flow.decision
+
+    async def begin(self, first: Event) -> None:
+        """Record the call in the ledger, then feed the flow its first event. A ledger that
+        cannot take the call means no decision can be committed: the caller goes on to an
+        agent, unrecorded."""
+        try:
+            await self.deps.ledger.start_call(self.start)
+        except StorageError as error:
+            log.error(
+                "call %s: ledger refused the call (%s); going on unrecorded", self.call_id, error
+            )
+            await self._release_unrecorded()
+            return
+        await self.feed(first)
+
+    async def feed(self, event: Event) -> None:
+        pending: deque[Event] = deque([event])
+        while pending:
+            current = pending.popleft()
+            commands = self.flow.handle(current, self.deps.clock.now())
+            for command in commands:
+                pending.extend(await self._execute(command))
+        if isinstance(event, ControlLost) and not self.continued:
+            await self._release_unrecorded()
+
+    async def _execute(self, command: Command) -> list[Event]:
+        match command:
+            case CommitDecision():
+                return [await self._commit(command)]
+            case LookUpPriorCall():
+                return [await self._look_up(command)]
+        try:
+            return await self._on_channel(command)
+        except ChannelGone:
+            return [CallerHungUp()]
+        except AsteriskError as error:
+            log.warning("call %s: %s failed: %s", self.call_id, type(command).__name__, error)
+            if isinstance(command, StopPrompt | CancelWait):
+                return []  # the decision stands; a prompt that would not stop is harmless
+            if isinstance(command, StartRecording):
+                return await self._recording_failed(error)
+            if isinstance(command, Continue):
+                return await self._continue_failed()
+            return [ControlLost(f"{type(command).__name__}: {error}")]
+
+    async def _on_channel(self, command: Command) -> list[Event]:
+        channel = self.channel
+        match command:
+            case Answer():
+                return await channel.answer()
+            case PlayPrompt(prompt=prompt, barge_in=barge_in, token=token):
+                return await channel.play(prompt, barge_in=barge_in, token=token)
+            case StopPrompt(token=token):
+                return await channel.stop_prompt(token)
+            case WaitForDigit(timeout=timeout, token=token):
+                return await channel.wait_for_digit(timeout, token)
+            case CancelWait(token=token):
+                return await channel.cancel_wait(token)
+            case StartRecording():
+                return await self._start_recording()
+            case SkipRecording(reason=reason):
+                self.deps.events.publish(
+                    "recording/skipped", {"call_id": self.call_id, "reason": reason}
+                )
+                return await channel.skip_recording(self.call_id)
+            case NoticeCallee(line=line):
+                return await channel.notice_callee(self.call_id, line)
+            case Continue():
+                events = await channel.continue_in_dialplan()
+                self.continued = True
+                return events
+            case Hangup():
+                return await channel.hangup()
+        raise AssertionError(f"unhandled command {command!r}")  # the match is exhaustive
+
+    async def _commit(self, command: CommitDecision) -> Event:
+        record = DecisionRecord(
+            call_id=self.call_id,
+            decision=command.decision,
+            legal_basis=command.legal_basis,
+            digit=command.digit,
+            reason=command.reason,
+            prompt=command.prompt,
+            prompt_sha256=self.deps.prompt_versions.get(command.prompt or ""),
+            decided_at=command.decided_at,
+            linked_to=command.linked_to,
+            window=command.window,
+            overload=command.overload,
+        )
+        try:
+            await self.deps.ledger.commit_decision(record)
+        except StorageError as error:
+            log.error("call %s: decision not committed: %s", self.call_id, error)
+            return CommitFailed(str(error))
+        self.decision_committed = True
+        self.deps.events.publish(
+            "decision",
+            {
+                "call_id": self.call_id,
+                "line": self.start.line,
+                "direction": self.start.direction.value,
+                "decision": command.decision.value,
+                "legal_basis": command.legal_basis.value,
+                "linked_to": command.linked_to,
+                "at": command.decided_at.isoformat(),
+            },
+        )
+        return DecisionCommitted()
+
+    async def _look_up(self, command: LookUpPriorCall) -> Event:
+        customer = self.start.dialed if self.start.direction == "callback" else self.start.caller
+        if customer is None:
+            return NoPriorCall()
+        since = self.deps.clock.now() - command.window
+        try:
+            missed = await self.deps.ledger.find_missed_call(customer, since)
+        except StorageError as error:
+            # Without the ledger nothing can be linked: treat as a new communication, in which
+            # the customer hears the notice; the commit that follows will fail closed anyway.
+            log.error("call %s: callback lookup failed: %s", self.call_id, error)
+            return NoPriorCall()
+        if missed is None:
+            return NoPriorCall()
+        return PriorCallFound(
+            call_id=missed.call_id,
+            line=missed.line,
+            legal_basis=missed.legal_basis,
+            decision=missed.decision,
+            consent_withdrawn=missed.consent_withdrawn,
+        )
+
+    async def _start_recording(self) -> list[Event]:
+        file = str(self.deps.spool_dir / f"{self.call_id}.wav")
+        # Owned before it exists: a crash after this line leaves a file reconcile can place.
+        await self.deps.ledger.set_recording_file(self.call_id, file)
+        events = await self.channel.start_recording(self.call_id, file)
+        self.recording_file = file
+        self.deps.events.publish("recording/started", {"call_id": self.call_id})
+        return events
+
+    async def _recording_failed(self, error: AsteriskError) -> list[Event]:
+        self.recording_file = None
+        try:
+            await self.channel.skip_recording(self.call_id)
+        except AsteriskError:
+            log.warning("call %s: could not clear CALLREC_RECORD after %s", self.call_id, error)
+        return []
+
+    async def _continue_failed(self) -> list[Event]:
+        try:
+            await self.channel.continue_in_dialplan()
+            self.continued = True
+        except AsteriskError as error:
+            # A channel left in Stasis holds the caller forever; no recording was started
+            # (MixMonitor runs in the dialplan after continue), so hanging up loses nothing.
+            log.error("call %s: continue failed twice (%s); hanging up", self.call_id, error)
+            with contextlib.suppress(AsteriskError):
+                await self.channel.hangup()
+        return []
+
+    async def _release_unrecorded(self) -> None:
+        """Best effort: the caller goes on to an agent, and nothing records."""
+        try:
+            await self.channel.skip_recording(self.call_id)
+            await self.channel.continue_in_dialplan()
+            self.continued = True
+        except AsteriskError as error:
+            log.warning("call %s: could not release the channel: %s", self.call_id, error)
+
+    async def hung_up(self) -> None:
+        await self.feed(CallerHungUp())
+
+
+async def finish_call(call_id: str, outcome: Outcome, deps: SessionDeps) -> RecordingRow | None:
+    """The channel is gone: store the outcome (a MISSED call can now be called back) and
+    move the finished MixMonitor file into the store. Works from the ledger alone, so the
+    FastAGI hangup route (a separate connection) and a restarted controller can call it."""
+    now = deps.clock.now()
+    try:
+        await deps.ledger.end_call(call_id, now, outcome)
+        row = await deps.ledger.get_call(call_id)
+    except StorageError as error:
+        log.error("call %s: outcome %s not stored: %s", call_id, outcome.value, error)
+        return None
+    if row is None or row.recording_file is None:
+        return None
+    source = Path(row.recording_file)
+    if not await asyncio.to_thread(source.exists):
+        # Asked to record, but MixMonitor wrote nothing (the caller left before the queue,
+        # or the dialplan saw STASISSTATUS!=SUCCESS); reconcile flags a row without a file.
+        log.info("call %s: no recording file was written", call_id)
+        return None
+    try:
+        recording = await deps.store.ingest(call_id, source, now)
+    except StorageError as error:
+        log.error(
+            "call %s: recording not ingested (left in the spool for reconcile): %s", call_id, error
+        )
+        return None
+    if recording is not None:
+        deps.events.publish(
+            "recording/stored",
+            {
+                "call_id": call_id,
+                "recording_id": recording.id,
+                "status": recording.status.value,
+                "delete_after": recording.delete_after.isoformat(),
+            },
+        )
+    return recording
