@@ -1,0 +1,1 @@
+"""The application: configuration, the `callrec` command line, wiring, MQTT events."""

@@ -1,0 +1,181 @@
+"""The application's configuration: one frozen object, parsed once at the edge.
+
+Sources, later ones winning: built-in defaults (equal to POLICY.md), the TOML file
+(`--config`, else `$CALLREC_CONFIG`, else `./callrec.toml` when it exists), then the
+environment overrides that every subcommand reads the same way (`CALLREC_DATA_DIR`,
+`CALLREC_ARI_URL`, `CALLREC_ARI_USER`, `CALLREC_ARI_PASSWORD`, `CALLREC_MQTT_URL`).
+Secrets never come from the file itself: a `password` key is refused; name a
+`password_file` or use the environment.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from flows.config import POLICY_SECTIONS, policy_from_mapping
+from flows.errors import ConfigError
+from flows.policy import Policy
+
+DEFAULT_CONFIG = Path("callrec.toml")
+DEFAULT_DATA_DIR = Path("callrec-data")  # relative to the working directory, like the config
+DEFAULT_ARI_URL = "http://127.0.0.1:8088/ari"  # asterisk-conf/http.conf binds loopback
+DEFAULT_APP = "callrec"  # the Stasis application the dialplan names
+DEFAULT_FASTAGI_PORT = 4573  # FastAGI's registered port
+LOOPBACK = ("127.0.0.1", "::1")  # FastAGI has no authentication: loopback unless configured
+
+APP_SECTIONS = ("storage", "ari", "mqtt", "fastagi")
+
+
+@dataclass(frozen=True, slots=True)
+class AriSettings:
+    url: str = DEFAULT_ARI_URL
+    user: str = "callrec"
+    password: str = ""
+    app: str = DEFAULT_APP
+
+    def __repr__(self) -> str:  # the password never reaches a log line
+        return f"AriSettings(url={self.url!r}, user={self.user!r}, app={self.app!r})"
+
+
+@dataclass(frozen=True, slots=True)
+class MqttSettings:
+    url: str | None = None  # None: no broker, events are dropped
+    prefix: str = "callrec"
+    password_file: Path | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class FastAgiSettings:
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_FASTAGI_PORT
+    allow: tuple[str, ...] = LOOPBACK
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    policy: Policy
+    data_dir: Path
+    spool_dir: Path  # where MixMonitor writes (shared with Asterisk)
+    ari: AriSettings
+    mqtt: MqttSettings
+    fastagi: FastAgiSettings
+    source: str  # where the settings came from, for error messages and `serve`'s banner
+
+
+def _section(data: Mapping[str, Any], name: str, keys: set[str]) -> Mapping[str, Any]:
+    value = data.get(name, {})
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{name}: must be a table")
+    for key in value:
+        if key == "password":
+            raise ConfigError(
+                f"{name}.password: secrets are not kept in the config file; set "
+                f"{name}.password_file or the environment (CALLREC_{name.upper()}_PASSWORD)"
+            )
+        if key not in keys:
+            raise ConfigError(f"{name}.{key}: unknown key (known: {', '.join(sorted(keys))})")
+    return value
+
+
+def _str(section: Mapping[str, Any], where: str, key: str, default: str) -> str:
+    value = section.get(key, default)
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{where}.{key}: must be a non-empty string, got {value!r}")
+    return value
+
+
+def _read_secret(path: Path, where: str) -> str:
+    try:
+        return path.read_text(encoding="utf-8").strip()
+    except OSError as error:
+        raise ConfigError(f"{where}: cannot read {path}: {error.strerror}") from None
+
+
+def read_file(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as handle:
+            return tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such config file") from None
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"{path}: not valid TOML: {error}") from None
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot read: {error.strerror}") from None
+
+
+def load_settings(config: Path | None = None, env: Mapping[str, str] | None = None) -> Settings:
+    env = os.environ if env is None else env
+    path = config
+    if path is None and env.get("CALLREC_CONFIG"):
+        path = Path(env["CALLREC_CONFIG"])
+    if path is None and DEFAULT_CONFIG.exists():
+        path = DEFAULT_CONFIG
+    data: dict[str, Any] = read_file(path) if path is not None else {}
+    source = str(path) if path is not None else "built-in defaults"
+    for key in data:
+        if key not in POLICY_SECTIONS + APP_SECTIONS:
+            raise ConfigError(
+                f"{key}: unknown section (known: {', '.join(POLICY_SECTIONS + APP_SECTIONS)})"
+            )
+    try:
+        policy = policy_from_mapping(data)
+    except ConfigError as error:
+        raise ConfigError(f"{source}: {error}") from None
+
+    storage = _section(data, "storage", {"data_dir", "spool_dir"})
+    data_dir = Path(env.get("CALLREC_DATA_DIR") or storage.get("data_dir") or DEFAULT_DATA_DIR)
+    spool_dir = Path(storage.get("spool_dir") or data_dir / "spool")
+
+    ari = _section(data, "ari", {"url", "user", "password_file", "app"})
+    password = env.get("CALLREC_ARI_PASSWORD", "")
+    if not password and "password_file" in ari:
+        password = _read_secret(Path(str(ari["password_file"])), "ari.password_file")
+    ari_settings = AriSettings(
+        url=env.get("CALLREC_ARI_URL") or _str(ari, "ari", "url", DEFAULT_ARI_URL),
+        user=env.get("CALLREC_ARI_USER") or _str(ari, "ari", "user", "callrec"),
+        password=password,
+        app=_str(ari, "ari", "app", DEFAULT_APP),
+    )
+    if not ari_settings.url.startswith(("http://", "https://")):
+        raise ConfigError(f"ari.url: must start with http:// or https://, got {ari_settings.url!r}")
+
+    mqtt = _section(data, "mqtt", {"url", "prefix", "password_file"})
+    mqtt_url = env.get("CALLREC_MQTT_URL") or mqtt.get("url")
+    if mqtt_url is not None and not (
+        isinstance(mqtt_url, str) and mqtt_url.startswith(("mqtt://", "mqtts://"))
+    ):
+        raise ConfigError(f"mqtt.url: must start with mqtt:// or mqtts://, got {mqtt_url!r}")
+    mqtt_settings = MqttSettings(
+        url=mqtt_url or None,
+        prefix=_str(mqtt, "mqtt", "prefix", "callrec"),
+        password_file=Path(str(mqtt["password_file"])) if "password_file" in mqtt else None,
+    )
+
+    fastagi = _section(data, "fastagi", {"host", "port", "allow"})
+    port = fastagi.get("port", DEFAULT_FASTAGI_PORT)
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+        raise ConfigError(f"fastagi.port: must be a port number, got {port!r}")
+    allow = fastagi.get("allow", list(LOOPBACK))
+    if not isinstance(allow, list) or not all(isinstance(a, str) for a in allow):
+        raise ConfigError("fastagi.allow: must be a list of IP addresses")
+    for address in allow:
+        try:
+            ipaddress.ip_address(address)
+        except ValueError:
+            raise ConfigError(f"fastagi.allow: {address!r} is not an IP address") from None
+    host = _str(fastagi, "fastagi", "host", "127.0.0.1")
+    return Settings(
+        policy=policy,
+        data_dir=data_dir,
+        spool_dir=spool_dir,
+        ari=ari_settings,
+        mqtt=mqtt_settings,
+        fastagi=FastAgiSettings(host=host, port=port, allow=tuple(allow)),
+        source=source,
+    )

@@ -1,0 +1,62 @@
+"""The application's settings: file, environment overrides, secrets, clear errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from callrec.config import load_settings
+from flows.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_example_config_equals_the_defaults_policy() -> None:
+    """The annotated example loads and says what the built-in defaults say."""
+    example = load_settings(ROOT / "callrec.example.toml", env={})
+    default = load_settings(None, env={})
+    assert example.policy.lines == default.policy.lines
+    assert example.policy.retention_months == default.policy.retention_months == 6
+    assert example.spool_dir == Path("/var/spool/asterisk/monitor/callrec")
+
+
+def test_environment_overrides_the_file(tmp_path: Path) -> None:
+    """CALLREC_DATA_DIR and CALLREC_ARI_* win over the file, the same for every command."""
+    config = tmp_path / "c.toml"
+    config.write_text('[storage]\ndata_dir = "/nowhere"\n[ari]\nurl = "http://10.0.0.1/ari"\n')
+    env = {
+        "CALLREC_DATA_DIR": str(tmp_path / "d"),
+        "CALLREC_ARI_URL": "http://127.0.0.1:1/ari",
+        "CALLREC_ARI_PASSWORD": "s3cret",
+    }
+    settings = load_settings(config, env=env)
+    assert settings.data_dir == tmp_path / "d"
+    assert settings.spool_dir == tmp_path / "d" / "spool"
+    assert settings.ari.url == "http://127.0.0.1:1/ari"
+    assert "s3cret" not in repr(settings)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('[ari]\npassword = "x"\n', r"ari\.password: secrets are not kept"),
+        ("[storage\n", "not valid TOML"),
+        ("[nonsense]\nx = 1\n", "nonsense: unknown section"),
+        ('[fastagi]\nallow = ["evil.example"]\n', "not an IP address"),
+        ('[mqtt]\nurl = "http://x"\n', r"mqtt\.url: must start with mqtt://"),
+        ("[policy]\nretention_months = 0\n", r"policy\.retention_months: must be between"),
+    ],
+)
+def test_broken_config_is_one_clear_error(tmp_path: Path, text: str, message: str) -> None:
+    """A broken file gives one ConfigError that names the key and the reason."""
+    config = tmp_path / "c.toml"
+    config.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        load_settings(config, env={})
+
+
+def test_missing_config_file_is_named(tmp_path: Path) -> None:
+    """An explicit --config that does not exist is an error naming the file."""
+    with pytest.raises(ConfigError, match="no such config file"):
+        load_settings(tmp_path / "absent.toml", env={})
