@@ -105,12 +105,22 @@ class CallSession:
 
     async def feed(self, event: Event) -> None:
         pending: deque[Event] = deque([event])
+        lost = isinstance(event, ControlLost)
         while pending:
             current = pending.popleft()
             commands = self.flow.handle(current, self.deps.clock.now())
+            broken = False
             for command in commands:
-                pending.extend(await self._execute(command))
-        if isinstance(event, ControlLost) and not self.continued:
+                # Once the channel is gone or cannot be driven, the rest of this batch's
+                # channel commands would only fail or mislead (a prompt after a failed
+                # answer); the ledger's answers still go back to the flow.
+                if broken and not isinstance(command, CommitDecision | LookUpPriorCall):
+                    continue
+                produced = await self._execute(command)
+                broken = broken or any(isinstance(e, ControlLost | CallerHungUp) for e in produced)
+                lost = lost or any(isinstance(e, ControlLost) for e in produced)
+                pending.extend(produced)
+        if lost and not self.continued:
             await self._release_unrecorded()
 
     async def _execute(self, command: Command) -> list[Event]:
@@ -222,7 +232,15 @@ class CallSession:
     async def _start_recording(self) -> list[Event]:
         file = str(self.deps.spool_dir / f"{self.call_id}.wav")
         # Owned before it exists: a crash after this line leaves a file reconcile can place.
-        await self.deps.ledger.set_recording_file(self.call_id, file)
+        try:
+            await self.deps.ledger.set_recording_file(self.call_id, file)
+        except StorageError as error:
+            # A file nobody would own must not be written: go on unrecorded.
+            log.error(
+                "call %s: recording file not registered (%s); not recording", self.call_id, error
+            )
+            await self.channel.skip_recording(self.call_id)
+            return []
         events = await self.channel.start_recording(self.call_id, file)
         self.recording_file = file
         self.deps.events.publish("recording/started", {"call_id": self.call_id})

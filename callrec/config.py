@@ -74,9 +74,10 @@ def _section(data: Mapping[str, Any], name: str, keys: set[str]) -> Mapping[str,
         raise ConfigError(f"{name}: must be a table")
     for key in value:
         if key == "password":
+            where = "CALLREC_ARI_PASSWORD" if name == "ari" else "the CALLREC_MQTT_URL"
             raise ConfigError(
                 f"{name}.password: secrets are not kept in the config file; set "
-                f"{name}.password_file or the environment (CALLREC_{name.upper()}_PASSWORD)"
+                f"{name}.password_file or {where} environment variable"
             )
         if key not in keys:
             raise ConfigError(f"{name}.{key}: unknown key (known: {', '.join(sorted(keys))})")

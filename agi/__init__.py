@@ -1,0 +1,1 @@
+"""Everything that speaks to Asterisk: ARI, FastAGI, and the simulated PBX."""
