@@ -5,8 +5,9 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-# Debian packages the tests need: mosquitto (a real MQTT broker), libsndfile (prompt audio).
-DEBS := mosquitto libsndfile1
+# Debian packages the tests need: mosquitto (a real MQTT broker), libsndfile (prompt audio),
+# openssl (TLS test certificates).
+DEBS := mosquitto libsndfile1 openssl
 
 .PHONY: demo test lint types pytest prompts bench clean debs
 

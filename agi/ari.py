@@ -1,0 +1,783 @@
+"""A small, typed ARI client: REST calls and the events WebSocket.
+
+Theory of operation. Every REST call goes through `AriClient._request`, which builds the URL
+from a row of `ENDPOINTS` (so the table a test checks against Asterisk's Swagger is the table
+the code uses), percent-encodes every path part and parameter, sends the credentials as an
+HTTP Basic header (never in a URL), and maps Asterisk's answers at this boundary: 404 is
+`ChannelGone` (the caller hung up; for a subscription Asterisk says 422), any other failure,
+time-out or unreachable server is an `AsteriskError` with the HTTP status and the channel as
+call context. Stopping a finished playback or hanging up a gone channel is quietly done.
+
+`AriClient.events` holds one WebSocket to `/ari/events?app=<app>`, opened when iteration
+starts (Asterisk registers the app only while it is open). Messages are decoded by
+the pure `decode_event`; a message that does not decode is logged by size and reason (never
+its content, which carries caller numbers) and skipped, so one bad message costs one event,
+not the connection. When the socket closes or fails the iterator reconnects with capped
+exponential backoff and jitter, also after connections that close at once, so a broken
+server never makes it loop hot, and yields `Reconnected` so the app can reconcile the
+channels whose events it may have missed. A heartbeat notices half-open connections.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import logging
+import random
+import re
+import ssl as ssl_module
+from collections.abc import AsyncGenerator, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Final
+from urllib.parse import quote
+
+import aiohttp
+from yarl import URL
+
+from flows.errors import AsteriskError, ChannelGone, ConfigError, ProtocolViolation
+from flows.numbers import shown
+
+log = logging.getLogger("callrec.ari")
+
+# An event with a full channel snapshot is 1-2 kB; nothing Asterisk sends comes near this.
+MAX_EVENT_BYTES = 256 * 1024
+# Frames up to this size are read and dropped by `decode_event`, keeping the socket and the
+# events after it; only larger ones make aiohttp close the connection.
+MAX_FRAME_BYTES = 4 * 1024 * 1024
+DEFAULT_HEARTBEAT = 20.0  # seconds between pings: a half-open TCP connection shows in < 30 s
+UNKNOWN_TYPES_LOGGED = 64  # distinct unknown event types named in the log, then silence
+
+DTMF_DIGITS: Final = frozenset("0123456789*#ABCD")
+
+# Every `type` Asterisk's Swagger (events.json, models Message and Event) declares.
+# fmt: off
+EVENT_TYPES: Final = frozenset({
+    "MissingParams", "DeviceStateChanged", "PlaybackStarted", "PlaybackContinuing",
+    "PlaybackFinished", "RecordingStarted", "RecordingFinished", "RecordingFailed",
+    "ApplicationMoveFailed", "ApplicationRegistered", "ApplicationUnregistered",
+    "ApplicationReplaced", "BridgeCreated", "BridgeDestroyed", "BridgeMerged",
+    "BridgeBlindTransfer", "BridgeAttendedTransfer", "BridgeVideoSourceChanged", "ChannelCreated",
+    "ChannelDestroyed", "ChannelEnteredBridge", "ChannelLeftBridge", "ChannelStateChange",
+    "ChannelDtmfReceived", "ChannelDialplan", "ChannelCallerId", "ChannelUserevent",
+    "ChannelHangupRequest", "ChannelVarset", "ChannelToneDetected", "ChannelTalkingStarted",
+    "ChannelTalkingFinished", "ChannelHold", "ChannelUnhold", "ContactStatusChange",
+    "EndpointStateChange", "Dial", "StasisEnd", "StasisStart", "TextMessageReceived",
+    "ChannelConnectedLine", "PeerStatusChange", "ChannelTransfer", "RESTResponse",
+    "CallBroadcast", "CallClaimed",
+})
+# fmt: on
+
+# Event types whose `channel` the Swagger marks required: one without it is malformed.
+CHANNEL_REQUIRED: Final = frozenset(
+    {"StasisStart", "StasisEnd", "ChannelDtmfReceived", "ChannelHangupRequest", "ChannelDestroyed"}
+)
+
+# (method, path template as in the Swagger, query/body parameters the client may send).
+ENDPOINTS: tuple[tuple[str, str, frozenset[str]], ...] = (
+    ("POST", "/channels/{channelId}/answer", frozenset()),
+    ("POST", "/channels/{channelId}/play", frozenset({"media", "lang"})),
+    ("POST", "/channels/{channelId}/play/{playbackId}", frozenset({"media", "lang"})),
+    ("DELETE", "/playbacks/{playbackId}", frozenset()),
+    ("POST", "/applications/{applicationName}/subscription", frozenset({"eventSource"})),
+    ("POST", "/channels/{channelId}/variable", frozenset({"variable", "value"})),
+    ("GET", "/channels/{channelId}/variable", frozenset({"variable"})),
+    ("POST", "/channels/{channelId}/continue", frozenset({"context", "extension", "priority"})),
+    ("DELETE", "/channels/{channelId}", frozenset({"reason"})),
+    ("GET", "/channels", frozenset()),
+    (
+        "POST",
+        "/channels",
+        frozenset(
+            {"endpoint", "extension", "context", "priority", "callerId", "app", "appArgs"}
+            | {"timeout", "variables"}
+        ),
+    ),
+    ("GET", "/asterisk/info", frozenset()),
+    ("GET", "/events", frozenset({"app", "subscribeAll"})),
+)
+_ALLOWED: Final = {(method, path): params for method, path, params in ENDPOINTS}
+_PLACEHOLDER = re.compile(r"\{(\w+)\}")
+
+_Param = str | int | bool | None
+
+
+@dataclass(frozen=True, slots=True)
+class AriEvent:
+    """One decoded ARI event. Only the fields the app reads are lifted out; `raw` has all."""
+
+    type: str
+    channel_id: str | None
+    playback_id: str | None
+    digit: str | None
+    variable: str | None
+    value: str | None
+    args: tuple[str, ...]
+    caller_number: str | None = field(repr=False)  # raw and untrusted; kept out of reprs
+    exten: str | None
+    timestamp: str | None
+    raw: Mapping[str, Any] = field(repr=False, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Reconnected:
+    """Yielded by events() after the WebSocket came back; the app reconciles channels.
+
+    `attempt` is how many connection attempts it took since the connection was lost (1: the
+    first one succeeded). Also yielded when the very first connection needed retries."""
+
+    attempt: int
+
+
+def decode_event(message: str | bytes) -> AriEvent:
+    """Pure. Raises flows.errors.ProtocolViolation (clear message) on bad JSON, a non-object,
+    a missing/non-string `type`, wrong field types, an oversized message, a bad digit."""
+    size = _size(message)
+    if size > MAX_EVENT_BYTES:
+        raise ProtocolViolation(
+            f"ARI event of {size} bytes is over the limit of {MAX_EVENT_BYTES} bytes"
+        )
+    if isinstance(message, str):
+        text = message
+    else:
+        try:
+            text = message.decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise ProtocolViolation(
+                f"ARI event is not UTF-8 (bad byte at {error.start})"
+            ) from error
+    try:
+        data = json.loads(text)
+    except (ValueError, RecursionError) as error:
+        raise ProtocolViolation(f"ARI event is not JSON: {error}") from error
+    if not isinstance(data, dict):
+        raise ProtocolViolation(f"ARI event is a JSON {_kind(data)}, not an object")
+    kind = data.get("type")
+    if not isinstance(kind, str) or not kind:
+        raise ProtocolViolation(f"ARI event has no string 'type' (found {_kind(kind)})")
+    where = f"ARI {shown(kind, 40)} event"
+
+    channel = _object(data, "channel", where)
+    if channel is None and kind in CHANNEL_REQUIRED:
+        raise ProtocolViolation(f"{where} has no 'channel'")
+    channel_id = caller_number = exten = None
+    if channel is not None:
+        channel_id = _required_text(channel, "id", f"{where}, channel")
+        caller = _object(channel, "caller", f"{where}, channel")
+        caller_number = None if caller is None else _text(caller, "number", f"{where}, caller")
+        dialplan = _object(channel, "dialplan", f"{where}, channel")
+        exten = None if dialplan is None else _text(dialplan, "exten", f"{where}, dialplan")
+
+    playback_id = None
+    playback = _object(data, "playback", where)
+    if playback is not None:
+        playback_id = _required_text(playback, "id", f"{where}, playback")
+        target = _text(playback, "target_uri", f"{where}, playback")
+        # Playback events carry no channel; the target names it ("channel:<id>").
+        if channel_id is None and target is not None and target.startswith("channel:"):
+            channel_id = target.removeprefix("channel:") or None
+
+    digit = _text(data, "digit", where)
+    if kind == "ChannelDtmfReceived" and digit is None:
+        raise ProtocolViolation(f"{where} has no 'digit'")
+    if digit is not None and digit not in DTMF_DIGITS:
+        # The bad value is not quoted: whatever it is, it may be someone's number.
+        raise ProtocolViolation(
+            f"{where} has a digit of {len(digit)} characters that is not one of 0-9 * # A-D"
+        )
+
+    raw_args = data.get("args")
+    if raw_args is None:
+        args: tuple[str, ...] = ()
+    elif isinstance(raw_args, list) and all(isinstance(a, str) for a in raw_args):
+        args = tuple(raw_args)
+    else:
+        raise ProtocolViolation(f"{where}: 'args' is not a list of strings")
+
+    return AriEvent(
+        type=kind,
+        channel_id=channel_id,
+        playback_id=playback_id,
+        digit=digit,
+        variable=_text(data, "variable", where),
+        value=_text(data, "value", where),
+        args=args,
+        caller_number=caller_number,
+        exten=exten,
+        timestamp=_text(data, "timestamp", where),
+        raw=MappingProxyType(data),
+    )
+
+
+def _kind(value: object) -> str:
+    match value:
+        case None:
+            return "null"
+        case bool():
+            return "boolean"
+        case int() | float():
+            return "number"
+        case str():
+            return "string"
+        case list():
+            return "array"
+        case dict():
+            return "object"
+        case _:
+            return type(value).__name__
+
+
+def _object(data: Mapping[str, Any], key: str, where: str) -> Mapping[str, Any] | None:
+    value = data.get(key)
+    if value is None or isinstance(value, dict):
+        return value
+    raise ProtocolViolation(f"{where}: '{key}' is a {_kind(value)}, not an object")
+
+
+def _text(data: Mapping[str, Any], key: str, where: str) -> str | None:
+    value = data.get(key)
+    if value is None or isinstance(value, str):
+        return value
+    raise ProtocolViolation(f"{where}: '{key}' is a {_kind(value)}, not a string")
+
+
+def _required_text(data: Mapping[str, Any], key: str, where: str) -> str:
+    value = _text(data, key, where)
+    if not value:
+        raise ProtocolViolation(f"{where}: '{key}' is missing or empty")
+    return value
+
+
+def _query_text(value: str | int | bool) -> str:
+    if isinstance(value, bool):  # before int: bool is an int
+        return "true" if value else "false"
+    return str(value)
+
+
+def _error_message(body: bytes) -> str:
+    """Asterisk's `{"message": ...}`, or the start of whatever else came back."""
+    text = body.decode("utf-8", "replace")
+    with contextlib.suppress(ValueError, RecursionError):
+        data = json.loads(text)
+        if isinstance(data, dict) and isinstance(data.get("message"), str):
+            return str(data["message"])
+    return text
+
+
+@dataclass(frozen=True, slots=True)
+class _Reply:
+    status: int
+    data: Any  # decoded JSON, or None for an empty body
+    message: str  # Asterisk's error message for a status the caller accepted, else ""
+
+
+class AriClient:
+    """ARI over aiohttp. One instance per Asterisk; `close()` (or `async with`) when done."""
+
+    def __init__(
+        self,
+        base_url: str,
+        user: str,
+        password: str,
+        app: str,
+        *,
+        timeout: float = 5.0,
+        ssl: ssl_module.SSLContext | None = None,
+        backoff_initial: float = 0.2,
+        backoff_max: float = 10.0,
+        heartbeat: float | None = DEFAULT_HEARTBEAT,
+    ) -> None:
+        try:
+            url = URL(base_url)
+        except (ValueError, TypeError) as error:
+            raise ConfigError(f"ARI URL is not a URL: {shown(str(base_url), 60)}") from error
+        if url.scheme not in ("http", "https") or not url.host:
+            raise ConfigError(
+                f"ARI URL must be http:// or https:// with a host, got {shown(base_url, 60)}"
+            )
+        if url.user is not None or url.password is not None:
+            # Not echoed: the URL holds a secret.
+            raise ConfigError("ARI URL must not contain credentials; give user and password")
+        if url.raw_query_string or url.raw_fragment:
+            raise ConfigError(f"ARI URL must not have a query or fragment: {shown(base_url, 60)}")
+        if not user or ":" in user:
+            raise ConfigError("ARI user must be non-empty and contain no ':'")
+        if not app:
+            raise ConfigError("ARI application name must not be empty")
+        if timeout <= 0 or backoff_initial <= 0 or backoff_max < backoff_initial:
+            raise ConfigError("ARI timeout and backoff must be positive, initial <= max")
+        origin = str(url.origin())
+        self._base = origin + url.raw_path.rstrip("/")
+        self._ws_base = ("wss" if url.scheme == "https" else "ws") + self._base[len(url.scheme) :]
+        self._where = f"{url.host}:{url.port}"
+        self._user = user
+        token = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
+        self._headers: Final = {"Authorization": f"Basic {token}"}
+        self._app = app
+        self._timeout = timeout
+        self._ssl: ssl_module.SSLContext | bool = ssl if ssl is not None else True
+        self._backoff_initial = backoff_initial
+        self._backoff_max = backoff_max
+        self._heartbeat = heartbeat
+        self._session: aiohttp.ClientSession | None = None
+        self._sockets: set[aiohttp.ClientWebSocketResponse] = set()
+        self._closing = asyncio.Event()
+        self._unknown_types: set[str] = set()
+        self._jitter = random.Random()  # noqa: S311 - spreads reconnects; not a secret
+        self.connect_attempts = 0  # WebSocket connection attempts so far (status and tests)
+
+    def __repr__(self) -> str:
+        return f"AriClient({self._base!r}, user={self._user!r}, app={self._app!r})"
+
+    @property
+    def app(self) -> str:
+        return self._app
+
+    async def __aenter__(self) -> AriClient:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """End the events iterator and release the HTTP session. Idempotent."""
+        self._closing.set()
+        for socket in list(self._sockets):
+            await socket.close()
+        if self._session is not None:
+            session, self._session = self._session, None
+            await session.close()
+
+    # REST
+
+    async def answer(self, channel_id: str) -> None:
+        await self._request(
+            "POST", "/channels/{channelId}/answer", {"channelId": channel_id}, call_id=channel_id
+        )
+
+    async def play(
+        self,
+        channel_id: str,
+        media: str,
+        *,
+        lang: str | None = None,
+        playback_id: str | None = None,
+    ) -> str:
+        """Start playing `media`; returns the playback id (ours when `playback_id` is given,
+        so that a PlaybackFinished overtaking this reply can already be matched)."""
+        params: dict[str, _Param] = {"media": media, "lang": lang}
+        if playback_id is None:
+            reply = await self._request(
+                "POST",
+                "/channels/{channelId}/play",
+                {"channelId": channel_id},
+                params,
+                call_id=channel_id,
+            )
+        else:
+            reply = await self._request(
+                "POST",
+                "/channels/{channelId}/play/{playbackId}",
+                {"channelId": channel_id, "playbackId": playback_id},
+                params,
+                call_id=channel_id,
+            )
+        data = reply.data
+        if not isinstance(data, dict) or not isinstance(data.get("id"), str) or not data["id"]:
+            raise ProtocolViolation(
+                "ARI play answered without a playback id", call_id=channel_id, status=reply.status
+            )
+        return str(data["id"])
+
+    async def stop_playback(self, playback_id: str) -> None:
+        """Stop a playback; one that already finished (404) is not an error."""
+        await self._request(
+            "DELETE", "/playbacks/{playbackId}", {"playbackId": playback_id}, accept={404}
+        )
+
+    async def subscribe(self, channel_id: str) -> None:
+        """Keep receiving the channel's events after it leaves Stasis."""
+        reply = await self._request(
+            "POST",
+            "/applications/{applicationName}/subscription",
+            {"applicationName": self._app},
+            {"eventSource": f"channel:{channel_id}"},
+            call_id=channel_id,
+            accept={404},
+            gone={422},
+        )
+        if reply.status == 404:
+            # Swagger: 404 "Application does not exist" (our WebSocket is not registered);
+            # a vanished channel is 422 "Event source does not exist".
+            if "application" in reply.message.lower():
+                raise AsteriskError(
+                    f"ARI subscription: application {self._app!r} is not registered "
+                    f"({shown(reply.message, 80)})",
+                    call_id=channel_id,
+                    status=404,
+                )
+            raise ChannelGone(
+                f"ARI subscription: 404 {shown(reply.message, 80)}", call_id=channel_id, status=404
+            )
+
+    async def set_variable(self, channel_id: str, name: str, value: str) -> None:
+        await self._request(
+            "POST",
+            "/channels/{channelId}/variable",
+            {"channelId": channel_id},
+            {"variable": name, "value": value},
+            call_id=channel_id,
+        )
+
+    async def get_variable(self, channel_id: str, name: str) -> str | None:
+        """The variable's value, or None when it is not set.
+
+        Both a missing channel and a missing variable are 404 (Swagger: "Channel or variable
+        not found"); Asterisk tells them apart only by message ("Provided variable was not
+        found" vs "Provided channel was not found")."""
+        reply = await self._request(
+            "GET",
+            "/channels/{channelId}/variable",
+            {"channelId": channel_id},
+            {"variable": name},
+            call_id=channel_id,
+            accept={404},
+        )
+        if reply.status == 404:
+            message = reply.message.lower()
+            if "variable" in message and "channel" not in message:
+                return None
+            raise ChannelGone(
+                f"ARI GET /channels/{{channelId}}/variable: 404 {shown(reply.message, 80)}",
+                call_id=channel_id,
+                status=404,
+            )
+        data = reply.data
+        if not isinstance(data, dict) or not isinstance(data.get("value"), str):
+            raise ProtocolViolation(
+                "ARI variable answer has no string 'value'", call_id=channel_id, status=200
+            )
+        return str(data["value"])
+
+    async def continue_in_dialplan(
+        self,
+        channel_id: str,
+        *,
+        context: str | None = None,
+        extension: str | None = None,
+        priority: int | None = None,
+    ) -> None:
+        await self._request(
+            "POST",
+            "/channels/{channelId}/continue",
+            {"channelId": channel_id},
+            {"context": context, "extension": extension, "priority": priority},
+            call_id=channel_id,
+        )
+
+    async def hangup(self, channel_id: str, reason: str = "normal") -> None:
+        """Hang the channel up; one that is already gone (404) is not an error."""
+        await self._request(
+            "DELETE",
+            "/channels/{channelId}",
+            {"channelId": channel_id},
+            {"reason": reason},
+            call_id=channel_id,
+            accept={404},
+        )
+
+    async def list_channels(self) -> list[dict[str, Any]]:
+        reply = await self._request("GET", "/channels", {})
+        data = reply.data
+        if not isinstance(data, list) or not all(isinstance(c, dict) for c in data):
+            raise ProtocolViolation("ARI channel list is not a list of objects", status=200)
+        return data
+
+    async def originate(
+        self,
+        endpoint: str,
+        *,
+        extension: str | None = None,
+        context: str | None = None,
+        priority: int | None = None,
+        caller_id: str | None = None,
+        app: str | None = None,
+        app_args: str | None = None,
+        variables: Mapping[str, str] | None = None,
+        timeout: int | None = None,  # noqa: ASYNC109 - Asterisk's dial timeout, not ours
+    ) -> dict[str, Any]:
+        """Place a call (POST /channels); returns Asterisk's Channel object."""
+        reply = await self._request(
+            "POST",
+            "/channels",
+            {},
+            {
+                "endpoint": endpoint,
+                "extension": extension,
+                "context": context,
+                "priority": priority,
+                "callerId": caller_id,
+                "app": app,
+                "appArgs": app_args,
+                "timeout": timeout,
+            },
+            None if variables is None else {"variables": dict(variables)},
+        )
+        return self._object_reply(reply, "originate")
+
+    async def ping(self) -> dict[str, Any]:
+        """Asterisk's system information; raises AsteriskError when ARI is not usable."""
+        return self._object_reply(await self._request("GET", "/asterisk/info", {}), "info")
+
+    @staticmethod
+    def _object_reply(reply: _Reply, what: str) -> dict[str, Any]:
+        if not isinstance(reply.data, dict):
+            raise ProtocolViolation(f"ARI {what} answer is not an object", status=reply.status)
+        return reply.data
+
+    def _url(
+        self,
+        method: str,
+        template: str,
+        path_params: Mapping[str, str],
+        params: Mapping[str, _Param],
+        body_keys: frozenset[str] = frozenset(),
+        *,
+        websocket: bool = False,
+    ) -> URL:
+        allowed = _ALLOWED.get((method, template))
+        if allowed is None:
+            raise AsteriskError(f"ARI {method} {template} is not in ENDPOINTS")
+        extra = (set(params) | body_keys) - allowed
+        if extra:
+            raise AsteriskError(f"ARI {method} {template} takes no {sorted(extra)}")
+        if set(_PLACEHOLDER.findall(template)) != set(path_params):
+            raise AsteriskError(f"ARI {method} {template} needs {sorted(path_params)}")
+        encoded: dict[str, str] = {}
+        for name, value in path_params.items():
+            if not value:
+                raise AsteriskError(f"ARI {method} {template}: {name} is empty")
+            encoded[name] = _quote(value)
+        path = _PLACEHOLDER.sub(lambda m: encoded[m.group(1)], template)
+        query = "&".join(
+            f"{_quote(name)}={_quote(_query_text(value))}"
+            for name, value in params.items()
+            if value is not None
+        )
+        base = self._ws_base if websocket else self._base
+        return URL(base + path + (f"?{query}" if query else ""), encoded=True)
+
+    async def _request(
+        self,
+        method: str,
+        template: str,
+        path_params: Mapping[str, str],
+        params: Mapping[str, _Param] | None = None,
+        json_body: Mapping[str, Any] | None = None,
+        *,
+        call_id: str | None = None,
+        accept: set[int] | frozenset[int] = frozenset(),
+        gone: set[int] | frozenset[int] = frozenset({404}),
+    ) -> _Reply:
+        """Send one request; 2xx and `accept`ed statuses are returned, `gone` statuses raise
+        ChannelGone, anything else raises AsteriskError."""
+        url = self._url(method, template, path_params, params or {}, frozenset(json_body or ()))
+        what = f"ARI {method} {template}"
+        session = self._open(call_id)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        try:
+            async with session.request(
+                method,
+                url,
+                json=None if json_body is None else dict(json_body),
+                headers=self._headers,
+                ssl=self._ssl,
+                timeout=aiohttp.ClientTimeout(total=self._timeout),
+                allow_redirects=False,  # Asterisk never redirects; credentials stay put
+            ) as response:
+                status = response.status
+                body = await response.read()
+        except TimeoutError as error:
+            raise AsteriskError(
+                f"{what}: no answer within {self._timeout:g} s", call_id=call_id
+            ) from error
+        except aiohttp.ClientError as error:
+            raise AsteriskError(f"{what}: {self._failure(error)}", call_id=call_id) from error
+        log.debug("%s -> %d in %.0f ms", what, status, (loop.time() - started) * 1000)
+        if 200 <= status < 300:
+            return _Reply(status, self._decode_body(body, what, status, call_id), "")
+        message = _error_message(body)
+        if status in accept:
+            return _Reply(status, None, message)
+        if status in gone:
+            raise ChannelGone(
+                f"{what}: {status} {shown(message, 80)}", call_id=call_id, status=status
+            )
+        if status in (401, 403):
+            raise AsteriskError(
+                f"{what}: {status}: ARI refused the credentials of user {self._user!r}",
+                call_id=call_id,
+                status=status,
+            )
+        raise AsteriskError(
+            f"{what}: {status} {shown(message, 80)}", call_id=call_id, status=status
+        )
+
+    @staticmethod
+    def _decode_body(body: bytes, what: str, status: int, call_id: str | None) -> Any:
+        if not body.strip():
+            return None
+        try:
+            return json.loads(body)
+        except (ValueError, RecursionError) as error:
+            raise ProtocolViolation(
+                f"{what}: {status} with a body that is not JSON ({error})",
+                call_id=call_id,
+                status=status,
+            ) from error
+
+    def _failure(self, error: aiohttp.ClientError) -> str:
+        """A failure in words that never include a URL (its query may hold caller data)."""
+        if isinstance(error, aiohttp.ClientConnectorCertificateError):
+            return f"TLS certificate of {self._where} not accepted ({error.certificate_error})"
+        if isinstance(error, aiohttp.ClientConnectorError):
+            return f"cannot reach {self._where} ({error.os_error.strerror or error.os_error})"
+        return f"connection to {self._where} failed ({type(error).__name__})"
+
+    def _open(self, call_id: str | None = None) -> aiohttp.ClientSession:
+        if self._closing.is_set():
+            raise AsteriskError("the ARI client is closed", call_id=call_id)
+        if self._session is None:
+            # Created here, not in __init__: a session belongs to the running event loop.
+            self._session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=self._timeout),
+                trust_env=False,
+            )
+        return self._session
+
+    # Events
+
+    async def events(self) -> AsyncGenerator[AriEvent | Reconnected, None]:
+        """Events in arrival order, for as long as the client is open; reconnects on its own
+        and yields Reconnected after each reconnection. Ends when the client is closed."""
+        url = self._url(
+            "GET", "/events", {}, {"app": self._app, "subscribeAll": False}, websocket=True
+        )
+        loop = asyncio.get_running_loop()
+        failures = 0  # attempts since the last connection that stayed up
+        attempts = 0  # attempts since the connection was lost
+        lost = False
+        while not self._closing.is_set():
+            attempts += 1
+            self.connect_attempts += 1
+            try:
+                socket = await self._connect(url)
+            except AsteriskError as error:
+                if self._closing.is_set():
+                    return
+                failures += 1
+                delay = self._backoff(failures)
+                log.warning("ARI events: %s; retrying in %.1f s", error, delay)
+                await self._pause(delay)
+                continue
+            opened = loop.time()
+            self._sockets.add(socket)
+            try:
+                if lost or attempts > 1:
+                    # Also after a first connection that needed retries: channels may have
+                    # entered Stasis meanwhile, and the app's start-up look was refused.
+                    log.info("ARI events: connected after %d attempt(s)", attempts)
+                    yield Reconnected(attempts)
+                else:
+                    log.info("ARI events: connected to %s as app %r", self._where, self._app)
+                attempts = 0
+                async for message in socket:
+                    if message.type in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY):
+                        event = self._decode_logged(message.data)
+                        if event is not None:
+                            yield event
+                    elif message.type == aiohttp.WSMsgType.ERROR:
+                        break
+            finally:
+                self._sockets.discard(socket)
+                await socket.close()
+            lost = True
+            if self._closing.is_set():
+                return
+            lived = loop.time() - opened
+            # A connection that closes at once counts as a failure: no hot loop against a
+            # server that accepts and hangs up.
+            failures = 0 if lived >= self._backoff_max else failures + 1
+            delay = self._backoff(failures)
+            reason = socket.exception() or f"close code {socket.close_code}"
+            log.warning(
+                "ARI events: WebSocket closed after %.1f s (%s); reconnecting in %.1f s",
+                lived,
+                reason,
+                delay,
+            )
+            await self._pause(delay)
+
+    async def _connect(self, url: URL) -> aiohttp.ClientWebSocketResponse:
+        session = self._open()
+        try:
+            async with asyncio.timeout(self._timeout):
+                return await session.ws_connect(
+                    url,
+                    headers=self._headers,
+                    heartbeat=self._heartbeat,
+                    max_msg_size=MAX_FRAME_BYTES,
+                    # A server that never answers our close frame must not hold close() up.
+                    timeout=aiohttp.ClientWSTimeout(ws_close=self._timeout),
+                    ssl=self._ssl,
+                )
+        except TimeoutError as error:
+            raise AsteriskError(
+                f"no WebSocket from {self._where} within {self._timeout:g} s"
+            ) from error
+        except aiohttp.WSServerHandshakeError as error:
+            if error.status in (401, 403):
+                raise AsteriskError(
+                    f"ARI refused the credentials of user {self._user!r} ({error.status})",
+                    status=error.status,
+                ) from error
+            raise AsteriskError(
+                f"{self._where} refused the events WebSocket ({error.status})",
+                status=error.status,
+            ) from error
+        except aiohttp.ClientError as error:
+            raise AsteriskError(self._failure(error)) from error
+
+    def _decode_logged(self, data: str | bytes) -> AriEvent | None:
+        try:
+            event = decode_event(data)
+        except ProtocolViolation as error:
+            log.warning("ARI events: dropped a message of %d bytes: %s", _size(data), error)
+            return None
+        unknown = event.type not in EVENT_TYPES and event.type not in self._unknown_types
+        if unknown and len(self._unknown_types) < UNKNOWN_TYPES_LOGGED:
+            self._unknown_types.add(event.type)
+            log.warning("ARI events: unknown event type %s, passed on", shown(event.type, 40))
+        return event
+
+    def _backoff(self, failures: int) -> float:
+        ceiling = min(self._backoff_max, self._backoff_initial * 2 ** min(max(failures - 1, 0), 32))
+        return self._jitter.uniform(ceiling / 2, ceiling)
+
+    async def _pause(self, delay: float) -> None:
+        """Sleep `delay` seconds, or less if the client is closed meanwhile."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(delay):
+                await self._closing.wait()
+
+
+def _quote(value: str) -> str:
+    """Percent-encode everything but unreserved characters: `/`, `?`, `%` stay data."""
+    return quote(value, safe="")
+
+
+def _size(data: str | bytes) -> int:
+    return len(data.encode("utf-8", "surrogatepass")) if isinstance(data, str) else len(data)
