@@ -121,6 +121,7 @@ class SweepReport:
     deleted: tuple[str, ...]  # recording ids deleted (or, on a dry run, due)
     dry_run: bool
     finished_at: datetime
+    problems: tuple[str, ...] = ()  # a file or copy that could not be removed (retried next run)
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +154,7 @@ class ReconcileReport:
     deleted_unowned: tuple[str, ...] = ()  # files with no committed RECORD decision: deleted
     flagged: tuple[str, ...] = ()  # human-readable lines for what needs a look
     failed_closed: tuple[str, ...] = ()  # calls without a decision marked as not recorded
+    resumed: tuple[str, ...] = ()  # half-done ingests, deletions and exports finished now
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,7 +204,11 @@ class RecordingStore(Protocol):
     async def sweep(self, now: datetime, *, dry_run: bool = False) -> SweepReport: ...
 
     async def withdraw(
-        self, caller: str, via: WithdrawalVia, received_at: datetime, registered_by: str,
+        self,
+        caller: str,
+        via: WithdrawalVia,
+        received_at: datetime,
+        registered_by: str,
         now: datetime,
     ) -> WithdrawalReport: ...
 
@@ -223,3 +229,95 @@ class RecordingStore(Protocol):
 
     async def set_overload(self, on: bool, by: str, now: datetime) -> None:
         """The operator's overload switch: explicit and audited, never silent."""
+
+
+@dataclass(frozen=True, slots=True)
+class CallbackDue:
+    """A missed call nobody has called back yet (for the staff's `callrec callbacks`)."""
+
+    call_id: str
+    line: str
+    caller: str | None  # E.164; None when the caller was anonymous (cannot be called back)
+    ended_at: datetime
+    due_by: datetime  # ended_at + the policy's callback window
+    overdue: bool
+
+
+@dataclass(frozen=True, slots=True)
+class WithdrawalRow:
+    withdrawal_id: str
+    caller: str  # E.164
+    via: WithdrawalVia
+    received_at: datetime
+    registered_by: str
+    registered_at: datetime
+    received_on: str
+    due_on: str
+    deadline: datetime
+    completed_at: datetime | None
+    deleted: tuple[str, ...]
+    kept: tuple[tuple[str, str], ...]
+
+    @property
+    def met_deadline(self) -> bool | None:
+        """None while not completed; then whether it completed by the deadline."""
+        return None if self.completed_at is None else self.completed_at <= self.deadline
+
+
+@dataclass(frozen=True, slots=True)
+class AccessRecord:
+    at: datetime
+    who: str
+    purpose: str
+    recording_id: str
+    allowed: bool
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class CallCount:
+    line: str | None
+    direction: Direction
+    decision: Decision
+    calls: int
+
+
+@dataclass(frozen=True, slots=True)
+class CallbackSummary:
+    callback_call_id: str
+    missed_call_id: str
+    line: str | None
+    missed_ended_at: datetime | None
+    called_back_at: datetime
+    window: timedelta | None  # the window the lookup used (wider while overloaded)
+    overload: bool
+    within_window: bool  # called back within the policy's (not the widened) window
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    start: datetime
+    end: datetime
+    calls: tuple[CallCount, ...]
+    missed: int
+    answered: int
+    recordings_made: int  # created in the period with audio
+    recordings_empty: int  # created in the period without audio (header only, or lost)
+    recordings_deleted: int  # deleted in the period, whenever made
+    deleted_by_reason: tuple[tuple[str, int], ...]  # ("retention" | "withdrawal", count)
+    withdrawals: tuple[WithdrawalRow, ...]
+    callbacks: tuple[CallbackSummary, ...]
+
+
+class Queries(Protocol):
+    """What the command line asks besides the two ports above."""
+
+    async def callbacks_due(self, now: datetime) -> list[CallbackDue]: ...
+
+    async def report(self, start: datetime, end: datetime) -> Report: ...
+
+    async def audit_entries(self, subject: str | None = None) -> list[AuditEntry]: ...
+
+    async def withdrawals(self) -> list[WithdrawalRow]: ...
+
+    async def access_log(self, recording_id: str | None = None) -> list[AccessRecord]: ...

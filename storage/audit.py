@@ -1,0 +1,109 @@
+"""The audit log's hash chain and the keyed pseudonym that keeps phone numbers out of it.
+
+Each entry's hash is SHA-256 over the previous entry's hash followed by the canonical JSON
+of the entry (sorted keys, no spaces, UTF-8): changing, inserting or removing an entry in
+the middle breaks every later link, which `chain_problems` reports. The first entry's
+previous hash is `GENESIS`.
+
+An audit entry must prove what was deleted, when and why without holding personal data; a
+caller is named by HMAC-SHA256(key, E.164). The key lives beside the ledger
+(`pseudonym.key`, 32 random bytes, mode 0600): with it the DPO can check whether a given
+number is the one in an entry; without it the entries name nobody.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import hmac
+import json
+import os
+import secrets
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+from flows.errors import StorageError
+from storage.ports import AuditEntry
+
+GENESIS = "0" * 64
+KEY_BYTES = 32
+
+
+def canonical(seq: int, at: str, action: str, subject: str, details: Mapping[str, str]) -> str:
+    return json.dumps(
+        {"seq": seq, "at": at, "action": action, "subject": subject, "details": dict(details)},
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=False,
+    )
+
+
+def entry_hash(prev_hash: str, body: str) -> str:
+    return hashlib.sha256((prev_hash + body).encode("utf-8")).hexdigest()
+
+
+def chain_problems(entries: Iterable[tuple[AuditEntry, str]]) -> list[str]:
+    """Problems in a chain given as (entry, its canonical body as stored), in seq order."""
+    problems: list[str] = []
+    expected_prev = GENESIS
+    expected_seq = 1
+    for entry, body in entries:
+        if entry.seq != expected_seq:
+            problems.append(
+                f"audit: entry {expected_seq} is missing (next stored entry is {entry.seq})"
+            )
+        if entry.prev_hash != expected_prev:
+            problems.append(f"audit: entry {entry.seq} does not link to the entry before it")
+        if entry_hash(entry.prev_hash, body) != entry.hash:
+            problems.append(f"audit: entry {entry.seq} was changed (its hash does not match)")
+        expected_prev = entry.hash
+        expected_seq = entry.seq + 1
+    return problems
+
+
+def load_key(path: Path) -> bytes:
+    """The pseudonym key at `path`, created (0600, 32 random bytes) when absent."""
+    try:
+        return _read_key(path)
+    except FileNotFoundError:
+        pass
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.write(fd, secrets.token_bytes(KEY_BYTES))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        # link, not rename: of two processes creating the key at once, one key wins.
+        with contextlib.suppress(FileExistsError):
+            os.link(tmp, path)
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError as error:
+        raise StorageError(f"cannot create the pseudonym key {path}: {error}") from error
+    finally:
+        try:
+            tmp.unlink()
+        except OSError as error:
+            if error.errno != errno.ENOENT:
+                raise StorageError(f"cannot remove {tmp}: {error}") from error
+    return _read_key(path)
+
+
+def _read_key(path: Path) -> bytes:
+    key = path.read_bytes()
+    if len(key) != KEY_BYTES:
+        raise StorageError(
+            f"the pseudonym key {path} holds {len(key)} bytes, not {KEY_BYTES}: restore it "
+            "from the backup (a new key would make old audit entries unmatchable)"
+        )
+    return key
+
+
+def pseudonym(key: bytes, e164: str) -> str:
+    return hmac.new(key, e164.encode("ascii", "replace"), hashlib.sha256).hexdigest()

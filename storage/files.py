@@ -1,0 +1,209 @@
+"""Durable file operations of the recording store (blocking; run them in a worker thread).
+
+A file reaches its place in the store only whole: on the same file system it is renamed
+there (after an fsync of its data), otherwise it is copied into a temporary file in the
+destination directory, fsync'd and renamed over the final name. After a rename both
+directories are fsync'd, so the new name survives a power cut. The source is removed by the
+caller only after the ledger has committed the recording, so a crash at any point leaves
+either the source or the stored file (or both), never neither.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+from flows.errors import NotFoundError, StorageError
+from storage.db import os_error
+
+CHUNK = 1 << 20
+WAV_HEADER = 44  # the canonical RIFF/WAVE header MixMonitor writes before any audio
+TEMP_SUFFIX = ".tmp"
+
+
+@dataclass(frozen=True, slots=True)
+class Placed:
+    sha256: str
+    size: int
+    renamed: bool  # True: the source is gone (moved); False: copied, the source remains
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def private_dir(path: Path) -> None:
+    """Create `path` (and missing parents) with mode 0700, durably."""
+    missing: list[Path] = []
+    probe = path
+    while not probe.exists():
+        missing.append(probe)
+        probe = probe.parent
+    for directory in reversed(missing):
+        try:
+            directory.mkdir(mode=0o700)
+        except FileExistsError:
+            continue
+        fsync_dir(directory.parent)
+
+
+def regular_file(path: Path, what: str) -> os.stat_result:
+    """lstat of `path`, refusing anything but a regular file (a symlink in the spool could
+    otherwise pull any file of the machine into the store)."""
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError as error:
+        raise NotFoundError(f"{what}: {path} does not exist") from error
+    except OSError as error:
+        raise os_error(error, f"{what}: {path}") from error
+    if not stat.S_ISREG(info.st_mode):
+        raise StorageError(f"{what}: {path} is not a regular file")
+    return info
+
+
+def hash_file(path: Path) -> tuple[str, int]:
+    digest = hashlib.sha256()
+    size = 0
+    with path.open("rb") as handle:
+        while chunk := handle.read(CHUNK):
+            digest.update(chunk)
+            size += len(chunk)
+    return digest.hexdigest(), size
+
+
+def header_only(path: Path) -> bool:
+    """True when `path` holds no audio: empty, a WAV header whose data chunk has no bytes
+    after it, or (not RIFF) no more than a header's 44 bytes."""
+    size = os.lstat(path).st_size
+    if size == 0:
+        return True
+    with path.open("rb") as handle:
+        head = handle.read(4096)
+    if head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+        return size <= WAV_HEADER
+    offset = 12
+    while offset + 8 <= len(head):
+        chunk_id = head[offset : offset + 4]
+        chunk_size = int.from_bytes(head[offset + 4 : offset + 8], "little")
+        if chunk_id == b"data":
+            return size <= offset + 8
+        offset += 8 + chunk_size + (chunk_size & 1)
+    # No data chunk within the header area: there is nothing to play.
+    return size <= max(offset, WAV_HEADER)
+
+
+def place(source: Path, final: Path) -> Placed:
+    """Put `source` at `final` (mode 0600) durably; see the module docstring."""
+    info = regular_file(source, "ingest")
+    doing = f"storing {source.name}"
+    try:
+        same_fs = info.st_dev == final.parent.stat().st_dev
+        if same_fs:
+            try:
+                source.chmod(0o600)
+            except PermissionError:
+                same_fs = False  # not ours to change: copy instead, the copy is ours
+        if same_fs:
+            sha256, size = _fsync_and_hash(source)
+            source.replace(final)
+            fsync_dir(final.parent)
+            fsync_dir(source.parent)
+            return Placed(sha256, size, renamed=True)
+        sha256, size = copy_durably(source, final)
+        return Placed(sha256, size, renamed=False)
+    except OSError as error:
+        raise os_error(error, doing) from error
+
+
+def _fsync_and_hash(path: Path) -> tuple[str, int]:
+    digest = hashlib.sha256()
+    size = 0
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    try:
+        while chunk := os.read(fd, CHUNK):
+            digest.update(chunk)
+            size += len(chunk)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return digest.hexdigest(), size
+
+
+def copy_durably(source: Path, final: Path) -> tuple[str, int]:
+    """Copy `source` to `final` through a temporary file in `final`'s directory: the final
+    name appears only with the whole, fsync'd content. Raises OSError; on failure nothing is
+    left at `final` and the temporary file is removed."""
+    tmp = final.with_name(f".{final.name}{TEMP_SUFFIX}")
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()  # a leftover of a crash: never anyone's data
+    digest = hashlib.sha256()
+    size = 0
+    out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    try:
+        try:
+            with source.open("rb") as handle:
+                while chunk := handle.read(CHUNK):
+                    digest.update(chunk)
+                    size += len(chunk)
+                    view = memoryview(chunk)
+                    while view:
+                        written = os.write(out, view)
+                        view = view[written:]
+            os.fsync(out)
+        finally:
+            os.close(out)
+        tmp.replace(final)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    fsync_dir(final.parent)
+    return digest.hexdigest(), size
+
+
+def remove(path: Path) -> bool:
+    """Delete `path` durably; False when it was already gone. Raises OSError otherwise."""
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        return False
+    except OSError as error:
+        if error.errno == errno.ENOTDIR:
+            return False
+        raise
+    with contextlib.suppress(FileNotFoundError):
+        fsync_dir(path.parent)
+    return True
+
+
+def write_durably(final: Path, data: bytes) -> str:
+    """Write `data` to `final` (0600) through a temporary file; its SHA-256."""
+    tmp = final.with_name(f".{final.name}{TEMP_SUFFIX}")
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()
+    out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    try:
+        try:
+            view = memoryview(data)
+            while view:
+                written = os.write(out, view)
+                view = view[written:]
+            os.fsync(out)
+        finally:
+            os.close(out)
+        tmp.replace(final)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    fsync_dir(final.parent)
+    return hashlib.sha256(data).hexdigest()

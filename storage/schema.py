@@ -1,0 +1,222 @@
+"""The ledger's schema as versioned migrations.
+
+Migration N (1-based) is `MIGRATIONS[N - 1]`, a list of SQL statements applied in one
+transaction together with the new row of `schema_version`. A database records the highest
+migration applied; opening an older one applies the rest, opening a newer one is refused
+(an older program must not write tables it does not understand).
+
+Times are ISO-8601 UTC text with microseconds and a `Z` (`storage.timefmt`), so text order
+is time order and every index on a time column is a range index.
+"""
+
+from __future__ import annotations
+
+import aiosqlite
+
+from flows.errors import StorageError
+
+LEDGER: tuple[str, ...] = (
+    """CREATE TABLE calls (
+        call_id        TEXT PRIMARY KEY,
+        channel_id     TEXT NOT NULL,
+        direction      TEXT NOT NULL,
+        line           TEXT,
+        caller         TEXT,
+        dialed         TEXT,
+        customer       TEXT,          -- E.164 of the customer: caller inbound, dialed otherwise
+        started_at     TEXT NOT NULL,
+        purge_after    TEXT NOT NULL, -- the numbers go when a recording of this call would
+        ended_at       TEXT,
+        outcome        TEXT,
+        decision       TEXT NOT NULL DEFAULT 'none',
+        decided_at     TEXT,
+        digit          TEXT,
+        legal_basis    TEXT,
+        prompt         TEXT,
+        prompt_sha256  TEXT,
+        reason         TEXT,
+        linked_to      TEXT,
+        parent_call_id TEXT,
+        recording_file TEXT,
+        file_flagged   INTEGER NOT NULL DEFAULT 0,
+        scrubbed       INTEGER NOT NULL DEFAULT 0
+    )""",
+    # The callback lookup: equality on the customer, range on ended_at, newest first.
+    """CREATE INDEX calls_missed ON calls (customer, ended_at)
+        WHERE outcome = 'missed' AND direction = 'inbound'""",
+    "CREATE INDEX calls_open ON calls (started_at) WHERE ended_at IS NULL",
+    "CREATE INDEX calls_started ON calls (started_at)",
+    # "Has the customer been answered since?" for the list of callbacks due.
+    "CREATE INDEX calls_customer ON calls (customer, started_at)",
+    "CREATE INDEX calls_purge ON calls (purge_after) WHERE scrubbed = 0",
+    """CREATE INDEX calls_recording_file ON calls (recording_file)
+        WHERE recording_file IS NOT NULL""",
+    """CREATE TABLE callbacks (
+        callback_call_id TEXT PRIMARY KEY REFERENCES calls (call_id),
+        missed_call_id   TEXT NOT NULL REFERENCES calls (call_id),
+        window_seconds   REAL,
+        overload         INTEGER NOT NULL,
+        linked_at        TEXT NOT NULL
+    )""",
+    "CREATE INDEX callbacks_missed ON callbacks (missed_call_id)",
+    "CREATE INDEX callbacks_linked_at ON callbacks (linked_at)",
+    """CREATE TABLE overload_switch (
+        seq INTEGER PRIMARY KEY,
+        at  TEXT NOT NULL,
+        on_ INTEGER NOT NULL,
+        by  TEXT NOT NULL
+    )""",
+)
+
+RECORDING_STORE: tuple[str, ...] = (
+    """CREATE TABLE recordings (
+        id              TEXT PRIMARY KEY,
+        call_id         TEXT NOT NULL UNIQUE REFERENCES calls (call_id),
+        line            TEXT NOT NULL,
+        legal_basis     TEXT NOT NULL,
+        caller          TEXT,
+        dialed          TEXT,
+        customer        TEXT,
+        decided_at      TEXT NOT NULL,
+        created_at      TEXT NOT NULL,
+        delete_after    TEXT NOT NULL,
+        sha256          TEXT,
+        path            TEXT,
+        linked_to       TEXT,
+        purposes        TEXT NOT NULL,
+        size            INTEGER NOT NULL,
+        status          TEXT NOT NULL,
+        deleted_at      TEXT,
+        deletion_reason TEXT,
+        withdrawal_id   TEXT
+    )""",
+    "CREATE INDEX recordings_due ON recordings (delete_after) WHERE status != 'deleted'",
+    "CREATE INDEX recordings_customer ON recordings (customer) WHERE status != 'deleted'",
+    "CREATE INDEX recordings_created ON recordings (created_at)",
+    "CREATE INDEX recordings_deleted ON recordings (deleted_at) WHERE status = 'deleted'",
+    # An ingest's intent, committed before any file moves: reconcile finishes or undoes it.
+    """CREATE TABLE pending_ingests (
+        recording_id TEXT PRIMARY KEY,
+        call_id      TEXT NOT NULL UNIQUE REFERENCES calls (call_id),
+        source       TEXT NOT NULL,
+        dest         TEXT NOT NULL,
+        started_at   TEXT NOT NULL
+    )""",
+    """CREATE TABLE exports (
+        export_id  TEXT PRIMARY KEY,
+        dir        TEXT NOT NULL,
+        purpose    TEXT NOT NULL,
+        who        TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        state      TEXT NOT NULL   -- writing | done | deleted
+    )""",
+    # Every copy is registered before it is written, so no copy can escape deletion.
+    """CREATE TABLE export_files (
+        id           INTEGER PRIMARY KEY,
+        export_id    TEXT NOT NULL REFERENCES exports (export_id),
+        recording_id TEXT REFERENCES recordings (id),  -- NULL: the manifest
+        path         TEXT NOT NULL,
+        sha256       TEXT,
+        deleted_at   TEXT
+    )""",
+    "CREATE INDEX export_files_recording ON export_files (recording_id)",
+    "CREATE INDEX export_files_export ON export_files (export_id)",
+    "CREATE INDEX export_files_live ON export_files (export_id) WHERE deleted_at IS NULL",
+    """CREATE TABLE withdrawals (
+        id            TEXT PRIMARY KEY,
+        caller        TEXT NOT NULL,
+        via           TEXT NOT NULL,
+        received_at   TEXT NOT NULL,
+        registered_by TEXT NOT NULL,
+        registered_at TEXT NOT NULL,
+        received_on   TEXT NOT NULL,
+        due_on        TEXT NOT NULL,
+        deadline      TEXT NOT NULL,
+        completed_at  TEXT
+    )""",
+    "CREATE INDEX withdrawals_caller ON withdrawals (caller, registered_at)",
+    "CREATE INDEX withdrawals_open ON withdrawals (registered_at) WHERE completed_at IS NULL",
+    """CREATE TABLE withdrawal_recordings (
+        withdrawal_id TEXT NOT NULL REFERENCES withdrawals (id),
+        recording_id  TEXT NOT NULL REFERENCES recordings (id),
+        action        TEXT NOT NULL,   -- deleted | kept
+        why           TEXT NOT NULL,
+        PRIMARY KEY (withdrawal_id, recording_id)
+    )""",
+)
+
+AUDIT: tuple[str, ...] = (
+    """CREATE TABLE audit (
+        seq       INTEGER PRIMARY KEY,
+        at        TEXT NOT NULL,
+        action    TEXT NOT NULL,
+        subject   TEXT NOT NULL,
+        details   TEXT NOT NULL,
+        prev_hash TEXT NOT NULL,
+        hash      TEXT NOT NULL
+    )""",
+    "CREATE INDEX audit_subject ON audit (subject)",
+    # Append-only in the database itself; `verify` also reports a trigger that was dropped.
+    """CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit
+        BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END""",
+    """CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit
+        BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END""",
+    """CREATE TABLE access_log (
+        id           INTEGER PRIMARY KEY,
+        at           TEXT NOT NULL,
+        who          TEXT NOT NULL,
+        purpose      TEXT NOT NULL,
+        recording_id TEXT NOT NULL,
+        allowed      INTEGER NOT NULL,
+        reason       TEXT NOT NULL
+    )""",
+    "CREATE INDEX access_log_recording ON access_log (recording_id)",
+    """CREATE TRIGGER access_log_no_update BEFORE UPDATE ON access_log
+        BEGIN SELECT RAISE(ABORT, 'the access log is append-only'); END""",
+    """CREATE TRIGGER access_log_no_delete BEFORE DELETE ON access_log
+        BEGIN SELECT RAISE(ABORT, 'the access log is append-only'); END""",
+)
+
+MIGRATIONS: tuple[tuple[str, ...], ...] = (LEDGER, RECORDING_STORE, AUDIT)
+APPEND_ONLY_TRIGGERS = frozenset(
+    {"audit_no_update", "audit_no_delete", "access_log_no_update", "access_log_no_delete"}
+)
+
+
+async def schema_version(conn: aiosqlite.Connection) -> int:
+    rows = await conn.execute_fetchall(
+        "SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'"
+    )
+    if not list(rows):
+        return 0
+    rows = await conn.execute_fetchall("SELECT MAX(version) FROM schema_version")
+    value = next(iter(rows))[0]
+    return int(value or 0)
+
+
+async def migrate(
+    conn: aiosqlite.Connection, migrations: tuple[tuple[str, ...], ...] = MIGRATIONS
+) -> int:
+    """Apply the migrations `conn` lacks; return the version it is at afterwards.
+
+    `conn` must be in autocommit mode (isolation_level=None): each migration is its own
+    explicit transaction, so a crash leaves the database at a whole version.
+    """
+    await conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY)")
+    current = await schema_version(conn)
+    if current > len(migrations):
+        raise StorageError(
+            f"the ledger's schema is version {current}, newer than this program's "
+            f"{len(migrations)}: upgrade callrec before opening it"
+        )
+    for number in range(current + 1, len(migrations) + 1):
+        await conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in migrations[number - 1]:
+                await conn.execute(statement)
+            await conn.execute("INSERT INTO schema_version (version) VALUES (?)", (number,))
+            await conn.commit()
+        except BaseException:
+            await conn.rollback()
+            raise
+    return len(migrations)

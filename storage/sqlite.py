@@ -1,0 +1,1937 @@
+"""The embedded store: the ledger in one SQLite file, recordings in a directory beside it.
+
+Layout under `data_dir` (created 0700):
+
+    ledger.sqlite3            calls, decisions, callbacks, recordings, withdrawals, exports,
+                              the hash-chained audit log and the access log (0600)
+    pseudonym.key             the key of the callers' pseudonyms in the audit log (0600)
+    recordings/YYYY/MM/DD/    one file per recording, named by the recording's random id (0600)
+
+Theory of operation. Every change to a file is bracketed by the ledger so that a `kill -9`
+anywhere leaves a state `reconcile` (run at start) or the next `sweep` completes:
+
+* ingest commits its intent (`pending_ingests`: which file goes where) before touching the
+  file, moves it durably (`storage.files`), then commits the recording and removes the
+  source. Reconcile finishes an intent whose file is in place, retries one whose source is
+  still in the spool, and flags one where both are gone.
+* a deletion (retention or withdrawal) removes every export copy and the audio first and
+  only then commits the row as DELETED with its audit entry; until then the row still says
+  the file is due, so a re-run finds it again and removing an absent file is no error.
+* an export registers every file it will write before writing it, so no copy can escape a
+  later deletion.
+
+A withdrawal is also enforced by rule, not only at the moment it is registered: whenever a
+consent recording of a caller exists whose decision predates a withdrawal by that caller
+(an ingest that finished later, a deletion interrupted by a crash), ingest, sweep and
+reconcile delete it and credit it to the withdrawal.
+
+Times come in as arguments; storage never reads the clock. Phone numbers and other caller
+supplied text only ever reach SQL as parameters and never a path: files are named by ids.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import re
+import secrets
+import sqlite3
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from types import TracebackType
+from typing import Any, ParamSpec, TypeVar
+
+from flows.errors import (
+    AccessRefused,
+    CallrecError,
+    IntegrityError,
+    NotFoundError,
+    StorageError,
+)
+from flows.numbers import normalise, shown, try_normalise
+from flows.outcome import Outcome
+from flows.policy import Decision, Direction, LegalBasis, Policy, Purpose
+from flows.purposes import ALLOWED, may_serve
+from flows.retention import delete_after, withdrawal_deadline
+from storage import files
+from storage.audit import GENESIS, canonical, chain_problems, entry_hash, load_key, pseudonym
+from storage.db import (
+    BUSY_TIMEOUT,
+    RETRY_FOR,
+    Database,
+    Tx,
+    opt_ts,
+    os_error,
+    parse_ts,
+    ts,
+)
+from storage.ports import (
+    AccessRecord,
+    AuditEntry,
+    CallbackDue,
+    CallbackSummary,
+    CallCount,
+    CallRow,
+    CallStart,
+    DecisionRecord,
+    MissedCall,
+    ReconcileReport,
+    RecordingRow,
+    RecordingStatus,
+    Report,
+    SweepReport,
+    VerifyReport,
+    WithdrawalReport,
+    WithdrawalRow,
+    WithdrawalVia,
+)
+from storage.schema import APPEND_ONLY_TRIGGERS
+
+P = ParamSpec("P")
+R = TypeVar("R")
+LEDGER_FILE = "ledger.sqlite3"
+KEY_FILE = "pseudonym.key"
+RECORDINGS_DIR = "recordings"
+EXPORTS_DIR = "exports"
+MANIFEST = "manifest.json"
+CALL_ID = re.compile(r"^[0-9a-f]{32}$")
+_SUFFIX = re.compile(r"^\.[a-z0-9]{1,8}$")
+DUE_HORIZON = timedelta(days=1)  # older missed calls are history for `report`, not a to-do list
+MAX_NAME = 200  # a person's name or role in the logs; longer input is refused, not cut
+AUDIT_BATCH = 5000  # audit entries read per query while verifying
+
+_SALES_KEPT = (
+    "legal basis ZEKom-2 Art. 214(7), not consent: kept as evidence of the transaction "
+    "until {due} UTC; a withdrawal of consent does not apply to it"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class _Target:
+    """A recording to delete and the withdrawal it is deleted for (None: retention)."""
+
+    recording_id: str
+    withdrawal_id: str | None
+
+
+# Consent recordings not deleted yet whose decision predates a withdrawal by their caller,
+# each with the earliest such withdrawal (the one it is deleted for).
+_WITHDRAWN_SQL = (
+    "SELECT r.id, (SELECT w.id FROM withdrawals w WHERE w.caller = r.customer "
+    "AND w.registered_at >= r.decided_at ORDER BY w.registered_at, w.id LIMIT 1) "
+    "AS withdrawal_id FROM recordings r WHERE r.status != 'deleted' "
+    "AND r.legal_basis = 'consent' AND r.customer IS NOT NULL"
+)
+_WITHDRAWN_OF_SQL = _WITHDRAWN_SQL + " AND r.customer = ?"
+
+
+@dataclass(slots=True)
+class _Reconciling:
+    ingested: list[str] = field(default_factory=list)
+    unowned: list[str] = field(default_factory=list)
+    flagged: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    resumed: list[str] = field(default_factory=list)
+
+
+def _check_call_id(call_id: str) -> None:
+    if not isinstance(call_id, str) or not CALL_ID.match(call_id):
+        raise StorageError(f"malformed call id {shown(str(call_id))}: expected 32 hex digits")
+
+
+def _person(value: str, what: str) -> str:
+    """A name or role for the logs: printable, not empty, not a novel."""
+    if not isinstance(value, str):
+        raise CallrecError(f"{what} must be text")
+    text = value.strip()
+    if not text or len(text) > MAX_NAME or not text.isprintable():
+        raise CallrecError(
+            f"{what} must be 1 to {MAX_NAME} printable characters, got {shown(value)}"
+        )
+    return text
+
+
+def _purposes_text(purposes: Iterable[Purpose]) -> str:
+    return ",".join(sorted(p.value for p in purposes))
+
+
+def _purposes(text: str) -> frozenset[Purpose]:
+    return frozenset(Purpose(p) for p in text.split(",") if p)
+
+
+class SqliteStore:
+    """`storage.ports.Ledger`, `RecordingStore` and `Queries` on SQLite and local files."""
+
+    def __init__(
+        self,
+        db: Database,
+        policy: Policy,
+        data_dir: Path,
+        spool_dir: Path | None,
+        key: bytes,
+    ) -> None:
+        self._db = db
+        self.policy = policy
+        self.data_dir = data_dir
+        self.spool_dir = spool_dir
+        self.recordings_dir = data_dir / RECORDINGS_DIR
+        self.exports_dir = data_dir / EXPORTS_DIR
+        self._key = key
+        # Serialises this process's file work (ingest, deletions, exports, reconcile);
+        # other processes are kept consistent by the ledger's transactions.
+        self._files = asyncio.Lock()
+
+    @classmethod
+    async def open(
+        cls,
+        data_dir: Path,
+        policy: Policy,
+        *,
+        spool_dir: Path | None = None,
+        busy_timeout: float = BUSY_TIMEOUT,
+        retry_for: float = RETRY_FOR,
+    ) -> SqliteStore:
+        """Open (creating and migrating as needed) the store rooted at `data_dir`.
+
+        `spool_dir` is where MixMonitor writes; `verify` then also reports files left there.
+        """
+
+        def prepare() -> tuple[Path, bytes]:
+            root = Path(data_dir).absolute()
+            files.private_dir(root)
+            files.private_dir(root / RECORDINGS_DIR)
+            files.private_dir(root / EXPORTS_DIR)
+            return root, load_key(root / KEY_FILE)
+
+        try:
+            data_dir, key = await asyncio.to_thread(prepare)
+        except OSError as error:
+            raise os_error(error, f"opening the store {data_dir}") from error
+        db = await Database.open(
+            data_dir / LEDGER_FILE, busy_timeout=busy_timeout, retry_for=retry_for
+        )
+        return cls(db, policy, data_dir, spool_dir, key)
+
+    async def close(self) -> None:
+        await self._db.close()
+
+    async def __aenter__(self) -> SqliteStore:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    # ----------------------------------------------------------------- helpers
+
+    def _pseudo(self, number: str | None) -> str:
+        return "anonymous" if number is None else pseudonym(self._key, number)
+
+    def _abs(self, relative: str) -> Path:
+        return self.data_dir / relative
+
+    def _rel(self, path: Path) -> str:
+        return str(path.relative_to(self.data_dir))
+
+    async def _audit(
+        self, tx: Tx, at: datetime, action: str, subject: str, details: dict[str, str]
+    ) -> None:
+        last = await tx.one("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1")
+        seq = 1 if last is None else int(last["seq"]) + 1
+        prev = GENESIS if last is None else str(last["hash"])
+        when = ts(at)
+        body = canonical(seq, when, action, subject, details)
+        await tx.run(
+            "INSERT INTO audit (seq, at, action, subject, details, prev_hash, hash) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                seq,
+                when,
+                action,
+                subject,
+                json.dumps(details, sort_keys=True, ensure_ascii=False),
+                prev,
+                entry_hash(prev, body),
+            ),
+        )
+
+    @staticmethod
+    async def _in_thread(doing: str, fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return await asyncio.to_thread(fn, *args, **kwargs)
+        except OSError as error:
+            raise os_error(error, doing) from error
+
+    @staticmethod
+    def _call(row: sqlite3.Row) -> CallRow:
+        return CallRow(
+            call_id=row["call_id"],
+            channel_id=row["channel_id"],
+            direction=Direction(row["direction"]),
+            line=row["line"],
+            caller=row["caller"],
+            dialed=row["dialed"],
+            started_at=parse_ts(row["started_at"]),
+            ended_at=opt_ts(row["ended_at"]),
+            outcome=None if row["outcome"] is None else Outcome(row["outcome"]),
+            decision=Decision(row["decision"]),
+            decided_at=opt_ts(row["decided_at"]),
+            digit=row["digit"],
+            legal_basis=None if row["legal_basis"] is None else LegalBasis(row["legal_basis"]),
+            prompt=row["prompt"],
+            prompt_sha256=row["prompt_sha256"],
+            reason=row["reason"],
+            linked_to=row["linked_to"],
+            parent_call_id=row["parent_call_id"],
+            recording_file=row["recording_file"],
+        )
+
+    def _recording(self, row: sqlite3.Row) -> RecordingRow:
+        return RecordingRow(
+            id=row["id"],
+            call_id=row["call_id"],
+            line=row["line"],
+            legal_basis=LegalBasis(row["legal_basis"]),
+            caller=row["caller"],
+            dialed=row["dialed"],
+            created_at=parse_ts(row["created_at"]),
+            delete_after=parse_ts(row["delete_after"]),
+            sha256=row["sha256"],
+            path=None if row["path"] is None else str(self._abs(row["path"])),
+            linked_to=row["linked_to"],
+            purposes=_purposes(row["purposes"]),
+            size=int(row["size"]),
+            status=RecordingStatus(row["status"]),
+            deleted_at=opt_ts(row["deleted_at"]),
+            deletion_reason=row["deletion_reason"],
+        )
+
+    # ------------------------------------------------------------------ ledger
+
+    async def start_call(self, call: CallStart) -> None:
+        _check_call_id(call.call_id)
+        if call.parent_call_id is not None:
+            _check_call_id(call.parent_call_id)
+        code = self.policy.country_code
+        caller = try_normalise(call.caller, country_code=code)
+        dialed = try_normalise(call.dialed, country_code=code)
+        direction = Direction(call.direction)
+        customer = caller if direction is Direction.INBOUND else dialed
+        purge = delete_after(
+            call.started_at, months=self.policy.retention_months, tz=self.policy.timezone
+        )
+
+        async def body(tx: Tx) -> None:
+            added = await tx.run(
+                "INSERT INTO calls (call_id, channel_id, direction, line, caller, dialed, "
+                "customer, started_at, purge_after, parent_call_id) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (call_id) DO NOTHING",
+                (
+                    call.call_id,
+                    str(call.channel_id),
+                    direction.value,
+                    call.line,
+                    caller,
+                    dialed,
+                    customer,
+                    ts(call.started_at),
+                    ts(purge),
+                    call.parent_call_id,
+                ),
+            )
+            if added == 0:
+                old = await tx.one(
+                    "SELECT channel_id FROM calls WHERE call_id = ?", (call.call_id,)
+                )
+                if old is None or old["channel_id"] != str(call.channel_id):
+                    raise StorageError(
+                        "call id already used by another channel", call_id=call.call_id
+                    )
+
+        await self._db.write(body, f"starting call {call.call_id}")
+
+    async def commit_decision(self, record: DecisionRecord) -> None:
+        _check_call_id(record.call_id)
+        if record.linked_to is not None:
+            _check_call_id(record.linked_to)
+        decision = Decision(record.decision)
+        basis = LegalBasis(record.legal_basis)
+        when = ts(record.decided_at)
+
+        async def body(tx: Tx) -> None:
+            row = await tx.one(
+                "SELECT decision, decided_at, legal_basis, customer FROM calls WHERE call_id = ?",
+                (record.call_id,),
+            )
+            if row is None:
+                raise NotFoundError("no such call", call_id=record.call_id)
+            if row["decided_at"] is not None:
+                if row["decision"] == decision.value and row["legal_basis"] == basis.value:
+                    return  # the same decision again: already durable
+                raise StorageError(
+                    f"a decision ({row['decision']}) is already committed; it is final",
+                    call_id=record.call_id,
+                )
+            await tx.run(
+                "UPDATE calls SET decision = ?, decided_at = ?, digit = ?, legal_basis = ?, "
+                "prompt = ?, prompt_sha256 = ?, reason = ?, linked_to = ? WHERE call_id = ?",
+                (
+                    decision.value,
+                    when,
+                    record.digit,
+                    basis.value,
+                    record.prompt,
+                    record.prompt_sha256,
+                    record.reason,
+                    record.linked_to,
+                    record.call_id,
+                ),
+            )
+            details = {
+                "decision": decision.value,
+                "legal_basis": basis.value,
+                "digit": record.digit or "",
+                "prompt": record.prompt or "",
+                "prompt_sha256": record.prompt_sha256 or "",
+                "customer": self._pseudo(row["customer"]),
+            }
+            if record.linked_to is not None:
+                missed = await tx.one("SELECT 1 FROM calls WHERE call_id = ?", (record.linked_to,))
+                if missed is None:
+                    raise NotFoundError(
+                        f"the missed call {record.linked_to} is not in the ledger",
+                        call_id=record.call_id,
+                    )
+                await tx.run(
+                    "INSERT INTO callbacks (callback_call_id, missed_call_id, window_seconds, "
+                    "overload, linked_at) VALUES (?, ?, ?, ?, ?)",
+                    (
+                        record.call_id,
+                        record.linked_to,
+                        None if record.window is None else record.window.total_seconds(),
+                        int(record.overload),
+                        when,
+                    ),
+                )
+                details["linked_to"] = record.linked_to
+                details["overload"] = "on" if record.overload else "off"
+            await self._audit(tx, record.decided_at, "decision.committed", record.call_id, details)
+
+        await self._db.write(body, f"committing the decision of call {record.call_id}")
+
+    async def set_recording_file(self, call_id: str, path: str) -> None:
+        _check_call_id(call_id)
+
+        async def body(tx: Tx) -> None:
+            row = await tx.one("SELECT decision FROM calls WHERE call_id = ?", (call_id,))
+            if row is None:
+                raise NotFoundError("no such call", call_id=call_id)
+            if row["decision"] != Decision.RECORD.value:
+                raise StorageError(
+                    "no committed decision to record: no recording file", call_id=call_id
+                )
+            await tx.run(
+                "UPDATE calls SET recording_file = ? WHERE call_id = ?", (str(path), call_id)
+            )
+
+        await self._db.write(body, f"noting the recording file of call {call_id}")
+
+    async def end_call(self, call_id: str, ended_at: datetime, outcome: Outcome) -> None:
+        _check_call_id(call_id)
+        result = Outcome(outcome)
+        when = ts(ended_at)
+
+        async def body(tx: Tx) -> None:
+            changed = await tx.run(
+                "UPDATE calls SET ended_at = ?, outcome = ? WHERE call_id = ? AND ended_at IS NULL",
+                (when, result.value, call_id),
+            )
+            if (
+                changed == 0
+                and await tx.one("SELECT 1 FROM calls WHERE call_id = ?", (call_id,)) is None
+            ):
+                raise NotFoundError("no such call", call_id=call_id)
+
+        await self._db.write(body, f"ending call {call_id}")
+
+    async def find_missed_call(self, caller: str, since: datetime) -> MissedCall | None:
+        number = try_normalise(caller, country_code=self.policy.country_code)
+        if number is None:
+            return None
+        after = ts(since)
+
+        async def body(tx: Tx) -> sqlite3.Row | None:
+            return await tx.one(
+                "SELECT c.call_id, c.line, c.legal_basis, c.decision, c.ended_at, "
+                "EXISTS (SELECT 1 FROM withdrawals w WHERE w.caller = c.customer "
+                "        AND w.registered_at >= c.decided_at) AS withdrawn "
+                "FROM calls c "
+                "WHERE c.customer = ? AND c.outcome = 'missed' AND c.direction = 'inbound' "
+                "AND c.ended_at >= ? AND c.line IS NOT NULL AND c.legal_basis IS NOT NULL "
+                "AND NOT EXISTS (SELECT 1 FROM callbacks b WHERE b.missed_call_id = c.call_id) "
+                "ORDER BY c.ended_at DESC LIMIT 1",
+                (number, after),
+            )
+
+        row = await self._db.read(body, "looking up a missed call")
+        if row is None:
+            return None
+        return MissedCall(
+            call_id=row["call_id"],
+            line=row["line"],
+            legal_basis=LegalBasis(row["legal_basis"]),
+            decision=Decision(row["decision"]),
+            ended_at=parse_ts(row["ended_at"]),
+            consent_withdrawn=bool(row["withdrawn"]),
+        )
+
+    async def overload(self) -> bool:
+        async def body(tx: Tx) -> sqlite3.Row | None:
+            return await tx.one("SELECT on_ FROM overload_switch ORDER BY seq DESC LIMIT 1")
+
+        row = await self._db.read(body, "reading the overload switch")
+        return row is not None and bool(row["on_"])
+
+    async def set_overload(self, on: bool, by: str, now: datetime) -> None:
+        who = _person(by, "the operator turning the overload switch")
+
+        async def body(tx: Tx) -> None:
+            await tx.run(
+                "INSERT INTO overload_switch (at, on_, by) VALUES (?, ?, ?)",
+                (ts(now), int(on), who),
+            )
+            await self._audit(
+                tx, now, "overload.on" if on else "overload.off", "overload", {"by": who}
+            )
+
+        await self._db.write(body, "turning the overload switch")
+
+    async def get_call(self, call_id: str) -> CallRow | None:
+        async def body(tx: Tx) -> sqlite3.Row | None:
+            return await tx.one("SELECT * FROM calls WHERE call_id = ?", (call_id,))
+
+        row = await self._db.read(body, "reading a call")
+        return None if row is None else self._call(row)
+
+    async def open_calls(self) -> list[CallRow]:
+        async def body(tx: Tx) -> list[sqlite3.Row]:
+            return await tx.all(
+                "SELECT * FROM calls WHERE ended_at IS NULL ORDER BY started_at, call_id"
+            )
+
+        return [self._call(row) for row in await self._db.read(body, "listing open calls")]
+
+    # ------------------------------------------------------------------ ingest
+
+    async def ingest(self, call_id: str, source: Path, now: datetime) -> RecordingRow | None:
+        _check_call_id(call_id)
+        ts(now)
+        async with self._files:
+            return await self._ingest(call_id, Path(source), now)
+
+    async def _ingest(self, call_id: str, source: Path, now: datetime) -> RecordingRow | None:
+        async def state(tx: Tx) -> tuple[sqlite3.Row | None, ...]:
+            return (
+                await tx.one("SELECT * FROM recordings WHERE call_id = ?", (call_id,)),
+                await tx.one("SELECT * FROM pending_ingests WHERE call_id = ?", (call_id,)),
+                await tx.one("SELECT * FROM calls WHERE call_id = ?", (call_id,)),
+            )
+
+        existing, pending, call = await self._db.read(state, f"ingesting call {call_id}")
+        if existing is not None:
+            await self._tidy_source(existing, source)
+            return self._recording(existing)
+        if pending is not None:
+            return await self._finish_pending(pending, now)
+        if call is None or call["decision"] != Decision.RECORD.value:
+            why = "no such call" if call is None else f"decision {call['decision']}"
+            await self._discard(call_id, source, now, why)
+            return None
+        files.regular_file(source, f"ingesting call {call_id}")
+        if await self._in_thread(f"reading {source}", files.header_only, source):
+            return await self._store_empty(call, source, now)
+        recording_id = secrets.token_hex(16)
+        created = parse_ts(call["decided_at"])
+        suffix = source.suffix.lower() if _SUFFIX.match(source.suffix.lower()) else ".wav"
+        day = created.strftime("%Y/%m/%d")
+        final = self.recordings_dir / day / f"{recording_id}{suffix}"
+
+        async def intent(tx: Tx) -> None:
+            await tx.run(
+                "INSERT INTO pending_ingests (recording_id, call_id, source, dest, started_at) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (recording_id, call_id, str(source), self._rel(final), ts(now)),
+            )
+
+        await self._db.write(intent, f"ingesting call {call_id}")
+        try:
+            await self._in_thread(f"creating {final.parent}", files.private_dir, final.parent)
+            placed: files.Placed = await asyncio.to_thread(files.place, source, final)
+        except StorageError:
+            # Nothing moved (the source is where it was): forget the intent.
+            async def undo(tx: Tx) -> None:
+                await tx.run("DELETE FROM pending_ingests WHERE recording_id = ?", (recording_id,))
+
+            await self._db.write(undo, f"undoing the ingest of call {call_id}")
+            raise
+        return await self._complete(
+            recording_id, call, final, placed.sha256, placed.size, source, now
+        )
+
+    async def _complete(
+        self,
+        recording_id: str,
+        call: sqlite3.Row,
+        final: Path,
+        sha256: str,
+        size: int,
+        source: Path,
+        now: datetime,
+    ) -> RecordingRow:
+        row = await self._insert_recording(
+            recording_id,
+            call,
+            now,
+            status=RecordingStatus.STORED,
+            path=final,
+            sha256=sha256,
+            size=size,
+        )
+        if source != final:
+            await self._in_thread(f"removing {source}", files.remove, source)
+        await self._enforce_withdrawals(now, customer=call["customer"])
+        return await self._require_recording(row.id)
+
+    async def _insert_recording(
+        self,
+        recording_id: str,
+        call: sqlite3.Row,
+        now: datetime,
+        *,
+        status: RecordingStatus,
+        path: Path | None,
+        sha256: str | None,
+        size: int,
+    ) -> RecordingRow:
+        created = parse_ts(call["decided_at"])
+        due = delete_after(created, months=self.policy.retention_months, tz=self.policy.timezone)
+        basis = LegalBasis(call["legal_basis"])
+        line_name = call["line"] or ""
+        line = self.policy.line_named(line_name)
+        purposes = line.purposes & ALLOWED[basis] if line is not None else ALLOWED[basis]
+        action = "recording.stored" if status is RecordingStatus.STORED else f"recording.{status}"
+
+        async def body(tx: Tx) -> sqlite3.Row:
+            await tx.run("DELETE FROM pending_ingests WHERE recording_id = ?", (recording_id,))
+            await tx.run(
+                "INSERT INTO recordings (id, call_id, line, legal_basis, caller, dialed, "
+                "customer, decided_at, created_at, delete_after, sha256, path, linked_to, "
+                "purposes, size, status) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    recording_id,
+                    call["call_id"],
+                    line_name,
+                    basis.value,
+                    call["caller"],
+                    call["dialed"],
+                    call["customer"],
+                    call["decided_at"],
+                    ts(created),
+                    ts(due),
+                    sha256,
+                    None if path is None else self._rel(path),
+                    call["linked_to"],
+                    _purposes_text(purposes),
+                    size,
+                    status.value,
+                ),
+            )
+            await self._audit(
+                tx,
+                now,
+                action,
+                recording_id,
+                {
+                    "call_id": call["call_id"],
+                    "line": line_name,
+                    "legal_basis": basis.value,
+                    "customer": self._pseudo(call["customer"]),
+                    "sha256": sha256 or "",
+                    "size": str(size),
+                    "delete_after": ts(due),
+                    "linked_to": call["linked_to"] or "",
+                },
+            )
+            stored = await tx.one("SELECT * FROM recordings WHERE id = ?", (recording_id,))
+            assert stored is not None  # inserted just above, in this transaction
+            return stored
+
+        stored = await self._db.write(body, f"storing the recording of call {call['call_id']}")
+        return self._recording(stored)
+
+    async def _store_empty(self, call: sqlite3.Row, source: Path, now: datetime) -> RecordingRow:
+        row = await self._insert_recording(
+            secrets.token_hex(16),
+            call,
+            now,
+            status=RecordingStatus.EMPTY,
+            path=None,
+            sha256=None,
+            size=0,
+        )
+        await self._in_thread(f"removing {source}", files.remove, source)
+        return row
+
+    async def _discard(self, call_id: str, source: Path, now: datetime, why: str) -> None:
+        """A file nobody may keep (no committed RECORD decision): audited, then deleted."""
+        try:
+            files.regular_file(source, "discarding")
+            digest, size = await self._in_thread(f"reading {source}", files.hash_file, source)
+        except NotFoundError:
+            return
+        except StorageError:
+            # A symlink or a device: remove the entry itself, never what it points to.
+            digest, size = "", 0
+
+        async def body(tx: Tx) -> None:
+            await self._audit(
+                tx,
+                now,
+                "recording.discarded",
+                call_id,
+                {"reason": why, "sha256": digest, "size": str(size)},
+            )
+
+        await self._db.write(body, f"discarding the file of call {call_id}")
+        await self._in_thread(f"removing {source}", files.remove, source)
+
+    async def _tidy_source(self, existing: sqlite3.Row, source: Path) -> None:
+        """The call is already ingested; a source still there is a leftover copy of it."""
+        if existing["path"] is not None and self._abs(existing["path"]) == source:
+            return
+        try:
+            files.regular_file(source, "ingest")
+        except StorageError:
+            return
+        if existing["status"] == RecordingStatus.EMPTY.value:
+            if await self._in_thread(f"reading {source}", files.header_only, source):
+                await self._in_thread(f"removing {source}", files.remove, source)
+            return
+        digest, _ = await self._in_thread(f"reading {source}", files.hash_file, source)
+        if digest == existing["sha256"]:
+            await self._in_thread(f"removing {source}", files.remove, source)
+
+    async def _finish_pending(self, pending: sqlite3.Row, now: datetime) -> RecordingRow | None:
+        recording_id = str(pending["recording_id"])
+        final = self._abs(pending["dest"])
+        source = Path(pending["source"])
+
+        async def read_call(tx: Tx) -> sqlite3.Row | None:
+            return await tx.one("SELECT * FROM calls WHERE call_id = ?", (pending["call_id"],))
+
+        call = await self._db.read(read_call, "finishing an ingest")
+        assert call is not None  # pending_ingests.call_id references calls
+        tmp = final.with_name(f".{final.name}{files.TEMP_SUFFIX}")
+        await self._in_thread(f"removing {tmp}", files.remove, tmp)
+        if await asyncio.to_thread(final.exists):
+            digest, size = await self._in_thread(f"reading {final}", files.hash_file, final)
+            return await self._complete(recording_id, call, final, digest, size, source, now)
+        if await asyncio.to_thread(source.exists):
+            await self._in_thread(f"creating {final.parent}", files.private_dir, final.parent)
+            placed: files.Placed = await asyncio.to_thread(files.place, source, final)
+            return await self._complete(
+                recording_id, call, final, placed.sha256, placed.size, source, now
+            )
+        return await self._insert_recording(
+            recording_id,
+            call,
+            now,
+            status=RecordingStatus.MISSING,
+            path=final,
+            sha256=None,
+            size=0,
+        )
+
+    async def _require_recording(self, recording_id: str) -> RecordingRow:
+        row = await self.recording(recording_id)
+        if row is None:
+            raise NotFoundError(f"no recording {shown(recording_id)}")
+        return row
+
+    # --------------------------------------------------------------- deletion
+
+    async def _delete(self, target: _Target, now: datetime, reason: str) -> str | None:
+        """Delete one recording: copies, audio, then the row. A problem line, or None."""
+
+        async def read(tx: Tx) -> tuple[sqlite3.Row | None, list[sqlite3.Row]]:
+            row = await tx.one(
+                "SELECT * FROM recordings WHERE id = ? AND status != 'deleted'",
+                (target.recording_id,),
+            )
+            copies = await tx.all(
+                "SELECT id, export_id, path FROM export_files WHERE deleted_at IS NULL AND "
+                "export_id IN (SELECT export_id FROM export_files WHERE recording_id = ?)",
+                (target.recording_id,),
+            )
+            return row, copies
+
+        row, copies = await self._db.read(read, "reading a recording to delete")
+        if row is None:
+            return None
+        removed_copies: list[int] = []
+        problems: list[str] = []
+        for copy in copies:
+            try:
+                await asyncio.to_thread(files.remove, Path(copy["path"]))
+                removed_copies.append(int(copy["id"]))
+            except OSError as error:
+                problems.append(f"export copy {copy['path']}: {error.strerror or error}")
+        for export_dir in {Path(copy["path"]).parent for copy in copies}:
+            with contextlib.suppress(OSError):
+                await asyncio.to_thread(export_dir.rmdir)
+        file_state = "none"
+        if row["path"] is not None:
+            try:
+                existed = await asyncio.to_thread(files.remove, self._abs(row["path"]))
+            except OSError as error:
+                problems.append(
+                    f"recording {target.recording_id}: {error.strerror or error} (kept for now)"
+                )
+                await self._mark_copies(removed_copies, now)
+                return "; ".join(problems)
+            file_state = "removed" if existed else "already absent"
+
+        async def body(tx: Tx) -> None:
+            changed = await tx.run(
+                "UPDATE recordings SET status = 'deleted', deleted_at = ?, deletion_reason = ?, "
+                "withdrawal_id = ?, path = NULL, caller = NULL, dialed = NULL, customer = NULL "
+                "WHERE id = ? AND status != 'deleted'",
+                (ts(now), reason, target.withdrawal_id, target.recording_id),
+            )
+            if changed == 0:
+                return
+            await self._mark_copies_in(tx, removed_copies, now)
+            if target.withdrawal_id is not None:
+                await tx.run(
+                    "INSERT OR IGNORE INTO withdrawal_recordings "
+                    "(withdrawal_id, recording_id, action, why) VALUES (?, ?, 'deleted', ?)",
+                    (target.withdrawal_id, target.recording_id, "consent withdrawn"),
+                )
+            await self._audit(
+                tx,
+                now,
+                "recording.deleted",
+                target.recording_id,
+                {
+                    "call_id": row["call_id"],
+                    "reason": reason,
+                    "withdrawal_id": target.withdrawal_id or "",
+                    "legal_basis": row["legal_basis"],
+                    "sha256": row["sha256"] or "",
+                    "size": str(row["size"]),
+                    "created_at": row["created_at"],
+                    "delete_after": row["delete_after"],
+                    "file": file_state,
+                    "copies_removed": str(len(removed_copies)),
+                    "copies_left": str(len(copies) - len(removed_copies)),
+                },
+            )
+
+        await self._db.write(body, f"deleting recording {target.recording_id}")
+        return "; ".join(problems) if problems else None
+
+    async def _mark_copies(self, copy_ids: Sequence[int], now: datetime) -> None:
+        if not copy_ids:
+            return
+
+        async def body(tx: Tx) -> None:
+            await self._mark_copies_in(tx, copy_ids, now)
+
+        await self._db.write(body, "noting removed export copies")
+
+    async def _mark_copies_in(self, tx: Tx, copy_ids: Sequence[int], now: datetime) -> None:
+        await tx.many(
+            "UPDATE export_files SET deleted_at = ? WHERE id = ? AND deleted_at IS NULL",
+            [(ts(now), copy_id) for copy_id in copy_ids],
+        )
+        await tx.run(
+            "UPDATE exports SET state = 'deleted' WHERE state != 'deleted' AND NOT EXISTS "
+            "(SELECT 1 FROM export_files f WHERE f.export_id = exports.export_id "
+            "AND f.deleted_at IS NULL)"
+        )
+
+    async def _retry_copies(self, now: datetime) -> list[str]:
+        """Copies a deletion could not remove (a stick unplugged, a permission): try again."""
+
+        async def read(tx: Tx) -> list[sqlite3.Row]:
+            return await tx.all(
+                "SELECT f.id, f.path FROM export_files f WHERE f.deleted_at IS NULL AND "
+                "f.export_id IN (SELECT g.export_id FROM export_files g JOIN recordings r "
+                "ON r.id = g.recording_id WHERE r.status = 'deleted')"
+            )
+
+        problems: list[str] = []
+        removed: list[int] = []
+        for copy in await self._db.read(read, "listing copies left behind"):
+            try:
+                await asyncio.to_thread(files.remove, Path(copy["path"]))
+                removed.append(int(copy["id"]))
+            except OSError as error:
+                problems.append(f"export copy {copy['path']}: {error.strerror or error}")
+        await self._mark_copies(removed, now)
+        return problems
+
+    async def _enforce_withdrawals(
+        self,
+        now: datetime,
+        *,
+        customer: str | None = None,
+        everyone: bool = False,
+        complete: bool = False,
+    ) -> tuple[list[str], list[str]]:
+        """Delete every consent recording whose decision predates a withdrawal by its
+        caller; (deleted ids, problems). Then mark withdrawals with nothing left complete."""
+        if customer is None and not everyone:
+            return [], []
+
+        async def read(tx: Tx) -> list[sqlite3.Row]:
+            if everyone:
+                return await tx.all(_WITHDRAWN_SQL)
+            return await tx.all(_WITHDRAWN_OF_SQL, (str(customer),))
+
+        rows = await self._db.read(read, "applying withdrawals")
+        deleted: list[str] = []
+        problems: list[str] = []
+        for row in rows:
+            if row["withdrawal_id"] is None:
+                continue
+            problem = await self._delete(
+                _Target(row["id"], row["withdrawal_id"]), now, "withdrawal"
+            )
+            if problem is None:
+                deleted.append(row["id"])
+            else:
+                problems.append(problem)
+        if deleted or everyone or complete:
+            await self._complete_withdrawals(now)
+        return deleted, problems
+
+    async def _complete_withdrawals(self, now: datetime) -> None:
+        async def body(tx: Tx) -> None:
+            open_rows = await tx.all(
+                "SELECT w.id, w.caller, w.registered_at FROM withdrawals w "
+                "WHERE w.completed_at IS NULL"
+            )
+            for w in open_rows:
+                left = await tx.one(
+                    "SELECT 1 FROM recordings WHERE customer = ? AND legal_basis = 'consent' "
+                    "AND status != 'deleted' AND decided_at <= ? LIMIT 1",
+                    (w["caller"], w["registered_at"]),
+                )
+                if left is not None:
+                    continue
+                await tx.run(
+                    "UPDATE withdrawals SET completed_at = ? WHERE id = ?", (ts(now), w["id"])
+                )
+                counts = await tx.one(
+                    "SELECT SUM(action = 'deleted') AS deleted, SUM(action = 'kept') AS kept "
+                    "FROM withdrawal_recordings WHERE withdrawal_id = ?",
+                    (w["id"],),
+                )
+                await self._audit(
+                    tx,
+                    now,
+                    "withdrawal.completed",
+                    w["id"],
+                    {
+                        "deleted": str(int(counts["deleted"] or 0)) if counts else "0",
+                        "kept": str(int(counts["kept"] or 0)) if counts else "0",
+                    },
+                )
+
+        await self._db.write(body, "completing withdrawals")
+
+    # ------------------------------------------------------------------ sweep
+
+    async def sweep(self, now: datetime, *, dry_run: bool = False) -> SweepReport:
+        when = ts(now)
+
+        async def due(tx: Tx) -> list[sqlite3.Row]:
+            return await tx.all(
+                "SELECT id FROM recordings WHERE status != 'deleted' AND delete_after <= ? "
+                "ORDER BY delete_after, id",
+                (when,),
+            )
+
+        async with self._files:
+            ids = [row["id"] for row in await self._db.read(due, "listing due recordings")]
+            if dry_run:
+                return SweepReport(tuple(ids), True, now)
+            deleted: list[str] = []
+            problems: list[str] = []
+            for recording_id in ids:
+                problem = await self._delete(_Target(recording_id, None), now, "retention")
+                if problem is None:
+                    deleted.append(recording_id)
+                else:
+                    problems.append(problem)
+            problems += await self._retry_copies(now)
+            _, withdrawal_problems = await self._enforce_withdrawals(now, everyone=True)
+            problems += withdrawal_problems
+            await self._scrub_calls(now)
+        return SweepReport(tuple(deleted), False, now, tuple(problems))
+
+    async def _scrub_calls(self, now: datetime) -> None:
+        """Calls past the retention period keep their line, times and decision for the
+        report, not the numbers: no call outlives its recording as personal data."""
+
+        async def body(tx: Tx) -> None:
+            await tx.run(
+                "UPDATE calls SET caller = NULL, dialed = NULL, customer = NULL, "
+                "recording_file = NULL, scrubbed = 1 WHERE scrubbed = 0 AND purge_after <= ?",
+                (ts(now),),
+            )
+
+        await self._db.write(body, "removing old calls' numbers")
+
+    # -------------------------------------------------------------- withdrawal
+
+    async def withdraw(
+        self,
+        caller: str,
+        via: WithdrawalVia,
+        received_at: datetime,
+        registered_by: str,
+        now: datetime,
+    ) -> WithdrawalReport:
+        number = normalise(caller, country_code=self.policy.country_code)
+        ts(received_at)
+        ts(now)
+        try:
+            channel = WithdrawalVia(via)
+        except ValueError:
+            raise CallrecError(
+                f"a withdrawal arrives by phone or email, not {shown(str(via))}"
+            ) from None
+        who = _person(registered_by, "who registers the withdrawal")
+        if received_at > now:
+            raise CallrecError(
+                f"a withdrawal cannot be received ({ts(received_at)}) after it is "
+                f"registered ({ts(now)})"
+            )
+        deadline = withdrawal_deadline(
+            received_at,
+            working_days=self.policy.withdrawal_working_days,
+            tz=self.policy.timezone,
+            cutoff=self.policy.receipt_cutoff,
+        )
+        withdrawal_id = secrets.token_hex(16)
+
+        async def register(tx: Tx) -> None:
+            await tx.run(
+                "INSERT INTO withdrawals (id, caller, via, received_at, registered_by, "
+                "registered_at, received_on, due_on, deadline) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    withdrawal_id,
+                    number,
+                    channel.value,
+                    ts(received_at),
+                    who,
+                    ts(now),
+                    deadline.received_on.isoformat(),
+                    deadline.due_on.isoformat(),
+                    ts(deadline.deadline),
+                ),
+            )
+            kept = await tx.all(
+                "SELECT id, delete_after FROM recordings WHERE customer = ? "
+                "AND legal_basis != 'consent' AND status != 'deleted' ORDER BY created_at",
+                (number,),
+            )
+            await tx.many(
+                "INSERT INTO withdrawal_recordings (withdrawal_id, recording_id, action, why) "
+                "VALUES (?, ?, 'kept', ?)",
+                [
+                    (
+                        withdrawal_id,
+                        row["id"],
+                        _SALES_KEPT.format(
+                            due=parse_ts(row["delete_after"]).strftime("%Y-%m-%d %H:%M")
+                        ),
+                    )
+                    for row in kept
+                ],
+            )
+            await self._audit(
+                tx,
+                now,
+                "withdrawal.registered",
+                withdrawal_id,
+                {
+                    "caller": self._pseudo(number),
+                    "via": channel.value,
+                    "registered_by": who,
+                    "received_at": ts(received_at),
+                    "received_on": deadline.received_on.isoformat(),
+                    "due_on": deadline.due_on.isoformat(),
+                    "deadline": ts(deadline.deadline),
+                    "kept": str(len(kept)),
+                },
+            )
+
+        async with self._files:
+            await self._db.write(register, "registering a withdrawal")
+            await self._enforce_withdrawals(now, customer=number, complete=True)
+        row = await self._withdrawal(withdrawal_id)
+        return WithdrawalReport(
+            withdrawal_id=row.withdrawal_id,
+            caller=row.caller,
+            via=row.via,
+            received_at=row.received_at,
+            received_on=row.received_on,
+            due_on=row.due_on,
+            deadline=row.deadline,
+            deleted=row.deleted,
+            kept=row.kept,
+            completed_at=row.completed_at,
+        )
+
+    async def _withdrawal(self, withdrawal_id: str) -> WithdrawalRow:
+        rows = await self._withdrawal_rows("WHERE id = ?", (withdrawal_id,))
+        if not rows:
+            raise NotFoundError(f"no withdrawal {shown(withdrawal_id)}")
+        return rows[0]
+
+    async def _withdrawal_rows(self, where: str, params: Sequence[Any]) -> list[WithdrawalRow]:
+        async def body(tx: Tx) -> tuple[list[sqlite3.Row], list[sqlite3.Row]]:
+            rows = await tx.all(
+                f"SELECT * FROM withdrawals {where} ORDER BY received_at, id",  # noqa: S608
+                params,
+            )
+            items = await tx.all(
+                "SELECT i.withdrawal_id, i.recording_id, i.action, i.why FROM "
+                "withdrawal_recordings i JOIN recordings r ON r.id = i.recording_id "
+                "ORDER BY r.created_at, r.id"
+            )
+            return rows, items
+
+        rows, items = await self._db.read(body, "reading withdrawals")
+        deleted: dict[str, list[str]] = {}
+        kept: dict[str, list[tuple[str, str]]] = {}
+        for item in items:
+            if item["action"] == "deleted":
+                deleted.setdefault(item["withdrawal_id"], []).append(item["recording_id"])
+            else:
+                kept.setdefault(item["withdrawal_id"], []).append(
+                    (item["recording_id"], item["why"])
+                )
+        return [
+            WithdrawalRow(
+                withdrawal_id=row["id"],
+                caller=row["caller"],
+                via=WithdrawalVia(row["via"]),
+                received_at=parse_ts(row["received_at"]),
+                registered_by=row["registered_by"],
+                registered_at=parse_ts(row["registered_at"]),
+                received_on=row["received_on"],
+                due_on=row["due_on"],
+                deadline=parse_ts(row["deadline"]),
+                completed_at=opt_ts(row["completed_at"]),
+                deleted=tuple(deleted.get(row["id"], ())),
+                kept=tuple(kept.get(row["id"], ())),
+            )
+            for row in rows
+        ]
+
+    async def withdrawals(self) -> list[WithdrawalRow]:
+        return await self._withdrawal_rows("", ())
+
+    # ------------------------------------------------------- access and export
+
+    async def _log_access(
+        self,
+        tx: Tx,
+        now: datetime,
+        who: str,
+        purpose: str,
+        recording_id: str,
+        allowed: bool,
+        reason: str,
+    ) -> None:
+        await tx.run(
+            "INSERT INTO access_log (at, who, purpose, recording_id, allowed, reason) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            (ts(now), who, purpose, recording_id[:64], int(allowed), reason),
+        )
+
+    def _refusal(self, row: RecordingRow | None, recording_id: str, purpose: Purpose) -> str:
+        """Why `row` may not serve `purpose`, or "" when it may."""
+        if row is None:
+            return f"no recording {shown(recording_id)}"
+        if row.status is RecordingStatus.DELETED:
+            when = "" if row.deleted_at is None else f" on {ts(row.deleted_at)}"
+            return f"recording {row.id} was deleted{when} ({row.deletion_reason})"
+        if row.status is RecordingStatus.EMPTY:
+            return f"recording {row.id} is empty: nothing was recorded"
+        if row.status is RecordingStatus.MISSING:
+            return f"recording {row.id}: its file is missing"
+        if not may_serve(row.legal_basis, purpose, row.purposes):
+            allowed = ", ".join(sorted(p.value for p in row.purposes & ALLOWED[row.legal_basis]))
+            return (
+                f"purpose {purpose.value!r} does not fit recording {row.id} "
+                f"(legal basis {row.legal_basis.value}; it may serve only: {allowed})"
+            )
+        return ""
+
+    @staticmethod
+    def _purpose(purpose: Purpose | str) -> Purpose:
+        try:
+            return Purpose(purpose)
+        except ValueError:
+            raise AccessRefused(f"unknown purpose {shown(str(purpose))}") from None
+
+    async def access(self, recording_id: str, purpose: Purpose, who: str, now: datetime) -> Path:
+        person = _person(who, "who accesses a recording")
+        ts(now)
+        try:
+            wanted = self._purpose(purpose)
+        except AccessRefused as error:
+            await self._refuse_logged(now, person, str(purpose)[:32], recording_id, str(error))
+            raise
+        row = await self.recording(recording_id)
+        refusal = self._refusal(row, recording_id, wanted)
+        if not refusal and row is not None and row.path is not None:
+            path = Path(row.path)
+            try:
+                size = (await asyncio.to_thread(os.stat, path)).st_size
+            except OSError:
+                size = -1
+            if size != row.size:
+                refusal = f"recording {row.id}: its file is missing or truncated"
+                await self._refuse_logged(now, person, wanted.value, recording_id, refusal)
+                raise IntegrityError(refusal)
+        if refusal:
+            await self._refuse_logged(now, person, wanted.value, recording_id, refusal)
+            if row is None:
+                raise NotFoundError(refusal)
+            if row.status is RecordingStatus.MISSING:
+                raise IntegrityError(refusal)
+            raise AccessRefused(refusal)
+        assert row is not None and row.path is not None  # no refusal: a stored file
+
+        async def body(tx: Tx) -> None:
+            await self._log_access(
+                tx, now, person, wanted.value, row.id, True, f"fits {row.legal_basis.value}"
+            )
+
+        await self._db.write(body, "logging an access")
+        return Path(row.path)
+
+    async def _refuse_logged(
+        self, now: datetime, who: str, purpose: str, recording_id: str, reason: str
+    ) -> None:
+        async def body(tx: Tx) -> None:
+            await self._log_access(tx, now, who, purpose, recording_id, False, reason)
+
+        await self._db.write(body, "logging a refused access")
+
+    async def export(
+        self, recording_ids: list[str], dest: Path, purpose: Purpose, who: str, now: datetime
+    ) -> Path:
+        """Copy the recordings and a `manifest.json` (metadata, SHA-256, their audit entries)
+        into a new directory under `dest`; every file is registered as a copy first, so
+        retention and withdrawals delete it with the original. All or nothing."""
+        person = _person(who, "who exports recordings")
+        wanted = self._purpose(purpose)
+        if not recording_ids:
+            raise CallrecError("export: name at least one recording")
+        ids = list(dict.fromkeys(recording_ids))
+        async with self._files:
+            rows: list[RecordingRow] = []
+            for recording_id in ids:
+                row = await self.recording(recording_id)
+                refusal = self._refusal(row, recording_id, wanted)
+                if refusal:
+                    await self._refuse_logged(now, person, wanted.value, recording_id, refusal)
+                    if row is None:
+                        raise NotFoundError(f"export refused: {refusal}")
+                    raise AccessRefused(f"export refused: {refusal}")
+                assert row is not None
+                rows.append(row)
+            export_id = secrets.token_hex(16)
+            base = await asyncio.to_thread(Path(dest).absolute)
+            folder = base / f"callrec-export-{export_id}"
+            targets = [(row, folder / f"{row.id}{Path(row.path or '').suffix}") for row in rows]
+            manifest_path = folder / MANIFEST
+
+            async def register(tx: Tx) -> None:
+                await tx.run(
+                    "INSERT INTO exports (export_id, dir, purpose, who, created_at, state) "
+                    "VALUES (?, ?, ?, ?, ?, 'writing')",
+                    (export_id, str(folder), wanted.value, person, ts(now)),
+                )
+                await tx.many(
+                    "INSERT INTO export_files (export_id, recording_id, path, sha256) "
+                    "VALUES (?, ?, ?, ?)",
+                    [(export_id, row.id, str(path), row.sha256) for row, path in targets]
+                    + [(export_id, None, str(manifest_path), None)],
+                )
+                for row in rows:
+                    await self._log_access(
+                        tx, now, person, wanted.value, row.id, True, f"export {export_id}"
+                    )
+
+            await self._db.write(register, "registering an export")
+            try:
+                await self._write_export(
+                    export_id, folder, targets, manifest_path, wanted, person, now
+                )
+            except BaseException:
+                await self._abandon_export(export_id, now)
+                raise
+            return folder
+
+    async def _write_export(
+        self,
+        export_id: str,
+        folder: Path,
+        targets: list[tuple[RecordingRow, Path]],
+        manifest_path: Path,
+        purpose: Purpose,
+        who: str,
+        now: datetime,
+    ) -> None:
+        await self._in_thread(f"creating {folder}", files.private_dir, folder)
+        entries: list[dict[str, Any]] = []
+        for row, path in targets:
+            assert row.path is not None
+            digest, size = await self._in_thread(
+                f"copying recording {row.id}", files.copy_durably, Path(row.path), path
+            )
+            if digest != row.sha256 or size != row.size:
+                raise IntegrityError(
+                    f"recording {row.id} no longer matches its SHA-256 in the ledger: "
+                    "not exported (run `callrec recordings verify`)"
+                )
+            audit = await self.audit_entries(subject=row.id)
+            audit += await self.audit_entries(subject=row.call_id)
+            audit.sort(key=lambda entry: entry.seq)
+            entries.append(
+                {
+                    "id": row.id,
+                    "file": path.name,
+                    "sha256": row.sha256,
+                    "size": row.size,
+                    "call_id": row.call_id,
+                    "line": row.line,
+                    "legal_basis": row.legal_basis.value,
+                    "caller": row.caller,
+                    "dialed": row.dialed,
+                    "created_at": row.created_at.isoformat(),
+                    "delete_after": row.delete_after.isoformat(),
+                    "linked_to": row.linked_to,
+                    "purposes": sorted(p.value for p in row.purposes),
+                    "audit": [
+                        {
+                            "seq": entry.seq,
+                            "at": entry.at.isoformat(),
+                            "action": entry.action,
+                            "subject": entry.subject,
+                            "details": entry.details,
+                            "prev_hash": entry.prev_hash,
+                            "hash": entry.hash,
+                        }
+                        for entry in audit
+                    ],
+                }
+            )
+        manifest = {
+            "export_id": export_id,
+            "created_at": now.isoformat(),
+            "purpose": purpose.value,
+            "exported_by": who,
+            "hash_chain": "sha256(prev_hash + canonical JSON of seq, at, action, subject, "
+            "details; sorted keys, no spaces)",
+            "recordings": entries,
+        }
+        data = json.dumps(manifest, indent=2, ensure_ascii=False).encode("utf-8")
+        digest = await self._in_thread(
+            f"writing {manifest_path}", files.write_durably, manifest_path, data
+        )
+
+        async def done(tx: Tx) -> None:
+            await tx.run(
+                "UPDATE export_files SET sha256 = ? WHERE export_id = ? AND recording_id IS NULL",
+                (digest, export_id),
+            )
+            await tx.run("UPDATE exports SET state = 'done' WHERE export_id = ?", (export_id,))
+            await self._audit(
+                tx,
+                now,
+                "export.created",
+                export_id,
+                {
+                    "recordings": ",".join(row.id for row, _ in targets),
+                    "purpose": purpose.value,
+                    "by": who,
+                },
+            )
+
+        await self._db.write(done, "finishing an export")
+
+    async def _abandon_export(self, export_id: str, now: datetime) -> None:
+        """Remove every file of an unfinished export (they are registered before written)."""
+
+        async def read(tx: Tx) -> list[sqlite3.Row]:
+            return await tx.all(
+                "SELECT id, path FROM export_files WHERE export_id = ? AND deleted_at IS NULL",
+                (export_id,),
+            )
+
+        removed: list[int] = []
+        folders: set[Path] = set()
+        for copy in await self._db.read(read, "reading an unfinished export"):
+            with contextlib.suppress(OSError):
+                await asyncio.to_thread(files.remove, Path(copy["path"]))
+                removed.append(int(copy["id"]))
+            folders.add(Path(copy["path"]).parent)
+
+        def clear(folder: Path) -> None:
+            for leftover in folder.glob(f".*{files.TEMP_SUFFIX}"):
+                with contextlib.suppress(OSError):
+                    files.remove(leftover)
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+
+        for folder in folders:
+            await asyncio.to_thread(clear, folder)
+
+        async def body(tx: Tx) -> None:
+            await self._mark_copies_in(tx, removed, now)
+            await self._audit(tx, now, "export.abandoned", export_id, {})
+
+        await self._db.write(body, "abandoning an export")
+
+    # ------------------------------------------------------------------ verify
+
+    async def verify(self) -> VerifyReport:
+        problems: list[str] = []
+        checked = 0
+        last = 0
+        chain: list[tuple[AuditEntry, str]] = []
+        while True:
+
+            async def batch(tx: Tx, after: int = last) -> list[sqlite3.Row]:
+                return await tx.all(
+                    "SELECT * FROM audit WHERE seq > ? ORDER BY seq LIMIT ?",
+                    (after, AUDIT_BATCH),
+                )
+
+            rows = await self._db.read(batch, "reading the audit log")
+            if not rows:
+                break
+            for row in rows:
+                entry, body = self._audit_entry(row, problems)
+                if entry is not None:
+                    chain.append((entry, body))
+                last = int(row["seq"])
+                checked += 1
+        problems += chain_problems(chain)
+
+        async def state(tx: Tx) -> tuple[list[sqlite3.Row], ...]:
+            return (
+                await tx.all("SELECT name FROM sqlite_master WHERE type = 'trigger'"),
+                await tx.all(
+                    "SELECT id, path, sha256, size, status FROM recordings "
+                    "WHERE status IN ('stored', 'missing')"
+                ),
+                await tx.all(
+                    "SELECT f.path, f.sha256, f.recording_id FROM export_files f JOIN exports e "
+                    "ON e.export_id = f.export_id WHERE f.deleted_at IS NULL AND e.state = 'done'"
+                ),
+                await tx.all("SELECT call_id, dest FROM pending_ingests"),
+            )
+
+        triggers, recordings, copies, pending = await self._db.read(state, "verifying")
+        missing_triggers = APPEND_ONLY_TRIGGERS - {row["name"] for row in triggers}
+        for name in sorted(missing_triggers):
+            problems.append(f"ledger: the append-only trigger {name} was removed")
+        known: set[Path] = set()
+        for row in recordings:
+            checked += 1
+            path = self._abs(row["path"])
+            known.add(path)
+            if row["status"] == RecordingStatus.MISSING.value:
+                problems.append(f"recording {row['id']}: file missing (flagged by reconcile)")
+                continue
+            problems += await self._check_file(
+                f"recording {row['id']}", path, row["sha256"], row["size"]
+            )
+        for row in copies:
+            checked += 1
+            what = f"export copy of {row['recording_id']}" if row["recording_id"] else "manifest"
+            problems += await self._check_file(what, Path(row["path"]), row["sha256"], None)
+        for row in pending:
+            known.add(self._abs(row["dest"]))
+            problems.append(f"call {row['call_id']}: ingest not finished (reconcile finishes it)")
+        for path in await asyncio.to_thread(self._store_files):
+            if path not in known:
+                problems.append(f"store: {self._rel(path)} belongs to no recording")
+        problems += await self._spool_leftovers()
+        return VerifyReport(checked, tuple(problems))
+
+    def _audit_entry(self, row: sqlite3.Row, problems: list[str]) -> tuple[AuditEntry | None, str]:
+        try:
+            details = json.loads(row["details"])
+            at = parse_ts(row["at"])
+        except (ValueError, TypeError) as error:
+            problems.append(f"audit: entry {row['seq']} is unreadable ({error})")
+            return None, ""
+        if not isinstance(details, dict):
+            problems.append(f"audit: entry {row['seq']} is unreadable (details not an object)")
+            return None, ""
+        body = canonical(int(row["seq"]), row["at"], row["action"], row["subject"], details)
+        entry = AuditEntry(
+            seq=int(row["seq"]),
+            at=at,
+            action=row["action"],
+            subject=row["subject"],
+            details={str(k): str(v) for k, v in details.items()},
+            prev_hash=row["prev_hash"],
+            hash=row["hash"],
+        )
+        return entry, body
+
+    async def _check_file(
+        self, what: str, path: Path, sha256: str | None, size: int | None
+    ) -> list[str]:
+        try:
+            digest, actual = await asyncio.to_thread(files.hash_file, path)
+        except FileNotFoundError:
+            return [f"{what}: file missing ({path})"]
+        except OSError as error:
+            return [f"{what}: unreadable ({error.strerror or error})"]
+        if size is not None and actual != size:
+            return [f"{what}: {actual} bytes, the ledger says {size} (truncated or altered)"]
+        if sha256 is not None and digest != sha256:
+            return [f"{what}: content changed (SHA-256 does not match the ledger)"]
+        return []
+
+    def _store_files(self) -> list[Path]:
+        return sorted(p for p in self.recordings_dir.rglob("*") if not p.is_dir())
+
+    async def _spool_leftovers(self) -> list[str]:
+        spool = self.spool_dir
+        if spool is None or not await asyncio.to_thread(spool.is_dir):
+            return []
+        names = await asyncio.to_thread(lambda: sorted(p for p in spool.iterdir()))
+        problems: list[str] = []
+        for path in names:
+            call = await self._call_of_spool_file(path)
+            if call is None or call["ended_at"] is not None:
+                problems.append(f"spool: {path.name} is not in the store (reconcile takes it)")
+        return problems
+
+    async def _call_of_spool_file(self, path: Path) -> sqlite3.Row | None:
+        async def body(tx: Tx) -> sqlite3.Row | None:
+            row = await tx.one("SELECT * FROM calls WHERE recording_file = ?", (str(path),))
+            if row is None and CALL_ID.match(path.stem):
+                row = await tx.one("SELECT * FROM calls WHERE call_id = ?", (path.stem,))
+            return row
+
+        return await self._db.read(body, "finding a spool file's call")
+
+    # --------------------------------------------------------------- reconcile
+
+    async def reconcile(self, spool: Path, now: datetime) -> ReconcileReport:
+        """Run at start: finish what a crash interrupted and account for every file."""
+        ts(now)
+        report = _Reconciling()
+        async with self._files:
+            await self._resume_ingests(now, report.resumed, report.flagged)
+            await self._resume_exports(now, report.resumed)
+            await self._remove_temp_files(report.resumed)
+            report.failed += await self._fail_closed(now)
+            spool = Path(spool)
+            if await asyncio.to_thread(spool.is_dir):
+                await self._adopt_spool(spool, now, report)
+            await self._check_stored(now, report.flagged, report.resumed)
+            await self._flag_calls_without_file(report.flagged)
+            deleted, problems = await self._enforce_withdrawals(now, everyone=True)
+            report.resumed += [f"recording {rid} deleted for a withdrawal" for rid in deleted]
+            report.flagged += problems
+        return ReconcileReport(
+            ingested=tuple(report.ingested),
+            deleted_unowned=tuple(report.unowned),
+            flagged=tuple(report.flagged),
+            failed_closed=tuple(report.failed),
+            resumed=tuple(report.resumed),
+        )
+
+    async def _resume_ingests(self, now: datetime, resumed: list[str], flagged: list[str]) -> None:
+        async def read(tx: Tx) -> list[sqlite3.Row]:
+            return await tx.all("SELECT * FROM pending_ingests ORDER BY started_at")
+
+        for pending in await self._db.read(read, "listing unfinished ingests"):
+            try:
+                row = await self._finish_pending(pending, now)
+            except StorageError as error:
+                flagged.append(f"call {pending['call_id']}: ingest not finished: {error}")
+                continue
+            if row is not None and row.status is RecordingStatus.MISSING:
+                flagged.append(
+                    f"call {pending['call_id']}: its recording was being stored and neither "
+                    "the spool file nor the stored file exists (recording marked missing)"
+                )
+            else:
+                resumed.append(f"call {pending['call_id']}: ingest finished")
+
+    async def _resume_exports(self, now: datetime, resumed: list[str]) -> None:
+        async def read(tx: Tx) -> list[sqlite3.Row]:
+            return await tx.all("SELECT export_id FROM exports WHERE state = 'writing'")
+
+        for row in await self._db.read(read, "listing unfinished exports"):
+            await self._abandon_export(row["export_id"], now)
+            resumed.append(f"export {row['export_id']}: unfinished, its files removed")
+
+    async def _remove_temp_files(self, resumed: list[str]) -> None:
+        def sweep_temps() -> list[Path]:
+            found = sorted(self.recordings_dir.rglob(f".*{files.TEMP_SUFFIX}"))
+            for path in found:
+                files.remove(path)
+            return found
+
+        for path in await self._in_thread("removing temporary files", sweep_temps):
+            resumed.append(f"store: removed the temporary file {self._rel(path)}")
+
+    async def _fail_closed(self, now: datetime) -> list[str]:
+        """Open calls without a committed decision: nothing may be recorded for them, and
+        their caller did not finish the notice (so no callback treats them as missed)."""
+
+        async def body(tx: Tx) -> list[str]:
+            rows = await tx.all(
+                "SELECT call_id FROM calls WHERE ended_at IS NULL AND decided_at IS NULL"
+            )
+            ids = [str(row["call_id"]) for row in rows]
+            for call_id in ids:
+                await tx.run(
+                    "UPDATE calls SET ended_at = ?, outcome = ?, reason = ? WHERE call_id = ?",
+                    (
+                        ts(now),
+                        Outcome.ABANDONED_IN_PROMPT.value,
+                        "controller restarted before a decision: not recorded",
+                        call_id,
+                    ),
+                )
+                await self._audit(
+                    tx, now, "call.failed_closed", call_id, {"reason": "no committed decision"}
+                )
+            return ids
+
+        return await self._db.write(body, "closing calls without a decision")
+
+    async def _adopt_spool(self, spool: Path, now: datetime, report: _Reconciling) -> None:
+        paths = await asyncio.to_thread(lambda: sorted(spool.iterdir()))
+        for path in paths:
+            if await asyncio.to_thread(path.is_symlink):
+                # Never followed: it could point at any file of the machine.
+                await self._in_thread(f"removing {path}", files.remove, path)
+                report.flagged.append(f"spool: removed a symbolic link {shown(path.name)}")
+                continue
+            if await asyncio.to_thread(path.is_dir):
+                continue
+            call = await self._call_of_spool_file(path)
+            if call is None or call["decision"] != Decision.RECORD.value:
+                call_id = None if call is None else str(call["call_id"])
+                why = "no such call" if call is None else f"decision {call['decision']}"
+                await self._discard(call_id or "unknown", path, now, why)
+                report.unowned.append(call_id or shown(path.name))
+                continue
+            call_id = str(call["call_id"])
+
+            async def stored(tx: Tx, cid: str = call_id) -> sqlite3.Row | None:
+                return await tx.one("SELECT * FROM recordings WHERE call_id = ?", (cid,))
+
+            existing = await self._db.read(stored, "reading a recording")
+            if existing is not None:
+                await self._tidy_source(existing, path)
+                if await asyncio.to_thread(path.exists):
+                    report.flagged.append(
+                        f"spool: {shown(path.name)} differs from the stored recording of "
+                        f"call {call_id}; left for a look"
+                    )
+                else:
+                    report.resumed.append(f"call {call_id}: leftover spool copy removed")
+                continue
+            if call["ended_at"] is None:
+                report.flagged.append(
+                    f"call {call_id}: still open, its recording stays in the spool"
+                )
+                continue
+            try:
+                row = await self._ingest(call_id, path, now)
+            except StorageError as error:
+                report.flagged.append(f"call {call_id}: not ingested: {error}")
+                continue
+            if row is not None:
+                report.ingested.append(call_id)
+
+    async def _check_stored(self, now: datetime, flagged: list[str], resumed: list[str]) -> None:
+        async def read(tx: Tx) -> list[sqlite3.Row]:
+            return await tx.all(
+                "SELECT id, call_id, path, sha256, status FROM recordings "
+                "WHERE path IS NOT NULL AND status IN ('stored', 'missing')"
+            )
+
+        rows = await self._db.read(read, "listing stored recordings")
+        exists = await asyncio.to_thread(lambda: [self._abs(r["path"]).exists() for r in rows])
+        referenced = {self._abs(r["path"]) for r in rows}
+        for row, present in zip(rows, exists, strict=True):
+            status = row["status"]
+            if status == RecordingStatus.STORED.value and not present:
+                await self._set_status(row["id"], RecordingStatus.MISSING, now)
+                flagged.append(f"recording {row['id']} (call {row['call_id']}): file missing")
+            elif status == RecordingStatus.MISSING.value and present:
+                digest, _ = await self._in_thread(
+                    "reading a reappeared file", files.hash_file, self._abs(row["path"])
+                )
+                if row["sha256"] is not None and digest == row["sha256"]:
+                    await self._set_status(row["id"], RecordingStatus.STORED, now)
+                    resumed.append(f"recording {row['id']}: its file is back and matches")
+                else:
+                    flagged.append(f"recording {row['id']}: a different file is at its path")
+        orphans = [p for p in await asyncio.to_thread(self._store_files) if p not in referenced]
+        if orphans:
+            await self._place_orphans(orphans, now, flagged, resumed)
+
+    async def _place_orphans(
+        self, orphans: list[Path], now: datetime, flagged: list[str], resumed: list[str]
+    ) -> None:
+        """A file in the store no row points at. If its name is a recording that was
+        deleted (a restored backup), the ledger says it must be gone; otherwise flag it."""
+        for path in orphans:
+
+            async def read(tx: Tx, stem: str = path.stem) -> sqlite3.Row | None:
+                return await tx.one("SELECT id, status FROM recordings WHERE id = ?", (stem,))
+
+            row = await self._db.read(read, "identifying a file in the store")
+            if row is not None and row["status"] == RecordingStatus.DELETED.value:
+                await self._in_thread(f"removing {path}", files.remove, path)
+
+                async def body(tx: Tx, recording_id: str = row["id"]) -> None:
+                    await self._audit(
+                        tx,
+                        now,
+                        "recording.deleted",
+                        recording_id,
+                        {"reason": "reappeared after its deletion", "file": "removed"},
+                    )
+
+                await self._db.write(body, "deleting a reappeared recording")
+                resumed.append(f"recording {row['id']}: deleted again (it had reappeared)")
+            else:
+                flagged.append(f"store: {self._rel(path)} belongs to no recording")
+
+    async def _set_status(self, recording_id: str, status: RecordingStatus, now: datetime) -> None:
+        async def body(tx: Tx) -> None:
+            await tx.run(
+                "UPDATE recordings SET status = ? WHERE id = ?", (status.value, recording_id)
+            )
+            await self._audit(tx, now, f"recording.{status.value}", recording_id, {})
+
+        await self._db.write(body, f"marking recording {recording_id} {status.value}")
+
+    async def _flag_calls_without_file(self, flagged: list[str]) -> None:
+        """Told to record, ended, and no file ever arrived: said once, not at every start."""
+
+        async def body(tx: Tx) -> list[str]:
+            rows = await tx.all(
+                "SELECT c.call_id FROM calls c WHERE c.recording_file IS NOT NULL "
+                "AND c.ended_at IS NOT NULL AND c.file_flagged = 0 "
+                "AND NOT EXISTS (SELECT 1 FROM recordings r WHERE r.call_id = c.call_id) "
+                "AND NOT EXISTS (SELECT 1 FROM pending_ingests p WHERE p.call_id = c.call_id)"
+            )
+            ids = [str(row["call_id"]) for row in rows]
+            await tx.many(
+                "UPDATE calls SET file_flagged = 1 WHERE call_id = ?", [(i,) for i in ids]
+            )
+            return ids
+
+        for call_id in await self._db.write(body, "checking calls without a file"):
+            flagged.append(f"call {call_id}: recording was started but no file arrived")
+
+    # ----------------------------------------------------------------- queries
+
+    async def recordings(self, *, include_deleted: bool = False) -> list[RecordingRow]:
+        where = "" if include_deleted else "WHERE status != 'deleted'"
+
+        async def body(tx: Tx) -> list[sqlite3.Row]:
+            return await tx.all(
+                f"SELECT * FROM recordings {where} ORDER BY created_at, id"  # noqa: S608
+            )
+
+        return [self._recording(row) for row in await self._db.read(body, "listing recordings")]
+
+    async def recording(self, recording_id: str) -> RecordingRow | None:
+        async def body(tx: Tx) -> sqlite3.Row | None:
+            return await tx.one("SELECT * FROM recordings WHERE id = ?", (recording_id,))
+
+        row = await self._db.read(body, "reading a recording")
+        return None if row is None else self._recording(row)
+
+    async def audit_entries(self, subject: str | None = None) -> list[AuditEntry]:
+        async def body(tx: Tx) -> list[sqlite3.Row]:
+            if subject is None:
+                return await tx.all("SELECT * FROM audit ORDER BY seq")
+            return await tx.all("SELECT * FROM audit WHERE subject = ? ORDER BY seq", (subject,))
+
+        entries: list[AuditEntry] = []
+        problems: list[str] = []
+        for row in await self._db.read(body, "reading the audit log"):
+            entry, _ = self._audit_entry(row, problems)
+            if entry is not None:
+                entries.append(entry)
+        return entries
+
+    async def access_log(self, recording_id: str | None = None) -> list[AccessRecord]:
+        async def body(tx: Tx) -> list[sqlite3.Row]:
+            if recording_id is None:
+                return await tx.all("SELECT * FROM access_log ORDER BY id")
+            return await tx.all(
+                "SELECT * FROM access_log WHERE recording_id = ? ORDER BY id", (recording_id,)
+            )
+
+        return [
+            AccessRecord(
+                at=parse_ts(row["at"]),
+                who=row["who"],
+                purpose=row["purpose"],
+                recording_id=row["recording_id"],
+                allowed=bool(row["allowed"]),
+                reason=row["reason"],
+            )
+            for row in await self._db.read(body, "reading the access log")
+        ]
+
+    async def callbacks_due(self, now: datetime) -> list[CallbackDue]:
+        window = self.policy.callback_window
+
+        async def body(tx: Tx) -> list[sqlite3.Row]:
+            return await tx.all(
+                "SELECT c.call_id, c.line, c.customer, c.ended_at FROM calls c "
+                "WHERE c.outcome = 'missed' AND c.direction = 'inbound' AND c.line IS NOT NULL "
+                "AND c.ended_at >= ? AND c.ended_at <= ? "
+                "AND NOT EXISTS (SELECT 1 FROM callbacks b WHERE b.missed_call_id = c.call_id) "
+                "AND NOT EXISTS (SELECT 1 FROM calls a WHERE a.customer = c.customer "
+                "  AND a.direction = 'inbound' AND a.outcome = 'answered' "
+                "  AND a.started_at >= c.ended_at) "
+                "ORDER BY c.ended_at, c.call_id",
+                (ts(now - DUE_HORIZON), ts(now)),
+            )
+
+        due: list[CallbackDue] = []
+        for row in await self._db.read(body, "listing callbacks due"):
+            ended = parse_ts(row["ended_at"])
+            due.append(
+                CallbackDue(
+                    call_id=row["call_id"],
+                    line=row["line"],
+                    caller=row["customer"],
+                    ended_at=ended,
+                    due_by=ended + window,
+                    overdue=now > ended + window,
+                )
+            )
+        return due
+
+    async def report(self, start: datetime, end: datetime) -> Report:
+        lo, hi = ts(start), ts(end)
+
+        async def body(tx: Tx) -> dict[str, list[sqlite3.Row]]:
+            return {
+                "calls": await tx.all(
+                    "SELECT line, direction, decision, COUNT(*) AS n FROM calls "
+                    "WHERE started_at >= ? AND started_at < ? "
+                    "GROUP BY line, direction, decision ORDER BY line, direction, decision",
+                    (lo, hi),
+                ),
+                "outcomes": await tx.all(
+                    "SELECT outcome, COUNT(*) AS n FROM calls WHERE started_at >= ? "
+                    "AND started_at < ? AND direction = 'inbound' GROUP BY outcome",
+                    (lo, hi),
+                ),
+                "made": await tx.all(
+                    "SELECT SUM(size > 0) AS made, SUM(size = 0) AS empty FROM recordings "
+                    "WHERE created_at >= ? AND created_at < ?",
+                    (lo, hi),
+                ),
+                "deleted": await tx.all(
+                    "SELECT deletion_reason, COUNT(*) AS n FROM recordings "
+                    "WHERE status = 'deleted' AND deleted_at >= ? AND deleted_at < ? "
+                    "GROUP BY deletion_reason ORDER BY deletion_reason",
+                    (lo, hi),
+                ),
+                "callbacks": await tx.all(
+                    "SELECT b.callback_call_id, b.missed_call_id, b.window_seconds, b.overload, "
+                    "b.linked_at, m.line, m.ended_at FROM callbacks b "
+                    "JOIN calls m ON m.call_id = b.missed_call_id "
+                    "WHERE b.linked_at >= ? AND b.linked_at < ? ORDER BY b.linked_at",
+                    (lo, hi),
+                ),
+            }
+
+        data = await self._db.read(body, "building the report")
+        outcomes = {row["outcome"]: int(row["n"]) for row in data["outcomes"]}
+        made = data["made"][0]
+        callbacks: list[CallbackSummary] = []
+        for row in data["callbacks"]:
+            called = parse_ts(row["linked_at"])
+            ended = opt_ts(row["ended_at"])
+            callbacks.append(
+                CallbackSummary(
+                    callback_call_id=row["callback_call_id"],
+                    missed_call_id=row["missed_call_id"],
+                    line=row["line"],
+                    missed_ended_at=ended,
+                    called_back_at=called,
+                    window=None
+                    if row["window_seconds"] is None
+                    else timedelta(seconds=float(row["window_seconds"])),
+                    overload=bool(row["overload"]),
+                    within_window=ended is not None
+                    and called - ended <= self.policy.callback_window,
+                )
+            )
+        withdrawals = await self._withdrawal_rows(
+            "WHERE received_at >= ? AND received_at < ?", (lo, hi)
+        )
+        deleted = tuple((str(row["deletion_reason"]), int(row["n"])) for row in data["deleted"])
+        return Report(
+            start=start,
+            end=end,
+            calls=tuple(
+                CallCount(
+                    line=row["line"],
+                    direction=Direction(row["direction"]),
+                    decision=Decision(row["decision"]),
+                    calls=int(row["n"]),
+                )
+                for row in data["calls"]
+            ),
+            missed=outcomes.get(Outcome.MISSED.value, 0),
+            answered=outcomes.get(Outcome.ANSWERED.value, 0),
+            recordings_made=int(made["made"] or 0),
+            recordings_empty=int(made["empty"] or 0),
+            recordings_deleted=sum(n for _, n in deleted),
+            deleted_by_reason=deleted,
+            withdrawals=tuple(withdrawals),
+            callbacks=tuple(callbacks),
+        )

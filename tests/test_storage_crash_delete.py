@@ -1,0 +1,131 @@
+"""kill -9 at every durable step of a sweep and of a withdrawal, then a restart: nothing
+is left undeleted and nothing deleted early (see `storage_crashing.py` for the kills)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from storage_crashing import Case, crash_everywhere, files_under
+from storage_helpers import ALICE, BOB, POLICY, T0, record_call
+
+from flows.policy import Purpose
+from storage.ports import RecordingStatus, WithdrawalVia
+from storage.sqlite import SqliteStore
+
+pytestmark = pytest.mark.slow
+
+
+# ----------------------------------------------------------------------- sweep
+
+
+async def _prepare_sweep(root: Path) -> Case:
+    data, spool, out = root / "data", root / "spool", root / "out"
+    spool.mkdir(parents=True)
+    async with await SqliteStore.open(data, POLICY) as store:
+        due: list[str] = []
+        for line, caller in (("sales", ALICE), ("service", BOB)):
+            call_id, source = await record_call(store, spool, line=line, caller=caller)
+            row = await store.ingest(call_id, source, T0)
+            assert row is not None
+            due.append(row.id)
+        later_call, source = await record_call(store, spool, at=T0 + timedelta(days=2))
+        later = await store.ingest(later_call, source, T0 + timedelta(days=2))
+        assert later is not None
+        await store.export(due, out, Purpose.EVIDENCE, "dpo", T0 + timedelta(days=3))
+        await store.export([due[0], later.id], out, Purpose.EVIDENCE, "dpo", T0)
+        keep_export = await store.export([later.id], out, Purpose.EVIDENCE, "dpo", T0)
+        first = await store.recording(due[0])
+        assert first is not None
+    now = first.delete_after + timedelta(hours=1)
+    return Case(
+        root,
+        data,
+        spool,
+        "sweep",
+        now,
+        {},
+        {"due": due, "later": later.id, "keep_export": str(keep_export)},
+    )
+
+
+async def _check_sweep(case: Case) -> None:
+    async with await SqliteStore.open(case.data, POLICY) as store:
+        await store.reconcile(case.spool, case.now)
+        await store.sweep(case.now)
+        for recording_id in case.facts["due"]:
+            row = await store.recording(recording_id)
+            assert row is not None and row.status is RecordingStatus.DELETED
+            actions = [e.action for e in await store.audit_entries(recording_id)]
+            assert "recording.deleted" in actions
+        later = await store.recording(case.facts["later"])
+        assert later is not None and later.status is RecordingStatus.STORED, "deleted early"
+        stored = files_under(store.recordings_dir)
+        assert stored == [Path(str(later.path))], f"left in the store: {stored}"
+        keep = Path(case.facts["keep_export"])
+        exported = files_under(case.root / "out")
+        assert sorted(exported) == sorted(files_under(keep)), f"copies left: {exported}"
+        report = await store.verify()
+        assert report.ok, report.problems
+
+
+async def test_kill_during_sweep_leaves_nothing_undeleted(tmp_path: Path) -> None:
+    """After a kill at any step of a sweep and a re-run, every due recording and every
+    export copy of it is gone with an audit entry, and nothing not yet due was touched."""
+    steps = await crash_everywhere(_prepare_sweep, _check_sweep, tmp_path)
+    assert steps.count("unlink") >= 5
+
+
+# -------------------------------------------------------------------- withdraw
+
+
+async def _prepare_withdraw(root: Path) -> Case:
+    data, spool = root / "data", root / "spool"
+    spool.mkdir(parents=True)
+    ids: dict[str, str] = {}
+    async with await SqliteStore.open(data, POLICY) as store:
+        for name, line, caller in (
+            ("consent", "service", ALICE),
+            ("callback", "service", ALICE),
+            ("sales", "sales", ALICE),
+            ("bob", "service", BOB),
+        ):
+            call_id, source = await record_call(store, spool, line=line, caller=caller)
+            row = await store.ingest(call_id, source, T0)
+            assert row is not None
+            ids[name] = row.id
+        await store.export([ids["consent"]], root / "out", Purpose.EVIDENCE, "dpo", T0)
+    return Case(root, data, spool, "withdraw", T0 + timedelta(days=1), {"caller": ALICE}, ids)
+
+
+async def _check_withdraw(case: Case) -> None:
+    async with await SqliteStore.open(case.data, POLICY) as store:
+        await store.reconcile(case.spool, case.now)
+        if not await store.withdrawals():
+            # Killed before the registration committed: the command failed, so it is
+            # registered again, as the DPO would.
+            await store.withdraw(ALICE, WithdrawalVia.EMAIL, case.now, "dpo", case.now)
+        [withdrawal] = await store.withdrawals()
+        assert withdrawal.completed_at is not None
+        assert withdrawal.completed_at <= withdrawal.deadline
+        assert set(withdrawal.deleted) == {case.facts["consent"], case.facts["callback"]}
+        for name, status in (
+            ("consent", RecordingStatus.DELETED),
+            ("callback", RecordingStatus.DELETED),
+            ("sales", RecordingStatus.STORED),
+            ("bob", RecordingStatus.STORED),
+        ):
+            row = await store.recording(case.facts[name])
+            assert row is not None and row.status is status, f"{name}: {row}"
+        assert files_under(case.root / "out") == [], "an export copy survived"
+        report = await store.verify()
+        assert report.ok, report.problems
+
+
+async def test_kill_during_withdrawal_still_deletes_every_consent_recording(
+    tmp_path: Path,
+) -> None:
+    """After a kill at any step of a withdrawal and a restart the caller's consent
+    recordings and their copies are gone, the sales one and other callers' are kept."""
+    await crash_everywhere(_prepare_withdraw, _check_withdraw, tmp_path)

@@ -1,0 +1,826 @@
+"""What the data protection officer relies on, on a real SQLite file and real files."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sqlite3
+import stat
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from storage_helpers import (
+    ALICE,
+    BOB,
+    POLICY,
+    T0,
+    new_id,
+    record_call,
+    wav_bytes,
+)
+
+from flows.errors import AccessRefused, NotFoundError, StorageError
+from flows.outcome import Outcome
+from flows.policy import Decision, Direction, LegalBasis, Purpose
+from flows.retention import delete_after
+from storage.audit import pseudonym
+from storage.ports import (
+    CallStart,
+    DecisionRecord,
+    Ledger,
+    Queries,
+    RecordingStatus,
+    RecordingStore,
+    WithdrawalVia,
+)
+from storage.schema import MIGRATIONS, migrate
+from storage.sqlite import SqliteStore
+
+
+@pytest.fixture
+def spool(tmp_path: Path) -> Path:
+    path = tmp_path / "spool"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+async def store(tmp_path: Path, spool: Path) -> AsyncIterator[SqliteStore]:
+    async with await SqliteStore.open(tmp_path / "data", POLICY, spool_dir=spool) as opened:
+        yield opened
+
+
+def _raw(store: SqliteStore) -> sqlite3.Connection:
+    return sqlite3.connect(store.data_dir / "ledger.sqlite3")
+
+
+# ------------------------------------------------------------------- the ledger
+
+
+async def test_store_implements_the_ports(store: SqliteStore) -> None:
+    """One object is the Ledger, the RecordingStore and the Queries (mypy checks these)."""
+    ledger: Ledger = store
+    recordings: RecordingStore = store
+    queries: Queries = store
+    assert {id(ledger), id(recordings), id(queries)} == {id(store)}
+
+
+async def test_store_files_are_private(store: SqliteStore) -> None:
+    """The data directory is 0700, the ledger and the pseudonym key 0600, the key 32 bytes."""
+    assert stat.S_IMODE(store.data_dir.stat().st_mode) == 0o700
+    ledger = store.data_dir / "ledger.sqlite3"
+    key = store.data_dir / "pseudonym.key"
+    assert stat.S_IMODE(ledger.stat().st_mode) == 0o600
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    assert len(key.read_bytes()) == 32
+    with _raw(store) as raw:
+        assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+async def test_decision_is_committed_before_return(store: SqliteStore, spool: Path) -> None:
+    """Another connection sees the decision as soon as commit_decision returns."""
+    call_id, _ = await record_call(store, spool, end=False)
+    with _raw(store) as raw:
+        row = raw.execute(
+            "SELECT decision, legal_basis, digit FROM calls WHERE call_id = ?", (call_id,)
+        ).fetchone()
+    assert row == ("record", "consent", "1")
+
+
+async def test_a_committed_decision_is_final(store: SqliteStore, spool: Path) -> None:
+    """The same decision again is a no-op; a different one is refused."""
+    call_id, _ = await record_call(store, spool, decision=Decision.REFUSE, end=False)
+    again = DecisionRecord(
+        call_id, Decision.REFUSE, LegalBasis.CONSENT, "2", "again", None, None, T0
+    )
+    await store.commit_decision(again)
+    with pytest.raises(StorageError, match="already committed"):
+        await store.commit_decision(
+            DecisionRecord(call_id, Decision.RECORD, LegalBasis.CONSENT, "1", "x", None, None, T0)
+        )
+    with pytest.raises(StorageError, match="no committed decision to record"):
+        await store.set_recording_file(call_id, str(spool / "x.wav"))
+    row = await store.get_call(call_id)
+    assert row is not None and row.decision is Decision.REFUSE
+
+
+async def test_find_missed_call_returns_the_newest_not_called_back(
+    store: SqliteStore, spool: Path
+) -> None:
+    """The newest missed call within the window wins; one already linked to a callback is
+    passed over; answered calls and other callers never match."""
+    older, _ = await record_call(store, spool, outcome=Outcome.MISSED, decision=Decision.NONE)
+    newer, _ = await record_call(
+        store, spool, at=T0 + timedelta(minutes=10), outcome=Outcome.MISSED
+    )
+    await record_call(store, spool, at=T0 + timedelta(minutes=20), outcome=Outcome.ANSWERED)
+    await record_call(
+        store, spool, caller=BOB, at=T0 + timedelta(minutes=25), outcome=Outcome.MISSED
+    )
+    since = T0 - timedelta(hours=1)
+    found = await store.find_missed_call(ALICE, since)
+    assert found is not None and found.call_id == newer
+    assert found.decision is Decision.RECORD and found.line == "service"
+    assert found.consent_withdrawn is False
+    assert await store.find_missed_call("041 111 111", since) is not None  # national form
+    assert await store.find_missed_call(ALICE, T0 + timedelta(minutes=30)) is None
+    await record_call(
+        store,
+        spool,
+        at=T0 + timedelta(minutes=40),
+        direction=Direction.CALLBACK,
+        caller=ALICE,
+        linked_to=newer,
+        window=timedelta(hours=1),
+    )
+    found = await store.find_missed_call(ALICE, since)
+    assert found is not None and found.call_id == older
+    assert found.decision is Decision.NONE
+
+
+async def test_withdrawal_voids_consent_for_later_callbacks(
+    store: SqliteStore, spool: Path
+) -> None:
+    """A withdrawal registered after the missed call's decision sets consent_withdrawn; a
+    consent given after the withdrawal is not affected."""
+    missed, _ = await record_call(store, spool, outcome=Outcome.MISSED)
+    await store.withdraw(
+        ALICE, WithdrawalVia.PHONE, T0 + timedelta(minutes=5), "agent 7", T0 + timedelta(minutes=5)
+    )
+    found = await store.find_missed_call(ALICE, T0)
+    assert found is not None and found.call_id == missed and found.consent_withdrawn
+    later, _ = await record_call(
+        store, spool, at=T0 + timedelta(minutes=30), outcome=Outcome.MISSED
+    )
+    found = await store.find_missed_call(ALICE, T0)
+    assert found is not None and found.call_id == later and not found.consent_withdrawn
+
+
+async def test_find_missed_call_uses_its_index(store: SqliteStore, spool: Path) -> None:
+    """The lookup is an index range scan, so it stays fast at millions of calls."""
+    await record_call(store, spool, outcome=Outcome.MISSED)
+    with _raw(store) as raw:
+        plan = " ".join(
+            str(row[-1])
+            for row in raw.execute(
+                "EXPLAIN QUERY PLAN SELECT c.call_id FROM calls c WHERE c.customer = ? "
+                "AND c.outcome = 'missed' AND c.direction = 'inbound' AND c.ended_at >= ? "
+                "AND NOT EXISTS (SELECT 1 FROM callbacks b WHERE b.missed_call_id = c.call_id) "
+                "ORDER BY c.ended_at DESC LIMIT 1",
+                (ALICE, "2025"),
+            )
+        )
+    assert "USING INDEX calls_missed" in plan or "USING COVERING INDEX calls_missed" in plan
+    assert "callbacks_missed" in plan
+
+
+async def test_overload_switch_is_explicit_and_audited(store: SqliteStore) -> None:
+    """The switch starts off; each change is an audit entry naming who turned it."""
+    assert await store.overload() is False
+    await store.set_overload(True, "shift lead", T0)
+    assert await store.overload() is True
+    await store.set_overload(False, "shift lead", T0 + timedelta(hours=2))
+    assert await store.overload() is False
+    actions = [(e.action, e.details["by"]) for e in await store.audit_entries("overload")]
+    assert actions == [("overload.on", "shift lead"), ("overload.off", "shift lead")]
+
+
+async def test_open_calls_lists_calls_not_ended(store: SqliteStore, spool: Path) -> None:
+    """Calls started and not ended are listed; ended ones are not."""
+    open_id, _ = await record_call(store, spool, end=False)
+    await record_call(store, spool)
+    assert [row.call_id for row in await store.open_calls()] == [open_id]
+    await store.end_call(open_id, T0 + timedelta(minutes=1), Outcome.ANSWERED)
+    await store.end_call(open_id, T0 + timedelta(minutes=9), Outcome.MISSED)  # first end wins
+    row = await store.get_call(open_id)
+    assert row is not None and row.outcome is Outcome.ANSWERED
+    assert await store.open_calls() == []
+
+
+# --------------------------------------------------------------------- ingest
+
+
+async def test_ingest_stores_the_file_durably_with_its_metadata(
+    store: SqliteStore, spool: Path
+) -> None:
+    """The file moves into recordings/YYYY/MM/DD/<random id>.wav, mode 0600, with its
+    SHA-256, the call's line, basis, numbers, purposes and a six-month delete-after."""
+    call_id, source = await record_call(store, spool)
+    audio = source.read_bytes()
+    row = await store.ingest(call_id, source, T0 + timedelta(minutes=4))
+    assert row is not None and row.status is RecordingStatus.STORED
+    assert not source.exists()
+    assert row.path is not None
+    stored = Path(row.path)
+    assert stored.parent == store.recordings_dir / "2025" / "03" / "03"
+    assert stored.name == f"{row.id}.wav" and row.id != call_id
+    assert stored.read_bytes() == audio
+    assert stat.S_IMODE(stored.stat().st_mode) == 0o600
+    assert row.sha256 == hashlib.sha256(audio).hexdigest() and row.size == len(audio)
+    assert (row.line, row.legal_basis, row.caller, row.dialed) == (
+        "service",
+        LegalBasis.CONSENT,
+        ALICE,
+        "+38640404040",
+    )
+    assert row.created_at == T0 + timedelta(seconds=12)  # when the decision started it
+    assert row.delete_after == delete_after(row.created_at, months=6, tz="Europe/Ljubljana")
+    assert row.purposes == {Purpose.QUALITY, Purpose.EVIDENCE}
+    assert await store.recordings() == [row]
+
+
+async def test_ingest_across_file_systems_copies_then_removes_the_source(
+    store: SqliteStore,
+) -> None:
+    """From another file system (tmpfs) the file is copied, fsync'd, renamed into place,
+    and only then is the source removed."""
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or shm.stat().st_dev == store.data_dir.stat().st_dev:
+        pytest.skip("no second file system (/dev/shm) to ingest from")
+    other = shm / f"callrec-test-{new_id()}"
+    other.mkdir()
+    try:
+        call_id, source = await record_call(store, other)
+        audio = source.read_bytes()
+        row = await store.ingest(call_id, source, T0)
+        assert row is not None and row.path is not None
+        assert Path(row.path).read_bytes() == audio and not source.exists()
+        assert not list(Path(row.path).parent.glob(".*"))  # no temporary file left
+    finally:
+        for leftover in other.iterdir():
+            leftover.unlink()
+        other.rmdir()
+
+
+async def test_ingesting_the_same_call_twice_is_a_no_op(store: SqliteStore, spool: Path) -> None:
+    """The second ingest returns the same row and adds no audit entry."""
+    call_id, source = await record_call(store, spool)
+    first = await store.ingest(call_id, source, T0)
+    entries = len(await store.audit_entries())
+    again = await store.ingest(call_id, source, T0 + timedelta(minutes=1))
+    assert again == first
+    assert len(await store.audit_entries()) == entries
+    assert len(await store.recordings()) == 1
+
+
+async def test_header_only_wav_is_recorded_as_empty(store: SqliteStore, spool: Path) -> None:
+    """MixMonitor's header without audio (nobody was bridged) is a row marked EMPTY and no
+    file; nothing is kept as evidence."""
+    call_id, source = await record_call(store, spool, audio=wav_bytes(frames=0))
+    assert source.stat().st_size == 44
+    row = await store.ingest(call_id, source, T0)
+    assert row is not None and row.status is RecordingStatus.EMPTY
+    assert row.path is None and row.sha256 is None and row.size == 0
+    assert not source.exists()
+    assert not [p for p in store.recordings_dir.rglob("*") if p.is_file()]
+    with pytest.raises(AccessRefused, match="empty"):
+        await store.access(row.id, Purpose.QUALITY, "qa", T0)
+
+
+async def test_file_without_a_record_decision_is_deleted_and_audited(
+    store: SqliteStore, spool: Path
+) -> None:
+    """A file for a call whose caller refused is never kept: deleted, audited, None."""
+    call_id, _ = await record_call(store, spool, decision=Decision.REFUSE)
+    stray = spool / f"{call_id}.wav"
+    stray.write_bytes(wav_bytes())
+    assert await store.ingest(call_id, stray, T0) is None
+    assert not stray.exists()
+    entry = (await store.audit_entries(call_id))[-1]
+    assert entry.action == "recording.discarded"
+    assert entry.details["sha256"] == hashlib.sha256(wav_bytes()).hexdigest()
+    assert await store.recordings(include_deleted=True) == []
+
+
+async def test_callback_recording_is_linked_to_the_missed_call(
+    store: SqliteStore, spool: Path
+) -> None:
+    """A callback's recording carries the id of the missed call it answers."""
+    missed, _ = await record_call(store, spool, outcome=Outcome.MISSED)
+    callback, source = await record_call(
+        store,
+        spool,
+        at=T0 + timedelta(minutes=30),
+        direction=Direction.CALLBACK,
+        caller=ALICE,
+        linked_to=missed,
+        window=timedelta(hours=1),
+    )
+    row = await store.ingest(callback, source, T0 + timedelta(minutes=40))
+    assert row is not None and row.linked_to == missed and row.dialed == ALICE
+
+
+# ----------------------------------------------------------------------- sweep
+
+
+async def test_sweep_deletes_on_time_with_every_copy(
+    store: SqliteStore, spool: Path, tmp_path: Path
+) -> None:
+    """Not a microsecond early; at delete_after the audio, every export copy and the
+    manifest go, the row keeps no number, and an audit entry proves the deletion."""
+    call_id, source = await record_call(store, spool, line="sales")
+    row = await store.ingest(call_id, source, T0)
+    assert row is not None and row.path is not None
+    export = await store.export([row.id], tmp_path / "out", Purpose.EVIDENCE, "dpo", T0)
+    assert (export / f"{row.id}.wav").exists()
+    early = await store.sweep(row.delete_after - timedelta(microseconds=1))
+    assert early.deleted == () and Path(row.path).exists()
+    result = await store.sweep(row.delete_after)
+    assert result.deleted == (row.id,) and result.problems == ()
+    assert not Path(row.path).exists() and not export.exists()
+    gone = await store.recording(row.id)
+    assert gone is not None and gone.status is RecordingStatus.DELETED
+    assert gone.path is None and gone.caller is None and gone.dialed is None
+    assert gone.deleted_at == row.delete_after and gone.deletion_reason == "retention"
+    entry = (await store.audit_entries(row.id))[-1]
+    assert entry.action == "recording.deleted"
+    assert entry.details["sha256"] == row.sha256 and entry.details["reason"] == "retention"
+    assert entry.details["copies_removed"] == "2"  # the audio copy and the manifest
+    assert (await store.sweep(row.delete_after + timedelta(hours=1))).deleted == ()
+    assert await store.recordings() == []
+    assert (await store.verify()).ok
+
+
+async def test_sweep_dry_run_lists_without_deleting(store: SqliteStore, spool: Path) -> None:
+    """A dry run names what is due and changes nothing."""
+    call_id, source = await record_call(store, spool, line="sales")
+    row = await store.ingest(call_id, source, T0)
+    assert row is not None and row.path is not None
+    entries = len(await store.audit_entries())
+    result = await store.sweep(row.delete_after + timedelta(days=1), dry_run=True)
+    assert result.dry_run and result.deleted == (row.id,)
+    assert Path(row.path).exists()
+    assert len(await store.audit_entries()) == entries
+
+
+async def test_sweep_removes_old_calls_numbers(store: SqliteStore, spool: Path) -> None:
+    """Past the retention period a call keeps its line and decision, not its numbers."""
+    call_id, _ = await record_call(store, spool, decision=Decision.REFUSE)
+    await store.sweep(T0 + timedelta(days=150))
+    row = await store.get_call(call_id)
+    assert row is not None and row.caller == ALICE
+    await store.sweep(T0 + timedelta(days=200))
+    row = await store.get_call(call_id)
+    assert row is not None and row.caller is None and row.dialed is None
+    assert row.line == "service" and row.decision is Decision.REFUSE
+
+
+# ------------------------------------------------------------------ withdrawal
+
+
+async def test_withdrawal_deletes_consent_recordings_and_keeps_sales_ones(
+    store: SqliteStore, spool: Path
+) -> None:
+    """Consent recordings of the caller (inbound and callbacks) are deleted at once; sales
+    recordings are kept and the report says why; other callers are untouched."""
+    consent_id, f1 = await record_call(store, spool, outcome=Outcome.MISSED)
+    callback_id, f2 = await record_call(
+        store,
+        spool,
+        at=T0 + timedelta(minutes=20),
+        direction=Direction.CALLBACK,
+        caller=ALICE,
+        linked_to=consent_id,
+    )
+    sales_id, f3 = await record_call(store, spool, line="sales")
+    bob_id, f4 = await record_call(store, spool, caller=BOB)
+    rows = {
+        cid: await store.ingest(cid, f, T0 + timedelta(hours=1))
+        for cid, f in ((consent_id, f1), (callback_id, f2), (sales_id, f3), (bob_id, f4))
+    }
+    received = T0 + timedelta(days=1, hours=8)  # Tuesday 17:00 Ljubljana
+    report = await store.withdraw(
+        "041 111 111", WithdrawalVia.EMAIL, received, "dpo", received + timedelta(hours=1)
+    )
+    assert report.caller == ALICE and report.via is WithdrawalVia.EMAIL
+    assert (report.received_on, report.due_on) == ("2025-03-04", "2025-03-11")
+    assert set(report.deleted) == {rows[consent_id].id, rows[callback_id].id}  # type: ignore[union-attr]
+    assert [rid for rid, _ in report.kept] == [rows[sales_id].id]  # type: ignore[union-attr]
+    assert "ZEKom-2" in report.kept[0][1] and "does not apply" in report.kept[0][1]
+    assert report.completed_at == received + timedelta(hours=1)
+    assert report.completed_at <= report.deadline
+    for cid in (consent_id, callback_id):
+        gone = await store.recording(rows[cid].id)  # type: ignore[union-attr]
+        assert gone is not None and gone.status is RecordingStatus.DELETED
+        assert gone.deletion_reason == "withdrawal"
+    assert {r.call_id for r in await store.recordings()} == {sales_id, bob_id}
+    listed = await store.withdrawals()
+    assert [w.withdrawal_id for w in listed] == [report.withdrawal_id]
+    assert listed[0].met_deadline is True
+    actions = [e.action for e in await store.audit_entries(report.withdrawal_id)]
+    assert actions == ["withdrawal.registered", "withdrawal.completed"]
+
+
+async def test_withdrawal_finding_only_sales_recordings_says_so(
+    store: SqliteStore, spool: Path
+) -> None:
+    """Nothing is deleted and every kept recording is listed with its reason."""
+    call_id, source = await record_call(store, spool, line="sales")
+    row = await store.ingest(call_id, source, T0)
+    report = await store.withdraw(
+        ALICE, WithdrawalVia.PHONE, T0 + timedelta(hours=1), "agent 3", T0 + timedelta(hours=1)
+    )
+    assert report.deleted == ()
+    assert row is not None and report.kept[0][0] == row.id
+    still = await store.recording(row.id)
+    assert still is not None and still.status is RecordingStatus.STORED
+
+
+async def test_recording_ingested_after_a_withdrawal_is_deleted(
+    store: SqliteStore, spool: Path
+) -> None:
+    """A consent call still running when its caller withdraws is deleted as it arrives."""
+    call_id, source = await record_call(store, spool, end=False)
+    report = await store.withdraw(
+        ALICE, WithdrawalVia.PHONE, T0 + timedelta(minutes=1), "agent 3", T0 + timedelta(minutes=1)
+    )
+    await store.end_call(call_id, T0 + timedelta(minutes=3), Outcome.ANSWERED)
+    row = await store.ingest(call_id, source, T0 + timedelta(minutes=4))
+    assert row is not None and row.status is RecordingStatus.DELETED
+    assert not [p for p in store.recordings_dir.rglob("*") if p.is_file()]
+    listed = (await store.withdrawals())[0]
+    assert listed.withdrawal_id == report.withdrawal_id and listed.deleted == (row.id,)
+
+
+async def test_withdrawal_refuses_bad_input(store: SqliteStore) -> None:
+    """An unusable number, an empty registrar or a receipt after registration is refused."""
+    from flows.errors import CallrecError, NumberError
+
+    with pytest.raises(NumberError):
+        await store.withdraw("../../etc/passwd", WithdrawalVia.EMAIL, T0, "dpo", T0)
+    with pytest.raises(CallrecError, match="who registers"):
+        await store.withdraw(ALICE, WithdrawalVia.EMAIL, T0, "  ", T0)
+    with pytest.raises(CallrecError, match="after it is registered"):
+        await store.withdraw(ALICE, WithdrawalVia.EMAIL, T0 + timedelta(days=1), "dpo", T0)
+    assert await store.withdrawals() == []
+
+
+# ---------------------------------------------------------- access and export
+
+
+async def test_access_checks_the_purpose_and_logs_every_attempt(
+    store: SqliteStore, spool: Path
+) -> None:
+    """Training may use a sales recording, not a consent one; both attempts are logged."""
+    sales_id, f1 = await record_call(store, spool, line="sales")
+    consent_id, f2 = await record_call(store, spool)
+    sales = await store.ingest(sales_id, f1, T0)
+    consent = await store.ingest(consent_id, f2, T0)
+    assert sales is not None and consent is not None
+    path = await store.access(sales.id, Purpose.TRAINING, "trainer", T0 + timedelta(hours=1))
+    assert path == Path(str(sales.path))
+    with pytest.raises(AccessRefused, match="does not fit"):
+        await store.access(consent.id, Purpose.TRAINING, "trainer", T0 + timedelta(hours=2))
+    assert await store.access(consent.id, Purpose.QUALITY, "qa lead", T0) == Path(str(consent.path))
+    log = await store.access_log()
+    assert [(a.recording_id, a.purpose, a.who, a.allowed) for a in log] == [
+        (sales.id, "training", "trainer", True),
+        (consent.id, "training", "trainer", False),
+        (consent.id, "quality", "qa lead", True),
+    ]
+    assert "legal basis consent" in log[1].reason
+
+
+async def test_access_to_a_deleted_or_unknown_recording_is_refused(
+    store: SqliteStore, spool: Path
+) -> None:
+    """Deleted means gone for every purpose; an unknown id is not found; both are logged."""
+    call_id, source = await record_call(store, spool, line="sales")
+    row = await store.ingest(call_id, source, T0)
+    assert row is not None
+    await store.sweep(row.delete_after)
+    with pytest.raises(AccessRefused, match="deleted"):
+        await store.access(row.id, Purpose.EVIDENCE, "lawyer", row.delete_after)
+    with pytest.raises(NotFoundError):
+        await store.access("nope", Purpose.EVIDENCE, "lawyer", row.delete_after)
+    assert [a.allowed for a in await store.access_log()] == [False, False]
+
+
+async def test_export_writes_audio_and_a_manifest_that_proves_it(
+    store: SqliteStore, spool: Path, tmp_path: Path
+) -> None:
+    """The export holds the audio, its SHA-256, the metadata and the audit entries whose
+    hashes chain as stored."""
+    call_id, source = await record_call(store, spool)
+    row = await store.ingest(call_id, source, T0)
+    assert row is not None
+    folder = await store.export([row.id], tmp_path / "evidence", Purpose.EVIDENCE, "dpo", T0)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    [item] = manifest["recordings"]
+    audio = (folder / item["file"]).read_bytes()
+    assert hashlib.sha256(audio).hexdigest() == item["sha256"] == row.sha256
+    assert (item["call_id"], item["legal_basis"], item["caller"]) == (call_id, "consent", ALICE)
+    chain = {e.seq: e.hash for e in await store.audit_entries()}
+    actions = [entry["action"] for entry in item["audit"]]
+    assert actions == ["decision.committed", "recording.stored"]
+    for entry in item["audit"]:
+        assert chain[entry["seq"]] == entry["hash"]
+    assert manifest["purpose"] == "evidence" and manifest["exported_by"] == "dpo"
+    for path in folder.iterdir():
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+async def test_export_for_a_wrong_purpose_exports_nothing(
+    store: SqliteStore, spool: Path, tmp_path: Path
+) -> None:
+    """One recording that may not serve the purpose refuses the whole export."""
+    sales_id, f1 = await record_call(store, spool, line="sales")
+    consent_id, f2 = await record_call(store, spool)
+    sales = await store.ingest(sales_id, f1, T0)
+    consent = await store.ingest(consent_id, f2, T0)
+    assert sales is not None and consent is not None
+    with pytest.raises(AccessRefused):
+        await store.export([sales.id, consent.id], tmp_path / "x", Purpose.TRAINING, "t", T0)
+    assert not (tmp_path / "x").exists()
+    assert [a.allowed for a in await store.access_log(consent.id)] == [False]
+
+
+# ---------------------------------------------------------------------- verify
+
+
+async def test_verify_passes_on_an_intact_store(store: SqliteStore, spool: Path) -> None:
+    """Hashes and the audit chain match after ordinary work."""
+    for line in ("sales", "service"):
+        call_id, source = await record_call(store, spool, line=line)
+        await store.ingest(call_id, source, T0)
+    await store.withdraw(ALICE, WithdrawalVia.EMAIL, T0, "dpo", T0 + timedelta(hours=1))
+    report = await store.verify()
+    assert report.ok, report.problems
+    assert report.checked >= 6
+
+
+async def test_verify_reports_one_changed_byte_in_a_recording(
+    store: SqliteStore, spool: Path
+) -> None:
+    """Flipping one byte of a stored file is reported for that recording."""
+    call_id, source = await record_call(store, spool)
+    row = await store.ingest(call_id, source, T0)
+    assert row is not None and row.path is not None
+    data = bytearray(Path(row.path).read_bytes())
+    data[100] ^= 0x01
+    Path(row.path).write_bytes(bytes(data))
+    report = await store.verify()
+    assert report.problems == (
+        f"recording {row.id}: content changed (SHA-256 does not match the ledger)",
+    )
+
+
+async def test_verify_reports_one_changed_byte_in_the_audit_log(
+    store: SqliteStore, spool: Path
+) -> None:
+    """The audit log refuses updates; with its trigger dropped, a changed byte is reported,
+    and so is the dropped trigger."""
+    call_id, source = await record_call(store, spool)
+    await store.ingest(call_id, source, T0)
+    with _raw(store) as raw:
+        with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+            raw.execute("UPDATE audit SET action = 'x' WHERE seq = 1")
+        with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+            raw.execute("DELETE FROM audit WHERE seq = 1")
+        raw.execute("DROP TRIGGER audit_no_update")
+        details = raw.execute("SELECT details FROM audit WHERE seq = 1").fetchone()[0]
+        changed = details.replace('"digit": "1"', '"digit": "2"')
+        assert changed != details
+        raw.execute("UPDATE audit SET details = ? WHERE seq = 1", (changed,))
+    report = await store.verify()
+    assert "audit: entry 1 was changed (its hash does not match)" in report.problems
+    assert "ledger: the append-only trigger audit_no_update was removed" in report.problems
+
+
+async def test_verify_reports_a_removed_audit_entry(store: SqliteStore, spool: Path) -> None:
+    """An entry removed from the middle of the chain breaks the link after it."""
+    for _ in range(3):
+        call_id, source = await record_call(store, spool)
+        await store.ingest(call_id, source, T0)
+    with _raw(store) as raw:
+        raw.execute("DROP TRIGGER audit_no_delete")
+        raw.execute("DELETE FROM audit WHERE seq = 2")
+    problems = (await store.verify()).problems
+    assert "audit: entry 2 is missing (next stored entry is 3)" in problems
+    assert "audit: entry 3 does not link to the entry before it" in problems
+
+
+async def test_audit_log_holds_no_phone_number(store: SqliteStore, spool: Path) -> None:
+    """Callers appear in the audit log only as keyed pseudonyms."""
+    call_id, source = await record_call(store, spool)
+    await store.ingest(call_id, source, T0)
+    await store.withdraw(ALICE, WithdrawalVia.PHONE, T0, "agent", T0 + timedelta(minutes=9))
+    with _raw(store) as raw:
+        dump = "\n".join(str(row) for row in raw.execute("SELECT * FROM audit"))
+    for needle in (ALICE, ALICE[1:], ALICE[4:], "40404040"):
+        assert needle not in dump
+    key = (store.data_dir / "pseudonym.key").read_bytes()
+    assert pseudonym(key, ALICE) in dump
+
+
+# ------------------------------------------------------------------- reconcile
+
+
+async def test_reconcile_accounts_for_every_spool_file_and_open_call(
+    store: SqliteStore, spool: Path
+) -> None:
+    """At start: a finished file of an ended RECORD call is ingested; files without a
+    RECORD decision (a refused call, an unknown name, a symlink) are deleted; a running
+    call's file stays; an open call without a decision is failed closed."""
+    ended, ended_file = await record_call(store, spool)
+    refused, _ = await record_call(store, spool, decision=Decision.REFUSE)
+    refused_file = spool / f"{refused}.wav"
+    refused_file.write_bytes(wav_bytes())
+    unknown = spool / "strange name.wav"
+    unknown.write_bytes(wav_bytes())
+    link = spool / "link.wav"
+    link.symlink_to(store.data_dir / "pseudonym.key")
+    running, running_file = await record_call(store, spool, end=False)
+    undecided = new_id()
+    await store.start_call(
+        CallStart(undecided, "1.1", Direction.INBOUND, "service", ALICE, "+38640404040", T0)
+    )
+    report = await store.reconcile(spool, T0 + timedelta(hours=1))
+    assert report.ingested == (ended,)
+    assert set(report.deleted_unowned) == {refused, "'strange name.wav'"}
+    assert report.failed_closed == (undecided,)
+    assert any("symbolic link" in line for line in report.flagged)
+    assert any(running in line and "still open" in line for line in report.flagged)
+    assert sorted(p.name for p in spool.iterdir()) == [running_file.name]
+    assert not ended_file.exists() and (store.data_dir / "pseudonym.key").exists()
+    closed = await store.get_call(undecided)
+    assert closed is not None and closed.outcome is Outcome.ABANDONED_IN_PROMPT
+    assert closed.decision is Decision.NONE
+    assert [c.call_id for c in await store.open_calls()] == [running]
+    again = await store.reconcile(spool, T0 + timedelta(hours=2))
+    assert again.ingested == () and again.deleted_unowned == () and again.failed_closed == ()
+
+
+async def test_reconcile_flags_missing_files_and_calls_without_one(
+    store: SqliteStore, spool: Path
+) -> None:
+    """A stored recording whose file vanished becomes MISSING; a call told to record whose
+    file never arrived is flagged once."""
+    call_id, source = await record_call(store, spool)
+    row = await store.ingest(call_id, source, T0)
+    assert row is not None and row.path is not None
+    os.unlink(row.path)
+    never, never_file = await record_call(store, spool)
+    never_file.unlink()
+    report = await store.reconcile(spool, T0 + timedelta(hours=1))
+    assert any(row.id in line and "file missing" in line for line in report.flagged)
+    assert any(never in line and "no file arrived" in line for line in report.flagged)
+    missing = await store.recording(row.id)
+    assert missing is not None and missing.status is RecordingStatus.MISSING
+    assert (await store.reconcile(spool, T0 + timedelta(hours=2))).flagged == ()
+    assert (
+        f"recording {row.id}: file missing (flagged by reconcile)"
+        in (await store.verify()).problems
+    )
+
+
+async def test_reconcile_deletes_a_recording_that_reappears(
+    store: SqliteStore, spool: Path
+) -> None:
+    """A deleted recording restored from a backup is deleted again and audited."""
+    call_id, source = await record_call(store, spool, line="sales")
+    row = await store.ingest(call_id, source, T0)
+    assert row is not None and row.path is not None
+    audio = Path(row.path).read_bytes()
+    await store.sweep(row.delete_after)
+    Path(row.path).write_bytes(audio)
+    report = await store.reconcile(spool, row.delete_after + timedelta(hours=1))
+    assert not Path(row.path).exists()
+    assert any("reappeared" in line for line in report.resumed)
+    assert (await store.audit_entries(row.id))[-1].details["reason"] == (
+        "reappeared after its deletion"
+    )
+
+
+# ------------------------------------------------------------------ migrations
+
+
+async def test_an_older_database_is_migrated_on_open(tmp_path: Path) -> None:
+    """A ledger at schema version 1 gains the later tables and keeps its calls."""
+    import aiosqlite
+
+    data = tmp_path / "data"
+    data.mkdir()
+    call_id = new_id()
+    async with aiosqlite.connect(data / "ledger.sqlite3", isolation_level=None) as conn:
+        assert await migrate(conn, MIGRATIONS[:1]) == 1
+        await conn.execute(
+            "INSERT INTO calls (call_id, channel_id, direction, started_at, purge_after) "
+            "VALUES (?, '1.1', 'inbound', '2025-03-03T09:00:00.000000Z', "
+            "'2025-09-03T09:00:00.000000Z')",
+            (call_id,),
+        )
+    async with await SqliteStore.open(data, POLICY) as store:
+        row = await store.get_call(call_id)
+        assert row is not None and row.decision is Decision.NONE
+        assert await store.recordings() == []
+        assert (await store.verify()).ok
+    with sqlite3.connect(data / "ledger.sqlite3") as raw:
+        assert raw.execute("SELECT MAX(version) FROM schema_version").fetchone()[0] == len(
+            MIGRATIONS
+        )
+
+
+async def test_a_newer_database_is_refused(tmp_path: Path) -> None:
+    """A ledger written by a newer program is not opened (nor written) by an older one."""
+    data = tmp_path / "data"
+    async with await SqliteStore.open(data, POLICY):
+        pass
+    with sqlite3.connect(data / "ledger.sqlite3") as raw:
+        raw.execute("INSERT INTO schema_version (version) VALUES (?)", (len(MIGRATIONS) + 1,))
+    with pytest.raises(StorageError, match="newer than this program"):
+        await SqliteStore.open(data, POLICY)
+
+
+# --------------------------------------------------------------------- queries
+
+
+async def test_callbacks_due_lists_missed_calls_not_yet_called_back(
+    store: SqliteStore, spool: Path
+) -> None:
+    """Missed calls without a callback (and without a later answered call from the same
+    number) are due within the window and overdue after it."""
+    first, _ = await record_call(store, spool, outcome=Outcome.MISSED)
+    called, _ = await record_call(store, spool, caller=BOB, outcome=Outcome.MISSED)
+    await record_call(
+        store,
+        spool,
+        at=T0 + timedelta(minutes=10),
+        direction=Direction.CALLBACK,
+        caller=BOB,
+        linked_to=called,
+    )
+    now = T0 + timedelta(minutes=30)
+    due = await store.callbacks_due(now)
+    assert [(d.call_id, d.caller, d.overdue) for d in due] == [(first, ALICE, False)]
+    assert due[0].due_by == due[0].ended_at + POLICY.callback_window
+    assert (await store.callbacks_due(T0 + timedelta(hours=2)))[0].overdue
+    await record_call(store, spool, at=T0 + timedelta(minutes=40))  # Alice got through
+    assert await store.callbacks_due(T0 + timedelta(hours=2)) == []
+
+
+async def test_report_counts_what_happened_in_a_period(store: SqliteStore, spool: Path) -> None:
+    """Calls by line and decision, recordings made and deleted, withdrawals with their
+    deadline met, callbacks with whether they came within the window."""
+    missed, _ = await record_call(store, spool, outcome=Outcome.MISSED)
+    await record_call(store, spool, decision=Decision.REFUSE)
+    sales, f = await record_call(store, spool, line="sales")
+    await store.ingest(sales, f, T0)
+    await record_call(
+        store,
+        spool,
+        at=T0 + timedelta(hours=2),
+        direction=Direction.CALLBACK,
+        caller=ALICE,
+        linked_to=missed,
+        window=timedelta(hours=3),
+        overload=True,
+    )
+    await store.withdraw(ALICE, WithdrawalVia.EMAIL, T0, "dpo", T0 + timedelta(hours=3))
+    report = await store.report(T0 - timedelta(hours=1), T0 + timedelta(days=1))
+    counts = {(c.line, c.direction, c.decision): c.calls for c in report.calls}
+    assert counts[("service", Direction.INBOUND, Decision.RECORD)] == 1
+    assert counts[("service", Direction.INBOUND, Decision.REFUSE)] == 1
+    assert counts[("sales", Direction.INBOUND, Decision.RECORD)] == 1
+    assert counts[("service", Direction.CALLBACK, Decision.RECORD)] == 1
+    assert (report.missed, report.answered) == (1, 2)
+    assert report.recordings_made == 1 and report.recordings_deleted == 0
+    assert [w.met_deadline for w in report.withdrawals] == [True]
+    [callback] = report.callbacks
+    assert callback.missed_call_id == missed and callback.overload
+    assert callback.within_window is False  # 2 h after a 1 h window: only the switch allowed it
+    assert callback.window == timedelta(hours=3)
+
+
+async def test_reconcile_adopts_a_missing_file_that_comes_back(
+    store: SqliteStore, spool: Path
+) -> None:
+    """A file flagged missing that reappears with its recorded SHA-256 is stored again."""
+    call_id, source = await record_call(store, spool)
+    row = await store.ingest(call_id, source, T0)
+    assert row is not None and row.path is not None
+    audio = Path(row.path).read_bytes()
+    os.unlink(row.path)
+    await store.reconcile(spool, T0 + timedelta(hours=1))
+    Path(row.path).write_bytes(audio)
+    report = await store.reconcile(spool, T0 + timedelta(hours=2))
+    assert any("is back and matches" in line for line in report.resumed)
+    back = await store.recording(row.id)
+    assert back is not None and back.status is RecordingStatus.STORED
+    assert (await store.verify()).ok
+
+
+async def test_verify_reports_spool_files_left_out_of_the_store(
+    store: SqliteStore, spool: Path
+) -> None:
+    """A finished call's file still in the spool is outside retention: verify says so."""
+    call_id, source = await record_call(store, spool)
+    assert (await store.verify()).problems == (
+        f"spool: {source.name} is not in the store (reconcile takes it)",
+    )
+    await store.reconcile(spool, T0 + timedelta(hours=1))
+    assert (await store.verify()).ok
+    assert [r.call_id for r in await store.recordings()] == [call_id]
