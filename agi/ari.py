@@ -324,6 +324,7 @@ class AriClient:
         self._session: aiohttp.ClientSession | None = None
         self._sockets: set[aiohttp.ClientWebSocketResponse] = set()
         self._closing = asyncio.Event()
+        self._connected = asyncio.Event()
         self._unknown_types: set[str] = set()
         self._jitter = random.Random()  # noqa: S311 - spreads reconnects; not a secret
         self.connect_attempts = 0  # WebSocket connection attempts so far (status and tests)
@@ -685,6 +686,7 @@ class AriClient:
                 continue
             opened = loop.time()
             self._sockets.add(socket)
+            self._connected.set()
             try:
                 if lost or attempts > 1:
                     # Also after a first connection that needed retries: channels may have
@@ -703,6 +705,8 @@ class AriClient:
                         break
             finally:
                 self._sockets.discard(socket)
+                if not self._sockets:
+                    self._connected.clear()
                 await socket.close()
             lost = True
             if self._closing.is_set():
@@ -720,6 +724,11 @@ class AriClient:
                 delay,
             )
             await self._pause(delay)
+
+    async def wait_connected(self) -> None:
+        """Return once the events WebSocket is up (Asterisk then knows the app, so that
+        subscriptions are accepted)."""
+        await self._connected.wait()
 
     async def _connect(self, url: URL) -> aiohttp.ClientWebSocketResponse:
         session = self._open()

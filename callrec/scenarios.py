@@ -13,7 +13,7 @@ A scenario is a list of steps run in order against one controller and one store:
       - callback: {name: back, customer: "041 555 101", line: service,
                    customer_keys: [[1.0, "1"]]}
         expect: {decision: record, recorded: true, linked_to: first, prompts: []}
-      - overload: {on: true, by: "supervisor"}
+      - overload: {enabled: true, by: "supervisor"}
       - withdraw: {caller: "041 555 101", via: email, by: "dpo",
                    received_at: "2026-04-02T10:00:00+02:00"}
         expect: {deleted: [first], kept: [sales], due_on: "2026-04-10"}

@@ -202,7 +202,12 @@ class InboundFlow:
         # Fail closed: whatever was asked or pressed, no decision means no recording; the
         # adapter still tries to hand the caller on to an agent, unrecorded.
         reason = f"control of the channel was lost: {event.reason}"
-        return State.COMMITTING, [self._commit(Decision.NONE, None, reason, now)]
+        stop: list[Command] = []
+        if self.state in (State.HEARING_NOTICE, State.HEARING_QUESTION):
+            stop.append(StopPrompt(self._token))  # a playing prompt would hold the channel
+        elif self.state is State.AWAITING_KEY:
+            stop.append(CancelWait(self._token))
+        return State.COMMITTING, [*stop, self._commit(Decision.NONE, None, reason, now)]
 
     def _hung_up_while_committing(
         self, event: CallerHungUp, now: datetime

@@ -16,8 +16,16 @@ from flows.purposes import may_serve
 
 
 @pytest.mark.parametrize(
-    "raw", ["040404040", "040 40 40 40", "+38640404040", "0038640404040", "38640404040",
-            "040-40-40-40", "(040) 40 40 40"]
+    "raw",
+    [
+        "040404040",
+        "040 40 40 40",
+        "+38640404040",
+        "0038640404040",
+        "38640404040",
+        "040-40-40-40",
+        "(040) 40 40 40",
+    ],
 )
 def test_one_number_written_many_ways(raw: str) -> None:
     """Every way the notice's numbers are written normalises to the same E.164."""
@@ -25,8 +33,20 @@ def test_one_number_written_many_ways(raw: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "raw", ["", "   ", "abc", "040'; DROP TABLE calls;--", "../../etc/passwd", "1" * 41,
-            "+0123456789", "12345", "+1234567890123456", "040\x0040", "40404040"]
+    "raw",
+    [
+        "",
+        "   ",
+        "abc",
+        "040'; DROP TABLE calls;--",
+        "../../etc/passwd",
+        "1" * 41,
+        "+0123456789",
+        "12345",
+        "+1234567890123456",
+        "040\x0040",
+        "40404040",
+    ],
 )
 def test_garbage_is_a_clear_error(raw: str) -> None:
     """Letters, quotes, paths, NUL, too short or too long: a NumberError, never a number."""
@@ -89,8 +109,13 @@ def test_a_number_on_two_lines_is_an_error() -> None:
     data = {
         "lines": {
             "sales": {"policy": "notice", "numbers": ["040404045"], "prompt": "a"},
-            "service": {"policy": "consent", "numbers": ["+386 40 40 40 45"], "prompt": "b",
-                        "invalid_key_prompt": "c", "ask_again_prompt": "d"},
+            "service": {
+                "policy": "consent",
+                "numbers": ["+386 40 40 40 45"],
+                "prompt": "b",
+                "invalid_key_prompt": "c",
+                "ask_again_prompt": "d",
+            },
         }
     }
     with pytest.raises(ConfigError, match=r"already a number of line 'sales'"):

@@ -76,14 +76,19 @@ def test_sales_call_plays_notice_then_records() -> None:
         ([PromptFinished(1), DigitPressed("1")], Decision.RECORD, True),
         ([PromptFinished(1), DigitPressed("2")], Decision.REFUSE, False),
         ([DigitPressed("1")], Decision.RECORD, True),  # barge-in
-        ([DigitPressed("5"), PromptFinished(1), PromptFinished(2), DigitPressed("1")],
-         Decision.RECORD, True),
-        ([PromptFinished(1), DigitTimedOut(1), PromptFinished(2), DigitTimedOut(2)],
-         Decision.NONE, False),
+        (
+            [DigitPressed("5"), PromptFinished(1), PromptFinished(2), DigitPressed("1")],
+            Decision.RECORD,
+            True,
+        ),
+        (
+            [PromptFinished(1), DigitTimedOut(1), PromptFinished(2), DigitTimedOut(2)],
+            Decision.NONE,
+            False,
+        ),
         ([PromptFinished(1), DigitTimedOut(1), DigitPressed("2")], Decision.REFUSE, False),
     ],
-    ids=["press-1", "press-2", "barge-in-1", "other-key-then-1", "silence-twice",
-         "silence-then-2"],
+    ids=["press-1", "press-2", "barge-in-1", "other-key-then-1", "silence-twice", "silence-then-2"],
 )
 def test_consent_line_decisions(events: list[object], decision: Decision, recorded: bool) -> None:
     """Each way of answering the question leads to its decision, and only 1 records."""
@@ -165,6 +170,7 @@ def test_control_lost_fails_closed() -> None:
     flow = service()
     out = run(flow, CallEntered(), ControlLost("500 from Asterisk"))
     assert isinstance(out[-1], CommitDecision) and out[-1].decision is Decision.NONE
+    assert StopPrompt(1) in out  # the question stops: it would hold the channel
 
 
 def test_event_missing_from_the_table_raises_with_state() -> None:

@@ -6,8 +6,20 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-FORBIDDEN_IN_FLOWS = {"asyncio", "aiosqlite", "aiohttp", "aiomqtt", "agi", "storage", "callrec",
-                      "sqlite3", "socket", "subprocess", "os", "time"}
+FORBIDDEN_IN_FLOWS = {
+    "asyncio",
+    "aiosqlite",
+    "aiohttp",
+    "aiomqtt",
+    "agi",
+    "storage",
+    "callrec",
+    "sqlite3",
+    "socket",
+    "subprocess",
+    "os",
+    "time",
+}
 CLOCK_READS = {"now", "utcnow", "today", "monotonic", "perf_counter", "time_ns"}
 
 

@@ -1,0 +1,469 @@
+"""The Stasis application: ARI events in, flow events out, flow commands as REST calls.
+
+Theory of operation. One task reads the events WebSocket (`AriClient.events`) and routes
+each event to the call it belongs to; each call has its own queue and worker task, so the
+events of one channel are handled in order and a slow call never blocks the others. A
+worker turns ARI events into flow events (`StasisStart` -> `CallEntered` or
+`CallbackPlaced`, `ChannelDtmfReceived` -> `DigitPressed`, `PlaybackFinished` ->
+`PromptFinished`, a hang-up -> `CallerHungUp`) and the session (`agi.session`) carries out
+the flow's commands through `AriChannel`.
+
+Asterisk quirks this relies on (see `ari-traces/`):
+* `PlaybackFinished` still arrives after `DELETE /playbacks/{id}`; we choose playback ids
+  ourselves (`POST /channels/{id}/play/{playbackId}`) so an event that overtakes the REST
+  reply still finds its call, and the flow ignores stale tokens.
+* After `continue`, a channel's events stop unless the app subscribed to it first, so the
+  subscription is made before the variables are set and the channel continues. Through it
+  we see the queue's `BRIDGEPEER`/`ANSWEREDTIME` (answered or missed) and `ChannelDestroyed`.
+* A caller who hangs up while in Stasis produces `ChannelHangupRequest`, `PlaybackFinished`,
+  `StasisEnd` and no `ChannelDestroyed` for an unsubscribed channel: `StasisEnd` before our
+  `continue` ends the call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from agi.ari import AriClient, AriEvent, Reconnected
+from agi.calls import Rejected, callback_session, callee_session, inbound_session
+from agi.session import CallSession, SessionDeps, finish_call
+from flows.errors import AsteriskError, ChannelGone, StorageError
+from flows.events import ControlLost, DigitPressed, DigitTimedOut, Event, PromptFinished
+from flows.numbers import shown
+from flows.outcome import Outcome, QueueObserver
+from flows.policy import Policy
+from storage.ports import CallRow
+
+log = logging.getLogger("callrec.stasis")
+
+PROMPT_LANGUAGE = "sl"  # the prompts are Slovenian; Asterisk looks in sounds/sl/
+RECENT_CALLS = 10_000  # channel -> call id pairs kept for look-ups after a call ends
+SHUTDOWN_GRACE = 5.0  # seconds live calls get to reach a decision before failing closed
+RELEASE_ATTEMPTS = 3  # continue tries for a channel we must hand on unrecorded
+RELEASE_PAUSE = 0.2  # seconds, growing per attempt
+WAV_HEADER_BYTES = 44  # what MixMonitor(...,b) writes when nobody was bridged
+
+
+class _Ended:
+    """Queue marker: the channel is gone; finish the call with this outcome source."""
+
+    def __init__(self, destroyed: bool) -> None:
+        self.destroyed = destroyed
+
+
+_Item = Event | _Ended
+
+
+class AriChannel:
+    """`agi.ports.ChannelPort` over ARI for one channel."""
+
+    def __init__(self, client: AriClient, channel_id: str, call: _Call) -> None:
+        self._client = client
+        self._channel_id = channel_id
+        self._call = call
+        self._subscribed = False
+
+    async def answer(self) -> list[Event]:
+        await self._client.answer(self._channel_id)
+        return []
+
+    async def play(self, prompt: str, *, barge_in: bool, token: int) -> list[Event]:
+        # Registered before the request: PlaybackFinished may overtake the REST reply.
+        playback_id = uuid.uuid4().hex
+        self._call.playbacks[playback_id] = token
+        await self._client.play(
+            self._channel_id, f"sound:{prompt}", lang=PROMPT_LANGUAGE, playback_id=playback_id
+        )
+        return []
+
+    async def stop_prompt(self, token: int) -> list[Event]:
+        for playback_id, playing in list(self._call.playbacks.items()):
+            if playing == token:
+                await self._client.stop_playback(playback_id)
+        return []
+
+    async def wait_for_digit(self, limit: timedelta, token: int) -> list[Event]:
+        self._call.start_timer(limit, token)
+        return []
+
+    async def cancel_wait(self, token: int) -> list[Event]:
+        self._call.cancel_timer()
+        return []
+
+    async def _subscribe(self) -> None:
+        if not self._subscribed:
+            await self._client.subscribe(self._channel_id)
+            self._subscribed = True
+
+    async def start_recording(self, call_id: str, file: str) -> list[Event]:
+        await self._subscribe()
+        await self._client.set_variable(self._channel_id, "CALLREC_CALL_ID", call_id)
+        await self._client.set_variable(self._channel_id, "CALLREC_FILE", file)
+        await self._client.set_variable(self._channel_id, "CALLREC_RECORD", "yes")
+        return []
+
+    async def skip_recording(self, call_id: str) -> list[Event]:
+        await self._subscribe()
+        await self._client.set_variable(self._channel_id, "CALLREC_CALL_ID", call_id)
+        await self._client.set_variable(self._channel_id, "CALLREC_RECORD", "no")
+        return []
+
+    async def notice_callee(self, call_id: str, line: str) -> list[Event]:
+        await self._client.set_variable(self._channel_id, "CALLREC_NOTICE", "yes")
+        return []
+
+    async def continue_in_dialplan(self) -> list[Event]:
+        await self._client.continue_in_dialplan(self._channel_id)
+        return []
+
+    async def hangup(self) -> list[Event]:
+        await self._client.hangup(self._channel_id)
+        return []
+
+
+@dataclass(eq=False)
+class _Call:
+    channel_id: str
+    queue: asyncio.Queue[_Item] = field(default_factory=asyncio.Queue)
+    playbacks: dict[str, int] = field(default_factory=dict)
+    observer: QueueObserver = field(default_factory=QueueObserver)
+    session: CallSession | None = None
+    worker: asyncio.Task[None] | None = None
+    timer: asyncio.Task[None] | None = None
+    timer_scale: float = 1.0
+
+    def start_timer(self, limit: timedelta, token: int) -> None:
+        self.cancel_timer()
+
+        async def fire() -> None:
+            await asyncio.sleep(limit.total_seconds() * self.timer_scale)
+            self.queue.put_nowait(DigitTimedOut(token))
+
+        self.timer = asyncio.get_running_loop().create_task(fire())
+
+    def cancel_timer(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+
+class StasisApp:
+    def __init__(
+        self,
+        client: AriClient,
+        deps: SessionDeps,
+        policy: Policy,
+        *,
+        timer_scale: float = 1.0,
+    ) -> None:
+        self._client = client
+        self._deps = deps
+        self._policy = policy
+        self._calls: dict[str, _Call] = {}
+        self._accepting = True
+        self._timer_scale = timer_scale  # demo/replay run prompts and timeouts faster
+        self.handled = 0  # calls that got a session (for `serve` status lines and tests)
+        self._recent: dict[str, str] = {}  # channel id -> call id, the last RECENT_CALLS
+        self.idle = asyncio.Event()
+        self.idle.set()
+
+    @property
+    def live_calls(self) -> int:
+        return len(self._calls)
+
+    def is_live(self, channel_id: str) -> bool:
+        """Whether the controller still works on this channel (its file not yet stored)."""
+        return channel_id in self._calls
+
+    def call_id_of(self, channel_id: str) -> str | None:
+        """Our call id for a recent Asterisk channel (for replay and status)."""
+        return self._recent.get(channel_id)
+
+    async def run(self) -> None:
+        """Serve until cancelled. Every (re)connection reconciles the channels in Stasis."""
+        startup = asyncio.get_running_loop().create_task(self._reconcile_when_connected())
+        try:
+            async for item in self._client.events():
+                if isinstance(item, Reconnected):
+                    log.warning("ARI events reconnected (attempt %d); reconciling", item.attempt)
+                    startup.cancel()
+                    await self._reconcile()
+                    continue
+                try:
+                    self._route(item)
+                except Exception:  # one bad event must not stop the others being served
+                    log.exception("event %s could not be handled", item.type)
+        finally:
+            startup.cancel()
+
+    async def _reconcile_when_connected(self) -> None:
+        # Subscriptions are refused until Asterisk knows the app, i.e. until the events
+        # WebSocket is up; so the start-up look waits for it.
+        await self._client.wait_connected()
+        await self._reconcile()
+
+    def _route(self, event: AriEvent) -> None:
+        channel_id = event.channel_id
+        if event.type == "StasisStart" and channel_id is not None:
+            self._stasis_start(event, channel_id)
+            return
+        if event.type.startswith("Playback") and event.playback_id is not None:
+            call = self._call_of_playback(event.playback_id)
+            if call is not None and event.type == "PlaybackFinished":
+                token = call.playbacks.pop(event.playback_id)
+                call.queue.put_nowait(PromptFinished(token))
+            return
+        call = self._calls.get(channel_id or "")
+        if call is None:
+            log.debug("%s for a channel that is not ours; ignored", event.type)
+            return
+        match event.type:
+            case "ChannelDtmfReceived" if event.digit is not None:
+                call.queue.put_nowait(DigitPressed(event.digit))
+            case "ChannelVarset" if event.variable is not None:
+                call.observer.saw_variable(event.variable, event.value or "")
+            case "StasisEnd":
+                # Whether this ends the call depends on whether our continue went through,
+                # which only the worker knows in order: it decides.
+                call.queue.put_nowait(_Ended(destroyed=False))
+            case "ChannelDestroyed":
+                call.queue.put_nowait(_Ended(destroyed=True))
+            case _:
+                pass
+
+    def _call_of_playback(self, playback_id: str) -> _Call | None:
+        for call in self._calls.values():
+            if playback_id in call.playbacks:
+                return call
+        return None
+
+    def _stasis_start(self, event: AriEvent, channel_id: str) -> None:
+        if channel_id in self._calls:
+            log.warning("channel %s entered Stasis twice; ignored", shown(channel_id))
+            return
+        call = _Call(channel_id, timer_scale=self._timer_scale)
+        self._calls[channel_id] = call
+        self.idle.clear()
+        call.worker = asyncio.get_running_loop().create_task(self._work(call, event))
+
+    async def _open_session(self, call: _Call, event: AriEvent) -> tuple[CallSession, Event] | (
+        Rejected
+    ):
+        if not self._accepting:
+            return Rejected("the controller is shutting down")
+        channel = AriChannel(self._client, call.channel_id, call)
+        route = event.args[0] if event.args else "inbound"
+        args = event.args[1:]
+        deps, policy = self._deps, self._policy
+        if route == "callback" and args:
+            return await callback_session(
+                deps,
+                policy,
+                channel,
+                channel_id=call.channel_id,
+                customer=args[0],
+                line_name=args[1] if len(args) > 1 else None,
+                agent=event.caller_number,
+            )
+        if route == "callee" and args:
+            return await callee_session(
+                deps, policy, channel, channel_id=call.channel_id, parent_call_id=args[0]
+            )
+        if route == "inbound":
+            dialed = args[0] if args else (event.exten or "")
+            return await inbound_session(
+                deps,
+                policy,
+                channel,
+                channel_id=call.channel_id,
+                dialed=dialed,
+                caller=event.caller_number,
+            )
+        return Rejected(f"unknown Stasis route {shown(route)}")
+
+    async def _work(self, call: _Call, start: AriEvent) -> None:
+        try:
+            opened = await self._open_session(call, start)
+            if isinstance(opened, Rejected):
+                log.warning("channel %s goes on unrecorded: %s", call.channel_id, opened.reason)
+                await self._release(call.channel_id)
+                return
+            session, first = opened
+            call.session = session
+            self.handled += 1
+            self._recent[call.channel_id] = session.call_id
+            while len(self._recent) > RECENT_CALLS:
+                del self._recent[next(iter(self._recent))]
+            await session.begin(first)
+            while True:
+                item = await call.queue.get()
+                if isinstance(item, _Ended):
+                    if not item.destroyed and session.continued:
+                        continue  # StasisEnd after our continue: the call goes on
+                    await self._end(call, session)
+                    return
+                await session.feed(item)
+        except Exception:
+            # A fault in our own code must not leave the caller in Stasis or record anything:
+            # log it, and hand the channel on unrecorded.
+            log.exception("call on channel %s failed; going on unrecorded", call.channel_id)
+            if call.session is None or not call.session.continued:
+                await self._release(call.channel_id)
+        finally:
+            self._forget(call)
+
+    async def _end(self, call: _Call, session: CallSession) -> None:
+        if not session.continued:
+            await session.hung_up()
+        call.observer.continued = session.continued
+        if not call.observer.answered and session.recording_file is not None:
+            # The queue's variables may have been lost with the WebSocket; audio beyond the
+            # header means MixMonitor(...,b) saw a bridge, i.e. an agent took the call.
+            call.observer.answered = await asyncio.to_thread(_has_audio, session.recording_file)
+        outcome = call.observer.outcome()
+        await finish_call(session.call_id, outcome, self._deps)
+
+    async def _release(self, channel_id: str) -> None:
+        """No session: the caller goes on unrecorded (never recorded by default). A channel
+        left in Stasis would hold the caller forever, so a failing continue is tried again
+        and, as the last resort, the channel is hung up (nothing was recording it)."""
+        for attempt in range(RELEASE_ATTEMPTS):
+            try:
+                await self._client.set_variable(channel_id, "CALLREC_RECORD", "no")
+                await self._client.continue_in_dialplan(channel_id)
+            except ChannelGone:
+                return
+            except AsteriskError as error:
+                log.warning(
+                    "channel %s could not be released (attempt %d): %s",
+                    shown(channel_id),
+                    attempt + 1,
+                    error,
+                )
+                await asyncio.sleep(RELEASE_PAUSE * (attempt + 1))
+            else:
+                return
+        with contextlib.suppress(AsteriskError):
+            await self._client.hangup(channel_id)
+        log.error("channel %s could not be handed on; hung up", shown(channel_id))
+
+    async def _reconcile(self) -> None:
+        """After a (re)connect: calls we track whose channels vanished are ended; calls still
+        waiting for a key may have missed events and fail closed; channels in our Stasis app
+        that we do not know (a restart) have no committed decision and go on unrecorded."""
+        try:
+            channels = await self._client.list_channels()
+        except AsteriskError as error:
+            log.warning("could not list channels to reconcile: %s", error)
+            return
+        present = {str(c.get("id")): c for c in channels if isinstance(c, Mapping)}
+        for channel_id, call in list(self._calls.items()):
+            if channel_id not in present:
+                call.queue.put_nowait(_Ended(destroyed=True))
+            elif call.session is not None and not call.session.decision_committed:
+                call.queue.put_nowait(ControlLost("ARI events were interrupted"))
+        for channel_id, channel in present.items():
+            if channel_id not in self._calls and _in_our_stasis(channel, self._client.app):
+                log.warning(
+                    "channel %s was in Stasis without a decision; released unrecorded",
+                    shown(channel_id),
+                )
+                await self._release(channel_id)
+        await self._adopt_open_calls(present)
+
+    async def _adopt_open_calls(self, present: Mapping[str, Mapping[str, Any]]) -> None:
+        """Calls the ledger holds open that no worker tracks (the controller restarted):
+        those whose channel is gone are finished now, so their recording is ingested and a
+        missed call becomes findable; those still up are watched again until they end."""
+        try:
+            open_calls = await self._deps.ledger.open_calls()
+        except StorageError as error:
+            log.warning("could not list open calls to reconcile: %s", error)
+            return
+        tracked = {c.session.call_id for c in self._calls.values() if c.session is not None}
+        for row in open_calls:
+            if row.call_id in tracked or row.channel_id in self._calls:
+                continue
+            if row.channel_id in present and row.decided_at is not None:
+                await self._watch(row)
+            elif row.channel_id not in present:
+                outcome = await asyncio.to_thread(_outcome_after_restart, row)
+                log.warning(
+                    "call %s ended while the controller was away; finished as %s",
+                    row.call_id,
+                    outcome.value,
+                )
+                await finish_call(row.call_id, outcome, self._deps)
+
+    async def _watch(self, row: CallRow) -> None:
+        call = _Call(row.channel_id, timer_scale=self._timer_scale)
+        call.observer.continued = True
+        try:
+            await self._client.subscribe(row.channel_id)
+        except AsteriskError as error:
+            log.warning("call %s could not be watched again: %s", row.call_id, error)
+            return
+        self._calls[row.channel_id] = call
+        self.idle.clear()
+
+        async def wait_for_the_end() -> None:
+            try:
+                while not isinstance(item := await call.queue.get(), _Ended) or not (
+                    item.destroyed
+                ):
+                    pass
+                await finish_call(row.call_id, call.observer.outcome(), self._deps)
+            finally:
+                self._forget(call)
+
+        call.worker = asyncio.get_running_loop().create_task(wait_for_the_end())
+
+    def _forget(self, call: _Call) -> None:
+        call.cancel_timer()
+        self._calls.pop(call.channel_id, None)
+        if not self._calls:
+            self.idle.set()
+
+    async def shutdown(self, grace: float = SHUTDOWN_GRACE) -> None:
+        """Stop taking calls; undecided calls fail closed (unrecorded, still to an agent);
+        calls that continued are finished by their events until the grace runs out."""
+        self._accepting = False
+        for call in list(self._calls.values()):
+            if call.session is not None and not call.session.decision_committed:
+                call.queue.put_nowait(ControlLost("the controller is shutting down"))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.idle.wait(), grace)
+        for call in list(self._calls.values()):
+            if call.worker is not None:
+                call.worker.cancel()
+
+
+def _has_audio(file: str) -> bool:
+    with contextlib.suppress(OSError):
+        return Path(file).stat().st_size > WAV_HEADER_BYTES
+    return False
+
+
+def _outcome_after_restart(row: CallRow) -> Outcome:
+    """Best judgement for a call that ended unseen: audio beyond the WAV header means an
+    agent was bridged; otherwise a decided call reached the queue unanswered (missed, so that
+    it is called back rather than forgotten), an undecided one was abandoned."""
+    if row.recording_file is not None and _has_audio(row.recording_file):
+        return Outcome.ANSWERED
+    return Outcome.MISSED if row.decided_at is not None else Outcome.ABANDONED_IN_PROMPT
+
+
+def _in_our_stasis(channel: Mapping[str, Any], app: str) -> bool:
+    dialplan = channel.get("dialplan")
+    if not isinstance(dialplan, Mapping):
+        return False
+    data = str(dialplan.get("app_data", ""))
+    return dialplan.get("app_name") == "Stasis" and data.split(",")[0] == app

@@ -1,0 +1,211 @@
+"""The `callrec` command line: what operators and the data protection officer touch.
+
+Every subcommand reads the same settings (`callrec.config`), takes `--now` where it reads
+time, prints a human table or `--json`, and exits non-zero on any failure or unmet
+expectation. Errors are one clear line; `--debug` adds the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from dataclasses import asdict, is_dataclass
+from datetime import UTC, datetime, timedelta
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+from callrec.config import Settings, load_settings
+from flows.errors import CallrecError
+from flows.numbers import normalise
+
+EXIT_OK = 0
+EXIT_FAILED = 1  # an expectation or a check failed
+EXIT_ERROR = 2  # bad input, bad config, an unavailable service
+
+log = logging.getLogger("callrec")
+
+
+def _now(text: str | None) -> datetime:
+    if text is None:
+        return datetime.now(UTC)
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise CallrecError(f"--now: {text!r} is not an ISO-8601 time") from None
+    if value.tzinfo is None:
+        raise CallrecError(f"--now: {text!r} needs a UTC offset, e.g. 2026-11-25T10:00:00+01:00")
+    return value.astimezone(UTC)
+
+
+def to_json(value: Any) -> Any:
+    """Rows and reports as JSON: datetimes in ISO-8601 UTC, enums by value, sets sorted."""
+    if is_dataclass(value) and not isinstance(value, type):
+        return {k: to_json(v) for k, v in asdict(value).items()}
+    if isinstance(value, dict):
+        return {str(k): to_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [to_json(v) for v in value]
+    if isinstance(value, frozenset | set):
+        return sorted(to_json(v) for v in value)
+    if isinstance(value, datetime):
+        return value.astimezone(UTC).isoformat()
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def print_json(value: Any) -> None:
+    json.dump(to_json(value), sys.stdout, indent=2, ensure_ascii=False)
+    sys.stdout.write("\n")
+
+
+def table(rows: Sequence[Sequence[object]], headers: Sequence[str]) -> str:
+    cells = [[str(c) for c in headers]] + [["" if c is None else str(c) for c in r] for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    lines = [
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells
+    ]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def short_time(moment: datetime | None, tz: str = "UTC") -> str:
+    """A time for people: minutes, in the policy's zone (UTC unless given)."""
+    if moment is None:
+        return ""
+    from zoneinfo import ZoneInfo
+
+    return moment.astimezone(ZoneInfo(tz)).strftime("%Y-%m-%d %H:%M")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="callrec",
+        description="Lawful call recording for Asterisk: notice, consent, callbacks, retention.",
+    )
+    parser.add_argument("--config", type=Path, help="config file (default ./callrec.toml)")
+    parser.add_argument("--debug", action="store_true", help="log everything, show tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(
+        name: str, help_text: str, *, now: bool = True, json_out: bool = True
+    ) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        if now:
+            p.add_argument("--now", help="ISO-8601 time to act at (default: the clock)")
+        if json_out:
+            p.add_argument("--json", action="store_true", help="machine-readable output")
+        return p
+
+    command("serve", "run the ARI (Stasis) controller", now=False, json_out=False)
+    command("fastagi", "run the FastAGI server", now=False, json_out=False)
+    demo = command(
+        "demo", "the policy's cases on a simulated PBX, SQLite and local files", now=False
+    )
+    demo.add_argument("--data-dir", type=Path, help="where to leave the demo's store")
+    demo.add_argument("--scale", type=float, default=0.02, help="simulated seconds -> real")
+    replay = command("replay", "run scenario files and check their expectations", now=False)
+    replay.add_argument("files", nargs="+", type=Path)
+    replay.add_argument("--ari", help="run against a live Asterisk's ARI URL instead")
+    replay.add_argument("--scale", type=float, default=0.02)
+    replay.add_argument("--data-dir", type=Path)
+
+    recordings = sub.add_parser("recordings", help="list, show, export or verify recordings")
+    rsub = recordings.add_subparsers(dest="action", required=True, metavar="ACTION")
+    rl = rsub.add_parser("list", help="recordings in the store")
+    rl.add_argument("--json", action="store_true")
+    rl.add_argument("--all", action="store_true", help="include deleted ones")
+    rs = rsub.add_parser("show", help="one recording with its audit trail")
+    rs.add_argument("id")
+    rs.add_argument("--json", action="store_true")
+    rx = rsub.add_parser("export", help="copy recordings + manifest for evidence")
+    rx.add_argument("ids", nargs="+")
+    rx.add_argument("--to", type=Path, required=True, help="destination directory")
+    rx.add_argument("--purpose", required=True, help="evidence, training or quality")
+    rx.add_argument("--by", required=True, help="who asks (logged)")
+    rx.add_argument("--now")
+    rx.add_argument("--json", action="store_true")
+    rv = rsub.add_parser("verify", help="recompute hashes and the audit chain")
+    rv.add_argument("--json", action="store_true")
+
+    withdraw = command("withdraw", "register a withdrawal of consent and carry it out")
+    withdraw.add_argument("--caller", required=True, help="the caller's phone number")
+    withdraw.add_argument("--via", required=True, choices=["phone", "email"])
+    withdraw.add_argument("--received-at", help="when it was received (default: --now)")
+    withdraw.add_argument("--by", required=True, help="the agent or DPO who registers it")
+
+    sweep = command("sweep", "delete every recording past its retention")
+    sweep.add_argument("--dry-run", action="store_true", help="list, delete nothing")
+
+    callbacks = command("callbacks", "missed calls awaiting a callback")
+    callbacks.add_argument(
+        "--overload", choices=["on", "off"], help="set the operator's overload switch (audited)"
+    )
+    callbacks.add_argument("--by", help="who sets the overload switch")
+
+    report = command("report", "calls, decisions, recordings, withdrawals and callbacks")
+    report.add_argument("--from", dest="start", required=True, help="ISO-8601 start")
+    report.add_argument("--to", dest="end", required=True, help="ISO-8601 end")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.debug else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        settings = load_settings(args.config)
+        return asyncio.run(dispatch(args, settings))
+    except CallrecError as error:
+        if args.debug:
+            raise
+        print(f"callrec: {error}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        return 130
+
+
+async def dispatch(args: argparse.Namespace, settings: Settings) -> int:
+    from callrec import commands
+
+    match args.command:
+        case "serve":
+            return await commands.serve(settings)
+        case "fastagi":
+            return await commands.fastagi(settings)
+        case "demo":
+            return await commands.demo(settings, args)
+        case "replay":
+            return await commands.replay(settings, args)
+        case "recordings":
+            return await commands.recordings(settings, args)
+        case "withdraw":
+            caller = normalise(args.caller, country_code=settings.policy.country_code)
+            return await commands.withdraw(settings, args, caller, _now(args.now))
+        case "sweep":
+            return await commands.sweep(settings, args, _now(args.now))
+        case "callbacks":
+            return await commands.callbacks(settings, args, _now(args.now))
+        case "report":
+            return await commands.report(settings, args)
+    raise CallrecError(f"unknown command {args.command}")
+
+
+def now_arg(args: argparse.Namespace) -> datetime:
+    return _now(getattr(args, "now", None))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,428 @@
+"""The subcommands' bodies: the composition root that wires concrete parts together.
+
+Only this package imports concrete clients (`AriClient`, `SqliteStore`, `MqttEvents`,
+`FastAgiServer`, `SimulatedPbx`); `agi/` and `storage/` see each other through Protocols.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+import tempfile
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+from agi.ports import EventSink, SystemClock
+from agi.session import SessionDeps
+from callrec.cli import (
+    EXIT_ERROR,
+    EXIT_FAILED,
+    EXIT_OK,
+    now_arg,
+    print_json,
+    short_time,
+    table,
+    to_json,
+)
+from callrec.config import Settings
+from callrec.events import MqttEvents, NullEvents
+from flows.errors import CallrecError
+from flows.policy import Purpose
+from prompts.catalog import load_catalog
+from storage.ports import WithdrawalVia
+from storage.sqlite import SqliteStore
+
+log = logging.getLogger("callrec")
+SCENARIOS_DIR = Path(__file__).resolve().parent.parent / "scenarios"  # the policy's cases
+
+
+@contextlib.asynccontextmanager
+async def open_store(settings: Settings) -> AsyncIterator[SqliteStore]:
+    store = await SqliteStore.open(settings.data_dir, settings.policy, spool_dir=settings.spool_dir)
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+def _events(settings: Settings) -> MqttEvents | NullEvents:
+    if settings.mqtt.url is None:
+        return NullEvents()
+    return MqttEvents(
+        settings.mqtt.url, prefix=settings.mqtt.prefix, password_file=settings.mqtt.password_file
+    )
+
+
+async def _sweeper(store: SqliteStore, settings: Settings, events: EventSink) -> None:
+    """Retention runs inside the controller too: a recording outlives its delete-after by at
+    most one sweep interval even where nobody installed the timer unit."""
+    interval = settings.policy.sweep_interval.total_seconds()
+    while True:
+        try:
+            result = await store.sweep(datetime.now(UTC))
+            for recording_id in result.deleted:
+                events.publish(
+                    "recording/deleted", {"recording_id": recording_id, "reason": "retention"}
+                )
+            events.publish("sweep/finished", {"deleted": len(result.deleted)})
+        except CallrecError as error:
+            log.error("retention sweep failed (retrying next interval): %s", error)
+        await asyncio.sleep(interval)
+
+
+async def _until_signalled() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+
+def _deps(settings: Settings, store: SqliteStore, events: EventSink) -> SessionDeps:
+    catalog = load_catalog()
+    return SessionDeps(
+        ledger=store,
+        store=store,
+        clock=SystemClock(),
+        events=events,
+        spool_dir=settings.spool_dir,
+        prompt_versions={pid: info.sha256 for pid, info in catalog.items()},
+    )
+
+
+async def serve(settings: Settings) -> int:
+    from agi.ari import AriClient
+    from agi.stasis import StasisApp
+
+    settings.spool_dir.mkdir(parents=True, exist_ok=True)
+    events = _events(settings)
+    async with open_store(settings) as store:
+        reconciled = await store.reconcile(settings.spool_dir, datetime.now(UTC))
+        for line in reconciled.flagged:
+            log.warning("reconcile: %s", line)
+        if isinstance(events, MqttEvents):
+            await events.start()
+        client = AriClient(
+            settings.ari.url, settings.ari.user, settings.ari.password, settings.ari.app
+        )
+        app = StasisApp(client, _deps(settings, store, events), settings.policy)
+        print(
+            f"callrec serve: app {settings.ari.app!r} at {settings.ari.url}, store "
+            f"{settings.data_dir}, spool {settings.spool_dir} ({settings.source})",
+            file=sys.stderr,
+        )
+        tasks = [
+            asyncio.create_task(app.run()),
+            asyncio.create_task(_sweeper(store, settings, events)),
+        ]
+        try:
+            await _until_signalled()
+        finally:
+            await app.shutdown()
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await client.close()
+            if isinstance(events, MqttEvents):
+                await events.stop()
+    return EXIT_OK
+
+
+async def fastagi(settings: Settings) -> int:
+    from agi.fastagi import FastAgiServer
+
+    settings.spool_dir.mkdir(parents=True, exist_ok=True)
+    events = _events(settings)
+    async with open_store(settings) as store:
+        await store.reconcile(settings.spool_dir, datetime.now(UTC))
+        if isinstance(events, MqttEvents):
+            await events.start()
+        server = FastAgiServer(
+            _deps(settings, store, events),
+            settings.policy,
+            host=settings.fastagi.host,
+            port=settings.fastagi.port,
+            allow=settings.fastagi.allow,
+        )
+        port = await server.start()
+        print(f"callrec fastagi: listening on {settings.fastagi.host}:{port}", file=sys.stderr)
+        sweeper = asyncio.create_task(_sweeper(store, settings, events))
+        try:
+            await _until_signalled()
+        finally:
+            sweeper.cancel()
+            await server.stop()
+            if isinstance(events, MqttEvents):
+                await events.stop()
+    return EXIT_OK
+
+
+async def _run_scenarios(
+    settings: Settings, files: list[Path], data_dir: Path, scale: float, as_json: bool, title: str
+) -> int:
+    from dataclasses import replace
+    from datetime import timedelta
+
+    from callrec.runner import harness, run_scenario
+    from callrec.scenarios import load_scenarios
+
+    scenarios = load_scenarios(files)
+    policy = settings.policy
+    if policy.overload_window is None:
+        # The demo shows the overload switch: it needs a window to widen to.
+        policy = replace(policy, overload_window=timedelta(hours=3))
+    results = []
+    failed = 0
+    if not as_json:
+        print(title)
+        print(f"store: {data_dir}")
+    async with harness(policy, data_dir, time_scale=scale) as h:
+        for scenario in scenarios:
+            reports = await run_scenario(h, scenario)
+            bad = [c for r in reports for c in r.checks if not c.ok]
+            failed += bool(bad)
+            results.append(
+                {
+                    "scenario": scenario.name,
+                    "file": scenario.path.name,
+                    "passed": not bad,
+                    "steps": reports,
+                }
+            )
+            if not as_json:
+                mark = "PASS" if not bad else "FAIL"
+                print(f"\n[{mark}] {scenario.name}")
+                for report in reports:
+                    print(f"  {report.title}")
+                    for line in report.lines:
+                        print(f"      {line}")
+                    for check in report.checks:
+                        if not check.ok:
+                            print(
+                                f"      !! {check.what}: expected {check.expected!r}, "
+                                f"got {check.actual!r}"
+                            )
+        recordings = await h.store.recordings(include_deleted=True)
+    if as_json:
+        print_json({"scenarios": results, "recordings": recordings, "data_dir": data_dir})
+    else:
+        tz = policy.timezone
+        print(f"\nstore contents ({len(recordings)} recordings, times in {tz}):")
+        print(
+            table(
+                [
+                    (
+                        r.id[:8],
+                        r.line,
+                        r.legal_basis.value,
+                        r.status.value,
+                        r.size,
+                        short_time(r.created_at, tz),
+                        short_time(r.delete_after, tz),
+                        (r.linked_to or "")[:8],
+                    )
+                    for r in recordings
+                ],
+                ["id", "line", "basis", "status", "bytes", "created", "delete after", "linked"],
+            )
+        )
+        passed = len(scenarios) - failed
+        print(f"\n{passed} passed, {failed} failed")
+        print(f"data left in {data_dir} (CALLREC_DATA_DIR={data_dir} callrec recordings list)")
+    return EXIT_OK if failed == 0 else EXIT_FAILED
+
+
+def _fresh_dir(settings: Settings, given: Path | None, prefix: str) -> Path:
+    import os
+
+    if given is not None:
+        return given
+    if os.environ.get("CALLREC_DATA_DIR"):
+        return settings.data_dir
+    return Path(tempfile.mkdtemp(prefix=prefix, dir="."))
+
+
+async def demo(settings: Settings, args: argparse.Namespace) -> int:
+    scenarios = SCENARIOS_DIR
+    data_dir = _fresh_dir(settings, args.data_dir, "callrec-demo-")
+    return await _run_scenarios(
+        settings,
+        [scenarios],
+        data_dir,
+        args.scale,
+        args.json,
+        "callrec demo: the policy's cases on a simulated PBX",
+    )
+
+
+async def replay(settings: Settings, args: argparse.Namespace) -> int:
+    if args.ari:
+        raise CallrecError(
+            "replay --ari: scenarios against a live Asterisk need the test-caller contexts of "
+            "asterisk-conf/; this build runs them on the simulated PBX only"
+        )
+    data_dir = _fresh_dir(settings, args.data_dir, "callrec-replay-")
+    return await _run_scenarios(
+        settings, list(args.files), data_dir, args.scale, args.json, "callrec replay"
+    )
+
+
+async def recordings(settings: Settings, args: argparse.Namespace) -> int:
+    async with open_store(settings) as store:
+        match args.action:
+            case "list":
+                rows = await store.recordings(include_deleted=args.all)
+                if args.json:
+                    print_json(rows)
+                else:
+                    print(
+                        table(
+                            [
+                                (
+                                    r.id,
+                                    r.line,
+                                    r.legal_basis.value,
+                                    r.status.value,
+                                    r.caller or "",
+                                    short_time(r.created_at, settings.policy.timezone),
+                                    short_time(r.delete_after, settings.policy.timezone),
+                                )
+                                for r in rows
+                            ],
+                            ["id", "line", "basis", "status", "caller", "created", "delete after"],
+                        )
+                    )
+                return EXIT_OK
+            case "show":
+                row = await store.recording(args.id)
+                if row is None:
+                    raise CallrecError(f"no recording {args.id}")
+                audit = await store.audit_entries(subject=args.id)
+                if args.json:
+                    print_json({"recording": row, "audit": audit})
+                else:
+                    for key, value in to_json(row).items():
+                        print(f"{key:>16}: {value}")
+                    for entry in audit:
+                        print(f"  audit {entry.seq}: {short_time(entry.at)} {entry.action}")
+                return EXIT_OK
+            case "export":
+                now = now_arg(args)
+                try:
+                    purpose = Purpose(args.purpose)
+                except ValueError:
+                    raise CallrecError(f"--purpose: unknown purpose {args.purpose!r}") from None
+                path = await store.export(list(args.ids), args.to, purpose, args.by, now)
+                if args.json:
+                    print_json({"export": path})
+                else:
+                    print(f"exported {len(args.ids)} recording(s) to {path}")
+                return EXIT_OK
+            case "verify":
+                result = await store.verify()
+                if args.json:
+                    print_json(
+                        {
+                            "checked": result.checked,
+                            "ok": result.ok,
+                            "problems": list(result.problems),
+                        }
+                    )
+                else:
+                    for problem in result.problems:
+                        print(f"PROBLEM: {problem}")
+                    print(
+                        f"verified {result.checked} item(s): "
+                        + ("all match" if result.ok else f"{len(result.problems)} problem(s)")
+                    )
+                return EXIT_OK if result.ok else EXIT_FAILED
+    return EXIT_ERROR
+
+
+async def withdraw(settings: Settings, args: argparse.Namespace, caller: str, now: datetime) -> int:
+    received = (
+        now if args.received_at is None else now_arg(argparse.Namespace(now=args.received_at))
+    )
+    async with open_store(settings) as store:
+        result = await store.withdraw(caller, WithdrawalVia(args.via), received, args.by, now)
+    if args.json:
+        print_json(result)
+        return EXIT_OK
+    print(f"withdrawal {result.withdrawal_id} registered ({result.via.value}, by {args.by})")
+    print(
+        f"received {short_time(result.received_at)} UTC, counts from {result.received_on}; "
+        f"deletion due by {result.due_on}"
+    )
+    print(
+        f"deleted {len(result.deleted)} consent recording(s): "
+        + (", ".join(result.deleted) or "none")
+    )
+    for recording_id, why in result.kept:
+        print(f"kept {recording_id}: {why}")
+    if not result.deleted and result.kept:
+        print(
+            "only recordings on another legal basis were found: consent withdrawal does "
+            "not apply to them"
+        )
+    return EXIT_OK
+
+
+async def sweep(settings: Settings, args: argparse.Namespace, now: datetime) -> int:
+    async with open_store(settings) as store:
+        result = await store.sweep(now, dry_run=args.dry_run)
+    if args.json:
+        print_json(result)
+    else:
+        verb = "would delete" if args.dry_run else "deleted"
+        print(f"sweep at {short_time(now)} UTC: {verb} {len(result.deleted)} recording(s)")
+        for recording_id in result.deleted:
+            print(f"  {recording_id}")
+    return EXIT_OK
+
+
+async def callbacks(settings: Settings, args: argparse.Namespace, now: datetime) -> int:
+    async with open_store(settings) as store:
+        if args.overload is not None:
+            if not args.by:
+                raise CallrecError("--overload needs --by (the switch is audited)")
+            await store.set_overload(args.overload == "on", args.by, now)
+            print(f"overload switch {args.overload} (by {args.by}, audited)", file=sys.stderr)
+        due = await store.callbacks_due(now)
+    if args.json:
+        print_json(due)
+    else:
+        print(
+            table(
+                [
+                    (
+                        d.call_id,
+                        d.line,
+                        d.caller or "anonymous",
+                        short_time(d.ended_at),
+                        short_time(d.due_by),
+                        "OVERDUE" if d.overdue else "",
+                    )
+                    for d in due
+                ],
+                ["call", "line", "caller", "missed at", "call back by", ""],
+            )
+        )
+    return EXIT_OK
+
+
+async def report(settings: Settings, args: argparse.Namespace) -> int:
+    start = now_arg(argparse.Namespace(now=args.start))
+    end = now_arg(argparse.Namespace(now=args.end))
+    async with open_store(settings) as store:
+        result = await store.report(start, end)
+    if args.json:
+        print_json(result)
+    else:
+        for key, value in to_json(result).items():
+            print(f"{key}: {value}")
+    return EXIT_OK

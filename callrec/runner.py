@@ -1,0 +1,379 @@
+"""Runs scenarios against the simulated PBX (or a live Asterisk) through the real controller.
+
+The controller here is the one `callrec serve` runs: the same `StasisApp`, ARI client, store
+and flows, on real loopback HTTP/WebSocket, a real SQLite ledger and real files. Only the
+other end differs: `agi.simpbx.SimulatedPbx` plays the callers, agents and dialplan.
+`demo` and `replay` both use `Harness`; what they print differs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from agi.ari import AriClient
+from agi.ports import OffsetClock
+from agi.session import SessionDeps
+from agi.simpbx import CallerScript, CallResult, SimulatedPbx
+from agi.stasis import StasisApp
+from callrec.events import MemoryEvents
+from callrec.scenarios import (
+    Check,
+    Scenario,
+    Step,
+    StepReport,
+    parse_duration,
+    parse_time,
+)
+from flows.errors import CallrecError, ConfigError
+from flows.numbers import normalise
+from flows.policy import Policy
+from prompts.catalog import load_catalog
+from storage.ports import CallRow, RecordingRow, RecordingStatus, WithdrawalVia
+from storage.sqlite import SqliteStore
+
+log = logging.getLogger("callrec.runner")
+
+CALL_TIMEOUT = 60.0  # seconds of wall time one scripted call may take at the demo's scale
+
+
+@dataclass(slots=True)
+class Harness:
+    policy: Policy
+    store: SqliteStore
+    sim: SimulatedPbx
+    client: AriClient
+    app: StasisApp
+    clock: OffsetClock
+    events: MemoryEvents
+    calls: dict[str, str]  # scenario call name -> our call id
+    data_dir: Path
+    sim_password: str
+
+
+@contextlib.asynccontextmanager
+async def harness(policy: Policy, data_dir: Path, *, time_scale: float) -> AsyncIterator[Harness]:
+    """A simulated PBX and a controller wired to a store in `data_dir`."""
+    catalog = load_catalog()
+    spool = data_dir / "spool"
+    spool.mkdir(parents=True, exist_ok=True)
+    clock = OffsetClock()
+    events = MemoryEvents()
+    password = secrets.token_urlsafe(16)  # the simulator listens on 127.0.0.1 only
+    sim = SimulatedPbx(
+        app="callrec",
+        user="callrec",
+        password=password,
+        prompt_durations={pid: info.duration_seconds for pid, info in catalog.items()},
+        time_scale=time_scale,
+    )
+    url = await sim.start()
+    store = await SqliteStore.open(data_dir, policy, spool_dir=spool)
+    client = AriClient(url, "callrec", password, "callrec")
+    deps = SessionDeps(
+        ledger=store,
+        store=store,
+        clock=clock,
+        events=events,
+        spool_dir=spool,
+        prompt_versions={pid: info.sha256 for pid, info in catalog.items()},
+    )
+    app = StasisApp(client, deps, policy, timer_scale=time_scale)
+    task = asyncio.get_running_loop().create_task(app.run())
+    try:
+        await _until(lambda: sim.connected("callrec"), 10.0, "the controller did not connect")
+        yield Harness(policy, store, sim, client, app, clock, events, {}, data_dir, password)
+    finally:
+        await app.shutdown(grace=2.0)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await client.close()
+        await sim.stop()
+        await store.close()
+
+
+async def _until(condition: Callable[[], bool], within: float, message: str) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while not condition():
+        if loop.time() > deadline:
+            raise CallrecError(message)
+        await asyncio.sleep(0.01)
+
+
+def _script(args: Mapping[str, Any], prefix: str, where: str) -> CallerScript:
+    def get(key: str, default: Any) -> Any:
+        return args.get(f"{prefix}{key}", default)
+
+    keys = tuple((float(at), str(digit)) for at, digit in get("keys", []))
+    for _, digit in keys:
+        if digit not in "0123456789*#" or len(digit) != 1:
+            raise ConfigError(f"{where}: {digit!r} is not a DTMF digit")
+    agent = get("agent_answers_after", 2.0)
+    hang_up = get("hang_up_at", None)
+    return CallerScript(
+        keys=keys,
+        hang_up_at=None if hang_up is None else float(hang_up),
+        agent_answers_after=None if agent is None else float(agent),
+        give_up_after=float(get("give_up_after", 5.0)),
+        talk_seconds=float(get("talk_seconds", 3.0)),
+    )
+
+
+async def _finished_call(h: Harness, result: CallResult) -> CallRow | None:
+    """The ledger row of a call the simulator has finished, once the controller has
+    finished it too (outcome stored, file ingested)."""
+    await _until(
+        lambda: not h.app.is_live(result.channel_id),
+        10.0,
+        f"the controller did not finish channel {result.channel_id}",
+    )
+    call_id = h.app.call_id_of(result.channel_id)
+    return None if call_id is None else await h.store.get_call(call_id)
+
+
+async def _recording_of(h: Harness, call_id: str | None) -> RecordingRow | None:
+    if call_id is None:
+        return None
+    for row in await h.store.recordings(include_deleted=True):
+        if row.call_id == call_id:
+            return row
+    return None
+
+
+async def run_step(h: Harness, step: Step) -> StepReport:
+    match step.kind:
+        case "advance":
+            delta = parse_duration(step.args["value"], step.where)
+            h.clock.advance(delta)
+            return StepReport(step.where, f"{_clock(h)}  time moves on by {step.args['value']}")
+        case "at":
+            target = parse_time(step.args["value"], step.where)
+            h.clock.advance(target - h.clock.now())
+            return StepReport(step.where, f"{_clock(h)}  the clock is set")
+        case "overload":
+            # `enabled`, not `on`: YAML 1.1 reads a bare `on` as the boolean true.
+            on = step.args.get("enabled")
+            if not isinstance(on, bool):
+                raise ConfigError(f"{step.where}: overload takes enabled: true or false")
+            await h.store.set_overload(on, str(step.args.get("by", "operator")), h.clock.now())
+            state = "ON" if on else "off"
+            return StepReport(step.where, f"{_clock(h)}  overload switch {state} (audited)")
+        case "call" | "callback":
+            return await _call_step(h, step)
+        case "withdraw":
+            return await _withdraw_step(h, step)
+        case "sweep":
+            return await _sweep_step(h, step)
+    raise ConfigError(f"{step.where}: unknown step {step.kind}")
+
+
+def _clock(h: Harness) -> str:
+    return h.clock.now().astimezone(_zone(h)).strftime("%Y-%m-%d %H:%M")
+
+
+def _zone(h: Harness) -> Any:
+    from zoneinfo import ZoneInfo
+
+    return ZoneInfo(h.policy.timezone)
+
+
+async def _call_step(h: Harness, step: Step) -> StepReport:
+    args = step.args
+    name = str(args.get("name", f"call{len(h.calls) + 1}"))
+    if step.kind == "call":
+        dialed = str(args["dialed"])
+        caller = args.get("caller")
+        sim_call = await h.sim.place_call(
+            dialed, None if caller is None else str(caller), _script(args, "", step.where)
+        )
+        title = f"{_clock(h)}  {name}: {caller or 'anonymous'} calls {dialed}"
+    else:
+        customer = str(args["customer"])
+        sim_call = await h.sim.place_callback(
+            customer,
+            args.get("line"),
+            agent_script=_script(args, "agent_", step.where),
+            customer_script=_script(args, "customer_", step.where),
+        )
+        title = f"{_clock(h)}  {name}: an agent calls {customer} back"
+    result = await asyncio.wait_for(sim_call.done, CALL_TIMEOUT)
+    report = StepReport(step.where, title)
+    row = await _finished_call(h, result)
+    leg = result
+    if step.kind == "callback" and result.callee is not None:
+        callee_row = await _finished_call(h, result.callee)
+        report.lines.append("agent's leg: no missed call within the window -> new communication")
+        if row is not None:
+            h.calls[f"{name}.agent"] = row.call_id
+        row, leg = callee_row, result.callee
+    if row is not None:
+        h.calls[name] = row.call_id
+    recording = await _recording_of(h, row.call_id if row else None)
+    _describe(report, row, leg, recording, h)
+    _check_call(report, step, row, leg, recording, h)
+    return report
+
+
+def _describe(
+    report: StepReport,
+    row: CallRow | None,
+    leg: CallResult,
+    recording: RecordingRow | None,
+    h: Harness,
+) -> None:
+    heard = ", ".join(leg.prompts_played) or "no prompt"
+    report.lines.append(f"heard: {heard}; keys: {''.join(leg.digits_sent) or '-'}")
+    if row is None:
+        report.lines.append("not handled by the controller (no ledger row)")
+        return
+    report.lines.append(
+        f"decision: {row.decision.value}"
+        + (f" (digit {row.digit})" if row.digit else "")
+        + f"; {row.reason or ''}; outcome: {row.outcome.value if row.outcome else '-'}"
+    )
+    if row.linked_to:
+        report.lines.append(f"linked to missed call {row.linked_to[:8]}")
+    if recording is None:
+        report.lines.append("recording: none")
+    else:
+        due = recording.delete_after.astimezone(_zone(h)).strftime("%Y-%m-%d %H:%M")
+        report.lines.append(
+            f"recording: {recording.status.value}, {recording.size} bytes, "
+            f"basis {recording.legal_basis.value}, delete after {due}"
+        )
+
+
+def _check_call(
+    report: StepReport,
+    step: Step,
+    row: CallRow | None,
+    leg: CallResult,
+    recording: RecordingRow | None,
+    h: Harness,
+) -> None:
+    expect = step.expect
+    where = step.where
+    if "decision" in expect:
+        actual = row.decision.value if row else None
+        report.checks.append(Check(where, "decision", expect["decision"], actual))
+    if "recorded" in expect:
+        stored = recording is not None and recording.status is RecordingStatus.STORED
+        report.checks.append(Check(where, "recorded", bool(expect["recorded"]), stored))
+        # Fail closed, seen from the PBX side too: MixMonitor ran only on a committed yes.
+        report.checks.append(
+            Check(
+                where,
+                "MixMonitor started only with a recorded decision",
+                True,
+                leg.recorded_file is None or (row is not None and row.decision.value == "record"),
+            )
+        )
+    if "outcome" in expect:
+        actual = row.outcome.value if row and row.outcome else None
+        report.checks.append(Check(where, "outcome", expect["outcome"], actual))
+    if "prompts" in expect:
+        report.checks.append(
+            Check(where, "prompts heard", list(expect["prompts"]), list(leg.prompts_played))
+        )
+    if "linked_to" in expect:
+        wanted = expect["linked_to"]
+        actual_link = row.linked_to if row else None
+        expected_id = h.calls.get(str(wanted)) if wanted is not None else None
+        report.checks.append(Check(where, f"linked to {wanted}", expected_id, actual_link))
+    if "legal_basis" in expect:
+        actual = recording.legal_basis.value if recording else None
+        report.checks.append(Check(where, "legal basis", expect["legal_basis"], actual))
+
+
+def _ids(h: Harness, names: Any, where: str) -> list[tuple[str, str]]:
+    out: list[tuple[str, str]] = []
+    for name in names or []:
+        if str(name) not in h.calls:
+            raise ConfigError(f"{where}: no call named {name!r} before this step")
+        out.append((str(name), h.calls[str(name)]))
+    return out
+
+
+async def _state_of(h: Harness, call_id: str) -> str:
+    recording = await _recording_of(h, call_id)
+    return "none" if recording is None else recording.status.value
+
+
+async def _withdraw_step(h: Harness, step: Step) -> StepReport:
+    args = step.args
+    caller = normalise(str(args["caller"]))
+    received = (
+        parse_time(args["received_at"], step.where) if "received_at" in args else h.clock.now()
+    )
+    result = await h.store.withdraw(
+        caller,
+        WithdrawalVia(str(args.get("via", "phone"))),
+        received,
+        str(args.get("by", "agent")),
+        h.clock.now(),
+    )
+    report = StepReport(
+        step.where, f"{_clock(h)}  withdrawal of consent by {args['caller']} via {result.via.value}"
+    )
+    report.lines.append(
+        f"received on {result.received_on}, due by {result.due_on}; "
+        f"deleted {len(result.deleted)}, kept {len(result.kept)}"
+    )
+    for recording_id, why in result.kept:
+        report.lines.append(f"kept {recording_id[:8]}: {why}")
+    await _check_outcomes(h, step, report)
+    if "due_on" in step.expect:
+        report.checks.append(Check(step.where, "due on", str(step.expect["due_on"]), result.due_on))
+    if result.completed_at is not None:
+        report.checks.append(
+            Check(
+                step.where,
+                "completed by the deadline",
+                True,
+                result.completed_at <= result.deadline,
+            )
+        )
+    return report
+
+
+async def _sweep_step(h: Harness, step: Step) -> StepReport:
+    result = await h.store.sweep(h.clock.now(), dry_run=bool(step.args.get("dry_run", False)))
+    report = StepReport(
+        step.where,
+        f"{_clock(h)}  retention sweep: {len(result.deleted)} recording(s) past delete-after",
+    )
+    await _check_outcomes(h, step, report)
+    return report
+
+
+async def _check_outcomes(h: Harness, step: Step, report: StepReport) -> None:
+    for name, call_id in _ids(h, step.expect.get("deleted"), step.where):
+        report.checks.append(
+            Check(step.where, f"{name} deleted", "deleted", await _state_of(h, call_id))
+        )
+    for name, call_id in _ids(h, step.expect.get("kept"), step.where):
+        report.checks.append(
+            Check(step.where, f"{name} kept", "stored", await _state_of(h, call_id))
+        )
+
+
+async def run_scenario(h: Harness, scenario: Scenario) -> list[StepReport]:
+    if scenario.start is not None:
+        h.clock.advance(scenario.start - h.clock.now())
+    reports = []
+    for step in scenario.steps:
+        reports.append(await run_step(h, step))
+    return reports
+
+
+def now_text(moment: datetime) -> str:
+    return moment.isoformat(timespec="seconds")

@@ -1,0 +1,836 @@
+"""asterisk-conf/: the dialplan and the configuration a real Asterisk loads.
+
+The dialplan is parsed here the way pbx_config reads it (contexts, extensions, priorities,
+labels, #include), then checked: every context, label and sound it names exists, every DID
+of the policy reaches Stasis with its line's queue, only the controller's four variables
+decide anything, no caller ID reaches MixMonitor, and the recording routine, evaluated with
+Asterisk's REGEX semantics, records exactly when Stasis succeeded and CALLREC_RECORD is
+"yes" with a plain spool path.
+"""
+
+from __future__ import annotations
+
+import configparser
+import os
+import re
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import yaml
+
+from callrec.config import load_settings
+from flows.numbers import normalise
+from flows.policy import DEFAULT_LINES
+from prompts.catalog import FORMATS, sounds_dir
+
+ROOT = Path(__file__).resolve().parent.parent
+CONF = ROOT / "asterisk-conf"
+CONTROLLER_SETS = {"CALLREC_RECORD", "CALLREC_FILE", "CALLREC_CALL_ID", "CALLREC_NOTICE"}
+MODES = ("ari", "agi")  # the values of CALLREC_MODE, each with its own contexts
+SPOOL_FILE = re.compile(r"^/[-A-Za-z0-9/_.]+[.]wav$")  # what the controller writes
+
+
+# --- a small reader for extensions.conf ------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Step:
+    context: str
+    exten: str
+    priority: int
+    label: str | None
+    app: str
+    data: str
+    where: str  # file:line
+
+
+@dataclass
+class Dialplan:
+    contexts: dict[str, list[Step]] = field(default_factory=dict)
+    general: dict[str, str] = field(default_factory=dict)
+    globals: dict[str, str] = field(default_factory=dict)
+
+    def steps(self) -> list[Step]:
+        return [step for steps in self.contexts.values() for step in steps]
+
+    def extension(self, context: str, exten: str) -> list[Step]:
+        """The priorities `exten` runs in `context`: its own, or the first pattern's."""
+        steps = self.contexts[context]
+        literal = [step for step in steps if step.exten == exten]
+        if literal:
+            return literal
+        for pattern in dict.fromkeys(step.exten for step in steps if step.exten.startswith("_")):
+            if matches(pattern, exten):
+                return [step for step in steps if step.exten == pattern]
+        return []
+
+
+_LINE = re.compile(r"^(exten|same)\s*=>?\s*(.*)$")
+_APP = re.compile(r"^([A-Za-z]\w*)\((.*)\)$")
+
+
+def strip_comment(line: str) -> str:
+    return re.split(r"(?<!\\);", line, maxsplit=1)[0].rstrip()
+
+
+def read_dialplan(path: Path, plan: Dialplan | None = None) -> Dialplan:
+    plan = plan or Dialplan()
+    section = None
+    last: Step | None = None
+    for number, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        where = f"{path.name}:{number}"
+        line = strip_comment(raw).strip()
+        if not line:
+            continue
+        if line.startswith("#include"):
+            read_dialplan(path.parent / line.split(None, 1)[1].strip('"'), plan)
+            continue
+        if line.startswith("["):
+            section = line[1 : line.index("]")]
+            if section not in ("general", "globals"):
+                assert section not in plan.contexts, f"{where}: context {section} twice"
+                plan.contexts[section] = []
+            last = None
+            continue
+        assert section is not None, f"{where}: outside a section"
+        if section in ("general", "globals"):
+            name, _, value = line.partition("=")
+            target = plan.general if section == "general" else plan.globals
+            target[name.strip()] = value.strip()
+            continue
+        match = _LINE.match(line)
+        assert match, f"{where}: not an exten/same line: {line}"
+        kind, rest = match.groups()
+        if kind == "exten":
+            exten, priority_text, app_text = rest.split(",", 2)
+        else:
+            assert last is not None, f"{where}: `same` without an extension"
+            exten = last.exten
+            priority_text, app_text = rest.split(",", 1)
+        label_match = re.fullmatch(r"(\w+|n)(?:\((\w+)\))?", priority_text.strip())
+        assert label_match, f"{where}: bad priority {priority_text}"
+        number_text, label = label_match.groups()
+        if number_text == "n":
+            assert last is not None and last.exten == exten, f"{where}: n without a priority"
+            priority = last.priority + 1
+        else:
+            priority = int(number_text)
+        app_match = _APP.match(app_text.strip())
+        assert app_match, f"{where}: not an application call: {app_text}"
+        step = Step(section, exten.strip(), priority, label, *app_match.groups(), where)
+        plan.contexts[section].append(step)
+        last = step
+    return plan
+
+
+def matches(pattern: str, exten: str) -> bool:
+    """Asterisk's extension pattern match (X, Z, N, [..], . and !)."""
+    if not pattern.startswith("_"):
+        return pattern == exten
+    regex = ""
+    body = pattern[1:]
+    index = 0
+    while index < len(body):
+        char = body[index]
+        if char == "[":
+            end = body.index("]", index)
+            regex += "[" + re.escape(body[index + 1 : end]).replace("\\-", "-") + "]"
+            index = end + 1
+            continue
+        regex += {"X": "[0-9]", "Z": "[1-9]", "N": "[2-9]", ".": ".+", "!": ".*"}.get(
+            char.upper(), re.escape(char)
+        )
+        index += 1
+    return re.fullmatch(regex, exten) is not None
+
+
+def read_ini(path: Path) -> list[tuple[str, dict[str, list[str]]]]:
+    """Sections of an Asterisk config file in order (names may repeat, as in pjsip.conf);
+    `(!)` templates and `(template)` inheritance are resolved."""
+    sections: list[tuple[str, dict[str, list[str]]]] = []
+    templates: dict[str, dict[str, list[str]]] = {}
+    current: dict[str, list[str]] | None = None
+    for raw in path.read_text(encoding="utf-8").splitlines():
+        line = strip_comment(raw).strip()
+        if not line:
+            continue
+        header = re.fullmatch(r"\[([^\]]+)\](?:\(([^)]*)\))?", line)
+        if header:
+            name, options = header.groups()
+            current = {}
+            for option in (options or "").split(","):
+                if option and option != "!":
+                    current.update({k: list(v) for k, v in templates[option].items()})
+            if options and "!" in options.split(","):
+                templates[name] = current
+            else:
+                sections.append((name, current))
+            continue
+        assert current is not None, f"{path.name}: {line} outside a section"
+        key, _, value = re.split(r"\s*(=>|=)\s*", line, maxsplit=1)
+        current.setdefault(key, []).append(value)
+    return sections
+
+
+def section(path: Path, name: str, kind: str | None = None) -> dict[str, list[str]]:
+    found = [
+        values
+        for section_name, values in read_ini(path)
+        if section_name == name and (kind is None or values.get("type") == [kind])
+    ]
+    assert len(found) == 1, f"{path.name}: [{name}] {kind or ''} found {len(found)} times"
+    return found[0]
+
+
+PLAN = read_dialplan(CONF / "extensions.conf")
+
+
+def expand(text: str, mode: str) -> str:
+    return text.replace("${CALLREC_MODE}", mode)
+
+
+def split_args(data: str) -> list[str]:
+    """Application arguments split at top-level commas (parentheses and ${} nest)."""
+    parts, depth, current = [], 0, ""
+    for char in data:
+        if char in "({":
+            depth += 1
+        elif char in ")}":
+            depth -= 1
+        if char == "," and depth == 0:
+            parts.append(current)
+            current = ""
+        else:
+            current += char
+    parts.append(current)
+    return parts
+
+
+# --- references resolve --------------------------------------------------------------
+
+
+def goto_targets(step: Step) -> list[tuple[str, str, str]]:
+    """(context, exten, priority-or-label) of every jump a step can make."""
+    targets: list[str] = []
+    if step.app in ("Goto", "Gosub"):
+        targets.append(step.data.split("(", 1)[0])
+    elif step.app == "GotoIf":
+        branches = step.data.split("?", 1)[1]
+        targets.extend(branch for branch in branches.split(":") if branch)
+    elif step.app == "ExecIf":
+        for branch in step.data.split("?", 1)[1].split(":"):
+            if branch.startswith(("Goto(", "Gosub(")):
+                targets.append(branch[branch.index("(") + 1 : -1])
+    elif step.app == "Set" and step.data.startswith("CHANNEL(hangup_handler_push)="):
+        targets.append(step.data.split("=", 1)[1])
+    resolved = []
+    for target in targets:
+        parts = target.split(",")
+        if len(parts) == 1:
+            resolved.append((step.context, step.exten, parts[0]))
+        elif len(parts) == 2:
+            resolved.append((step.context, parts[0], parts[1]))
+        else:
+            resolved.append((parts[0], parts[1], parts[2]))
+    return resolved
+
+
+def dial_subroutines(step: Step) -> list[str]:
+    return re.findall(r"U\(([\w-]+)\^", step.data) if step.app == "Dial" else []
+
+
+def test_every_jump_lands_on_an_existing_priority_or_label() -> None:
+    """Every Goto/GotoIf/Gosub/ExecIf branch and hangup handler names a context, extension
+    and priority or label that exist (for both values of CALLREC_MODE)."""
+    checked = 0
+    for step in PLAN.steps():
+        for mode in MODES:
+            for context, exten, target in goto_targets(step):
+                context, exten = expand(context, mode), expand(exten, mode)
+                assert context in PLAN.contexts, f"{step.where}: no context {context}"
+                if exten.startswith("${"):  # ${EXTEN}: the same DID, which the pattern takes
+                    exten_steps = [s for s in PLAN.contexts[context] if s.exten.startswith("_")]
+                else:
+                    exten_steps = PLAN.extension(context, exten)
+                assert exten_steps, f"{step.where}: no extension {exten} in {context}"
+                if target.isdigit():
+                    assert int(target) in {s.priority for s in exten_steps}, step.where
+                else:
+                    assert target in {s.label for s in exten_steps}, f"{step.where}: {target}"
+                checked += 1
+    assert checked > 40
+
+
+def test_dial_subroutines_and_queue_gosub_exist() -> None:
+    """Dial's U() routines and queues.conf's membergosub are contexts with an `s`
+    extension that ends in Return()."""
+    routines = {name for step in PLAN.steps() for name in dial_subroutines(step)}
+    assert routines == {"callrec-callee", "callrec-agi-callee"}
+    queues = read_ini(CONF / "queues.conf")
+    routines |= {values["membergosub"][0] for name, values in queues if "membergosub" in values}
+    assert "callrec-agent-connect" in routines
+    for name in routines:
+        steps = PLAN.extension(name, "s")
+        assert steps, f"{name} has no s extension"
+        assert any(step.app == "Return" for step in steps), name
+
+
+def test_endpoint_contexts_exist() -> None:
+    """The contexts pjsip.conf sends the test softphones to are in the dialplan."""
+    contexts = {
+        values["context"][0]
+        for name, values in read_ini(CONF / "pjsip.conf")
+        if values.get("type") == ["endpoint"] and "context" in values
+    }
+    assert contexts == {"callrec-inbound", "callrec-callback"}
+    assert contexts <= set(PLAN.contexts)
+
+
+def test_every_sound_exists_in_every_format() -> None:
+    """Every sound the dialplan plays and every prompt of the default lines is in
+    prompts/sl/ as wav, sln16, ulaw and alaw."""
+    sounds = {step.data for step in PLAN.steps() if step.app == "Playback"}
+    sounds |= {
+        prompt
+        for line in DEFAULT_LINES
+        for prompt in (line.prompts.notice, line.prompts.invalid_key, line.prompts.ask_again)
+        if prompt
+    }
+    assert len(sounds) >= 4
+    for sound in sounds:
+        for fmt in FORMATS:
+            path = sounds_dir() / "sl" / f"{sound}.{fmt}"
+            assert path.is_file(), f"{path} is missing"
+
+
+# --- the lines ----------------------------------------------------------------------
+
+
+def test_every_did_of_the_policy_reaches_stasis_with_its_queue() -> None:
+    """Each number of each default line, national and E.164, enters the flow of both modes
+    with its line's queue; no other number is routed."""
+    routed: dict[str, str] = {}
+    for exten in dict.fromkeys(step.exten for step in PLAN.contexts["callrec-inbound"]):
+        steps = PLAN.extension("callrec-inbound", exten)
+        queue = [s.data.split("=", 1)[1] for s in steps if s.data.startswith("CALLREC_QUEUE=")]
+        assert len(queue) == 1, f"{exten}: no single CALLREC_QUEUE"
+        assert any(
+            s.app == "Goto" and s.data == "callrec-${CALLREC_MODE}-inbound,${EXTEN},1"
+            for s in steps
+        ), exten
+        routed[exten] = queue[0]
+    for line in DEFAULT_LINES:
+        for number in line.numbers:
+            national = "0" + number.removeprefix("+386")
+            for form in (number, national):
+                assert routed.get(form) == line.name, f"{form} does not reach {line.name}"
+    for exten, queue in routed.items():
+        line = next(line for line in DEFAULT_LINES if normalise(exten) in line.numbers)
+        assert line.name == queue, exten
+
+    expected = {
+        "ari": "Stasis(callrec,inbound,${EXTEN})",
+        "agi": "AGI(agi://127.0.0.1:4573/inbound,${EXTEN})",
+    }
+    for mode, entry in expected.items():
+        for exten in routed:
+            steps = PLAN.extension(f"callrec-{mode}-inbound", exten)
+            calls = [f"{s.app}({s.data})" for s in steps]
+            assert entry in calls, f"{mode}: {exten}"
+            queue_at = calls.index("Queue(${CALLREC_QUEUE})")
+            assert calls.index(entry) < queue_at, f"{mode}: {exten} queues before deciding"
+            assert "Set(CHANNEL(hangup_handler_push)" in " ".join(calls[: calls.index(entry)])
+
+
+def test_queues_exist_for_every_line_and_mark_the_agent() -> None:
+    """queues.conf has a queue per line; each sets MEMBERINTERFACE and runs the connect
+    routine, and lets callers wait even with no agent (refusing must cost nothing)."""
+    queues = dict(read_ini(CONF / "queues.conf"))
+    for line in DEFAULT_LINES:
+        queue = queues[line.name]
+        assert queue["membergosub"] == ["callrec-agent-connect"]
+        assert queue["setinterfacevar"] == ["yes"]
+        assert queue["joinempty"] == ["yes"]
+    connect = PLAN.extension("callrec-agent-connect", "s")
+    assert connect[0].app == "Set"
+    assert connect[0].data.startswith("MASTER_CHANNEL(CALLREC_AGENT)=")
+
+
+# --- variables and caller ID ---------------------------------------------------------
+
+
+def test_only_the_controller_contract_variables_come_from_outside() -> None:
+    """Every CALLREC_ variable the dialplan reads is one of the four the controller sets,
+    or is set by the configuration itself (dialplan, globals, an endpoint's set_var)."""
+    text = "\n".join(f"{s.app}({s.data})" for s in PLAN.steps())
+    read = set(re.findall(r"\$\{(CALLREC_\w+)\}", text))
+    read |= set(re.findall(r"INC\((CALLREC_\w+)\)", text))
+    set_here = set(PLAN.globals)
+    for step in PLAN.steps():
+        if step.app == "Set":
+            name = step.data.split("=", 1)[0]
+            value = step.data.split("=", 1)[1]
+            master = re.fullmatch(r"MASTER_CHANNEL\((\w+)\)", name)
+            if value:
+                set_here.add(master.group(1) if master else name)
+    for _, values in read_ini(CONF / "pjsip.conf"):
+        set_here |= {value.split("=", 1)[0] for value in values.get("set_var", [])}
+    assert read - set_here - CONTROLLER_SETS == set()
+    assert read >= CONTROLLER_SETS
+
+
+def test_the_dialplan_never_decides_to_record_by_itself() -> None:
+    """The dialplan sets the controller's variables only to nothing or to "no"."""
+    for step in PLAN.steps():
+        if step.app == "Set":
+            name, _, value = step.data.partition("=")
+            if name in CONTROLLER_SETS:
+                assert value in ("", "no"), step.where
+
+
+def test_controller_variables_are_cleared_before_the_controller_runs() -> None:
+    """Each flow clears the controller's variables before Stasis/AGI, so nothing a channel
+    brings along can decide to record."""
+    clear = PLAN.extension("callrec-clear", "s")
+    cleared = {s.data.removesuffix("=") for s in clear if s.app == "Set" and s.data.endswith("=")}
+    assert cleared >= CONTROLLER_SETS
+    for context in ("callrec-ari-inbound", "callrec-ari-callback", "callrec-agi-inbound",
+                    "callrec-agi-callback", "callrec-callee", "callrec-agi-callee"):  # fmt: skip
+        steps = PLAN.contexts[context]
+        calls = [f"{s.app}({s.data})" for s in steps]
+        entry = next(i for i, s in enumerate(steps) if s.app in ("Stasis", "AGI", "ExecIf"))
+        assert "Gosub(callrec-clear,s,1)" in calls[:entry], context
+
+
+def test_caller_id_never_reaches_mixmonitor_or_a_file_name() -> None:
+    """MixMonitor is only ever given the controller's file with option b, and no line of the
+    configuration reads the caller ID."""
+    monitors = [s for s in PLAN.steps() if s.app == "MixMonitor"]
+    assert monitors
+    assert all(s.data == "${CALLREC_FILE},b" for s in monitors)
+    for path in CONF.glob("*.conf"):
+        text = "\n".join(strip_comment(line) for line in path.read_text("utf-8").splitlines())
+        assert not re.search(r"CALLERID|CONNECTEDLINE|CALLERIDNUM", text), path.name
+
+
+def test_no_expression_syntax_in_the_dialplan() -> None:
+    """No $[...]: Asterisk's expression parser runs any function named inside it."""
+    for step in PLAN.steps():
+        assert "$[" not in step.data, step.where
+
+
+def test_agi_mode_never_starts_mixmonitor_itself() -> None:
+    """In FastAGI mode the server EXECs MixMonitor; the dialplan only stops one when the AGI
+    failed."""
+    agi_contexts = [c for c in PLAN.contexts if c.startswith("callrec-agi-")]
+    assert len(agi_contexts) == 5
+    for context in agi_contexts:
+        for step in PLAN.contexts[context]:
+            assert step.app != "MixMonitor", step.where
+            assert not (step.app == "Gosub" and step.data.startswith("callrec-record")), step.where
+
+
+# --- the recording decision, evaluated --------------------------------------------------
+
+
+def substitute(text: str, variables: dict[str, str]) -> str:
+    """${VAR}, ${LEN(...)} and ${REGEX("re" ...)} as Asterisk expands them: innermost first,
+    and a variable's value is inserted as it is, never expanded again."""
+    values: list[str] = []
+
+    def restore(part: str) -> str:
+        return re.sub("\x00(\\d+)\x00", lambda m: values[int(m.group(1))], part)
+
+    def inner(match: re.Match[str]) -> str:
+        body = match.group(1)
+        regex = re.fullmatch(r'REGEX\("([^"]*)" (.*)\)', body, re.DOTALL)
+        if regex:
+            return "1" if re.search(regex.group(1), restore(regex.group(2))) else "0"
+        length = re.fullmatch(r"LEN\((.*)\)", body)
+        if length:
+            return str(len(restore(length.group(1))))
+        assert re.fullmatch(r"\w+", body), f"cannot evaluate ${{{body}}}"
+        values.append(variables.get(body, ""))
+        return f"\x00{len(values) - 1}\x00"
+
+    previous = None
+    while previous != text:
+        previous = text
+        text = re.sub(r"\$\{((?:[^${}]|\$(?!\{))*)\}", inner, text)
+    assert "${" not in text, f"cannot evaluate {text}"
+    return restore(text)
+
+
+def run_routine(context: str, variables: dict[str, str]) -> list[str]:
+    """The applications `context`'s s extension runs (GotoIf followed) until Return()."""
+    steps = PLAN.extension(context, "s")
+    by_priority = {s.priority: s for s in steps}
+    labels = {s.label: s.priority for s in steps if s.label}
+    priority, ran = 1, []
+    for _ in range(50):
+        step = by_priority[priority]
+        data = substitute(step.data, variables)
+        if step.app == "GotoIf":
+            condition, branches = data.split("?", 1)
+            true, _, false = branches.partition(":")
+            target = true if condition.strip() not in ("", "0") else false
+            priority = labels[target] if target else priority + 1
+            continue
+        ran.append(f"{step.app}({data})")
+        if step.app == "Return":
+            return ran
+        if step.app == "Set" and "=" in data:
+            name, _, value = data.partition("=")
+            variables[name] = value
+        priority += 1
+    raise AssertionError(f"{context} did not return")
+
+
+GOOD_FILE = "/var/spool/asterisk/monitor/callrec/0123456789abcdef0123456789abcdef.wav"
+
+
+@pytest.mark.parametrize(
+    ("status", "record", "file", "recorded"),
+    [
+        ("SUCCESS", "yes", GOOD_FILE, True),
+        ("FAILED", "yes", GOOD_FILE, False),  # the app was not connected
+        ("", "yes", GOOD_FILE, False),
+        ("SUCCESS", "no", GOOD_FILE, False),
+        ("SUCCESS", "", GOOD_FILE, False),  # no decision: never record by default
+        ("SUCCESS", "YES", GOOD_FILE, False),
+        ("SUCCESS", "yes ", GOOD_FILE, False),
+        ("SUCCESS", "yes", "", False),
+        ("SUCCESS", "yes", "callrec/x.wav", False),  # relative
+        ("SUCCESS", "yes", "/var/spool/asterisk/monitor/../../etc/x.wav", False),
+        ("SUCCESS", "yes", "/var/spool/asterisk/monitor/x.wav,bv(9)", False),
+        ("SUCCESS", "yes", "/var/spool/asterisk/monitor/x.gsm", False),
+        ("SUCCESS", "yes", "/var/spool/asterisk/monitor/${SHELL(id)}.wav", False),
+        ("SUCCESS", "yes", "/var/spool/asterisk/monitor/+38640404040.wav", False),
+    ],
+)
+def test_mixmonitor_starts_only_after_success_and_yes_with_a_plain_path(
+    status: str, record: str, file: str, recorded: bool
+) -> None:
+    """callrec-record reaches MixMonitor exactly when Stasis succeeded, CALLREC_RECORD is
+    "yes" and CALLREC_FILE is an absolute .wav path of plain characters without "..";
+    an unsafe path is logged as a warning."""
+    variables = {"STASISSTATUS": status, "CALLREC_RECORD": record, "CALLREC_FILE": file}
+    ran = run_routine("callrec-record", variables)
+    monitors = [call for call in ran if call.startswith("MixMonitor(")]
+    assert monitors == ([f"MixMonitor({file},b)"] if recorded else [])
+    unsafe = status == "SUCCESS" and record == "yes" and not recorded
+    assert any(call.startswith("Log(WARNING") for call in ran) == unsafe
+
+
+@pytest.mark.parametrize(("status", "stops"), [("SUCCESS", False), ("FAILURE", True),
+                                              ("NOTFOUND", True), ("", True)])  # fmt: skip
+def test_agi_failure_goes_on_unrecorded(status: str, stops: bool) -> None:
+    """After an AGI that did not succeed, any recording it started is stopped and
+    CALLREC_RECORD is set to no; after success nothing changes."""
+    variables = {"AGISTATUS": status, "CALLREC_RECORD": "yes"}
+    ran = run_routine("callrec-agi-check", variables)
+    assert ("StopMixMonitor()" in ran) == stops
+    assert variables["CALLREC_RECORD"] == ("no" if stops else "yes")
+
+
+def test_controller_file_names_pass_the_dialplan_check() -> None:
+    """The file the controller chooses in the docker setup (<spool>/<call id>.wav) is one the
+    dialplan accepts: the two checks agree."""
+    settings = load_settings(
+        CONF / "callrec.docker.toml", env={"CALLREC_ARI_PASSWORD": "unused-here"}
+    )
+    file = f"{settings.spool_dir}/0123456789abcdef0123456789abcdef.wav"
+    assert SPOOL_FILE.match(file)
+    ran = run_routine(
+        "callrec-record",
+        {"STASISSTATUS": "SUCCESS", "CALLREC_RECORD": "yes", "CALLREC_FILE": file},
+    )
+    assert f"MixMonitor({file},b)" in ran
+
+
+# --- callbacks ----------------------------------------------------------------------
+
+
+def test_callback_dials_the_callee_routine_only_for_a_notice() -> None:
+    """The callback flows Dial with U(<callee routine>^<call id>) on the notice branch only,
+    in Dial's U(context^arg) form (apps/app_dial.c), so ARG1 is the call id."""
+    for mode, routine in (("ari", "callrec-callee"), ("agi", "callrec-agi-callee")):
+        steps = PLAN.extension(f"callrec-{mode}-callback", "0401234567")
+        dials = {s.label: s.data for s in steps if s.app == "Dial"}
+        assert set(dials) == {"dial", "notice"}
+        assert "U(" not in dials["dial"]
+        assert dials["notice"].endswith(f",U({routine}^${{FILTER(0-9a-f,${{CALLREC_CALL_ID}})}})")
+        for data in dials.values():
+            assert split_args(data)[0] == "${CALLREC_TRUNK_TECH}/${EXTEN}@${CALLREC_TRUNK}"
+        branch = next(s for s in steps if s.label == "decided")
+        assert branch.data == '${REGEX("^yes$" ${CALLREC_NOTICE})}?notice:dial'
+
+
+def test_callee_stasis_runs_once_despite_the_nested_pbx() -> None:
+    """callrec-callee guards its Stasis line with a pass counter and leaves a priority gap
+    at `nested`, so the PBX res_stasis starts on a PBX-less channel after `continue` stops
+    there and Gosub's own loop resumes at `decided` (see the context's comment; observed on
+    a live Asterisk: one StasisStart, MixMonitor on the customer's leg, normal Return)."""
+    steps = PLAN.extension("callrec-callee", "s")
+    guarded = next(s for s in steps if "Stasis(" in s.data)
+    assert guarded.app == "ExecIf"
+    assert guarded.data == (
+        '${REGEX("^1$" ${INC(CALLREC_CALLEE_PASSES)})}'
+        "?Stasis(callrec,callee,${FILTER(0-9a-f,${ARG1})}):Goto(nested,1)"
+    )
+    before = [s for s in steps if s.priority < guarded.priority]
+    assert any(s.data == "CALLREC_CALLEE_PASSES=0" for s in before)  # INC() needs a number
+    after = next(s for s in steps if s.priority == guarded.priority + 1)
+    assert after.label == "decided" and after.data == "callrec-record,s,1"
+    nested = PLAN.extension("callrec-callee", "nested")
+    assert [s.priority for s in nested] == [1, 3]
+    assert nested[1].app == "Goto" and nested[1].data == "s,decided"
+    assert PLAN.general["autofallthrough"] == "yes"
+
+
+def test_callback_context_filters_the_line_name() -> None:
+    """CALLREC_LINE (from the agent's endpoint) is reduced to a-z, digits and _ before it
+    becomes a Stasis or AGI argument."""
+    first = PLAN.extension("callrec-callback", "0401234567")[0]
+    assert first.data == "CALLREC_LINE=${FILTER(a-z0-9_,${CALLREC_LINE})}"
+
+
+# --- the rest of the configuration --------------------------------------------------
+
+
+APP_MODULES = {
+    "Stasis": "app_stasis", "MixMonitor": "app_mixmonitor", "StopMixMonitor": "app_mixmonitor",
+    "Queue": "app_queue", "Dial": "app_dial", "Gosub": "app_stack", "Return": "app_stack",
+    "ExecIf": "app_exec", "Log": "app_verbose", "Playback": "app_playback",
+    "SendDTMF": "app_senddtmf", "AGI": "res_agi", "AddQueueMember": "app_queue",
+    "RemoveQueueMember": "app_queue",
+}  # fmt: skip
+BUILTIN_APPS = {"Answer", "Wait", "Hangup", "Set", "GotoIf", "Goto", "NoOp"}  # pbx_builtins.c
+# Needed without being named by the dialplan: ARI and its event stream, the prompts' formats
+# and codecs, queue music, SIP, and the dialplan loader itself.
+RUNTIME_MODULES = (
+    "res_ari", "res_ari_events", "res_ari_channels", "res_ari_playbacks", "res_stasis",
+    "res_stasis_playback", "res_http_websocket", "res_musiconhold", "format_wav",
+    "format_sln", "format_pcm", "codec_ulaw", "codec_alaw", "chan_pjsip", "pbx_config",
+)  # fmt: skip
+FUNCTION_MODULES = {
+    "REGEX": "func_strings", "FILTER": "func_strings", "LEN": "func_strings",
+    "INC": "func_math", "IF": "func_logic", "CHANNEL": "func_channel",
+    "MASTER_CHANNEL": "func_channel",
+}  # fmt: skip
+
+
+def test_modules_conf_loads_every_application_and_function_used() -> None:
+    """With autoload off, every application and dialplan function the dialplan uses comes
+    from a module modules.conf loads (an unknown one fails here until it is mapped)."""
+    modules = section(CONF / "modules.conf", "modules")
+    assert modules["autoload"] == ["no"]
+    loaded = {name.removesuffix(".so") for name in modules["load"]}
+    for step in PLAN.steps():
+        apps = [step.app]
+        if step.app == "ExecIf":
+            apps += re.findall(r"[?:](\w+)\(", step.data)
+        for app in apps:
+            assert app in BUILTIN_APPS or APP_MODULES.get(app) in loaded, f"{step.where}: {app}"
+        functions = re.findall(r"\$\{(\w+)\(", step.data)
+        if step.app == "Set":  # a function written to: Set(CHANNEL(...)=...)
+            functions += re.findall(r"^(\w+)\(", step.data.split("=", 1)[0])
+        for function in functions:
+            assert FUNCTION_MODULES.get(function) in loaded, f"{step.where}: {function}"
+    for needed in RUNTIME_MODULES:
+        assert needed in loaded, needed
+
+
+def test_ari_listens_on_loopback_with_a_password_from_the_environment() -> None:
+    """http.conf binds 127.0.0.1:8088; ari.conf's callrec user holds a placeholder, never a
+    password."""
+    http = section(CONF / "http.conf", "general")
+    assert http["bindaddr"] == ["127.0.0.1"] and http["bindport"] == ["8088"]
+    user = section(CONF / "ari.conf", "callrec")
+    assert user["type"] == ["user"]
+    assert user["password"] == ["@CALLREC_ARI_PASSWORD@"]
+    for name, values in read_ini(CONF / "pjsip.conf"):
+        for password in values.get("password", []):
+            assert re.fullmatch(r"@[A-Z_]+@", password), name
+
+
+def test_pjsip_has_a_customer_softphone_and_an_agent() -> None:
+    """Two authenticated test endpoints, each with its auth and AOR; the agent's callbacks
+    name their line."""
+    pjsip = CONF / "pjsip.conf"
+    customer = section(pjsip, "customer", "endpoint")
+    agent = section(pjsip, "agent", "endpoint")
+    assert customer["context"] == ["callrec-inbound"]
+    assert agent["context"] == ["callrec-callback"]
+    assert agent["set_var"] == ["CALLREC_LINE=service"]
+    for name in ("customer", "agent"):
+        assert section(pjsip, name, "auth")["username"] == [name]
+        section(pjsip, name, "aor")
+    trunk = section(pjsip, "trunk", "endpoint")
+    assert "context" not in trunk and "auth" not in trunk  # outbound only
+    assert PLAN.globals["CALLREC_TRUNK"].split()[0] == "trunk"
+
+
+def test_test_parties_exist_for_the_live_tests() -> None:
+    """The caller scenarios and the agent the live tests originate are in the dialplan."""
+    callers = {s.exten for s in PLAN.contexts["callrec-test-caller"]}
+    assert {"press1", "press2", "silent", "hangup-early", "other-key-then-1", "sales",
+            "press1-giveup"} <= callers  # fmt: skip
+    press1 = [f"{s.app}({s.data})" for s in PLAN.extension("callrec-test-caller", "press1")]
+    assert press1[:3] == ["Answer()", "Wait(3)", "SendDTMF(1)"]
+    assert PLAN.extension("callrec-test-agent", "agent")[0].app == "Answer"
+    assert PLAN.extension("callrec-test-customer", "040111222")[0].app == "Answer"
+
+
+# --- deployment ---------------------------------------------------------------------
+
+
+def render(target: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["/bin/sh", str(CONF / "render-config.sh"), str(CONF), str(target)],
+        env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **env},
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+
+SECRETS = {
+    "CALLREC_ARI_PASSWORD": "s3cr&t|\\x",
+    "CALLREC_SIP_CUSTOMER_PASSWORD": "customer-pw",
+    "CALLREC_SIP_AGENT_PASSWORD": "agent-pw",
+}
+
+
+def test_render_config_fills_every_placeholder(tmp_path: Path) -> None:
+    """Deploying copies every .conf with the passwords from the environment, verbatim,
+    readable by owner and group only."""
+    result = render(tmp_path, SECRETS)
+    assert result.returncode == 0, result.stderr
+    assert {p.name for p in tmp_path.glob("*.conf")} == {p.name for p in CONF.glob("*.conf")}
+    assert section(tmp_path / "ari.conf", "callrec")["password"] == [
+        SECRETS["CALLREC_ARI_PASSWORD"]
+    ]
+    assert section(tmp_path / "pjsip.conf", "agent", "auth")["password"] == ["agent-pw"]
+    for path in tmp_path.glob("*.conf"):
+        assert "@CALLREC_" not in path.read_text("utf-8"), path.name
+        assert path.stat().st_mode & 0o007 == 0, path.name
+    unchanged = (CONF / "extensions.conf").read_text("utf-8")
+    assert (tmp_path / "extensions.conf").read_text("utf-8") == unchanged
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {k: v for k, v in SECRETS.items() if k != "CALLREC_SIP_AGENT_PASSWORD"},
+        {**SECRETS, "CALLREC_ARI_PASSWORD": ""},
+        {**SECRETS, "CALLREC_ARI_PASSWORD": "cut;here"},
+        {**SECRETS, "CALLREC_ARI_PASSWORD": " padded"},
+    ],
+)
+def test_render_config_refuses_and_writes_nothing(tmp_path: Path, env: dict[str, str]) -> None:
+    """A missing, empty or unwritable password stops the deployment before any file is
+    written, and the reason names the variable."""
+    (tmp_path / "ari.conf").write_text("previous\n", encoding="utf-8")
+    result = render(tmp_path, env)
+    assert result.returncode == 1
+    assert re.search(r"CALLREC_\w+_PASSWORD", result.stderr)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ari.conf"]
+    assert (tmp_path / "ari.conf").read_text("utf-8") == "previous\n"
+
+
+def test_docker_compose_wires_sounds_spool_and_loopback() -> None:
+    """The test PBX mounts the prompts as sounds/sl, shares the monitor spool with the
+    controller, keeps ARI on loopback by sharing Asterisk's network namespace, and builds
+    Asterisk from Alpine's packages."""
+    compose = yaml.safe_load((CONF / "docker-compose.yml").read_text("utf-8"))
+    services = compose["services"]
+    assert set(services) == {"asterisk", "controller", "mosquitto"}
+    asterisk, controller = services["asterisk"], services["controller"]
+    assert "../prompts/sl:/var/lib/asterisk/sounds/sl:ro" in asterisk["volumes"]
+    assert "monitor:/var/spool/asterisk/monitor" in asterisk["volumes"]
+    assert "monitor:/var/spool/asterisk/monitor" in controller["volumes"]
+    assert "data:/var/lib/callrec" in controller["volumes"]
+    assert controller["network_mode"] == "service:asterisk"
+    assert controller["environment"]["CALLREC_ARI_URL"] == "http://127.0.0.1:8088/ari"
+    assert controller["environment"]["CALLREC_DATA_DIR"] == "/var/lib/callrec"
+    for env in (asterisk["environment"], controller["environment"]):
+        assert env["CALLREC_ARI_PASSWORD"].startswith("${CALLREC_ARI_PASSWORD:?")
+    settings = load_settings(
+        CONF / "callrec.docker.toml", env={"CALLREC_ARI_PASSWORD": "unused-here"}
+    )
+    assert settings.spool_dir.is_relative_to("/var/spool/asterisk/monitor")
+    dockerfile = (CONF / "Dockerfile").read_text("utf-8")
+    assert re.search(r"^FROM alpine:\S+ AS asterisk$", dockerfile, re.MULTILINE)
+    assert re.search(r"^RUN apk add --no-cache asterisk\b", dockerfile, re.MULTILINE)
+    assert {s["build"]["target"] for s in (asterisk, controller)} == {"asterisk", "controller"}
+
+
+# --- asterisklint ---------------------------------------------------------------------
+
+
+def test_asterisklint_finds_nothing(tmp_path: Path) -> None:
+    """asterisklint's dialplan check passes, except for the deliberate priority gap in
+    callrec-callee (W_DP_PRIO_BADORDER)."""
+    pytest.importorskip("asterisklint")
+    script = (
+        "import os, sys; from asterisklint.main import main; "
+        "sys.exit(main(sys.argv[1:], os.environ))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script, "dialplan-check", "extensions.conf"],
+        cwd=CONF,
+        env={**os.environ, "ALINT_IGNORE": "W_DP_PRIO_BADORDER"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.strip() == "" and result.stderr.strip() == ""
+
+
+def test_asterisklint_would_catch_a_broken_dialplan(tmp_path: Path) -> None:
+    """The same check fails on a copy with a misspelt application and a jump to nowhere,
+    so its silence above means something."""
+    pytest.importorskip("asterisklint")
+    for path in CONF.glob("extensions*.conf"):
+        shutil.copy(path, tmp_path / path.name)
+    broken = (tmp_path / "extensions.conf").read_text("utf-8")
+    broken = broken.replace("same => n,Queue(${CALLREC_QUEUE})", "same => n,Queeu(x)", 1)
+    broken = broken.replace("Gosub(callrec-record,s,1)", "Gosub(callrec-nowhere,s,1)", 1)
+    (tmp_path / "extensions.conf").write_text(broken, "utf-8")
+    script = (
+        "import os, sys; from asterisklint.main import main; "
+        "sys.exit(main(sys.argv[1:], os.environ))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script, "dialplan-check", "extensions.conf"],
+        cwd=tmp_path,
+        env={**os.environ, "ALINT_IGNORE": "W_DP_PRIO_BADORDER"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    assert "Queeu" in output and "callrec-nowhere" in output
+
+
+def test_config_files_parse_as_ini() -> None:
+    """Every non-dialplan .conf is plain sections and key = value lines."""
+    for path in CONF.glob("*.conf"):
+        if path.name.startswith("extensions"):
+            continue
+        parser = configparser.ConfigParser(strict=False, interpolation=None)
+        text = "\n".join(strip_comment(line) for line in path.read_text("utf-8").splitlines())
+        text = re.sub(r"^\[([^\]]+)\]\(.*\)$", r"[\1]", text, flags=re.MULTILINE)
+        text = text.replace("=>", "=")
+        parser.read_string(text)
+        assert parser.sections(), path.name

@@ -1,0 +1,222 @@
+"""The ARI controller under faults: it never records without a committed decision, never
+loses a recording it should keep, and keeps serving the other calls."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import replace
+from datetime import timedelta
+from pathlib import Path
+
+from agi.ari import AriClient
+from agi.session import SessionDeps
+from agi.simpbx import CallerScript, CallResult
+from agi.stasis import StasisApp
+from callrec.runner import Harness, harness
+from flows.policy import Decision, Policy
+from storage.ports import CallRow, RecordingStatus
+
+POLICY = replace(Policy(), overload_window=timedelta(hours=3))
+SCALE = 0.02
+SERVICE = "040 40 40 40"
+SALES = "040 40 40 45"
+PRESS_1 = CallerScript(keys=((2.0, "1"),), agent_answers_after=2.0, talk_seconds=4.0)
+
+
+async def call(h: Harness, dialed: str, caller: str, script: CallerScript) -> CallResult:
+    placed = await h.sim.place_call(dialed, caller, script)
+    return await asyncio.wait_for(placed.done, 30)
+
+
+async def finished(h: Harness, result: CallResult) -> CallRow:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 10
+    while h.app.is_live(result.channel_id):
+        assert loop.time() < deadline, "the controller did not finish the call"
+        await asyncio.sleep(0.01)
+    call_id = h.app.call_id_of(result.channel_id)
+    assert call_id is not None
+    row = await h.store.get_call(call_id)
+    assert row is not None and row.ended_at is not None
+    return row
+
+
+async def stored(h: Harness, call_id: str) -> bool:
+    return any(
+        r.call_id == call_id and r.status is RecordingStatus.STORED
+        for r in await h.store.recordings()
+    )
+
+
+async def test_failed_answer_goes_on_unrecorded_and_next_call_is_served(tmp_path: Path) -> None:
+    """A 500 on answer: the call fails closed (no decision, no MixMonitor, still queued to an
+    agent), and the next caller is served normally."""
+    async with harness(POLICY, tmp_path, time_scale=SCALE) as h:
+        h.sim.fail_next("POST", "/channels/*/answer", status=500)
+        first = await call(h, SERVICE, "041 555 201", PRESS_1)
+        row = await finished(h, first)
+        assert row.decision is Decision.NONE
+        assert first.recorded_file is None
+        assert first.variables.get("CALLREC_RECORD") == "no"
+        assert first.answered_by_agent  # refusing, or failing, costs the caller nothing
+        second = await call(h, SERVICE, "041 555 202", PRESS_1)
+        assert await stored(h, (await finished(h, second)).call_id)
+
+
+async def test_failed_variable_set_never_records(tmp_path: Path) -> None:
+    """A 500 while setting the recording variables: the dialplan never sees yes."""
+    async with harness(POLICY, tmp_path, time_scale=SCALE) as h:
+        h.sim.fail_next("POST", "/channels/*/variable", status=500)
+        result = await call(h, SALES, "041 555 203", PRESS_1)
+        row = await finished(h, result)
+        assert result.recorded_file is None
+        assert result.variables.get("CALLREC_RECORD") != "yes"
+        assert not await stored(h, row.call_id)
+
+
+async def test_websocket_drop_mid_prompt_fails_closed(tmp_path: Path) -> None:
+    """The events socket drops while the question plays and the key is lost with it: the
+    reconnect finds an undecided call, which goes on unrecorded; later calls are recorded."""
+    async with harness(POLICY, tmp_path, time_scale=SCALE) as h:
+        h.sim.drop_websockets_at("ChannelDtmfReceived", deliver=False)
+        result = await call(h, SERVICE, "041 555 204", PRESS_1)
+        row = await finished(h, result)
+        assert row.decision is Decision.NONE
+        assert result.recorded_file is None
+        assert result.answered_by_agent
+        again = await call(h, SERVICE, "041 555 205", PRESS_1)
+        assert await stored(h, (await finished(h, again)).call_id)
+
+
+async def test_websocket_drop_after_continue_still_stores_the_recording(tmp_path: Path) -> None:
+    """Events lost after continue (queue variables, ChannelDestroyed): the reconnect finds the
+    channel gone, and the recording it made is still ingested, never orphaned."""
+    async with harness(POLICY, tmp_path, time_scale=SCALE) as h:
+        h.sim.drop_websockets_at("StasisEnd", deliver=True)
+        result = await call(h, SERVICE, "041 555 206", PRESS_1)
+        row = await finished(h, result)
+        assert row.decision is Decision.RECORD
+        assert result.recorded_file is not None
+        assert await stored(h, row.call_id)
+        assert not Path(result.recorded_file).exists(), "moved out of the spool"
+
+
+def _crash(h: Harness) -> None:
+    """The controller's tasks vanish without a shutdown, as in a kill -9."""
+    for task in asyncio.all_tasks():
+        name = task.get_coro().__qualname__  # type: ignore[union-attr]
+        if name.startswith("StasisApp."):
+            task.cancel()
+
+
+async def _continued(h: Harness, channel_id: str) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 10
+    while not any(
+        e.get("kind") == "rest" and e.get("path") == f"/channels/{channel_id}/continue"
+        for e in h.sim.log
+    ):
+        assert loop.time() < deadline, "the call was never continued"
+        await asyncio.sleep(0.01)
+
+
+async def _restart_controller(h: Harness, tmp_path: Path) -> tuple[StasisApp, AriClient]:
+    client = AriClient(h.sim.base_url, "callrec", h.sim_password, "callrec")
+    deps = SessionDeps(
+        ledger=h.store,
+        store=h.store,
+        clock=h.clock,
+        events=h.events,
+        spool_dir=tmp_path / "spool",
+        prompt_versions={},
+    )
+    return StasisApp(client, deps, POLICY, timer_scale=SCALE), client
+
+
+async def _ended(h: Harness, call_id: str) -> CallRow:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 15
+    while True:
+        row = await h.store.get_call(call_id)
+        assert row is not None
+        if row.ended_at is not None:
+            return row
+        assert loop.time() < deadline, "the new controller did not finish the call"
+        await asyncio.sleep(0.02)
+
+
+async def test_restarted_controller_finishes_calls_it_lost(tmp_path: Path) -> None:
+    """The controller dies after continue; the call ends unseen. A new controller on the same
+    store finishes it at start-up: the recording is stored and the outcome written."""
+    async with harness(POLICY, tmp_path, time_scale=SCALE) as h:
+        placed = await h.sim.place_call(SERVICE, "041 555 207", PRESS_1)
+        await _continued(h, placed.channel_id)
+        call_id = h.app.call_id_of(placed.channel_id)
+        assert call_id is not None
+        _crash(h)
+        await h.client.close()
+        result = await asyncio.wait_for(placed.done, 30)
+        assert result.recorded_file is not None
+        assert (await h.store.get_call(call_id)).ended_at is None  # type: ignore[union-attr]
+        app, client = await _restart_controller(h, tmp_path)
+        task = asyncio.create_task(app.run())
+        try:
+            row = await _ended(h, call_id)
+            assert row.outcome is not None and row.outcome.value == "answered"
+            assert await stored(h, call_id)
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            await client.close()
+
+
+async def test_crash_before_continue_never_records(tmp_path: Path) -> None:
+    """The controller dies after committing a yes but before handing the channel back: the
+    new controller releases the channel unrecorded and closes the call; nothing records."""
+    async with harness(POLICY, tmp_path, time_scale=SCALE) as h:
+        h.sim.fail_next("POST", "/channels/*/continue", status=500, delay=5.0)
+        placed = await h.sim.place_call(SALES, "041 555 209", PRESS_1)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 10
+        while True:  # the decision is committed, the continue is in flight
+            call_id = h.app.call_id_of(placed.channel_id)
+            row = await h.store.get_call(call_id) if call_id else None
+            if row is not None and row.recording_file is not None:
+                break
+            assert loop.time() < deadline
+            await asyncio.sleep(0.01)
+        _crash(h)
+        await h.client.close()
+        app, client = await _restart_controller(h, tmp_path)
+        task = asyncio.create_task(app.run())
+        try:
+            result = await asyncio.wait_for(placed.done, 30)
+            assert result.recorded_file is None
+            assert result.variables.get("CALLREC_RECORD") == "no"
+            ended = await _ended(h, row.call_id)
+            assert not await stored(h, ended.call_id)
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            await client.close()
+
+
+async def test_shutdown_sends_undecided_calls_on_unrecorded(tmp_path: Path) -> None:
+    """On shutdown, a caller still hearing the question goes on to an agent, unrecorded."""
+    async with harness(POLICY, tmp_path, time_scale=SCALE) as h:
+        late = CallerScript(keys=((30.0, "1"),), agent_answers_after=1.0, talk_seconds=2.0)
+        placed = await h.sim.place_call(SERVICE, "041 555 208", late)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 10
+        while h.app.call_id_of(placed.channel_id) is None:
+            assert loop.time() < deadline
+            await asyncio.sleep(0.01)
+        call_id = h.app.call_id_of(placed.channel_id)
+        await h.app.shutdown(grace=0.5)
+        result = await asyncio.wait_for(placed.done, 30)
+        row = await h.store.get_call(call_id)  # type: ignore[arg-type]
+        assert row is not None and row.decision is Decision.NONE
+        assert result.recorded_file is None
