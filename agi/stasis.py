@@ -26,7 +26,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -47,6 +47,7 @@ log = logging.getLogger("callrec.stasis")
 PROMPT_LANGUAGE = "sl"  # the prompts are Slovenian; Asterisk looks in sounds/sl/
 RECENT_CALLS = 10_000  # channel -> call id pairs kept for look-ups after a call ends
 SHUTDOWN_GRACE = 5.0  # seconds live calls get to reach a decision before failing closed
+UNKNOWN_CHANNEL_GRACE = 1.0  # seconds a listed channel's StasisStart may lag the listing
 RELEASE_ATTEMPTS = 3  # continue tries for a channel we must hand on unrecorded
 RELEASE_PAUSE = 0.2  # seconds, growing per attempt
 WAV_HEADER_BYTES = 44  # what MixMonitor(...,b) writes when nobody was bridged
@@ -139,6 +140,7 @@ class _Call:
     worker: asyncio.Task[None] | None = None
     timer: asyncio.Task[None] | None = None
     timer_scale: float = 1.0
+    epoch: int = 1  # the events connection during which the call entered Stasis
 
     def start_timer(self, limit: timedelta, token: int) -> None:
         self.cancel_timer()
@@ -170,6 +172,8 @@ class StasisApp:
         self._calls: dict[str, _Call] = {}
         self._accepting = True
         self._timer_scale = timer_scale  # demo/replay run prompts and timeouts faster
+        self._connections = 1  # events connections so far (the first counts as 1)
+        self._background: set[asyncio.Task[None]] = set()
         self.handled = 0  # calls that got a session (for `serve` status lines and tests)
         self._recent: dict[str, str] = {}  # channel id -> call id, the last RECENT_CALLS
         self.idle = asyncio.Event()
@@ -188,27 +192,34 @@ class StasisApp:
         return self._recent.get(channel_id)
 
     async def run(self) -> None:
-        """Serve until cancelled. Every (re)connection reconciles the channels in Stasis."""
-        startup = asyncio.get_running_loop().create_task(self._reconcile_when_connected())
+        """Serve until cancelled. Every (re)connection reconciles the channels in Stasis, in
+        the background, so that new calls are served meanwhile."""
+        self._spawn(self._reconcile_when_connected())
         try:
             async for item in self._client.events():
                 if isinstance(item, Reconnected):
+                    self._connections += 1
                     log.warning("ARI events reconnected (attempt %d); reconciling", item.attempt)
-                    startup.cancel()
-                    await self._reconcile()
+                    self._spawn(self._reconcile(self._connections))
                     continue
                 try:
                     self._route(item)
                 except Exception:  # one bad event must not stop the others being served
                     log.exception("event %s could not be handled", item.type)
         finally:
-            startup.cancel()
+            for task in list(self._background):
+                task.cancel()
+
+    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def _reconcile_when_connected(self) -> None:
         # Subscriptions are refused until Asterisk knows the app, i.e. until the events
         # WebSocket is up; so the start-up look waits for it.
         await self._client.wait_connected()
-        await self._reconcile()
+        await self._reconcile(1)
 
     def _route(self, event: AriEvent) -> None:
         channel_id = event.channel_id
@@ -249,7 +260,7 @@ class StasisApp:
         if channel_id in self._calls:
             log.warning("channel %s entered Stasis twice; ignored", shown(channel_id))
             return
-        call = _Call(channel_id, timer_scale=self._timer_scale)
+        call = _Call(channel_id, timer_scale=self._timer_scale, epoch=self._connections)
         self._calls[channel_id] = call
         self.idle.clear()
         call.worker = asyncio.get_running_loop().create_task(self._work(call, event))
@@ -355,10 +366,12 @@ class StasisApp:
             await self._client.hangup(channel_id)
         log.error("channel %s could not be handed on; hung up", shown(channel_id))
 
-    async def _reconcile(self) -> None:
-        """After a (re)connect: calls we track whose channels vanished are ended; calls still
-        waiting for a key may have missed events and fail closed; channels in our Stasis app
-        that we do not know (a restart) have no committed decision and go on unrecorded."""
+    async def _reconcile(self, epoch: int) -> None:
+        """After the `epoch`-th connection: calls from before it whose channels vanished are
+        ended; those still waiting for a key may have missed events and fail closed; channels
+        in our Stasis app that we do not know (a restart, or a call that arrived while we
+        were away) have no committed decision and go on unrecorded. Calls that arrived on
+        this connection are left alone."""
         try:
             channels = await self._client.list_channels()
         except AsteriskError as error:
@@ -366,18 +379,31 @@ class StasisApp:
             return
         present = {str(c.get("id")): c for c in channels if isinstance(c, Mapping)}
         for channel_id, call in list(self._calls.items()):
+            if call.epoch >= epoch:
+                continue
             if channel_id not in present:
                 call.queue.put_nowait(_Ended(destroyed=True))
             elif call.session is not None and not call.session.decision_committed:
                 call.queue.put_nowait(ControlLost("ARI events were interrupted"))
-        for channel_id, channel in present.items():
-            if channel_id not in self._calls and _in_our_stasis(channel, self._client.app):
+        unknown = [
+            channel_id
+            for channel_id, channel in present.items()
+            if self._unknown(channel_id) and _in_our_stasis(channel, self._client.app)
+        ]
+        if unknown:
+            # Its StasisStart may still be on its way to us: give it a moment.
+            await asyncio.sleep(UNKNOWN_CHANNEL_GRACE)
+        for channel_id in unknown:
+            if self._unknown(channel_id):
                 log.warning(
                     "channel %s was in Stasis without a decision; released unrecorded",
                     shown(channel_id),
                 )
                 await self._release(channel_id)
         await self._adopt_open_calls(present)
+
+    def _unknown(self, channel_id: str) -> bool:
+        return channel_id not in self._calls and channel_id not in self._recent
 
     async def _adopt_open_calls(self, present: Mapping[str, Mapping[str, Any]]) -> None:
         """Calls the ledger holds open that no worker tracks (the controller restarted):
@@ -390,7 +416,7 @@ class StasisApp:
             return
         tracked = {c.session.call_id for c in self._calls.values() if c.session is not None}
         for row in open_calls:
-            if row.call_id in tracked or row.channel_id in self._calls:
+            if row.call_id in tracked or not self._unknown(row.channel_id):
                 continue
             if row.channel_id in present and row.decided_at is not None:
                 await self._watch(row)

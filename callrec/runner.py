@@ -42,13 +42,14 @@ from storage.sqlite import SqliteStore
 log = logging.getLogger("callrec.runner")
 
 CALL_TIMEOUT = 60.0  # seconds of wall time one scripted call may take at the demo's scale
+LIVE_CALL_TIMEOUT = 180.0  # a real call: the notice, the queue, the talk
 
 
 @dataclass(slots=True)
 class Harness:
     policy: Policy
     store: SqliteStore
-    sim: SimulatedPbx
+    sim: SimulatedPbx | None  # None: a live Asterisk
     client: AriClient
     app: StasisApp
     clock: OffsetClock
@@ -58,25 +59,49 @@ class Harness:
     sim_password: str
 
 
+@dataclass(frozen=True, slots=True)
+class LiveAsterisk:
+    """A real Asterisk running `asterisk-conf/` (test contexts included). Its MixMonitor
+    spool must be the `spool_dir` the controller is given."""
+
+    url: str
+    user: str
+    password: str
+    app: str = "callrec"
+
+
 @contextlib.asynccontextmanager
-async def harness(policy: Policy, data_dir: Path, *, time_scale: float) -> AsyncIterator[Harness]:
-    """A simulated PBX and a controller wired to a store in `data_dir`."""
+async def harness(
+    policy: Policy,
+    data_dir: Path,
+    *,
+    time_scale: float,
+    live: LiveAsterisk | None = None,
+    spool_dir: Path | None = None,
+) -> AsyncIterator[Harness]:
+    """A controller wired to a store in `data_dir`, facing the simulated PBX or, with
+    `live`, a real Asterisk."""
     catalog = load_catalog()
-    spool = data_dir / "spool"
+    spool = spool_dir or data_dir / "spool"
     spool.mkdir(parents=True, exist_ok=True)
     clock = OffsetClock()
     events = MemoryEvents()
-    password = secrets.token_urlsafe(16)  # the simulator listens on 127.0.0.1 only
-    sim = SimulatedPbx(
-        app="callrec",
-        user="callrec",
-        password=password,
-        prompt_durations={pid: info.duration_seconds for pid, info in catalog.items()},
-        time_scale=time_scale,
-    )
-    url = await sim.start()
+    sim: SimulatedPbx | None = None
+    if live is None:
+        password = secrets.token_urlsafe(16)  # the simulator listens on 127.0.0.1 only
+        sim = SimulatedPbx(
+            app="callrec",
+            user="callrec",
+            password=password,
+            prompt_durations={pid: info.duration_seconds for pid, info in catalog.items()},
+            time_scale=time_scale,
+        )
+        client = AriClient(await sim.start(), "callrec", password, "callrec")
+    else:
+        password = live.password
+        client = AriClient(live.url, live.user, live.password, live.app)
+        time_scale = 1.0  # a real PBX plays prompts in real time
     store = await SqliteStore.open(data_dir, policy, spool_dir=spool)
-    client = AriClient(url, "callrec", password, "callrec")
     deps = SessionDeps(
         ledger=store,
         store=store,
@@ -88,16 +113,49 @@ async def harness(policy: Policy, data_dir: Path, *, time_scale: float) -> Async
     app = StasisApp(client, deps, policy, timer_scale=time_scale)
     task = asyncio.get_running_loop().create_task(app.run())
     try:
-        await _until(lambda: sim.connected("callrec"), 10.0, "the controller did not connect")
-        yield Harness(policy, store, sim, client, app, clock, events, {}, data_dir, password)
+        try:
+            await asyncio.wait_for(client.wait_connected(), 10.0)
+        except TimeoutError:
+            raise CallrecError("the controller could not connect to ARI") from None
+        h = Harness(policy, store, sim, client, app, clock, events, {}, data_dir, password)
+        if live is not None:
+            # Both halves run add-agents; the second AddQueueMember finds the agent present.
+            await _originate(
+                h,
+                "Local/add-agents@callrec-test-setup",
+                context="callrec-test-setup",
+                extension="add-agents",
+            )
+        yield h
     finally:
         await app.shutdown(grace=2.0)
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
         await client.close()
-        await sim.stop()
+        if sim is not None:
+            await sim.stop()
         await store.close()
+
+
+async def _originate(
+    h: Harness,
+    endpoint: str,
+    *,
+    context: str,
+    extension: str,
+    caller_id: str | None = None,
+    variables: Mapping[str, str] | None = None,
+) -> str:
+    reply = await h.client.originate(
+        endpoint,
+        context=context,
+        extension=extension,
+        priority=1,
+        caller_id=caller_id,
+        variables=variables,
+    )
+    return str(reply["id"])
 
 
 async def _until(condition: Callable[[], bool], within: float, message: str) -> None:
@@ -186,26 +244,86 @@ def _zone(h: Harness) -> Any:
     return ZoneInfo(h.policy.timezone)
 
 
+class NotLive(CallrecError):
+    """A scenario step that cannot run against a live Asterisk (no `live:` test caller)."""
+
+
+async def _live_call(h: Harness, step: Step, name: str) -> CallResult:
+    """Place the step's call on a real Asterisk through the test contexts of
+    asterisk-conf/, and wait until the controller has finished it."""
+    args = step.args
+    script = args.get("live")
+    if not isinstance(script, str):
+        raise NotLive(f"{step.where}: no `live:` test-caller extension for {name}")
+    if step.kind == "call":
+        dialed = normalise(str(args["dialed"]))
+        national = "0" + dialed[4:] if dialed.startswith("+386") else dialed
+        caller = str(args.get("caller", ""))
+        channel_id = await _originate(
+            h,
+            f"Local/{script}@callrec-test-caller",
+            context="callrec-inbound",
+            extension=national,
+            caller_id=f'"Test" <{caller}>' if caller else None,
+        )
+    else:
+        customer = "0" + normalise(str(args["customer"]))[4:]
+        channel_id = await _originate(
+            h,
+            f"Local/{script}@callrec-test-agent",
+            context="callrec-callback",
+            extension=customer,
+            variables={"CALLREC_LINE": str(args.get("line", ""))},
+        )
+    await _until(
+        lambda: h.app.call_id_of(channel_id) is not None,
+        LIVE_CALL_TIMEOUT,
+        f"{step.where}: the call never reached the controller",
+    )
+    await _until(
+        lambda: not h.app.is_live(channel_id),
+        LIVE_CALL_TIMEOUT,
+        f"{step.where}: the call did not end",
+    )
+    call_id = h.app.call_id_of(channel_id)
+    row = await h.store.get_call(call_id) if call_id else None
+    return CallResult(
+        channel_id=channel_id,
+        stasis_status="SUCCESS",
+        variables={"CALLREC_CALL_ID": call_id} if call_id else {},
+        recorded_file=row.recording_file if row else None,
+        recorded_bytes=0,
+        answered_by_agent=bool(row and row.outcome and row.outcome.value == "answered"),
+        prompts_played=(),
+        digits_sent=(),
+    )
+
+
 async def _call_step(h: Harness, step: Step) -> StepReport:
     args = step.args
     name = str(args.get("name", f"call{len(h.calls) + 1}"))
     if step.kind == "call":
         dialed = str(args["dialed"])
         caller = args.get("caller")
-        sim_call = await h.sim.place_call(
-            dialed, None if caller is None else str(caller), _script(args, "", step.where)
-        )
         title = f"{_clock(h)}  {name}: {caller or 'anonymous'} calls {dialed}"
     else:
         customer = str(args["customer"])
-        sim_call = await h.sim.place_callback(
+        title = f"{_clock(h)}  {name}: an agent calls {customer} back"
+    if h.sim is None:
+        result = await _live_call(h, step, name)
+    elif step.kind == "call":
+        placed = await h.sim.place_call(
+            dialed, None if caller is None else str(caller), _script(args, "", step.where)
+        )
+        result = await asyncio.wait_for(placed.done, CALL_TIMEOUT)
+    else:
+        placed = await h.sim.place_callback(
             customer,
             args.get("line"),
             agent_script=_script(args, "agent_", step.where),
             customer_script=_script(args, "customer_", step.where),
         )
-        title = f"{_clock(h)}  {name}: an agent calls {customer} back"
-    result = await asyncio.wait_for(sim_call.done, CALL_TIMEOUT)
+        result = await asyncio.wait_for(placed.done, CALL_TIMEOUT)
     report = StepReport(step.where, title)
     row = await _finished_call(h, result)
     leg = result
@@ -280,7 +398,7 @@ def _check_call(
     if "outcome" in expect:
         actual = row.outcome.value if row and row.outcome else None
         report.checks.append(Check(where, "outcome", expect["outcome"], actual))
-    if "prompts" in expect:
+    if "prompts" in expect and h.sim is not None:  # a live PBX does not tell what played
         report.checks.append(
             Check(where, "prompts heard", list(expect["prompts"]), list(leg.prompts_played))
         )
@@ -364,6 +482,15 @@ async def _check_outcomes(h: Harness, step: Step, report: StepReport) -> None:
         report.checks.append(
             Check(step.where, f"{name} kept", "stored", await _state_of(h, call_id))
         )
+
+
+def live_capable(scenario: Scenario) -> bool:
+    """Whether every call of the scenario names a test caller of asterisk-conf/."""
+    return all(
+        isinstance(step.args.get("live"), str)
+        for step in scenario.steps
+        if step.kind in ("call", "callback")
+    )
 
 
 async def run_scenario(h: Harness, scenario: Scenario) -> list[StepReport]:

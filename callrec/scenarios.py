@@ -22,6 +22,10 @@ A scenario is a list of steps run in order against one controller and one store:
 
 `keys` are (seconds after the prompt starts, digit); `agent_answers_after: null` means
 nobody answers and the caller gives up after `give_up_after` seconds (a missed call).
+`live: <extension>` names the test caller of `asterisk-conf/extensions.conf`
+(`callrec-test-caller`, or `callrec-test-agent` for a callback's agent) that plays the same
+part on a real Asterisk (`callrec replay --ari URL`); a scenario with a call that has none
+is skipped there.
 Expectations name calls by their `name`; a step with no `expect` only acts.
 """
 

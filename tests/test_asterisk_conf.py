@@ -121,7 +121,8 @@ def read_dialplan(path: Path, plan: Dialplan | None = None) -> Dialplan:
             priority = int(number_text)
         app_match = _APP.match(app_text.strip())
         assert app_match, f"{where}: not an application call: {app_text}"
-        step = Step(section, exten.strip(), priority, label, *app_match.groups(), where)
+        app, data = app_match.groups()
+        step = Step(section, exten.strip(), priority, label, app, data, where)
         plan.contexts[section].append(step)
         last = step
     return plan
@@ -328,9 +329,9 @@ def test_every_did_of_the_policy_reaches_stasis_with_its_queue() -> None:
             national = "0" + number.removeprefix("+386")
             for form in (number, national):
                 assert routed.get(form) == line.name, f"{form} does not reach {line.name}"
-    for exten, queue in routed.items():
-        line = next(line for line in DEFAULT_LINES if normalise(exten) in line.numbers)
-        assert line.name == queue, exten
+    for exten, queue_name in routed.items():
+        owner = next(line for line in DEFAULT_LINES if normalise(exten) in line.numbers)
+        assert owner.name == queue_name, exten
 
     expected = {
         "ari": "Stasis(callrec,inbound,${EXTEN})",

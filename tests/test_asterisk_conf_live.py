@@ -17,7 +17,7 @@ import contextlib
 import json
 import os
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -98,7 +98,7 @@ class Events:
         ]
 
 
-Behaviour = Callable[[Ari, "StandIn", str, list[str]], Awaitable[None]]
+Behaviour = Callable[[Ari, "StandIn", str, list[str]], Coroutine[Any, Any, None]]
 
 
 @dataclass
@@ -317,7 +317,9 @@ async def test_live_callback_customer_hears_the_notice_once_before_the_agent() -
             await observed.wait(varset("BRIDGEPEER", callee))
             await asyncio.sleep(1.0)  # a second StasisStart would come right after the first
             starts = [
-                e for e in stand_in.events.seen if e["type"] == "StasisStart" and e["args"][0] == "callee"
+                e
+                for e in stand_in.events.seen
+                if e["type"] == "StasisStart" and e["args"][0] == "callee"
             ]
             assert len(starts) == 1
         finally:

@@ -11,7 +11,9 @@ import struct
 import subprocess
 import sys
 import warnings
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -61,8 +63,9 @@ def read_text(prompt_id: str, root: Path = PROMPTS) -> str:
     return (root / "texts" / f"{prompt_id}.txt").read_text(encoding="utf-8").removesuffix("\n")
 
 
-def manifest(root: Path = PROMPTS) -> dict:
-    return json.loads((root / "manifest.json").read_text(encoding="utf-8"))
+def manifest(root: Path = PROMPTS) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads((root / "manifest.json").read_text(encoding="utf-8"))
+    return data
 
 
 def sha256(path: Path) -> str:
@@ -286,7 +289,9 @@ def test_catalog_without_a_manifest_says_how_to_make_one(tmp_path: Path) -> None
         ),
     ],
 )
-def test_catalog_rejects_a_damaged_manifest(tmp_path: Path, damage, complaint: str) -> None:
+def test_catalog_rejects_a_damaged_manifest(
+    tmp_path: Path, damage: Callable[[dict[str, Any]], str], complaint: str
+) -> None:
     """A manifest that is not what the generator writes is refused with the reason."""
     (tmp_path / "manifest.json").write_text(damage(manifest()), encoding="utf-8")
     with pytest.raises(ConfigError, match=complaint):
@@ -329,7 +334,7 @@ def test_g711_is_byte_identical_to_audioop() -> None:
 def test_g711_refuses_anything_but_16_bit_samples() -> None:
     """Float or 32-bit input is a TypeError, not silently wrapped audio."""
     with pytest.raises(TypeError):
-        lin2ulaw(np.zeros(4, dtype=np.float64))  # type: ignore[arg-type]
+        lin2ulaw(np.zeros(4, dtype=np.float64))
     with pytest.raises(TypeError):
         lin2alaw(np.zeros(4, dtype=np.int32))
 

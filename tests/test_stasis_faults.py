@@ -146,6 +146,14 @@ async def _ended(h: Harness, call_id: str) -> CallRow:
         await asyncio.sleep(0.02)
 
 
+async def _until_stored(h: Harness, call_id: str) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 10
+    while not await stored(h, call_id):
+        assert loop.time() < deadline, "the recording was never stored"
+        await asyncio.sleep(0.02)
+
+
 async def test_restarted_controller_finishes_calls_it_lost(tmp_path: Path) -> None:
     """The controller dies after continue; the call ends unseen. A new controller on the same
     store finishes it at start-up: the recording is stored and the outcome written."""
@@ -164,7 +172,7 @@ async def test_restarted_controller_finishes_calls_it_lost(tmp_path: Path) -> No
         try:
             row = await _ended(h, call_id)
             assert row.outcome is not None and row.outcome.value == "answered"
-            assert await stored(h, call_id)
+            await _until_stored(h, call_id)
         finally:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
