@@ -35,10 +35,11 @@ from callrec.runner import LiveAsterisk
 from flows.errors import CallrecError
 from flows.policy import Purpose
 from prompts.catalog import load_catalog
-from storage.ports import WithdrawalVia
+from storage.ports import SweepReport, WithdrawalVia
 from storage.sqlite import SqliteStore
 
 log = logging.getLogger("callrec")
+CALLBACK_CHECK_SECONDS = 60  # how often serve looks for missed calls due a callback
 SCENARIOS_DIR = Path(__file__).resolve().parent.parent / "scenarios"  # the policy's cases
 
 
@@ -59,21 +60,63 @@ def _events(settings: Settings) -> MqttEvents | NullEvents:
     )
 
 
+def publish_sweep(events: EventSink, result: SweepReport) -> None:
+    if result.dry_run:
+        return
+    for recording_id in result.deleted:
+        events.publish("recording/deleted", {"recording_id": recording_id, "reason": "retention"})
+    events.publish(
+        "sweep/finished", {"deleted": len(result.deleted), "problems": len(result.problems)}
+    )
+
+
 async def _sweeper(store: SqliteStore, settings: Settings, events: EventSink) -> None:
     """Retention runs inside the controller too: a recording outlives its delete-after by at
     most one sweep interval even where nobody installed the timer unit."""
     interval = settings.policy.sweep_interval.total_seconds()
     while True:
         try:
-            result = await store.sweep(datetime.now(UTC))
-            for recording_id in result.deleted:
-                events.publish(
-                    "recording/deleted", {"recording_id": recording_id, "reason": "retention"}
-                )
-            events.publish("sweep/finished", {"deleted": len(result.deleted)})
+            publish_sweep(events, await store.sweep(datetime.now(UTC)))
         except CallrecError as error:
             log.error("retention sweep failed (retrying next interval): %s", error)
         await asyncio.sleep(interval)
+
+
+async def _callback_watch(store: SqliteStore, events: EventSink) -> None:
+    """Tells the call center which missed calls are due for a callback, once each, and once
+    more when one is overdue (the notice promises a callback within the hour)."""
+    announced: set[str] = set()
+    overdue: set[str] = set()
+    while True:
+        try:
+            for due in await store.callbacks_due(datetime.now(UTC)):
+                payload = {
+                    "call_id": due.call_id,
+                    "line": due.line,
+                    "due_by": due.due_by.isoformat(),
+                }
+                if due.call_id not in announced:
+                    announced.add(due.call_id)
+                    events.publish("callback/due", payload)
+                if due.overdue and due.call_id not in overdue:
+                    overdue.add(due.call_id)
+                    events.publish("callback/overdue", payload)
+        except CallrecError as error:
+            log.error("callback check failed (retrying): %s", error)
+        await asyncio.sleep(CALLBACK_CHECK_SECONDS)
+
+
+@contextlib.asynccontextmanager
+async def command_events(settings: Settings) -> AsyncIterator[EventSink]:
+    """Events of a one-shot command (withdraw, sweep): published, then drained briefly."""
+    events = _events(settings)
+    if isinstance(events, MqttEvents):
+        await events.start()
+    try:
+        yield events
+    finally:
+        if isinstance(events, MqttEvents):
+            await events.stop(drain_timeout=5.0)
 
 
 async def _until_signalled() -> None:
@@ -120,6 +163,7 @@ async def serve(settings: Settings) -> int:
         tasks = [
             asyncio.create_task(app.run()),
             asyncio.create_task(_sweeper(store, settings, events)),
+            asyncio.create_task(_callback_watch(store, events)),
         ]
         try:
             await _until_signalled()
@@ -374,8 +418,29 @@ async def withdraw(settings: Settings, args: argparse.Namespace, caller: str, no
     received = (
         now if args.received_at is None else now_arg(argparse.Namespace(now=args.received_at))
     )
-    async with open_store(settings) as store:
+    async with open_store(settings) as store, command_events(settings) as events:
         result = await store.withdraw(caller, WithdrawalVia(args.via), received, args.by, now)
+        events.publish(
+            "withdrawal/received",
+            {
+                "withdrawal_id": result.withdrawal_id,
+                "via": result.via.value,
+                "due_on": result.due_on,
+            },
+        )
+        for recording_id in result.deleted:
+            events.publish(
+                "recording/deleted", {"recording_id": recording_id, "reason": "withdrawal"}
+            )
+        if result.completed_at is not None:
+            events.publish(
+                "withdrawal/completed",
+                {
+                    "withdrawal_id": result.withdrawal_id,
+                    "deleted": len(result.deleted),
+                    "kept": len(result.kept),
+                },
+            )
     if args.json:
         print_json(result)
         return EXIT_OK
@@ -399,8 +464,9 @@ async def withdraw(settings: Settings, args: argparse.Namespace, caller: str, no
 
 
 async def sweep(settings: Settings, args: argparse.Namespace, now: datetime) -> int:
-    async with open_store(settings) as store:
+    async with open_store(settings) as store, command_events(settings) as events:
         result = await store.sweep(now, dry_run=args.dry_run)
+        publish_sweep(events, result)
     if args.json:
         print_json(result)
     else:
