@@ -35,7 +35,7 @@ from callrec.runner import LiveAsterisk
 from flows.errors import CallrecError
 from flows.policy import Purpose
 from prompts.catalog import load_catalog
-from storage.ports import SweepReport, WithdrawalVia
+from storage.ports import Report, SweepReport, WithdrawalVia
 from storage.sqlite import SqliteStore
 
 log = logging.getLogger("callrec")
@@ -515,6 +515,72 @@ async def report(settings: Settings, args: argparse.Namespace) -> int:
     if args.json:
         print_json(result)
     else:
-        for key, value in to_json(result).items():
-            print(f"{key}: {value}")
+        print(human_report(result, settings.policy.timezone))
     return EXIT_OK
+
+
+def human_report(result: Report, tz: str) -> str:
+    """The report as a data protection officer reads it: counts, then each withdrawal and
+    callback with whether it kept its promise."""
+    parts = [
+        f"report {short_time(result.start, tz)} .. {short_time(result.end, tz)} ({tz})",
+        "",
+        "calls by line and decision:",
+        table(
+            [
+                (c.line or "(no line)", c.direction.value, c.decision.value, c.calls)
+                for c in result.calls
+            ],
+            ["line", "direction", "decision", "calls"],
+        ),
+        "",
+        f"answered {result.answered}, missed {result.missed}; recordings made "
+        f"{result.recordings_made}, empty {result.recordings_empty}, deleted "
+        f"{result.recordings_deleted} ("
+        + (", ".join(f"{why} {n}" for why, n in result.deleted_by_reason) or "none")
+        + ")",
+        "",
+        f"withdrawals ({len(result.withdrawals)}):",
+        table(
+            [
+                (
+                    w.withdrawal_id[:8],
+                    w.via.value,
+                    w.received_on,
+                    w.due_on,
+                    short_time(w.completed_at, tz),
+                    len(w.deleted),
+                    len(w.kept),
+                    {True: "met", False: "MISSED", None: "open"}[w.met_deadline],
+                )
+                for w in result.withdrawals
+            ],
+            ["id", "via", "received", "due", "completed", "deleted", "kept", "deadline"],
+        ),
+        "",
+        f"callbacks ({len(result.callbacks)}):",
+        table(
+            [
+                (
+                    c.callback_call_id[:8],
+                    c.missed_call_id[:8],
+                    c.line,
+                    short_time(c.missed_ended_at, tz),
+                    short_time(c.called_back_at, tz),
+                    "yes" if c.within_window else "NO",
+                    "on" if c.overload else "",
+                )
+                for c in result.callbacks
+            ],
+            [
+                "callback",
+                "missed call",
+                "line",
+                "missed at",
+                "called back",
+                "in window",
+                "overload",
+            ],
+        ),
+    ]
+    return "\n".join(parts)
