@@ -311,7 +311,7 @@ def _fresh_dir(settings: Settings, given: Path | None, prefix: str) -> Path:
         return given
     if os.environ.get("CALLREC_DATA_DIR"):
         return settings.data_dir
-    return Path(tempfile.mkdtemp(prefix=prefix, dir="."))
+    return Path(tempfile.mkdtemp(prefix=prefix, dir=".")).absolute()
 
 
 async def demo(settings: Settings, args: argparse.Namespace) -> int:

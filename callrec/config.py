@@ -130,8 +130,11 @@ def load_settings(config: Path | None = None, env: Mapping[str, str] | None = No
         raise ConfigError(f"{source}: {error}") from None
 
     storage = _section(data, "storage", {"data_dir", "spool_dir"})
-    data_dir = Path(env.get("CALLREC_DATA_DIR") or storage.get("data_dir") or DEFAULT_DATA_DIR)
-    spool_dir = Path(storage.get("spool_dir") or data_dir / "spool")
+    # Absolute, because Asterisk is told the spool path (CALLREC_FILE) and has its own cwd.
+    data_dir = Path(
+        env.get("CALLREC_DATA_DIR") or storage.get("data_dir") or DEFAULT_DATA_DIR
+    ).absolute()
+    spool_dir = Path(storage.get("spool_dir") or data_dir / "spool").absolute()
 
     ari = _section(data, "ari", {"url", "user", "password_file", "app"})
     password = env.get("CALLREC_ARI_PASSWORD", "")

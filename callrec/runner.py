@@ -82,8 +82,7 @@ async def harness(
     """A controller wired to a store in `data_dir`, facing the simulated PBX or, with
     `live`, a real Asterisk."""
     catalog = load_catalog()
-    spool = spool_dir or data_dir / "spool"
-    spool.mkdir(parents=True, exist_ok=True)
+    data_dir, spool = await asyncio.to_thread(_prepare_dirs, data_dir, spool_dir)
     clock = OffsetClock()
     events = MemoryEvents()
     sim: SimulatedPbx | None = None
@@ -136,6 +135,15 @@ async def harness(
         if sim is not None:
             await sim.stop()
         await store.close()
+
+
+def _prepare_dirs(data_dir: Path, spool_dir: Path | None) -> tuple[Path, Path]:
+    """Absolute paths (MixMonitor is told the spool path and has its own working
+    directory), created."""
+    data_dir = data_dir.absolute()
+    spool = (spool_dir or data_dir / "spool").absolute()
+    spool.mkdir(parents=True, exist_ok=True)
+    return data_dir, spool
 
 
 async def _originate(

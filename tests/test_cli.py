@@ -140,3 +140,22 @@ def test_errors_are_one_clear_line(tmp_path: Path, args: list[str], message: str
     assert message in result.stderr
     assert "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_demo_as_the_readme_runs_it(tmp_path: Path) -> None:
+    """`callrec demo` with no settings at all (what `make demo` runs) passes every case and
+    names the directory it leaves its store in."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CALLREC_")}
+    result = subprocess.run(
+        [sys.executable, "-m", "callrec.cli", "demo", "--scale", "0.02"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr
+    assert "12 passed, 0 failed" in result.stdout
+    left = next(tmp_path.glob("callrec-demo-*"))
+    assert str(left) in result.stdout
+    assert (left / "ledger.sqlite3").exists()
