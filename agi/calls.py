@@ -36,6 +36,28 @@ def new_call_id() -> str:
     return uuid.uuid4().hex
 
 
+def _start(
+    deps: SessionDeps,
+    *,
+    channel_id: str,
+    direction: Direction,
+    line: str,
+    caller: str | None,
+    dialed: str | None,
+    parent_call_id: str | None = None,
+) -> CallStart:
+    return CallStart(
+        call_id=new_call_id(),
+        channel_id=channel_id,
+        direction=direction,
+        line=line,
+        caller=caller,
+        dialed=dialed,
+        started_at=deps.clock.now(),
+        parent_call_id=parent_call_id,
+    )
+
+
 async def inbound_session(
     deps: SessionDeps,
     policy: Policy,
@@ -52,17 +74,15 @@ async def inbound_session(
     line = policy.line_for(number)
     if line is None:
         return Rejected(f"{number} is the number of no line")
-    call_id = new_call_id()
-    start = CallStart(
-        call_id=call_id,
+    start = _start(
+        deps,
         channel_id=channel_id,
         direction=Direction.INBOUND,
         line=line.name,
         caller=try_normalise(caller, country_code=policy.country_code),
         dialed=number,
-        started_at=deps.clock.now(),
     )
-    flow = InboundFlow.for_line(line, policy, call_id=call_id)
+    flow = InboundFlow.for_line(line, policy, call_id=start.call_id)
     return CallSession(start, flow, channel, deps), CallEntered()
 
 
@@ -84,17 +104,15 @@ async def callback_session(
     line = policy.line_named(name)
     if line is None:
         return Rejected(f"callback names no known line: {shown(name)}")
-    call_id = new_call_id()
-    start = CallStart(
-        call_id=call_id,
+    start = _start(
+        deps,
         channel_id=channel_id,
         direction=Direction.CALLBACK,
         line=line.name,
         caller=try_normalise(agent, country_code=policy.country_code),
         dialed=number,
-        started_at=deps.clock.now(),
     )
-    flow = CallbackFlow.for_line(line, policy, call_id=call_id)
+    flow = CallbackFlow.for_line(line, policy, call_id=start.call_id)
     overload = await deps.ledger.overload()
     return CallSession(start, flow, channel, deps), CallbackPlaced(overload=overload)
 
@@ -117,16 +135,14 @@ async def callee_session(
     line = policy.line_named(parent.line)
     if line is None:
         return Rejected(f"callback {parent_call_id} is on a line no longer configured")
-    call_id = new_call_id()
-    start = CallStart(
-        call_id=call_id,
+    start = _start(
+        deps,
         channel_id=channel_id,
         direction=Direction.CALLEE,
         line=line.name,
         caller=parent.dialed,
         dialed=parent.dialed,
-        started_at=deps.clock.now(),
         parent_call_id=parent_call_id,
     )
-    flow = InboundFlow.for_line(line, policy, call_id=call_id)
+    flow = InboundFlow.for_line(line, policy, call_id=start.call_id)
     return CallSession(start, flow, channel, deps), CallEntered()
