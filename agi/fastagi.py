@@ -58,7 +58,14 @@ from agi.agi_protocol import (
 )
 from agi.calls import CALL_ID, Rejected, callback_session, callee_session, inbound_session
 from agi.session import CallSession, SessionDeps, finish_call
-from flows.errors import AsteriskError, CallrecError, ChannelGone, ConfigError, ProtocolViolation
+from flows.errors import (
+    AsteriskError,
+    CallrecError,
+    ChannelGone,
+    ConfigError,
+    ConnectionLost,
+    ProtocolViolation,
+)
 from flows.events import DigitPressed, DigitTimedOut, Event, PromptFinished
 from flows.numbers import shown
 from flows.outcome import AGENT_VARIABLE, Outcome, QueueObserver
@@ -149,7 +156,7 @@ class AgiConnection:
         """
         line = format_command(*words)
         if self.broken is not None:
-            raise AsteriskError(
+            raise ConnectionLost(
                 f"{words[0]}: the AGI connection is unusable ({self.broken})", call_id=self.call_id
             )
         if self.closed or self.hung_up:
@@ -191,7 +198,7 @@ class AgiConnection:
             first = await self.read_line()
             if first is None:
                 if self.broken is not None:  # we aborted it (shutdown)
-                    raise AsteriskError(self.broken, call_id=self.call_id)
+                    raise ConnectionLost(self.broken, call_id=self.call_id)
                 self.hung_up = True
                 raise ChannelGone("Asterisk closed the AGI connection", call_id=self.call_id)
             lines = [first]

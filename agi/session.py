@@ -42,7 +42,7 @@ from flows.commands import (
     WaitForDigit,
 )
 from flows.consent import InboundFlow
-from flows.errors import AsteriskError, ChannelGone, StorageError
+from flows.errors import AsteriskError, ChannelGone, ConnectionLost, StorageError
 from flows.events import (
     CallerHungUp,
     CommitFailed,
@@ -57,6 +57,9 @@ from flows.policy import Decision
 from storage.ports import CallStart, DecisionRecord, Ledger, RecordingRow, RecordingStore
 
 log = logging.getLogger("callrec.session")
+
+RELEASE_ATTEMPTS = 3  # tries to hand a channel on unrecorded before hanging it up
+RELEASE_PAUSE = 0.2  # seconds between them, growing per attempt
 
 Flow = InboundFlow | CallbackFlow
 
@@ -267,13 +270,29 @@ class CallSession:
         return []
 
     async def _release_unrecorded(self) -> None:
-        """Best effort: the caller goes on to an agent, and nothing records."""
-        try:
-            await self.channel.skip_recording(self.call_id)
-            await self.channel.continue_in_dialplan()
-            self.continued = True
-        except AsteriskError as error:
-            log.warning("call %s: could not release the channel: %s", self.call_id, error)
+        """The caller goes on to an agent, and nothing records. A channel left in Stasis
+        would hold the caller forever, so this is tried again and, as the last resort, the
+        channel is hung up (nothing was recording it)."""
+        for attempt in range(RELEASE_ATTEMPTS):
+            try:
+                await self.channel.skip_recording(self.call_id)
+                await self.channel.continue_in_dialplan()
+            except (ChannelGone, ConnectionLost):
+                return  # gone, or out of reach: its dialplan goes on without a yes
+            except AsteriskError as error:
+                log.warning(
+                    "call %s: could not release the channel (attempt %d): %s",
+                    self.call_id,
+                    attempt + 1,
+                    error,
+                )
+                await asyncio.sleep(RELEASE_PAUSE * (attempt + 1))
+            else:
+                self.continued = True
+                return
+        log.error("call %s: the channel could not be handed on; hanging up", self.call_id)
+        with contextlib.suppress(AsteriskError):
+            await self.channel.hangup()
 
     async def hung_up(self) -> None:
         await self.feed(CallerHungUp())

@@ -34,7 +34,13 @@ from typing import Any
 
 from agi.ari import AriClient, AriEvent, Reconnected
 from agi.calls import Rejected, callback_session, callee_session, inbound_session
-from agi.session import CallSession, SessionDeps, finish_call
+from agi.session import (
+    RELEASE_ATTEMPTS,
+    RELEASE_PAUSE,
+    CallSession,
+    SessionDeps,
+    finish_call,
+)
 from flows.errors import AsteriskError, ChannelGone, StorageError
 from flows.events import ControlLost, DigitPressed, DigitTimedOut, Event, PromptFinished
 from flows.numbers import shown
@@ -48,8 +54,6 @@ PROMPT_LANGUAGE = "sl"  # the prompts are Slovenian; Asterisk looks in sounds/sl
 RECENT_CALLS = 10_000  # channel -> call id pairs kept for look-ups after a call ends
 SHUTDOWN_GRACE = 5.0  # seconds live calls get to reach a decision before failing closed
 UNKNOWN_CHANNEL_GRACE = 1.0  # seconds a listed channel's StasisStart may lag the listing
-RELEASE_ATTEMPTS = 3  # continue tries for a channel we must hand on unrecorded
-RELEASE_PAUSE = 0.2  # seconds, growing per attempt
 WAV_HEADER_BYTES = 44  # what MixMonitor(...,b) writes when nobody was bridged
 
 

@@ -12,6 +12,7 @@
     ├── AccessRefused              a purpose does not fit a recording's legal basis, or it is gone
     ├── AsteriskError              ARI or AGI failed (HTTP status / AGI code, with the call id)
     │   ├── ChannelGone            the channel no longer exists (404 after a hang-up)
+    │   ├── ConnectionLost         the link to the channel is unusable (a broken AGI socket)
     │   └── ProtocolViolation      a malformed message from Asterisk (bad JSON, bad AGI line)
     └── EventsError                MQTT publishing could not be set up
 
@@ -83,6 +84,11 @@ class AsteriskError(CallrecError):
 
 class ChannelGone(AsteriskError):
     """The channel no longer exists (Asterisk answers 404 "Channel not found")."""
+
+
+class ConnectionLost(AsteriskError):
+    """Nothing more can be sent to this channel: its AGI connection timed out, carried
+    garbage, or is being shut down. Retrying is pointless; the dialplan goes on without us."""
 
 
 class ProtocolViolation(AsteriskError):
