@@ -42,7 +42,15 @@ from agi.session import (
     finish_call,
 )
 from flows.errors import AsteriskError, ChannelGone, StorageError
-from flows.events import ControlLost, DigitPressed, DigitTimedOut, Event, PromptFinished
+from flows.events import (
+    CallerHungUp,
+    ControlLost,
+    DigitPressed,
+    DigitTimedOut,
+    Event,
+    PromptFailed,
+    PromptFinished,
+)
 from flows.numbers import shown
 from flows.outcome import Outcome, QueueObserver
 from flows.policy import Policy
@@ -234,7 +242,10 @@ class StasisApp:
             call = self._call_of_playback(event.playback_id)
             if call is not None and event.type == "PlaybackFinished":
                 token = call.playbacks.pop(event.playback_id)
-                call.queue.put_nowait(PromptFinished(token))
+                # "failed": a missing sound, or the channel going away. Either way the
+                # caller did not hear it, and a notice not heard cannot count as given.
+                failed = _playback_state(event) == "failed"
+                call.queue.put_nowait(PromptFailed(token) if failed else PromptFinished(token))
             return
         call = self._calls.get(channel_id or "")
         if call is None:
@@ -245,6 +256,10 @@ class StasisApp:
                 call.queue.put_nowait(DigitPressed(event.digit))
             case "ChannelVarset" if event.variable is not None:
                 call.observer.saw_variable(event.variable, event.value or "")
+            case "ChannelHangupRequest":
+                # Asterisk reports the hang-up first, then PlaybackFinished, then StasisEnd;
+                # the flow must know before it takes a finished prompt for a heard one.
+                call.queue.put_nowait(CallerHungUp())
             case "StasisEnd":
                 # Whether this ends the call depends on whether our continue went through,
                 # which only the worker knows in order: it decides.
@@ -474,6 +489,14 @@ class StasisApp:
         for call in list(self._calls.values()):
             if call.worker is not None:
                 call.worker.cancel()
+
+
+def _playback_state(event: AriEvent) -> str | None:
+    playback = event.raw.get("playback")
+    if isinstance(playback, Mapping):
+        state = playback.get("state")
+        return state if isinstance(state, str) else None
+    return None
 
 
 def _has_audio(file: str) -> bool:

@@ -149,6 +149,8 @@ async def serve(settings: Settings) -> int:
         reconciled = await store.reconcile(settings.spool_dir, datetime.now(UTC))
         for line in reconciled.flagged:
             log.warning("reconcile: %s", line)
+        for name in reconciled.deleted_unowned:
+            log.warning("reconcile: deleted %s from the spool: no call decided to record it", name)
         if isinstance(events, MqttEvents):
             await events.start()
         client = AriClient(

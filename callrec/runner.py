@@ -43,6 +43,7 @@ log = logging.getLogger("callrec.runner")
 
 CALL_TIMEOUT = 60.0  # seconds of wall time one scripted call may take at the demo's scale
 LIVE_CALL_TIMEOUT = 180.0  # a real call: the notice, the queue, the talk
+LIVE_SETUP_PAUSE = 1.0  # seconds for a queue membership change to run on the PBX
 
 
 @dataclass(slots=True)
@@ -118,13 +119,7 @@ async def harness(
             raise CallrecError("the controller could not connect to ARI") from None
         h = Harness(policy, store, sim, client, app, clock, events, {}, data_dir, password)
         if live is not None:
-            # Both halves run add-agents; the second AddQueueMember finds the agent present.
-            await _originate(
-                h,
-                "Local/add-agents@callrec-test-setup",
-                context="callrec-test-setup",
-                extension="add-agents",
-            )
+            await _set_agents(h, present=True)
         yield h
     finally:
         await app.shutdown(grace=2.0)
@@ -135,6 +130,19 @@ async def harness(
         if sim is not None:
             await sim.stop()
         await store.close()
+
+
+async def _set_agents(h: Harness, *, present: bool) -> None:
+    """Put the test agent into the queues, or take it out (for a missed call). Both halves
+    of the Local channel run the extension; the second finds the work done."""
+    extension = "add-agents" if present else "remove-agents"
+    await _originate(
+        h,
+        f"Local/{extension}@callrec-test-setup",
+        context="callrec-test-setup",
+        extension=extension,
+    )
+    await asyncio.sleep(LIVE_SETUP_PAUSE)
 
 
 def _prepare_dirs(data_dir: Path, spool_dir: Path | None) -> tuple[Path, Path]:
@@ -263,36 +271,43 @@ async def _live_call(h: Harness, step: Step, name: str) -> CallResult:
     script = args.get("live")
     if not isinstance(script, str):
         raise NotLive(f"{step.where}: no `live:` test-caller extension for {name}")
-    if step.kind == "call":
-        dialed = normalise(str(args["dialed"]))
-        national = "0" + dialed[4:] if dialed.startswith("+386") else dialed
-        caller = str(args.get("caller", ""))
-        channel_id = await _originate(
-            h,
-            f"Local/{script}@callrec-test-caller",
-            context="callrec-inbound",
-            extension=national,
-            caller_id=f'"Test" <{caller}>' if caller else None,
+    nobody_answers = "agent_answers_after" in args and args["agent_answers_after"] is None
+    if nobody_answers:  # a missed call: take the test agent out of the queues first
+        await _set_agents(h, present=False)
+    try:
+        if step.kind == "call":
+            dialed = normalise(str(args["dialed"]))
+            national = "0" + dialed[4:] if dialed.startswith("+386") else dialed
+            caller = str(args.get("caller", ""))
+            channel_id = await _originate(
+                h,
+                f"Local/{script}@callrec-test-caller",
+                context="callrec-inbound",
+                extension=national,
+                caller_id=f'"Test" <{caller}>' if caller else None,
+            )
+        else:
+            customer = "0" + normalise(str(args["customer"]))[4:]
+            channel_id = await _originate(
+                h,
+                f"Local/{script}@callrec-test-agent",
+                context="callrec-callback",
+                extension=customer,
+                variables={"CALLREC_LINE": str(args.get("line", ""))},
+            )
+        await _until(
+            lambda: h.app.call_id_of(channel_id) is not None,
+            LIVE_CALL_TIMEOUT,
+            f"{step.where}: the call never reached the controller",
         )
-    else:
-        customer = "0" + normalise(str(args["customer"]))[4:]
-        channel_id = await _originate(
-            h,
-            f"Local/{script}@callrec-test-agent",
-            context="callrec-callback",
-            extension=customer,
-            variables={"CALLREC_LINE": str(args.get("line", ""))},
+        await _until(
+            lambda: not h.app.is_live(channel_id),
+            LIVE_CALL_TIMEOUT,
+            f"{step.where}: the call did not end",
         )
-    await _until(
-        lambda: h.app.call_id_of(channel_id) is not None,
-        LIVE_CALL_TIMEOUT,
-        f"{step.where}: the call never reached the controller",
-    )
-    await _until(
-        lambda: not h.app.is_live(channel_id),
-        LIVE_CALL_TIMEOUT,
-        f"{step.where}: the call did not end",
-    )
+    finally:
+        if nobody_answers:
+            await _set_agents(h, present=True)
     call_id = h.app.call_id_of(channel_id)
     row = await h.store.get_call(call_id) if call_id else None
     return CallResult(

@@ -40,6 +40,7 @@ from flows.events import (
     DecisionCommitted,
     DigitPressed,
     DigitTimedOut,
+    PromptFailed,
     PromptFinished,
 )
 from flows.machine import Rule, Table, mermaid, stays, step
@@ -209,6 +210,13 @@ class InboundFlow:
             stop.append(CancelWait(self._token))
         return State.COMMITTING, [*stop, self._commit(Decision.NONE, None, reason, now)]
 
+    def _prompt_failed(self, event: PromptFailed, now: datetime) -> tuple[State, list[Command]]:
+        # A notice nobody heard informs nobody: fail closed, as when control is lost.
+        if event.token != self._token:
+            return self.state, []
+        reason = "the prompt could not be played"
+        return State.COMMITTING, [self._commit(Decision.NONE, None, reason, now)]
+
     def _hung_up_while_committing(
         self, event: CallerHungUp, now: datetime
     ) -> tuple[State, list[Command]]:
@@ -239,6 +247,14 @@ TRANSITIONS: Table[State, InboundFlow] = {
         _F._notice_finished, (_S.COMMITTING, _S.HEARING_NOTICE)
     ),
     (_S.HEARING_NOTICE, DigitPressed): stays(_S.HEARING_NOTICE),
+    (_S.HEARING_NOTICE, PromptFailed): Rule(_F._prompt_failed, (_S.COMMITTING, _S.HEARING_NOTICE)),
+    (_S.HEARING_QUESTION, PromptFailed): Rule(
+        _F._prompt_failed, (_S.COMMITTING, _S.HEARING_QUESTION)
+    ),
+    (_S.AWAITING_KEY, PromptFailed): stays(_S.AWAITING_KEY),
+    (_S.COMMITTING, PromptFailed): stays(_S.COMMITTING),
+    (_S.CONTINUED, PromptFailed): stays(_S.CONTINUED),
+    (_S.HUNG_UP, PromptFailed): stays(_S.HUNG_UP),
     (_S.HEARING_NOTICE, CallerHungUp): Rule(_F._hung_up_before_decision, (_S.HUNG_UP,)),
     (_S.HEARING_QUESTION, PromptFinished): Rule(
         _F._question_finished, (_S.AWAITING_KEY, _S.HEARING_QUESTION)

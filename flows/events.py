@@ -31,6 +31,14 @@ class PromptFinished:
 
 
 @dataclass(frozen=True, slots=True)
+class PromptFailed:
+    """The playback of `PlayPrompt(token=...)` failed (missing sound, channel going away):
+    the caller did not hear it, so it cannot count as told."""
+
+    token: int
+
+
+@dataclass(frozen=True, slots=True)
 class DigitPressed:
     digit: str  # one of 0-9 * # (adapters drop anything else before it gets here)
 
@@ -87,6 +95,7 @@ Event = (
     CallEntered
     | CallbackPlaced
     | PromptFinished
+    | PromptFailed
     | DigitPressed
     | DigitTimedOut
     | CallerHungUp

@@ -30,6 +30,7 @@ from flows.events import (
     DecisionCommitted,
     DigitPressed,
     DigitTimedOut,
+    PromptFailed,
     PromptFinished,
 )
 from flows.policy import Decision, LegalBasis, Policy
@@ -198,6 +199,7 @@ def test_diagram_names_every_state() -> None:
 EVENTS = st.one_of(
     st.builds(DigitPressed, st.sampled_from(list("0123456789*#"))),
     st.builds(PromptFinished, st.integers(0, 6)),
+    st.builds(PromptFailed, st.integers(0, 6)),
     st.builds(DigitTimedOut, st.integers(0, 6)),
     st.just(CallerHungUp()),
     st.just(DecisionCommitted()),
@@ -264,3 +266,20 @@ def test_wait_commands_are_cancelled_on_key() -> None:
     run(flow, CallEntered(), PromptFinished(1))
     out = run(flow, DigitPressed("2"))
     assert out[0] == CancelWait(1)
+
+
+def test_a_notice_that_failed_to_play_is_not_a_notice() -> None:
+    """A failed playback of the sales notice leads to no decision, never to a recording."""
+    flow = InboundFlow.for_line(SALES, POLICY)
+    run(flow, CallEntered())
+    out = run(flow, PromptFailed(1))
+    assert isinstance(out[-1], CommitDecision) and out[-1].decision is Decision.NONE
+    assert run(flow, DecisionCommitted()) == [SkipRecording("no decision"), Continue()]
+
+
+def test_a_stale_failed_playback_is_ignored() -> None:
+    """A failure reported for a prompt already replaced changes nothing."""
+    flow = service()
+    run(flow, CallEntered(), DigitPressed("7"))
+    assert run(flow, PromptFailed(1)) == []
+    assert flow.state is State.HEARING_QUESTION

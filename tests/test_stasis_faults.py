@@ -228,3 +228,19 @@ async def test_shutdown_sends_undecided_calls_on_unrecorded(tmp_path: Path) -> N
         row = await h.store.get_call(call_id)  # type: ignore[arg-type]
         assert row is not None and row.decision is Decision.NONE
         assert result.recorded_file is None
+
+
+async def test_a_missing_notice_sound_never_records(tmp_path: Path) -> None:
+    """The sales notice's sound is missing on the PBX: the playback fails, nobody was told,
+    and the call goes on to an agent unrecorded."""
+    sales = POLICY.line_named("sales")
+    assert sales is not None
+    broken = replace(sales, prompts=replace(sales.prompts, notice="callrec-no-such-sound"))
+    others = tuple(line for line in POLICY.lines if line.name != "sales")
+    policy = replace(POLICY, lines=(broken, *others))
+    async with harness(policy, tmp_path, time_scale=SCALE) as h:
+        result = await call(h, SALES, "041 555 210", PRESS_1)
+        row = await finished(h, result)
+        assert row.decision is Decision.NONE
+        assert result.recorded_file is None
+        assert result.answered_by_agent
