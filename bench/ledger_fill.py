@@ -1,0 +1,760 @@
+"""Fills a real ledger in bulk, row for row as the store itself would have written it.
+
+Going through the store's API would take hours for ten million calls (each call is three
+fsync'd transactions), so the rows are inserted directly with `sqlite3`, in the tables the
+store's own migrations created (`SqliteStore.open` runs first), with the values the store
+writes: normalised numbers, `storage.db.ts` timestamps, `flows.retention.delete_after`
+due dates, the purposes `flows.purposes` allows, and an audit log whose hash chain and
+pseudonyms are computed with `storage.audit` (the store's `verify` accepts it).
+
+Calls are made a batch at a time as columns (numpy arrays of microseconds since the epoch,
+lists of texts), and inserted by a second process, so that on two cores making the next
+batch and SQLite's inserting the last one overlap.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import multiprocessing
+import os
+import random
+import sqlite3
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, fields
+from datetime import UTC, datetime, timedelta
+from multiprocessing.connection import Connection
+from operator import itemgetter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from flows.errors import CallrecError
+from flows.policy import LegalBasis, Line, LinePolicy, Policy
+from flows.purposes import ALLOWED
+from flows.retention import delete_after
+from storage.audit import GENESIS, canonical, entry_hash, load_key, pseudonym
+from storage.db import ts
+from storage.sqlite import KEY_FILE, LEDGER_FILE
+
+SECOND = 1_000_000
+MINUTE = 60 * SECOND
+HOUR = 60 * MINUTE
+DAY = 24 * HOUR
+NO_TIME = -1  # in a column of times: the value is NULL
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+BATCH = 20_000  # calls per batch: large enough to amortise, small enough to stay lean
+CACHE_KIB = 1 << 20  # SQLite page cache of the bulk load (1 GiB, freed when it ends)
+SPOOL = "/var/spool/asterisk/callrec"  # where MixMonitor wrote (a column, never opened here)
+BYTES_PER_SECOND = 16_000  # 8 kHz, 16-bit, mono
+WAV_HEADER = 44
+
+Micros = NDArray[np.int64]
+
+
+def micros(moment: datetime) -> int:
+    return (moment - EPOCH) // timedelta(microseconds=1)
+
+
+def moment(us: int) -> datetime:
+    return EPOCH + timedelta(microseconds=us)
+
+
+def texts(us: Micros) -> list[str]:
+    """`storage.db.ts` of each time (numpy formats them in C)."""
+    iso = np.datetime_as_string(us.astype("datetime64[us]"), unit="us").tolist()
+    return [f"{text}Z" for text in iso]
+
+
+class DueTimes:
+    """`flows.retention.delete_after` for columns of times, from one offset per UTC hour.
+
+    Within one UTC hour the local offset is constant (Europe/Ljubljana changes on the hour),
+    so the due time is the time plus one offset; in an hour whose two ends disagree (its
+    due day is a DST change day) every time is computed exactly."""
+
+    def __init__(self, months: int, tz: str) -> None:
+        self._months = months
+        self._tz = tz
+        self._by_hour: dict[int, int | None] = {}
+
+    def exact(self, us: int) -> int:
+        return micros(delete_after(moment(us), months=self._months, tz=self._tz))
+
+    def _offset(self, hour: int) -> int | None:
+        if hour not in self._by_hour:
+            first, last = hour * HOUR, hour * HOUR + HOUR - 1
+            delta = self.exact(first) - first
+            self._by_hour[hour] = delta if self.exact(last) - last == delta else None
+        return self._by_hour[hour]
+
+    def __call__(self, us: Micros) -> Micros:
+        hours, where = np.unique(us // HOUR, return_inverse=True)
+        offsets = [self._offset(int(hour)) for hour in hours.tolist()]
+        table = np.array([0 if o is None else o for o in offsets], dtype=np.int64)
+        due = us + table[where]
+        irregular = np.array([o is None for o in offsets], dtype=bool)[where]
+        for index in np.flatnonzero(irregular).tolist():
+            due[index] = self.exact(int(us[index]))
+        return due
+
+
+@dataclass(slots=True)
+class CallColumns:
+    """A batch of calls as they end up in the ledger, one column each."""
+
+    call_id: list[str]
+    direction: list[str]
+    line: list[str]
+    caller: list[str | None]
+    dialed: list[str | None]
+    customer: list[str | None]
+    started: Micros
+    ended: Micros
+    outcome: list[str]
+    decision: list[str]
+    decided: Micros  # NO_TIME: no decision was committed
+    digit: list[str | None]
+    basis: list[str | None]
+    prompt: list[str | None]
+    reason: list[str | None]
+    linked_to: list[str | None]  # a callback: the missed call it answers
+    recording_id: list[str | None]  # set: the call was recorded and its file stored
+    ingested: Micros  # when the recording was stored
+
+    def __len__(self) -> int:
+        return len(self.call_id)
+
+    def head(self, n: int) -> CallColumns:
+        return CallColumns(*(getattr(self, f.name)[:n] for f in fields(self)))
+
+    @staticmethod
+    def join(first: CallColumns, second: CallColumns) -> CallColumns:
+        parts: list[Any] = []
+        for f in fields(CallColumns):
+            a, b = getattr(first, f.name), getattr(second, f.name)
+            parts.append(np.concatenate([a, b]) if isinstance(a, np.ndarray) else a + b)
+        return CallColumns(*parts)
+
+
+@dataclass(slots=True)
+class Filled:
+    calls: int = 0
+    recordings: int = 0
+    callbacks: int = 0
+    audit_entries: int = 0
+    recording_paths: list[str] = field(default_factory=list)  # relative to the data dir
+
+
+_INSERTS = (
+    "INSERT INTO calls (call_id, channel_id, direction, line, caller, dialed, customer, "
+    "started_at, purge_after, ended_at, outcome, decision, decided_at, digit, legal_basis, "
+    "prompt, prompt_sha256, reason, linked_to, recording_file) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    "INSERT INTO callbacks (callback_call_id, missed_call_id, window_seconds, overload, "
+    "linked_at) VALUES (?, ?, ?, ?, ?)",
+    "INSERT INTO recordings (id, call_id, line, legal_basis, caller, dialed, customer, "
+    "decided_at, created_at, delete_after, sha256, path, linked_to, purposes, size, status) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    "INSERT INTO audit (seq, at, action, subject, details, prev_hash, hash) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?)",
+)
+
+Rows = list[tuple[Any, ...]]
+
+
+def _load(db_path: str, batches: Connection) -> None:
+    """The loading process: inserts the batches it receives until it receives None."""
+    conn = sqlite3.connect(db_path, isolation_level=None)
+    # A bulk load that fails is thrown away, not recovered: no fsync per batch; the file
+    # is made durable once at the end.
+    conn.execute("PRAGMA synchronous = OFF")
+    conn.execute(f"PRAGMA cache_size = {-CACHE_KIB}")
+    conn.execute("PRAGMA threads = 2")  # CREATE INDEX may sort on both cores
+    # The store's own indexes are dropped for the load and created again from their stored
+    # SQL at the end: one sort per index instead of a random insert per row. (The unique
+    # indexes behind primary keys stay, and take their random inserts.)
+    indexes = conn.execute(
+        "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL"
+    ).fetchall()
+    for name, _ in indexes:
+        conn.execute(f'DROP INDEX "{name}"')
+    while (batch := batches.recv()) is not None:
+        conn.execute("BEGIN")
+        for sql, rows in zip(_INSERTS, batch, strict=True):
+            conn.executemany(sql, rows)
+        conn.execute("COMMIT")
+    conn.execute("BEGIN")
+    for _, sql in indexes:
+        conn.execute(sql)
+    conn.execute("COMMIT")
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.close()
+    fd = os.open(db_path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class _Templates:
+    """Audit JSON for flat details whose values need no escaping, built by `str.format`.
+
+    The first entry of each shape is compared with `storage.audit.canonical` and the
+    store's `json.dumps`: a shape whose values would need escaping fails loudly there."""
+
+    def __init__(self) -> None:
+        self._shapes: dict[tuple[str, ...], tuple[str, str]] = {}
+
+    def render(
+        self,
+        seq: int,
+        when: str,
+        action: str,
+        subject: str,
+        keys: tuple[str, ...],
+        values: Sequence[str],
+    ) -> tuple[str, str]:
+        """(the canonical body hashed into the chain, the text of the `details` column)."""
+        shape = self._shapes.get(keys)
+        first = shape is None
+        if shape is None:
+            if list(keys) != sorted(keys):
+                raise CallrecError(f"audit keys {keys} are not in sorted order")
+            inner = ",".join(f'"{k}":"{{}}"' for k in keys)
+            text = ", ".join(f'"{k}": "{{}}"' for k in keys)
+            shape = self._shapes[keys] = (inner, "{{" + text + "}}")
+        inner = shape[0].format(*values)
+        body = (
+            f'{{"action":"{action}","at":"{when}","details":{{{inner}}},'
+            f'"seq":{seq},"subject":"{subject}"}}'
+        )
+        text = shape[1].format(*values)
+        if first:
+            details = dict(zip(keys, values, strict=True))
+            expected = json.dumps(details, sort_keys=True, ensure_ascii=False)
+            if body != canonical(seq, when, action, subject, details) or text != expected:
+                raise CallrecError(f"audit entry {action} differs from storage.audit")
+        return body, text
+
+
+_DECISION: tuple[str, ...] = (
+    "customer",
+    "decision",
+    "digit",
+    "legal_basis",
+    "prompt",
+    "prompt_sha256",
+)
+_LINKED: tuple[str, ...] = (
+    "customer",
+    "decision",
+    "digit",
+    "legal_basis",
+    "linked_to",
+    "overload",
+    "prompt",
+    "prompt_sha256",
+)
+_STORED: tuple[str, ...] = (
+    "call_id",
+    "customer",
+    "delete_after",
+    "legal_basis",
+    "line",
+    "linked_to",
+    "sha256",
+    "size",
+)
+
+# (time in microseconds, time as text, action, subject, detail keys, detail values)
+_Entry = tuple[int, str, str, str, tuple[str, ...], list[str]]
+
+
+class LedgerWriter:
+    """Appends batches of calls to the ledger of a store that is not open elsewhere."""
+
+    def __init__(self, data_dir: Path, policy: Policy, *, audio: bytes | None = None) -> None:
+        """`audio`: the content every recording's file will have (the caller writes the
+        files at `filled.recording_paths`); None: no files, sizes from the call's length."""
+        self._key = load_key(data_dir / KEY_FILE)
+        db_path = data_dir / LEDGER_FILE
+        with contextlib.closing(sqlite3.connect(db_path)) as conn:
+            last = conn.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
+        self._seq, self._prev = (0, GENESIS) if last is None else (int(last[0]), str(last[1]))
+        context = multiprocessing.get_context("spawn")
+        receiver, self._sender = context.Pipe(duplex=False)
+        self._loader = context.Process(
+            target=_load, args=(str(db_path), receiver), name="ledger-load", daemon=True
+        )
+        self._loader.start()
+        receiver.close()
+        self._due = DueTimes(policy.retention_months, policy.timezone)
+        self._audio = None if audio is None else (len(audio), hashlib.sha256(audio).hexdigest())
+        self._window = policy.callback_window.total_seconds()
+        self._templates = _Templates()
+        self._purposes = {
+            (line.name, basis.value): ",".join(
+                sorted(p.value for p in line.purposes & ALLOWED[basis])
+            )
+            for line in policy.lines
+            for basis in LegalBasis
+        }
+        # Stands for prompts/manifest.json: one audio version per prompt.
+        self._prompt_sha = {line.prompts.notice: os.urandom(32).hex() for line in policy.lines}
+        self._pseudonyms: dict[str, str] = {}
+        self.filled = Filled()
+
+    def _pseudonym(self, number: str | None) -> str:
+        if number is None:
+            return "anonymous"
+        found = self._pseudonyms.get(number)
+        if found is None:
+            found = self._pseudonyms[number] = pseudonym(self._key, number)
+        return found
+
+    def add(self, c: CallColumns) -> None:
+        if not len(c):
+            return
+        started = texts(c.started)
+        if started[0] != ts(moment(int(c.started[0]))):
+            raise CallrecError("numpy's timestamps differ from storage.db.ts")
+        has_decision = (c.decided != NO_TIME).tolist()
+        decided = [
+            d if has else None for d, has in zip(texts(c.decided), has_decision, strict=True)
+        ]
+        first = self.filled.calls
+        prompt_sha = [None if p is None else self._prompt_sha[p] for p in c.prompt]
+        calls = list(
+            zip(
+                c.call_id,
+                [f"{s // SECOND}.{first + k}" for k, s in enumerate(c.started.tolist())],
+                c.direction,
+                c.line,
+                c.caller,
+                c.dialed,
+                c.customer,
+                started,
+                texts(self._due(c.started)),
+                texts(c.ended),
+                c.outcome,
+                c.decision,
+                decided,
+                c.digit,
+                c.basis,
+                c.prompt,
+                prompt_sha,
+                c.reason,
+                c.linked_to,
+                [
+                    None if r is None else f"{SPOOL}/{i}.wav"
+                    for i, r in zip(c.call_id, c.recording_id, strict=True)
+                ],
+                strict=True,
+            )
+        )
+        entries: list[_Entry] = []
+        callbacks: Rows = []
+        decided_us = c.decided.tolist()
+        for k in np.flatnonzero(c.decided != NO_TIME).tolist():
+            values = [
+                self._pseudonym(c.customer[k]),
+                c.decision[k],
+                c.digit[k] or "",
+                str(c.basis[k]),
+            ]
+            tail = [c.prompt[k] or "", prompt_sha[k] or ""]
+            linked = c.linked_to[k]
+            if linked is None:
+                keys, values = _DECISION, values + tail
+            else:
+                keys, values = _LINKED, [*values, linked, "off", *tail]
+                callbacks.append((c.call_id[k], linked, self._window, 0, decided[k]))
+            entries.append(
+                (decided_us[k], str(decided[k]), "decision.committed", c.call_id[k], keys, values)
+            )
+        recordings = self._recordings(c, decided, entries)
+        self.filled.calls += len(c)
+        self.filled.callbacks += len(callbacks)
+        self._send(calls, callbacks, recordings, self._chain(entries))
+
+    def _recordings(self, c: CallColumns, decided: list[str | None], entries: list[_Entry]) -> Rows:
+        which = [k for k, r in enumerate(c.recording_id) if r is not None]
+        if not which:
+            return []
+        index = np.array(which, dtype=np.int64)
+        due = texts(self._due(c.decided[index]))
+        stored_at = texts(c.ingested[index])
+        lengths = ((c.ended[index] - c.decided[index]) // SECOND).tolist()
+        rows: Rows = []
+        for n, k in enumerate(which):
+            recording_id, made, basis = str(c.recording_id[k]), str(decided[k]), str(c.basis[k])
+            path = f"recordings/{made[:4]}/{made[5:7]}/{made[8:10]}/{recording_id}.wav"
+            if self._audio is None:
+                size = WAV_HEADER + lengths[n] * BYTES_PER_SECOND
+                sha256 = os.urandom(32).hex()  # no file is written for this ledger
+            else:
+                size, sha256 = self._audio
+                self.filled.recording_paths.append(path)
+            linked = c.linked_to[k]
+            rows.append(
+                (
+                    recording_id,
+                    c.call_id[k],
+                    c.line[k],
+                    basis,
+                    c.caller[k],
+                    c.dialed[k],
+                    c.customer[k],
+                    made,
+                    made,
+                    due[n],
+                    sha256,
+                    path,
+                    linked,
+                    self._purposes[(c.line[k], basis)],
+                    size,
+                    "stored",
+                )
+            )
+            values = [
+                c.call_id[k],
+                self._pseudonym(c.customer[k]),
+                due[n],
+                basis,
+                c.line[k],
+                linked or "",
+                sha256,
+                str(size),
+            ]
+            entries.append(
+                (
+                    int(c.ingested[k]),
+                    stored_at[n],
+                    "recording.stored",
+                    recording_id,
+                    _STORED,
+                    values,
+                )
+            )
+        self.filled.recordings += len(rows)
+        return rows
+
+    def _chain(self, entries: list[_Entry]) -> Rows:
+        """The audit rows, in time order as the store commits them, hash-chained."""
+        entries.sort(key=itemgetter(0))
+        rows: Rows = []
+        for _, when, action, subject, keys, values in entries:
+            self._seq += 1
+            body, text = self._templates.render(self._seq, when, action, subject, keys, values)
+            digest = entry_hash(self._prev, body)
+            rows.append((self._seq, when, action, subject, text, self._prev, digest))
+            self._prev = digest
+        self.filled.audit_entries += len(rows)
+        return rows
+
+    def _send(self, *batch: Rows) -> None:
+        """Hand a batch to the loading process (blocks while it is a batch behind)."""
+        try:
+            self._sender.send(batch)
+        except OSError as error:
+            raise CallrecError(
+                f"the ledger loading process stopped (exit code {self._loader.exitcode})"
+            ) from error
+
+    def close(self) -> None:
+        """The loader then rebuilds the indexes, folds the WAL in and fsyncs the file."""
+        with contextlib.suppress(OSError):
+            self._sender.send(None)
+        self._sender.close()
+        self._loader.join()
+        if self._loader.exitcode != 0:
+            raise CallrecError(f"loading the ledger failed (exit code {self._loader.exitcode})")
+
+
+# ------------------------------------------------------------------ shapes of a ledger
+
+
+def customer_number(index: int) -> str:
+    """A Slovenian number per customer index (+386 3x xxx xxx: no line's number)."""
+    return f"+386{30 + index // 1_000_000}{index % 1_000_000:06d}"
+
+
+def _ids(rng: np.random.Generator, n: int) -> list[str]:
+    """Call and recording ids as the controller makes them: 32 random hex digits."""
+    digits = rng.bytes(16 * n).hex()
+    return [digits[i : i + 32] for i in range(0, 32 * n, 32)]
+
+
+def _between(rng: np.random.Generator, low: float, high: float, unit: int, n: int) -> Micros:
+    """Uniformly random durations from `low` to `high` units, in microseconds."""
+    return (rng.uniform(low, high, n) * unit).astype(np.int64)
+
+
+def _pick(mask: NDArray[np.bool_], yes: Iterable[Any], no: Iterable[Any]) -> list[Any]:
+    return [a if m else b for m, a, b in zip(mask.tolist(), yes, no, strict=True)]
+
+
+def _const(value: Any, n: int) -> list[Any]:
+    return [value] * n
+
+
+@dataclass(frozen=True, slots=True)
+class MissedSample:
+    customer: str
+    ended: int  # microseconds since the epoch
+    call_id: str
+
+
+@dataclass(slots=True)
+class BusyLedger:
+    """What the lookup benchmark needs to know about the ledger it filled."""
+
+    filled: Filled
+    customers: int
+    start: int  # microseconds since the epoch: the first call
+    end: int
+    open_missed: list[MissedSample]  # a sample of missed calls nobody has called back
+
+
+def _lines(policy: Policy) -> tuple[Line, Line]:
+    sales = next(line for line in policy.lines if line.policy is LinePolicy.NOTICE)
+    service = next(line for line in policy.lines if line.policy is LinePolicy.CONSENT)
+    return sales, service
+
+
+CALLBACK_SHARE = 0.97 * 0.10 * 0.70  # callbacks per inbound call (see fill_busy_ledger)
+
+
+def fill_busy_ledger(
+    data_dir: Path,
+    policy: Policy,
+    calls: int,
+    end: datetime,
+    *,
+    seed: int = 8,
+    samples: int = 20_000,
+) -> BusyLedger:
+    """Exactly `calls` calls over the six months before `end`: a busy ledger at its largest.
+
+    Every call is younger than the retention period, so no number has been scrubbed and
+    the callback index holds every missed call (the lookup's worst case). Of the inbound
+    calls 3 % are anonymous; 30 % go to sales, 70 % to service (65 % press 1, 28 % press
+    2, 7 % say nothing); 2 % hang up in the notice, 10 % are missed, the rest answered.
+    70 % of the missed calls with a number are called back within the hour (about 7
+    callbacks per 100 inbound calls). Customers call 5 times each on average."""
+    rng = np.random.default_rng(seed)
+    writer = LedgerWriter(data_dir, policy)
+    end_us = micros(end)
+    # Inbound calls stop two hours before `end`, so that every call and callback has ended.
+    start_us, last_us = end_us - 182 * DAY, end_us - 2 * HOUR
+    customers = max(calls // 5, 10)
+    inbound = max(round(calls / (1 + CALLBACK_SHARE)), 1)
+    step = (last_us - start_us) / inbound
+    open_missed: list[MissedSample] = []
+    written = 0
+    try:
+        for first in range(0, inbound, BATCH):
+            n = min(BATCH, inbound - first)
+            offsets = (np.arange(first, first + n) + rng.random(n)) * step
+            started = start_us + offsets.astype(np.int64)
+            batch, missed = _busy_batch(rng, policy, started, customers, call_back=True)
+            # Callbacks come last in a batch: a count over the target cuts them first.
+            batch = batch.head(min(len(batch), calls - written))
+            kept = set(batch.call_id)
+            open_missed.extend(m for m in missed if m.call_id in kept)
+            writer.add(batch)
+            written += len(batch)
+        if written < calls:
+            # Fewer callbacks than expected: the rest are inbound calls at random times.
+            n = calls - written
+            started = np.sort(rng.integers(start_us, last_us, size=n))
+            batch, missed = _busy_batch(rng, policy, started, customers, call_back=False)
+            open_missed.extend(missed)
+            writer.add(batch)
+            written += len(batch)
+    finally:
+        writer.close()
+    sample = random.Random(seed).sample(open_missed, min(samples, len(open_missed)))
+    return BusyLedger(writer.filled, customers, start_us, end_us, sample)
+
+
+def _busy_batch(
+    rng: np.random.Generator,
+    policy: Policy,
+    started: Micros,
+    customers: int,
+    *,
+    call_back: bool,
+) -> tuple[CallColumns, list[MissedSample]]:
+    """Inbound calls started at `started`, then (`call_back`) the callbacks answering them;
+    and the missed calls nobody calls back."""
+    sales, service = _lines(policy)
+    n = len(started)
+    anonymous = rng.random(n) < 0.03
+    numbers = [customer_number(k) for k in rng.integers(customers, size=n).tolist()]
+    customer = _pick(anonymous, _const(None, n), numbers)
+    on_sales = rng.random(n) < 0.30
+    service_number = [service.numbers[k] for k in rng.integers(len(service.numbers), size=n)]
+    fate = rng.random(n)
+    abandoned = fate < 0.02
+    missed = (fate >= 0.02) & (fate < 0.12)
+    choice = rng.random(n)
+    record = ~abandoned & (on_sales | (choice < 0.65))
+    refuse = ~abandoned & ~on_sales & (choice >= 0.65) & (choice < 0.93)
+    decided_at = started + _between(rng, 8, 26, SECOND, n)
+    ended = np.where(
+        abandoned,
+        started + _between(rng, 2, 20, SECOND, n),
+        decided_at
+        + np.where(missed, _between(rng, 20, 180, SECOND, n), _between(rng, 30, 900, SECOND, n)),
+    )
+    recorded = record & ~missed & ~abandoned
+    ids = _ids(rng, 2 * n)
+    call_ids, recording_ids = ids[:n], ids[n:]
+    decision = [
+        "record" if r else "refuse" if f else "none"
+        for r, f in zip(record.tolist(), refuse.tolist(), strict=True)
+    ]
+    inbound = CallColumns(
+        call_id=call_ids,
+        direction=_const("inbound", n),
+        line=_pick(on_sales, _const(sales.name, n), _const(service.name, n)),
+        caller=customer,
+        dialed=_pick(on_sales, _const(sales.numbers[0], n), service_number),
+        customer=customer,
+        started=started,
+        ended=ended,
+        outcome=[
+            "abandoned" if a else "missed" if m else "answered"
+            for a, m in zip(abandoned.tolist(), missed.tolist(), strict=True)
+        ],
+        decision=decision,
+        decided=np.where(abandoned, NO_TIME, decided_at),
+        digit=[
+            None if s or a else "1" if d == "record" else "2" if d == "refuse" else None
+            for s, a, d in zip(on_sales.tolist(), abandoned.tolist(), decision, strict=True)
+        ],
+        basis=[
+            None if a else LegalBasis.ZEKOM2_214_7.value if s else LegalBasis.CONSENT.value
+            for a, s in zip(abandoned.tolist(), on_sales.tolist(), strict=True)
+        ],
+        prompt=[
+            None if a else sales.prompts.notice if s else service.prompts.notice
+            for a, s in zip(abandoned.tolist(), on_sales.tolist(), strict=True)
+        ],
+        reason=[
+            "hung up during the notice"
+            if a
+            else "sales line: notice played"
+            if s
+            else {"record": "consented", "refuse": "refused"}.get(d, "no key after two questions")
+            for a, s, d in zip(abandoned.tolist(), on_sales.tolist(), decision, strict=True)
+        ],
+        linked_to=_const(None, n),
+        recording_id=_pick(recorded, recording_ids, _const(None, n)),
+        ingested=ended + _between(rng, 1, 5, SECOND, n),
+    )
+    called_back = missed & ~anonymous & (rng.random(n) < (0.70 if call_back else 0.0))
+    open_missed = [
+        MissedSample(str(customer[k]), int(ended[k]), call_ids[k])
+        for k in np.flatnonzero(missed & ~anonymous & ~called_back).tolist()
+    ]
+    return CallColumns.join(inbound, _callbacks(rng, inbound, called_back)), open_missed
+
+
+def _callbacks(
+    rng: np.random.Generator, missed: CallColumns, which: NDArray[np.bool_]
+) -> CallColumns:
+    """Agents call the `which` missed callers back within the hour: the same communication."""
+    index = np.flatnonzero(which)
+    pick = index.tolist()
+    n = len(pick)
+    started = missed.ended[index] + _between(rng, 5, 55, MINUTE, n)
+    decided = started + _between(rng, 1, 3, SECOND, n)
+    ended = decided + _between(rng, 30, 600, SECOND, n)
+    recorded = [missed.decision[k] == "record" for k in pick]
+    ids = _ids(rng, 2 * n)
+    customer = [missed.customer[k] for k in pick]
+    return CallColumns(
+        call_id=ids[:n],
+        direction=_const("callback", n),
+        line=[missed.line[k] for k in pick],
+        caller=_const(None, n),  # the agent's extension is no E.164 number
+        dialed=customer,
+        customer=customer,
+        started=started,
+        ended=ended,
+        outcome=_const("answered", n),
+        decision=["record" if r else "refuse" for r in recorded],
+        decided=decided,
+        digit=_const(None, n),
+        basis=[missed.basis[k] for k in pick],
+        prompt=_const(None, n),
+        reason=_const("callback within the window: the same communication", n),
+        linked_to=[missed.call_id[k] for k in pick],
+        recording_id=[i if r else None for i, r in zip(ids[n:], recorded, strict=True)],
+        ingested=ended + _between(rng, 1, 5, SECOND, n),
+    )
+
+
+def fill_expired_recordings(
+    data_dir: Path, policy: Policy, count: int, now: datetime, audio: bytes, *, seed: int = 3
+) -> Filled:
+    """`count` answered, recorded calls made 7 months before `now`, spread over 28 days:
+    every recording is past its delete-after date. The caller writes `audio` at each of
+    the returned paths."""
+    rng = np.random.default_rng(seed)
+    sales, service = _lines(policy)
+    writer = LedgerWriter(data_dir, policy, audio=audio)
+    first_us = micros(now) - 7 * 31 * DAY
+    step = 28 * DAY / max(count, 1)
+    try:
+        for first in range(0, count, BATCH):
+            n = min(BATCH, count - first)
+            started = first_us + (np.arange(first, first + n) * step).astype(np.int64)
+            on_sales = (np.arange(first, first + n) % 5) < 2
+            customer: list[str | None] = [
+                customer_number(k) for k in rng.integers(max(count // 3, 1), size=n).tolist()
+            ]
+            decided = started + 15 * SECOND
+            ended = decided + _between(rng, 30, 300, SECOND, n)
+            ids = _ids(rng, 2 * n)
+            writer.add(
+                CallColumns(
+                    call_id=ids[:n],
+                    direction=_const("inbound", n),
+                    line=_pick(on_sales, _const(sales.name, n), _const(service.name, n)),
+                    caller=customer,
+                    dialed=_pick(
+                        on_sales, _const(sales.numbers[0], n), _const(service.numbers[0], n)
+                    ),
+                    customer=customer,
+                    started=started,
+                    ended=ended,
+                    outcome=_const("answered", n),
+                    decision=_const("record", n),
+                    decided=decided,
+                    digit=_pick(on_sales, _const(None, n), _const("1", n)),
+                    basis=_pick(
+                        on_sales,
+                        _const(sales.legal_basis.value, n),
+                        _const(service.legal_basis.value, n),
+                    ),
+                    prompt=_pick(
+                        on_sales, _const(sales.prompts.notice, n), _const(service.prompts.notice, n)
+                    ),
+                    reason=_pick(
+                        on_sales, _const("sales line: notice played", n), _const("consented", n)
+                    ),
+                    linked_to=_const(None, n),
+                    recording_id=list(ids[n:]),
+                    ingested=ended + 2 * SECOND,
+                )
+            )
+    finally:
+        writer.close()
+    return writer.filled

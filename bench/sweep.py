@@ -1,0 +1,244 @@
+"""Benchmark 3: the retention sweep of expired recordings, real files on a real store.
+
+The store's `sweep` removes each recording's file durably and commits its deletion with an
+audit entry (hash-chained, fsync'd). The baseline is what an operator would otherwise run
+from cron, `find <dir> -type f -mtime +N -delete`, on an identical tree in the same run;
+and, since `find` makes nothing durable, `find ... -delete` followed by `sync`.
+
+The sweep runs in a child process (`python -m bench.sweep DIR NOW`), so that its peak
+resident memory is its own: measured at two sizes, it shows whether memory grows with the
+number of recordings.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+import wave
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from bench.figures import Result, Row, count, ratio, secs, size
+from bench.ledger_fill import fill_expired_recordings
+from bench.processes import child_env
+from bench.progress import say
+from bench.sizes import Sizes
+from flows.errors import CallrecError
+from flows.policy import Policy
+from storage.sqlite import RECORDINGS_DIR, SqliteStore
+
+NOW = datetime(2025, 6, 2, 3, 0, tzinfo=UTC)  # the sweep's "now": every recording is due
+AGE_DAYS = 217  # the files' mtime, as old as the recordings (7 months)
+FIND_DAYS = 180  # find -mtime +180: "older than 6 months" in find's whole days
+TARGET_RATIO = 1.5  # sweep wall time at most this many times find's (issue 8)
+CHILD_TIMEOUT = 3600.0  # seconds a sweep of the full size may take before it is abandoned
+
+
+def small_recording() -> bytes:
+    """A quarter of a second of 8 kHz 16-bit mono audio: a real WAV, small on disk."""
+    out = io.BytesIO()
+    with wave.open(out, "wb") as writer:
+        writer.setnchannels(1)
+        writer.setsampwidth(2)
+        writer.setframerate(8000)
+        writer.writeframes(bytes((i * 37) % 251 for i in range(4000)))
+    return out.getvalue()
+
+
+@dataclass(frozen=True, slots=True)
+class SweepRun:
+    recordings: int
+    sweep_seconds: float
+    find_seconds: float
+    sync_seconds: float
+    rss_open_kib: int  # the child's peak resident memory with the store open, before
+    rss_peak_kib: int  # ... and at the end of the sweep
+
+
+def _write_tree(root: Path, relative: list[str], audio: bytes, mtime: float) -> None:
+    made: set[Path] = set()
+    for rel in relative:
+        path = root / rel
+        if path.parent not in made:
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            made.add(path.parent)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.write(fd, audio)
+        finally:
+            os.close(fd)
+        os.utime(path, (mtime, mtime))
+
+
+def _files_under(root: Path) -> int:
+    return sum(len(names) for _, _, names in os.walk(root))
+
+
+async def _one(base: Path, recordings: int) -> SweepRun:
+    policy = Policy()
+    data_dir, tree = base / "store", base / "find-tree"
+    audio = small_recording()
+    store = await SqliteStore.open(data_dir, policy)
+    await store.close()
+    say(f"sweep: {count(recordings)} expired recordings into a store and a twin tree")
+    filled = await asyncio.to_thread(
+        fill_expired_recordings, data_dir, policy, recordings, NOW, audio
+    )
+    mtime = time.time() - AGE_DAYS * 86_400
+    await asyncio.to_thread(_write_tree, data_dir, filled.recording_paths, audio, mtime)
+    await asyncio.to_thread(_write_tree, tree, filled.recording_paths, audio, mtime)
+    store = await SqliteStore.open(data_dir, policy)
+    try:
+        checked = await store.verify()
+    finally:
+        await store.close()
+    if not checked.ok:
+        raise CallrecError(f"the filled store does not verify: {checked.problems[0]}")
+
+    os.sync()  # both trees on disk: neither timing pays for the other's write-back
+    say(f"sweep: store.sweep of {count(recordings)} recordings (child process)")
+    child = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "bench.sweep", str(data_dir), NOW.isoformat()],
+        capture_output=True,
+        text=True,
+        env=child_env(),
+        timeout=CHILD_TIMEOUT,
+        check=False,
+    )
+    if child.returncode != 0:
+        raise CallrecError(f"the sweep child failed: {child.stderr.strip()[-500:]}")
+    report = json.loads(child.stdout)
+    if report["deleted"] != recordings or report["problems"]:
+        raise CallrecError(
+            f"the sweep deleted {report['deleted']} of {recordings} ({report['problems'][:1]})"
+        )
+    left = _files_under(data_dir / RECORDINGS_DIR)
+    if left:
+        raise CallrecError(f"{left} files left in the store after the sweep")
+
+    os.sync()
+    say(f"sweep: find -delete of {count(recordings)} files")
+    began = time.perf_counter()
+    subprocess.run(
+        ["find", str(tree), "-type", "f", "-mtime", f"+{FIND_DAYS}", "-delete"],
+        check=True,
+        timeout=CHILD_TIMEOUT,
+    )
+    find_seconds = time.perf_counter() - began
+    began = time.perf_counter()
+    os.sync()
+    sync_seconds = time.perf_counter() - began
+    left = _files_under(tree)
+    if left:
+        raise CallrecError(f"find left {left} files")
+    return SweepRun(
+        recordings,
+        float(report["seconds"]),
+        find_seconds,
+        sync_seconds,
+        int(report["rss_open_kib"]),
+        int(report["rss_peak_kib"]),
+    )
+
+
+async def run(sizes: Sizes, work: Path) -> Result:
+    runs = [await _one(work / f"sweep-{n}", n) for n in sizes.sweep_recordings]
+    result = Result(
+        "sweep",
+        f"Retention sweep: {' and '.join(count(r.recordings) for r in runs)} expired recordings",
+    )
+    result.setup += [
+        f"each run: a store with that many recordings 7 months old (real {len(small_recording())}"
+        "-byte WAV files in recordings/YYYY/MM/DD/, ledger rows and audit chain that "
+        "`verify` accepts) and an identical tree for find",
+        "store.sweep(now) runs in a child process; its wall time excludes opening the store",
+    ]
+    for r in runs:
+        n = count(r.recordings)
+        result.add(
+            Row(
+                f"sweep {n}: wall time",
+                secs(r.sweep_seconds),
+                secs(r.find_seconds),
+                ratio(r.sweep_seconds, r.find_seconds),
+                f"<= {TARGET_RATIO}x find -delete",
+                r.sweep_seconds <= TARGET_RATIO * r.find_seconds,
+            )
+        )
+        with_sync = r.find_seconds + r.sync_seconds
+        result.add(
+            Row(
+                f"sweep {n}: vs find -delete; sync",
+                secs(r.sweep_seconds),
+                secs(with_sync),
+                ratio(r.sweep_seconds, with_sync),
+            )
+        )
+        result.add(
+            Row(
+                f"sweep {n}: deletions per second",
+                f"{r.recordings / r.sweep_seconds:,.0f}/s",
+                f"{r.recordings / r.find_seconds:,.0f}/s",
+            )
+        )
+    for r in runs:
+        result.add(Row(f"sweep {count(r.recordings)}: peak RSS", size(r.rss_peak_kib * 1024)))
+    small, large = runs[0], runs[-1]
+    grew_small = max(small.rss_peak_kib - small.rss_open_kib, 0)
+    grew_large = max(large.rss_peak_kib - large.rss_open_kib, 0)
+    # Flat: the large run's growth over an open store is within 20 % (and 1 MiB) of the
+    # small run's although it deletes several times as many recordings.
+    flat = grew_large <= 1.2 * grew_small + 1024
+    result.add(
+        Row(
+            "peak RSS growth over the open store",
+            f"{size(grew_large * 1024)} at {count(large.recordings)}",
+            f"{size(grew_small * 1024)} at {count(small.recordings)}",
+            ratio(grew_large, grew_small) if grew_small else "n/a",
+            "does not grow with N",
+            flat,
+        )
+    )
+    result.notes += [
+        "baseline: find <tree> -type f -mtime +180 -delete on the identical tree, right after; "
+        "find makes nothing durable, the sweep fsyncs every directory change and commits an "
+        "audit entry per deletion (SQLite synchronous=FULL), hence the second baseline with sync",
+        "peak RSS: ru_maxrss of the sweep's own process (resource.getrusage in the child), "
+        "before the sweep with the store open, and after it",
+    ]
+    return result
+
+
+async def _sweep_child(data_dir: Path, now: datetime) -> dict[str, object]:
+    store = await SqliteStore.open(data_dir, Policy())
+    try:
+        rss_open = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        began = time.perf_counter()
+        report = await store.sweep(now)
+        seconds = time.perf_counter() - began
+        rss_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    finally:
+        await store.close()
+    return {
+        "seconds": seconds,
+        "deleted": len(report.deleted),
+        "problems": list(report.problems),
+        "rss_open_kib": rss_open,
+        "rss_peak_kib": rss_peak,
+    }
+
+
+if __name__ == "__main__":
+    print(
+        json.dumps(
+            asyncio.run(_sweep_child(Path(sys.argv[1]), datetime.fromisoformat(sys.argv[2])))
+        )
+    )
