@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import enum
 import json
 import logging
@@ -416,7 +417,8 @@ class MqttEvents:
             # Jitter keeps controllers that lost the same broker from reconnecting in step.
             pause = delay * random.uniform(0.5, 1.0)  # noqa: S311 (timing, not a secret)
             try:
-                async with self._client() as client:
+                async with contextlib.AsyncExitStack() as stack:
+                    client = await self._connect(stack)
                     self._connected = True
                     delay = INITIAL_BACKOFF
                     log.info("events: connected to the broker at %s", self._address.where)
@@ -455,6 +457,16 @@ class MqttEvents:
             await asyncio.wait_for(self._stop_requested.wait(), seconds)
         except TimeoutError:
             return
+
+    async def _connect(self, stack: contextlib.AsyncExitStack) -> aiomqtt.Client:
+        """A connected client, closed with `stack`. The attempt gives up after BROKER_TIMEOUT
+        however it stalls: aiomqtt bounds its wait for CONNACK, not the TCP connect it runs
+        in a thread."""
+        try:
+            async with asyncio.timeout(BROKER_TIMEOUT):
+                return await stack.enter_async_context(self._client())
+        except TimeoutError:
+            raise aiomqtt.MqttError(f"no connection within {BROKER_TIMEOUT:g} s") from None
 
     def _client(self) -> aiomqtt.Client:
         address = self._address

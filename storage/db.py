@@ -1,12 +1,20 @@
 """One aiosqlite connection, its transactions, and SQLite's errors mapped to ours.
 
-Theory of operation. Every write runs in `Database.write(body)`: one asyncio lock (the
-connection is shared by every coroutine of the process), `BEGIN IMMEDIATE` (the database's
-write lock is taken at the start, so a read-then-write such as appending to the audit chain
-cannot interleave with another process), the body, `COMMIT`. With `journal_mode=WAL` and
-`synchronous=FULL` a committed transaction survives a power cut. When another process holds
-the write lock, SQLite waits `busy_timeout`; if it is still held the whole body is retried
-with a growing pause until `retry_for` seconds have passed, then a `StorageError` says so.
+Theory of operation. Every write runs in `Database.write(body)`: `BEGIN IMMEDIATE` (the
+database's write lock is taken at the start, so a read-then-write such as appending to the
+audit chain cannot interleave with another process), the body, `COMMIT`. With
+`journal_mode=WAL` and `synchronous=FULL` a committed transaction survives a power cut. When
+another process holds the write lock, SQLite waits `busy_timeout`; if it is still held the
+whole body is retried with a growing pause until `retry_for` seconds have passed, then a
+`StorageError` says so.
+
+A body is a plain function of a `Tx`, and the whole transaction (BEGIN, body, COMMIT or
+ROLLBACK) runs as ONE job on aiosqlite's connection thread. aiosqlite's own `execute` hops to
+that thread and back for every statement; a transaction of six statements would then wait six
+times behind every other ready callback of the event loop, which with a thousand live calls is
+the difference between a millisecond and a second. One job per transaction also means that
+transactions never interleave (the thread runs one job at a time) and that a cancelled caller
+leaves no transaction open: the job finishes, committed or rolled back, on its own.
 Bodies therefore touch only the database: files are moved before or after, never inside.
 """
 
@@ -19,7 +27,7 @@ import sqlite3
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import aiosqlite
 
@@ -88,34 +96,53 @@ def os_error(error: OSError, doing: str) -> StorageError:
 
 
 class Tx:
-    """The statements of one transaction (or of one read)."""
+    """The statements of one transaction (or of one read), on the connection's thread."""
 
-    def __init__(self, conn: aiosqlite.Connection) -> None:
+    def __init__(self, conn: sqlite3.Connection) -> None:
         self._conn = conn
 
-    async def run(self, sql: str, params: Params = ()) -> int:
+    def run(self, sql: str, params: Params = ()) -> int:
         """Execute one statement; the number of rows it changed."""
-        cursor = await self._conn.execute(sql, params)
+        cursor = self._conn.execute(sql, params)
         count = cursor.rowcount
-        await cursor.close()
+        cursor.close()
         return count
 
-    async def many(self, sql: str, rows: Iterable[Params]) -> None:
-        await self._conn.executemany(sql, rows)
+    def many(self, sql: str, rows: Iterable[Params]) -> None:
+        self._conn.executemany(sql, rows).close()
 
-    async def all(self, sql: str, params: Params = ()) -> list[sqlite3.Row]:
-        return list(await self._conn.execute_fetchall(sql, params))
+    def all(self, sql: str, params: Params = ()) -> list[sqlite3.Row]:
+        cursor = self._conn.execute(sql, params)
+        try:
+            return list(cursor.fetchall())
+        finally:
+            cursor.close()
 
-    async def one(self, sql: str, params: Params = ()) -> sqlite3.Row | None:
-        rows = await self.all(sql, params)
+    def one(self, sql: str, params: Params = ()) -> sqlite3.Row | None:
+        rows = self.all(sql, params)
         return rows[0] if rows else None
+
+
+def _transaction(conn: sqlite3.Connection, body: Callable[[Tx], T]) -> T:
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        result = body(Tx(conn))
+        conn.commit()
+    except BaseException:
+        if conn.in_transaction:
+            conn.rollback()
+        raise
+    return result
+
+
+def _read(conn: sqlite3.Connection, body: Callable[[Tx], T]) -> T:
+    return body(Tx(conn))
 
 
 class Database:
     def __init__(self, conn: aiosqlite.Connection, *, retry_for: float) -> None:
         self._conn = conn
         self._retry_for = retry_for
-        self._lock = asyncio.Lock()
 
     @classmethod
     async def open(
@@ -137,30 +164,29 @@ class Database:
         return database
 
     async def close(self) -> None:
-        async with self._lock:
-            await self._conn.close()
+        await self._conn.close()
 
-    async def write(self, body: Callable[[Tx], Awaitable[T]], doing: str) -> T:
+    async def write(self, body: Callable[[Tx], T], doing: str) -> T:
         """Run `body` in one write transaction, retried while another process holds the lock."""
+        return await self._retrying(lambda: self._job(_transaction, body), doing)
 
-        async def attempt() -> T:
-            await self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                result = await body(Tx(self._conn))
-                await self._conn.commit()
-            except BaseException:
-                # Also on cancellation: a transaction left open would break the next one.
-                if self._conn.in_transaction:
-                    await self._conn.rollback()
-                raise
-            return result
+    async def read(self, body: Callable[[Tx], T], doing: str) -> T:
+        return await self._retrying(lambda: self._job(_read, body), doing)
 
-        async with self._lock:
-            return await self._retrying(attempt, doing)
+    async def _job(
+        self, run: Callable[[sqlite3.Connection, Callable[[Tx], T]], T], body: Callable[[Tx], T]
+    ) -> T:
+        """`run(connection, body)` as one job on aiosqlite's connection thread.
 
-    async def read(self, body: Callable[[Tx], Awaitable[T]], doing: str) -> T:
-        async with self._lock:
-            return await self._retrying(lambda: body(Tx(self._conn)), doing)
+        aiosqlite has no public call for this: `_execute` queues a function for its thread
+        (the same path its own `execute` takes) and `_conn` is the sqlite3 connection there.
+        Both exist in every release this project allows (pyproject.toml)."""
+        try:
+            raw = self._conn._conn
+        except ValueError as error:
+            raise StorageError("the ledger is closed") from error
+        execute = cast(Callable[..., Awaitable[T]], self._conn._execute)
+        return await execute(run, raw, body)
 
     async def _retrying(self, attempt: Callable[[], Awaitable[T]], doing: str) -> T:
         loop = asyncio.get_running_loop()

@@ -170,8 +170,9 @@ def copy_durably(source: Path, final: Path) -> tuple[str, int]:
     return digest.hexdigest(), size
 
 
-def remove(path: Path) -> bool:
-    """Delete `path` durably; False when it was already gone. Raises OSError otherwise."""
+def unlink(path: Path) -> bool:
+    """Delete `path`, not yet durably (fsync its directory after); False when it was already
+    gone. Raises OSError otherwise."""
     try:
         path.unlink()
     except FileNotFoundError:
@@ -180,6 +181,13 @@ def remove(path: Path) -> bool:
         if error.errno == errno.ENOTDIR:
             return False
         raise
+    return True
+
+
+def remove(path: Path) -> bool:
+    """Delete `path` durably; False when it was already gone. Raises OSError otherwise."""
+    if not unlink(path):
+        return False
     with contextlib.suppress(FileNotFoundError):
         fsync_dir(path.parent)
     return True

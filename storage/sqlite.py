@@ -100,6 +100,10 @@ EXPORTS_DIR = "exports"
 MANIFEST = "manifest.json"
 CALL_ID = re.compile(r"^[0-9a-f]{32}$")
 _SUFFIX = re.compile(r"^\.[a-z0-9]{1,8}$")
+# Recordings deleted per step of a sweep or withdrawal: one read, one file job and one write
+# transaction each. Bigger batches fsync fewer times; a batch's write holds the ledger (and
+# the decisions of live calls waiting behind it) for a few milliseconds at this size.
+SWEEP_BATCH = 200
 DUE_HORIZON = timedelta(days=1)  # older missed calls are history for `report`, not a to-do list
 MAX_NAME = 200  # a person's name or role in the logs; longer input is refused, not cut
 AUDIT_BATCH = 5000  # audit entries read per query while verifying
@@ -116,6 +120,65 @@ class _Target:
 
     recording_id: str
     withdrawal_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class _Doomed:
+    """A recording about to be deleted: its row, its audio (None: none kept) and copies."""
+
+    row: sqlite3.Row
+    audio: Path | None
+    copies: tuple[sqlite3.Row, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class _Removal:
+    """What removing one recording's files did. `file_state` None: its audio is still there."""
+
+    file_state: str | None
+    copies_removed: tuple[int, ...]
+    problems: tuple[str, ...]
+
+
+def _remove_files(doomed: Sequence[_Doomed]) -> list[_Removal]:
+    """Remove the copies and audio of `doomed` (blocking: one worker-thread job), then fsync
+    each directory that lost a file, once, so that none of the names comes back."""
+    touched: set[Path] = set()
+    removals = []
+    for item in doomed:
+        removed: list[int] = []
+        problems: list[str] = []
+        for copy in item.copies:
+            path = Path(copy["path"])
+            try:
+                if files.unlink(path):
+                    touched.add(path.parent)
+                removed.append(int(copy["id"]))
+            except OSError as error:
+                problems.append(f"export copy {path}: {error.strerror or error}")
+        for export_dir in {Path(copy["path"]).parent for copy in item.copies}:
+            with contextlib.suppress(OSError):
+                export_dir.rmdir()
+                touched.discard(export_dir)
+                touched.add(export_dir.parent)
+        state: str | None = "none"
+        if item.audio is not None:
+            try:
+                existed = files.unlink(item.audio)
+            except OSError as error:
+                problems.append(
+                    f"recording {item.row['id']}: {error.strerror or error} (kept for now)"
+                )
+                state = None
+            else:
+                state = "removed" if existed else "already absent"
+                if existed:
+                    touched.add(item.audio.parent)
+        removals.append(_Removal(state, tuple(removed), tuple(problems)))
+    for directory in sorted(touched):
+        with contextlib.suppress(FileNotFoundError):
+            files.fsync_dir(directory)
+    return removals
 
 
 # Consent recordings not deleted yet whose decision predates a withdrawal by their caller,
@@ -241,15 +304,15 @@ class SqliteStore:
     def _rel(self, path: Path) -> str:
         return str(path.relative_to(self.data_dir))
 
-    async def _audit(
+    def _audit(
         self, tx: Tx, at: datetime, action: str, subject: str, details: dict[str, str]
     ) -> None:
-        last = await tx.one("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1")
+        last = tx.one("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1")
         seq = 1 if last is None else int(last["seq"]) + 1
         prev = GENESIS if last is None else str(last["hash"])
         when = ts(at)
         body = canonical(seq, when, action, subject, details)
-        await tx.run(
+        tx.run(
             "INSERT INTO audit (seq, at, action, subject, details, prev_hash, hash) "
             "VALUES (?, ?, ?, ?, ?, ?, ?)",
             (
@@ -329,8 +392,8 @@ class SqliteStore:
             call.started_at, months=self.policy.retention_months, tz=self.policy.timezone
         )
 
-        async def body(tx: Tx) -> None:
-            added = await tx.run(
+        def body(tx: Tx) -> None:
+            added = tx.run(
                 "INSERT INTO calls (call_id, channel_id, direction, line, caller, dialed, "
                 "customer, started_at, purge_after, parent_call_id) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (call_id) DO NOTHING",
@@ -348,9 +411,7 @@ class SqliteStore:
                 ),
             )
             if added == 0:
-                old = await tx.one(
-                    "SELECT channel_id FROM calls WHERE call_id = ?", (call.call_id,)
-                )
+                old = tx.one("SELECT channel_id FROM calls WHERE call_id = ?", (call.call_id,))
                 if old is None or old["channel_id"] != str(call.channel_id):
                     raise StorageError(
                         "call id already used by another channel", call_id=call.call_id
@@ -366,8 +427,8 @@ class SqliteStore:
         basis = LegalBasis(record.legal_basis)
         when = ts(record.decided_at)
 
-        async def body(tx: Tx) -> None:
-            row = await tx.one(
+        def body(tx: Tx) -> None:
+            row = tx.one(
                 "SELECT decision, decided_at, legal_basis, customer FROM calls WHERE call_id = ?",
                 (record.call_id,),
             )
@@ -380,7 +441,7 @@ class SqliteStore:
                     f"a decision ({row['decision']}) is already committed; it is final",
                     call_id=record.call_id,
                 )
-            await tx.run(
+            tx.run(
                 "UPDATE calls SET decision = ?, decided_at = ?, digit = ?, legal_basis = ?, "
                 "prompt = ?, prompt_sha256 = ?, reason = ?, linked_to = ? WHERE call_id = ?",
                 (
@@ -404,13 +465,13 @@ class SqliteStore:
                 "customer": self._pseudo(row["customer"]),
             }
             if record.linked_to is not None:
-                missed = await tx.one("SELECT 1 FROM calls WHERE call_id = ?", (record.linked_to,))
+                missed = tx.one("SELECT 1 FROM calls WHERE call_id = ?", (record.linked_to,))
                 if missed is None:
                     raise NotFoundError(
                         f"the missed call {record.linked_to} is not in the ledger",
                         call_id=record.call_id,
                     )
-                await tx.run(
+                tx.run(
                     "INSERT INTO callbacks (callback_call_id, missed_call_id, window_seconds, "
                     "overload, linked_at) VALUES (?, ?, ?, ?, ?)",
                     (
@@ -423,24 +484,22 @@ class SqliteStore:
                 )
                 details["linked_to"] = record.linked_to
                 details["overload"] = "on" if record.overload else "off"
-            await self._audit(tx, record.decided_at, "decision.committed", record.call_id, details)
+            self._audit(tx, record.decided_at, "decision.committed", record.call_id, details)
 
         await self._db.write(body, f"committing the decision of call {record.call_id}")
 
     async def set_recording_file(self, call_id: str, path: str) -> None:
         _check_call_id(call_id)
 
-        async def body(tx: Tx) -> None:
-            row = await tx.one("SELECT decision FROM calls WHERE call_id = ?", (call_id,))
+        def body(tx: Tx) -> None:
+            row = tx.one("SELECT decision FROM calls WHERE call_id = ?", (call_id,))
             if row is None:
                 raise NotFoundError("no such call", call_id=call_id)
             if row["decision"] != Decision.RECORD.value:
                 raise StorageError(
                     "no committed decision to record: no recording file", call_id=call_id
                 )
-            await tx.run(
-                "UPDATE calls SET recording_file = ? WHERE call_id = ?", (str(path), call_id)
-            )
+            tx.run("UPDATE calls SET recording_file = ? WHERE call_id = ?", (str(path), call_id))
 
         await self._db.write(body, f"noting the recording file of call {call_id}")
 
@@ -449,15 +508,12 @@ class SqliteStore:
         result = Outcome(outcome)
         when = ts(ended_at)
 
-        async def body(tx: Tx) -> None:
-            changed = await tx.run(
+        def body(tx: Tx) -> None:
+            changed = tx.run(
                 "UPDATE calls SET ended_at = ?, outcome = ? WHERE call_id = ? AND ended_at IS NULL",
                 (when, result.value, call_id),
             )
-            if (
-                changed == 0
-                and await tx.one("SELECT 1 FROM calls WHERE call_id = ?", (call_id,)) is None
-            ):
+            if changed == 0 and tx.one("SELECT 1 FROM calls WHERE call_id = ?", (call_id,)) is None:
                 raise NotFoundError("no such call", call_id=call_id)
 
         await self._db.write(body, f"ending call {call_id}")
@@ -468,8 +524,8 @@ class SqliteStore:
             return None
         after = ts(since)
 
-        async def body(tx: Tx) -> sqlite3.Row | None:
-            return await tx.one(
+        def body(tx: Tx) -> sqlite3.Row | None:
+            return tx.one(
                 "SELECT c.call_id, c.line, c.legal_basis, c.decision, c.ended_at, "
                 "EXISTS (SELECT 1 FROM withdrawals w WHERE w.caller = c.customer "
                 "        AND w.registered_at >= c.decided_at) AS withdrawn "
@@ -494,8 +550,8 @@ class SqliteStore:
         )
 
     async def overload(self) -> bool:
-        async def body(tx: Tx) -> sqlite3.Row | None:
-            return await tx.one("SELECT on_ FROM overload_switch ORDER BY seq DESC LIMIT 1")
+        def body(tx: Tx) -> sqlite3.Row | None:
+            return tx.one("SELECT on_ FROM overload_switch ORDER BY seq DESC LIMIT 1")
 
         row = await self._db.read(body, "reading the overload switch")
         return row is not None and bool(row["on_"])
@@ -503,29 +559,25 @@ class SqliteStore:
     async def set_overload(self, on: bool, by: str, now: datetime) -> None:
         who = _person(by, "the operator turning the overload switch")
 
-        async def body(tx: Tx) -> None:
-            await tx.run(
+        def body(tx: Tx) -> None:
+            tx.run(
                 "INSERT INTO overload_switch (at, on_, by) VALUES (?, ?, ?)",
                 (ts(now), int(on), who),
             )
-            await self._audit(
-                tx, now, "overload.on" if on else "overload.off", "overload", {"by": who}
-            )
+            self._audit(tx, now, "overload.on" if on else "overload.off", "overload", {"by": who})
 
         await self._db.write(body, "turning the overload switch")
 
     async def get_call(self, call_id: str) -> CallRow | None:
-        async def body(tx: Tx) -> sqlite3.Row | None:
-            return await tx.one("SELECT * FROM calls WHERE call_id = ?", (call_id,))
+        def body(tx: Tx) -> sqlite3.Row | None:
+            return tx.one("SELECT * FROM calls WHERE call_id = ?", (call_id,))
 
         row = await self._db.read(body, "reading a call")
         return None if row is None else self._call(row)
 
     async def open_calls(self) -> list[CallRow]:
-        async def body(tx: Tx) -> list[sqlite3.Row]:
-            return await tx.all(
-                "SELECT * FROM calls WHERE ended_at IS NULL ORDER BY started_at, call_id"
-            )
+        def body(tx: Tx) -> list[sqlite3.Row]:
+            return tx.all("SELECT * FROM calls WHERE ended_at IS NULL ORDER BY started_at, call_id")
 
         return [self._call(row) for row in await self._db.read(body, "listing open calls")]
 
@@ -538,11 +590,11 @@ class SqliteStore:
             return await self._ingest(call_id, Path(source), now)
 
     async def _ingest(self, call_id: str, source: Path, now: datetime) -> RecordingRow | None:
-        async def state(tx: Tx) -> tuple[sqlite3.Row | None, ...]:
+        def state(tx: Tx) -> tuple[sqlite3.Row | None, ...]:
             return (
-                await tx.one("SELECT * FROM recordings WHERE call_id = ?", (call_id,)),
-                await tx.one("SELECT * FROM pending_ingests WHERE call_id = ?", (call_id,)),
-                await tx.one("SELECT * FROM calls WHERE call_id = ?", (call_id,)),
+                tx.one("SELECT * FROM recordings WHERE call_id = ?", (call_id,)),
+                tx.one("SELECT * FROM pending_ingests WHERE call_id = ?", (call_id,)),
+                tx.one("SELECT * FROM calls WHERE call_id = ?", (call_id,)),
             )
 
         existing, pending, call = await self._db.read(state, f"ingesting call {call_id}")
@@ -564,8 +616,8 @@ class SqliteStore:
         day = created.strftime("%Y/%m/%d")
         final = self.recordings_dir / day / f"{recording_id}{suffix}"
 
-        async def intent(tx: Tx) -> None:
-            await tx.run(
+        def intent(tx: Tx) -> None:
+            tx.run(
                 "INSERT INTO pending_ingests (recording_id, call_id, source, dest, started_at) "
                 "VALUES (?, ?, ?, ?, ?)",
                 (recording_id, call_id, str(source), self._rel(final), ts(now)),
@@ -577,8 +629,8 @@ class SqliteStore:
             placed: files.Placed = await asyncio.to_thread(files.place, source, final)
         except StorageError:
             # Nothing moved (the source is where it was): forget the intent.
-            async def undo(tx: Tx) -> None:
-                await tx.run("DELETE FROM pending_ingests WHERE recording_id = ?", (recording_id,))
+            def undo(tx: Tx) -> None:
+                tx.run("DELETE FROM pending_ingests WHERE recording_id = ?", (recording_id,))
 
             await self._db.write(undo, f"undoing the ingest of call {call_id}")
             raise
@@ -629,9 +681,9 @@ class SqliteStore:
         purposes = line.purposes & ALLOWED[basis] if line is not None else ALLOWED[basis]
         action = "recording.stored" if status is RecordingStatus.STORED else f"recording.{status}"
 
-        async def body(tx: Tx) -> sqlite3.Row:
-            await tx.run("DELETE FROM pending_ingests WHERE recording_id = ?", (recording_id,))
-            await tx.run(
+        def body(tx: Tx) -> sqlite3.Row:
+            tx.run("DELETE FROM pending_ingests WHERE recording_id = ?", (recording_id,))
+            tx.run(
                 "INSERT INTO recordings (id, call_id, line, legal_basis, caller, dialed, "
                 "customer, decided_at, created_at, delete_after, sha256, path, linked_to, "
                 "purposes, size, status) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -654,7 +706,7 @@ class SqliteStore:
                     status.value,
                 ),
             )
-            await self._audit(
+            self._audit(
                 tx,
                 now,
                 action,
@@ -670,7 +722,7 @@ class SqliteStore:
                     "linked_to": call["linked_to"] or "",
                 },
             )
-            stored = await tx.one("SELECT * FROM recordings WHERE id = ?", (recording_id,))
+            stored = tx.one("SELECT * FROM recordings WHERE id = ?", (recording_id,))
             assert stored is not None  # inserted just above, in this transaction
             return stored
 
@@ -701,8 +753,8 @@ class SqliteStore:
             # A symlink or a device: remove the entry itself, never what it points to.
             digest, size = "", 0
 
-        async def body(tx: Tx) -> None:
-            await self._audit(
+        def body(tx: Tx) -> None:
+            self._audit(
                 tx,
                 now,
                 "recording.discarded",
@@ -734,8 +786,8 @@ class SqliteStore:
         final = self._abs(pending["dest"])
         source = Path(pending["source"])
 
-        async def read_call(tx: Tx) -> sqlite3.Row | None:
-            return await tx.one("SELECT * FROM calls WHERE call_id = ?", (pending["call_id"],))
+        def read_call(tx: Tx) -> sqlite3.Row | None:
+            return tx.one("SELECT * FROM calls WHERE call_id = ?", (pending["call_id"],))
 
         call = await self._db.read(read_call, "finishing an ingest")
         assert call is not None  # pending_ingests.call_id references calls
@@ -768,101 +820,109 @@ class SqliteStore:
 
     # --------------------------------------------------------------- deletion
 
-    async def _delete(self, target: _Target, now: datetime, reason: str) -> str | None:
-        """Delete one recording: copies, audio, then the row. A problem line, or None."""
+    async def _delete_batch(
+        self, targets: Sequence[_Target], now: datetime, reason: str
+    ) -> dict[str, str | None]:
+        """Delete recordings: their copies and audio, then their rows, in three steps for
+        the whole batch (one read, one file job, one write). Each id maps to a problem
+        line, or None when it is deleted (or already was).
 
-        async def read(tx: Tx) -> tuple[sqlite3.Row | None, list[sqlite3.Row]]:
-            row = await tx.one(
-                "SELECT * FROM recordings WHERE id = ? AND status != 'deleted'",
-                (target.recording_id,),
-            )
-            copies = await tx.all(
-                "SELECT id, export_id, path FROM export_files WHERE deleted_at IS NULL AND "
-                "export_id IN (SELECT export_id FROM export_files WHERE recording_id = ?)",
-                (target.recording_id,),
-            )
-            return row, copies
+        Files go first and their directories are fsync'd (once each) before the rows are
+        committed: a crash in between leaves rows whose files are gone, which the next
+        sweep deletes again as "already absent". A recording whose audio could not be
+        removed keeps its row (and is due again); the copies that did go are noted."""
+        by_id = {target.recording_id: target for target in targets}
 
-        row, copies = await self._db.read(read, "reading a recording to delete")
-        if row is None:
-            return None
-        removed_copies: list[int] = []
-        problems: list[str] = []
-        for copy in copies:
-            try:
-                await asyncio.to_thread(files.remove, Path(copy["path"]))
-                removed_copies.append(int(copy["id"]))
-            except OSError as error:
-                problems.append(f"export copy {copy['path']}: {error.strerror or error}")
-        for export_dir in {Path(copy["path"]).parent for copy in copies}:
-            with contextlib.suppress(OSError):
-                await asyncio.to_thread(export_dir.rmdir)
-        file_state = "none"
-        if row["path"] is not None:
-            try:
-                existed = await asyncio.to_thread(files.remove, self._abs(row["path"]))
-            except OSError as error:
-                problems.append(
-                    f"recording {target.recording_id}: {error.strerror or error} (kept for now)"
+        def read(tx: Tx) -> list[_Doomed]:
+            doomed = []
+            for recording_id in by_id:
+                row = tx.one(
+                    "SELECT * FROM recordings WHERE id = ? AND status != 'deleted'",
+                    (recording_id,),
                 )
-                await self._mark_copies(removed_copies, now)
-                return "; ".join(problems)
-            file_state = "removed" if existed else "already absent"
-
-        async def body(tx: Tx) -> None:
-            changed = await tx.run(
-                "UPDATE recordings SET status = 'deleted', deleted_at = ?, deletion_reason = ?, "
-                "withdrawal_id = ?, path = NULL, caller = NULL, dialed = NULL, customer = NULL "
-                "WHERE id = ? AND status != 'deleted'",
-                (ts(now), reason, target.withdrawal_id, target.recording_id),
-            )
-            if changed == 0:
-                return
-            await self._mark_copies_in(tx, removed_copies, now)
-            if target.withdrawal_id is not None:
-                await tx.run(
-                    "INSERT OR IGNORE INTO withdrawal_recordings "
-                    "(withdrawal_id, recording_id, action, why) VALUES (?, ?, 'deleted', ?)",
-                    (target.withdrawal_id, target.recording_id, "consent withdrawn"),
+                if row is None:
+                    continue
+                copies = tx.all(
+                    "SELECT id, export_id, path FROM export_files WHERE deleted_at IS NULL AND "
+                    "export_id IN (SELECT export_id FROM export_files WHERE recording_id = ?)",
+                    (recording_id,),
                 )
-            await self._audit(
-                tx,
-                now,
-                "recording.deleted",
-                target.recording_id,
-                {
-                    "call_id": row["call_id"],
-                    "reason": reason,
-                    "withdrawal_id": target.withdrawal_id or "",
-                    "legal_basis": row["legal_basis"],
-                    "sha256": row["sha256"] or "",
-                    "size": str(row["size"]),
-                    "created_at": row["created_at"],
-                    "delete_after": row["delete_after"],
-                    "file": file_state,
-                    "copies_removed": str(len(removed_copies)),
-                    "copies_left": str(len(copies) - len(removed_copies)),
-                },
-            )
+                audio = None if row["path"] is None else self._abs(row["path"])
+                doomed.append(_Doomed(row, audio, tuple(copies)))
+            return doomed
 
-        await self._db.write(body, f"deleting recording {target.recording_id}")
-        return "; ".join(problems) if problems else None
+        doomed = await self._db.read(read, "reading recordings to delete")
+        outcome: dict[str, str | None] = dict.fromkeys(by_id)
+        if not doomed:
+            return outcome
+        removals = await asyncio.to_thread(_remove_files, doomed)
+        copies_gone = [c for removal in removals for c in removal.copies_removed]
+
+        def body(tx: Tx) -> None:
+            self._mark_copies_in(tx, copies_gone, now)
+            for item, removal in zip(doomed, removals, strict=True):
+                if removal.file_state is None:
+                    continue  # the audio is still there: the row stays, due again
+                row, target = item.row, by_id[item.row["id"]]
+                changed = tx.run(
+                    "UPDATE recordings SET status = 'deleted', deleted_at = ?, "
+                    "deletion_reason = ?, withdrawal_id = ?, path = NULL, caller = NULL, "
+                    "dialed = NULL, customer = NULL WHERE id = ? AND status != 'deleted'",
+                    (ts(now), reason, target.withdrawal_id, target.recording_id),
+                )
+                if changed == 0:
+                    continue
+                if target.withdrawal_id is not None:
+                    tx.run(
+                        "INSERT OR IGNORE INTO withdrawal_recordings "
+                        "(withdrawal_id, recording_id, action, why) VALUES (?, ?, 'deleted', ?)",
+                        (target.withdrawal_id, target.recording_id, "consent withdrawn"),
+                    )
+                self._audit(
+                    tx,
+                    now,
+                    "recording.deleted",
+                    target.recording_id,
+                    {
+                        "call_id": row["call_id"],
+                        "reason": reason,
+                        "withdrawal_id": target.withdrawal_id or "",
+                        "legal_basis": row["legal_basis"],
+                        "sha256": row["sha256"] or "",
+                        "size": str(row["size"]),
+                        "created_at": row["created_at"],
+                        "delete_after": row["delete_after"],
+                        "file": removal.file_state,
+                        "copies_removed": str(len(removal.copies_removed)),
+                        "copies_left": str(len(item.copies) - len(removal.copies_removed)),
+                    },
+                )
+
+        what = (
+            f"deleting recording {targets[0].recording_id}"
+            if len(targets) == 1
+            else f"deleting {len(doomed)} recordings"
+        )
+        await self._db.write(body, what)
+        for item, removal in zip(doomed, removals, strict=True):
+            outcome[item.row["id"]] = "; ".join(removal.problems) if removal.problems else None
+        return outcome
 
     async def _mark_copies(self, copy_ids: Sequence[int], now: datetime) -> None:
         if not copy_ids:
             return
 
-        async def body(tx: Tx) -> None:
-            await self._mark_copies_in(tx, copy_ids, now)
+        def body(tx: Tx) -> None:
+            self._mark_copies_in(tx, copy_ids, now)
 
         await self._db.write(body, "noting removed export copies")
 
-    async def _mark_copies_in(self, tx: Tx, copy_ids: Sequence[int], now: datetime) -> None:
-        await tx.many(
+    def _mark_copies_in(self, tx: Tx, copy_ids: Sequence[int], now: datetime) -> None:
+        tx.many(
             "UPDATE export_files SET deleted_at = ? WHERE id = ? AND deleted_at IS NULL",
             [(ts(now), copy_id) for copy_id in copy_ids],
         )
-        await tx.run(
+        tx.run(
             "UPDATE exports SET state = 'deleted' WHERE state != 'deleted' AND NOT EXISTS "
             "(SELECT 1 FROM export_files f WHERE f.export_id = exports.export_id "
             "AND f.deleted_at IS NULL)"
@@ -871,8 +931,8 @@ class SqliteStore:
     async def _retry_copies(self, now: datetime) -> list[str]:
         """Copies a deletion could not remove (a stick unplugged, a permission): try again."""
 
-        async def read(tx: Tx) -> list[sqlite3.Row]:
-            return await tx.all(
+        def read(tx: Tx) -> list[sqlite3.Row]:
+            return tx.all(
                 "SELECT f.id, f.path FROM export_files f WHERE f.deleted_at IS NULL AND "
                 "f.export_id IN (SELECT g.export_id FROM export_files g JOIN recordings r "
                 "ON r.id = g.recording_id WHERE r.status = 'deleted')"
@@ -902,51 +962,49 @@ class SqliteStore:
         if customer is None and not everyone:
             return [], []
 
-        async def read(tx: Tx) -> list[sqlite3.Row]:
+        def read(tx: Tx) -> list[sqlite3.Row]:
             if everyone:
-                return await tx.all(_WITHDRAWN_SQL)
-            return await tx.all(_WITHDRAWN_OF_SQL, (str(customer),))
+                return tx.all(_WITHDRAWN_SQL)
+            return tx.all(_WITHDRAWN_OF_SQL, (str(customer),))
 
         rows = await self._db.read(read, "applying withdrawals")
+        targets = [_Target(r["id"], r["withdrawal_id"]) for r in rows if r["withdrawal_id"]]
         deleted: list[str] = []
         problems: list[str] = []
-        for row in rows:
-            if row["withdrawal_id"] is None:
-                continue
-            problem = await self._delete(
-                _Target(row["id"], row["withdrawal_id"]), now, "withdrawal"
-            )
-            if problem is None:
-                deleted.append(row["id"])
-            else:
-                problems.append(problem)
+        for start in range(0, len(targets), SWEEP_BATCH):
+            batch = targets[start : start + SWEEP_BATCH]
+            outcome = await self._delete_batch(batch, now, "withdrawal")
+            for target in batch:
+                problem = outcome[target.recording_id]
+                if problem is None:
+                    deleted.append(target.recording_id)
+                else:
+                    problems.append(problem)
         if deleted or everyone or complete:
             await self._complete_withdrawals(now)
         return deleted, problems
 
     async def _complete_withdrawals(self, now: datetime) -> None:
-        async def body(tx: Tx) -> None:
-            open_rows = await tx.all(
+        def body(tx: Tx) -> None:
+            open_rows = tx.all(
                 "SELECT w.id, w.caller, w.registered_at FROM withdrawals w "
                 "WHERE w.completed_at IS NULL"
             )
             for w in open_rows:
-                left = await tx.one(
+                left = tx.one(
                     "SELECT 1 FROM recordings WHERE customer = ? AND legal_basis = 'consent' "
                     "AND status != 'deleted' AND decided_at <= ? LIMIT 1",
                     (w["caller"], w["registered_at"]),
                 )
                 if left is not None:
                     continue
-                await tx.run(
-                    "UPDATE withdrawals SET completed_at = ? WHERE id = ?", (ts(now), w["id"])
-                )
-                counts = await tx.one(
+                tx.run("UPDATE withdrawals SET completed_at = ? WHERE id = ?", (ts(now), w["id"]))
+                counts = tx.one(
                     "SELECT SUM(action = 'deleted') AS deleted, SUM(action = 'kept') AS kept "
                     "FROM withdrawal_recordings WHERE withdrawal_id = ?",
                     (w["id"],),
                 )
-                await self._audit(
+                self._audit(
                     tx,
                     now,
                     "withdrawal.completed",
@@ -964,25 +1022,40 @@ class SqliteStore:
     async def sweep(self, now: datetime, *, dry_run: bool = False) -> SweepReport:
         when = ts(now)
 
-        async def due(tx: Tx) -> list[sqlite3.Row]:
-            return await tx.all(
-                "SELECT id FROM recordings WHERE status != 'deleted' AND delete_after <= ? "
-                "ORDER BY delete_after, id",
-                (when,),
-            )
+        def due(after: tuple[str, str]) -> Callable[[Tx], list[sqlite3.Row]]:
+            def page(tx: Tx) -> list[sqlite3.Row]:
+                return tx.all(
+                    "SELECT id, delete_after FROM recordings WHERE status != 'deleted' "
+                    "AND delete_after <= ? AND (delete_after, id) > (?, ?) "
+                    "ORDER BY delete_after, id LIMIT ?",
+                    (when, *after, SWEEP_BATCH),
+                )
 
+            return page
+
+        deleted: list[str] = []
+        problems: list[str] = []
         async with self._files:
-            ids = [row["id"] for row in await self._db.read(due, "listing due recordings")]
+            # Pages in (delete_after, id) order, each after the last: memory stays flat
+            # however many are due, and a recording that cannot be deleted is not met again.
+            after = ("", "")
+            while rows := await self._db.read(due(after), "listing due recordings"):
+                after = (rows[-1]["delete_after"], rows[-1]["id"])
+                ids = [row["id"] for row in rows]
+                if dry_run:
+                    deleted += ids
+                    continue
+                outcome = await self._delete_batch(
+                    [_Target(recording_id, None) for recording_id in ids], now, "retention"
+                )
+                for recording_id in ids:
+                    problem = outcome[recording_id]
+                    if problem is None:
+                        deleted.append(recording_id)
+                    else:
+                        problems.append(problem)
             if dry_run:
-                return SweepReport(tuple(ids), True, now)
-            deleted: list[str] = []
-            problems: list[str] = []
-            for recording_id in ids:
-                problem = await self._delete(_Target(recording_id, None), now, "retention")
-                if problem is None:
-                    deleted.append(recording_id)
-                else:
-                    problems.append(problem)
+                return SweepReport(tuple(deleted), True, now)
             problems += await self._retry_copies(now)
             _, withdrawal_problems = await self._enforce_withdrawals(now, everyone=True)
             problems += withdrawal_problems
@@ -993,8 +1066,8 @@ class SqliteStore:
         """Calls past the retention period keep their line, times and decision for the
         report, not the numbers: no call outlives its recording as personal data."""
 
-        async def body(tx: Tx) -> None:
-            await tx.run(
+        def body(tx: Tx) -> None:
+            tx.run(
                 "UPDATE calls SET caller = NULL, dialed = NULL, customer = NULL, "
                 "recording_file = NULL, scrubbed = 1 WHERE scrubbed = 0 AND purge_after <= ?",
                 (ts(now),),
@@ -1035,8 +1108,8 @@ class SqliteStore:
         )
         withdrawal_id = secrets.token_hex(16)
 
-        async def register(tx: Tx) -> None:
-            await tx.run(
+        def register(tx: Tx) -> None:
+            tx.run(
                 "INSERT INTO withdrawals (id, caller, via, received_at, registered_by, "
                 "registered_at, received_on, due_on, deadline) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
@@ -1051,12 +1124,12 @@ class SqliteStore:
                     ts(deadline.deadline),
                 ),
             )
-            kept = await tx.all(
+            kept = tx.all(
                 "SELECT id, delete_after FROM recordings WHERE customer = ? "
                 "AND legal_basis != 'consent' AND status != 'deleted' ORDER BY created_at",
                 (number,),
             )
-            await tx.many(
+            tx.many(
                 "INSERT INTO withdrawal_recordings (withdrawal_id, recording_id, action, why) "
                 "VALUES (?, ?, 'kept', ?)",
                 [
@@ -1070,7 +1143,7 @@ class SqliteStore:
                     for row in kept
                 ],
             )
-            await self._audit(
+            self._audit(
                 tx,
                 now,
                 "withdrawal.registered",
@@ -1111,12 +1184,12 @@ class SqliteStore:
         return rows[0]
 
     async def _withdrawal_rows(self, where: str, params: Sequence[Any]) -> list[WithdrawalRow]:
-        async def body(tx: Tx) -> tuple[list[sqlite3.Row], list[sqlite3.Row]]:
-            rows = await tx.all(
+        def body(tx: Tx) -> tuple[list[sqlite3.Row], list[sqlite3.Row]]:
+            rows = tx.all(
                 f"SELECT * FROM withdrawals {where} ORDER BY received_at, id",  # noqa: S608
                 params,
             )
-            items = await tx.all(
+            items = tx.all(
                 "SELECT i.withdrawal_id, i.recording_id, i.action, i.why FROM "
                 "withdrawal_recordings i JOIN recordings r ON r.id = i.recording_id "
                 "ORDER BY r.created_at, r.id"
@@ -1156,7 +1229,7 @@ class SqliteStore:
 
     # ------------------------------------------------------- access and export
 
-    async def _log_access(
+    def _log_access(
         self,
         tx: Tx,
         now: datetime,
@@ -1166,7 +1239,7 @@ class SqliteStore:
         allowed: bool,
         reason: str,
     ) -> None:
-        await tx.run(
+        tx.run(
             "INSERT INTO access_log (at, who, purpose, recording_id, allowed, reason) "
             "VALUES (?, ?, ?, ?, ?, ?)",
             (ts(now), who, purpose, recording_id[:64], int(allowed), reason),
@@ -1227,8 +1300,8 @@ class SqliteStore:
             raise AccessRefused(refusal)
         assert row is not None and row.path is not None  # no refusal: a stored file
 
-        async def body(tx: Tx) -> None:
-            await self._log_access(
+        def body(tx: Tx) -> None:
+            self._log_access(
                 tx, now, person, wanted.value, row.id, True, f"fits {row.legal_basis.value}"
             )
 
@@ -1238,8 +1311,8 @@ class SqliteStore:
     async def _refuse_logged(
         self, now: datetime, who: str, purpose: str, recording_id: str, reason: str
     ) -> None:
-        async def body(tx: Tx) -> None:
-            await self._log_access(tx, now, who, purpose, recording_id, False, reason)
+        def body(tx: Tx) -> None:
+            self._log_access(tx, now, who, purpose, recording_id, False, reason)
 
         await self._db.write(body, "logging a refused access")
 
@@ -1272,20 +1345,20 @@ class SqliteStore:
             targets = [(row, folder / f"{row.id}{Path(row.path or '').suffix}") for row in rows]
             manifest_path = folder / MANIFEST
 
-            async def register(tx: Tx) -> None:
-                await tx.run(
+            def register(tx: Tx) -> None:
+                tx.run(
                     "INSERT INTO exports (export_id, dir, purpose, who, created_at, state) "
                     "VALUES (?, ?, ?, ?, ?, 'writing')",
                     (export_id, str(folder), wanted.value, person, ts(now)),
                 )
-                await tx.many(
+                tx.many(
                     "INSERT INTO export_files (export_id, recording_id, path, sha256) "
                     "VALUES (?, ?, ?, ?)",
                     [(export_id, row.id, str(path), row.sha256) for row, path in targets]
                     + [(export_id, None, str(manifest_path), None)],
                 )
                 for row in rows:
-                    await self._log_access(
+                    self._log_access(
                         tx, now, person, wanted.value, row.id, True, f"export {export_id}"
                     )
 
@@ -1367,13 +1440,13 @@ class SqliteStore:
             f"writing {manifest_path}", files.write_durably, manifest_path, data
         )
 
-        async def done(tx: Tx) -> None:
-            await tx.run(
+        def done(tx: Tx) -> None:
+            tx.run(
                 "UPDATE export_files SET sha256 = ? WHERE export_id = ? AND recording_id IS NULL",
                 (digest, export_id),
             )
-            await tx.run("UPDATE exports SET state = 'done' WHERE export_id = ?", (export_id,))
-            await self._audit(
+            tx.run("UPDATE exports SET state = 'done' WHERE export_id = ?", (export_id,))
+            self._audit(
                 tx,
                 now,
                 "export.created",
@@ -1390,8 +1463,8 @@ class SqliteStore:
     async def _abandon_export(self, export_id: str, now: datetime) -> None:
         """Remove every file of an unfinished export (they are registered before written)."""
 
-        async def read(tx: Tx) -> list[sqlite3.Row]:
-            return await tx.all(
+        def read(tx: Tx) -> list[sqlite3.Row]:
+            return tx.all(
                 "SELECT id, path FROM export_files WHERE export_id = ? AND deleted_at IS NULL",
                 (export_id,),
             )
@@ -1414,9 +1487,9 @@ class SqliteStore:
         for folder in folders:
             await asyncio.to_thread(clear, folder)
 
-        async def body(tx: Tx) -> None:
-            await self._mark_copies_in(tx, removed, now)
-            await self._audit(tx, now, "export.abandoned", export_id, {})
+        def body(tx: Tx) -> None:
+            self._mark_copies_in(tx, removed, now)
+            self._audit(tx, now, "export.abandoned", export_id, {})
 
         await self._db.write(body, "abandoning an export")
 
@@ -1429,8 +1502,8 @@ class SqliteStore:
         chain: list[tuple[AuditEntry, str]] = []
         while True:
 
-            async def batch(tx: Tx, after: int = last) -> list[sqlite3.Row]:
-                return await tx.all(
+            def batch(tx: Tx, after: int = last) -> list[sqlite3.Row]:
+                return tx.all(
                     "SELECT * FROM audit WHERE seq > ? ORDER BY seq LIMIT ?",
                     (after, AUDIT_BATCH),
                 )
@@ -1446,18 +1519,18 @@ class SqliteStore:
                 checked += 1
         problems += chain_problems(chain)
 
-        async def state(tx: Tx) -> tuple[list[sqlite3.Row], ...]:
+        def state(tx: Tx) -> tuple[list[sqlite3.Row], ...]:
             return (
-                await tx.all("SELECT name FROM sqlite_master WHERE type = 'trigger'"),
-                await tx.all(
+                tx.all("SELECT name FROM sqlite_master WHERE type = 'trigger'"),
+                tx.all(
                     "SELECT id, path, sha256, size, status FROM recordings "
                     "WHERE status IN ('stored', 'missing')"
                 ),
-                await tx.all(
+                tx.all(
                     "SELECT f.path, f.sha256, f.recording_id FROM export_files f JOIN exports e "
                     "ON e.export_id = f.export_id WHERE f.deleted_at IS NULL AND e.state = 'done'"
                 ),
-                await tx.all("SELECT call_id, dest FROM pending_ingests"),
+                tx.all("SELECT call_id, dest FROM pending_ingests"),
             )
 
         triggers, recordings, copies, pending = await self._db.read(state, "verifying")
@@ -1541,10 +1614,10 @@ class SqliteStore:
         return problems
 
     async def _call_of_spool_file(self, path: Path) -> sqlite3.Row | None:
-        async def body(tx: Tx) -> sqlite3.Row | None:
-            row = await tx.one("SELECT * FROM calls WHERE recording_file = ?", (str(path),))
+        def body(tx: Tx) -> sqlite3.Row | None:
+            row = tx.one("SELECT * FROM calls WHERE recording_file = ?", (str(path),))
             if row is None and CALL_ID.match(path.stem):
-                row = await tx.one("SELECT * FROM calls WHERE call_id = ?", (path.stem,))
+                row = tx.one("SELECT * FROM calls WHERE call_id = ?", (path.stem,))
             return row
 
         return await self._db.read(body, "finding a spool file's call")
@@ -1577,8 +1650,8 @@ class SqliteStore:
         )
 
     async def _resume_ingests(self, now: datetime, resumed: list[str], flagged: list[str]) -> None:
-        async def read(tx: Tx) -> list[sqlite3.Row]:
-            return await tx.all("SELECT * FROM pending_ingests ORDER BY started_at")
+        def read(tx: Tx) -> list[sqlite3.Row]:
+            return tx.all("SELECT * FROM pending_ingests ORDER BY started_at")
 
         for pending in await self._db.read(read, "listing unfinished ingests"):
             try:
@@ -1595,8 +1668,8 @@ class SqliteStore:
                 resumed.append(f"call {pending['call_id']}: ingest finished")
 
     async def _resume_exports(self, now: datetime, resumed: list[str]) -> None:
-        async def read(tx: Tx) -> list[sqlite3.Row]:
-            return await tx.all("SELECT export_id FROM exports WHERE state = 'writing'")
+        def read(tx: Tx) -> list[sqlite3.Row]:
+            return tx.all("SELECT export_id FROM exports WHERE state = 'writing'")
 
         for row in await self._db.read(read, "listing unfinished exports"):
             await self._abandon_export(row["export_id"], now)
@@ -1616,13 +1689,11 @@ class SqliteStore:
         """Open calls without a committed decision: nothing may be recorded for them, and
         their caller did not finish the notice (so no callback treats them as missed)."""
 
-        async def body(tx: Tx) -> list[str]:
-            rows = await tx.all(
-                "SELECT call_id FROM calls WHERE ended_at IS NULL AND decided_at IS NULL"
-            )
+        def body(tx: Tx) -> list[str]:
+            rows = tx.all("SELECT call_id FROM calls WHERE ended_at IS NULL AND decided_at IS NULL")
             ids = [str(row["call_id"]) for row in rows]
             for call_id in ids:
-                await tx.run(
+                tx.run(
                     "UPDATE calls SET ended_at = ?, outcome = ?, reason = ? WHERE call_id = ?",
                     (
                         ts(now),
@@ -1631,7 +1702,7 @@ class SqliteStore:
                         call_id,
                     ),
                 )
-                await self._audit(
+                self._audit(
                     tx, now, "call.failed_closed", call_id, {"reason": "no committed decision"}
                 )
             return ids
@@ -1657,8 +1728,8 @@ class SqliteStore:
                 continue
             call_id = str(call["call_id"])
 
-            async def stored(tx: Tx, cid: str = call_id) -> sqlite3.Row | None:
-                return await tx.one("SELECT * FROM recordings WHERE call_id = ?", (cid,))
+            def stored(tx: Tx, cid: str = call_id) -> sqlite3.Row | None:
+                return tx.one("SELECT * FROM recordings WHERE call_id = ?", (cid,))
 
             existing = await self._db.read(stored, "reading a recording")
             if existing is not None:
@@ -1685,8 +1756,8 @@ class SqliteStore:
                 report.ingested.append(call_id)
 
     async def _check_stored(self, now: datetime, flagged: list[str], resumed: list[str]) -> None:
-        async def read(tx: Tx) -> list[sqlite3.Row]:
-            return await tx.all(
+        def read(tx: Tx) -> list[sqlite3.Row]:
+            return tx.all(
                 "SELECT id, call_id, path, sha256, status FROM recordings "
                 "WHERE path IS NOT NULL AND status IN ('stored', 'missing')"
             )
@@ -1719,15 +1790,15 @@ class SqliteStore:
         deleted (a restored backup), the ledger says it must be gone; otherwise flag it."""
         for path in orphans:
 
-            async def read(tx: Tx, stem: str = path.stem) -> sqlite3.Row | None:
-                return await tx.one("SELECT id, status FROM recordings WHERE id = ?", (stem,))
+            def read(tx: Tx, stem: str = path.stem) -> sqlite3.Row | None:
+                return tx.one("SELECT id, status FROM recordings WHERE id = ?", (stem,))
 
             row = await self._db.read(read, "identifying a file in the store")
             if row is not None and row["status"] == RecordingStatus.DELETED.value:
                 await self._in_thread(f"removing {path}", files.remove, path)
 
-                async def body(tx: Tx, recording_id: str = row["id"]) -> None:
-                    await self._audit(
+                def body(tx: Tx, recording_id: str = row["id"]) -> None:
+                    self._audit(
                         tx,
                         now,
                         "recording.deleted",
@@ -1741,28 +1812,24 @@ class SqliteStore:
                 flagged.append(f"store: {self._rel(path)} belongs to no recording")
 
     async def _set_status(self, recording_id: str, status: RecordingStatus, now: datetime) -> None:
-        async def body(tx: Tx) -> None:
-            await tx.run(
-                "UPDATE recordings SET status = ? WHERE id = ?", (status.value, recording_id)
-            )
-            await self._audit(tx, now, f"recording.{status.value}", recording_id, {})
+        def body(tx: Tx) -> None:
+            tx.run("UPDATE recordings SET status = ? WHERE id = ?", (status.value, recording_id))
+            self._audit(tx, now, f"recording.{status.value}", recording_id, {})
 
         await self._db.write(body, f"marking recording {recording_id} {status.value}")
 
     async def _flag_calls_without_file(self, flagged: list[str]) -> None:
         """Told to record, ended, and no file ever arrived: said once, not at every start."""
 
-        async def body(tx: Tx) -> list[str]:
-            rows = await tx.all(
+        def body(tx: Tx) -> list[str]:
+            rows = tx.all(
                 "SELECT c.call_id FROM calls c WHERE c.recording_file IS NOT NULL "
                 "AND c.ended_at IS NOT NULL AND c.file_flagged = 0 "
                 "AND NOT EXISTS (SELECT 1 FROM recordings r WHERE r.call_id = c.call_id) "
                 "AND NOT EXISTS (SELECT 1 FROM pending_ingests p WHERE p.call_id = c.call_id)"
             )
             ids = [str(row["call_id"]) for row in rows]
-            await tx.many(
-                "UPDATE calls SET file_flagged = 1 WHERE call_id = ?", [(i,) for i in ids]
-            )
+            tx.many("UPDATE calls SET file_flagged = 1 WHERE call_id = ?", [(i,) for i in ids])
             return ids
 
         for call_id in await self._db.write(body, "checking calls without a file"):
@@ -1773,25 +1840,25 @@ class SqliteStore:
     async def recordings(self, *, include_deleted: bool = False) -> list[RecordingRow]:
         where = "" if include_deleted else "WHERE status != 'deleted'"
 
-        async def body(tx: Tx) -> list[sqlite3.Row]:
-            return await tx.all(
+        def body(tx: Tx) -> list[sqlite3.Row]:
+            return tx.all(
                 f"SELECT * FROM recordings {where} ORDER BY created_at, id"  # noqa: S608
             )
 
         return [self._recording(row) for row in await self._db.read(body, "listing recordings")]
 
     async def recording(self, recording_id: str) -> RecordingRow | None:
-        async def body(tx: Tx) -> sqlite3.Row | None:
-            return await tx.one("SELECT * FROM recordings WHERE id = ?", (recording_id,))
+        def body(tx: Tx) -> sqlite3.Row | None:
+            return tx.one("SELECT * FROM recordings WHERE id = ?", (recording_id,))
 
         row = await self._db.read(body, "reading a recording")
         return None if row is None else self._recording(row)
 
     async def audit_entries(self, subject: str | None = None) -> list[AuditEntry]:
-        async def body(tx: Tx) -> list[sqlite3.Row]:
+        def body(tx: Tx) -> list[sqlite3.Row]:
             if subject is None:
-                return await tx.all("SELECT * FROM audit ORDER BY seq")
-            return await tx.all("SELECT * FROM audit WHERE subject = ? ORDER BY seq", (subject,))
+                return tx.all("SELECT * FROM audit ORDER BY seq")
+            return tx.all("SELECT * FROM audit WHERE subject = ? ORDER BY seq", (subject,))
 
         entries: list[AuditEntry] = []
         problems: list[str] = []
@@ -1802,10 +1869,10 @@ class SqliteStore:
         return entries
 
     async def access_log(self, recording_id: str | None = None) -> list[AccessRecord]:
-        async def body(tx: Tx) -> list[sqlite3.Row]:
+        def body(tx: Tx) -> list[sqlite3.Row]:
             if recording_id is None:
-                return await tx.all("SELECT * FROM access_log ORDER BY id")
-            return await tx.all(
+                return tx.all("SELECT * FROM access_log ORDER BY id")
+            return tx.all(
                 "SELECT * FROM access_log WHERE recording_id = ? ORDER BY id", (recording_id,)
             )
 
@@ -1824,8 +1891,8 @@ class SqliteStore:
     async def callbacks_due(self, now: datetime) -> list[CallbackDue]:
         window = self.policy.callback_window
 
-        async def body(tx: Tx) -> list[sqlite3.Row]:
-            return await tx.all(
+        def body(tx: Tx) -> list[sqlite3.Row]:
+            return tx.all(
                 "SELECT c.call_id, c.line, c.customer, c.ended_at FROM calls c "
                 "WHERE c.outcome = 'missed' AND c.direction = 'inbound' AND c.line IS NOT NULL "
                 "AND c.ended_at >= ? AND c.ended_at <= ? "
@@ -1855,31 +1922,31 @@ class SqliteStore:
     async def report(self, start: datetime, end: datetime) -> Report:
         lo, hi = ts(start), ts(end)
 
-        async def body(tx: Tx) -> dict[str, list[sqlite3.Row]]:
+        def body(tx: Tx) -> dict[str, list[sqlite3.Row]]:
             return {
-                "calls": await tx.all(
+                "calls": tx.all(
                     "SELECT line, direction, decision, COUNT(*) AS n FROM calls "
                     "WHERE started_at >= ? AND started_at < ? "
                     "GROUP BY line, direction, decision ORDER BY line, direction, decision",
                     (lo, hi),
                 ),
-                "outcomes": await tx.all(
+                "outcomes": tx.all(
                     "SELECT outcome, COUNT(*) AS n FROM calls WHERE started_at >= ? "
                     "AND started_at < ? AND direction = 'inbound' GROUP BY outcome",
                     (lo, hi),
                 ),
-                "made": await tx.all(
+                "made": tx.all(
                     "SELECT SUM(size > 0) AS made, SUM(size = 0) AS empty FROM recordings "
                     "WHERE created_at >= ? AND created_at < ?",
                     (lo, hi),
                 ),
-                "deleted": await tx.all(
+                "deleted": tx.all(
                     "SELECT deletion_reason, COUNT(*) AS n FROM recordings "
                     "WHERE status = 'deleted' AND deleted_at >= ? AND deleted_at < ? "
                     "GROUP BY deletion_reason ORDER BY deletion_reason",
                     (lo, hi),
                 ),
-                "callbacks": await tx.all(
+                "callbacks": tx.all(
                     "SELECT b.callback_call_id, b.missed_call_id, b.window_seconds, b.overload, "
                     "b.linked_at, m.line, m.ended_at FROM callbacks b "
                     "JOIN calls m ON m.call_id = b.missed_call_id "

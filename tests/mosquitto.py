@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import random
 import shutil
 import signal
 import socket
@@ -49,12 +50,24 @@ requires_mosquitto = pytest.mark.skipif(
 )
 
 
+# Below Linux's ephemeral range (32768-60999): a client that keeps reconnecting to a port
+# in that range while nothing listens there can be given that very port as its own source
+# port and connect to itself (TCP simultaneous open), then wait for a broker that is itself.
+PORTS = range(20_000, 32_000)
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind((HOST, 0))
-        port: int = probe.getsockname()[1]
-        return port
+    """A TCP port on 127.0.0.1 that nothing listens on right now, outside the ephemeral range."""
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.choice(PORTS)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            try:
+                probe.bind((HOST, port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in {PORTS.start}-{PORTS.stop - 1} on {HOST}")
 
 
 def make_password_file(path: Path, users: dict[str, str]) -> Path:

@@ -15,14 +15,13 @@ import asyncio
 import json
 import os
 import signal
+import sqlite3
 import sys
 import threading
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
-
-import aiosqlite
 
 from flows.policy import Policy, Purpose
 from storage.ports import WithdrawalVia
@@ -50,13 +49,20 @@ def arm(kill_at: int) -> list[str]:
 
     for name in WATCHED:
         setattr(os, name, wrap(name, getattr(os, name)))
-    real_commit = aiosqlite.Connection.commit
 
-    async def commit(self: aiosqlite.Connection) -> None:
-        step("commit")
-        await real_commit(self)
+    # The ledger commits on aiosqlite's thread through the sqlite3 connection itself, whose
+    # methods cannot be replaced: every connection is made of a subclass that counts them.
+    class Watched(sqlite3.Connection):
+        def commit(self) -> None:
+            step("commit")
+            super().commit()
 
-    aiosqlite.Connection.commit = commit  # type: ignore[method-assign]
+    real_connect = sqlite3.connect
+
+    def connect(*args: Any, **kwargs: Any) -> sqlite3.Connection:
+        return real_connect(*args, **kwargs, factory=Watched)
+
+    sqlite3.connect = connect
     return steps
 
 

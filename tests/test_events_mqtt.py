@@ -16,11 +16,13 @@ import aiomqtt
 import pytest
 from mosquitto import Mosquitto, make_password_file, make_tls_files, requires_mosquitto
 
-from callrec.events import SCHEMA_VERSION, EventKind, MqttEvents
+from callrec.events import BROKER_TIMEOUT, SCHEMA_VERSION, EventKind, MqttEvents
 
 pytestmark = [pytest.mark.mqtt, requires_mosquitto]
 
-WAIT = 10.0  # seconds any single condition may take before the test fails
+# Seconds any single condition may take before the test fails: a connection attempt begun
+# while the broker was still starting may wait BROKER_TIMEOUT for its CONNACK first.
+WAIT = BROKER_TIMEOUT + 10.0
 NUMBER = "+38640404040"
 PSEUDONYM = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
 
