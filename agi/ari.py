@@ -76,6 +76,7 @@ CHANNEL_REQUIRED: Final = frozenset(
 )
 
 # (method, path template as in the Swagger, query/body parameters the client may send).
+RELEASE_POLL = 2.0  # seconds between looks whether another client let go of our app
 ENDPOINTS: tuple[tuple[str, str, frozenset[str]], ...] = (
     ("POST", "/channels/{channelId}/answer", frozenset()),
     ("POST", "/channels/{channelId}/play", frozenset({"media", "lang"})),
@@ -96,6 +97,9 @@ ENDPOINTS: tuple[tuple[str, str, frozenset[str]], ...] = (
         ),
     ),
     ("GET", "/asterisk/info", frozenset()),
+    ("GET", "/asterisk/variable", frozenset({"variable"})),
+    ("POST", "/asterisk/variable", frozenset({"variable", "value"})),
+    ("GET", "/applications/{applicationName}", frozenset()),
     ("GET", "/events", frozenset({"app", "subscribeAll"})),
 )
 _ALLOWED: Final = {(method, path): params for method, path, params in ENDPOINTS}
@@ -528,6 +532,25 @@ class AriClient:
         )
         return self._object_reply(reply, "originate")
 
+    async def get_global(self, name: str) -> str:
+        """A global dialplan variable ("" when it is not set)."""
+        reply = await self._request("GET", "/asterisk/variable", {}, {"variable": name})
+        return str(self._object_reply(reply, "variable").get("value", ""))
+
+    async def set_global(self, name: str, value: str) -> None:
+        await self._request("POST", "/asterisk/variable", {}, {"variable": name, "value": value})
+
+    async def application_registered(self) -> bool:
+        """Whether Asterisk has a Stasis application of our name (ours or another client's)."""
+        reply = await self._request(
+            "GET",
+            "/applications/{applicationName}",
+            {"applicationName": self._app},
+            accept={404},
+            gone=frozenset(),
+        )
+        return reply.status != 404
+
     async def ping(self) -> dict[str, Any]:
         """Asterisk's system information; raises AsteriskError when ARI is not usable."""
         return self._object_reply(await self._request("GET", "/asterisk/info", {}), "info")
@@ -696,11 +719,15 @@ class AriClient:
                 else:
                     log.info("ARI events: connected to %s as app %r", self._where, self._app)
                 attempts = 0
+                replaced = False
                 async for message in socket:
                     if message.type in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY):
                         event = self._decode_logged(message.data)
                         if event is not None:
                             yield event
+                            if event.type == "ApplicationReplaced":
+                                replaced = True
+                                break
                     elif message.type == aiohttp.WSMsgType.ERROR:
                         break
             finally:
@@ -711,6 +738,20 @@ class AriClient:
             lost = True
             if self._closing.is_set():
                 return
+            if replaced:
+                # Another client registered our application name and receives its calls;
+                # this socket hears nothing more, though it stays open and answers pings.
+                # Taking the name back at once would fight that client, so wait for it to
+                # go (Asterisk then destroys the application) and register again.
+                log.error(
+                    "ARI events: another client took Stasis application %r on %s (a second "
+                    "`callrec serve`, or `callrec replay --ari`?); new calls reach it, not "
+                    "this controller, until it disconnects",
+                    self._app,
+                    self._where,
+                )
+                await self._until_released()
+                continue
             lived = loop.time() - opened
             # A connection that closes at once counts as a failure: no hot loop against a
             # server that accepts and hangs up.
@@ -724,6 +765,22 @@ class AriClient:
                 delay,
             )
             await self._pause(delay)
+
+    async def _until_released(self) -> None:
+        """Return once Asterisk no longer has an application of our name (or when closed)."""
+        while not self._closing.is_set():
+            await self._pause(RELEASE_POLL)
+            try:
+                if not await self.application_registered():
+                    log.warning("ARI events: application %r is free again", self._app)
+                    return
+            except AsteriskError as error:
+                log.warning("ARI events: cannot see whether %r is free: %s", self._app, error)
+
+    @property
+    def connected(self) -> bool:
+        """Whether the events WebSocket is up and ours."""
+        return self._connected.is_set()
 
     async def wait_connected(self) -> None:
         """Return once the events WebSocket is up (Asterisk then knows the app, so that

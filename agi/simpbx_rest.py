@@ -440,12 +440,16 @@ class AriResources:
         playback.stop.set()
         return NO_CONTENT
 
+    # An application whose WebSocket has gone is not listed: Asterisk destroys it then (seen
+    # on a real one: a second client took `callrec` over, left, and GET /applications was []).
+
     async def _list_applications(self, params: dict[str, Any], path: dict[str, str]) -> Reply:
-        return Reply(200, [a.json() for a in self._switch().apps.values()])
+        apps = self._switch().apps.values()
+        return Reply(200, [a.json() for a in apps if a.sink is not None])
 
     async def _get_application(self, params: dict[str, Any], path: dict[str, str]) -> Reply:
         stasis_app = self._switch().apps.get(path["applicationName"])
-        if stasis_app is None:
+        if stasis_app is None or stasis_app.sink is None:
             return error_reply(404, "Application not found")
         return Reply(200, stasis_app.json())
 

@@ -24,24 +24,15 @@ from bench.sizes import Sizes
 from flows.errors import CallrecError
 from flows.policy import Policy
 from storage.db import ts
-from storage.sqlite import LEDGER_FILE, SqliteStore
+from storage.sqlite import LEDGER_FILE, MISSED_CALL_SQL, SqliteStore
 
 END = datetime(2025, 6, 2, 12, 0, tzinfo=UTC)  # the ledger's "now": fixed, so runs compare
 TARGET_P99 = 0.001  # seconds (issue 8)
 WARM_UP = 200  # look-ups run before timing, so that both sides start with warm caches
 
-# The statement `SqliteStore.find_missed_call` runs, verbatim: the baseline must use the same
+# The statement `SqliteStore.find_missed_call` runs, itself: the baseline must use the same
 # plan, which `plan` prints.
-LOOKUP_SQL = (
-    "SELECT c.call_id, c.line, c.legal_basis, c.decision, c.ended_at, "
-    "EXISTS (SELECT 1 FROM withdrawals w WHERE w.caller = c.customer "
-    "        AND w.registered_at >= c.decided_at) AS withdrawn "
-    "FROM calls c "
-    "WHERE c.customer = ? AND c.outcome = 'missed' AND c.direction = 'inbound' "
-    "AND c.ended_at >= ? AND c.line IS NOT NULL AND c.legal_basis IS NOT NULL "
-    "AND NOT EXISTS (SELECT 1 FROM callbacks b WHERE b.missed_call_id = c.call_id) "
-    "ORDER BY c.ended_at DESC LIMIT 1"
-)
+LOOKUP_SQL = MISSED_CALL_SQL
 
 
 @dataclass(frozen=True, slots=True)

@@ -165,6 +165,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.debug else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # aiosqlite logs every statement at DEBUG: --debug is for our own messages.
+    logging.getLogger("aiosqlite").setLevel(logging.INFO)
     try:
         settings = load_settings(args.config)
         return asyncio.run(dispatch(args, settings))

@@ -313,6 +313,10 @@ def _fresh_dir(settings: Settings, given: Path | None, prefix: str) -> Path:
         return given
     if os.environ.get("CALLREC_DATA_DIR"):
         return settings.data_dir
+    return _new_dir(prefix)
+
+
+def _new_dir(prefix: str) -> Path:
     return Path(tempfile.mkdtemp(prefix=prefix, dir=".")).absolute()
 
 
@@ -333,9 +337,11 @@ async def replay(settings: Settings, args: argparse.Namespace) -> int:
     live = None
     if args.ari:
         # A live Asterisk running asterisk-conf/ (with its test contexts); its MixMonitor
-        # spool must be this controller's spool_dir, so the store is the configured one.
+        # writes to the configured spool_dir. The ledger and store are a new directory, never
+        # the configured one: test calls dated by their scenarios would sit among callers'
+        # recordings, and the next sweep would delete them, audited as if they were real.
         live = LiveAsterisk(args.ari, settings.ari.user, settings.ari.password, settings.ari.app)
-        data_dir = args.data_dir or settings.data_dir
+        data_dir = args.data_dir or _new_dir("callrec-replay-")
     else:
         data_dir = _fresh_dir(settings, args.data_dir, "callrec-replay-")
     title = "callrec replay" + (f" against {args.ari}" if args.ari else "")

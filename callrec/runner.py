@@ -44,6 +44,9 @@ log = logging.getLogger("callrec.runner")
 CALL_TIMEOUT = 60.0  # seconds of wall time one scripted call may take at the demo's scale
 LIVE_CALL_TIMEOUT = 180.0  # a real call: the notice, the queue, the talk
 LIVE_SETUP_PAUSE = 1.0  # seconds for a queue membership change to run on the PBX
+# Globals of asterisk-conf/extensions.conf that make a live callback ring the test customer
+# instead of the trunk; the previous values are put back after the run.
+LIVE_TRUNK = {"CALLREC_TRUNK_TECH": "Local", "CALLREC_TRUNK": "callrec-test-customer/n"}
 
 
 @dataclass(slots=True)
@@ -100,6 +103,7 @@ async def harness(
     else:
         password = live.password
         client = AriClient(live.url, live.user, live.password, live.app)
+        await _refuse_a_taken_app(client, live)
         time_scale = 1.0  # a real PBX plays prompts in real time
     store = await SqliteStore.open(data_dir, policy, spool_dir=spool)
     deps = SessionDeps(
@@ -112,6 +116,8 @@ async def harness(
     )
     app = StasisApp(client, deps, policy, timer_scale=time_scale)
     task = asyncio.get_running_loop().create_task(app.run())
+    trunk: dict[str, str] = {}
+    h: Harness | None = None
     try:
         try:
             await asyncio.wait_for(client.wait_connected(), 10.0)
@@ -119,9 +125,18 @@ async def harness(
             raise CallrecError("the controller could not connect to ARI") from None
         h = Harness(policy, store, sim, client, app, clock, events, {}, data_dir, password)
         if live is not None:
+            # Callbacks ring the test customer (a Local channel), not the trunk.
+            trunk = {name: await client.get_global(name) for name in LIVE_TRUNK}
+            for name, value in LIVE_TRUNK.items():
+                await client.set_global(name, value)
             await _set_agents(h, present=True)
         yield h
     finally:
+        if live is not None and h is not None:
+            with contextlib.suppress(CallrecError):
+                await _set_agents(h, present=False)
+                for name, value in trunk.items():
+                    await client.set_global(name, value)
         await app.shutdown(grace=2.0)
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -130,6 +145,23 @@ async def harness(
         if sim is not None:
             await sim.stop()
         await store.close()
+
+
+async def _refuse_a_taken_app(client: AriClient, live: LiveAsterisk) -> None:
+    """A second client on the application name would take the calls of the one serving it
+    (Asterisk replaces the first), so a live run starts only where none is registered."""
+    try:
+        taken = await client.application_registered()
+    except CallrecError:
+        await client.close()
+        raise
+    if taken:
+        await client.close()
+        raise CallrecError(
+            f"Stasis application {live.app!r} is already registered on {live.url}: stop "
+            "`callrec serve` (or the other ARI client) first; a second client would take "
+            "its calls"
+        )
 
 
 async def _set_agents(h: Harness, *, present: bool) -> None:

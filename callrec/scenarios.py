@@ -133,6 +133,11 @@ def load_scenario(path: Path) -> Scenario:
             args = {"value": args}
         if not isinstance(args, Mapping):
             raise ConfigError(f"{where}: {kind} takes a mapping")
+        if "name" in args and not isinstance(args["name"], str):
+            # YAML 1.1 reads a bare yes, no, on or off as a boolean, and 1 as a number.
+            raise ConfigError(
+                f'{where}: name {args["name"]!r} is not text; quote it, e.g. name: "yes"'
+            )
         expect = raw.get("expect") or {}
         if not isinstance(expect, Mapping):
             raise ConfigError(f"{where}: expect takes a mapping")

@@ -181,6 +181,19 @@ def _remove_files(doomed: Sequence[_Doomed]) -> list[_Removal]:
     return removals
 
 
+# The newest missed inbound call of a customer since a time, not called back yet, and
+# whether a withdrawal by that customer came after its decision (the callback look-up).
+MISSED_CALL_SQL = (
+    "SELECT c.call_id, c.line, c.legal_basis, c.decision, c.ended_at, "
+    "EXISTS (SELECT 1 FROM withdrawals w WHERE w.caller = c.customer "
+    "        AND w.registered_at >= c.decided_at) AS withdrawn "
+    "FROM calls c "
+    "WHERE c.customer = ? AND c.outcome = 'missed' AND c.direction = 'inbound' "
+    "AND c.ended_at >= ? AND c.line IS NOT NULL AND c.legal_basis IS NOT NULL "
+    "AND NOT EXISTS (SELECT 1 FROM callbacks b WHERE b.missed_call_id = c.call_id) "
+    "ORDER BY c.ended_at DESC LIMIT 1"
+)
+
 # Consent recordings not deleted yet whose decision predates a withdrawal by their caller,
 # each with the earliest such withdrawal (the one it is deleted for).
 _WITHDRAWN_SQL = (
@@ -525,17 +538,7 @@ class SqliteStore:
         after = ts(since)
 
         def body(tx: Tx) -> sqlite3.Row | None:
-            return tx.one(
-                "SELECT c.call_id, c.line, c.legal_basis, c.decision, c.ended_at, "
-                "EXISTS (SELECT 1 FROM withdrawals w WHERE w.caller = c.customer "
-                "        AND w.registered_at >= c.decided_at) AS withdrawn "
-                "FROM calls c "
-                "WHERE c.customer = ? AND c.outcome = 'missed' AND c.direction = 'inbound' "
-                "AND c.ended_at >= ? AND c.line IS NOT NULL AND c.legal_basis IS NOT NULL "
-                "AND NOT EXISTS (SELECT 1 FROM callbacks b WHERE b.missed_call_id = c.call_id) "
-                "ORDER BY c.ended_at DESC LIMIT 1",
-                (number, after),
-            )
+            return tx.one(MISSED_CALL_SQL, (number, after))
 
         row = await self._db.read(body, "looking up a missed call")
         if row is None:

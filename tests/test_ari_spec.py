@@ -134,8 +134,10 @@ async def _answer(request: web.Request) -> web.StreamResponse:
     match request.method, segments:
         case "POST", [_, _, "play", *rest]:
             return web.json_response({"id": unquote(rest[0]) if rest else "pb-1"}, status=201)
-        case "GET", [_, _, "variable"]:
+        case "GET", [_, _, "variable"] | ["asterisk", "variable"]:
             return web.json_response({"value": "v"})
+        case "GET", ["applications", _]:
+            return web.json_response({"name": "callrec", "channel_ids": []})
         case "GET", ["channels"]:
             return web.json_response([])
         case "POST", ["channels"]:
@@ -208,6 +210,9 @@ async def test_every_request_the_client_sends_is_in_the_spec(
             timeout=30,
         )
         await client.ping()
+        assert await client.get_global("CALLREC_TRUNK") == "v"
+        await client.set_global("CALLREC_TRUNK", "callrec-test-customer/n")
+        assert await client.application_registered()
         events = client.events()
         async with asyncio.timeout(5):
             first = await anext(events)

@@ -13,6 +13,7 @@ import pytest
 
 from callrec.runner import harness, run_scenario
 from callrec.scenarios import load_scenario
+from flows.errors import ConfigError
 from flows.policy import Policy
 from storage.ports import RecordingStatus
 
@@ -65,3 +66,21 @@ async def test_refused_call_leaves_no_file_anywhere(tmp_path: Path) -> None:
         assert await h.store.recordings(include_deleted=True) == []
     wavs = list(tmp_path.rglob("*.wav"))
     assert wavs == []
+
+
+@pytest.mark.parametrize("name", ["yes", "no", "on", "1"])
+def test_a_call_name_yaml_reads_as_no_text_is_refused(name: str, tmp_path: Path) -> None:
+    """`name: yes` is a boolean in YAML 1.1: the loader says so instead of printing True."""
+    path = tmp_path / "bare.yaml"
+    path.write_text(
+        f'steps:\n  - call: {{name: {name}, dialed: "040 40 40 45", caller: "041 555 1"}}\n'
+    )
+    with pytest.raises(ConfigError, match="is not text; quote it"):
+        load_scenario(path)
+
+
+def test_every_call_name_in_the_scenarios_is_text() -> None:
+    """The shipped scenarios load, each call named by text."""
+    for path in SCENARIOS:
+        for step in load_scenario(path).steps:
+            assert isinstance(step.args.get("name", ""), str), step.where

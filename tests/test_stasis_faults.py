@@ -244,3 +244,36 @@ async def test_a_missing_notice_sound_never_records(tmp_path: Path) -> None:
         assert row.decision is Decision.NONE
         assert result.recorded_file is None
         assert result.answered_by_agent
+
+
+async def test_a_second_client_on_the_app_name_does_not_silence_the_controller(
+    tmp_path: Path,
+) -> None:
+    """Another client registers `callrec` (a second serve, a replay) and leaves: while it
+    holds the name its calls are not ours; once it has gone the controller takes the name back
+    and records the next caller who presses 1."""
+    async with harness(POLICY, tmp_path, time_scale=SCALE) as h:
+        assert await h.client.application_registered()
+        assert h.sim is not None
+        intruder = AriClient(h.sim.base_url, "callrec", h.sim_password, "callrec")
+        seen = []
+
+        async def listen() -> None:
+            async for item in intruder.events():
+                seen.append(item)
+
+        task = asyncio.get_running_loop().create_task(listen())
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 10
+        while h.client.connected:
+            assert loop.time() < deadline, "the controller never heard ApplicationReplaced"
+            await asyncio.sleep(0.01)
+        await intruder.close()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        while not h.client.connected:
+            assert loop.time() < deadline + 10, "the controller did not take the app back"
+            await asyncio.sleep(0.05)
+        result = await call(h, SERVICE, "041 555 230", PRESS_1)
+        assert await stored(h, (await finished(h, result)).call_id)
