@@ -31,7 +31,7 @@ from callrec.cli import (
 )
 from callrec.config import Settings
 from callrec.events import MqttEvents, NullEvents
-from callrec.runner import LiveAsterisk
+from callrec.runner import LiveAsterisk, refuse_a_taken_app
 from flows.errors import CallrecError
 from flows.policy import Purpose
 from prompts.catalog import load_catalog
@@ -341,6 +341,7 @@ async def replay(settings: Settings, args: argparse.Namespace) -> int:
         # the configured one: test calls dated by their scenarios would sit among callers'
         # recordings, and the next sweep would delete them, audited as if they were real.
         live = LiveAsterisk(args.ari, settings.ari.user, settings.ari.password, settings.ari.app)
+        await refuse_a_taken_app(live)  # before a data directory is made for nothing
         data_dir = args.data_dir or _new_dir("callrec-replay-")
     else:
         data_dir = _fresh_dir(settings, args.data_dir, "callrec-replay-")

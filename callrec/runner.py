@@ -102,8 +102,8 @@ async def harness(
         client = AriClient(await sim.start(), "callrec", password, "callrec")
     else:
         password = live.password
+        await refuse_a_taken_app(live)
         client = AriClient(live.url, live.user, live.password, live.app)
-        await _refuse_a_taken_app(client, live)
         time_scale = 1.0  # a real PBX plays prompts in real time
     store = await SqliteStore.open(data_dir, policy, spool_dir=spool)
     deps = SessionDeps(
@@ -147,16 +147,12 @@ async def harness(
         await store.close()
 
 
-async def _refuse_a_taken_app(client: AriClient, live: LiveAsterisk) -> None:
+async def refuse_a_taken_app(live: LiveAsterisk) -> None:
     """A second client on the application name would take the calls of the one serving it
     (Asterisk replaces the first), so a live run starts only where none is registered."""
-    try:
+    async with AriClient(live.url, live.user, live.password, live.app) as client:
         taken = await client.application_registered()
-    except CallrecError:
-        await client.close()
-        raise
     if taken:
-        await client.close()
         raise CallrecError(
             f"Stasis application {live.app!r} is already registered on {live.url}: stop "
             "`callrec serve` (or the other ARI client) first; a second client would take "
@@ -403,8 +399,12 @@ def _describe(
     recording: RecordingRow | None,
     h: Harness,
 ) -> None:
-    heard = ", ".join(leg.prompts_played) or "no prompt"
-    report.lines.append(f"heard: {heard}; keys: {''.join(leg.digits_sent) or '-'}")
+    if h.sim is None:  # a live PBX does not report what a channel heard: the ledger does
+        prompt = row.prompt if row is not None and row.prompt else "-"
+        report.lines.append(f"prompt of the decision (ledger): {prompt}")
+    else:
+        heard = ", ".join(leg.prompts_played) or "no prompt"
+        report.lines.append(f"heard: {heard}; keys: {''.join(leg.digits_sent) or '-'}")
     if row is None:
         report.lines.append("not handled by the controller (no ledger row)")
         return

@@ -140,6 +140,15 @@ class _Removal:
     problems: tuple[str, ...]
 
 
+@dataclass(frozen=True, slots=True)
+class _Removed:
+    """A batch whose files are gone (or could not go), its rows not yet marked deleted."""
+
+    targets: Sequence[_Target]
+    doomed: list[_Doomed]
+    removals: list[_Removal]
+
+
 def _remove_files(doomed: Sequence[_Doomed]) -> list[_Removal]:
     """Remove the copies and audio of `doomed` (blocking: one worker-thread job), then fsync
     each directory that lost a file, once, so that none of the names comes back."""
@@ -834,36 +843,55 @@ class SqliteStore:
         committed: a crash in between leaves rows whose files are gone, which the next
         sweep deletes again as "already absent". A recording whose audio could not be
         removed keeps its row (and is due again); the copies that did go are noted."""
-        by_id = {target.recording_id: target for target in targets}
+        ids = [target.recording_id for target in targets]
+        doomed = await self._db.read(lambda tx: self._doomed(tx, ids), "reading recordings")
+        removed = _Removed(targets, doomed, await asyncio.to_thread(_remove_files, doomed))
+        return await self._record_removed(removed, now, reason)
 
-        def read(tx: Tx) -> list[_Doomed]:
-            doomed = []
-            for recording_id in by_id:
-                row = tx.one(
-                    "SELECT * FROM recordings WHERE id = ? AND status != 'deleted'",
-                    (recording_id,),
-                )
-                if row is None:
-                    continue
-                copies = tx.all(
-                    "SELECT id, export_id, path FROM export_files WHERE deleted_at IS NULL AND "
-                    "export_id IN (SELECT export_id FROM export_files WHERE recording_id = ?)",
-                    (recording_id,),
-                )
-                audio = None if row["path"] is None else self._abs(row["path"])
-                doomed.append(_Doomed(row, audio, tuple(copies)))
-            return doomed
+    def _doomed(self, tx: Tx, ids: Sequence[str]) -> list[_Doomed]:
+        """The recordings of `ids` not deleted yet, with every live copy of an export that
+        holds them (an export goes as a whole)."""
+        if not ids:
+            return []
+        marks = ", ".join("?" * len(ids))
+        rows = tx.all(
+            f"SELECT * FROM recordings WHERE id IN ({marks}) AND status != 'deleted'",  # noqa: S608 - only placeholders are added
+            ids,
+        )
+        copies: dict[str, list[sqlite3.Row]] = {}
+        copies_sql = (
+            "SELECT g.recording_id AS of, f.id, f.export_id, f.path FROM export_files g "  # noqa: S608 - only placeholders are added
+            "JOIN export_files f ON f.export_id = g.export_id AND f.deleted_at IS NULL "
+            f"WHERE g.recording_id IN ({marks})"
+        )
+        for copy in tx.all(copies_sql, ids):
+            copies.setdefault(copy["of"], []).append(copy)
+        order = {recording_id: n for n, recording_id in enumerate(ids)}
+        return [
+            _Doomed(
+                row,
+                None if row["path"] is None else self._abs(row["path"]),
+                tuple(copies.get(row["id"], ())),
+            )
+            for row in sorted(rows, key=lambda row: order[row["id"]])
+        ]
 
-        doomed = await self._db.read(read, "reading recordings to delete")
+    async def _record_removed(
+        self, removed: _Removed, now: datetime, reason: str
+    ) -> dict[str, str | None]:
+        """Commit the deletions whose files are gone (one write transaction, an audit entry
+        each); each target's problem line, or None."""
+        by_id = {target.recording_id: target for target in removed.targets}
         outcome: dict[str, str | None] = dict.fromkeys(by_id)
-        if not doomed:
+        if not removed.doomed:
             return outcome
-        removals = await asyncio.to_thread(_remove_files, doomed)
-        copies_gone = [c for removal in removals for c in removal.copies_removed]
+        pairs = list(zip(removed.doomed, removed.removals, strict=True))
+        copies_gone = [c for removal in removed.removals for c in removal.copies_removed]
+        when = ts(now)
 
         def body(tx: Tx) -> None:
             self._mark_copies_in(tx, copies_gone, now)
-            for item, removal in zip(doomed, removals, strict=True):
+            for item, removal in pairs:
                 if removal.file_state is None:
                     continue  # the audio is still there: the row stays, due again
                 row, target = item.row, by_id[item.row["id"]]
@@ -871,7 +899,7 @@ class SqliteStore:
                     "UPDATE recordings SET status = 'deleted', deleted_at = ?, "
                     "deletion_reason = ?, withdrawal_id = ?, path = NULL, caller = NULL, "
                     "dialed = NULL, customer = NULL WHERE id = ? AND status != 'deleted'",
-                    (ts(now), reason, target.withdrawal_id, target.recording_id),
+                    (when, reason, target.withdrawal_id, target.recording_id),
                 )
                 if changed == 0:
                     continue
@@ -901,13 +929,14 @@ class SqliteStore:
                     },
                 )
 
+        first = removed.targets[0].recording_id
         what = (
-            f"deleting recording {targets[0].recording_id}"
-            if len(targets) == 1
-            else f"deleting {len(doomed)} recordings"
+            f"deleting recording {first}"
+            if len(removed.targets) == 1
+            else f"deleting {len(removed.doomed)} recordings"
         )
         await self._db.write(body, what)
-        for item, removal in zip(doomed, removals, strict=True):
+        for item, removal in pairs:
             outcome[item.row["id"]] = "; ".join(removal.problems) if removal.problems else None
         return outcome
 
@@ -1025,40 +1054,63 @@ class SqliteStore:
     async def sweep(self, now: datetime, *, dry_run: bool = False) -> SweepReport:
         when = ts(now)
 
-        def due(after: tuple[str, str]) -> Callable[[Tx], list[sqlite3.Row]]:
-            def page(tx: Tx) -> list[sqlite3.Row]:
-                return tx.all(
+        def page(after: tuple[str, str]) -> Callable[[Tx], tuple[list[str], list[_Doomed]]]:
+            # Pages in (delete_after, id) order, each after the last: memory stays flat
+            # however many are due, and a recording that cannot be deleted is not met again.
+            def body(tx: Tx) -> tuple[list[str], list[_Doomed]]:
+                rows = tx.all(
                     "SELECT id, delete_after FROM recordings WHERE status != 'deleted' "
                     "AND delete_after <= ? AND (delete_after, id) > (?, ?) "
                     "ORDER BY delete_after, id LIMIT ?",
                     (when, *after, SWEEP_BATCH),
                 )
+                if rows:
+                    after_page[0] = (rows[-1]["delete_after"], rows[-1]["id"])
+                ids = [row["id"] for row in rows]
+                return ids, ([] if dry_run else self._doomed(tx, ids))
 
-            return page
+            return body
 
+        after_page = [("", "")]
         deleted: list[str] = []
         problems: list[str] = []
+
+        def tally(outcome: dict[str, str | None]) -> None:
+            for recording_id, problem in outcome.items():
+                if problem is None:
+                    deleted.append(recording_id)
+                else:
+                    problems.append(problem)
+
         async with self._files:
-            # Pages in (delete_after, id) order, each after the last: memory stays flat
-            # however many are due, and a recording that cannot be deleted is not met again.
-            after = ("", "")
-            while rows := await self._db.read(due(after), "listing due recordings"):
-                after = (rows[-1]["delete_after"], rows[-1]["id"])
-                ids = [row["id"] for row in rows]
+            # Pipelined: while batch k's files are removed (a worker thread), batch k-1's
+            # rows are committed (the ledger's thread). Each batch still commits only after
+            # its own files are gone and their directories fsync'd.
+            committing: asyncio.Task[dict[str, str | None]] | None = None
+            previous: _Removed | None = None
+            while True:
+                ids, doomed = await self._db.read(page(after_page[0]), "listing due recordings")
                 if dry_run:
+                    if not ids:
+                        return SweepReport(tuple(deleted), True, now)
                     deleted += ids
                     continue
-                outcome = await self._delete_batch(
-                    [_Target(recording_id, None) for recording_id in ids], now, "retention"
-                )
-                for recording_id in ids:
-                    problem = outcome[recording_id]
-                    if problem is None:
-                        deleted.append(recording_id)
-                    else:
-                        problems.append(problem)
-            if dry_run:
-                return SweepReport(tuple(deleted), True, now)
+                if previous is not None:
+                    committing = asyncio.create_task(
+                        self._record_removed(previous, now, "retention")
+                    )
+                if not ids:
+                    break
+                targets = [_Target(recording_id, None) for recording_id in ids]
+                try:
+                    removals = await asyncio.to_thread(_remove_files, doomed)
+                finally:
+                    if committing is not None:
+                        tally(await committing)
+                        committing = None
+                previous = _Removed(targets, doomed, removals)
+            if committing is not None:
+                tally(await committing)
             problems += await self._retry_copies(now)
             _, withdrawal_problems = await self._enforce_withdrawals(now, everyone=True)
             problems += withdrawal_problems

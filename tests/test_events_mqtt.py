@@ -16,13 +16,11 @@ import aiomqtt
 import pytest
 from mosquitto import Mosquitto, make_password_file, make_tls_files, requires_mosquitto
 
-from callrec.events import BROKER_TIMEOUT, SCHEMA_VERSION, EventKind, MqttEvents
+from callrec.events import SCHEMA_VERSION, EventKind, MqttEvents
 
 pytestmark = [pytest.mark.mqtt, requires_mosquitto]
 
-# Seconds any single condition may take before the test fails: a connection attempt begun
-# while the broker was still starting may wait BROKER_TIMEOUT for its CONNACK first.
-WAIT = BROKER_TIMEOUT + 10.0
+WAIT = 10.0  # seconds any single condition may take before the test fails
 NUMBER = "+38640404040"
 PSEUDONYM = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
 
@@ -155,6 +153,12 @@ async def test_start_returns_with_the_broker_down_and_delivers_once_it_is_up(
 ) -> None:
     """With no broker, `start()` returns, events wait in the queue, and arrive once it starts."""
     broker = Mosquitto(tmp_path / "broker")
+    # The subscriber's persistent session exists before the sink can reach the broker: the
+    # sink reconnects within 0.2 s of the start, perhaps before a new subscriber would have
+    # subscribed, and the broker keeps QoS 1 messages only for sessions it knows.
+    with broker:
+        async with collecting(broker):
+            pass
     sink = MqttEvents(broker.url, backoff_max=0.2)
     async with running(sink):
         assert not sink.connected
@@ -164,11 +168,11 @@ async def test_start_returns_with_the_broker_down_and_delivers_once_it_is_up(
         await asyncio.sleep(0.3)  # a few refused attempts: the queue must survive them
         assert (sink.queued, sink.published, sink.connected) == (3, 0, False)
         with broker:
+            await eventually(lambda: sink.published == 3, "3 acknowledged")
+            assert sink.connected
             async with collecting(broker) as collector:
                 bodies = await collector.wait_for(3)
-                await eventually(lambda: sink.connected, "connected")
             assert [body["call_id"] for body in bodies] == ["c0", "c1", "c2"]
-            await eventually(lambda: sink.published == 3, "3 acknowledged")
 
 
 async def test_a_full_queue_delivers_the_newest_events(tmp_path: Path) -> None:

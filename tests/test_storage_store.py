@@ -37,7 +37,7 @@ from storage.ports import (
     WithdrawalVia,
 )
 from storage.schema import MIGRATIONS, migrate
-from storage.sqlite import SqliteStore
+from storage.sqlite import SWEEP_BATCH, SqliteStore
 
 
 @pytest.fixture
@@ -340,6 +340,40 @@ async def test_sweep_deletes_on_time_with_every_copy(
     assert entry.details["sha256"] == row.sha256 and entry.details["reason"] == "retention"
     assert entry.details["copies_removed"] == "2"  # the audio copy and the manifest
     assert (await store.sweep(row.delete_after + timedelta(hours=1))).deleted == ()
+    assert await store.recordings() == []
+    assert (await store.verify()).ok
+
+
+async def test_sweep_over_several_batches_deletes_all_but_the_stuck_one(
+    store: SqliteStore, spool: Path
+) -> None:
+    """More recordings than one batch holds, made minutes apart: all go in one sweep, in
+    the order they fell due, except one whose file cannot be removed (here a directory
+    stands in its place), which stays stored, is reported, and goes at the next sweep."""
+    rows = []
+    for n in range(SWEEP_BATCH * 2 + 7):
+        call_id, source = await record_call(store, spool, at=T0 + timedelta(minutes=n))
+        row = await store.ingest(call_id, source, T0 + timedelta(minutes=n))
+        assert row is not None and row.path is not None
+        rows.append(row)
+    stuck = rows[SWEEP_BATCH + 3]
+    assert stuck.path is not None
+    Path(stuck.path).unlink()
+    Path(stuck.path).mkdir()
+    (Path(stuck.path) / "keep").write_bytes(b"x")
+    due = rows[-1].delete_after
+    result = await store.sweep(due)
+    assert list(result.deleted) == [r.id for r in rows if r is not stuck]
+    assert len(result.problems) == 1 and stuck.id in result.problems[0]
+    assert all(not Path(str(r.path)).exists() for r in rows if r is not stuck)
+    left = await store.recordings()
+    assert [r.id for r in left] == [stuck.id] and left[0].status is RecordingStatus.STORED
+    deletions = [e for e in await store.audit_entries() if e.action == "recording.deleted"]
+    assert len(deletions) == len(rows) - 1
+    (Path(stuck.path) / "keep").unlink()
+    Path(stuck.path).rmdir()
+    again = await store.sweep(due)
+    assert again.deleted == (stuck.id,) and again.problems == ()
     assert await store.recordings() == []
     assert (await store.verify()).ok
 
