@@ -561,7 +561,8 @@ class FastAgiServer:
             log.warning("call %s went on without its id on the channel", session.call_id)
         else:
             await session.hung_up()
-        await finish_call(session.call_id, Outcome.ABANDONED_IN_PROMPT, self._deps)
+        if await session.in_ledger():
+            await finish_call(session.call_id, Outcome.ABANDONED_IN_PROMPT, self._deps)
 
     async def _release(self, channel: AgiChannel) -> None:
         """No session: the call goes on unrecorded."""

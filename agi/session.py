@@ -87,24 +87,35 @@ class CallSession:
         self.continued = False
         self.decision_committed = False
         self.ended = False
+        self._in_ledger: asyncio.Task[bool] | None = None
 
     @property
     def decision(self) -> Decision:
         return self.flow.decision
 
     async def begin(self, first: Event) -> None:
-        """Record the call in the ledger, then feed the flow its first event. A ledger that
-        cannot take the call means no decision can be committed: the caller goes on to an
-        agent, unrecorded."""
+        """Record the call in the ledger while the flow answers and plays: the notice does
+        not wait for a disk. The decision does: a call the ledger did not take can have none
+        committed (CommitFailed), so it goes on to an agent, unrecorded."""
+        self._in_ledger = asyncio.get_running_loop().create_task(self._record_start())
+        await self.feed(first)
+
+    async def _record_start(self) -> bool:
         try:
             await self.deps.ledger.start_call(self.start)
         except StorageError as error:
             log.error(
                 "call %s: ledger refused the call (%s); going on unrecorded", self.call_id, error
             )
-            await self._release_unrecorded()
-            return
-        await self.feed(first)
+            return False
+        return True
+
+    async def in_ledger(self) -> bool:
+        """Whether the ledger holds the call (waiting for its start to be recorded)."""
+        if self._in_ledger is None:
+            return False
+        # Shielded: a cancelled caller must not cancel the write others wait for.
+        return await asyncio.shield(self._in_ledger)
 
     async def feed(self, event: Event) -> None:
         pending: deque[Event] = deque([event])
@@ -190,6 +201,8 @@ class CallSession:
             window=command.window,
             overload=command.overload,
         )
+        if not await self.in_ledger():
+            return CommitFailed("the ledger did not take the call")
         try:
             await self.deps.ledger.commit_decision(record)
         except StorageError as error:

@@ -359,7 +359,8 @@ class StasisApp:
             # header means MixMonitor(...,b) saw a bridge, i.e. an agent took the call.
             call.observer.answered = await asyncio.to_thread(_has_audio, session.recording_file)
         outcome = call.observer.outcome()
-        await finish_call(session.call_id, outcome, self._deps)
+        if await session.in_ledger():
+            await finish_call(session.call_id, outcome, self._deps)
 
     async def _release(self, channel_id: str) -> None:
         """No session: the caller goes on unrecorded (never recorded by default). A channel

@@ -8,14 +8,17 @@ import contextlib
 from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
+from typing import Any, cast
 
 from agi.ari import AriClient
 from agi.session import SessionDeps
 from agi.simpbx import CallerScript, CallResult
 from agi.stasis import StasisApp
 from callrec.runner import Harness, harness
+from flows.errors import StoreFullError
 from flows.policy import Decision, Policy
-from storage.ports import CallRow, RecordingStatus
+from storage.ports import CallRow, CallStart, Ledger, RecordingStatus
+from storage.sqlite import SqliteStore
 
 POLICY = replace(Policy(), overload_window=timedelta(hours=3))
 SCALE = 0.02
@@ -277,3 +280,53 @@ async def test_a_second_client_on_the_app_name_does_not_silence_the_controller(
             await asyncio.sleep(0.05)
         result = await call(h, SERVICE, "041 555 230", PRESS_1)
         assert await stored(h, (await finished(h, result)).call_id)
+
+
+class _RefusingLedger:
+    """The store, except that it cannot take a new call (a full disk, a locked file)."""
+
+    def __init__(self, store: SqliteStore) -> None:
+        self._store = store
+        self.refused = 0
+
+    async def start_call(self, call: CallStart) -> None:
+        self.refused += 1
+        raise StoreFullError("no space left for the ledger (injected)")
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+
+async def test_a_call_the_ledger_cannot_take_goes_on_unrecorded(tmp_path: Path) -> None:
+    """The ledger refuses the call's start: the caller still hears the question and reaches
+    an agent after pressing 1, but no decision is committed and nothing records."""
+    async with harness(POLICY, tmp_path, time_scale=SCALE) as h:
+        assert h.sim is not None
+        _crash(h)
+        await h.client.close()
+        ledger = _RefusingLedger(h.store)
+        client = AriClient(h.sim.base_url, "callrec", h.sim_password, "callrec")
+        deps = SessionDeps(
+            ledger=cast(Ledger, ledger),
+            store=h.store,
+            clock=h.clock,
+            events=h.events,
+            spool_dir=tmp_path / "spool",
+            prompt_versions={},
+        )
+        app = StasisApp(client, deps, POLICY, timer_scale=SCALE)
+        task = asyncio.create_task(app.run())
+        try:
+            await asyncio.wait_for(client.wait_connected(), 10)
+            result = await call(h, SERVICE, "041 555 231", PRESS_1)
+            assert ledger.refused == 1
+            assert "callrec-consent-question" in result.prompts_played
+            assert result.recorded_file is None
+            assert result.variables.get("CALLREC_RECORD") == "no"
+            assert result.answered_by_agent  # refusing to record never costs the call
+            assert await h.store.recordings(include_deleted=True) == []
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            await client.close()
