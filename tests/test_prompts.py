@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import pytest
 import soundfile
+from reference import SEED
 
 from flows.errors import ConfigError
 from flows.policy import DEFAULT_LINES
@@ -32,7 +33,6 @@ from prompts.generate import (
 
 ROOT = Path(__file__).resolve().parent.parent
 PROMPTS = ROOT / "prompts"
-SEED = ROOT.parent / "shared" / "seeds" / "000_96e1788f19e7bfa5.txt"
 
 # The texts as the operator's notice has them (POLICY.md sections 1 and 2), and the two short
 # prompts of the consent flow. A copy here, so that a changed text file fails even without
