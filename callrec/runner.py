@@ -135,7 +135,8 @@ async def harness(
         if live is not None and h is not None:
             with contextlib.suppress(CallrecError):
                 await _set_agents(h, present=False)
-                for name, value in trunk.items():
+            for name, value in trunk.items():
+                with contextlib.suppress(CallrecError):
                     await client.set_global(name, value)
         await app.shutdown(grace=2.0)
         task.cancel()

@@ -890,7 +890,8 @@ class SqliteStore:
         when = ts(now)
 
         def body(tx: Tx) -> None:
-            self._mark_copies_in(tx, copies_gone, now)
+            if copies_gone:
+                self._mark_copies_in(tx, copies_gone, now)
             for item, removal in pairs:
                 if removal.file_state is None:
                     continue  # the audio is still there: the row stays, due again
