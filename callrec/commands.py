@@ -31,6 +31,7 @@ from callrec.cli import (
 )
 from callrec.config import Settings
 from callrec.events import MqttEvents, NullEvents
+from callrec.progress import ProgressBar
 from callrec.runner import LiveAsterisk, refuse_a_taken_app
 from flows.errors import CallrecError
 from flows.policy import Purpose
@@ -396,14 +397,18 @@ async def recordings(settings: Settings, args: argparse.Namespace) -> int:
                     purpose = Purpose(args.purpose)
                 except ValueError:
                     raise CallrecError(f"--purpose: unknown purpose {args.purpose!r}") from None
-                path = await store.export(list(args.ids), args.to, purpose, args.by, now)
+                with ProgressBar("export") as bar:
+                    path = await store.export(
+                        list(args.ids), args.to, purpose, args.by, now, progress=bar
+                    )
                 if args.json:
                     print_json({"export": path})
                 else:
                     print(f"exported {len(args.ids)} recording(s) to {path}")
                 return EXIT_OK
             case "verify":
-                result = await store.verify()
+                with ProgressBar("verify") as bar:
+                    result = await store.verify(progress=bar)
                 if args.json:
                     print_json(
                         {
@@ -474,7 +479,8 @@ async def withdraw(settings: Settings, args: argparse.Namespace, caller: str, no
 
 async def sweep(settings: Settings, args: argparse.Namespace, now: datetime) -> int:
     async with open_store(settings) as store, command_events(settings) as events:
-        result = await store.sweep(now, dry_run=args.dry_run)
+        with ProgressBar("sweep") as bar:
+            result = await store.sweep(now, dry_run=args.dry_run, progress=bar)
         publish_sweep(events, result)
     if args.json:
         print_json(result)

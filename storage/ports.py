@@ -11,6 +11,7 @@ All datetimes are timezone-aware UTC. Phone numbers are E.164 or None (anonymous
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -168,6 +169,10 @@ class AuditEntry:
     hash: str = ""
 
 
+# Told (items done, items in all) as a long operation goes: the command line draws a bar.
+Progress = Callable[[int, int], None]
+
+
 class Ledger(Protocol):
     """What a live call needs from the store."""
 
@@ -201,7 +206,9 @@ class RecordingStore(Protocol):
         """Move a finished MixMonitor file into the store. None when the call has no
         committed RECORD decision (the file is then deleted and audited, never kept)."""
 
-    async def sweep(self, now: datetime, *, dry_run: bool = False) -> SweepReport: ...
+    async def sweep(
+        self, now: datetime, *, dry_run: bool = False, progress: Progress | None = None
+    ) -> SweepReport: ...
 
     async def withdraw(
         self,
@@ -216,10 +223,17 @@ class RecordingStore(Protocol):
         """The audio's path, logged; `AccessRefused` when the purpose does not fit."""
 
     async def export(
-        self, recording_ids: list[str], dest: Path, purpose: Purpose, who: str, now: datetime
+        self,
+        recording_ids: list[str],
+        dest: Path,
+        purpose: Purpose,
+        who: str,
+        now: datetime,
+        *,
+        progress: Progress | None = None,
     ) -> Path: ...
 
-    async def verify(self) -> VerifyReport: ...
+    async def verify(self, *, progress: Progress | None = None) -> VerifyReport: ...
 
     async def reconcile(self, spool: Path, now: datetime) -> ReconcileReport: ...
 

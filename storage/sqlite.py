@@ -79,6 +79,7 @@ from storage.ports import (
     CallStart,
     DecisionRecord,
     MissedCall,
+    Progress,
     ReconcileReport,
     RecordingRow,
     RecordingStatus,
@@ -147,6 +148,10 @@ class _Removed:
     targets: Sequence[_Target]
     doomed: list[_Doomed]
     removals: list[_Removal]
+
+
+def _silent(done: int, total: int) -> None:
+    """Progress nobody watches."""
 
 
 def _remove_files(doomed: Sequence[_Doomed]) -> list[_Removal]:
@@ -1052,8 +1057,11 @@ class SqliteStore:
 
     # ------------------------------------------------------------------ sweep
 
-    async def sweep(self, now: datetime, *, dry_run: bool = False) -> SweepReport:
+    async def sweep(
+        self, now: datetime, *, dry_run: bool = False, progress: Progress | None = None
+    ) -> SweepReport:
         when = ts(now)
+        tell = progress or _silent
 
         def page(after: tuple[str, str]) -> Callable[[Tx], tuple[list[str], list[_Doomed]]]:
             # Pages in (delete_after, id) order, each after the last: memory stays flat
@@ -1082,8 +1090,20 @@ class SqliteStore:
                     deleted.append(recording_id)
                 else:
                     problems.append(problem)
+            tell(len(deleted) + len(problems), total)
 
         async with self._files:
+            total = await self._db.read(
+                lambda tx: int(
+                    tx.all(
+                        "SELECT COUNT(*) FROM recordings WHERE status != 'deleted' "
+                        "AND delete_after <= ?",
+                        (when,),
+                    )[0][0]
+                ),
+                "counting due recordings",
+            )
+            tell(0, total)
             # Pipelined: while batch k's files are removed (a worker thread), batch k-1's
             # rows are committed (the ledger's thread). Each batch still commits only after
             # its own files are gone and their directories fsync'd.
@@ -1095,6 +1115,7 @@ class SqliteStore:
                     if not ids:
                         return SweepReport(tuple(deleted), True, now)
                     deleted += ids
+                    tell(len(deleted), total)
                     continue
                 if previous is not None:
                     committing = asyncio.create_task(
@@ -1373,7 +1394,14 @@ class SqliteStore:
         await self._db.write(body, "logging a refused access")
 
     async def export(
-        self, recording_ids: list[str], dest: Path, purpose: Purpose, who: str, now: datetime
+        self,
+        recording_ids: list[str],
+        dest: Path,
+        purpose: Purpose,
+        who: str,
+        now: datetime,
+        *,
+        progress: Progress | None = None,
     ) -> Path:
         """Copy the recordings and a `manifest.json` (metadata, SHA-256, their audit entries)
         into a new directory under `dest`; every file is registered as a copy first, so
@@ -1421,8 +1449,9 @@ class SqliteStore:
             await self._db.write(register, "registering an export")
             try:
                 await self._write_export(
-                    export_id, folder, targets, manifest_path, wanted, person, now
-                )
+                    export_id, folder, targets, manifest_path, wanted, person, now,
+                    progress or _silent,
+                )  # fmt: skip
             except BaseException:
                 await self._abandon_export(export_id, now)
                 raise
@@ -1437,10 +1466,12 @@ class SqliteStore:
         purpose: Purpose,
         who: str,
         now: datetime,
+        tell: Progress,
     ) -> None:
         await self._in_thread(f"creating {folder}", files.private_dir, folder)
         entries: list[dict[str, Any]] = []
-        for row, path in targets:
+        tell(0, len(targets))
+        for copied, (row, path) in enumerate(targets, start=1):
             assert row.path is not None
             digest, size = await self._in_thread(
                 f"copying recording {row.id}", files.copy_durably, Path(row.path), path
@@ -1450,6 +1481,7 @@ class SqliteStore:
                     f"recording {row.id} no longer matches its SHA-256 in the ledger: "
                     "not exported (run `callrec recordings verify`)"
                 )
+            tell(copied, len(targets))
             audit = await self.audit_entries(subject=row.id)
             audit += await self.audit_entries(subject=row.call_id)
             audit.sort(key=lambda entry: entry.seq)
@@ -1551,11 +1583,26 @@ class SqliteStore:
 
     # ------------------------------------------------------------------ verify
 
-    async def verify(self) -> VerifyReport:
+    async def verify(self, *, progress: Progress | None = None) -> VerifyReport:
+        tell = progress or _silent
         problems: list[str] = []
         checked = 0
         last = 0
         chain: list[tuple[AuditEntry, str]] = []
+
+        def count(tx: Tx) -> int:
+            return sum(
+                int(tx.all(sql)[0][0])
+                for sql in (
+                    "SELECT COUNT(*) FROM audit",
+                    "SELECT COUNT(*) FROM recordings WHERE status IN ('stored', 'missing')",
+                    "SELECT COUNT(*) FROM export_files f JOIN exports e ON e.export_id = "
+                    "f.export_id WHERE f.deleted_at IS NULL AND e.state = 'done'",
+                )
+            )
+
+        total = await self._db.read(count, "counting what to verify")
+        tell(0, total)
         while True:
 
             def batch(tx: Tx, after: int = last) -> list[sqlite3.Row]:
@@ -1573,6 +1620,7 @@ class SqliteStore:
                     chain.append((entry, body))
                 last = int(row["seq"])
                 checked += 1
+            tell(checked, total)
         problems += chain_problems(chain)
 
         def state(tx: Tx) -> tuple[list[sqlite3.Row], ...]:
@@ -1604,10 +1652,12 @@ class SqliteStore:
             problems += await self._check_file(
                 f"recording {row['id']}", path, row["sha256"], row["size"]
             )
+            tell(checked, total)
         for row in copies:
             checked += 1
             what = f"export copy of {row['recording_id']}" if row["recording_id"] else "manifest"
             problems += await self._check_file(what, Path(row["path"]), row["sha256"], None)
+            tell(checked, total)
         for row in pending:
             known.add(self._abs(row["dest"]))
             problems.append(f"call {row['call_id']}: ingest not finished (reconcile finishes it)")
