@@ -75,8 +75,9 @@ CHANNEL_REQUIRED: Final = frozenset(
     {"StasisStart", "StasisEnd", "ChannelDtmfReceived", "ChannelHangupRequest", "ChannelDestroyed"}
 )
 
-# (method, path template as in the Swagger, query/body parameters the client may send).
 RELEASE_POLL = 2.0  # seconds between looks whether another client let go of our app
+
+# (method, path template as in the Swagger, query/body parameters the client may send).
 ENDPOINTS: tuple[tuple[str, str, frozenset[str]], ...] = (
     ("POST", "/channels/{channelId}/answer", frozenset()),
     ("POST", "/channels/{channelId}/play", frozenset({"media", "lang"})),

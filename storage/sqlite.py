@@ -1063,24 +1063,25 @@ class SqliteStore:
         when = ts(now)
         tell = progress or _silent
 
-        def page(after: tuple[str, str]) -> Callable[[Tx], tuple[list[str], list[_Doomed]]]:
+        Key = tuple[str, str]  # (delete_after, id) of the last recording of a page
+
+        def page(after: Key) -> Callable[[Tx], tuple[list[str], Key, list[_Doomed]]]:
             # Pages in (delete_after, id) order, each after the last: memory stays flat
             # however many are due, and a recording that cannot be deleted is not met again.
-            def body(tx: Tx) -> tuple[list[str], list[_Doomed]]:
+            def body(tx: Tx) -> tuple[list[str], Key, list[_Doomed]]:
                 rows = tx.all(
                     "SELECT id, delete_after FROM recordings WHERE status != 'deleted' "
                     "AND delete_after <= ? AND (delete_after, id) > (?, ?) "
                     "ORDER BY delete_after, id LIMIT ?",
                     (when, *after, SWEEP_BATCH),
                 )
-                if rows:
-                    after_page[0] = (rows[-1]["delete_after"], rows[-1]["id"])
+                last = (rows[-1]["delete_after"], rows[-1]["id"]) if rows else after
                 ids = [row["id"] for row in rows]
-                return ids, ([] if dry_run else self._doomed(tx, ids))
+                return ids, last, ([] if dry_run else self._doomed(tx, ids))
 
             return body
 
-        after_page = [("", "")]
+        after: Key = ("", "")
         deleted: list[str] = []
         problems: list[str] = []
 
@@ -1110,7 +1111,7 @@ class SqliteStore:
             committing: asyncio.Task[dict[str, str | None]] | None = None
             previous: _Removed | None = None
             while True:
-                ids, doomed = await self._db.read(page(after_page[0]), "listing due recordings")
+                ids, after, doomed = await self._db.read(page(after), "listing due recordings")
                 if dry_run:
                     if not ids:
                         return SweepReport(tuple(deleted), True, now)
