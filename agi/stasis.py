@@ -239,7 +239,7 @@ class StasisApp:
             self._stasis_start(event, channel_id)
             return
         if event.type.startswith("Playback") and event.playback_id is not None:
-            call = self._call_of_playback(event.playback_id)
+            call = self._call_of_playback(event.playback_id, channel_id)
             if call is not None and event.type == "PlaybackFinished":
                 token = call.playbacks.pop(event.playback_id)
                 # "failed": a missing sound, or the channel going away. Either way the
@@ -269,7 +269,12 @@ class StasisApp:
             case _:
                 pass
 
-    def _call_of_playback(self, playback_id: str) -> _Call | None:
+    def _call_of_playback(self, playback_id: str, channel_id: str | None) -> _Call | None:
+        """The call that started `playback_id`: the one on the playback's target channel,
+        else (a target that is not a channel we know) any call that started it."""
+        call = self._calls.get(channel_id or "")
+        if call is not None and playback_id in call.playbacks:
+            return call
         for call in self._calls.values():
             if playback_id in call.playbacks:
                 return call
