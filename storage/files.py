@@ -184,6 +184,57 @@ def unlink(path: Path) -> bool:
     return True
 
 
+class Unlinker:
+    """Removes many files that share few directories (a sweep's batch): each directory is
+    opened once and its names are removed relative to it (`unlinkat`, as `find -delete`
+    does, instead of walking the whole path for every file); `sync` then fsyncs, once, each
+    directory that lost a name. Not durable before `sync`. Use as a context manager."""
+
+    def __init__(self) -> None:
+        self._fds: dict[Path, int | None] = {}  # None: the directory is gone
+        self.touched: set[Path] = set()  # directories that lost a name
+
+    def __enter__(self) -> Unlinker:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for fd in self._fds.values():
+            if fd is not None:
+                os.close(fd)
+        self._fds.clear()
+
+    def unlink(self, path: Path) -> bool:
+        """As `unlink`: False when `path` was already gone; raises OSError otherwise."""
+        fd = self._dir(path.parent)
+        if fd is None:
+            return False
+        try:
+            os.unlink(path.name, dir_fd=fd)
+        except FileNotFoundError:
+            return False
+        self.touched.add(path.parent)
+        return True
+
+    def sync(self) -> None:
+        for directory in sorted(self.touched):
+            fd = self._fds.get(directory)
+            with contextlib.suppress(FileNotFoundError):
+                if fd is None:
+                    fsync_dir(directory)
+                else:
+                    os.fsync(fd)
+
+    def _dir(self, directory: Path) -> int | None:
+        if directory not in self._fds:
+            try:
+                self._fds[directory] = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+            except OSError as error:
+                if error.errno not in (errno.ENOENT, errno.ENOTDIR):
+                    raise
+                self._fds[directory] = None
+        return self._fds[directory]
+
+
 def remove(path: Path) -> bool:
     """Delete `path` durably; False when it was already gone. Raises OSError otherwise."""
     if not unlink(path):

@@ -1,0 +1,58 @@
+"""`files.Unlinker`: the sweep's way of removing many files from few directories."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from storage import files
+
+
+def _make(path: Path, data: bytes = b"RIFF") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path
+
+
+def test_removes_files_in_several_directories_and_reports_what_was_there(tmp_path: Path) -> None:
+    day1 = [_make(tmp_path / "2025" / "01" / "01" / f"{k}.wav") for k in range(3)]
+    day2 = [_make(tmp_path / "2025" / "01" / "02" / f"{k}.wav") for k in range(2)]
+    keep = _make(tmp_path / "2025" / "01" / "01" / "keep.wav")
+    with files.Unlinker() as unlinker:
+        assert all(unlinker.unlink(path) for path in day1 + day2)
+        assert unlinker.touched == {day1[0].parent, day2[0].parent}
+        unlinker.sync()
+    assert not any(path.exists() for path in day1 + day2)
+    assert keep.read_bytes() == b"RIFF"
+
+
+def test_a_file_or_directory_already_gone_is_false_not_an_error(tmp_path: Path) -> None:
+    present = _make(tmp_path / "a" / "x.wav")
+    with files.Unlinker() as unlinker:
+        assert unlinker.unlink(tmp_path / "a" / "missing.wav") is False
+        assert unlinker.unlink(tmp_path / "no-such-dir" / "x.wav") is False
+        assert unlinker.unlink(present / "under-a-file.wav") is False  # ENOTDIR
+        assert unlinker.unlink(present) is True
+        assert unlinker.unlink(present) is False
+        assert unlinker.touched == {present.parent}
+        unlinker.sync()
+
+
+def test_a_name_that_cannot_be_removed_raises_and_leaves_it(tmp_path: Path) -> None:
+    directory = tmp_path / "a" / "subdir.wav"
+    directory.mkdir(parents=True)
+    with files.Unlinker() as unlinker, pytest.raises(OSError):
+        unlinker.unlink(directory)  # a directory is not unlinked
+    assert directory.is_dir()
+
+
+def test_directory_descriptors_are_closed(tmp_path: Path) -> None:
+    paths = [_make(tmp_path / f"d{k}" / "x.wav") for k in range(20)]
+    before = len(os.listdir("/proc/self/fd"))
+    with files.Unlinker() as unlinker:
+        for path in paths:
+            unlinker.unlink(path)
+        assert len(os.listdir("/proc/self/fd")) >= before + 20
+    assert len(os.listdir("/proc/self/fd")) == before
