@@ -26,7 +26,7 @@ FIGURES = {
         rf"lookup p50 +{NUMBER} ms +{NUMBER} ms +{RATIO}",
         rf"lookup p99 +{NUMBER} ms +{NUMBER} ms +{RATIO} +< 1 ms +(met|MISSED)",
         rf"ledger on disk per 1 M calls +{NUMBER} (B|kB|MB|GB)",
-        r"query plan: SEARCH c USING INDEX calls_missed",
+        r"query plan: SEARCH c USING COVERING INDEX calls_missed",
     ],
     "sweep": [
         rf"sweep 200: wall time +{NUMBER} s +{NUMBER} s +{RATIO} +<= 1.5x find -delete",

@@ -37,7 +37,7 @@ from storage.ports import (
     WithdrawalVia,
 )
 from storage.schema import MIGRATIONS, migrate
-from storage.sqlite import SWEEP_BATCH, SqliteStore
+from storage.sqlite import MISSED_CALL_SQL, SWEEP_BATCH, SqliteStore
 
 
 @pytest.fixture
@@ -160,20 +160,15 @@ async def test_withdrawal_voids_consent_for_later_callbacks(
 
 
 async def test_find_missed_call_uses_its_index(store: SqliteStore, spool: Path) -> None:
-    """The lookup is an index range scan, so it stays fast at millions of calls."""
+    """The lookup is answered from its index alone (the calls table is not read), so it
+    stays fast at millions of calls."""
     await record_call(store, spool, outcome=Outcome.MISSED)
     with _raw(store) as raw:
         plan = " ".join(
             str(row[-1])
-            for row in raw.execute(
-                "EXPLAIN QUERY PLAN SELECT c.call_id FROM calls c WHERE c.customer = ? "
-                "AND c.outcome = 'missed' AND c.direction = 'inbound' AND c.ended_at >= ? "
-                "AND NOT EXISTS (SELECT 1 FROM callbacks b WHERE b.missed_call_id = c.call_id) "
-                "ORDER BY c.ended_at DESC LIMIT 1",
-                (ALICE, "2025"),
-            )
+            for row in raw.execute(f"EXPLAIN QUERY PLAN {MISSED_CALL_SQL}", (ALICE, "2025"))
         )
-    assert "USING INDEX calls_missed" in plan or "USING COVERING INDEX calls_missed" in plan
+    assert "SEARCH c USING COVERING INDEX calls_missed (customer=? AND ended_at>?)" in plan
     assert "callbacks_missed" in plan
 
 
@@ -756,6 +751,36 @@ async def test_an_older_database_is_migrated_on_open(tmp_path: Path) -> None:
         assert raw.execute("SELECT MAX(version) FROM schema_version").fetchone()[0] == len(
             MIGRATIONS
         )
+
+
+async def test_an_older_ledger_gets_the_covering_lookup_index(tmp_path: Path) -> None:
+    """A ledger of schema version 3 (lookup index on customer and time only) is migrated:
+    its missed calls are found as before, now from the covering index."""
+    import aiosqlite
+
+    data = tmp_path / "data"
+    data.mkdir()
+    call_id = new_id()
+    async with aiosqlite.connect(data / "ledger.sqlite3", isolation_level=None) as conn:
+        assert await migrate(conn, MIGRATIONS[:3]) == 3
+        await conn.execute(
+            "INSERT INTO calls (call_id, channel_id, direction, line, caller, customer, "
+            "started_at, purge_after, ended_at, outcome, decision, decided_at, legal_basis) "
+            "VALUES (?, '1.1', 'inbound', 'service', ?, ?, '2025-03-03T09:00:00.000000Z', "
+            "'2025-09-03T09:00:00.000000Z', '2025-03-03T09:02:00.000000Z', 'missed', "
+            "'record', '2025-03-03T09:00:20.000000Z', 'consent')",
+            (call_id, ALICE, ALICE),
+        )
+    async with await SqliteStore.open(data, POLICY) as store:
+        found = await store.find_missed_call(ALICE, T0 - timedelta(minutes=30))
+        assert found is not None and found.call_id == call_id
+        assert found.decision is Decision.RECORD and not found.consent_withdrawn
+    with sqlite3.connect(data / "ledger.sqlite3") as raw:
+        plan = " ".join(
+            str(row[-1])
+            for row in raw.execute(f"EXPLAIN QUERY PLAN {MISSED_CALL_SQL}", (ALICE, "2025"))
+        )
+    assert "USING COVERING INDEX calls_missed" in plan
 
 
 async def test_a_newer_database_is_refused(tmp_path: Path) -> None:
