@@ -13,7 +13,7 @@ import logging
 import signal
 import sys
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -61,14 +61,24 @@ def _events(settings: Settings) -> MqttEvents | NullEvents:
     )
 
 
+def announce_deleted(events: EventSink) -> Callable[[Sequence[str]], None]:
+    """An `on_deleted` for a sweep: one event per recording it deleted."""
+
+    def publish(recording_ids: Sequence[str]) -> None:
+        for recording_id in recording_ids:
+            events.publish(
+                "recording/deleted", {"recording_id": recording_id, "reason": "retention"}
+            )
+
+    return publish
+
+
 def publish_sweep(events: EventSink, result: SweepReport) -> None:
+    """The events of a finished sweep: its deletions not announced yet, then its end."""
     if result.dry_run:
         return
-    for recording_id in result.deleted:
-        events.publish("recording/deleted", {"recording_id": recording_id, "reason": "retention"})
-    events.publish(
-        "sweep/finished", {"deleted": len(result.deleted), "problems": len(result.problems)}
-    )
+    announce_deleted(events)(result.deleted)
+    events.publish("sweep/finished", {"deleted": result.count, "problems": len(result.problems)})
 
 
 async def _sweeper(store: SqliteStore, settings: Settings, events: EventSink) -> None:
@@ -77,7 +87,10 @@ async def _sweeper(store: SqliteStore, settings: Settings, events: EventSink) ->
     interval = settings.policy.sweep_interval.total_seconds()
     while True:
         try:
-            publish_sweep(events, await store.sweep(datetime.now(UTC)))
+            # The deletions are announced batch by batch, and not kept: a sweep that
+            # catches up on months does not grow the controller by what it deleted.
+            result = await store.sweep(datetime.now(UTC), on_deleted=announce_deleted(events))
+            publish_sweep(events, result)
         except CallrecError as error:
             log.error("retention sweep failed (retrying next interval): %s", error)
         await asyncio.sleep(interval)

@@ -11,7 +11,7 @@ All datetimes are timezone-aware UTC. Phone numbers are E.164 or None (anonymous
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -119,9 +119,12 @@ class RecordingRow:
 
 @dataclass(frozen=True, slots=True)
 class SweepReport:
-    deleted: tuple[str, ...]  # recording ids deleted (or, on a dry run, due)
+    # Recording ids deleted (or, on a dry run, due); empty when the sweep handed them to
+    # its `on_deleted` as it went instead (then only `count` says how many).
+    deleted: tuple[str, ...]
     dry_run: bool
     finished_at: datetime
+    count: int  # recordings deleted (or due)
     problems: tuple[str, ...] = ()  # a file or copy that could not be removed (retried next run)
 
 
@@ -207,7 +210,12 @@ class RecordingStore(Protocol):
         committed RECORD decision (the file is then deleted and audited, never kept)."""
 
     async def sweep(
-        self, now: datetime, *, dry_run: bool = False, progress: Progress | None = None
+        self,
+        now: datetime,
+        *,
+        dry_run: bool = False,
+        progress: Progress | None = None,
+        on_deleted: Callable[[Sequence[str]], None] | None = None,
     ) -> SweepReport: ...
 
     async def withdraw(

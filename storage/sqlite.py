@@ -165,17 +165,16 @@ def _remove_files(doomed: Sequence[_Doomed]) -> list[_Removal]:
             removed: list[int] = []
             problems: list[str] = []
             for copy in item.copies:
-                path = Path(copy["path"])
                 try:
-                    unlinker.unlink(path)
+                    unlinker.unlink(copy["path"])
                     removed.append(int(copy["id"]))
                 except OSError as error:
-                    problems.append(f"export copy {path}: {error.strerror or error}")
+                    problems.append(f"export copy {copy['path']}: {error.strerror or error}")
             for export_dir in {Path(copy["path"]).parent for copy in item.copies}:
                 with contextlib.suppress(OSError):
                     export_dir.rmdir()
-                    unlinker.touched.discard(export_dir)
-                    unlinker.touched.add(export_dir.parent)
+                    unlinker.touched.discard(str(export_dir))
+                    unlinker.touched.add(str(export_dir.parent))
             state: str | None = "none"
             if item.audio is not None:
                 try:
@@ -924,6 +923,14 @@ class SqliteStore:
                 "dialed = NULL, customer = NULL WHERE id = ?",
                 [(when, reason, t.withdrawal_id, t.recording_id) for t in targets],
             )
+            # A retention deletion takes its call's numbers with it, once the call's own
+            # time has come (the closing pass of the sweep then finds little left).
+            tx.many(
+                "UPDATE calls SET caller = NULL, dialed = NULL, customer = NULL, "
+                "recording_file = NULL, scrubbed = 1 "
+                "WHERE call_id = ? AND scrubbed = 0 AND purge_after <= ?",
+                [(item.row["call_id"], when) for item, _ in gone],
+            )
             tx.many(
                 "INSERT OR IGNORE INTO withdrawal_recordings "
                 "(withdrawal_id, recording_id, action, why) VALUES (?, ?, 'deleted', ?)",
@@ -1081,8 +1088,17 @@ class SqliteStore:
     # ------------------------------------------------------------------ sweep
 
     async def sweep(
-        self, now: datetime, *, dry_run: bool = False, progress: Progress | None = None
+        self,
+        now: datetime,
+        *,
+        dry_run: bool = False,
+        progress: Progress | None = None,
+        on_deleted: Callable[[Sequence[str]], None] | None = None,
     ) -> SweepReport:
+        """Delete every recording due at `now` (see the module's docstring for the order of
+        things). With `on_deleted`, each batch's ids go to it as soon as their deletion is
+        committed (on a dry run: as they are listed) and the report keeps none of them, so
+        a sweep's memory does not grow with the number of recordings it deletes."""
         when = ts(now)
         tell = progress or _silent
 
@@ -1106,15 +1122,21 @@ class SqliteStore:
 
         after: Key = ("", "")
         deleted: list[str] = []
+        count = 0
         problems: list[str] = []
 
+        def hand_over(ids: list[str]) -> None:
+            nonlocal count
+            count += len(ids)
+            if on_deleted is None:
+                deleted.extend(ids)
+            elif ids:
+                on_deleted(ids)
+
         def tally(outcome: dict[str, str | None]) -> None:
-            for recording_id, problem in outcome.items():
-                if problem is None:
-                    deleted.append(recording_id)
-                else:
-                    problems.append(problem)
-            tell(len(deleted) + len(problems), total)
+            hand_over([recording_id for recording_id, problem in outcome.items() if not problem])
+            problems.extend(problem for problem in outcome.values() if problem)
+            tell(count + len(problems), total)
 
         async with self._files:
             total = await self._db.read(
@@ -1132,9 +1154,9 @@ class SqliteStore:
                 while True:
                     ids, after, _ = await self._db.read(page(after), "listing due recordings")
                     if not ids:
-                        return SweepReport(tuple(deleted), True, now)
-                    deleted += ids
-                    tell(len(deleted), total)
+                        return SweepReport(tuple(deleted), True, now, count)
+                    hand_over(ids)
+                    tell(count, total)
             # Pipelined: while batch k's files are removed (a worker thread), batch k-1's
             # rows are committed and batch k+1 is listed (the ledger's thread). Each batch
             # still commits only after its own files are gone and their directories fsync'd.
@@ -1162,7 +1184,7 @@ class SqliteStore:
             _, withdrawal_problems = await self._enforce_withdrawals(now, everyone=True)
             problems += withdrawal_problems
             await self._scrub_calls(now)
-        return SweepReport(tuple(deleted), False, now, tuple(problems))
+        return SweepReport(tuple(deleted), False, now, count, tuple(problems))
 
     async def _scrub_calls(self, now: datetime) -> None:
         """Calls past the retention period keep their line, times and decision for the

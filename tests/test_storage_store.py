@@ -7,7 +7,7 @@ import json
 import os
 import sqlite3
 import stat
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from datetime import timedelta
 from pathlib import Path
 
@@ -373,6 +373,34 @@ async def test_sweep_over_several_batches_deletes_all_but_the_stuck_one(
     assert (await store.verify()).ok
 
 
+async def test_sweep_hands_deleted_ids_over_batch_by_batch(store: SqliteStore, spool: Path) -> None:
+    """With `on_deleted`, each batch's ids are handed over once its deletion is committed,
+    in the order they fell due, and the report keeps none of them."""
+    ids = []
+    for n in range(SWEEP_BATCH + 5):
+        call_id, source = await record_call(store, spool, at=T0 + timedelta(minutes=n))
+        row = await store.ingest(call_id, source, T0 + timedelta(minutes=n))
+        assert row is not None
+        ids.append(row.id)
+    batches: list[list[str]] = []
+
+    def received(batch: Sequence[str]) -> None:
+        batches.append(list(batch))
+
+    due = (await store.recordings())[-1].delete_after
+    dry = await store.sweep(due, dry_run=True, on_deleted=received)
+    assert dry.deleted == () and dry.count == len(ids) and [i for b in batches for i in b] == ids
+    batches.clear()
+    result = await store.sweep(due, on_deleted=received)
+    assert result.deleted == () and result.count == len(ids) and result.problems == ()
+    assert [len(b) for b in batches] == [SWEEP_BATCH, 5]
+    assert [i for b in batches for i in b] == ids
+    for recording_id in ids[:3] + ids[-3:]:
+        row = await store.recording(recording_id)
+        assert row is not None and row.status is RecordingStatus.DELETED
+    assert await store.recordings() == []
+
+
 async def test_sweep_dry_run_lists_without_deleting(store: SqliteStore, spool: Path) -> None:
     """A dry run names what is due and changes nothing."""
     call_id, source = await record_call(store, spool, line="sales")
@@ -395,6 +423,31 @@ async def test_sweep_removes_old_calls_numbers(store: SqliteStore, spool: Path) 
     row = await store.get_call(call_id)
     assert row is not None and row.caller is None and row.dialed is None
     assert row.line == "service" and row.decision is Decision.REFUSE
+
+
+async def test_a_recordings_call_loses_its_numbers_with_the_recording(
+    store: SqliteStore, spool: Path
+) -> None:
+    """A retention deletion takes its call's numbers in the same step; a withdrawal, which
+    deletes before the call's own time has come, leaves the call's numbers for the report
+    until then."""
+    kept_id, kept_file = await record_call(store, spool)
+    withdrawn_id, withdrawn_file = await record_call(store, spool, caller=BOB)
+    kept = await store.ingest(kept_id, kept_file, T0 + timedelta(minutes=5))
+    assert await store.ingest(withdrawn_id, withdrawn_file, T0 + timedelta(minutes=5))
+    later = T0 + timedelta(days=1)
+    report = await store.withdraw(BOB, WithdrawalVia.PHONE, later, "agent 7", later)
+    assert len(report.deleted) == 1
+    withdrawn = await store.get_call(withdrawn_id)
+    assert withdrawn is not None and withdrawn.caller == BOB
+    assert kept is not None
+    result = await store.sweep(kept.delete_after)
+    assert result.deleted == (kept.id,)
+    for call_id in (kept_id, withdrawn_id):
+        row = await store.get_call(call_id)
+        assert row is not None and row.caller is None and row.dialed is None
+        assert row.recording_file is None and row.decision is Decision.RECORD
+    assert (await store.verify()).ok
 
 
 # ------------------------------------------------------------------ withdrawal

@@ -22,7 +22,7 @@ def test_removes_files_in_several_directories_and_reports_what_was_there(tmp_pat
     keep = _make(tmp_path / "2025" / "01" / "01" / "keep.wav")
     with files.Unlinker() as unlinker:
         assert all(unlinker.unlink(path) for path in day1 + day2)
-        assert unlinker.touched == {day1[0].parent, day2[0].parent}
+        assert unlinker.touched == {str(day1[0].parent), str(day2[0].parent)}
         unlinker.sync()
     assert not any(path.exists() for path in day1 + day2)
     assert keep.read_bytes() == b"RIFF"
@@ -36,7 +36,7 @@ def test_a_file_or_directory_already_gone_is_false_not_an_error(tmp_path: Path) 
         assert unlinker.unlink(present / "under-a-file.wav") is False  # ENOTDIR
         assert unlinker.unlink(present) is True
         assert unlinker.unlink(present) is False
-        assert unlinker.touched == {present.parent}
+        assert unlinker.touched == {str(present.parent)}
         unlinker.sync()
 
 
