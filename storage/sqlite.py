@@ -923,14 +923,6 @@ class SqliteStore:
                 "dialed = NULL, customer = NULL WHERE id = ?",
                 [(when, reason, t.withdrawal_id, t.recording_id) for t in targets],
             )
-            # A retention deletion takes its call's numbers with it, once the call's own
-            # time has come (the closing pass of the sweep then finds little left).
-            tx.many(
-                "UPDATE calls SET caller = NULL, dialed = NULL, customer = NULL, "
-                "recording_file = NULL, scrubbed = 1 "
-                "WHERE call_id = ? AND scrubbed = 0 AND purge_after <= ?",
-                [(item.row["call_id"], when) for item, _ in gone],
-            )
             tx.many(
                 "INSERT OR IGNORE INTO withdrawal_recordings "
                 "(withdrawal_id, recording_id, action, why) VALUES (?, ?, 'deleted', ?)",

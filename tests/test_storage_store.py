@@ -425,12 +425,12 @@ async def test_sweep_removes_old_calls_numbers(store: SqliteStore, spool: Path) 
     assert row.line == "service" and row.decision is Decision.REFUSE
 
 
-async def test_a_recordings_call_loses_its_numbers_with_the_recording(
+async def test_a_recordings_call_loses_its_numbers_in_the_sweep_that_deletes_it(
     store: SqliteStore, spool: Path
 ) -> None:
-    """A retention deletion takes its call's numbers in the same step; a withdrawal, which
-    deletes before the call's own time has come, leaves the call's numbers for the report
-    until then."""
+    """The sweep that deletes a recording at its time also takes its call's numbers; a
+    withdrawal, which deletes before the call's own time has come, leaves the call's numbers
+    (for the report) until the sweep at that time."""
     kept_id, kept_file = await record_call(store, spool)
     withdrawn_id, withdrawn_file = await record_call(store, spool, caller=BOB)
     kept = await store.ingest(kept_id, kept_file, T0 + timedelta(minutes=5))
