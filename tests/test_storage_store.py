@@ -780,21 +780,29 @@ async def test_reconcile_deletes_a_recording_that_reappears(
 # ------------------------------------------------------------------ migrations
 
 
-async def test_an_older_database_is_migrated_on_open(tmp_path: Path) -> None:
-    """A ledger at schema version 1 gains the later tables and keeps its calls."""
+async def _old_ledger(tmp_path: Path, version: int, insert: str, params: tuple[str, ...]) -> Path:
+    """A data directory whose ledger stopped at schema `version`, with one row inserted."""
     import aiosqlite
 
     data = tmp_path / "data"
     data.mkdir()
-    call_id = new_id()
     async with aiosqlite.connect(data / "ledger.sqlite3", isolation_level=None) as conn:
-        assert await migrate(conn, MIGRATIONS[:1]) == 1
-        await conn.execute(
-            "INSERT INTO calls (call_id, channel_id, direction, started_at, purge_after) "
-            "VALUES (?, '1.1', 'inbound', '2025-03-03T09:00:00.000000Z', "
-            "'2025-09-03T09:00:00.000000Z')",
-            (call_id,),
-        )
+        assert await migrate(conn, MIGRATIONS[:version]) == version
+        await conn.execute(insert, params)
+    return data
+
+
+async def test_an_older_database_is_migrated_on_open(tmp_path: Path) -> None:
+    """A ledger at schema version 1 gains the later tables and keeps its calls."""
+    call_id = new_id()
+    data = await _old_ledger(
+        tmp_path,
+        1,
+        "INSERT INTO calls (call_id, channel_id, direction, started_at, purge_after) "
+        "VALUES (?, '1.1', 'inbound', '2025-03-03T09:00:00.000000Z', "
+        "'2025-09-03T09:00:00.000000Z')",
+        (call_id,),
+    )
     async with await SqliteStore.open(data, POLICY) as store:
         row = await store.get_call(call_id)
         assert row is not None and row.decision is Decision.NONE
@@ -809,21 +817,17 @@ async def test_an_older_database_is_migrated_on_open(tmp_path: Path) -> None:
 async def test_an_older_ledger_gets_the_covering_lookup_index(tmp_path: Path) -> None:
     """A ledger of schema version 3 (lookup index on customer and time only) is migrated:
     its missed calls are found as before, now from the covering index."""
-    import aiosqlite
-
-    data = tmp_path / "data"
-    data.mkdir()
     call_id = new_id()
-    async with aiosqlite.connect(data / "ledger.sqlite3", isolation_level=None) as conn:
-        assert await migrate(conn, MIGRATIONS[:3]) == 3
-        await conn.execute(
-            "INSERT INTO calls (call_id, channel_id, direction, line, caller, customer, "
-            "started_at, purge_after, ended_at, outcome, decision, decided_at, legal_basis) "
-            "VALUES (?, '1.1', 'inbound', 'service', ?, ?, '2025-03-03T09:00:00.000000Z', "
-            "'2025-09-03T09:00:00.000000Z', '2025-03-03T09:02:00.000000Z', 'missed', "
-            "'record', '2025-03-03T09:00:20.000000Z', 'consent')",
-            (call_id, ALICE, ALICE),
-        )
+    data = await _old_ledger(
+        tmp_path,
+        3,
+        "INSERT INTO calls (call_id, channel_id, direction, line, caller, customer, "
+        "started_at, purge_after, ended_at, outcome, decision, decided_at, legal_basis) "
+        "VALUES (?, '1.1', 'inbound', 'service', ?, ?, '2025-03-03T09:00:00.000000Z', "
+        "'2025-09-03T09:00:00.000000Z', '2025-03-03T09:02:00.000000Z', 'missed', "
+        "'record', '2025-03-03T09:00:20.000000Z', 'consent')",
+        (call_id, ALICE, ALICE),
+    )
     async with await SqliteStore.open(data, POLICY) as store:
         found = await store.find_missed_call(ALICE, T0 - timedelta(minutes=30))
         assert found is not None and found.call_id == call_id
