@@ -14,6 +14,7 @@ class Sizes:
     ledger_calls: int  # callback lookup: calls in the ledger
     lookups: int  # callback lookup: look-ups timed (each also by the baseline)
     sweep_recordings: tuple[int, int]  # retention sweep: a small and a large run (memory)
+    sweep_repeats: int  # retention sweep: runs of each size, each on new trees (the median counts)
     ingest_files: int  # ingest: 1-minute recordings per run
 
 
@@ -24,6 +25,7 @@ TINY = Sizes(
     ledger_calls=5_000,
     lookups=200,
     sweep_recordings=(200, 800),
+    sweep_repeats=1,
     ingest_files=4,
 )
 DEFAULT = Sizes(
@@ -33,6 +35,7 @@ DEFAULT = Sizes(
     ledger_calls=1_000_000,
     lookups=5_000,
     sweep_recordings=(5_000, 20_000),
+    sweep_repeats=3,
     ingest_files=200,
 )
 FULL = Sizes(
@@ -42,5 +45,6 @@ FULL = Sizes(
     ledger_calls=10_000_000,
     lookups=10_000,
     sweep_recordings=(20_000, 100_000),
+    sweep_repeats=3,
     ingest_files=1_000,
 )
