@@ -210,6 +210,7 @@ class Unlinker:
     def unlink(self, path: str | os.PathLike[str]) -> bool:
         """As `unlink`: False when `path` was already gone; raises OSError otherwise."""
         directory, name = os.path.split(os.fspath(path))
+        directory = directory or os.curdir  # a bare name is relative, as unlink(2) has it
         fd = self._fds[directory] if directory in self._fds else self._open(directory)
         if fd is None:
             return False

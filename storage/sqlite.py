@@ -1165,9 +1165,12 @@ class SqliteStore:
                 try:
                     removals = await asyncio.to_thread(_remove_files, doomed)
                 finally:
-                    if committing is not None:
-                        tally(await committing)
-                    following = await listing
+                    # Both ledger jobs are awaited whatever fails, so that none is left behind.
+                    try:
+                        if committing is not None:
+                            tally(await committing)
+                    finally:
+                        following = await listing
                 previous = _Removed([_Target(i, None) for i in ids], doomed, removals)
                 ids, after, doomed = following
             if previous is not None:

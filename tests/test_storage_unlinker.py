@@ -56,3 +56,15 @@ def test_directory_descriptors_are_closed(tmp_path: Path) -> None:
             unlinker.unlink(path)
         assert len(os.listdir("/proc/self/fd")) >= before + 20
     assert len(os.listdir("/proc/self/fd")) == before
+
+
+def test_a_bare_name_is_taken_relative_to_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    Path("bare.wav").write_bytes(b"RIFF")
+    with files.Unlinker() as unlinker:
+        assert unlinker.unlink("bare.wav") is True
+        assert unlinker.unlink("bare.wav") is False
+        unlinker.sync()
+    assert not (tmp_path / "bare.wav").exists()
