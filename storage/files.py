@@ -190,13 +190,20 @@ class Unlinker:
     does, instead of walking the whole path for every file); `sync` then fsyncs, once, each
     directory that lost a name. Not durable before `sync`. Use as a context manager.
 
+    At most `OPEN_DIRS` directories are held open (a batch may touch many export folders);
+    the oldest is fsync'd, if it lost a name, and closed to make room. A name found already
+    gone still has its directory fsync'd: whoever removed it may not have made that durable,
+    and the ledger is about to say it is deleted.
+
     Paths are handled as text (`os.path`), not `pathlib` objects: a sweep removes hundreds
     of thousands of files, and pathlib's per-call cost was a fifth of the time of each
     removal."""
 
+    OPEN_DIRS = 64
+
     def __init__(self) -> None:
-        self._fds: dict[str, int | None] = {}  # None: the directory is gone
-        self.touched: set[str] = set()  # directories that lost a name
+        self._fds: dict[str, int | None] = {}  # None: the directory is gone; oldest first
+        self.touched: set[str] = set()  # directories to fsync: they lost a name
 
     def __enter__(self) -> Unlinker:
         return self
@@ -214,12 +221,20 @@ class Unlinker:
         fd = self._fds[directory] if directory in self._fds else self._open(directory)
         if fd is None:
             return False
+        self.touched.add(directory)
         try:
             os.unlink(name, dir_fd=fd)
         except FileNotFoundError:
             return False
-        self.touched.add(directory)
         return True
+
+    def removed_dir(self, directory: str) -> None:
+        """`directory` itself was removed: its parent is the one to fsync now."""
+        fd = self._fds.pop(directory, None)
+        if fd is not None:
+            os.close(fd)
+        self.touched.discard(directory)
+        self.touched.add(str(Path(directory).parent))
 
     def sync(self) -> None:
         for directory in sorted(self.touched):
@@ -231,6 +246,16 @@ class Unlinker:
                     os.fsync(fd)
 
     def _open(self, directory: str) -> int | None:
+        while len(self._fds) >= self.OPEN_DIRS:
+            oldest = next(iter(self._fds))
+            old_fd = self._fds.pop(oldest)
+            if old_fd is not None:
+                try:
+                    if oldest in self.touched:
+                        os.fsync(old_fd)
+                        self.touched.discard(oldest)
+                finally:
+                    os.close(old_fd)
         try:
             fd: int | None = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
         except OSError as error:

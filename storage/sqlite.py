@@ -173,8 +173,7 @@ def _remove_files(doomed: Sequence[_Doomed]) -> list[_Removal]:
             for export_dir in {Path(copy["path"]).parent for copy in item.copies}:
                 with contextlib.suppress(OSError):
                     export_dir.rmdir()
-                    unlinker.touched.discard(str(export_dir))
-                    unlinker.touched.add(str(export_dir.parent))
+                    unlinker.removed_dir(str(export_dir))
             state: str | None = "none"
             if item.audio is not None:
                 try:
@@ -854,7 +853,8 @@ class SqliteStore:
         removed keeps its row (and is due again); the copies that did go are noted."""
         ids = [target.recording_id for target in targets]
         doomed = await self._db.read(lambda tx: self._doomed(tx, ids), "reading recordings")
-        removed = _Removed(targets, doomed, await asyncio.to_thread(_remove_files, doomed))
+        removals = await self._in_thread("removing recordings", _remove_files, doomed)
+        removed = _Removed(targets, doomed, removals)
         return await self._record_removed(removed, now, reason)
 
     def _doomed(self, tx: Tx, ids: Sequence[str]) -> list[_Doomed]:
@@ -1163,7 +1163,9 @@ class SqliteStore:
                 )
                 listing = asyncio.create_task(self._db.read(page(after), "listing due recordings"))
                 try:
-                    removals = await asyncio.to_thread(_remove_files, doomed)
+                    removals = await self._in_thread(
+                        "removing expired recordings", _remove_files, doomed
+                    )
                 finally:
                     # Both ledger jobs are awaited whatever fails, so that none is left behind.
                     try:

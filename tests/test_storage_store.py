@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -399,6 +400,31 @@ async def test_sweep_hands_deleted_ids_over_batch_by_batch(store: SqliteStore, s
         row = await store.recording(recording_id)
         assert row is not None and row.status is RecordingStatus.DELETED
     assert await store.recordings() == []
+
+
+async def test_a_directory_that_cannot_be_synced_fails_the_sweep_with_our_error(
+    store: SqliteStore, spool: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An I/O error making a removal durable is a StorageError naming what was being done
+    (the controller's sweeper catches ours and tries again next interval), and the row is
+    not committed as deleted."""
+    call_id, source = await record_call(store, spool)
+    row = await store.ingest(call_id, source, T0)
+    assert row is not None
+    real_fsync = os.fsync
+
+    def failing(fd: int) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(os, "fsync", failing)
+    with pytest.raises(StorageError, match="removing expired recordings"):
+        await store.sweep(row.delete_after)
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    still = await store.recording(row.id)
+    assert still is not None and still.status is RecordingStatus.STORED
+    again = await store.sweep(row.delete_after)
+    assert again.deleted == (row.id,)
+    assert (await store.verify()).ok
 
 
 async def test_sweep_dry_run_lists_without_deleting(store: SqliteStore, spool: Path) -> None:

@@ -36,7 +36,9 @@ def test_a_file_or_directory_already_gone_is_false_not_an_error(tmp_path: Path) 
         assert unlinker.unlink(present / "under-a-file.wav") is False  # ENOTDIR
         assert unlinker.unlink(present) is True
         assert unlinker.unlink(present) is False
-        assert unlinker.touched == {str(present.parent)}
+        # Existing directories are fsync'd even for a name already gone: whoever removed it
+        # may not have made that durable. Missing ones cannot be.
+        assert unlinker.touched == {str(present.parent), str(tmp_path / "a")}
         unlinker.sync()
 
 
@@ -48,14 +50,45 @@ def test_a_name_that_cannot_be_removed_raises_and_leaves_it(tmp_path: Path) -> N
     assert directory.is_dir()
 
 
-def test_directory_descriptors_are_closed(tmp_path: Path) -> None:
-    paths = [_make(tmp_path / f"d{k}" / "x.wav") for k in range(20)]
+def test_directory_descriptors_are_few_and_closed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """However many directories a batch touches (one export folder per export), only
+    OPEN_DIRS stay open; each one closed early was fsync'd first, and all are closed at the
+    end."""
+    many = files.Unlinker.OPEN_DIRS * 3
+    paths = [_make(tmp_path / f"d{k}" / "x.wav") for k in range(many)]
     before = len(os.listdir("/proc/self/fd"))
+    synced: list[int] = []
+    real_fsync = os.fsync
     with files.Unlinker() as unlinker:
+
+        def fsync(fd: int) -> None:
+            synced.append(fd)
+            real_fsync(fd)
+
+        monkeypatch.setattr(os, "fsync", fsync)
         for path in paths:
-            unlinker.unlink(path)
-        assert len(os.listdir("/proc/self/fd")) >= before + 20
+            assert unlinker.unlink(path)
+            assert len(os.listdir("/proc/self/fd")) <= before + files.Unlinker.OPEN_DIRS
+        early = len(synced)
+        unlinker.sync()
+        monkeypatch.undo()
+        assert early == many - files.Unlinker.OPEN_DIRS
+        assert len(synced) == many  # every directory that lost a name, once
     assert len(os.listdir("/proc/self/fd")) == before
+    assert not any(path.exists() for path in paths)
+
+
+def test_a_removed_directory_hands_its_fsync_to_its_parent(tmp_path: Path) -> None:
+    export = tmp_path / "exports" / "callrec-export-1"
+    copy = _make(export / "x.wav")
+    with files.Unlinker() as unlinker:
+        assert unlinker.unlink(copy)
+        export.rmdir()
+        unlinker.removed_dir(str(export))
+        assert unlinker.touched == {str(export.parent)}
+        unlinker.sync()
 
 
 def test_a_bare_name_is_taken_relative_to_the_working_directory(
