@@ -13,6 +13,7 @@ number of recordings.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 import os
@@ -24,6 +25,7 @@ import wave
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from bench.figures import Result, Row, count, ratio, secs, size
 from bench.ledger_fill import fill_expired_recordings
@@ -105,18 +107,7 @@ async def _one(base: Path, recordings: int) -> SweepRun:
 
     os.sync()  # both trees on disk: neither timing pays for the other's write-back
     say(f"sweep: store.sweep of {count(recordings)} recordings (child process)")
-    child = await asyncio.to_thread(
-        subprocess.run,
-        [sys.executable, "-m", "bench.sweep", str(data_dir), NOW.isoformat()],
-        capture_output=True,
-        text=True,
-        env=child_env(),
-        timeout=CHILD_TIMEOUT,
-        check=False,
-    )
-    if child.returncode != 0:
-        raise CallrecError(f"the sweep child failed: {child.stderr.strip()[-500:]}")
-    report = json.loads(child.stdout)
+    report = await asyncio.to_thread(_sweep_in_child, data_dir, base / "sweep-child.log")
     if report["deleted"] != recordings or report["problems"]:
         raise CallrecError(
             f"the sweep deleted {report['deleted']} of {recordings} ({report['problems'][:1]})"
@@ -242,53 +233,80 @@ async def run(sizes: Sizes, work: Path) -> Result:
         "baseline: find <tree> -type f -mtime +180 -delete on the identical tree, right after; "
         "find makes nothing durable, the sweep fsyncs every directory change and commits an "
         "audit entry per deletion (SQLite synchronous=FULL), hence the second baseline with sync",
-        "peak RSS: the sweep process's resident set (/proc/self/statm) with the store open, "
-        f"and the most it reached during the sweep, sampled every {RSS_SAMPLE_SECONDS * 1000:g} ms",
+        "peak RSS: the sweep process's resident set (/proc/<pid>/statm, read by this process) "
+        "with the store open, and the most it reached during the sweep, sampled every "
+        f"{RSS_SAMPLE_SECONDS * 1000:g} ms",
     ]
     return result
 
 
-def _rss_kib() -> int:
-    """This process's resident set now (not its peak so far: opening the ledger may touch
-    more pages than the sweep ever holds, and ru_maxrss would hide the sweep under that)."""
-    resident_pages = int(Path("/proc/self/statm").read_text().split()[1])
+def _rss_kib(pid: int | str = "self") -> int:
+    """A process's resident set now (not its peak so far: opening the ledger may touch more
+    pages than the sweep ever holds, and ru_maxrss would hide the sweep under that)."""
+    resident_pages = int(Path(f"/proc/{pid}/statm").read_text().split()[1])
     return resident_pages * os.sysconf("SC_PAGE_SIZE") // 1024
+
+
+def _sweep_in_child(data_dir: Path, log: Path) -> dict[str, Any]:
+    """Run the sweep in a child (`python -m bench.sweep`); its report, with the most resident
+    memory it had while sweeping. That is sampled from here, through /proc: a sampler thread
+    inside the child would wake 500 times a second and take the interpreter lock from the
+    very threads being timed. The child says when its store is open ("open <KiB>") and when
+    the sweep is over (its report); only the time between is sampled."""
+    argv = [sys.executable, "-m", "bench.sweep", str(data_dir), NOW.isoformat()]
+    with log.open("w") as errors:
+        child = subprocess.Popen(
+            argv, stdout=subprocess.PIPE, stderr=errors, text=True, env=child_env()
+        )
+    timer = threading.Timer(CHILD_TIMEOUT, child.kill)
+    timer.start()
+    try:
+        assert child.stdout is not None
+        opened = child.stdout.readline().split()
+        if opened[:1] != ["open"]:
+            child.wait()
+            raise CallrecError(f"the sweep child failed: {log.read_text().strip()[-500:]}")
+        rss_open = int(opened[1])
+        peak = [rss_open]
+        over = threading.Event()
+
+        def sample() -> None:
+            while not over.wait(RSS_SAMPLE_SECONDS):
+                with contextlib.suppress(OSError, ValueError, IndexError):
+                    peak[0] = max(peak[0], _rss_kib(child.pid))
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        try:
+            line = child.stdout.readline()
+        finally:
+            over.set()
+            sampler.join()
+        if child.wait() != 0 or not line:
+            raise CallrecError(f"the sweep child failed: {log.read_text().strip()[-500:]}")
+    finally:
+        timer.cancel()
+    report: dict[str, Any] = json.loads(line)
+    return {**report, "rss_open_kib": rss_open, "rss_peak_kib": peak[0]}
 
 
 async def _sweep_child(data_dir: Path, now: datetime) -> dict[str, object]:
     store = await SqliteStore.open(data_dir, Policy())
     try:
-        rss_open = _rss_kib()
-        peak = [rss_open]
-        sampling = threading.Event()
-
-        def sample() -> None:
-            while not sampling.wait(RSS_SAMPLE_SECONDS):
-                peak[0] = max(peak[0], _rss_kib())
-
-        sampler = threading.Thread(target=sample, daemon=True)
-        sampler.start()
+        print(f"open {_rss_kib()}", flush=True)
         began = time.perf_counter()
         # As `callrec serve` sweeps: the deleted ids announced batch by batch, not kept.
         report = await store.sweep(now, on_deleted=lambda ids: None)
         seconds = time.perf_counter() - began
-        sampling.set()
-        sampler.join()
-        rss_peak = max(peak[0], _rss_kib())
     finally:
         await store.close()
-    return {
-        "seconds": seconds,
-        "deleted": report.count,
-        "problems": list(report.problems),
-        "rss_open_kib": rss_open,
-        "rss_peak_kib": rss_peak,
-    }
+    return {"seconds": seconds, "deleted": report.count, "problems": list(report.problems)}
 
 
 if __name__ == "__main__":
     print(
         json.dumps(
             asyncio.run(_sweep_child(Path(sys.argv[1]), datetime.fromisoformat(sys.argv[2])))
-        )
+        ),
+        flush=True,
     )
