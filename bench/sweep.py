@@ -64,6 +64,16 @@ class SweepRun:
     rss_open_kib: int  # the child's resident memory with the store open, before the sweep
     rss_peak_kib: int  # ... and the most it reached during the sweep
 
+    @property
+    def ratio(self) -> float:
+        """The sweep's wall time over find's."""
+        return self.sweep_seconds / self.find_seconds
+
+    @property
+    def growth_kib(self) -> int:
+        """How much the sweep grew the child's resident set over the open store."""
+        return max(self.rss_peak_kib - self.rss_open_kib, 0)
+
 
 def _write_tree(root: Path, relative: list[str], audio: bytes, mtime: float) -> None:
     made: set[Path] = set()
@@ -143,7 +153,7 @@ async def _one(base: Path, recordings: int) -> SweepRun:
 
 def _median_run(runs: list[SweepRun]) -> SweepRun:
     """The run whose sweep/find ratio is the median (the lower middle one of an even count)."""
-    ordered = sorted(runs, key=lambda r: r.sweep_seconds / r.find_seconds)
+    ordered = sorted(runs, key=lambda r: r.ratio)
     return ordered[(len(ordered) - 1) // 2]
 
 
@@ -177,10 +187,10 @@ async def run(sizes: Sizes, work: Path) -> Result:
                 secs(r.find_seconds),
                 ratio(r.sweep_seconds, r.find_seconds),
                 f"<= {TARGET_RATIO}x find -delete",
-                r.sweep_seconds <= TARGET_RATIO * r.find_seconds,
+                r.ratio <= TARGET_RATIO,
             )
         )
-        ratios = sorted(each.sweep_seconds / each.find_seconds for each in repeats[r.recordings])
+        ratios = sorted(each.ratio for each in repeats[r.recordings])
         if len(ratios) > 1:
             result.add(
                 Row(
@@ -207,15 +217,11 @@ async def run(sizes: Sizes, work: Path) -> Result:
 
     # Memory, judged against the sweep: the large size's run that grew most against the
     # small size's run that grew least, so that no lucky run hides a growth.
-    def growth(r: SweepRun) -> int:
-        return r.rss_peak_kib - r.rss_open_kib
-
-    small = min(repeats[sizes.sweep_recordings[0]], key=growth)
-    large = max(repeats[sizes.sweep_recordings[-1]], key=growth)
+    small = min(repeats[sizes.sweep_recordings[0]], key=lambda r: r.growth_kib)
+    large = max(repeats[sizes.sweep_recordings[-1]], key=lambda r: r.growth_kib)
     for r in (small, large):
         result.add(Row(f"sweep {count(r.recordings)}: peak RSS", size(r.rss_peak_kib * 1024)))
-    grew_small = max(small.rss_peak_kib - small.rss_open_kib, 0)
-    grew_large = max(large.rss_peak_kib - large.rss_open_kib, 0)
+    grew_small, grew_large = small.growth_kib, large.growth_kib
     # Flat: the large run's growth over an open store is within 20 % (and 1 MiB) of the
     # small run's although it deletes several times as many recordings.
     flat = grew_large <= 1.2 * grew_small + 1024

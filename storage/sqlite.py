@@ -901,34 +901,37 @@ class SqliteStore:
         def body(tx: Tx) -> None:
             if copies_gone:
                 self._mark_copies_in(tx, copies_gone, now)
-            gone = [(item, removal) for item, removal in pairs if removal.file_state is not None]
-            if not gone:
-                return
             # The audio of the others is still there: their rows stay, due again. Rows deleted
             # meanwhile (another sweep, a withdrawal) are left as they are.
-            marks = ", ".join("?" * len(gone))
+            removed_audio = [(i, r) for i, r in pairs if r.file_state is not None]
+            if not removed_audio:
+                return
+            marks = ", ".join("?" * len(removed_audio))
             live = {
                 row["id"]
                 for row in tx.all(
                     f"SELECT id FROM recordings WHERE id IN ({marks}) "  # noqa: S608 - only placeholders are added
                     "AND status != 'deleted'",
-                    [item.row["id"] for item, _ in gone],
+                    [item.row["id"] for item, _ in removed_audio],
                 )
             }
-            gone = [(item, removal) for item, removal in gone if item.row["id"] in live]
-            targets = [by_id[item.row["id"]] for item, _ in gone]
+            gone = [
+                (by_id[item.row["id"]], item, removal)
+                for item, removal in removed_audio
+                if item.row["id"] in live
+            ]
             tx.many(
                 "UPDATE recordings SET status = 'deleted', deleted_at = ?, "
                 "deletion_reason = ?, withdrawal_id = ?, path = NULL, caller = NULL, "
                 "dialed = NULL, customer = NULL WHERE id = ?",
-                [(when, reason, t.withdrawal_id, t.recording_id) for t in targets],
+                [(when, reason, t.withdrawal_id, t.recording_id) for t, _, _ in gone],
             )
             tx.many(
                 "INSERT OR IGNORE INTO withdrawal_recordings "
                 "(withdrawal_id, recording_id, action, why) VALUES (?, ?, 'deleted', ?)",
                 [
                     (t.withdrawal_id, t.recording_id, "consent withdrawn")
-                    for t in targets
+                    for t, _, _ in gone
                     if t.withdrawal_id is not None
                 ],
             )
@@ -953,7 +956,7 @@ class SqliteStore:
                             "copies_left": str(len(item.copies) - len(removal.copies_removed)),
                         },
                     )
-                    for target, (item, removal) in zip(targets, gone, strict=True)
+                    for target, item, removal in gone
                 ],
             )
 
