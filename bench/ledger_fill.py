@@ -38,7 +38,7 @@ from flows.purposes import ALLOWED
 from flows.retention import delete_after
 from storage.audit import GENESIS, canonical, entry_hash, load_key, pseudonym
 from storage.db import ts
-from storage.sqlite import KEY_FILE, LEDGER_FILE
+from storage.sqlite import KEY_FILE, LEDGER_FILE, make_recording_id
 
 SECOND = 1_000_000
 MINUTE = 60 * SECOND
@@ -484,9 +484,19 @@ def customer_number(index: int) -> str:
 
 
 def _ids(rng: np.random.Generator, n: int) -> list[str]:
-    """Call and recording ids as the controller makes them: 32 random hex digits."""
+    """Call ids as the controller makes them: 32 random hex digits."""
     digits = rng.bytes(16 * n).hex()
     return [digits[i : i + 32] for i in range(0, 32 * n, 32)]
+
+
+def _recording_ids(rng: np.random.Generator, created: Micros) -> list[str]:
+    """Recording ids as the store makes them (`make_recording_id`): the creation time, then
+    random digits."""
+    tails = rng.bytes(10 * len(created)).hex()
+    return [
+        make_recording_id(us // 1000, tails[20 * k : 20 * k + 20])
+        for k, us in enumerate(created.tolist())
+    ]
 
 
 def _between(rng: np.random.Generator, low: float, high: float, unit: int, n: int) -> Micros:
@@ -613,8 +623,7 @@ def _busy_batch(
         + np.where(missed, _between(rng, 20, 180, SECOND, n), _between(rng, 30, 900, SECOND, n)),
     )
     recorded = record & ~missed & ~abandoned
-    ids = _ids(rng, 2 * n)
-    call_ids, recording_ids = ids[:n], ids[n:]
+    call_ids, recording_ids = _ids(rng, n), _recording_ids(rng, decided_at)
     decision = [
         "record" if r else "refuse" if f else "none"
         for r, f in zip(record.tolist(), refuse.tolist(), strict=True)
@@ -677,10 +686,10 @@ def _callbacks(
     decided = started + _between(rng, 1, 3, SECOND, n)
     ended = decided + _between(rng, 30, 600, SECOND, n)
     recorded = [missed.decision[k] == "record" for k in pick]
-    ids = _ids(rng, 2 * n)
+    call_ids, recording_ids = _ids(rng, n), _recording_ids(rng, decided)
     customer = [missed.customer[k] for k in pick]
     return CallColumns(
-        call_id=ids[:n],
+        call_id=call_ids,
         direction=_const("callback", n),
         line=[missed.line[k] for k in pick],
         caller=_const(None, n),  # the agent's extension is no E.164 number
@@ -696,7 +705,7 @@ def _callbacks(
         prompt=_const(None, n),
         reason=_const("callback within the window: the same communication", n),
         linked_to=[missed.call_id[k] for k in pick],
-        recording_id=[i if r else None for i, r in zip(ids[n:], recorded, strict=True)],
+        recording_id=[i if r else None for i, r in zip(recording_ids, recorded, strict=True)],
         ingested=ended + _between(rng, 1, 5, SECOND, n),
     )
 
@@ -722,10 +731,9 @@ def fill_expired_recordings(
             ]
             decided = started + 15 * SECOND
             ended = decided + _between(rng, 30, 300, SECOND, n)
-            ids = _ids(rng, 2 * n)
             writer.add(
                 CallColumns(
-                    call_id=ids[:n],
+                    call_id=_ids(rng, n),
                     direction=_const("inbound", n),
                     line=_pick(on_sales, _const(sales.name, n), _const(service.name, n)),
                     caller=customer,
@@ -751,7 +759,7 @@ def fill_expired_recordings(
                         on_sales, _const("sales line: notice played", n), _const("consented", n)
                     ),
                     linked_to=_const(None, n),
-                    recording_id=list(ids[n:]),
+                    recording_id=_recording_ids(rng, decided),
                     ingested=ended + 2 * SECOND,
                 )
             )

@@ -34,6 +34,7 @@ from bench.progress import say
 from bench.sizes import Sizes
 from flows.errors import CallrecError
 from flows.policy import Policy
+from storage.files import UNLINK_WORKERS
 from storage.sqlite import RECORDINGS_DIR, SqliteStore
 
 NOW = datetime(2025, 6, 2, 3, 0, tzinfo=UTC)  # the sweep's "now": every recording is due
@@ -175,6 +176,8 @@ async def run(sizes: Sizes, work: Path) -> Result:
         "-byte WAV files in recordings/YYYY/MM/DD/, ledger rows and audit chain that "
         "`verify` accepts) and an identical tree for find",
         "store.sweep(now) runs in a child process; its wall time excludes opening the store",
+        f"the sweep removes files on {UNLINK_WORKERS} threads (storage.files.UNLINK_WORKERS); "
+        "find removes them one at a time",
         f"each size runs {sizes.sweep_repeats} time(s) on new trees; the rows show the run "
         "whose ratio to find is the median, and the range of the ratio over all runs",
     ]

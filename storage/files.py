@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import hashlib
 import os
 import stat
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +27,17 @@ from storage.db import os_error
 CHUNK = 1 << 20
 WAV_HEADER = 44  # the canonical RIFF/WAVE header MixMonitor writes before any audio
 TEMP_SUFFIX = ".tmp"
+# Files a sweep removes at once. An unlink spends most of its time in the file system
+# (ext4 frees the inode and its blocks after the directory entry is gone), not in Python,
+# and several of them proceed side by side even in one directory: on two cores, 20,000
+# removals took 1.35 s on one thread, 0.9 s on two and 0.6 s on four (bench/sweep.py).
+UNLINK_WORKERS = 4
+
+
+@functools.cache
+def _unlink_pool() -> ThreadPoolExecutor:
+    """The process's unlink threads, started on first use."""
+    return ThreadPoolExecutor(UNLINK_WORKERS, thread_name_prefix="callrec-unlink")
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,6 +242,24 @@ class Unlinker:
             return False
         return True
 
+    def unlink_many(self, paths: Sequence[str]) -> list[bool | OSError]:
+        """As `unlink` for each of `paths`, up to `UNLINK_WORKERS` at once: for each, True
+        (removed), False (already gone) or the error that kept it. Directories are opened
+        here, in the calling thread, and none is closed while a removal may be using it."""
+        outcomes: list[bool | OSError] = [False] * len(paths)
+        jobs: list[tuple[int, int, str]] = []  # (index in paths, directory fd, name)
+        for index, path in enumerate(paths):
+            directory, name = os.path.split(path)
+            directory = directory or os.curdir
+            if directory not in self._fds and len(self._fds) >= self.OPEN_DIRS:
+                _unlink_jobs(jobs, outcomes)  # opening one more closes the oldest
+            fd = self._fds[directory] if directory in self._fds else self._open(directory)
+            if fd is not None:
+                self.touched.add(directory)
+                jobs.append((index, fd, name))
+        _unlink_jobs(jobs, outcomes)
+        return outcomes
+
     def removed_dir(self, directory: str) -> None:
         """`directory` itself was removed: its parent is the one to fsync now."""
         fd = self._fds.pop(directory, None)
@@ -264,6 +296,28 @@ class Unlinker:
             fd = None
         self._fds[directory] = fd
         return fd
+
+
+def _unlink_jobs(jobs: list[tuple[int, int, str]], outcomes: list[bool | OSError]) -> None:
+    """Carry out `jobs` (and empty the list): each worker takes every n-th one."""
+    if not jobs:
+        return
+
+    def work(share: Sequence[tuple[int, int, str]]) -> None:
+        for index, fd, name in share:
+            try:
+                os.unlink(name, dir_fd=fd)
+                outcomes[index] = True
+            except FileNotFoundError:
+                outcomes[index] = False
+            except OSError as error:
+                outcomes[index] = error
+
+    workers = min(UNLINK_WORKERS, len(jobs))
+    shares = [jobs[w::workers] for w in range(workers)]
+    for done in [_unlink_pool().submit(work, share) for share in shares]:
+        done.result()
+    jobs.clear()
 
 
 def remove(path: Path) -> bool:

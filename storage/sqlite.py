@@ -104,8 +104,9 @@ _SUFFIX = re.compile(r"^\.[a-z0-9]{1,8}$")
 # Recordings deleted per step of a sweep or withdrawal: one read, one file job and one write
 # transaction each. Every batch fsyncs the directories it changed, and each such fsync makes
 # the file system commit its journal: at 200 a batch the sweep took about 1.8x the time of
-# `find -delete`, at 1,000 about 1.6x (bench/sweep.py). A batch's write holds the ledger
-# (and the decisions of live calls waiting behind it) for some tens of milliseconds.
+# `find -delete`, at 1,000 about 1.6x (bench/sweep.py, before files were removed on several
+# threads). A batch's write holds the ledger (and the decisions of live calls waiting
+# behind it) for some tens of milliseconds.
 SWEEP_BATCH = 1000
 DUE_HORIZON = timedelta(days=1)  # older missed calls are history for `report`, not a to-do list
 MAX_NAME = 200  # a person's name or role in the logs; longer input is refused, not cut
@@ -157,37 +158,43 @@ def _silent(done: int, total: int) -> None:
 
 
 def _remove_files(doomed: Sequence[_Doomed]) -> list[_Removal]:
-    """Remove the copies and audio of `doomed` (blocking: one worker-thread job), then fsync
-    each directory that lost a file, once, so that none of the names comes back."""
-    removals = []
+    """Remove the copies and audio of `doomed` (blocking: one worker-thread job, the audio
+    several files at once), then fsync each directory that lost a file, once, so that none
+    of the names comes back."""
+    copies_removed: list[list[int]] = []
+    problems: list[list[str]] = []
     with files.Unlinker() as unlinker:
         for item in doomed:
             removed: list[int] = []
-            problems: list[str] = []
+            failed: list[str] = []
             for copy in item.copies:
                 try:
                     unlinker.unlink(copy["path"])
                     removed.append(int(copy["id"]))
                 except OSError as error:
-                    problems.append(f"export copy {copy['path']}: {error.strerror or error}")
+                    failed.append(f"export copy {copy['path']}: {error.strerror or error}")
             for export_dir in {Path(copy["path"]).parent for copy in item.copies}:
                 with contextlib.suppress(OSError):
                     export_dir.rmdir()
                     unlinker.removed_dir(str(export_dir))
-            state: str | None = "none"
-            if item.audio is not None:
-                try:
-                    existed = unlinker.unlink(item.audio)
-                except OSError as error:
-                    problems.append(
-                        f"recording {item.row['id']}: {error.strerror or error} (kept for now)"
-                    )
-                    state = None
-                else:
-                    state = "removed" if existed else "already absent"
-            removals.append(_Removal(state, tuple(removed), tuple(problems)))
+            copies_removed.append(removed)
+            problems.append(failed)
+        with_audio = [n for n, item in enumerate(doomed) if item.audio is not None]
+        outcomes = unlinker.unlink_many([str(doomed[n].audio) for n in with_audio])
+        states: list[str | None] = ["none"] * len(doomed)
+        for n, outcome in zip(with_audio, outcomes, strict=True):
+            if isinstance(outcome, OSError):
+                problems[n].append(
+                    f"recording {doomed[n].row['id']}: {outcome.strerror or outcome} (kept for now)"
+                )
+                states[n] = None
+            else:
+                states[n] = "removed" if outcome else "already absent"
         unlinker.sync()
-    return removals
+    return [
+        _Removal(state, tuple(removed), tuple(failed))
+        for state, removed, failed in zip(states, copies_removed, problems, strict=True)
+    ]
 
 
 # The newest missed inbound call of a customer since a time, not called back yet, and
@@ -221,6 +228,21 @@ class _Reconciling:
     flagged: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
     resumed: list[str] = field(default_factory=list)
+
+
+def make_recording_id(created_ms: int, tail: str) -> str:
+    """A recording's id: 32 hex digits, the first 12 its creation time (milliseconds since
+    the epoch), the other 20 `tail` (random). Ids made in time order sit side by side in
+    every index keyed on them: a sweep deletes recordings in the order they were made, and
+    its audit entries (keyed on the id) then fill a few index pages per batch, not one page
+    per entry as random ids did."""
+    if not re.fullmatch(r"[0-9a-f]{20}", tail) or not 0 <= created_ms < 16**12:
+        raise ValueError(f"no recording id from {created_ms} and {tail!r}")
+    return f"{created_ms:012x}{tail}"
+
+
+def _new_recording_id(created: datetime) -> str:
+    return make_recording_id(int(created.timestamp() * 1000), secrets.token_hex(10))
 
 
 def _check_call_id(call_id: str) -> None:
@@ -630,8 +652,8 @@ class SqliteStore:
         files.regular_file(source, f"ingesting call {call_id}")
         if await self._in_thread(f"reading {source}", files.header_only, source):
             return await self._store_empty(call, source, now)
-        recording_id = secrets.token_hex(16)
         created = parse_ts(call["decided_at"])
+        recording_id = _new_recording_id(created)
         suffix = source.suffix.lower() if _SUFFIX.match(source.suffix.lower()) else ".wav"
         day = created.strftime("%Y/%m/%d")
         final = self.recordings_dir / day / f"{recording_id}{suffix}"
@@ -751,7 +773,7 @@ class SqliteStore:
 
     async def _store_empty(self, call: sqlite3.Row, source: Path, now: datetime) -> RecordingRow:
         row = await self._insert_recording(
-            secrets.token_hex(16),
+            _new_recording_id(parse_ts(call["decided_at"])),
             call,
             now,
             status=RecordingStatus.EMPTY,

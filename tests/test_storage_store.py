@@ -6,6 +6,8 @@ import errno
 import hashlib
 import json
 import os
+import re
+import secrets
 import sqlite3
 import stat
 from collections.abc import AsyncIterator, Sequence
@@ -38,7 +40,7 @@ from storage.ports import (
     WithdrawalVia,
 )
 from storage.schema import MIGRATIONS, migrate
-from storage.sqlite import MISSED_CALL_SQL, SWEEP_BATCH, SqliteStore
+from storage.sqlite import MISSED_CALL_SQL, SWEEP_BATCH, SqliteStore, make_recording_id
 
 
 @pytest.fixture
@@ -202,7 +204,7 @@ async def test_open_calls_lists_calls_not_ended(store: SqliteStore, spool: Path)
 async def test_ingest_stores_the_file_durably_with_its_metadata(
     store: SqliteStore, spool: Path
 ) -> None:
-    """The file moves into recordings/YYYY/MM/DD/<random id>.wav, mode 0600, with its
+    """The file moves into recordings/YYYY/MM/DD/<id>.wav, mode 0600, with its
     SHA-256, the call's line, basis, numbers, purposes and a six-month delete-after."""
     call_id, source = await record_call(store, spool)
     audio = source.read_bytes()
@@ -226,6 +228,37 @@ async def test_ingest_stores_the_file_durably_with_its_metadata(
     assert row.delete_after == delete_after(row.created_at, months=6, tz="Europe/Ljubljana")
     assert row.purposes == {Purpose.QUALITY, Purpose.EVIDENCE}
     assert await store.recordings() == [row]
+
+
+async def test_recording_ids_follow_the_order_the_recordings_were_made(
+    store: SqliteStore, spool: Path
+) -> None:
+    """Ids are 32 hex digits: the creation time in milliseconds, then 20 random ones. So
+    recordings made in order have ids in order (a sweep's audit entries, keyed on them,
+    share index pages) and two made in the same millisecond still differ."""
+    made = [T0 + timedelta(hours=k) for k in (2, 0, 1)]
+    rows = []
+    for at in made:
+        call_id, source = await record_call(store, spool, at=at)
+        row = await store.ingest(call_id, source, at + timedelta(minutes=4))
+        assert row is not None
+        rows.append(row)
+    for row in rows:
+        assert re.fullmatch(r"[0-9a-f]{32}", row.id)
+        assert int(row.id[:12], 16) == int(row.created_at.timestamp() * 1000)
+    by_id = sorted(rows, key=lambda row: row.id)
+    assert [row.created_at for row in by_id] == sorted(row.created_at for row in rows)
+    same_ms = {make_recording_id(1_700_000_000_000, secrets.token_hex(10)) for _ in range(100)}
+    assert len(same_ms) == 100
+
+
+@pytest.mark.parametrize(
+    ("created_ms", "tail"),
+    [(-1, "0" * 20), (16**12, "0" * 20), (0, "0" * 19), (0, "../" + "0" * 17), (0, "G" * 20)],
+)
+def test_a_recording_id_is_made_only_of_a_time_and_hex_digits(created_ms: int, tail: str) -> None:
+    with pytest.raises(ValueError, match="no recording id"):
+        make_recording_id(created_ms, tail)
 
 
 async def test_ingest_across_file_systems_copies_then_removes_the_source(

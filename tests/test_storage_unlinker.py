@@ -101,3 +101,45 @@ def test_a_bare_name_is_taken_relative_to_the_working_directory(
         assert unlinker.unlink("bare.wav") is False
         unlinker.sync()
     assert not (tmp_path / "bare.wav").exists()
+
+
+def test_many_at_once_reports_each_path_in_its_own_place(tmp_path: Path) -> None:
+    """`unlink_many` removes on several threads; each outcome still belongs to its path."""
+    present = [_make(tmp_path / "2025" / "01" / f"{k % 3:02d}" / f"{k}.wav") for k in range(40)]
+    missing = tmp_path / "2025" / "01" / "00" / "missing.wav"
+    in_no_dir = tmp_path / "2024" / "12" / "31" / "x.wav"
+    a_directory = tmp_path / "2025" / "01" / "01" / "subdir.wav"
+    a_directory.mkdir()
+    keep = _make(tmp_path / "2025" / "01" / "00" / "keep.wav")
+    paths = [str(p) for p in present[:20]]
+    paths += [str(missing), str(a_directory), str(in_no_dir)]
+    paths += [str(p) for p in present[20:]]
+    with files.Unlinker() as unlinker:
+        outcomes = unlinker.unlink_many(paths)
+        unlinker.sync()
+        assert unlinker.touched == {str(present[k].parent) for k in range(3)}
+    assert outcomes[:20] == [True] * 20
+    assert outcomes[20] is False
+    assert isinstance(outcomes[21], OSError)  # a directory is not unlinked: kept, reported
+    assert outcomes[22] is False
+    assert outcomes[23:] == [True] * 20
+    assert not any(path.exists() for path in present)
+    assert a_directory.is_dir()
+    assert keep.read_bytes() == b"RIFF"
+
+
+def test_many_at_once_across_more_directories_than_may_stay_open(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No directory is closed under a removal still to use it: with more directories than
+    OPEN_DIRS, the removals queued so far are finished before the oldest is closed."""
+    monkeypatch.setattr(files.Unlinker, "OPEN_DIRS", 4)
+    paths = [_make(tmp_path / f"d{k % 11}" / f"{k}.wav") for k in range(200)]
+    before = len(os.listdir("/proc/self/fd"))
+    with files.Unlinker() as unlinker:
+        outcomes = unlinker.unlink_many([str(p) for p in paths])
+        assert len(os.listdir("/proc/self/fd")) <= before + 4
+        unlinker.sync()
+    assert outcomes == [True] * len(paths)
+    assert not any(path.exists() for path in paths)
+    assert len(os.listdir("/proc/self/fd")) == before
