@@ -10,6 +10,7 @@ either the source or the stored file (or both), never neither.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import errno
 import functools
@@ -315,7 +316,10 @@ def _unlink_jobs(jobs: list[tuple[int, int, str]], outcomes: list[bool | OSError
 
     workers = min(UNLINK_WORKERS, len(jobs))
     shares = [jobs[w::workers] for w in range(workers)]
-    for done in [_unlink_pool().submit(work, share) for share in shares]:
+    running = [_unlink_pool().submit(work, share) for share in shares]
+    # All of them end before anything is raised: the caller closes the directories next.
+    concurrent.futures.wait(running)
+    for done in running:
         done.result()
     jobs.clear()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -143,3 +144,28 @@ def test_many_at_once_across_more_directories_than_may_stay_open(
     assert outcomes == [True] * len(paths)
     assert not any(path.exists() for path in paths)
     assert len(os.listdir("/proc/self/fd")) == before
+
+
+def test_many_at_once_raises_only_once_every_removal_has_ended(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An unexpected failure in one removal thread is raised only after the others are done:
+    the directories they use are closed right after."""
+    paths = [_make(tmp_path / "d" / f"{k}.wav") for k in range(files.UNLINK_WORKERS * 3)]
+    real_unlink = os.unlink
+    ended: list[str] = []
+
+    def unlink(name: str, *, dir_fd: int) -> None:
+        if name == "0.wav":
+            raise RuntimeError("broken")
+        time.sleep(0.05)
+        real_unlink(name, dir_fd=dir_fd)
+        ended.append(name)
+
+    monkeypatch.setattr(os, "unlink", unlink)
+    with files.Unlinker() as unlinker, pytest.raises(RuntimeError, match="broken"):
+        unlinker.unlink_many([str(p) for p in paths])
+    ended_by_then = len(ended)
+    time.sleep(0.3)
+    assert len(ended) == ended_by_then  # nothing still running on a closed directory
+    assert ended_by_then >= len(paths) - 3  # the other threads finished their shares
