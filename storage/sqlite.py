@@ -5,7 +5,7 @@ Layout under `data_dir` (created 0700):
     ledger.sqlite3            calls, decisions, callbacks, recordings, withdrawals, exports,
                               the hash-chained audit log and the access log (0600)
     pseudonym.key             the key of the callers' pseudonyms in the audit log (0600)
-    recordings/YYYY/MM/DD/    one file per recording, named by the recording's random id (0600)
+    recordings/YYYY/MM/DD/    one file per recording, named by the recording's id (0600)
 
 Theory of operation. Every change to a file is bracketed by the ledger so that a `kill -9`
 anywhere leaves a state `reconcile` (run at start) or the next `sweep` completes:

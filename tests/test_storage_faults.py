@@ -84,7 +84,7 @@ async def test_hostile_caller_ids_never_reach_a_path_or_sql(
     store: SqliteStore, spool: Path, hostile: str
 ) -> None:
     """A caller ID with `../`, quotes, NUL or 10 kB is no number: the call is stored as
-    anonymous, its recording named by a random id, the ledger intact; the channel id is
+    anonymous, its recording named by its id, the ledger intact; the channel id is
     kept verbatim as a parameter; a withdrawal for it is refused."""
     call_id = new_id()
     await store.start_call(
