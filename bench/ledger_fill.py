@@ -759,7 +759,7 @@ def fill_expired_recordings(
                         on_sales, _const("sales line: notice played", n), _const("consented", n)
                     ),
                     linked_to=_const(None, n),
-                    recording_id=_recording_ids(rng, decided),
+                    recording_id=[*_recording_ids(rng, decided)],
                     ingested=ended + 2 * SECOND,
                 )
             )

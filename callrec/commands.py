@@ -37,7 +37,7 @@ from flows.errors import CallrecError
 from flows.policy import Purpose
 from prompts.catalog import load_catalog
 from storage.ports import Report, SweepReport, WithdrawalVia
-from storage.sqlite import SqliteStore
+from storage.sqlite import SqliteStore, short_recording_id
 
 log = logging.getLogger("callrec")
 CALLBACK_CHECK_SECONDS = 60  # how often serve looks for missed calls due a callback
@@ -298,7 +298,7 @@ async def _run_scenarios(
             table(
                 [
                     (
-                        r.id[:8],
+                        short_recording_id(r.id),
                         r.line,
                         r.legal_basis.value,
                         r.status.value,

@@ -37,7 +37,7 @@ from flows.numbers import normalise
 from flows.policy import Policy
 from prompts.catalog import load_catalog
 from storage.ports import CallRow, RecordingRow, RecordingStatus, WithdrawalVia
-from storage.sqlite import SqliteStore
+from storage.sqlite import SqliteStore, short_recording_id
 
 log = logging.getLogger("callrec.runner")
 
@@ -503,7 +503,7 @@ async def _withdraw_step(h: Harness, step: Step) -> StepReport:
         f"deleted {len(result.deleted)}, kept {len(result.kept)}"
     )
     for recording_id, why in result.kept:
-        report.lines.append(f"kept {recording_id[:8]}: {why}")
+        report.lines.append(f"kept {short_recording_id(recording_id)}: {why}")
     await _check_outcomes(h, step, report)
     if "due_on" in step.expect:
         report.checks.append(Check(step.where, "due on", str(step.expect["due_on"]), result.due_on))

@@ -10,15 +10,13 @@ either the source or the stored file (or both), never neither.
 
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
 import errno
-import functools
 import hashlib
 import os
 import stat
+import threading
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,12 +31,6 @@ TEMP_SUFFIX = ".tmp"
 # and several of them proceed side by side even in one directory: on two cores, 20,000
 # removals took 1.35 s on one thread, 0.9 s on two and 0.6 s on four (bench/sweep.py).
 UNLINK_WORKERS = 4
-
-
-@functools.cache
-def _unlink_pool() -> ThreadPoolExecutor:
-    """The process's unlink threads, started on first use."""
-    return ThreadPoolExecutor(UNLINK_WORKERS, thread_name_prefix="callrec-unlink")
 
 
 @dataclass(frozen=True, slots=True)
@@ -254,7 +246,11 @@ class Unlinker:
             directory = directory or os.curdir
             if directory not in self._fds and len(self._fds) >= self.OPEN_DIRS:
                 _unlink_jobs(jobs, outcomes)  # opening one more closes the oldest
-            fd = self._fds[directory] if directory in self._fds else self._open(directory)
+            try:
+                fd = self._fds[directory] if directory in self._fds else self._open(directory)
+            except OSError as error:  # this path's problem (EACCES, ELOOP, ...), not the batch's
+                outcomes[index] = error
+                continue
             if fd is not None:
                 self.touched.add(directory)
                 jobs.append((index, fd, name))
@@ -300,27 +296,47 @@ class Unlinker:
 
 
 def _unlink_jobs(jobs: list[tuple[int, int, str]], outcomes: list[bool | OSError]) -> None:
-    """Carry out `jobs` (and empty the list): each worker takes every n-th one."""
+    """Carry out `jobs` (and empty the list) on up to `UNLINK_WORKERS` threads, the calling
+    one among them, each taking every n-th job. Returns, or raises, only once every thread
+    has ended: the caller closes the directories next. A thread that cannot be started (a
+    task limit) leaves its share to the calling thread."""
     if not jobs:
         return
+    failures: list[BaseException] = []
 
     def work(share: Sequence[tuple[int, int, str]]) -> None:
-        for index, fd, name in share:
-            try:
-                os.unlink(name, dir_fd=fd)
-                outcomes[index] = True
-            except FileNotFoundError:
-                outcomes[index] = False
-            except OSError as error:
-                outcomes[index] = error
+        try:
+            for index, fd, name in share:
+                try:
+                    os.unlink(name, dir_fd=fd)
+                    outcomes[index] = True
+                except FileNotFoundError:
+                    outcomes[index] = False
+                except OSError as error:
+                    outcomes[index] = error
+        except BaseException as error:  # raised again in the calling thread
+            failures.append(error)
 
     workers = min(UNLINK_WORKERS, len(jobs))
     shares = [jobs[w::workers] for w in range(workers)]
-    running = [_unlink_pool().submit(work, share) for share in shares]
-    # All of them end before anything is raised: the caller closes the directories next.
-    concurrent.futures.wait(running)
-    for done in running:
-        done.result()
+    here = [shares[0]]
+    started: list[threading.Thread] = []
+    for share in shares[1:]:
+        thread = threading.Thread(target=work, args=(share,), name="callrec-unlink")
+        try:
+            thread.start()
+        except RuntimeError:  # "can't start new thread": it never ran, so do it here
+            here.append(share)
+        else:
+            started.append(thread)
+    try:
+        for share in here:
+            work(share)
+    finally:
+        for thread in started:
+            thread.join()
+    if failures:
+        raise failures[0]
     jobs.clear()
 
 

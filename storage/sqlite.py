@@ -244,6 +244,12 @@ def make_recording_id(created_ms: int, tail: str) -> str:
     return f"{created_ms:012x}{tail}"
 
 
+def short_recording_id(recording_id: str) -> str:
+    """A recording id shortened for a table: its last 8 (random) digits. The first ones are
+    its creation time and do not tell apart recordings made within the same minute."""
+    return f"…{recording_id[-8:]}"
+
+
 def _new_recording_id(created: datetime) -> str:
     return make_recording_id(int(created.timestamp() * 1000), secrets.token_hex(10))
 

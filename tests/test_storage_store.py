@@ -7,7 +7,6 @@ import hashlib
 import json
 import os
 import re
-import secrets
 import sqlite3
 import stat
 from collections.abc import AsyncIterator, Sequence
@@ -248,8 +247,14 @@ async def test_recording_ids_follow_the_order_the_recordings_were_made(
         assert int(row.id[:12], 16) == int(row.created_at.timestamp() * 1000)
     by_id = sorted(rows, key=lambda row: row.id)
     assert [row.created_at for row in by_id] == sorted(row.created_at for row in rows)
-    same_ms = {make_recording_id(1_700_000_000_000, secrets.token_hex(10)) for _ in range(100)}
-    assert len(same_ms) == 100
+    twins = []
+    for _ in range(2):  # decided in the same millisecond
+        call_id, source = await record_call(store, spool, at=T0 + timedelta(hours=3))
+        row = await store.ingest(call_id, source, T0 + timedelta(hours=3, minutes=4))
+        assert row is not None
+        twins.append(row)
+    assert twins[0].created_at == twins[1].created_at
+    assert twins[0].id[:12] == twins[1].id[:12] and twins[0].id != twins[1].id
 
 
 @pytest.mark.parametrize(
@@ -404,6 +409,38 @@ async def test_sweep_over_several_batches_deletes_all_but_the_stuck_one(
     again = await store.sweep(due)
     assert again.deleted == (stuck.id,) and again.problems == ()
     assert await store.recordings() == []
+    assert (await store.verify()).ok
+
+
+async def test_a_directory_that_cannot_be_opened_keeps_only_its_own_recordings(
+    store: SqliteStore, spool: Path
+) -> None:
+    """One day's directory that cannot be opened (here a symlink loop stands in its place)
+    is that day's problem: the sweep deletes the other days' recordings, reports the stuck
+    one, and deletes it once the directory is back."""
+    rows = []
+    for day in range(3):
+        at = T0 + timedelta(days=day)
+        call_id, source = await record_call(store, spool, at=at)
+        row = await store.ingest(call_id, source, at + timedelta(minutes=4))
+        assert row is not None and row.path is not None
+        rows.append(row)
+    stuck = Path(str(rows[1].path))
+    day_dir, moved = stuck.parent, stuck.parent.with_name("moved-away")
+    day_dir.rename(moved)
+    day_dir.symlink_to(day_dir.name)  # opening it: ELOOP
+    due = rows[-1].delete_after
+    result = await store.sweep(due)
+    assert list(result.deleted) == [rows[0].id, rows[2].id]
+    assert len(result.problems) == 1 and rows[1].id in result.problems[0]
+    assert "kept for now" in result.problems[0]
+    left = await store.recordings()
+    assert [r.id for r in left] == [rows[1].id] and left[0].status is RecordingStatus.STORED
+    day_dir.unlink()
+    moved.rename(day_dir)
+    again = await store.sweep(due)
+    assert again.deleted == (rows[1].id,) and again.problems == ()
+    assert not stuck.exists()
     assert (await store.verify()).ok
 
 

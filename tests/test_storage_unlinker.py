@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import threading
 import time
 from pathlib import Path
 
@@ -111,9 +113,11 @@ def test_many_at_once_reports_each_path_in_its_own_place(tmp_path: Path) -> None
     in_no_dir = tmp_path / "2024" / "12" / "31" / "x.wav"
     a_directory = tmp_path / "2025" / "01" / "01" / "subdir.wav"
     a_directory.mkdir()
+    loop = tmp_path / "2025" / "01" / "loop"
+    loop.symlink_to("loop")  # a directory that cannot be opened: ELOOP
     keep = _make(tmp_path / "2025" / "01" / "00" / "keep.wav")
     paths = [str(p) for p in present[:20]]
-    paths += [str(missing), str(a_directory), str(in_no_dir)]
+    paths += [str(missing), str(a_directory), str(in_no_dir), str(loop / "x.wav")]
     paths += [str(p) for p in present[20:]]
     with files.Unlinker() as unlinker:
         outcomes = unlinker.unlink_many(paths)
@@ -123,7 +127,8 @@ def test_many_at_once_reports_each_path_in_its_own_place(tmp_path: Path) -> None
     assert outcomes[20] is False
     assert isinstance(outcomes[21], OSError)  # a directory is not unlinked: kept, reported
     assert outcomes[22] is False
-    assert outcomes[23:] == [True] * 20
+    assert isinstance(outcomes[23], OSError) and outcomes[23].errno == errno.ELOOP
+    assert outcomes[24:] == [True] * 20
     assert not any(path.exists() for path in present)
     assert a_directory.is_dir()
     assert keep.read_bytes() == b"RIFF"
@@ -137,13 +142,58 @@ def test_many_at_once_across_more_directories_than_may_stay_open(
     monkeypatch.setattr(files.Unlinker, "OPEN_DIRS", 4)
     paths = [_make(tmp_path / f"d{k % 11}" / f"{k}.wav") for k in range(200)]
     before = len(os.listdir("/proc/self/fd"))
+    # Each directory's last fsync must come after its last removal: watch both, by the
+    # directory each descriptor is open on.
+    events: list[tuple[str, str]] = []
+    lock = threading.Lock()
+    real_unlink, real_fsync = os.unlink, os.fsync
+
+    def unlink(name: str, *, dir_fd: int) -> None:
+        real_unlink(name, dir_fd=dir_fd)
+        with lock:
+            events.append(("unlink", os.readlink(f"/proc/self/fd/{dir_fd}")))
+
+    def fsync(fd: int) -> None:
+        real_fsync(fd)
+        with lock:
+            events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+
+    monkeypatch.setattr(os, "unlink", unlink)
+    monkeypatch.setattr(os, "fsync", fsync)
     with files.Unlinker() as unlinker:
         outcomes = unlinker.unlink_many([str(p) for p in paths])
-        assert len(os.listdir("/proc/self/fd")) <= before + 4
         unlinker.sync()
+    monkeypatch.undo()
     assert outcomes == [True] * len(paths)
     assert not any(path.exists() for path in paths)
     assert len(os.listdir("/proc/self/fd")) == before
+    for directory in {str(path.parent) for path in paths}:
+        last = {kind: n for n, (kind, where) in enumerate(events) if where == directory}
+        assert last["fsync"] > last["unlink"], directory
+
+
+def test_many_at_once_when_no_thread_can_be_started(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under a task limit `Thread.start` fails; the calling thread then removes those shares
+    itself, and every file still goes."""
+    paths = [_make(tmp_path / "d" / f"{k}.wav") for k in range(40)]
+    real_start = threading.Thread.start
+    starts: list[int] = []
+
+    def start(self: threading.Thread) -> None:
+        starts.append(1)
+        if len(starts) % 2 == 0:
+            raise RuntimeError("can't start new thread")
+        real_start(self)
+
+    monkeypatch.setattr(threading.Thread, "start", start)
+    with files.Unlinker() as unlinker:
+        outcomes = unlinker.unlink_many([str(p) for p in paths])
+        unlinker.sync()
+    assert len(starts) == files.UNLINK_WORKERS - 1  # the calling thread is the other one
+    assert outcomes == [True] * len(paths)
+    assert not any(path.exists() for path in paths)
 
 
 def test_many_at_once_raises_only_once_every_removal_has_ended(
