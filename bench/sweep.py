@@ -263,6 +263,10 @@ def _sweep_in_child(data_dir: Path, log: Path) -> dict[str, Any]:
     very threads being timed. The child says when its store is open ("open <KiB>") and when
     the sweep is over (its report); only the time between is sampled."""
     argv = [sys.executable, "-m", "bench.sweep", str(data_dir), NOW.isoformat()]
+
+    def failed() -> CallrecError:
+        return CallrecError(f"the sweep child failed: {log.read_text().strip()[-500:]}")
+
     with log.open("w") as errors:
         child = subprocess.Popen(
             argv, stdout=subprocess.PIPE, stderr=errors, text=True, env=child_env()
@@ -274,7 +278,7 @@ def _sweep_in_child(data_dir: Path, log: Path) -> dict[str, Any]:
         opened = child.stdout.readline().split()
         if opened[:1] != ["open"]:
             child.wait()
-            raise CallrecError(f"the sweep child failed: {log.read_text().strip()[-500:]}")
+            raise failed()
         rss_open = int(opened[1])
         peak = [rss_open]
         over = threading.Event()
@@ -292,7 +296,7 @@ def _sweep_in_child(data_dir: Path, log: Path) -> dict[str, Any]:
             over.set()
             sampler.join()
         if child.wait() != 0 or not line:
-            raise CallrecError(f"the sweep child failed: {log.read_text().strip()[-500:]}")
+            raise failed()
     finally:
         timer.cancel()
     report: dict[str, Any] = json.loads(line)

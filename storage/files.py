@@ -223,17 +223,10 @@ class Unlinker:
 
     def unlink(self, path: str | os.PathLike[str]) -> bool:
         """As `unlink`: False when `path` was already gone; raises OSError otherwise."""
-        directory, name = os.path.split(os.fspath(path))
-        directory = directory or os.curdir  # a bare name is relative, as unlink(2) has it
-        fd = self._fds[directory] if directory in self._fds else self._open(directory)
-        if fd is None:
-            return False
-        self.touched.add(directory)
-        try:
-            os.unlink(name, dir_fd=fd)
-        except FileNotFoundError:
-            return False
-        return True
+        (outcome,) = self.unlink_many([os.fspath(path)])
+        if isinstance(outcome, OSError):
+            raise outcome
+        return outcome
 
     def unlink_many(self, paths: Sequence[str]) -> list[bool | OSError]:
         """As `unlink` for each of `paths`, up to `UNLINK_WORKERS` at once: for each, True
@@ -243,7 +236,7 @@ class Unlinker:
         jobs: list[tuple[int, int, str]] = []  # (index in paths, directory fd, name)
         for index, path in enumerate(paths):
             directory, name = os.path.split(path)
-            directory = directory or os.curdir
+            directory = directory or os.curdir  # a bare name is relative, as unlink(2) has it
             if directory not in self._fds and len(self._fds) >= self.OPEN_DIRS:
                 _unlink_jobs(jobs, outcomes)  # opening one more closes the oldest
             try:

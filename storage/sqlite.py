@@ -101,6 +101,7 @@ EXPORTS_DIR = "exports"
 MANIFEST = "manifest.json"
 CALL_ID = re.compile(r"^[0-9a-f]{32}$")
 _SUFFIX = re.compile(r"^\.[a-z0-9]{1,8}$")
+_ID_TAIL = re.compile(r"^[0-9a-f]{20}$")  # the random part of a recording id
 # Recordings deleted per step of a sweep or withdrawal: one read, one file job and one write
 # transaction each. Every batch fsyncs the directories it changed, and each such fsync makes
 # the file system commit its journal: at 200 a batch the sweep took about 1.8x the time of
@@ -164,40 +165,35 @@ def _remove_files(doomed: Sequence[_Doomed]) -> list[_Removal]:
     """Remove the copies and audio of `doomed` (blocking: one worker-thread job, the audio
     several files at once), then fsync each directory that lost a file, once, so that none
     of the names comes back."""
-    copies_removed: list[list[int]] = []
-    problems: list[list[str]] = []
+    removals = []
     with files.Unlinker() as unlinker:
+        audio = iter(unlinker.unlink_many([i.audio for i in doomed if i.audio is not None]))
         for item in doomed:
             removed: list[int] = []
-            failed: list[str] = []
+            problems: list[str] = []
             for copy in item.copies:
                 try:
                     unlinker.unlink(copy["path"])
                     removed.append(int(copy["id"]))
                 except OSError as error:
-                    failed.append(f"export copy {copy['path']}: {error.strerror or error}")
+                    problems.append(f"export copy {copy['path']}: {error.strerror or error}")
             for export_dir in {Path(copy["path"]).parent for copy in item.copies}:
                 with contextlib.suppress(OSError):
                     export_dir.rmdir()
                     unlinker.removed_dir(str(export_dir))
-            copies_removed.append(removed)
-            problems.append(failed)
-        with_audio = [(n, item.audio) for n, item in enumerate(doomed) if item.audio is not None]
-        outcomes = unlinker.unlink_many([audio for _, audio in with_audio])
-        states: list[str | None] = ["none"] * len(doomed)
-        for (n, _), outcome in zip(with_audio, outcomes, strict=True):
-            if isinstance(outcome, OSError):
-                problems[n].append(
-                    f"recording {doomed[n].row['id']}: {outcome.strerror or outcome} (kept for now)"
-                )
-                states[n] = None
-            else:
-                states[n] = "removed" if outcome else "already absent"
+            state: str | None = "none"
+            if item.audio is not None:
+                outcome = next(audio)
+                if isinstance(outcome, OSError):
+                    problems.append(
+                        f"recording {item.row['id']}: {outcome.strerror or outcome} (kept for now)"
+                    )
+                    state = None
+                else:
+                    state = "removed" if outcome else "already absent"
+            removals.append(_Removal(state, tuple(removed), tuple(problems)))
         unlinker.sync()
-    return [
-        _Removal(state, tuple(removed), tuple(failed))
-        for state, removed, failed in zip(states, copies_removed, problems, strict=True)
-    ]
+    return removals
 
 
 # The newest missed inbound call of a customer since a time, not called back yet, and
@@ -239,7 +235,7 @@ def make_recording_id(created_ms: int, tail: str) -> str:
     every index keyed on them: a sweep deletes recordings in the order they were made, and
     its audit entries (keyed on the id) then fill a few index pages per batch, not one page
     per entry as random ids did."""
-    if not re.fullmatch(r"[0-9a-f]{20}", tail) or not 0 <= created_ms < 16**12:
+    if not _ID_TAIL.match(tail) or not 0 <= created_ms < 16**12:
         raise ValueError(f"no recording id from {created_ms} and {tail!r}")
     return f"{created_ms:012x}{tail}"
 
