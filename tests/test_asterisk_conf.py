@@ -435,6 +435,71 @@ def test_agi_mode_never_starts_mixmonitor_itself() -> None:
             assert not (step.app == "Gosub" and step.data.startswith("callrec-record")), step.where
 
 
+# --- every recorded leg's end reaches the controller -------------------------------------
+
+RECORDING_ROUTES = ("inbound", "callback", "callee")  # FastAGI routes that EXEC MixMonitor
+
+
+def starts_recording(step: Step, monitor_routines: set[str]) -> bool:
+    """Whether this step can start MixMonitor: the application itself, a Gosub into a
+    routine that runs it, or an AGI on a route whose server EXECs it (FastAGI mode)."""
+    if step.app == "MixMonitor":
+        return True
+    if step.app == "Gosub":
+        return step.data.split(",", 1)[0] in monitor_routines
+    if step.app == "AGI":
+        route = step.data.split(",", 1)[0].rsplit("/", 1)[-1]
+        return route in RECORDING_ROUTES
+    return False
+
+
+def reports_the_end(steps: list[Step]) -> str | None:
+    """How the leg's end reaches the controller, given the steps before the recording
+    starts: ARI's Stasis (the controller subscribes to the channel before it lets it record,
+    and sees ChannelDestroyed), or a pushed hangup handler whose AGI reports the call id."""
+    calls = " ".join(f"{s.app}({s.data})" for s in steps)
+    if "Stasis(callrec," in calls:
+        return "stasis"
+    for step in steps:
+        if step.app == "Set" and step.data.startswith("CHANNEL(hangup_handler_push)="):
+            handler = step.data.split("=", 1)[1].split(",")[0]
+            for routine in PLAN.extension(handler, "s"):
+                if routine.app == "AGI" and re.search(
+                    r"/hangup,\$\{FILTER\(0-9a-f,\$\{CALLREC_CALL_ID\}\)\}", routine.data
+                ):
+                    return "hangup handler"
+    return None
+
+
+def test_every_context_that_can_record_reports_the_legs_end() -> None:
+    """In both modes, each context that can start MixMonitor (itself, through a routine, or
+    through the FastAGI server) first makes sure the controller learns when the leg ends:
+    otherwise its recording would stay in the spool, outside retention and withdrawal."""
+    monitor_routines = {s.context for s in PLAN.steps() if s.app == "MixMonitor"}
+    assert monitor_routines == {"callrec-record"}
+    checked: dict[str, str] = {}
+    for context, steps in PLAN.contexts.items():
+        if context in monitor_routines:
+            continue  # a routine: its callers are checked
+        for exten in dict.fromkeys(step.exten for step in steps):
+            ordered = sorted(PLAN.extension(context, exten), key=lambda s: s.priority)
+            for index, step in enumerate(ordered):
+                if starts_recording(step, monitor_routines):
+                    how = reports_the_end(ordered[:index])
+                    assert how is not None, (
+                        f"{step.where}: {context} records a leg whose end nobody reports"
+                    )
+                    checked[context] = how
+    assert checked == {
+        "callrec-ari-inbound": "stasis",
+        "callrec-ari-callback": "stasis",
+        "callrec-callee": "stasis",
+        "callrec-agi-inbound": "hangup handler",
+        "callrec-agi-callback": "hangup handler",
+        "callrec-agi-callee": "hangup handler",
+    }
+
+
 # --- the recording decision, evaluated --------------------------------------------------
 
 
