@@ -9,7 +9,9 @@ and are called back. When the dialplan runs `MixMonitor` the simulator writes a 
 file, 8 kHz mono 16-bit, header-only when nobody was bridged.
 
 `callrec demo`, `callrec replay` and the tests drive calls through it; the controller cannot
-tell it from Asterisk through the ARI. Faults for resilience tests: `fail_next` (REST answers
+tell it from Asterisk through the ARI. With `mode="agi"` the dialplan is FastAGI mode's
+(`extensions-fastagi.conf`) and `AGI()` is a real FastAGI client (`agi.simpbx_agi`) of the
+controller's server at `fastagi`. Faults for resilience tests: `fail_next` (REST answers
 with an error, after a delay that outlasts a client's timeout), `drop_websockets` and
 `drop_websockets_at` (the events socket closes, now or at an event), `restart` (every live
 channel is lost, the port comes back).
@@ -95,6 +97,8 @@ class SimulatedPbx:
         dialplan: Dialplan | None = None,
         local_scripts: Mapping[str, CallerScript] | None = None,
         epoch: int | None = None,
+        mode: str = "ari",
+        fastagi: tuple[str, int] | None = None,
     ) -> None:
         if time_scale <= 0:
             raise ConfigError(f"simulated PBX: time_scale must be positive, not {time_scale}")
@@ -103,7 +107,10 @@ class SimulatedPbx:
         # Loopback only, but never a known default: callers read it back when they need it.
         self.password = password if password is not None else secrets.token_urlsafe(16)
         self.time_scale = time_scale
-        self.dialplan = dialplan or callrec_dialplan(app)
+        # CALLREC_MODE: `agi` runs extensions-fastagi.conf's contexts, whose AGI() connects
+        # to `fastagi` (the controller's FastAGI server) whatever address the dialplan names.
+        self.dialplan = dialplan or callrec_dialplan(app, mode=mode)
+        self._fastagi = fastagi
         self._prompt_durations = dict(prompt_durations or {})
         self._epoch = epoch if epoch is not None else int(time.time())
         self._switch: Switch | None = None
@@ -127,6 +134,17 @@ class SimulatedPbx:
     @property
     def base_url(self) -> str:
         return f"http://{self._host}:{self._port}/ari"
+
+    @property
+    def fastagi(self) -> tuple[str, int] | None:
+        """Where `AGI()` connects (host, port), whatever address the dialplan names."""
+        return self._fastagi
+
+    @fastagi.setter
+    def fastagi(self, address: tuple[str, int] | None) -> None:
+        self._fastagi = address
+        if self._switch is not None:
+            self._switch.fastagi = address
 
     @property
     def running(self) -> bool:
@@ -165,6 +183,7 @@ class SimulatedPbx:
             time_scale=self.time_scale,
             epoch=self._epoch,
             entity_id=ENTITY_ID,
+            fastagi=self._fastagi,
         )
         application = web.Application()
         application.router.add_route("*", "/{tail:.*}", self._dispatch)

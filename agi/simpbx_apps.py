@@ -181,7 +181,7 @@ async def dial(switch: Switch, channel: Channel, data: str) -> Outcome:
     switch.start_dialplan(peer)
     gosub = re.search(r"U\(([^)]*)\)", options)
     if gosub is not None and not await _callee_gosub(switch, channel, peer, gosub.group(1)):
-        switch.destroy(peer)
+        await switch.end_dialplan(peer)  # its hangup handlers run, as in ast_hangup
         switch.set_var(channel, "DIALSTATUS", "ANSWER")
         return HANGUP if channel.hangup.is_set() else NEXT
     switch.bridge(channel, peer)
@@ -197,7 +197,7 @@ async def dial(switch: Switch, channel: Channel, data: str) -> Outcome:
     elif talked_fully:
         switch.request_hangup(peer, NORMAL_CLEARING, soft=False)
     switch.request_hangup(peer, NORMAL_CLEARING, soft=True)  # left alone in the bridge
-    switch.destroy(peer)
+    await switch.end_dialplan(peer)  # its hangup handlers run, then it is destroyed
     switch.set_var(channel, "BRIDGEPEER", "")
     _set_times(switch, channel, "ANSWEREDTIME", talked)
     _set_times(switch, channel, "DIALEDTIME", switch.script_seconds_since(channel.created_at))

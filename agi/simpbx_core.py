@@ -31,8 +31,9 @@ from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from agi.simpbx_agi import agi
 from agi.simpbx_apps import dial, queue
-from agi.simpbx_audio import write_recording
+from agi.simpbx_audio import MonitorFile
 from agi.simpbx_calls import CallerScript, CallResult
 from agi.simpbx_dialplan import Dialplan
 from agi.simpbx_model import (
@@ -65,8 +66,10 @@ class Switch:
         time_scale: float,
         epoch: int,
         entity_id: str,
+        fastagi: tuple[str, int] | None = None,
     ) -> None:
         self.dialplan = dialplan
+        self.fastagi = fastagi  # where AGI() connects, whatever its URL names
         self.prompt_durations = dict(prompt_durations)
         self.time_scale = time_scale
         self.epoch = epoch
@@ -238,18 +241,20 @@ class Switch:
             channel.finished.set_result(self._result(channel, recorded))
 
     def _close_monitor(self, channel: Channel) -> int | None:
-        if channel.monitor_file is None or channel.monitor_started_at is None:
-            return None
-        if channel.monitor_bridged_only:
-            seconds = channel.bridged_seconds
-        else:
-            seconds = self.script_seconds_since(channel.monitor_started_at)
+        """MixMonitor closes its file: the buffered frames and the header's sizes go to disk
+        only now. Its size, or None when nothing recorded."""
+        monitor = channel.monitor
+        if monitor is None:
+            return channel.monitor_bytes
+        if channel.monitor_started_at is not None and not channel.monitor_bridged_only:
+            monitor.add(self.script_seconds_since(channel.monitor_started_at))
         try:
-            return write_recording(Path(channel.monitor_file), seconds)
+            channel.monitor_bytes = monitor.close()
         except OSError as error:
             log.warning("MixMonitor could not write its file: %s", error.strerror)
             channel.monitor_file = None
-            return None
+        channel.monitor = None
+        return channel.monitor_bytes
 
     def _result(self, channel: Channel, recorded: int | None) -> CallResult:
         return CallResult(
@@ -281,6 +286,11 @@ class Switch:
                 continue
             elapsed = self.script_seconds_since(party.bridge_started_at)
             party.bridged_seconds += elapsed if talked is None else talked
+            if party.monitor is not None and party.monitor_bridged_only:
+                try:
+                    party.monitor.add(elapsed if talked is None else talked)
+                except OSError as error:
+                    log.warning("MixMonitor could not write its file: %s", error.strerror)
             party.bridge_started_at = None
             party.bridge_peer = None
 
@@ -309,6 +319,7 @@ class Switch:
             if channel.hangup.is_set():
                 return
             channel.digits.append(digit)
+            channel.dtmf.put_nowait(digit)  # for an AGI command waiting for a key
             self.emit_channel(
                 "ChannelDtmfReceived", channel, digit=digit, duration_ms=DTMF_DURATION_MS
             )
@@ -339,14 +350,16 @@ class Switch:
             await self.run_priorities(channel, context, exten, priority, handler=True)
         self.destroy(channel)
 
-    def _applications(self) -> dict[str, Callable[[Channel, str], Awaitable[Outcome]]]:
+    def applications(self) -> dict[str, Callable[[Channel, str], Awaitable[Outcome]]]:
         return {
             "Stasis": self.app_stasis,
+            "AGI": lambda channel, data: agi(self, channel, data),
             "GotoIf": self._app_gotoif,
             "Goto": self._app_goto,
             "Gosub": self._app_gosub,
             "ExecIf": self._app_execif,
             "MixMonitor": self._app_mixmonitor,
+            "StopMixMonitor": self._app_stopmixmonitor,
             "Queue": lambda channel, data: queue(self, channel, data),
             "Dial": lambda channel, data: dial(self, channel, data),
             "Wait": self._app_wait,
@@ -364,7 +377,7 @@ class Switch:
     ) -> str:
         """Run the dialplan from a location until Return (RETURN), a hang-up or the end; a
         hangup `handler` runs on a channel that is already hung up."""
-        apps = self._applications()
+        apps = self.applications()
         while handler or not channel.hangup.is_set():
             step = self.dialplan.priority(context, exten, priority)
             if step is None:
@@ -459,7 +472,7 @@ class Switch:
         if not chosen:
             return NEXT
         name, _, rest = chosen.partition("(")
-        app = self._applications().get(name.strip())
+        app = self.applications().get(name.strip())
         if app is None:
             log.warning("ExecIf: the simulated dialplan has no application %s", name)
             return HANGUP
@@ -474,10 +487,22 @@ class Switch:
             # A relative name would go to Asterisk's monitor spool, which the simulator has not.
             log.warning("MixMonitor: %r is not an absolute path; nothing records", file)
             return NEXT
+        if channel.monitor is not None:
+            log.warning("MixMonitor: %s already records; a second one is not started", channel.id)
+            return NEXT
+        try:
+            channel.monitor = MonitorFile(Path(file))
+        except OSError as error:
+            log.warning("MixMonitor could not open its file: %s", error.strerror)
+            return NEXT
         channel.monitor_file = file
         channel.monitor_bridged_only = "b" in options
         channel.monitor_started_at = self.now
         self.set_var(channel, "MIXMONITOR_FILENAME", file)
+        return NEXT
+
+    async def _app_stopmixmonitor(self, channel: Channel, data: str) -> Outcome:
+        self._close_monitor(channel)
         return NEXT
 
     async def _app_wait(self, channel: Channel, data: str) -> Outcome:

@@ -39,6 +39,7 @@ Variables = Mapping[str, str]
 Data = str | Callable[[Variables], str]
 
 DIAL_TIMEOUT = 60  # CALLREC_DIAL_TIMEOUT: seconds a callback rings the customer
+FASTAGI_ADDRESS = "127.0.0.1:4573"  # where extensions-fastagi.conf's AGI() connects
 AGENT_CONNECT_GOSUB = "callrec-agent-connect"
 SAFE_RECORDING_FILE = re.compile(r"/(?!.*\.\.)[A-Za-z0-9/_.-]+\.wav")
 _CALLREC_VARIABLES = (  # cleared on entry: nothing a channel brings may decide to record
@@ -175,11 +176,16 @@ def _filter(allowed: str, value: str | None) -> str:
     return "".join(char for char in value or "" if re.fullmatch(f"[{allowed}]", char))
 
 
-def callrec_dialplan(app: str = "callrec", lines: tuple[Line, ...] = DEFAULT_LINES) -> Dialplan:
-    """The ARI-mode dialplan of `asterisk-conf/extensions.conf`, for Stasis application `app`."""
+def callrec_dialplan(
+    app: str = "callrec", lines: tuple[Line, ...] = DEFAULT_LINES, *, mode: str = "ari"
+) -> Dialplan:
+    """The dialplan of `asterisk-conf/extensions.conf` and `extensions-fastagi.conf`, for
+    Stasis application `app`, with CALLREC_MODE `mode` (`ari` or `agi`)."""
+    if mode not in ("ari", "agi"):
+        raise ValueError(f"CALLREC_MODE is ari or agi, not {mode!r}")
 
     def to_ari(kind: str) -> Priority:
-        return Priority("Goto", lambda v: f"callrec-ari-{kind},{v['EXTEN']},1")
+        return Priority("Goto", lambda v: f"callrec-{v['CALLREC_MODE']}-{kind},{v['EXTEN']},1")
 
     inbound: dict[str, tuple[Priority, ...]] = {}
     for line in lines:
@@ -288,8 +294,10 @@ def callrec_dialplan(app: str = "callrec", lines: tuple[Line, ...] = DEFAULT_LIN
         Priority("Return"),
     )
     queue = QueueSettings(setinterfacevar=True, membergosub=AGENT_CONNECT_GOSUB)
+    agi_contexts = _agi_contexts(clear, dial)
     return Dialplan(
         contexts={
+            **agi_contexts,
             "callrec-inbound": inbound,
             "callrec-callback": {
                 "_.": (
@@ -309,9 +317,91 @@ def callrec_dialplan(app: str = "callrec", lines: tuple[Line, ...] = DEFAULT_LIN
         },
         queues={line.name: queue for line in lines},
         globals={
-            "CALLREC_MODE": "ari",
+            "CALLREC_MODE": mode,
             "CALLREC_TRUNK_TECH": "PJSIP",
             "CALLREC_TRUNK": "trunk",
             "CALLREC_DIAL_TIMEOUT": str(DIAL_TIMEOUT),
         },
     )
+
+
+def _agi_contexts(
+    clear: Priority, dial: Callable[[Variables], str]
+) -> dict[str, Mapping[str, tuple[Priority, ...]]]:
+    """The FastAGI-mode contexts of `asterisk-conf/extensions-fastagi.conf`."""
+    server = f"agi://{FASTAGI_ADDRESS}"
+    push_handler = Priority("Set", "CHANNEL(hangup_handler_push)=callrec-agi-hangup,s,1")
+    check = Priority("Gosub", "callrec-agi-check,s,1")
+    inbound = (
+        Priority("NoOp", lambda v: f"callrec: inbound call for queue {v.get('CALLREC_QUEUE', '')}"),
+        clear,
+        push_handler,
+        Priority("AGI", lambda v: f"{server}/inbound,{v['EXTEN']}"),
+        check,
+        Priority("Queue", lambda v: v.get("CALLREC_QUEUE", "")),
+        Priority("Hangup"),
+    )
+    agi_check = (
+        Priority("GotoIf", lambda v: f"{_regex('^SUCCESS$', v.get('AGISTATUS'))}?done"),
+        Priority("StopMixMonitor"),
+        Priority("Set", "CALLREC_RECORD=no"),
+        Priority(
+            "Log",
+            lambda v: (
+                f"WARNING,callrec: the FastAGI server did not finish (AGISTATUS "
+                f"{v.get('AGISTATUS', '')}) so the call goes on unrecorded"
+            ),
+        ),
+        Priority("Return", label="done"),
+    )
+    callback = (
+        Priority("NoOp", lambda v: f"callrec: callback on line {v.get('CALLREC_LINE', '')}"),
+        clear,
+        push_handler,
+        Priority("AGI", lambda v: f"{server}/callback,{v['EXTEN']},{v.get('CALLREC_LINE', '')}"),
+        check,
+        Priority("GotoIf", lambda v: f"{_regex('^SUCCESS$', v.get('AGISTATUS'))}?decided:dial"),
+        Priority(
+            "GotoIf",
+            lambda v: f"{_regex('^yes$', v.get('CALLREC_NOTICE'))}?notice:dial",
+            label="decided",
+        ),
+        Priority("Dial", dial, label="dial"),
+        Priority("Hangup"),
+        Priority(
+            "Dial",
+            lambda v: (
+                f"{dial(v)},U(callrec-agi-callee^{_filter('0-9a-f', v.get('CALLREC_CALL_ID'))})"
+            ),
+            label="notice",
+        ),
+        Priority("Hangup"),
+    )
+    callee = (
+        Priority("NoOp", lambda v: f"callrec: customer leg of callback {v.get('ARG1', '')}"),
+        clear,
+        push_handler,
+        Priority("AGI", lambda v: f"{server}/callee,{_filter('0-9a-f', v.get('ARG1'))}"),
+        check,
+        Priority("Return"),
+    )
+    hangup = (
+        Priority("GotoIf", lambda v: f"{len(v.get('CALLREC_CALL_ID', ''))}?report:done"),
+        Priority(
+            "AGI",
+            lambda v: (
+                f"{server}/hangup,{_filter('0-9a-f', v.get('CALLREC_CALL_ID'))},"
+                f"{v.get('ANSWEREDTIME', '')},{v.get('ABANDONED', '')},"
+                f"{v.get('CALLREC_AGENT', '')}"
+            ),
+            label="report",
+        ),
+        Priority("Return", label="done"),
+    )
+    return {
+        "callrec-agi-inbound": {"_.": inbound},
+        "callrec-agi-check": {"s": agi_check},
+        "callrec-agi-callback": {"_.": callback},
+        "callrec-agi-callee": {"s": callee},
+        "callrec-agi-hangup": {"s": hangup},
+    }

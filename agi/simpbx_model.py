@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import Any
 
+from agi.simpbx_audio import MonitorFile
 from agi.simpbx_calls import CallerScript, CallResult
 
 Json = dict[str, Any]
@@ -104,7 +105,10 @@ class Channel:
     first_playback: asyncio.Event = field(default_factory=asyncio.Event)
     prompts: list[str] = field(default_factory=list)
     digits: list[str] = field(default_factory=list)
+    dtmf: asyncio.Queue[str] = field(default_factory=asyncio.Queue)  # keys, for AGI
     monitor_file: str | None = None
+    monitor: MonitorFile | None = None  # the file MixMonitor has open
+    monitor_bytes: int | None = None  # its size once closed
     monitor_bridged_only: bool = False
     monitor_started_at: float | None = None
     bridge_peer: Channel | None = None

@@ -1,6 +1,7 @@
-"""The simulated dialplan against `asterisk-conf/`: every priority of the ARI-mode contexts
-(application and label, in order), the DIDs, the globals and the queues' settings agree, so
-the simulator cannot drift from what a real Asterisk would run. Also the pattern matcher."""
+"""The simulated dialplan against `asterisk-conf/`: every priority of the ARI-mode and the
+FastAGI-mode contexts (application and label, in order), the DIDs, the globals and the
+queues' settings agree, so the simulator cannot drift from what a real Asterisk would run.
+Also the pattern matcher."""
 
 from __future__ import annotations
 
@@ -22,6 +23,11 @@ MIRRORED = (
     "callrec-ari-callback",
     "callrec-callee",
     "callrec-hangup",
+    "callrec-agi-inbound",
+    "callrec-agi-check",
+    "callrec-agi-callback",
+    "callrec-agi-callee",
+    "callrec-agi-hangup",
 )
 # The one extension the simulator leaves out: the landing place of res_stasis' nested PBX.
 NOT_MIRRORED = {("callrec-callee", "nested")}
@@ -84,7 +90,9 @@ def sim_steps(plan: Dialplan, context: str, exten: str) -> Steps | None:
 
 def test_default_dialplan_follows_extensions_conf() -> None:
     """Each mirrored extension runs the same applications, with the same labels, in order."""
-    contexts, _ = parse_extensions(_conf_lines("extensions.conf"))
+    contexts, _ = parse_extensions(
+        _conf_lines("extensions.conf") + _conf_lines("extensions-fastagi.conf")
+    )
     plan = callrec_dialplan()
     compared = 0
     for context in MIRRORED:
