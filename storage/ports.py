@@ -201,6 +201,10 @@ class Ledger(Protocol):
     async def open_calls(self) -> list[CallRow]:
         """Calls started and not ended (for reconciling after a restart)."""
 
+    async def close_stale_calls(self, started_before: datetime, now: datetime) -> list[str]:
+        """End (audited) the calls still open that started before `started_before`: no call
+        lasts that long, so their end was never reported. Their call ids."""
+
 
 class RecordingStore(Protocol):
     """Retention, withdrawal, access and proof: what the DPO answers for."""
@@ -243,7 +247,14 @@ class RecordingStore(Protocol):
 
     async def verify(self, *, progress: Progress | None = None) -> VerifyReport: ...
 
-    async def reconcile(self, spool: Path, now: datetime) -> ReconcileReport: ...
+    async def reconcile(
+        self,
+        spool: Path,
+        now: datetime,
+        *,
+        longest_call: timedelta | None = None,
+        finished: Callable[[Path], bool] | None = None,
+    ) -> ReconcileReport: ...
 
     async def recordings(self, *, include_deleted: bool = False) -> list[RecordingRow]: ...
 

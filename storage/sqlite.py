@@ -575,6 +575,66 @@ class SqliteStore:
 
         await self._db.write(body, f"ending call {call_id}")
 
+    async def close_stale_calls(self, started_before: datetime, now: datetime) -> list[str]:
+        """End every open call started before `started_before`: Asterisk never reported its
+        end, and none lasts that long. Judged as reconcile judges a call that ended unseen
+        (audio beyond the WAV header: answered; decided: missed; else abandoned), audited as
+        `call.closed_unreported`. Returns their call ids, so their files can be collected."""
+        cutoff = ts(started_before)
+        when = ts(now)
+
+        def read(tx: Tx) -> list[sqlite3.Row]:
+            return tx.all(
+                "SELECT call_id, decided_at, recording_file FROM calls "
+                "WHERE ended_at IS NULL AND started_at < ? ORDER BY started_at",
+                (cutoff,),
+            )
+
+        rows = await self._db.read(read, "listing calls with no end")
+        if not rows:
+            return []
+
+        def judge() -> list[tuple[str, Outcome]]:
+            judged = []
+            for row in rows:
+                file = row["recording_file"]
+                audio = False
+                if file is not None:
+                    with contextlib.suppress(OSError):
+                        audio = not files.header_only(Path(file))
+                if audio:
+                    outcome = Outcome.ANSWERED
+                elif row["decided_at"] is not None:
+                    outcome = Outcome.MISSED
+                else:
+                    outcome = Outcome.ABANDONED_IN_PROMPT
+                judged.append((str(row["call_id"]), outcome))
+            return judged
+
+        judged = await self._in_thread("judging calls with no end", judge)
+        reason = f"no end reported by {cutoff}: closed as longer than any call"
+
+        def body(tx: Tx) -> list[str]:
+            closed = []
+            for call_id, outcome in judged:
+                changed = tx.run(
+                    "UPDATE calls SET ended_at = ?, outcome = ?, reason = ? "
+                    "WHERE call_id = ? AND ended_at IS NULL",
+                    (when, outcome.value, reason, call_id),
+                )
+                if changed:
+                    closed.append(call_id)
+                    self._audit(
+                        tx,
+                        now,
+                        "call.closed_unreported",
+                        call_id,
+                        {"outcome": outcome.value, "started_before": cutoff},
+                    )
+            return closed
+
+        return await self._db.write(body, "closing calls with no end")
+
     async def find_missed_call(self, caller: str, since: datetime) -> MissedCall | None:
         number = try_normalise(caller, country_code=self.policy.country_code)
         if number is None:
@@ -1804,8 +1864,20 @@ class SqliteStore:
 
     # --------------------------------------------------------------- reconcile
 
-    async def reconcile(self, spool: Path, now: datetime) -> ReconcileReport:
-        """Run at start: finish what a crash interrupted and account for every file."""
+    async def reconcile(
+        self,
+        spool: Path,
+        now: datetime,
+        *,
+        longest_call: timedelta | None = None,
+        finished: Callable[[Path], bool] | None = None,
+    ) -> ReconcileReport:
+        """Run at start: finish what a crash interrupted and account for every file.
+
+        `longest_call`: a call open for longer is closed (its end was never reported) and its
+        file ingested. `finished(path)`: whether the writer is done with a spool file; one
+        that may still be written is left for the controller, never hashed (default: all
+        are finished)."""
         ts(now)
         report = _Reconciling()
         async with self._files:
@@ -1813,9 +1885,15 @@ class SqliteStore:
             await self._resume_exports(now, report.resumed)
             await self._remove_temp_files(report.resumed)
             report.failed += await self._fail_closed(now)
+            if longest_call is not None:
+                for call_id in await self.close_stale_calls(now - longest_call, now):
+                    report.flagged.append(
+                        f"call {call_id}: no end was reported for longer than any call "
+                        f"({longest_call}); closed"
+                    )
             spool = Path(spool)
             if await asyncio.to_thread(spool.is_dir):
-                await self._adopt_spool(spool, now, report)
+                await self._adopt_spool(spool, now, report, finished)
             await self._check_stored(now, report.flagged, report.resumed)
             await self._flag_calls_without_file(report.flagged)
             deleted, problems = await self._enforce_withdrawals(now, everyone=True)
@@ -1889,7 +1967,13 @@ class SqliteStore:
 
         return await self._db.write(body, "closing calls without a decision")
 
-    async def _adopt_spool(self, spool: Path, now: datetime, report: _Reconciling) -> None:
+    async def _adopt_spool(
+        self,
+        spool: Path,
+        now: datetime,
+        report: _Reconciling,
+        finished: Callable[[Path], bool] | None,
+    ) -> None:
         paths = await asyncio.to_thread(lambda: sorted(spool.iterdir()))
         for path in paths:
             if await asyncio.to_thread(path.is_symlink):
@@ -1925,6 +2009,12 @@ class SqliteStore:
             if call["ended_at"] is None:
                 report.flagged.append(
                     f"call {call_id}: still open, its recording stays in the spool"
+                )
+                continue
+            if finished is not None and not await asyncio.to_thread(finished, path):
+                report.flagged.append(
+                    f"call {call_id}: its recording may still be written; left in the spool "
+                    "for the controller"
                 )
                 continue
             try:
@@ -2001,18 +2091,27 @@ class SqliteStore:
     async def _flag_calls_without_file(self, flagged: list[str]) -> None:
         """Told to record, ended, and no file ever arrived: said once, not at every start."""
 
-        def body(tx: Tx) -> list[str]:
-            rows = tx.all(
-                "SELECT c.call_id FROM calls c WHERE c.recording_file IS NOT NULL "
+        def read(tx: Tx) -> list[sqlite3.Row]:
+            return tx.all(
+                "SELECT c.call_id, c.recording_file FROM calls c "
+                "WHERE c.recording_file IS NOT NULL "
                 "AND c.ended_at IS NOT NULL AND c.file_flagged = 0 "
                 "AND NOT EXISTS (SELECT 1 FROM recordings r WHERE r.call_id = c.call_id) "
                 "AND NOT EXISTS (SELECT 1 FROM pending_ingests p WHERE p.call_id = c.call_id)"
             )
-            ids = [str(row["call_id"]) for row in rows]
-            tx.many("UPDATE calls SET file_flagged = 1 WHERE call_id = ?", [(i,) for i in ids])
-            return ids
 
-        for call_id in await self._db.write(body, "checking calls without a file"):
+        rows = await self._db.read(read, "checking calls without a file")
+        # A file still in the spool (left for the controller) has arrived: not flagged.
+        present = await asyncio.to_thread(
+            lambda: [os.path.lexists(row["recording_file"]) for row in rows]
+        )
+        ids = [str(row["call_id"]) for row, here in zip(rows, present, strict=True) if not here]
+
+        def body(tx: Tx) -> None:
+            tx.many("UPDATE calls SET file_flagged = 1 WHERE call_id = ?", [(i,) for i in ids])
+
+        await self._db.write(body, "flagging calls without a file")
+        for call_id in ids:
             flagged.append(f"call {call_id}: recording was started but no file arrived")
 
     # ----------------------------------------------------------------- queries

@@ -1,0 +1,58 @@
+"""The store and the spool: reconcile closes calls whose end was never reported, and leaves
+a file the writer may not have finished."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from storage_helpers import POLICY, T0, record_call
+
+from storage.sqlite import SqliteStore
+
+
+@pytest.fixture
+def spool(tmp_path: Path) -> Path:
+    path = tmp_path / "spool"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+async def store(tmp_path: Path, spool: Path) -> AsyncIterator[SqliteStore]:
+    async with await SqliteStore.open(tmp_path / "data", POLICY, spool_dir=spool) as opened:
+        yield opened
+
+
+async def test_reconcile_closes_calls_open_longer_than_any_call(
+    store: SqliteStore, spool: Path
+) -> None:
+    """At start, a decided call open for longer than the longest call is closed and its
+    file ingested; a younger open call keeps its file in the spool."""
+    stale_id, stale = await record_call(store, spool, end=False)
+    young_id, young = await record_call(store, spool, at=T0 + timedelta(hours=10), end=False)
+    now = T0 + timedelta(hours=12, minutes=1)
+    report = await store.reconcile(spool, now, longest_call=timedelta(hours=12))
+    assert report.ingested == (stale_id,)
+    assert not stale.exists() and young.exists()
+    row = await store.get_call(stale_id)
+    assert row is not None and row.ended_at == now
+    young_row = await store.get_call(young_id)
+    assert young_row is not None and young_row.ended_at is None
+
+
+async def test_reconcile_leaves_a_file_that_may_still_be_written(
+    store: SqliteStore, spool: Path
+) -> None:
+    """A spool file of an ended call that the writer may not have finished is not hashed at
+    start: it stays for the controller, and is not reported as a file that never came."""
+    call_id, path = await record_call(store, spool)
+    report = await store.reconcile(spool, T0 + timedelta(hours=1), finished=lambda _: False)
+    assert report.ingested == () and path.exists()
+    assert any("may still be written" in line for line in report.flagged)
+    again = await store.reconcile(spool, T0 + timedelta(hours=1), finished=lambda _: False)
+    assert not any("no file arrived" in line for line in again.flagged)
+    assert await store.recordings() == []
+    assert call_id in path.name
