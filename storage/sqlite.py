@@ -766,7 +766,8 @@ class SqliteStore:
         )
         if source != final:
             await self._in_thread(f"removing {source}", files.remove, source)
-        await self._enforce_withdrawals(now, customer=call["customer"])
+        # complete: a withdrawal that waited for this file may have nothing left now.
+        await self._enforce_withdrawals(now, customer=call["customer"], complete=True)
         return await self._require_recording(row.id)
 
     async def _insert_recording(
@@ -847,6 +848,7 @@ class SqliteStore:
             size=0,
         )
         await self._in_thread(f"removing {source}", files.remove, source)
+        await self._enforce_withdrawals(now, customer=call["customer"], complete=True)
         return row
 
     async def _discard(self, call_id: str, source: Path, now: datetime, why: str) -> None:
@@ -1135,12 +1137,37 @@ class SqliteStore:
         return deleted, problems
 
     async def _complete_withdrawals(self, now: datetime) -> None:
+        """Mark complete each open withdrawal of which nothing remains anywhere: no consent
+        recording in the store, and no file of a covered call still to come or waiting in
+        the spool (an ingest that failed, a call not yet ended)."""
+
+        def outstanding(tx: Tx) -> list[sqlite3.Row]:
+            return tx.all(
+                "SELECT w.id AS withdrawal_id, c.recording_file, c.ended_at "
+                "FROM withdrawals w JOIN calls c ON c.customer = w.caller "
+                "WHERE w.completed_at IS NULL AND c.legal_basis = 'consent' "
+                "AND c.decision = 'record' AND c.decided_at <= w.registered_at "
+                "AND c.recording_file IS NOT NULL "
+                "AND NOT EXISTS (SELECT 1 FROM recordings r WHERE r.call_id = c.call_id)"
+            )
+
+        rows = await self._db.read(outstanding, "looking for files withdrawals wait for")
+        waiting = await asyncio.to_thread(
+            lambda: {
+                str(row["withdrawal_id"])
+                for row in rows
+                if row["ended_at"] is None or os.path.lexists(row["recording_file"])
+            }
+        )
+
         def body(tx: Tx) -> None:
             open_rows = tx.all(
                 "SELECT w.id, w.caller, w.registered_at FROM withdrawals w "
                 "WHERE w.completed_at IS NULL"
             )
             for w in open_rows:
+                if w["id"] in waiting:
+                    continue
                 left = tx.one(
                     "SELECT 1 FROM recordings WHERE customer = ? AND legal_basis = 'consent' "
                     "AND status != 'deleted' AND decided_at <= ? LIMIT 1",

@@ -1,5 +1,6 @@
-"""The store and the spool: reconcile closes calls whose end was never reported, and leaves
-a file the writer may not have finished."""
+"""The store and the spool: a withdrawal waits for the files of its calls still to come or
+still in the spool, reconcile closes calls whose end was never reported, and leaves a file
+the writer may not have finished."""
 
 from __future__ import annotations
 
@@ -8,8 +9,9 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from storage_helpers import POLICY, T0, record_call
+from storage_helpers import ALICE, POLICY, T0, record_call
 
+from storage.ports import WithdrawalVia
 from storage.sqlite import SqliteStore
 
 
@@ -24,6 +26,32 @@ def spool(tmp_path: Path) -> Path:
 async def store(tmp_path: Path, spool: Path) -> AsyncIterator[SqliteStore]:
     async with await SqliteStore.open(tmp_path / "data", POLICY, spool_dir=spool) as opened:
         yield opened
+
+
+async def test_a_withdrawal_waits_for_a_file_still_in_the_spool(
+    store: SqliteStore, spool: Path
+) -> None:
+    """A consent recording not yet ingested (its ingest failed) is in the spool when the
+    caller withdraws: the withdrawal is not complete until it has been stored and deleted."""
+    call_id, path = await record_call(store, spool, caller=ALICE)
+    now = T0 + timedelta(hours=1)
+    report = await store.withdraw(ALICE, WithdrawalVia.PHONE, now, "agent 7", now)
+    assert report.completed_at is None, "the recording is still in the spool"
+    await store.ingest(call_id, path, now + timedelta(minutes=1))
+    [withdrawal] = await store.withdrawals()
+    assert withdrawal.completed_at is not None and len(withdrawal.deleted) == 1
+    assert not path.exists()
+
+
+async def test_a_withdrawal_waits_for_a_call_still_recording(
+    store: SqliteStore, spool: Path
+) -> None:
+    """A consent call of the caller still in progress when the withdrawal is registered:
+    its recording is yet to come, so the withdrawal is not complete."""
+    await record_call(store, spool, caller=ALICE, end=False)
+    now = T0 + timedelta(minutes=1)
+    report = await store.withdraw(ALICE, WithdrawalVia.PHONE, now, "agent 7", now)
+    assert report.completed_at is None
 
 
 async def test_reconcile_closes_calls_open_longer_than_any_call(

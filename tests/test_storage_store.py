@@ -977,11 +977,11 @@ async def test_callbacks_due_lists_missed_calls_not_yet_called_back(
 async def test_report_counts_what_happened_in_a_period(store: SqliteStore, spool: Path) -> None:
     """Calls by line and decision, recordings made and deleted, withdrawals with their
     deadline met, callbacks with whether they came within the window."""
-    missed, _ = await record_call(store, spool, outcome=Outcome.MISSED)
+    missed, missed_file = await record_call(store, spool, outcome=Outcome.MISSED)
     await record_call(store, spool, decision=Decision.REFUSE)
     sales, f = await record_call(store, spool, line="sales")
     await store.ingest(sales, f, T0)
-    await record_call(
+    callback, callback_file = await record_call(
         store,
         spool,
         at=T0 + timedelta(hours=2),
@@ -991,6 +991,10 @@ async def test_report_counts_what_happened_in_a_period(store: SqliteStore, spool
         window=timedelta(hours=3),
         overload=True,
     )
+    # Alice's two consent recordings are stored before she withdraws (a withdrawal is met
+    # only once nothing of hers is left, the spool included).
+    await store.ingest(missed, missed_file, T0 + timedelta(minutes=5))
+    await store.ingest(callback, callback_file, T0 + timedelta(hours=2, minutes=5))
     await store.withdraw(ALICE, WithdrawalVia.EMAIL, T0, "dpo", T0 + timedelta(hours=3))
     report = await store.report(T0 - timedelta(hours=1), T0 + timedelta(days=1))
     counts = {(c.line, c.direction, c.decision): c.calls for c in report.calls}
@@ -999,7 +1003,7 @@ async def test_report_counts_what_happened_in_a_period(store: SqliteStore, spool
     assert counts[("sales", Direction.INBOUND, Decision.RECORD)] == 1
     assert counts[("service", Direction.CALLBACK, Decision.RECORD)] == 1
     assert (report.missed, report.answered) == (1, 2)
-    assert report.recordings_made == 1 and report.recordings_deleted == 0
+    assert report.recordings_made == 3 and report.recordings_deleted == 2
     assert [w.met_deadline for w in report.withdrawals] == [True]
     [callback] = report.callbacks
     assert callback.missed_call_id == missed and callback.overload
