@@ -43,6 +43,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 
 from agi.agi_protocol import (
     MAX_ENVIRONMENT_LINES,
@@ -85,6 +86,7 @@ SHUTDOWN_GRACE = 5.0  # seconds live calls get to end before their connections a
 PROMPT_LANGUAGE = "sl"  # the prompts are Slovenian; Asterisk looks in sounds/sl/
 DIGITS = frozenset("0123456789*#")  # what the flows understand; A-D are dropped here
 ESCAPE_DIGITS = "0123456789*#"
+WAV_HEADER_BYTES = 44  # what MixMonitor(...,b) writes when nobody was bridged
 MIXMONITOR_OPTIONS = "b"  # record only while bridged: the queue's music is nobody's data
 _PROMPT_ID = re.compile(r"[A-Za-z0-9_-]+(?:/[A-Za-z0-9_-]+)*")
 # A MixMonitor argument is split at commas and `${...}` may be expanded (AGIEXECFULL):
@@ -562,7 +564,8 @@ class FastAgiServer:
         else:
             await session.hung_up()
         if await session.in_ledger():
-            await finish_call(session.call_id, Outcome.ABANDONED_IN_PROMPT, self._deps)
+            # Not waited for: a file MixMonitor has open is closed only after this AGI ends.
+            await finish_call(session.call_id, Outcome.ABANDONED_IN_PROMPT, self._deps, wait=False)
 
     async def _release(self, channel: AgiChannel) -> None:
         """No session: the call goes on unrecorded."""
@@ -594,7 +597,15 @@ class FastAgiServer:
         observer.saw_variable("ANSWEREDTIME", request.arg(1))
         observer.saw_variable("ABANDONED", request.arg(2))
         observer.saw_variable(AGENT_VARIABLE, request.arg(3))
-        await finish_call(call_id, observer.outcome(), self._deps)
+        no_queue = not request.arg(1) and not request.arg(2)
+        if no_queue and not observer.answered and row.recording_file is not None:
+            # A callback's customer leg has no queue variables: audio beyond the header means
+            # MixMonitor(...,b) saw a bridge, as ARI mode judges it.
+            observer.answered = await asyncio.to_thread(_has_audio, row.recording_file)
+        # Not waited for here: Asterisk detaches MixMonitor, which then writes its last
+        # frames and closes the file, only after this hangup handler has ended
+        # (main/channel.c, ast_hangup: hangup handlers, then destroy_hooks).
+        await finish_call(call_id, observer.outcome(), self._deps, wait=False)
 
     def _allowed(self, writer: asyncio.StreamWriter) -> bool:
         peer = writer.get_extra_info("peername")
@@ -607,6 +618,12 @@ class FastAgiServer:
         if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
             address = address.ipv4_mapped
         return address in self._allow
+
+
+def _has_audio(file: str) -> bool:
+    with contextlib.suppress(OSError):
+        return Path(file).stat().st_size > WAV_HEADER_BYTES
+    return False
 
 
 def _address(text: str, key: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:

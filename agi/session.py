@@ -24,6 +24,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from agi.collector import RecordingCollector
 from agi.ports import ChannelPort, Clock, EventSink
 from flows.callbacks import CallbackFlow
 from flows.commands import (
@@ -74,6 +75,7 @@ class SessionDeps:
     events: EventSink
     spool_dir: Path  # where MixMonitor writes; file names are our call ids, never caller IDs
     prompt_versions: Mapping[str, str]  # prompt id -> sha256 of its audio
+    collector: RecordingCollector  # takes each finished file into the store
 
 
 class CallSession:
@@ -311,40 +313,23 @@ class CallSession:
         await self.feed(CallerHungUp())
 
 
-async def finish_call(call_id: str, outcome: Outcome, deps: SessionDeps) -> RecordingRow | None:
-    """The channel is gone: store the outcome (a MISSED call can now be called back) and
-    move the finished MixMonitor file into the store. Works from the ledger alone, so the
-    FastAGI hangup route (a separate connection) and a restarted controller can call it."""
-    now = deps.clock.now()
+async def finish_call(
+    call_id: str, outcome: Outcome, deps: SessionDeps, *, wait: bool = True
+) -> RecordingRow | None:
+    """The channel is gone: store the outcome (a MISSED call can now be called back) and have
+    the collector move the MixMonitor file into the store once MixMonitor has finished it.
+    With `wait`, that is awaited (bounded); without, it happens in the background (the
+    FastAGI hangup handler must end before MixMonitor can close the file). Works from the
+    ledger alone, so the FastAGI hangup route (a separate connection) and a restarted
+    controller can call it."""
     try:
-        await deps.ledger.end_call(call_id, now, outcome)
-        row = await deps.ledger.get_call(call_id)
+        await deps.ledger.end_call(call_id, deps.clock.now(), outcome)
     except StorageError as error:
+        # The file stays owned (the call is still open): the collector's check closes it
+        # once no call could last that long, and collects the file then.
         log.error("call %s: outcome %s not stored: %s", call_id, outcome.value, error)
         return None
-    if row is None or row.recording_file is None:
-        return None
-    source = Path(row.recording_file)
-    if not await asyncio.to_thread(source.exists):
-        # Asked to record, but MixMonitor wrote nothing (the caller left before the queue,
-        # or the dialplan saw STASISSTATUS!=SUCCESS); reconcile flags a row without a file.
-        log.info("call %s: no recording file was written", call_id)
-        return None
-    try:
-        recording = await deps.store.ingest(call_id, source, now)
-    except StorageError as error:
-        log.error(
-            "call %s: recording not ingested (left in the spool for reconcile): %s", call_id, error
-        )
-        return None
-    if recording is not None:
-        deps.events.publish(
-            "recording/stored",
-            {
-                "call_id": call_id,
-                "recording_id": recording.id,
-                "status": recording.status.value,
-                "delete_after": recording.delete_after.isoformat(),
-            },
-        )
-    return recording
+    if wait:
+        return await deps.collector.collect(call_id)
+    deps.collector.collect_soon(call_id)
+    return None

@@ -17,8 +17,10 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
+from agi.collector import RecordingCollector
 from agi.ports import EventSink, SystemClock
 from agi.session import SessionDeps
+from agi.spool import SpoolWatch
 from callrec.cli import (
     EXIT_ERROR,
     EXIT_FAILED,
@@ -141,7 +143,9 @@ async def _until_signalled() -> None:
     await stop.wait()
 
 
-def _deps(settings: Settings, store: SqliteStore, events: EventSink) -> SessionDeps:
+def _deps(
+    settings: Settings, store: SqliteStore, events: EventSink, collector: RecordingCollector
+) -> SessionDeps:
     catalog = load_catalog()
     return SessionDeps(
         ledger=store,
@@ -150,7 +154,32 @@ def _deps(settings: Settings, store: SqliteStore, events: EventSink) -> SessionD
         events=events,
         spool_dir=settings.spool_dir,
         prompt_versions={pid: info.sha256 for pid, info in catalog.items()},
+        collector=collector,
     )
+
+
+async def _start_collecting(
+    settings: Settings, store: SqliteStore, events: EventSink
+) -> RecordingCollector:
+    """Watch the spool before anything may write there, then reconcile: a file that may still
+    be written is left to the collector, which stores it once MixMonitor has closed it."""
+    watch = SpoolWatch(settings.spool_dir)
+    collector = RecordingCollector(
+        store, store, SystemClock(), events, watch, longest_call=settings.longest_call
+    )
+    collector.start(check=False)
+    reconciled = await store.reconcile(
+        settings.spool_dir,
+        datetime.now(UTC),
+        longest_call=settings.longest_call,
+        finished=watch.settled,
+    )
+    for line in reconciled.flagged:
+        log.warning("reconcile: %s", line)
+    for name in reconciled.deleted_unowned:
+        log.warning("reconcile: deleted %s from the spool: no call decided to record it", name)
+    collector.start()
+    return collector
 
 
 async def serve(settings: Settings) -> int:
@@ -160,17 +189,13 @@ async def serve(settings: Settings) -> int:
     settings.spool_dir.mkdir(parents=True, exist_ok=True)
     events = _events(settings)
     async with open_store(settings) as store:
-        reconciled = await store.reconcile(settings.spool_dir, datetime.now(UTC))
-        for line in reconciled.flagged:
-            log.warning("reconcile: %s", line)
-        for name in reconciled.deleted_unowned:
-            log.warning("reconcile: deleted %s from the spool: no call decided to record it", name)
+        collector = await _start_collecting(settings, store, events)
         if isinstance(events, MqttEvents):
             await events.start()
         client = AriClient(
             settings.ari.url, settings.ari.user, settings.ari.password, settings.ari.app
         )
-        app = StasisApp(client, _deps(settings, store, events), settings.policy)
+        app = StasisApp(client, _deps(settings, store, events, collector), settings.policy)
         print(
             f"callrec serve: app {settings.ari.app!r} at {settings.ari.url}, store "
             f"{settings.data_dir}, spool {settings.spool_dir} ({settings.source})",
@@ -188,6 +213,7 @@ async def serve(settings: Settings) -> int:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            await collector.stop()
             await client.close()
             if isinstance(events, MqttEvents):
                 await events.stop()
@@ -200,11 +226,11 @@ async def fastagi(settings: Settings) -> int:
     settings.spool_dir.mkdir(parents=True, exist_ok=True)
     events = _events(settings)
     async with open_store(settings) as store:
-        await store.reconcile(settings.spool_dir, datetime.now(UTC))
+        collector = await _start_collecting(settings, store, events)
         if isinstance(events, MqttEvents):
             await events.start()
         server = FastAgiServer(
-            _deps(settings, store, events),
+            _deps(settings, store, events, collector),
             settings.policy,
             host=settings.fastagi.host,
             port=settings.fastagi.port,
@@ -218,6 +244,7 @@ async def fastagi(settings: Settings) -> int:
         finally:
             sweeper.cancel()
             await server.stop()
+            await collector.stop()
             if isinstance(events, MqttEvents):
                 await events.stop()
     return EXIT_OK

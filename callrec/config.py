@@ -15,9 +15,11 @@ import os
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from agi.collector import LONGEST_CALL
 from flows.config import POLICY_SECTIONS, policy_from_mapping
 from flows.errors import ConfigError
 from flows.policy import Policy
@@ -28,6 +30,7 @@ DEFAULT_ARI_URL = "http://127.0.0.1:8088/ari"  # asterisk-conf/http.conf binds l
 DEFAULT_APP = "callrec"  # the Stasis application the dialplan names
 DEFAULT_FASTAGI_PORT = 4573  # FastAGI's registered port
 LOOPBACK = ("127.0.0.1", "::1")  # FastAGI has no authentication: loopback unless configured
+DEFAULT_LONGEST_CALL_HOURS = LONGEST_CALL / timedelta(hours=1)  # see its reason there
 
 APP_SECTIONS = ("storage", "ari", "mqtt", "fastagi")
 
@@ -66,6 +69,8 @@ class Settings:
     mqtt: MqttSettings
     fastagi: FastAgiSettings
     source: str  # where the settings came from, for error messages and `serve`'s banner
+    # A call open for longer had its end lost: it is closed and its recording stored.
+    longest_call: timedelta = timedelta(hours=DEFAULT_LONGEST_CALL_HOURS)
 
 
 def _section(data: Mapping[str, Any], name: str, keys: set[str]) -> Mapping[str, Any]:
@@ -129,12 +134,17 @@ def load_settings(config: Path | None = None, env: Mapping[str, str] | None = No
     except ConfigError as error:
         raise ConfigError(f"{source}: {error}") from None
 
-    storage = _section(data, "storage", {"data_dir", "spool_dir"})
+    storage = _section(data, "storage", {"data_dir", "spool_dir", "longest_call_hours"})
     # Absolute, because Asterisk is told the spool path (CALLREC_FILE) and has its own cwd.
     data_dir = Path(
         env.get("CALLREC_DATA_DIR") or storage.get("data_dir") or DEFAULT_DATA_DIR
     ).absolute()
     spool_dir = Path(storage.get("spool_dir") or data_dir / "spool").absolute()
+    hours = storage.get("longest_call_hours", DEFAULT_LONGEST_CALL_HOURS)
+    if isinstance(hours, bool) or not isinstance(hours, int | float) or not 1 <= hours <= 168:
+        raise ConfigError(
+            f"storage.longest_call_hours: must be a number of hours from 1 to 168, got {hours!r}"
+        )
 
     ari = _section(data, "ari", {"url", "user", "password_file", "app"})
     password = env.get("CALLREC_ARI_PASSWORD", "")
@@ -182,4 +192,5 @@ def load_settings(config: Path | None = None, env: Mapping[str, str] | None = No
         mqtt=mqtt_settings,
         fastagi=FastAgiSettings(host=host, port=port, allow=tuple(allow)),
         source=source,
+        longest_call=timedelta(hours=hours),
     )

@@ -19,9 +19,11 @@ from pathlib import Path
 from typing import Any
 
 from agi.ari import AriClient
+from agi.collector import RecordingCollector
 from agi.ports import OffsetClock
 from agi.session import SessionDeps
 from agi.simpbx import CallerScript, CallResult, SimulatedPbx
+from agi.spool import SpoolWatch
 from agi.stasis import StasisApp
 from callrec.events import MemoryEvents
 from callrec.scenarios import (
@@ -61,6 +63,7 @@ class Harness:
     calls: dict[str, str]  # scenario call name -> our call id
     data_dir: Path
     sim_password: str
+    collector: RecordingCollector
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +109,8 @@ async def harness(
         client = AriClient(live.url, live.user, live.password, live.app)
         time_scale = 1.0  # a real PBX plays prompts in real time
     store = await SqliteStore.open(data_dir, policy, spool_dir=spool)
+    collector = RecordingCollector(store, store, clock, events, SpoolWatch(spool))
+    collector.start()
     deps = SessionDeps(
         ledger=store,
         store=store,
@@ -113,6 +118,7 @@ async def harness(
         events=events,
         spool_dir=spool,
         prompt_versions={pid: info.sha256 for pid, info in catalog.items()},
+        collector=collector,
     )
     app = StasisApp(client, deps, policy, timer_scale=time_scale)
     task = asyncio.get_running_loop().create_task(app.run())
@@ -123,7 +129,9 @@ async def harness(
             await asyncio.wait_for(client.wait_connected(), 10.0)
         except TimeoutError:
             raise CallrecError("the controller could not connect to ARI") from None
-        h = Harness(policy, store, sim, client, app, clock, events, {}, data_dir, password)
+        h = Harness(
+            policy, store, sim, client, app, clock, events, {}, data_dir, password, collector
+        )
         if live is not None:
             # Callbacks ring the test customer (a Local channel), not the trunk.
             trunk = {name: await client.get_global(name) for name in LIVE_TRUNK}
@@ -145,6 +153,7 @@ async def harness(
         await client.close()
         if sim is not None:
             await sim.stop()
+        await collector.stop()
         await store.close()
 
 

@@ -24,9 +24,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from agi.collector import RecordingCollector
 from agi.fastagi import FastAgiServer
 from agi.ports import Payload
 from agi.session import SessionDeps
+from agi.spool import SpoolWatch
 from flows.policy import Policy
 from storage.sqlite import SqliteStore
 
@@ -202,6 +204,8 @@ async def fastagi_harness(
     spool.mkdir(parents=True, exist_ok=True)
     store = await SqliteStore.open(tmp_path / "data", policy, spool_dir=spool)
     sink, clock = ListSink(), SetClock()
+    collector = RecordingCollector(store, store, clock, sink, SpoolWatch(spool))
+    collector.start(check=False)
     deps = SessionDeps(
         ledger=store,
         store=store,
@@ -209,6 +213,7 @@ async def fastagi_harness(
         events=sink,
         spool_dir=spool,
         prompt_versions={"callrec-sales-notice": "ab" * 32},
+        collector=collector,
     )
     server = FastAgiServer(
         deps,
@@ -225,4 +230,5 @@ async def fastagi_harness(
         yield Harness(server, port, store, deps, sink, clock, spool)
     finally:
         await server.stop(grace=1.0)
+        await collector.stop()
         await store.close()

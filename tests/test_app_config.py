@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -60,3 +61,22 @@ def test_missing_config_file_is_named(tmp_path: Path) -> None:
     """An explicit --config that does not exist is an error naming the file."""
     with pytest.raises(ConfigError, match="no such config file"):
         load_settings(tmp_path / "absent.toml", env={})
+
+
+def test_longest_call_is_configurable_and_defaults_to_12_hours(tmp_path: Path) -> None:
+    """storage.longest_call_hours bounds how long a call with no reported end stays open;
+    the example and the default say 12 hours."""
+    assert load_settings(None, env={}).longest_call == timedelta(hours=12)
+    assert load_settings(ROOT / "callrec.example.toml", env={}).longest_call == timedelta(hours=12)
+    config = tmp_path / "c.toml"
+    config.write_text("[storage]\nlongest_call_hours = 4\n")
+    assert load_settings(config, env={}).longest_call == timedelta(hours=4)
+
+
+@pytest.mark.parametrize("value", ["0", "169", '"12"', "true"])
+def test_a_bad_longest_call_is_refused(tmp_path: Path, value: str) -> None:
+    """Too short (it would close live calls), too long, or not a number: a clear error."""
+    config = tmp_path / "c.toml"
+    config.write_text(f"[storage]\nlongest_call_hours = {value}\n")
+    with pytest.raises(ConfigError, match=r"storage\.longest_call_hours"):
+        load_settings(config, env={})

@@ -61,6 +61,8 @@ async def hang_up(
         abandoned=abandoned,
         agent=agent,
     )
+    # The report is answered at once; the file is stored once MixMonitor has closed it.
+    await agi.deps.collector.drain()
 
 
 async def test_sales_call_is_recorded_only_after_its_decision_is_committed(agi: Harness) -> None:

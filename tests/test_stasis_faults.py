@@ -133,6 +133,7 @@ async def _restart_controller(h: Harness, tmp_path: Path) -> tuple[StasisApp, Ar
         events=h.events,
         spool_dir=tmp_path / "spool",
         prompt_versions={},
+        collector=h.collector,
     )
     return StasisApp(client, deps, POLICY, timer_scale=SCALE), client
 
@@ -313,6 +314,7 @@ async def test_a_call_the_ledger_cannot_take_goes_on_unrecorded(tmp_path: Path) 
             events=h.events,
             spool_dir=tmp_path / "spool",
             prompt_versions={},
+            collector=h.collector,
         )
         app = StasisApp(client, deps, POLICY, timer_scale=SCALE)
         task = asyncio.create_task(app.run())
