@@ -87,6 +87,7 @@ PROMPT_LANGUAGE = "sl"  # the prompts are Slovenian; Asterisk looks in sounds/sl
 DIGITS = frozenset("0123456789*#")  # what the flows understand; A-D are dropped here
 ESCAPE_DIGITS = "0123456789*#"
 WAV_HEADER_BYTES = 44  # what MixMonitor(...,b) writes when nobody was bridged
+RECENT_CALLS = 10_000  # channel -> call id pairs kept for look-ups after a call ends
 MIXMONITOR_OPTIONS = "b"  # record only while bridged: the queue's music is nobody's data
 _PROMPT_ID = re.compile(r"[A-Za-z0-9_-]+(?:/[A-Za-z0-9_-]+)*")
 # A MixMonitor argument is split at commas and `${...}` may be expanded (AGIEXECFULL):
@@ -392,6 +393,7 @@ class FastAgiServer:
         self._max_connections = max_connections
         self._server: asyncio.Server | None = None
         self._live: dict[asyncio.Task[None], AgiConnection] = {}
+        self._recent: dict[str, str] = {}  # channel id -> call id, the last RECENT_CALLS
         self.stats = ServerStats()
         self.idle = asyncio.Event()
         self.idle.set()
@@ -399,6 +401,14 @@ class FastAgiServer:
     @property
     def live_connections(self) -> int:
         return len(self._live)
+
+    def call_id_of(self, channel_id: str) -> str | None:
+        """Our call id for a recent Asterisk channel (for replay and status)."""
+        return self._recent.get(channel_id)
+
+    def recent_call_ids(self) -> list[str]:
+        """Our call ids of the recent channels, oldest first (for replay and status)."""
+        return list(self._recent.values())
 
     async def start(self) -> int:
         """Listen; returns the port (useful with port=0)."""
@@ -517,6 +527,9 @@ class FastAgiServer:
         session, first = opened
         connection.call_id = session.call_id
         self.stats.sessions += 1
+        self._recent[request.channel_id] = session.call_id
+        while len(self._recent) > RECENT_CALLS:
+            del self._recent[next(iter(self._recent))]
         with contextlib.suppress(AsteriskError):
             await channel.verbose(f"callrec call {session.call_id}")
         await self._run(session, first, channel)

@@ -203,6 +203,10 @@ class StasisApp:
         """Our call id for a recent Asterisk channel (for replay and status)."""
         return self._recent.get(channel_id)
 
+    def recent_call_ids(self) -> list[str]:
+        """Our call ids of the recent channels, oldest first (for replay and status)."""
+        return list(self._recent.values())
+
     async def run(self) -> None:
         """Serve until cancelled. Every (re)connection reconciles the channels in Stasis, in
         the background, so that new calls are served meanwhile."""

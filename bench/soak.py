@@ -109,7 +109,7 @@ async def _soak(h: Harness, calls: int, seed: int) -> tuple[int, int, int]:
     await asyncio.gather(*(guarded(n) for n in range(calls)))
     loop = asyncio.get_running_loop()
     deadline = loop.time() + 60
-    while h.app.live_calls and loop.time() < deadline:
+    while h.stasis.live_calls and loop.time() < deadline:
         await asyncio.sleep(0.05)
     return done, stuck, away
 

@@ -13,13 +13,14 @@ import contextlib
 import logging
 import secrets
 from collections.abc import AsyncIterator, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from agi.ari import AriClient
 from agi.collector import RecordingCollector
+from agi.fastagi import FastAgiServer
 from agi.ports import OffsetClock
 from agi.session import SessionDeps
 from agi.simpbx import CallerScript, CallResult, SimulatedPbx
@@ -45,6 +46,8 @@ log = logging.getLogger("callrec.runner")
 
 CALL_TIMEOUT = 60.0  # seconds of wall time one scripted call may take at the demo's scale
 LIVE_CALL_TIMEOUT = 180.0  # a real call: the notice, the queue, the talk
+CALLEE_GRACE = 5.0  # seconds a callback's customer leg may lag its agent's leg in ending
+LIVE_FASTAGI_PORT = 4573  # extensions-fastagi.conf connects to agi://127.0.0.1:4573
 LIVE_SETUP_PAUSE = 1.0  # seconds for a queue membership change to run on the PBX
 # Globals of asterisk-conf/extensions.conf that make a live callback ring the test customer
 # instead of the trunk; the previous values are put back after the run.
@@ -56,14 +59,45 @@ class Harness:
     policy: Policy
     store: SqliteStore
     sim: SimulatedPbx | None  # None: a live Asterisk
-    client: AriClient
-    app: StasisApp
+    client: AriClient  # ARI: the controller's; FastAGI: only to place calls and set globals
+    app: StasisApp | None  # the controller in ARI mode
     clock: OffsetClock
     events: MemoryEvents
     calls: dict[str, str]  # scenario call name -> our call id
     data_dir: Path
     sim_password: str
     collector: RecordingCollector
+    fastagi: FastAgiServer | None = None  # the controller in FastAGI mode
+
+    @property
+    def mode(self) -> str:
+        return "ari" if self.fastagi is None else "agi"
+
+    @property
+    def stasis(self) -> StasisApp:
+        if self.app is None:
+            raise CallrecError("this harness runs FastAGI mode: there is no Stasis app")
+        return self.app
+
+    def call_id_of(self, channel_id: str) -> str | None:
+        if self.fastagi is not None:
+            return self.fastagi.call_id_of(channel_id)
+        return self.stasis.call_id_of(channel_id)
+
+    async def finished(self, channel_id: str) -> bool:
+        """Whether the controller is done with the channel's call: its end stored and its
+        file collected (or left for a retry)."""
+        if self.app is not None:
+            return not self.app.is_live(channel_id)
+        call_id = self.call_id_of(channel_id)
+        if call_id is None:
+            return False
+        row = await self.store.get_call(call_id)
+        return row is not None and row.ended_at is not None and not self.collector.pending(call_id)
+
+    def recent_call_ids(self) -> list[str]:
+        server = self.fastagi if self.fastagi is not None else self.stasis
+        return server.recent_call_ids()
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,9 +119,14 @@ async def harness(
     time_scale: float,
     live: LiveAsterisk | None = None,
     spool_dir: Path | None = None,
+    mode: str = "ari",
 ) -> AsyncIterator[Harness]:
     """A controller wired to a store in `data_dir`, facing the simulated PBX or, with
-    `live`, a real Asterisk."""
+    `live`, a real Asterisk; `mode` is CALLREC_MODE: `ari` (`serve`'s Stasis app) or `agi`
+    (`fastagi`'s server, on 127.0.0.1:4573 for a live Asterisk, whose dialplan names that
+    address, and CALLREC_MODE set to agi there for the run)."""
+    if mode not in ("ari", "agi"):
+        raise ConfigError(f"mode: ari or agi, not {mode!r}")
     catalog = load_catalog()
     data_dir, spool = await asyncio.to_thread(_prepare_dirs, data_dir, spool_dir)
     clock = OffsetClock()
@@ -101,11 +140,13 @@ async def harness(
             password=password,
             prompt_durations={pid: info.duration_seconds for pid, info in catalog.items()},
             time_scale=time_scale,
+            mode=mode,
         )
         client = AriClient(await sim.start(), "callrec", password, "callrec")
     else:
         password = live.password
-        await refuse_a_taken_app(live)
+        if mode == "ari":
+            await refuse_a_taken_app(live)
         client = AriClient(live.url, live.user, live.password, live.app)
         time_scale = 1.0  # a real PBX plays prompts in real time
     store = await SqliteStore.open(data_dir, policy, spool_dir=spool)
@@ -120,22 +161,35 @@ async def harness(
         prompt_versions={pid: info.sha256 for pid, info in catalog.items()},
         collector=collector,
     )
-    app = StasisApp(client, deps, policy, timer_scale=time_scale)
-    task = asyncio.get_running_loop().create_task(app.run())
+    app: StasisApp | None = None
+    task: asyncio.Task[None] | None = None
+    server: FastAgiServer | None = None
     trunk: dict[str, str] = {}
     h: Harness | None = None
     try:
-        try:
-            await asyncio.wait_for(client.wait_connected(), 10.0)
-        except TimeoutError:
-            raise CallrecError("the controller could not connect to ARI") from None
+        if mode == "ari":
+            app = StasisApp(client, deps, policy, timer_scale=time_scale)
+            task = asyncio.get_running_loop().create_task(app.run())
+            try:
+                await asyncio.wait_for(client.wait_connected(), 10.0)
+            except TimeoutError:
+                raise CallrecError("the controller could not connect to ARI") from None
+        else:
+            port = LIVE_FASTAGI_PORT if live is not None else 0
+            server = FastAgiServer(deps, policy, port=port, prompt_timeout=LIVE_CALL_TIMEOUT)
+            port = await server.start()
+            if sim is not None:
+                sim.fastagi = ("127.0.0.1", port)
         h = Harness(
             policy, store, sim, client, app, clock, events, {}, data_dir, password, collector
         )
+        h.fastagi = server
         if live is not None:
-            # Callbacks ring the test customer (a Local channel), not the trunk.
-            trunk = {name: await client.get_global(name) for name in LIVE_TRUNK}
-            for name, value in LIVE_TRUNK.items():
+            # Callbacks ring the test customer (a Local channel), not the trunk; the
+            # dialplan runs the mode under test.
+            wanted = {**LIVE_TRUNK, "CALLREC_MODE": mode}
+            trunk = {name: await client.get_global(name) for name in wanted}
+            for name, value in wanted.items():
                 await client.set_global(name, value)
             await _set_agents(h, present=True)
         yield h
@@ -146,10 +200,14 @@ async def harness(
             for name, value in trunk.items():
                 with contextlib.suppress(CallrecError):
                     await client.set_global(name, value)
-        await app.shutdown(grace=2.0)
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        if app is not None:
+            await app.shutdown(grace=2.0)
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if server is not None:
+            await server.stop(grace=2.0)
         await client.close()
         if sim is not None:
             await sim.stop()
@@ -240,15 +298,28 @@ def _script(args: Mapping[str, Any], prefix: str, where: str) -> CallerScript:
     )
 
 
+async def _until_finished(h: Harness, channel_id: str, within: float, message: str) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while not await h.finished(channel_id):
+        if loop.time() > deadline:
+            raise CallrecError(message)
+        await asyncio.sleep(0.01)
+
+
 async def _finished_call(h: Harness, result: CallResult) -> CallRow | None:
     """The ledger row of a call the simulator has finished, once the controller has
     finished it too (outcome stored, file ingested)."""
-    await _until(
-        lambda: not h.app.is_live(result.channel_id),
-        10.0,
-        f"the controller did not finish channel {result.channel_id}",
+    if h.fastagi is not None:
+        # The hangup handler stored the end before the channel went; its file is taken
+        # once MixMonitor closed it. A channel that never reached the server has no call.
+        await h.collector.drain()
+        if h.call_id_of(result.channel_id) is None:
+            return None
+    await _until_finished(
+        h, result.channel_id, 10.0, f"the controller did not finish channel {result.channel_id}"
     )
-    call_id = h.app.call_id_of(result.channel_id)
+    call_id = h.call_id_of(result.channel_id)
     return None if call_id is None else await h.store.get_call(call_id)
 
 
@@ -334,19 +405,51 @@ async def _live_call(h: Harness, step: Step, name: str) -> CallResult:
                 variables={"CALLREC_LINE": str(args.get("line", ""))},
             )
         await _until(
-            lambda: h.app.call_id_of(channel_id) is not None,
+            lambda: h.call_id_of(channel_id) is not None,
             LIVE_CALL_TIMEOUT,
             f"{step.where}: the call never reached the controller",
         )
-        await _until(
-            lambda: not h.app.is_live(channel_id),
-            LIVE_CALL_TIMEOUT,
-            f"{step.where}: the call did not end",
+        await _until_finished(
+            h, channel_id, LIVE_CALL_TIMEOUT, f"{step.where}: the call did not end"
         )
+        call_id = h.call_id_of(channel_id)
+        callee_id = None
+        if step.kind == "callback" and call_id is not None:
+            callee_id = await _callee_leg(h, call_id)
     finally:
         if nobody_answers:
             await _set_agents(h, present=True)
-    call_id = h.app.call_id_of(channel_id)
+    callee = None
+    if callee_id is not None:
+        callee = await _live_result(h, f"callee of {channel_id}", callee_id)
+    result = await _live_result(h, channel_id, call_id)
+    return replace(result, callee=callee)
+
+
+async def _callee_leg(h: Harness, call_id: str) -> str | None:
+    """The customer's leg of callback `call_id` when it heard the notice (a new
+    communication), once the controller is done with it too."""
+    row = await h.store.get_call(call_id)
+    if row is None or row.decision.value != "none" or row.recording_file is not None:
+        return None  # the same communication: decided on the agent's leg
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    while loop.time() - started < LIVE_CALL_TIMEOUT:
+        leg = None
+        for candidate in reversed(h.recent_call_ids()):
+            found = await h.store.get_call(candidate)
+            if found is not None and found.parent_call_id == call_id:
+                leg = found
+                break
+        if leg is None and loop.time() - started > CALLEE_GRACE:
+            return None  # no customer leg reached the controller (nobody answered)
+        if leg is not None and leg.ended_at is not None and not h.collector.pending(leg.call_id):
+            return leg.call_id
+        await asyncio.sleep(0.1)
+    raise CallrecError(f"the customer's leg of callback {call_id} did not end")
+
+
+async def _live_result(h: Harness, channel_id: str, call_id: str | None) -> CallResult:
     row = await h.store.get_call(call_id) if call_id else None
     return CallResult(
         channel_id=channel_id,

@@ -752,6 +752,21 @@ def test_test_parties_exist_for_the_live_tests() -> None:
     assert PLAN.extension("callrec-test-customer", "040111222")[0].app == "Answer"
 
 
+def test_every_live_test_party_of_the_scenarios_exists() -> None:
+    """Each `live:` name of a scenario is an extension of the test context its step uses:
+    callers in callrec-test-caller, callback agents in callrec-test-agent."""
+    named = 0
+    for path in sorted((ROOT / "scenarios").glob("*.yaml")):
+        for step in yaml.safe_load(path.read_text(encoding="utf-8"))["steps"]:
+            for kind, context in (("call", "callrec-test-caller"),
+                                  ("callback", "callrec-test-agent")):  # fmt: skip
+                live = step.get(kind, {}).get("live") if isinstance(step, dict) else None
+                if live is not None:
+                    assert PLAN.extension(context, live), f"{path.name}: {live} in {context}"
+                    named += 1
+    assert named >= 12
+
+
 # --- deployment ---------------------------------------------------------------------
 
 

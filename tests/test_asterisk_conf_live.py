@@ -19,11 +19,14 @@ import os
 import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
 import pytest
+
+from agi.spool import SpoolWatch
 
 URL = os.environ.get("CALLREC_TEST_ARI_URL", "")
 USER = os.environ.get("CALLREC_TEST_ARI_USER", "callrec")
@@ -333,9 +336,13 @@ async def test_live_callback_customer_hears_the_notice_once_before_the_agent() -
 )
 async def test_live_fastagi_mode_reports_the_call_and_records_through_the_server() -> None:
     """With CALLREC_MODE=agi the flow calls the FastAGI routes: the server's EXEC MixMonitor
-    records, and the hangup handler reports call id, talk time and agent."""
+    records, and the hangup handler reports call id, talk time and agent. MixMonitor closes
+    the file only after that report has ended (so the server must not take it earlier)."""
     routes: list[tuple[str, list[str]]] = []
     call_id = uuid.uuid4().hex
+    file = f"{SPOOL}/{call_id}.wav"
+    watch = SpoolWatch(Path(SPOOL))
+    closed_at_report: list[bool] = []
 
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         environment: dict[str, str] = {}
@@ -344,8 +351,10 @@ async def test_live_fastagi_mode_reports_the_call_and_records_through_the_server
             environment[key] = value
         arguments = [environment[k] for k in sorted(environment) if k.startswith("agi_arg_")]
         routes.append((environment.get("agi_network_script", ""), arguments))
+        if environment.get("agi_network_script") == "hangup":
+            await asyncio.sleep(0.5)  # time enough for a close, were it to come first
+            closed_at_report.append(watch.seen_closed(Path(file)))
         if environment.get("agi_network_script") == "inbound":
-            file = f"{SPOOL}/{call_id}.wav"
             for command in (f"SET VARIABLE CALLREC_CALL_ID {call_id}",
                             f"SET VARIABLE CALLREC_FILE {file}",
                             "SET VARIABLE CALLREC_RECORD yes",
@@ -359,6 +368,7 @@ async def test_live_fastagi_mode_reports_the_call_and_records_through_the_server
         server = await asyncio.start_server(serve, "127.0.0.1", 4573)
     except OSError as error:
         pytest.skip(f"port 4573 is taken: {error}")
+    watch.start()
     async with server, live(None) as (ari, observed, _):
         previous = await ari.get_global("CALLREC_MODE")
         await ari.set_global("CALLREC_MODE", "agi")
@@ -379,3 +389,7 @@ async def test_live_fastagi_mode_reports_the_call_and_records_through_the_server
     assert hangup[0] == call_id
     assert int(hangup[1]) >= 1  # ANSWEREDTIME
     assert hangup[3] == "Local/agent@callrec-test-agent/n"
+    assert closed_at_report == [False], "MixMonitor closed the file before the hangup report"
+    assert await watch.finished(Path(file), WAIT), "MixMonitor never closed the file"
+    watch.stop()
+    Path(file).unlink()

@@ -23,12 +23,18 @@ POLICY = replace(Policy(), overload_window=timedelta(hours=3))
 SCALE = 0.02  # a 30 s prompt plays in 0.6 s
 
 
+@pytest.mark.parametrize("mode", ["ari", "agi"])
 @pytest.mark.parametrize("path", SCENARIOS, ids=[p.stem for p in SCENARIOS])
-async def test_scenario_expectations_hold(path: Path, tmp_path: Path) -> None:
-    """Every expectation of the scenario holds: decisions, recordings, links, deletions."""
+async def test_scenario_expectations_hold(path: Path, mode: str, tmp_path: Path) -> None:
+    """Every expectation of the scenario holds in both modes (the Stasis app and the FastAGI
+    server): decisions, recordings, links, deletions; and every stored file is the one
+    MixMonitor closed, nothing left in the spool."""
     scenario = load_scenario(path)
-    async with harness(POLICY, tmp_path, time_scale=SCALE) as h:
+    async with harness(POLICY, tmp_path, time_scale=SCALE, mode=mode) as h:
         reports = await run_scenario(h, scenario)
+        verified = await h.store.verify()
+    assert verified.ok, verified.problems
+    assert not any((tmp_path / "spool").iterdir()), "a file was left in the spool"
     checks = [c for r in reports for c in r.checks]
     assert checks, "a scenario without expectations proves nothing"
     failed = [

@@ -40,7 +40,7 @@ async def test_hostile_caller_ids_are_recorded_safely(tmp_path: Path) -> None:
         results = await asyncio.wait_for(asyncio.gather(*(p.done for p in placed)), 60)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + 10
-        while any(h.app.is_live(r.channel_id) for r in results):
+        while any(h.stasis.is_live(r.channel_id) for r in results):
             assert loop.time() < deadline
             await asyncio.sleep(0.02)
         rows = await h.store.recordings()

@@ -35,10 +35,10 @@ async def call(h: Harness, dialed: str, caller: str, script: CallerScript) -> Ca
 async def finished(h: Harness, result: CallResult) -> CallRow:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + 10
-    while h.app.is_live(result.channel_id):
+    while h.stasis.is_live(result.channel_id):
         assert loop.time() < deadline, "the controller did not finish the call"
         await asyncio.sleep(0.01)
-    call_id = h.app.call_id_of(result.channel_id)
+    call_id = h.stasis.call_id_of(result.channel_id)
     assert call_id is not None
     row = await h.store.get_call(call_id)
     assert row is not None and row.ended_at is not None
@@ -164,7 +164,7 @@ async def test_restarted_controller_finishes_calls_it_lost(tmp_path: Path) -> No
     async with harness(POLICY, tmp_path, time_scale=SCALE) as h:
         placed = await h.sim.place_call(SERVICE, "041 555 207", PRESS_1)
         await _continued(h, placed.channel_id)
-        call_id = h.app.call_id_of(placed.channel_id)
+        call_id = h.stasis.call_id_of(placed.channel_id)
         assert call_id is not None
         _crash(h)
         await h.client.close()
@@ -193,7 +193,7 @@ async def test_crash_before_continue_never_records(tmp_path: Path) -> None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + 10
         while True:  # the decision is committed, the continue is in flight
-            call_id = h.app.call_id_of(placed.channel_id)
+            call_id = h.stasis.call_id_of(placed.channel_id)
             row = await h.store.get_call(call_id) if call_id else None
             if row is not None and row.recording_file is not None:
                 break
@@ -223,11 +223,11 @@ async def test_shutdown_sends_undecided_calls_on_unrecorded(tmp_path: Path) -> N
         placed = await h.sim.place_call(SERVICE, "041 555 208", late)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + 10
-        while h.app.call_id_of(placed.channel_id) is None:
+        while h.stasis.call_id_of(placed.channel_id) is None:
             assert loop.time() < deadline
             await asyncio.sleep(0.01)
-        call_id = h.app.call_id_of(placed.channel_id)
-        await h.app.shutdown(grace=0.5)
+        call_id = h.stasis.call_id_of(placed.channel_id)
+        await h.stasis.shutdown(grace=0.5)
         result = await asyncio.wait_for(placed.done, 30)
         row = await h.store.get_call(call_id)  # type: ignore[arg-type]
         assert row is not None and row.decision is Decision.NONE
