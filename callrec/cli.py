@@ -106,6 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--json", action="store_true", help="machine-readable output")
         return p
 
+    command(
+        "init", "create a new store (ledger, key, directories) at the data directory", now=False
+    )
     command("serve", "run the ARI (Stasis) controller", now=False, json_out=False)
     command("fastagi", "run the FastAGI server", now=False, json_out=False)
     demo = command(
@@ -183,6 +186,8 @@ async def dispatch(args: argparse.Namespace, settings: Settings) -> int:
     from callrec import commands
 
     match args.command:
+        case "init":
+            return await commands.init(settings, args)
         case "serve":
             return await commands.serve(settings)
         case "fastagi":

@@ -36,6 +36,8 @@ from callrec.runner import LiveAsterisk, refuse_a_taken_app
 from flows.errors import CallrecError
 from flows.policy import Purpose
 from prompts.catalog import load_catalog
+from storage import files
+from storage.db import os_error
 from storage.ports import Report, SweepReport, WithdrawalVia
 from storage.sqlite import SqliteStore, short_recording_id
 
@@ -45,12 +47,42 @@ SCENARIOS_DIR = Path(__file__).resolve().parent.parent / "scenarios"  # the poli
 
 
 @contextlib.asynccontextmanager
-async def open_store(settings: Settings) -> AsyncIterator[SqliteStore]:
-    store = await SqliteStore.open(settings.data_dir, settings.policy, spool_dir=settings.spool_dir)
+async def open_store(settings: Settings, *, create: bool = False) -> AsyncIterator[SqliteStore]:
+    """The configured store; a path with no store is an error unless `create` (init, and
+    the first start of serve or fastagi)."""
+    store = await SqliteStore.open(
+        settings.data_dir, settings.policy, spool_dir=settings.spool_dir, create=create
+    )
     try:
         yield store
     finally:
         await store.close()
+
+
+async def make_spool(settings: Settings) -> None:
+    """The MixMonitor spool, created (when missing) with the configured mode, never the
+    umask's."""
+    try:
+        await asyncio.to_thread(files.make_dir, settings.spool_dir, settings.spool_mode)
+    except OSError as error:
+        raise os_error(error, f"creating the spool {settings.spool_dir}") from error
+
+
+@contextlib.asynccontextmanager
+async def serving_store(settings: Settings, command: str) -> AsyncIterator[SqliteStore]:
+    """The store of a controller that takes real calls: created on the first start (said
+    loudly, since a mistyped path would otherwise start an empty store unnoticed), its
+    spool made."""
+    async with open_store(settings, create=True) as store:
+        if store.created:
+            log.warning(
+                "created a NEW, empty store at %s (there was none): if the store should "
+                "already exist, stop %s and check storage.data_dir / CALLREC_DATA_DIR",
+                store.data_dir,
+                command,
+            )
+        await make_spool(settings)
+        yield store
 
 
 def _events(settings: Settings) -> MqttEvents | NullEvents:
@@ -157,9 +189,8 @@ async def serve(settings: Settings) -> int:
     from agi.ari import AriClient
     from agi.stasis import StasisApp
 
-    settings.spool_dir.mkdir(parents=True, exist_ok=True)
     events = _events(settings)
-    async with open_store(settings) as store:
+    async with serving_store(settings, "serve") as store:
         reconciled = await store.reconcile(settings.spool_dir, datetime.now(UTC))
         for line in reconciled.flagged:
             log.warning("reconcile: %s", line)
@@ -197,9 +228,8 @@ async def serve(settings: Settings) -> int:
 async def fastagi(settings: Settings) -> int:
     from agi.fastagi import FastAgiServer
 
-    settings.spool_dir.mkdir(parents=True, exist_ok=True)
     events = _events(settings)
-    async with open_store(settings) as store:
+    async with serving_store(settings, "fastagi") as store:
         await store.reconcile(settings.spool_dir, datetime.now(UTC))
         if isinstance(events, MqttEvents):
             await events.start()
@@ -220,6 +250,20 @@ async def fastagi(settings: Settings) -> int:
             await server.stop()
             if isinstance(events, MqttEvents):
                 await events.stop()
+    return EXIT_OK
+
+
+async def init(settings: Settings, args: argparse.Namespace) -> int:
+    async with open_store(settings, create=True) as store:
+        await make_spool(settings)
+        created = store.created
+    if args.json:
+        print_json({"data_dir": settings.data_dir, "created": created})
+    elif created:
+        print(f"created a new store at {settings.data_dir} (spool {settings.spool_dir})")
+        print(f"back up {settings.data_dir / 'pseudonym.key'} apart from the ledger")
+    else:
+        print(f"a store exists at {settings.data_dir}: nothing created")
     return EXIT_OK
 
 
@@ -250,7 +294,14 @@ async def _run_scenarios(
         print(title)
         print(f"store: {data_dir}")
     spool = settings.spool_dir if live is not None else None
-    async with harness(policy, data_dir, time_scale=scale, live=live, spool_dir=spool) as h:
+    async with harness(
+        policy,
+        data_dir,
+        time_scale=scale,
+        live=live,
+        spool_dir=spool,
+        spool_mode=settings.spool_mode,
+    ) as h:
         for scenario in scenarios:
             if live is not None and not live_capable(scenario):
                 skipped += 1

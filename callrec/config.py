@@ -28,6 +28,10 @@ DEFAULT_ARI_URL = "http://127.0.0.1:8088/ari"  # asterisk-conf/http.conf binds l
 DEFAULT_APP = "callrec"  # the Stasis application the dialplan names
 DEFAULT_FASTAGI_PORT = 4573  # FastAGI's registered port
 LOOPBACK = ("127.0.0.1", "::1")  # FastAGI has no authentication: loopback unless configured
+# The spool's mode when callrec creates it: its owner only, unless the config lets
+# Asterisk's group in (e.g. "2770": group-writable, new files keep the directory's group).
+DEFAULT_SPOOL_MODE = 0o700
+SPOOL_MODE_BITS = 0o2770  # never any access for others, no setuid or sticky bit
 
 APP_SECTIONS = ("storage", "ari", "mqtt", "fastagi")
 
@@ -66,6 +70,7 @@ class Settings:
     mqtt: MqttSettings
     fastagi: FastAgiSettings
     source: str  # where the settings came from, for error messages and `serve`'s banner
+    spool_mode: int = DEFAULT_SPOOL_MODE  # given to the spool directory when callrec creates it
 
 
 def _section(data: Mapping[str, Any], name: str, keys: set[str]) -> Mapping[str, Any]:
@@ -89,6 +94,21 @@ def _str(section: Mapping[str, Any], where: str, key: str, default: str) -> str:
     if not isinstance(value, str) or not value:
         raise ConfigError(f"{where}.{key}: must be a non-empty string, got {value!r}")
     return value
+
+
+def _spool_mode(value: object) -> int:
+    """`storage.spool_mode`: octal text ("0770", "2770") or a TOML octal (0o770)."""
+    mode: int | None = None
+    if isinstance(value, str) and value.isdigit() and len(value) <= 5:
+        mode = int(value, 8) if set(value) <= set("01234567") else None
+    elif isinstance(value, int) and not isinstance(value, bool):
+        mode = value
+    if mode is None or mode & ~SPOOL_MODE_BITS or mode & 0o700 != 0o700:
+        raise ConfigError(
+            f'storage.spool_mode: must be an octal mode such as "0700" or "2770" that '
+            f"gives the owner rwx and others nothing, got {value!r}"
+        )
+    return mode
 
 
 def _read_secret(path: Path, where: str) -> str:
@@ -129,12 +149,13 @@ def load_settings(config: Path | None = None, env: Mapping[str, str] | None = No
     except ConfigError as error:
         raise ConfigError(f"{source}: {error}") from None
 
-    storage = _section(data, "storage", {"data_dir", "spool_dir"})
+    storage = _section(data, "storage", {"data_dir", "spool_dir", "spool_mode"})
     # Absolute, because Asterisk is told the spool path (CALLREC_FILE) and has its own cwd.
     data_dir = Path(
         env.get("CALLREC_DATA_DIR") or storage.get("data_dir") or DEFAULT_DATA_DIR
     ).absolute()
     spool_dir = Path(storage.get("spool_dir") or data_dir / "spool").absolute()
+    spool_mode = _spool_mode(storage.get("spool_mode", DEFAULT_SPOOL_MODE))
 
     ari = _section(data, "ari", {"url", "user", "password_file", "app"})
     password = env.get("CALLREC_ARI_PASSWORD", "")
@@ -182,4 +203,5 @@ def load_settings(config: Path | None = None, env: Mapping[str, str] | None = No
         mqtt=mqtt_settings,
         fastagi=FastAgiSettings(host=host, port=port, allow=tuple(allow)),
         source=source,
+        spool_mode=spool_mode,
     )
