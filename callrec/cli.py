@@ -135,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     rx.add_argument("--to", type=Path, required=True, help="destination directory")
     rx.add_argument("--purpose", required=True, help="evidence, training or quality")
     rx.add_argument("--by", required=True, help="who asks (logged)")
-    rx.add_argument("--now")
+    rx.add_argument("--now", help="ISO-8601 time to log the export at (replay stores only)")
     rx.add_argument("--json", action="store_true")
     rv = rsub.add_parser("verify", help="recompute hashes and the audit chain")
     rv.add_argument("--json", action="store_true")
@@ -143,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     withdraw = command("withdraw", "register a withdrawal of consent and carry it out")
     withdraw.add_argument("--caller", required=True, help="the caller's phone number")
     withdraw.add_argument("--via", required=True, choices=["phone", "email"])
-    withdraw.add_argument("--received-at", help="when it was received (default: --now)")
+    withdraw.add_argument("--received-at", help="when it was received, if earlier (default: --now)")
     withdraw.add_argument("--by", required=True, help="the agent or DPO who registers it")
 
     sweep = command("sweep", "delete every recording past its retention")

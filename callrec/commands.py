@@ -72,7 +72,7 @@ async def make_spool(settings: Settings) -> None:
 async def serving_store(settings: Settings, command: str) -> AsyncIterator[SqliteStore]:
     """The store of a controller that takes real calls: created on the first start (said
     loudly, since a mistyped path would otherwise start an empty store unnoticed), its
-    spool made."""
+    spool made, and marked as a store of real calls."""
     async with open_store(settings, create=True) as store:
         if store.created:
             log.warning(
@@ -82,7 +82,23 @@ async def serving_store(settings: Settings, command: str) -> AsyncIterator[Sqlit
                 command,
             )
         await make_spool(settings)
+        await store.mark_serving(datetime.now(UTC), command)
         yield store
+
+
+async def refuse_time_travel(store: SqliteStore, args: argparse.Namespace, doing: str) -> None:
+    """A store that serves real calls is only ever written at the machine's time: a `--now`
+    years ahead would delete live recordings early, and one in the past would backdate the
+    audit. `--now` stays for replay and demo stores and for questions that write nothing."""
+    if getattr(args, "now", None) is None:
+        return
+    since = await store.serving_since()
+    if since is not None:
+        raise CallrecError(
+            f"--now: the store at {store.data_dir} serves real calls (since "
+            f"{short_time(since)} UTC), so {doing} writes at the machine's time only; "
+            "--now is for replay and demo stores and read-only questions"
+        )
 
 
 def _events(settings: Settings) -> MqttEvents | NullEvents:
@@ -457,6 +473,7 @@ async def recordings(settings: Settings, args: argparse.Namespace) -> int:
                 return EXIT_OK
             case "export":
                 now = now_arg(args)
+                await refuse_time_travel(store, args, "an export")
                 try:
                     purpose = Purpose(args.purpose)
                 except ValueError:
@@ -497,6 +514,7 @@ async def withdraw(settings: Settings, args: argparse.Namespace, caller: str, no
         now if args.received_at is None else now_arg(argparse.Namespace(now=args.received_at))
     )
     async with open_store(settings) as store, command_events(settings) as events:
+        await refuse_time_travel(store, args, "a withdrawal")
         result = await store.withdraw(caller, WithdrawalVia(args.via), received, args.by, now)
         events.publish(
             "withdrawal/received",
@@ -543,6 +561,8 @@ async def withdraw(settings: Settings, args: argparse.Namespace, caller: str, no
 
 async def sweep(settings: Settings, args: argparse.Namespace, now: datetime) -> int:
     async with open_store(settings) as store, command_events(settings) as events:
+        if not args.dry_run:
+            await refuse_time_travel(store, args, "a sweep (other than --dry-run)")
         with ProgressBar("sweep") as bar:
             result = await store.sweep(now, dry_run=args.dry_run, progress=bar)
         publish_sweep(events, result)
@@ -561,6 +581,7 @@ async def callbacks(settings: Settings, args: argparse.Namespace, now: datetime)
         if args.overload is not None:
             if not args.by:
                 raise CallrecError("--overload needs --by (the switch is audited)")
+            await refuse_time_travel(store, args, "the overload switch")
             await store.set_overload(args.overload == "on", args.by, now)
             print(f"overload switch {args.overload} (by {args.by}, audited)", file=sys.stderr)
         due = await store.callbacks_due(now)

@@ -86,9 +86,9 @@ async def harness(
     spool_dir: Path | None = None,
     spool_mode: int = files.PRIVATE_DIR,
 ) -> AsyncIterator[Harness]:
-    """A controller wired to a store in `data_dir` (created when new), facing the
-    simulated PBX or, with `live`, a real Asterisk. The spool, when missing, is created
-    with `spool_mode`."""
+    """A controller wired to a store in `data_dir` (created when new; never a store that
+    serves real calls), facing the simulated PBX or, with `live`, a real Asterisk. The
+    spool, when missing, is created with `spool_mode`."""
     catalog = load_catalog()
     store = await _replay_store(policy, data_dir, spool_dir, spool_mode)
     data_dir, spool = store.data_dir, store.spool_dir
@@ -167,6 +167,9 @@ async def _replay_store(
     root, spool = await asyncio.to_thread(_absolute, data_dir, spool_dir)
     store = await SqliteStore.open(root, policy, spool_dir=spool, create=True)
     try:
+        # Scenario calls are dated by their scripts: among real callers' recordings they
+        # would be swept and audited as if they were real.
+        await _refuse_serving(store)
         try:
             await asyncio.to_thread(files.make_dir, spool, spool_mode)
         except OSError as error:
@@ -180,6 +183,14 @@ async def _replay_store(
 def _absolute(data_dir: Path, spool_dir: Path | None) -> tuple[Path, Path]:
     root = data_dir.absolute()
     return root, (spool_dir or root / SPOOL_DIR).absolute()
+
+
+async def _refuse_serving(store: SqliteStore) -> None:
+    if await store.serving_since() is not None:
+        raise CallrecError(
+            f"the store at {store.data_dir} serves real calls: demo and replay use a store "
+            "of their own (--data-dir NEW_DIR)"
+        )
 
 
 async def refuse_a_taken_app(live: LiveAsterisk) -> None:

@@ -100,6 +100,9 @@ RECORDINGS_DIR = "recordings"
 EXPORTS_DIR = "exports"
 SPOOL_DIR = "spool"  # the default spool, inside the data directory
 _KEY_TEMP = re.compile(rf"^\.{re.escape(KEY_FILE)}\.[0-9a-f]+\.tmp$")  # a key being written
+SERVING = "store.serving"  # the audit action that marks a store of real calls
+STORE_SUBJECT = "store"
+SERVING_SQL = "SELECT at FROM audit WHERE subject = ? AND action = ? ORDER BY seq LIMIT 1"
 MANIFEST = "manifest.json"
 CALL_ID = re.compile(r"^[0-9a-f]{32}$")
 _SUFFIX = re.compile(r"^\.[a-z0-9]{1,8}$")
@@ -666,6 +669,28 @@ class SqliteStore:
             self._audit(tx, now, "overload.on" if on else "overload.off", "overload", {"by": who})
 
         await self._db.write(body, "turning the overload switch")
+
+    # ------------------------------------------------------- a store of real calls
+
+    async def mark_serving(self, now: datetime, by: str) -> None:
+        """Note, once and in the audit chain, that this store serves real calls (`serve`
+        and `fastagi` call this at start). From then on commands write to it only at the
+        machine's time: a store of a demo or a replay is never marked."""
+
+        def body(tx: Tx) -> None:
+            if tx.one(SERVING_SQL, (STORE_SUBJECT, SERVING)) is None:
+                self._audit(tx, now, SERVING, STORE_SUBJECT, {"by": by})
+
+        await self._db.write(body, "marking the store as serving calls")
+
+    async def serving_since(self) -> datetime | None:
+        """When this store began to serve real calls; None for a demo or replay store."""
+
+        def body(tx: Tx) -> sqlite3.Row | None:
+            return tx.one(SERVING_SQL, (STORE_SUBJECT, SERVING))
+
+        row = await self._db.read(body, "reading whether the store serves calls")
+        return None if row is None else parse_ts(row["at"])
 
     async def get_call(self, call_id: str) -> CallRow | None:
         def body(tx: Tx) -> sqlite3.Row | None:
