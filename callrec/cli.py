@@ -28,18 +28,31 @@ EXIT_FAILED = 1  # an expectation or a check failed
 EXIT_ERROR = 2  # bad input, bad config, an unavailable service
 
 log = logging.getLogger("callrec")
+# Times an operator may name. Dates a retention period or a deadline away from these must
+# still be dates, and the ledger writes years with four digits.
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST = datetime(2999, 12, 31, 23, 59, 59, tzinfo=UTC)
 
 
-def _now(text: str | None) -> datetime:
+def _now(text: str | None, option: str = "--now") -> datetime:
     if text is None:
         return datetime.now(UTC)
     try:
         value = datetime.fromisoformat(text)
     except ValueError:
-        raise CallrecError(f"--now: {text!r} is not an ISO-8601 time") from None
+        raise CallrecError(f"{option}: {text!r} is not an ISO-8601 time") from None
     if value.tzinfo is None:
-        raise CallrecError(f"--now: {text!r} needs a UTC offset, e.g. 2026-11-25T10:00:00+01:00")
-    return value.astimezone(UTC)
+        raise CallrecError(f"{option}: {text!r} needs a UTC offset, e.g. 2026-11-25T10:00:00+01:00")
+    try:
+        utc: datetime | None = value.astimezone(UTC)
+    except OverflowError:  # 0001-01-01T00:00+01:00 has no UTC time
+        utc = None
+    if utc is None or not EARLIEST <= utc <= LATEST:
+        raise CallrecError(
+            f"{option}: {text!r} is outside the years {EARLIEST.year}-{LATEST.year}, the "
+            "times callrec can keep"
+        )
+    return utc
 
 
 def to_json(value: Any) -> Any:
@@ -212,6 +225,11 @@ async def dispatch(args: argparse.Namespace, settings: Settings) -> int:
 
 def now_arg(args: argparse.Namespace) -> datetime:
     return _now(getattr(args, "now", None))
+
+
+def time_arg(text: str, option: str) -> datetime:
+    """An ISO-8601 time given as `option` (--received-at, --from, --to)."""
+    return _now(text, option)
 
 
 if __name__ == "__main__":

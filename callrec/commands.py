@@ -27,6 +27,7 @@ from callrec.cli import (
     print_json,
     short_time,
     table,
+    time_arg,
     to_json,
 )
 from callrec.config import Settings
@@ -510,9 +511,7 @@ async def recordings(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def withdraw(settings: Settings, args: argparse.Namespace, caller: str, now: datetime) -> int:
-    received = (
-        now if args.received_at is None else now_arg(argparse.Namespace(now=args.received_at))
-    )
+    received = now if args.received_at is None else time_arg(args.received_at, "--received-at")
     async with open_store(settings) as store, command_events(settings) as events:
         await refuse_time_travel(store, args, "a withdrawal")
         result = await store.withdraw(caller, WithdrawalVia(args.via), received, args.by, now)
@@ -608,8 +607,8 @@ async def callbacks(settings: Settings, args: argparse.Namespace, now: datetime)
 
 
 async def report(settings: Settings, args: argparse.Namespace) -> int:
-    start = now_arg(argparse.Namespace(now=args.start))
-    end = now_arg(argparse.Namespace(now=args.end))
+    start = time_arg(args.start, "--from")
+    end = time_arg(args.end, "--to")
     async with open_store(settings) as store:
         result = await store.report(start, end)
     if args.json:

@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from flows.config import POLICY_SECTIONS, policy_from_mapping
 from flows.errors import ConfigError
@@ -96,6 +97,16 @@ def _str(section: Mapping[str, Any], where: str, key: str, default: str) -> str:
     return value
 
 
+def _path(value: object, where: str) -> Path:
+    """A path from the file or the environment: text, not empty, no NUL (which no file
+    name can hold, and which the OS would refuse with a traceback later)."""
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{where}: must be a non-empty path, got {value!r}")
+    if "\x00" in value:
+        raise ConfigError(f"{where}: a path cannot hold a NUL character, got {value!r}")
+    return Path(value)
+
+
 def _spool_mode(value: object) -> int:
     """`storage.spool_mode`: octal text ("0770", "2770") or a TOML octal (0o770)."""
     mode: int | None = None
@@ -116,6 +127,8 @@ def _read_secret(path: Path, where: str) -> str:
         return path.read_text(encoding="utf-8").strip()
     except OSError as error:
         raise ConfigError(f"{where}: cannot read {path}: {error.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{where}: {path} is not UTF-8 text") from None
 
 
 def read_file(path: Path) -> dict[str, Any]:
@@ -126,6 +139,8 @@ def read_file(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: no such config file") from None
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"{path}: not valid TOML: {error}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not valid TOML: not UTF-8 text") from None
     except OSError as error:
         raise ConfigError(f"{path}: cannot read: {error.strerror}") from None
 
@@ -151,16 +166,24 @@ def load_settings(config: Path | None = None, env: Mapping[str, str] | None = No
 
     storage = _section(data, "storage", {"data_dir", "spool_dir", "spool_mode"})
     # Absolute, because Asterisk is told the spool path (CALLREC_FILE) and has its own cwd.
-    data_dir = Path(
-        env.get("CALLREC_DATA_DIR") or storage.get("data_dir") or DEFAULT_DATA_DIR
-    ).absolute()
-    spool_dir = Path(storage.get("spool_dir") or data_dir / "spool").absolute()
+    if env.get("CALLREC_DATA_DIR"):
+        data_dir = _path(env["CALLREC_DATA_DIR"], "CALLREC_DATA_DIR").absolute()
+    elif "data_dir" in storage:
+        data_dir = _path(storage["data_dir"], "storage.data_dir").absolute()
+    else:
+        data_dir = DEFAULT_DATA_DIR.absolute()
+    if "spool_dir" in storage:
+        spool_dir = _path(storage["spool_dir"], "storage.spool_dir").absolute()
+    else:
+        spool_dir = data_dir / "spool"
     spool_mode = _spool_mode(storage.get("spool_mode", DEFAULT_SPOOL_MODE))
 
     ari = _section(data, "ari", {"url", "user", "password_file", "app"})
     password = env.get("CALLREC_ARI_PASSWORD", "")
     if not password and "password_file" in ari:
-        password = _read_secret(Path(str(ari["password_file"])), "ari.password_file")
+        password = _read_secret(
+            _path(ari["password_file"], "ari.password_file"), "ari.password_file"
+        )
     ari_settings = AriSettings(
         url=env.get("CALLREC_ARI_URL") or _str(ari, "ari", "url", DEFAULT_ARI_URL),
         user=env.get("CALLREC_ARI_USER") or _str(ari, "ari", "user", "callrec"),
@@ -176,10 +199,18 @@ def load_settings(config: Path | None = None, env: Mapping[str, str] | None = No
         isinstance(mqtt_url, str) and mqtt_url.startswith(("mqtt://", "mqtts://"))
     ):
         raise ConfigError(f"mqtt.url: must start with mqtt:// or mqtts://, got {mqtt_url!r}")
+    if mqtt_url:
+        try:
+            urlsplit(mqtt_url).port  # noqa: B018 - parsing it is the check
+        except ValueError as error:
+            # The URL may hold a password: name the problem, not the URL.
+            raise ConfigError(f"mqtt.url: not a usable URL ({error})") from None
     mqtt_settings = MqttSettings(
         url=mqtt_url or None,
         prefix=_str(mqtt, "mqtt", "prefix", "callrec"),
-        password_file=Path(str(mqtt["password_file"])) if "password_file" in mqtt else None,
+        password_file=(
+            _path(mqtt["password_file"], "mqtt.password_file") if "password_file" in mqtt else None
+        ),
     )
 
     fastagi = _section(data, "fastagi", {"host", "port", "allow"})
