@@ -19,7 +19,7 @@ from flows.communication import communication_of, customer_of
 from flows.consent import InboundFlow
 from flows.errors import NumberError
 from flows.events import CallbackPlaced, CallEntered, Event
-from flows.numbers import normalise, shown, try_normalise
+from flows.numbers import masked, normalise, shown, try_normalise
 from flows.policy import Direction, Policy
 from storage.ports import CallStart
 
@@ -74,11 +74,13 @@ async def inbound_session(
 ) -> tuple[CallSession, Event] | Rejected:
     try:
         number = normalise(dialed, country_code=policy.country_code)
-    except NumberError as error:
-        return Rejected(f"dialed number {shown(dialed)} is unusable: {error}")
+    except NumberError:
+        # The error repeats the number: the reason names it masked, and no phone number
+        # reaches the log.
+        return Rejected(f"dialed number {masked(dialed)} is unusable: not a phone number")
     line = policy.line_for(number)
     if line is None:
-        return Rejected(f"{number} is the number of no line")
+        return Rejected(f"{masked(number)} is the number of no line")
     start = _start(
         deps,
         channel_id=channel_id,
@@ -103,8 +105,8 @@ async def callback_session(
 ) -> tuple[CallSession, Event] | Rejected:
     try:
         number = normalise(customer, country_code=policy.country_code)
-    except NumberError as error:
-        return Rejected(f"callback number {shown(customer)} is unusable: {error}")
+    except NumberError:
+        return Rejected(f"callback number {masked(customer)} is unusable: not a phone number")
     name = line_name or policy.callback_default_line
     line = policy.line_named(name)
     if line is None:

@@ -97,7 +97,7 @@ def breakdown(db: Path) -> list[tuple[str, int]]:
 async def run(sizes: Sizes, work: Path) -> Result:
     data_dir = work / "lookup"
     policy = Policy()
-    store = await SqliteStore.open(data_dir, policy)
+    store = await SqliteStore.open(data_dir, policy, create=True)
     await store.close()
     say(f"lookup: filling a ledger with {count(sizes.ledger_calls)} calls")
     began = time.perf_counter()
@@ -159,7 +159,7 @@ async def _time_lookups(
 ) -> tuple[list[float], list[float], int]:
     """Each look-up through the store and through sqlite3 (alternating which goes first);
     both must find the same call."""
-    store = await SqliteStore.open(data_dir, policy)
+    store = await SqliteStore.open(data_dir, policy, create=True)
     raw = sqlite3.connect(db)
     raw.row_factory = sqlite3.Row
 

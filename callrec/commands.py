@@ -27,6 +27,7 @@ from callrec.cli import (
     print_json,
     short_time,
     table,
+    time_arg,
     to_json,
 )
 from callrec.config import Settings
@@ -36,6 +37,8 @@ from callrec.runner import LiveAsterisk, refuse_a_taken_app
 from flows.errors import CallrecError
 from flows.policy import Purpose
 from prompts.catalog import load_catalog
+from storage import files
+from storage.db import os_error
 from storage.ports import Report, SweepReport, WithdrawalVia
 from storage.sqlite import SqliteStore, short_recording_id
 
@@ -45,12 +48,58 @@ SCENARIOS_DIR = Path(__file__).resolve().parent.parent / "scenarios"  # the poli
 
 
 @contextlib.asynccontextmanager
-async def open_store(settings: Settings) -> AsyncIterator[SqliteStore]:
-    store = await SqliteStore.open(settings.data_dir, settings.policy, spool_dir=settings.spool_dir)
+async def open_store(settings: Settings, *, create: bool = False) -> AsyncIterator[SqliteStore]:
+    """The configured store; a path with no store is an error unless `create` (init, and
+    the first start of serve or fastagi)."""
+    store = await SqliteStore.open(
+        settings.data_dir, settings.policy, spool_dir=settings.spool_dir, create=create
+    )
     try:
         yield store
     finally:
         await store.close()
+
+
+async def make_spool(settings: Settings) -> None:
+    """The MixMonitor spool, created (when missing) with the configured mode, never the
+    umask's."""
+    try:
+        await asyncio.to_thread(files.make_dir, settings.spool_dir, settings.spool_mode)
+    except OSError as error:
+        raise os_error(error, f"creating the spool {settings.spool_dir}") from error
+
+
+@contextlib.asynccontextmanager
+async def serving_store(settings: Settings, command: str) -> AsyncIterator[SqliteStore]:
+    """The store of a controller that takes real calls: created on the first start (said
+    loudly, since a mistyped path would otherwise start an empty store unnoticed), its
+    spool made, and marked as a store of real calls."""
+    async with open_store(settings, create=True) as store:
+        if store.created:
+            log.warning(
+                "created a NEW, empty store at %s (there was none): if the store should "
+                "already exist, stop %s and check storage.data_dir / CALLREC_DATA_DIR",
+                store.data_dir,
+                command,
+            )
+        await make_spool(settings)
+        await store.mark_serving(datetime.now(UTC), command)
+        yield store
+
+
+async def refuse_time_travel(store: SqliteStore, args: argparse.Namespace, doing: str) -> None:
+    """A store that serves real calls is only ever written at the machine's time: a `--now`
+    years ahead would delete live recordings early, and one in the past would backdate the
+    audit. `--now` stays for replay and demo stores and for questions that write nothing."""
+    if getattr(args, "now", None) is None:
+        return
+    since = await store.serving_since()
+    if since is not None:
+        raise CallrecError(
+            f"--now: the store at {store.data_dir} serves real calls (since "
+            f"{short_time(since)} UTC), so {doing} writes at the machine's time only; "
+            "--now is for replay and demo stores and read-only questions"
+        )
 
 
 def _events(settings: Settings) -> MqttEvents | NullEvents:
@@ -157,9 +206,8 @@ async def serve(settings: Settings) -> int:
     from agi.ari import AriClient
     from agi.stasis import StasisApp
 
-    settings.spool_dir.mkdir(parents=True, exist_ok=True)
     events = _events(settings)
-    async with open_store(settings) as store:
+    async with serving_store(settings, "serve") as store:
         reconciled = await store.reconcile(settings.spool_dir, datetime.now(UTC))
         for line in reconciled.flagged:
             log.warning("reconcile: %s", line)
@@ -197,9 +245,8 @@ async def serve(settings: Settings) -> int:
 async def fastagi(settings: Settings) -> int:
     from agi.fastagi import FastAgiServer
 
-    settings.spool_dir.mkdir(parents=True, exist_ok=True)
     events = _events(settings)
-    async with open_store(settings) as store:
+    async with serving_store(settings, "fastagi") as store:
         await store.reconcile(settings.spool_dir, datetime.now(UTC))
         if isinstance(events, MqttEvents):
             await events.start()
@@ -220,6 +267,20 @@ async def fastagi(settings: Settings) -> int:
             await server.stop()
             if isinstance(events, MqttEvents):
                 await events.stop()
+    return EXIT_OK
+
+
+async def init(settings: Settings, args: argparse.Namespace) -> int:
+    async with open_store(settings, create=True) as store:
+        await make_spool(settings)
+        created = store.created
+    if args.json:
+        print_json({"data_dir": settings.data_dir, "created": created})
+    elif created:
+        print(f"created a new store at {settings.data_dir} (spool {settings.spool_dir})")
+        print(f"back up {settings.data_dir / 'pseudonym.key'} apart from the ledger")
+    else:
+        print(f"a store exists at {settings.data_dir}: nothing created")
     return EXIT_OK
 
 
@@ -250,7 +311,14 @@ async def _run_scenarios(
         print(title)
         print(f"store: {data_dir}")
     spool = settings.spool_dir if live is not None else None
-    async with harness(policy, data_dir, time_scale=scale, live=live, spool_dir=spool) as h:
+    async with harness(
+        policy,
+        data_dir,
+        time_scale=scale,
+        live=live,
+        spool_dir=spool,
+        spool_mode=settings.spool_mode,
+    ) as h:
         for scenario in scenarios:
             if live is not None and not live_capable(scenario):
                 skipped += 1
@@ -406,6 +474,7 @@ async def recordings(settings: Settings, args: argparse.Namespace) -> int:
                 return EXIT_OK
             case "export":
                 now = now_arg(args)
+                await refuse_time_travel(store, args, "an export")
                 try:
                     purpose = Purpose(args.purpose)
                 except ValueError:
@@ -444,10 +513,9 @@ async def recordings(settings: Settings, args: argparse.Namespace) -> int:
 async def withdraw(
     settings: Settings, args: argparse.Namespace, caller: str | None, now: datetime
 ) -> int:
-    received = (
-        now if args.received_at is None else now_arg(argparse.Namespace(now=args.received_at))
-    )
+    received = now if args.received_at is None else time_arg(args.received_at, "--received-at")
     async with open_store(settings) as store, command_events(settings) as events:
+        await refuse_time_travel(store, args, "a withdrawal")
         result = await store.withdraw(
             caller,
             WithdrawalVia(args.via),
@@ -502,6 +570,8 @@ async def withdraw(
 
 async def sweep(settings: Settings, args: argparse.Namespace, now: datetime) -> int:
     async with open_store(settings) as store, command_events(settings) as events:
+        if not args.dry_run:
+            await refuse_time_travel(store, args, "a sweep (other than --dry-run)")
         with ProgressBar("sweep") as bar:
             result = await store.sweep(now, dry_run=args.dry_run, progress=bar)
         publish_sweep(events, result)
@@ -520,6 +590,7 @@ async def callbacks(settings: Settings, args: argparse.Namespace, now: datetime)
         if args.overload is not None:
             if not args.by:
                 raise CallrecError("--overload needs --by (the switch is audited)")
+            await refuse_time_travel(store, args, "the overload switch")
             await store.set_overload(args.overload == "on", args.by, now)
             print(f"overload switch {args.overload} (by {args.by}, audited)", file=sys.stderr)
         due = await store.callbacks_due(now)
@@ -546,8 +617,8 @@ async def callbacks(settings: Settings, args: argparse.Namespace, now: datetime)
 
 
 async def report(settings: Settings, args: argparse.Namespace) -> int:
-    start = now_arg(argparse.Namespace(now=args.start))
-    end = now_arg(argparse.Namespace(now=args.end))
+    start = time_arg(args.start, "--from")
+    end = time_arg(args.end, "--to")
     async with open_store(settings) as store:
         result = await store.report(start, end)
     if args.json:

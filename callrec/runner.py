@@ -36,8 +36,10 @@ from flows.errors import CallrecError, ConfigError
 from flows.numbers import normalise
 from flows.policy import Policy
 from prompts.catalog import load_catalog
+from storage import files
+from storage.db import os_error
 from storage.ports import CallRow, RecordingRow, RecordingStatus, WithdrawalVia
-from storage.sqlite import SqliteStore, short_recording_id
+from storage.sqlite import SPOOL_DIR, SqliteStore, short_recording_id
 
 log = logging.getLogger("callrec.runner")
 
@@ -82,30 +84,39 @@ async def harness(
     time_scale: float,
     live: LiveAsterisk | None = None,
     spool_dir: Path | None = None,
+    spool_mode: int = files.PRIVATE_DIR,
 ) -> AsyncIterator[Harness]:
-    """A controller wired to a store in `data_dir`, facing the simulated PBX or, with
-    `live`, a real Asterisk."""
+    """A controller wired to a store in `data_dir` (created when new; never a store that
+    serves real calls), facing the simulated PBX or, with `live`, a real Asterisk. The
+    spool, when missing, is created with `spool_mode`."""
     catalog = load_catalog()
-    data_dir, spool = await asyncio.to_thread(_prepare_dirs, data_dir, spool_dir)
+    store = await _replay_store(policy, data_dir, spool_dir, spool_mode)
+    data_dir, spool = store.data_dir, store.spool_dir
+    assert spool is not None  # _replay_store names it
     clock = OffsetClock()
     events = MemoryEvents()
     sim: SimulatedPbx | None = None
-    if live is None:
-        password = secrets.token_urlsafe(16)  # the simulator listens on 127.0.0.1 only
-        sim = SimulatedPbx(
-            app="callrec",
-            user="callrec",
-            password=password,
-            prompt_durations={pid: info.duration_seconds for pid, info in catalog.items()},
-            time_scale=time_scale,
-        )
-        client = AriClient(await sim.start(), "callrec", password, "callrec")
-    else:
-        password = live.password
-        await refuse_a_taken_app(live)
-        client = AriClient(live.url, live.user, live.password, live.app)
-        time_scale = 1.0  # a real PBX plays prompts in real time
-    store = await SqliteStore.open(data_dir, policy, spool_dir=spool)
+    try:
+        if live is None:
+            password = secrets.token_urlsafe(16)  # the simulator listens on 127.0.0.1 only
+            sim = SimulatedPbx(
+                app="callrec",
+                user="callrec",
+                password=password,
+                prompt_durations={pid: info.duration_seconds for pid, info in catalog.items()},
+                time_scale=time_scale,
+            )
+            client = AriClient(await sim.start(), "callrec", password, "callrec")
+        else:
+            password = live.password
+            await refuse_a_taken_app(live)
+            client = AriClient(live.url, live.user, live.password, live.app)
+            time_scale = 1.0  # a real PBX plays prompts in real time
+    except BaseException:
+        if sim is not None:
+            await sim.stop()
+        await store.close()
+        raise
     deps = SessionDeps(
         ledger=store,
         store=store,
@@ -148,6 +159,40 @@ async def harness(
         await store.close()
 
 
+async def _replay_store(
+    policy: Policy, data_dir: Path, spool_dir: Path | None, spool_mode: int
+) -> SqliteStore:
+    """The store of a demo or replay, created when new; its spool made. Absolute paths:
+    MixMonitor is told the spool path and has its own working directory."""
+    root, spool = await asyncio.to_thread(_absolute, data_dir, spool_dir)
+    store = await SqliteStore.open(root, policy, spool_dir=spool, create=True)
+    try:
+        # Scenario calls are dated by their scripts: among real callers' recordings they
+        # would be swept and audited as if they were real.
+        await _refuse_serving(store)
+        try:
+            await asyncio.to_thread(files.make_dir, spool, spool_mode)
+        except OSError as error:
+            raise os_error(error, f"creating the spool {spool}") from error
+    except BaseException:
+        await store.close()
+        raise
+    return store
+
+
+def _absolute(data_dir: Path, spool_dir: Path | None) -> tuple[Path, Path]:
+    root = data_dir.absolute()
+    return root, (spool_dir or root / SPOOL_DIR).absolute()
+
+
+async def _refuse_serving(store: SqliteStore) -> None:
+    if await store.serving_since() is not None:
+        raise CallrecError(
+            f"the store at {store.data_dir} serves real calls: demo and replay use a store "
+            "of their own (--data-dir NEW_DIR)"
+        )
+
+
 async def refuse_a_taken_app(live: LiveAsterisk) -> None:
     """A second client on the application name would take the calls of the one serving it
     (Asterisk replaces the first), so a live run starts only where none is registered."""
@@ -172,15 +217,6 @@ async def _set_agents(h: Harness, *, present: bool) -> None:
         extension=extension,
     )
     await asyncio.sleep(LIVE_SETUP_PAUSE)
-
-
-def _prepare_dirs(data_dir: Path, spool_dir: Path | None) -> tuple[Path, Path]:
-    """Absolute paths (MixMonitor is told the spool path and has its own working
-    directory), created."""
-    data_dir = data_dir.absolute()
-    spool = (spool_dir or data_dir / "spool").absolute()
-    spool.mkdir(parents=True, exist_ok=True)
-    return data_dir, spool
 
 
 async def _originate(

@@ -62,16 +62,24 @@ def chain_problems(entries: Iterable[tuple[AuditEntry, str]]) -> list[str]:
     return problems
 
 
-def load_key(path: Path) -> bytes:
-    """The pseudonym key at `path`, created (0600, 32 random bytes) when absent."""
+def load_key(path: Path, *, create: bool = False) -> bytes:
+    """The pseudonym key at `path`. Only a new store (`create`) gets a new one (0600, 32
+    random bytes): a missing key is never replaced, because a new key would leave every
+    pseudonym already in the audit log matching nobody."""
     try:
         return _read_key(path)
     except FileNotFoundError:
-        pass
+        if not create:
+            raise StorageError(
+                f"the pseudonym key {path} is missing: restore it from the backup (the "
+                "store does not open without it; a new key would orphan the audit's "
+                "pseudonyms)"
+            ) from None
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
+            os.fchmod(fd, 0o600)  # exactly, whatever the umask
             os.write(fd, secrets.token_bytes(KEY_BYTES))
             os.fsync(fd)
         finally:

@@ -100,6 +100,11 @@ LEDGER_FILE = "ledger.sqlite3"
 KEY_FILE = "pseudonym.key"
 RECORDINGS_DIR = "recordings"
 EXPORTS_DIR = "exports"
+SPOOL_DIR = "spool"  # the default spool, inside the data directory
+_KEY_TEMP = re.compile(rf"^\.{re.escape(KEY_FILE)}\.[0-9a-f]+\.tmp$")  # a key being written
+SERVING = "store.serving"  # the audit action that marks a store of real calls
+STORE_SUBJECT = "store"
+SERVING_SQL = "SELECT at FROM audit WHERE subject = ? AND action = ? ORDER BY seq LIMIT 1"
 MANIFEST = "manifest.json"
 CALL_ID = re.compile(r"^[0-9a-f]{32}$")
 _SUFFIX = re.compile(r"^\.[a-z0-9]{1,8}$")
@@ -339,6 +344,35 @@ def _purposes(text: str) -> frozenset[Purpose]:
     return frozenset(Purpose(p) for p in text.split(",") if p)
 
 
+def _claim(root: Path) -> None:
+    """Make `root` the directory of a new store (0700), refusing one that holds anything
+    else: a new store never lands in a home or system directory by a slip of the config,
+    and never beside recordings whose ledger is lost. What an interrupted creation leaves
+    (the key, empty directories of the store) is allowed."""
+    try:
+        entries = list(root.iterdir())
+    except FileNotFoundError:
+        files.private_dir(root)
+        return
+    for entry in entries:
+        name = entry.name
+        if name in (KEY_FILE, "lost+found") or _KEY_TEMP.match(name):
+            continue
+        if name in (RECORDINGS_DIR, EXPORTS_DIR, SPOOL_DIR) and not _holds_files(entry):
+            continue
+        raise StorageError(
+            f"no store at {root} (no {LEDGER_FILE}), and it is not empty ({shown(name, 40)} "
+            "is there): restore the ledger from the backup, or name a new or empty directory"
+        )
+    root.chmod(files.PRIVATE_DIR)
+
+
+def _holds_files(directory: Path) -> bool:
+    if directory.is_symlink() or not directory.is_dir():
+        return True
+    return any(names for _, _, names in os.walk(directory))
+
+
 class SqliteStore:
     """`storage.ports.Ledger`, `RecordingStore` and `Queries` on SQLite and local files."""
 
@@ -357,6 +391,7 @@ class SqliteStore:
         self.recordings_dir = data_dir / RECORDINGS_DIR
         self.exports_dir = data_dir / EXPORTS_DIR
         self._key = key
+        self.created = False  # made by the `open` that returned it
         # Serialises this process's file work (ingest, deletions, exports, reconcile);
         # other processes are kept consistent by the ledger's transactions.
         self._files = asyncio.Lock()
@@ -367,30 +402,50 @@ class SqliteStore:
         data_dir: Path,
         policy: Policy,
         *,
+        create: bool = False,
         spool_dir: Path | None = None,
         busy_timeout: float = BUSY_TIMEOUT,
         retry_for: float = RETRY_FOR,
     ) -> SqliteStore:
-        """Open (creating and migrating as needed) the store rooted at `data_dir`.
+        """Open the store rooted at `data_dir`, migrating its ledger as needed.
 
+        A store is made only with `create` (then `created` says whether this call made it),
+        and only in a new or empty directory: a path without a ledger is otherwise a
+        `NotFoundError` naming it, so a mistyped data directory never becomes a new, empty
+        store that verifies clean. A ledger whose pseudonym key is missing never opens.
         `spool_dir` is where MixMonitor writes; `verify` then also reports files left there.
         """
 
-        def prepare() -> tuple[Path, bytes]:
+        def prepare() -> tuple[Path, bytes, bool]:
             root = Path(data_dir).absolute()
-            files.private_dir(root)
+            new = not os.path.lexists(root / LEDGER_FILE)
+            if new:
+                if not create:
+                    raise NotFoundError(
+                        f"no store at {root} (no {LEDGER_FILE} there): check the data "
+                        "directory, or create a store with `callrec init`"
+                    )
+                _claim(root)
             files.private_dir(root / RECORDINGS_DIR)
             files.private_dir(root / EXPORTS_DIR)
-            return root, load_key(root / KEY_FILE)
+            # The key before the ledger: a ledger is never without its key, and a creation
+            # cut short (a key, no ledger) is finished by the next one.
+            key = load_key(root / KEY_FILE, create=new)
+            if new:
+                with contextlib.suppress(FileExistsError):  # another process made it first
+                    os.close(files.new_file(root / LEDGER_FILE))
+            return root, key, new
 
         try:
-            data_dir, key = await asyncio.to_thread(prepare)
+            data_dir, key, created = await asyncio.to_thread(prepare)
         except OSError as error:
             raise os_error(error, f"opening the store {data_dir}") from error
         db = await Database.open(
             data_dir / LEDGER_FILE, busy_timeout=busy_timeout, retry_for=retry_for
         )
-        return cls(db, policy, data_dir, spool_dir, key)
+        store = cls(db, policy, data_dir, spool_dir, key)
+        store.created = created
+        return store
 
     async def close(self) -> None:
         await self._db.close()
@@ -718,6 +773,28 @@ class SqliteStore:
             self._audit(tx, now, "overload.on" if on else "overload.off", "overload", {"by": who})
 
         await self._db.write(body, "turning the overload switch")
+
+    # ------------------------------------------------------- a store of real calls
+
+    async def mark_serving(self, now: datetime, by: str) -> None:
+        """Note, once and in the audit chain, that this store serves real calls (`serve`
+        and `fastagi` call this at start). From then on commands write to it only at the
+        machine's time: a store of a demo or a replay is never marked."""
+
+        def body(tx: Tx) -> None:
+            if tx.one(SERVING_SQL, (STORE_SUBJECT, SERVING)) is None:
+                self._audit(tx, now, SERVING, STORE_SUBJECT, {"by": by})
+
+        await self._db.write(body, "marking the store as serving calls")
+
+    async def serving_since(self) -> datetime | None:
+        """When this store began to serve real calls; None for a demo or replay store."""
+
+        def body(tx: Tx) -> sqlite3.Row | None:
+            return tx.one(SERVING_SQL, (STORE_SUBJECT, SERVING))
+
+        row = await self._db.read(body, "reading whether the store serves calls")
+        return None if row is None else parse_ts(row["at"])
 
     async def get_call(self, call_id: str) -> CallRow | None:
         def body(tx: Tx) -> sqlite3.Row | None:

@@ -200,7 +200,7 @@ async def fastagi_harness(
     policy = policy or Policy()
     spool = tmp_path / "spool"
     spool.mkdir(parents=True, exist_ok=True)
-    store = await SqliteStore.open(tmp_path / "data", policy, spool_dir=spool)
+    store = await SqliteStore.open(tmp_path / "data", policy, spool_dir=spool, create=True)
     sink, clock = ListSink(), SetClock()
     deps = SessionDeps(
         ledger=store,

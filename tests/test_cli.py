@@ -140,6 +140,7 @@ def test_withdraw_of_a_sales_only_caller_says_so(demo_store: Path) -> None:
 )
 def test_errors_are_one_clear_line(tmp_path: Path, args: list[str], message: str) -> None:
     """Bad input exits 2 with one line on stderr and no traceback."""
+    callrec("init", data_dir=tmp_path / "store")
     result = callrec(*args, data_dir=tmp_path / "store", check=False)
     assert result.returncode == 2
     assert message in result.stderr

@@ -53,7 +53,9 @@ def spool(tmp_path: Path) -> Path:
 
 @pytest.fixture
 async def store(tmp_path: Path, spool: Path) -> AsyncIterator[SqliteStore]:
-    async with await SqliteStore.open(tmp_path / "data", POLICY, spool_dir=spool) as opened:
+    async with await SqliteStore.open(
+        tmp_path / "data", POLICY, spool_dir=spool, create=True
+    ) as opened:
         yield opened
 
 
@@ -184,7 +186,7 @@ async def test_a_truncated_recording_is_reported(store: SqliteStore, spool: Path
 async def test_a_damaged_pseudonym_key_is_refused(tmp_path: Path) -> None:
     """A key of the wrong size is never replaced silently (old pseudonyms would orphan)."""
     data = tmp_path / "data"
-    async with await SqliteStore.open(data, POLICY):
+    async with await SqliteStore.open(data, POLICY, create=True):
         pass
     (data / "pseudonym.key").write_bytes(b"short")
     with pytest.raises(StorageError, match="restore it"):
@@ -213,7 +215,7 @@ async def test_a_full_disk_gives_a_clear_error_and_keeps_the_source(
     the spool file untouched, no partial file; once there is room the same ingest works."""
     data = tmp_path / "data"
     recordings = data / "recordings"
-    async with await SqliteStore.open(data, POLICY, spool_dir=spool) as store:
+    async with await SqliteStore.open(data, POLICY, spool_dir=spool, create=True) as store:
         call_id, source = await record_call(store, spool, audio=wav_bytes(frames=100_000))
         audio = source.read_bytes()
         with tmpfs(recordings, "size=64k,mode=0700"):
@@ -234,7 +236,7 @@ async def test_a_read_only_store_gives_a_clear_error_and_keeps_the_source(
     StoreReadOnlyError and the spool file stays where it was."""
     data = tmp_path / "data"
     recordings = data / "recordings"
-    async with await SqliteStore.open(data, POLICY, spool_dir=spool) as store:
+    async with await SqliteStore.open(data, POLICY, spool_dir=spool, create=True) as store:
         call_id, source = await record_call(store, spool)
         audio = source.read_bytes()
         if os.geteuid() == 0:
@@ -298,7 +300,7 @@ async def test_a_locked_ledger_is_retried(tmp_path: Path) -> None:
     """While another process holds the write lock the store waits and retries; the write
     lands once the lock is released."""
     async with await SqliteStore.open(
-        tmp_path / "data", POLICY, busy_timeout=0.05, retry_for=10
+        tmp_path / "data", POLICY, busy_timeout=0.05, retry_for=10, create=True
     ) as store:
         async with holding_the_ledger(store, 1.0):
             started = time.monotonic()
@@ -311,7 +313,7 @@ async def test_a_locked_ledger_is_retried(tmp_path: Path) -> None:
 async def test_a_ledger_that_stays_locked_gives_a_clear_error(tmp_path: Path) -> None:
     """Past the retry budget the error says the ledger stayed locked; nothing half-done."""
     async with await SqliteStore.open(
-        tmp_path / "data", POLICY, busy_timeout=0.05, retry_for=0.4
+        tmp_path / "data", POLICY, busy_timeout=0.05, retry_for=0.4, create=True
     ) as store:
         async with holding_the_ledger(store, 5.0):
             with pytest.raises(StorageError, match="stayed locked by another process"):

@@ -30,7 +30,7 @@ from flows.events import PriorCallFound
 from flows.outcome import Outcome
 from flows.policy import Decision, Direction, LegalBasis, Purpose
 from flows.retention import delete_after
-from storage.audit import pseudonym
+from storage.audit import load_key, pseudonym
 from storage.ports import (
     CallStart,
     DecisionRecord,
@@ -58,7 +58,9 @@ def spool(tmp_path: Path) -> Path:
 
 @pytest.fixture
 async def store(tmp_path: Path, spool: Path) -> AsyncIterator[SqliteStore]:
-    async with await SqliteStore.open(tmp_path / "data", POLICY, spool_dir=spool) as opened:
+    async with await SqliteStore.open(
+        tmp_path / "data", POLICY, spool_dir=spool, create=True
+    ) as opened:
         yield opened
 
 
@@ -963,6 +965,7 @@ async def _old_ledger(
     async with aiosqlite.connect(data / "ledger.sqlite3", isolation_level=None) as conn:
         assert await migrate(conn, MIGRATIONS[:version]) == version
         await conn.execute(insert, params)
+    load_key(data / "pseudonym.key", create=True)  # an old store had its key too
     return data
 
 
@@ -1014,7 +1017,7 @@ async def test_an_older_ledger_gets_the_covering_lookup_index(tmp_path: Path) ->
 async def test_a_newer_database_is_refused(tmp_path: Path) -> None:
     """A ledger written by a newer program is not opened (nor written) by an older one."""
     data = tmp_path / "data"
-    async with await SqliteStore.open(data, POLICY):
+    async with await SqliteStore.open(data, POLICY, create=True):
         pass
     with sqlite3.connect(data / "ledger.sqlite3") as raw:
         raw.execute("INSERT INTO schema_version (version) VALUES (?)", (len(MIGRATIONS) + 1,))
