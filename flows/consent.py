@@ -4,9 +4,10 @@ Theory of operation. A call enters (`CallEntered`) and is answered; the line's p
 plays. On a sales line (`LinePolicy.NOTICE`) the notice is heard to its end, no key is
 asked, and the decision is RECORD under ZEKom-2 Art. 214(7). On a consent line the
 question plays with barge-in: 1 is consent, 2 refusal; another key replays the choice (up
-to `invalid_key_limit` times); silence after the question asks once more
-(`no_key_retries`), then the call goes on with no decision. Refusing or not answering costs
-the caller nothing: every path ends in `Continue` to the same queue, only unrecorded.
+to `invalid_key_limit` times), and A-D mean nothing (`flows.keys` says why); silence after
+the question asks once more (`no_key_retries`), then the call goes on with no decision.
+Refusing or not answering costs the caller nothing: every path ends in `Continue` to the
+same queue, only unrecorded.
 
 The decision is committed (`CommitDecision`) and only the ledger's confirmation
 (`DecisionCommitted`) can lead to `StartRecording`; a failed commit or a hang-up at any
@@ -46,11 +47,9 @@ from flows.events import (
     PromptFailed,
     PromptFinished,
 )
+from flows.keys import Key, classify
 from flows.machine import Row, Table, Trigger, When, mermaid, step
 from flows.policy import Decision, Line, LinePolicy, Policy
-
-CONSENT_KEY = "1"
-REFUSAL_KEY = "2"
 
 
 class State(enum.Enum):
@@ -111,13 +110,10 @@ class InboundFlow:
             case CallEntered():
                 return NOTICE_LINE if self.line.policy is LinePolicy.NOTICE else CONSENT_LINE
             case DigitPressed(digit=digit):
-                if digit == CONSENT_KEY:
-                    return CONSENT
-                if digit == REFUSAL_KEY:
-                    return REFUSAL
-                if self._invalid_keys >= self._invalid_key_limit:
+                kind = classify(digit)
+                if kind is Key.OTHER and self._invalid_keys >= self._invalid_key_limit:
                     return OTHER_KEY_PAST_LIMIT
-                return OTHER_KEY
+                return KEY_TRIGGERS[kind]
             case DigitTimedOut():
                 if self._silences >= self._no_key_retries:
                     return SILENCE_PAST_RETRIES
@@ -234,6 +230,13 @@ CONSENT = When(DigitPressed, "consent key")
 REFUSAL = When(DigitPressed, "refusal key")
 OTHER_KEY = When(DigitPressed, "other key")
 OTHER_KEY_PAST_LIMIT = When(DigitPressed, "other key past the limit")
+IGNORED_KEY = When(DigitPressed, "ignored key")
+KEY_TRIGGERS = {
+    Key.CONSENT: CONSENT,
+    Key.REFUSAL: REFUSAL,
+    Key.OTHER: OTHER_KEY,
+    Key.IGNORED: IGNORED_KEY,
+}
 SILENCE = When(DigitTimedOut, "a retry left")
 SILENCE_PAST_RETRIES = When(DigitTimedOut, "no retry left")
 
@@ -262,6 +265,7 @@ TRANSITIONS: Table[State, InboundFlow] = {
         REFUSAL:              Row(_S.COMMITTING, _F._refusal),
         OTHER_KEY:            Row(_S.HEARING_QUESTION, _F._other_key),
         OTHER_KEY_PAST_LIMIT: Row(_S.COMMITTING, _F._too_many_keys),
+        IGNORED_KEY:          Row(_S.HEARING_QUESTION),  # the question plays on
         DigitTimedOut:        Row(_S.HEARING_QUESTION),  # no wait runs while asking
         CallerHungUp:         Row(_S.HUNG_UP, _F._hung_up_before_decision),
         ControlLost:          Row(_S.COMMITTING, _F._control_lost),
@@ -271,6 +275,7 @@ TRANSITIONS: Table[State, InboundFlow] = {
         REFUSAL:              Row(_S.COMMITTING, _F._refusal),
         OTHER_KEY:            Row(_S.HEARING_QUESTION, _F._other_key),
         OTHER_KEY_PAST_LIMIT: Row(_S.COMMITTING, _F._too_many_keys),
+        IGNORED_KEY:          Row(_S.AWAITING_KEY),  # the wait runs on to its end
         SILENCE:              Row(_S.HEARING_QUESTION, _F._ask_again),
         SILENCE_PAST_RETRIES: Row(_S.COMMITTING, _F._no_answer),
         PromptFinished:       Row(_S.AWAITING_KEY),

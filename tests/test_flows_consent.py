@@ -33,6 +33,7 @@ from flows.events import (
     PromptFailed,
     PromptFinished,
 )
+from flows.keys import DTMF_KEYS
 from flows.machine import When, event_type
 from flows.policy import Decision, LegalBasis, Policy
 
@@ -209,7 +210,7 @@ def test_diagram_names_every_state() -> None:
 
 
 EVENTS = st.one_of(
-    st.builds(DigitPressed, st.sampled_from(list("0123456789*#"))),
+    st.builds(DigitPressed, st.sampled_from(list(DTMF_KEYS))),
     st.builds(PromptFinished, st.integers(0, 6)),
     st.builds(PromptFailed, st.integers(0, 6)),
     st.builds(DigitTimedOut, st.integers(0, 6)),
