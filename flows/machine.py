@@ -12,7 +12,7 @@ covers every condition of that event that has no row of its own in the state.
 and the event, for an event type the state has no row for; and it drops, once for every
 state, an event that answers a prompt or wait the flow has since replaced (Asterisk still
 reports the end of a playback that a key stopped). `mermaid` prints a table as the diagram
-the README shows.
+the README shows (`python -m callrec.diagrams --update README.md`).
 """
 
 from __future__ import annotations
