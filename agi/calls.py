@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from agi.ports import ChannelPort
 from agi.session import CallSession, SessionDeps
 from flows.callbacks import CallbackFlow
+from flows.communication import communication_of, customer_of
 from flows.consent import InboundFlow
 from flows.errors import NumberError
 from flows.events import CallbackPlaced, CallEntered, Event
@@ -45,9 +46,11 @@ def _start(
     caller: str | None,
     dialed: str | None,
     parent_call_id: str | None = None,
+    parent_communication: str | None = None,
 ) -> CallStart:
+    call_id = new_call_id()
     return CallStart(
-        call_id=new_call_id(),
+        call_id=call_id,
         channel_id=channel_id,
         direction=direction,
         line=line,
@@ -55,6 +58,8 @@ def _start(
         dialed=dialed,
         started_at=deps.clock.now(),
         parent_call_id=parent_call_id,
+        customer=customer_of(direction, caller, dialed),
+        communication_id=communication_of(call_id, None, parent_communication),
     )
 
 
@@ -143,6 +148,7 @@ async def callee_session(
         caller=parent.dialed,
         dialed=parent.dialed,
         parent_call_id=parent_call_id,
+        parent_communication=parent.communication_id or parent_call_id,
     )
     flow = InboundFlow.for_line(line, policy, call_id=start.call_id)
     return CallSession(start, flow, channel, deps), CallEntered()

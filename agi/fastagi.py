@@ -69,7 +69,7 @@ from flows.errors import (
 from flows.events import DigitPressed, DigitTimedOut, Event, PromptFinished
 from flows.keys import HEARD_KEYS, heard
 from flows.numbers import shown
-from flows.outcome import AGENT_VARIABLE, Outcome, QueueObserver
+from flows.outcome import Outcome, outcome_of_hangup_report
 from flows.policy import Policy
 
 log = logging.getLogger("callrec.fastagi")
@@ -589,11 +589,13 @@ class FastAgiServer:
             return
         # A call is still open here only if it went on: calls that ended in the prompt
         # were finished by their own connection before it closed.
-        observer = QueueObserver(continued=row.decided_at is not None)
-        observer.saw_variable("ANSWEREDTIME", request.arg(1))
-        observer.saw_variable("ABANDONED", request.arg(2))
-        observer.saw_variable(AGENT_VARIABLE, request.arg(3))
-        await finish_call(call_id, observer.outcome(), self._deps)
+        outcome = outcome_of_hangup_report(
+            decided=row.decided_at is not None,
+            answered_time=request.arg(1),
+            abandoned=request.arg(2),
+            agent=request.arg(3),
+        )
+        await finish_call(call_id, outcome, self._deps)
 
     def _allowed(self, writer: asyncio.StreamWriter) -> bool:
         peer = writer.get_extra_info("peername")

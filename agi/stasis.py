@@ -53,7 +53,7 @@ from flows.events import (
 )
 from flows.keys import heard
 from flows.numbers import shown
-from flows.outcome import Outcome, QueueObserver
+from flows.outcome import Outcome, QueueObserver, outcome_after_restart
 from flows.policy import Policy
 from storage.ports import CallRow
 
@@ -364,9 +364,9 @@ class StasisApp:
             await session.hung_up()
         call.observer.continued = session.continued
         if not call.observer.answered and session.recording_file is not None:
-            # The queue's variables may have been lost with the WebSocket; audio beyond the
-            # header means MixMonitor(...,b) saw a bridge, i.e. an agent took the call.
-            call.observer.answered = await asyncio.to_thread(_has_audio, session.recording_file)
+            # The queue's variables may have been lost with the WebSocket.
+            recorded = await asyncio.to_thread(_has_audio, session.recording_file)
+            call.observer.saw_recorded_audio(recorded)
         outcome = call.observer.outcome()
         if await session.in_ledger():
             await finish_call(session.call_id, outcome, self._deps)
@@ -516,12 +516,8 @@ def _has_audio(file: str) -> bool:
 
 
 def _outcome_after_restart(row: CallRow) -> Outcome:
-    """Best judgement for a call that ended unseen: audio beyond the WAV header means an
-    agent was bridged; otherwise a decided call reached the queue unanswered (missed, so that
-    it is called back rather than forgotten), an undecided one was abandoned."""
-    if row.recording_file is not None and _has_audio(row.recording_file):
-        return Outcome.ANSWERED
-    return Outcome.MISSED if row.decided_at is not None else Outcome.ABANDONED_IN_PROMPT
+    recorded = row.recording_file is not None and _has_audio(row.recording_file)
+    return outcome_after_restart(decided=row.decided_at is not None, recorded_audio=recorded)
 
 
 def _in_our_stasis(channel: Mapping[str, Any], app: str) -> bool:

@@ -188,6 +188,11 @@ def _load(db_path: str, batches: Connection) -> None:
             conn.executemany(sql, rows)
         conn.execute("COMMIT")
     conn.execute("BEGIN")
+    # Every callback of the fill reached its customer: it answers its missed call.
+    conn.execute(
+        "INSERT OR IGNORE INTO callback_answers (missed_call_id, callback_call_id, answered_at) "
+        "SELECT missed_call_id, callback_call_id, linked_at FROM callbacks"
+    )
     for _, sql in indexes:
         conn.execute(sql)
     conn.execute("COMMIT")
@@ -517,6 +522,7 @@ class MissedSample:
     customer: str
     ended: int  # microseconds since the epoch
     call_id: str
+    basis: str  # its legal basis: a callback of the same kind answers it
 
 
 @dataclass(slots=True)
@@ -669,7 +675,7 @@ def _busy_batch(
     )
     called_back = missed & ~anonymous & (rng.random(n) < (0.70 if call_back else 0.0))
     open_missed = [
-        MissedSample(str(customer[k]), int(ended[k]), call_ids[k])
+        MissedSample(str(customer[k]), int(ended[k]), call_ids[k], str(inbound.basis[k]))
         for k in np.flatnonzero(missed & ~anonymous & ~called_back).tolist()
     ]
     return CallColumns.join(inbound, _callbacks(rng, inbound, called_back)), open_missed

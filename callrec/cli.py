@@ -138,7 +138,12 @@ def build_parser() -> argparse.ArgumentParser:
     rv.add_argument("--json", action="store_true")
 
     withdraw = command("withdraw", "register a withdrawal of consent and carry it out")
-    withdraw.add_argument("--caller", required=True, help="the caller's phone number")
+    named = withdraw.add_mutually_exclusive_group(required=True)
+    named.add_argument("--caller", help="the caller's phone number: every communication")
+    named.add_argument(
+        "--call", metavar="ID", help="one communication, by a call of it (no caller ID)"
+    )
+    named.add_argument("--recording", metavar="ID", help="one communication, by its recording")
     withdraw.add_argument("--via", required=True, choices=["phone", "email"])
     withdraw.add_argument("--received-at", help="when it was received (default: --now)")
     withdraw.add_argument("--by", required=True, help="the agent or DPO who registers it")
@@ -194,7 +199,11 @@ async def dispatch(args: argparse.Namespace, settings: Settings) -> int:
         case "recordings":
             return await commands.recordings(settings, args)
         case "withdraw":
-            caller = normalise(args.caller, country_code=settings.policy.country_code)
+            caller = (
+                None
+                if args.caller is None
+                else normalise(args.caller, country_code=settings.policy.country_code)
+            )
             return await commands.withdraw(settings, args, caller, _now(args.now))
         case "sweep":
             return await commands.sweep(settings, args, _now(args.now))

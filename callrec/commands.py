@@ -441,12 +441,22 @@ async def recordings(settings: Settings, args: argparse.Namespace) -> int:
     return EXIT_ERROR
 
 
-async def withdraw(settings: Settings, args: argparse.Namespace, caller: str, now: datetime) -> int:
+async def withdraw(
+    settings: Settings, args: argparse.Namespace, caller: str | None, now: datetime
+) -> int:
     received = (
         now if args.received_at is None else now_arg(argparse.Namespace(now=args.received_at))
     )
     async with open_store(settings) as store, command_events(settings) as events:
-        result = await store.withdraw(caller, WithdrawalVia(args.via), received, args.by, now)
+        result = await store.withdraw(
+            caller,
+            WithdrawalVia(args.via),
+            received,
+            args.by,
+            now,
+            call_id=args.call,
+            recording_id=args.recording,
+        )
         events.publish(
             "withdrawal/received",
             {

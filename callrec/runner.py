@@ -488,8 +488,22 @@ async def _state_of(h: Harness, call_id: str) -> str:
 
 
 async def _withdraw_step(h: Harness, step: Step) -> StepReport:
+    """A withdrawal by the caller's number (`caller:`), or of the one communication of a
+    call (`call:` names it) or of its recording (`recording:` names the call)."""
     args = step.args
-    caller = normalise(str(args["caller"]))
+    caller = normalise(str(args["caller"])) if "caller" in args else None
+    call_id = recording_id = None
+    if "call" in args:
+        (_, call_id), *_ = _ids(h, [args["call"]], step.where)
+        named = f"call {args['call']}"
+    elif "recording" in args:
+        (_, of_call), *_ = _ids(h, [args["recording"]], step.where)
+        recording = await _recording_of(h, of_call)
+        if recording is None:
+            raise ConfigError(f"{step.where}: call {args['recording']!r} has no recording")
+        recording_id, named = recording.id, f"recording of {args['recording']}"
+    else:
+        named = str(args.get("caller"))
     received = (
         parse_time(args["received_at"], step.where) if "received_at" in args else h.clock.now()
     )
@@ -499,9 +513,11 @@ async def _withdraw_step(h: Harness, step: Step) -> StepReport:
         received,
         str(args.get("by", "agent")),
         h.clock.now(),
+        call_id=call_id,
+        recording_id=recording_id,
     )
     report = StepReport(
-        step.where, f"{_clock(h)}  withdrawal of consent by {args['caller']} via {result.via.value}"
+        step.where, f"{_clock(h)}  withdrawal of consent by {named} via {result.via.value}"
     )
     report.lines.append(
         f"received on {result.received_on}, due by {result.due_on}; "

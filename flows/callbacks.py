@@ -3,9 +3,10 @@
 Theory of operation. The notice (POLICY.md §3) treats a callback within one hour of a
 missed call as the same communication: the customer is not told again, a sales callback is
 recorded, a service callback is recorded only if the customer pressed 1 on the missed call
-(and has not withdrawn since). The flow asks for the newest missed call from the customer
-within the window (`LookUpPriorCall`; the window widens only while the operator's overload
-switch is on) and decides from the answer. With no such call the callback is a new
+(and has not withdrawn since). The flow asks for the missed call the callback answers
+(`LookUpPriorCall`: one of the same line kind within the window, which widens only while
+the operator's overload switch is on; `flows.communication` chooses) and decides from the
+answer. With no such call the callback is a new
 communication: nothing is recorded on the agent's leg and the customer's leg must hear the
 line's notice (`NoticeCallee`), which runs `flows.consent.InboundFlow` on that leg.
 """
@@ -34,7 +35,7 @@ from flows.events import (
     PriorCallFound,
 )
 from flows.machine import Row, Table, mermaid, step
-from flows.policy import Decision, LegalBasis, Line, Policy
+from flows.policy import Decision, LegalBasis, Line, Policy, callback_window
 
 
 class State(enum.Enum):
@@ -92,12 +93,17 @@ class CallbackFlow:
         return step(TRANSITIONS, self, event, now)
 
     def _placed(self, event: CallbackPlaced, now: datetime) -> list[Command]:
-        window = self._callback_window
-        if event.overload and self._overload_window is not None:
-            window = max(window, self._overload_window)
+        window = callback_window(self._callback_window, self._overload_window, event.overload)
         self._window = window
         self._overload = event.overload
-        return [LookUpPriorCall(window=window, overload=event.overload)]
+        # A callback answers a missed call of its own kind (`flows.communication`).
+        look_up = LookUpPriorCall(
+            window=window,
+            overload=event.overload,
+            since=now - window,
+            legal_basis=self.line.legal_basis,
+        )
+        return [look_up]
 
     def _found(self, event: PriorCallFound, now: datetime) -> list[Command]:
         self._decision, reason = same_communication(event)

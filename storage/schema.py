@@ -187,7 +187,42 @@ COVERING_MISSED: tuple[str, ...] = (
         WHERE outcome = 'missed' AND direction = 'inbound'""",
 )
 
-MIGRATIONS: tuple[tuple[str, ...], ...] = (LEDGER, RECORDING_STORE, AUDIT, COVERING_MISSED)
+# One communication (POLICY.md §3): a missed call and every callback within its window.
+# A callback answers a missed call of its own legal basis, so the look-up's index leads with
+# it; a missed call is answered at most once (the primary key of `callback_answers`), and
+# callbacks nobody picked up leave it open for the next attempt. A withdrawal may name one
+# communication instead of a customer (`caller` is then '', the column being NOT NULL).
+COMMUNICATIONS: tuple[str, ...] = (
+    "ALTER TABLE calls ADD COLUMN communication_id TEXT",
+    "UPDATE calls SET communication_id = COALESCE(linked_to, call_id)",
+    """UPDATE calls SET communication_id = (SELECT p.communication_id FROM calls p
+        WHERE p.call_id = calls.parent_call_id) WHERE parent_call_id IS NOT NULL""",
+    "CREATE INDEX calls_communication ON calls (communication_id)",
+    "DROP INDEX calls_missed",
+    """CREATE INDEX calls_missed ON calls (customer, legal_basis, ended_at, outcome, direction,
+        call_id, line, decision, decided_at)
+        WHERE outcome = 'missed' AND direction = 'inbound'""",
+    """CREATE TABLE callback_answers (
+        missed_call_id   TEXT PRIMARY KEY REFERENCES calls (call_id),
+        callback_call_id TEXT NOT NULL UNIQUE REFERENCES calls (call_id),
+        answered_at      TEXT NOT NULL
+    )""",
+    """INSERT OR IGNORE INTO callback_answers (missed_call_id, callback_call_id, answered_at)
+        SELECT b.missed_call_id, b.callback_call_id, c.ended_at FROM callbacks b
+        JOIN calls c ON c.call_id = b.callback_call_id
+        WHERE c.outcome = 'answered' AND c.ended_at IS NOT NULL ORDER BY c.ended_at""",
+    "ALTER TABLE withdrawals ADD COLUMN communication_id TEXT",
+    """CREATE INDEX withdrawals_communication ON withdrawals (communication_id)
+        WHERE communication_id IS NOT NULL""",
+)
+
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    LEDGER,
+    RECORDING_STORE,
+    AUDIT,
+    COVERING_MISSED,
+    COMMUNICATIONS,
+)
 APPEND_ONLY_TRIGGERS = frozenset(
     {"audit_no_update", "audit_no_delete", "access_log_no_update", "access_log_no_delete"}
 )

@@ -45,6 +45,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, ParamSpec, TypeVar
 
+from flows.communication import MAX_CANDIDATES, MissedCandidate
 from flows.errors import (
     AccessRefused,
     CallrecError,
@@ -57,6 +58,7 @@ from flows.outcome import Outcome
 from flows.policy import Decision, Direction, LegalBasis, Policy, Purpose
 from flows.purposes import ALLOWED, may_serve
 from flows.retention import delete_after, withdrawal_deadline
+from flows.withdrawal import Coverage, Covered, WithdrawalScope, coverage, deleted_for
 from storage import files
 from storage.audit import GENESIS, canonical, chain_problems, entry_hash, load_key, pseudonym
 from storage.db import (
@@ -72,13 +74,13 @@ from storage.db import (
 from storage.ports import (
     AccessRecord,
     AuditEntry,
+    CallbackCandidates,
     CallbackDue,
     CallbackSummary,
     CallCount,
     CallRow,
     CallStart,
     DecisionRecord,
-    MissedCall,
     Progress,
     ReconcileReport,
     RecordingRow,
@@ -196,28 +198,90 @@ def _remove_files(doomed: Sequence[_Doomed]) -> list[_Removal]:
     return removals
 
 
-# The newest missed inbound call of a customer since a time, not called back yet, and
-# whether a withdrawal by that customer came after its decision (the callback look-up).
-MISSED_CALL_SQL = (
-    "SELECT c.call_id, c.line, c.legal_basis, c.decision, c.ended_at, "
-    "EXISTS (SELECT 1 FROM withdrawals w WHERE w.caller = c.customer "
-    "        AND w.registered_at >= c.decided_at) AS withdrawn "
+# The callback look-up's candidates: the customer's missed inbound calls of one legal basis
+# since a time, newest first, each with whether a callback was answered for it. Which one a
+# callback answers is `flows.communication`'s choice.
+MISSED_CANDIDATES_SQL = (
+    "SELECT c.call_id, c.line, c.legal_basis, c.decision, c.decided_at, c.ended_at, "
+    "EXISTS (SELECT 1 FROM callback_answers a WHERE a.missed_call_id = c.call_id) AS answered "
     "FROM calls c "
-    "WHERE c.customer = ? AND c.outcome = 'missed' AND c.direction = 'inbound' "
-    "AND c.ended_at >= ? AND c.line IS NOT NULL AND c.legal_basis IS NOT NULL "
-    "AND NOT EXISTS (SELECT 1 FROM callbacks b WHERE b.missed_call_id = c.call_id) "
-    "ORDER BY c.ended_at DESC LIMIT 1"
+    "WHERE c.customer = ? AND c.legal_basis = ? AND c.outcome = 'missed' "
+    "AND c.direction = 'inbound' AND c.ended_at >= ? AND c.line IS NOT NULL "
+    "ORDER BY c.ended_at DESC LIMIT ?"
 )
 
-# Consent recordings not deleted yet whose decision predates a withdrawal by their caller,
-# each with the earliest such withdrawal (the one it is deleted for).
-_WITHDRAWN_SQL = (
-    "SELECT r.id, (SELECT w.id FROM withdrawals w WHERE w.caller = r.customer "
-    "AND w.registered_at >= r.decided_at ORDER BY w.registered_at, w.id LIMIT 1) "
-    "AS withdrawal_id FROM recordings r WHERE r.status != 'deleted' "
-    "AND r.legal_basis = 'consent' AND r.customer IS NOT NULL"
+_WITHDRAWAL_COLUMNS = "w.id, w.registered_at, w.caller, w.communication_id"
+
+# Withdrawals and the recordings not deleted yet that they may cover: those of the customer
+# they name, and those of the communication they name. `flows.withdrawal` decides.
+_WITHDRAWAL_PAIRS_SQL = (
+    "SELECT r.id AS recording_id, r.legal_basis, r.customer, r.decided_at, r.delete_after, "
+    "c.communication_id AS communication, " + _WITHDRAWAL_COLUMNS + " "
+    "FROM withdrawals w JOIN recordings r ON r.customer = w.caller "
+    "JOIN calls c ON c.call_id = r.call_id WHERE r.status != 'deleted' AND {where} "
+    "UNION ALL "
+    "SELECT r.id AS recording_id, r.legal_basis, r.customer, r.decided_at, r.delete_after, "
+    "c.communication_id AS communication, " + _WITHDRAWAL_COLUMNS + " "
+    "FROM withdrawals w JOIN calls c ON c.communication_id = w.communication_id "
+    "JOIN recordings r ON r.call_id = c.call_id WHERE r.status != 'deleted' AND {where}"
 )
-_WITHDRAWN_OF_SQL = _WITHDRAWN_SQL + " AND r.customer = ?"
+
+
+def _scope(row: sqlite3.Row) -> WithdrawalScope:
+    return WithdrawalScope(
+        withdrawal_id=row["id"],
+        registered_at=parse_ts(row["registered_at"]),
+        customer=row["caller"] or None,
+        communication=row["communication_id"],
+    )
+
+
+def _communication_named(tx: Tx, call_id: str | None, recording_id: str | None) -> str:
+    """The communication of a call or of a recording's call; NotFoundError if none."""
+    if recording_id is not None:
+        row = tx.one(
+            "SELECT c.communication_id FROM recordings r JOIN calls c ON c.call_id = r.call_id "
+            "WHERE r.id = ?",
+            (recording_id,),
+        )
+        what = f"recording {recording_id}"
+    else:
+        row = tx.one("SELECT communication_id FROM calls WHERE call_id = ?", (call_id,))
+        what = f"call {call_id}"
+    if row is None or row["communication_id"] is None:
+        raise NotFoundError(f"no {what} in the ledger")
+    return str(row["communication_id"])
+
+
+@dataclass(frozen=True, slots=True)
+class _Coverable:
+    """A recording a withdrawal may cover, with every withdrawal that names it."""
+
+    recording_id: str
+    delete_after: datetime
+    item: Covered
+    withdrawals: tuple[WithdrawalScope, ...]
+
+
+def _coverables(rows: Iterable[sqlite3.Row]) -> list[_Coverable]:
+    items: dict[str, tuple[sqlite3.Row, dict[str, WithdrawalScope]]] = {}
+    for row in rows:
+        _, scopes = items.setdefault(row["recording_id"], (row, {}))
+        scopes[row["id"]] = _scope(row)
+    return [
+        _Coverable(
+            recording_id=rid,
+            delete_after=parse_ts(row["delete_after"]),
+            item=Covered(
+                legal_basis=LegalBasis(row["legal_basis"]),
+                customer=row["customer"],
+                communication=row["communication"] or "",
+                decided_at=parse_ts(row["decided_at"]),
+            ),
+            withdrawals=tuple(scopes.values()),
+        )
+        for rid, (row, scopes) in items.items()
+    ]
 
 
 @dataclass(slots=True)
@@ -412,6 +476,8 @@ class SqliteStore:
             linked_to=row["linked_to"],
             parent_call_id=row["parent_call_id"],
             recording_file=row["recording_file"],
+            customer=row["customer"],
+            communication_id=row["communication_id"],
         )
 
     def _recording(self, row: sqlite3.Row) -> RecordingRow:
@@ -444,7 +510,9 @@ class SqliteStore:
         caller = try_normalise(call.caller, country_code=code)
         dialed = try_normalise(call.dialed, country_code=code)
         direction = Direction(call.direction)
-        customer = caller if direction is Direction.INBOUND else dialed
+        customer = try_normalise(call.customer, country_code=code)
+        communication = call.communication_id or call.call_id
+        _check_call_id(communication)
         purge = delete_after(
             call.started_at, months=self.policy.retention_months, tz=self.policy.timezone
         )
@@ -452,8 +520,8 @@ class SqliteStore:
         def body(tx: Tx) -> None:
             added = tx.run(
                 "INSERT INTO calls (call_id, channel_id, direction, line, caller, dialed, "
-                "customer, started_at, purge_after, parent_call_id) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (call_id) DO NOTHING",
+                "customer, started_at, purge_after, parent_call_id, communication_id) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (call_id) DO NOTHING",
                 (
                     call.call_id,
                     str(call.channel_id),
@@ -465,6 +533,7 @@ class SqliteStore:
                     ts(call.started_at),
                     ts(purge),
                     call.parent_call_id,
+                    communication,
                 ),
             )
             if added == 0:
@@ -480,6 +549,8 @@ class SqliteStore:
         _check_call_id(record.call_id)
         if record.linked_to is not None:
             _check_call_id(record.linked_to)
+        if record.communication_id is not None:
+            _check_call_id(record.communication_id)
         decision = Decision(record.decision)
         basis = LegalBasis(record.legal_basis)
         when = ts(record.decided_at)
@@ -541,6 +612,11 @@ class SqliteStore:
                 )
                 details["linked_to"] = record.linked_to
                 details["overload"] = "on" if record.overload else "off"
+            if record.communication_id is not None:
+                tx.run(
+                    "UPDATE calls SET communication_id = ? WHERE call_id = ?",
+                    (record.communication_id, record.call_id),
+                )
             self._audit(tx, record.decided_at, "decision.committed", record.call_id, details)
 
         await self._db.write(body, f"committing the decision of call {record.call_id}")
@@ -572,28 +648,56 @@ class SqliteStore:
             )
             if changed == 0 and tx.one("SELECT 1 FROM calls WHERE call_id = ?", (call_id,)) is None:
                 raise NotFoundError("no such call", call_id=call_id)
+            if changed and result is Outcome.ANSWERED:
+                # A callback the customer picked up answers its missed call, once: the
+                # first answered attempt is the one on record.
+                tx.run(
+                    "INSERT INTO callback_answers (missed_call_id, callback_call_id, answered_at) "
+                    "SELECT missed_call_id, callback_call_id, ? FROM callbacks "
+                    "WHERE callback_call_id = ? ON CONFLICT DO NOTHING",
+                    (when, call_id),
+                )
 
         await self._db.write(body, f"ending call {call_id}")
 
-    async def find_missed_call(self, caller: str, since: datetime) -> MissedCall | None:
-        number = try_normalise(caller, country_code=self.policy.country_code)
+    async def callback_candidates(
+        self, customer: str, since: datetime, legal_basis: LegalBasis
+    ) -> CallbackCandidates:
+        number = try_normalise(customer, country_code=self.policy.country_code)
         if number is None:
-            return None
+            return CallbackCandidates((), ())
+        basis = LegalBasis(legal_basis)
         after = ts(since)
 
-        def body(tx: Tx) -> sqlite3.Row | None:
-            return tx.one(MISSED_CALL_SQL, (number, after))
+        def body(tx: Tx) -> tuple[list[sqlite3.Row], list[sqlite3.Row]]:
+            calls = tx.all(MISSED_CANDIDATES_SQL, (number, basis.value, after, MAX_CANDIDATES))
+            if not calls:
+                return calls, []
+            ids = [row["call_id"] for row in calls]
+            marks = ", ".join("?" * len(ids))
+            withdrawals = tx.all(
+                f"SELECT {_WITHDRAWAL_COLUMNS} FROM withdrawals w WHERE w.caller = ? "  # noqa: S608
+                f"UNION SELECT {_WITHDRAWAL_COLUMNS} FROM withdrawals w "
+                f"WHERE w.communication_id IN ({marks})",
+                (number, *ids),
+            )
+            return calls, withdrawals
 
-        row = await self._db.read(body, "looking up a missed call")
-        if row is None:
-            return None
-        return MissedCall(
-            call_id=row["call_id"],
-            line=row["line"],
-            legal_basis=LegalBasis(row["legal_basis"]),
-            decision=Decision(row["decision"]),
-            ended_at=parse_ts(row["ended_at"]),
-            consent_withdrawn=bool(row["withdrawn"]),
+        calls, withdrawals = await self._db.read(body, "looking up missed calls")
+        return CallbackCandidates(
+            calls=tuple(
+                MissedCandidate(
+                    call_id=row["call_id"],
+                    line=row["line"],
+                    legal_basis=LegalBasis(row["legal_basis"]),
+                    decision=Decision(row["decision"]),
+                    decided_at=opt_ts(row["decided_at"]),
+                    ended_at=parse_ts(row["ended_at"]),
+                    answered_by_callback=bool(row["answered"]),
+                )
+                for row in calls
+            ),
+            withdrawals=tuple(_scope(row) for row in withdrawals),
         )
 
     async def overload(self) -> bool:
@@ -706,7 +810,7 @@ class SqliteStore:
         )
         if source != final:
             await self._in_thread(f"removing {source}", files.remove, source)
-        await self._enforce_withdrawals(now, customer=call["customer"])
+        await self._enforce_withdrawals(now, recording_id=row.id)
         return await self._require_recording(row.id)
 
     async def _insert_recording(
@@ -1039,26 +1143,43 @@ class SqliteStore:
         await self._mark_copies(removed, now)
         return problems
 
+    @staticmethod
+    def _coverable(tx: Tx, where: str, params: Sequence[Any]) -> list[_Coverable]:
+        """Recordings not deleted and the withdrawals that name them, for `where` (a
+        condition on `w` or `r` with `?` parameters)."""
+        sql = _WITHDRAWAL_PAIRS_SQL.format(where=where)
+        return _coverables(tx.all(sql, (*params, *params)))
+
     async def _enforce_withdrawals(
         self,
         now: datetime,
         *,
-        customer: str | None = None,
+        recording_id: str | None = None,
+        withdrawal_id: str | None = None,
         everyone: bool = False,
         complete: bool = False,
     ) -> tuple[list[str], list[str]]:
-        """Delete every consent recording whose decision predates a withdrawal by its
-        caller; (deleted ids, problems). Then mark withdrawals with nothing left complete."""
-        if customer is None and not everyone:
+        """Delete every recording a withdrawal covers (`flows.withdrawal`) of one recording,
+        of one withdrawal, or of everyone; (deleted ids, problems). Then mark withdrawals
+        with nothing left complete."""
+        params: tuple[str, ...]
+        if everyone:
+            where, params = "1 = 1", ()
+        elif recording_id is not None:
+            where, params = "r.id = ?", (recording_id,)
+        elif withdrawal_id is not None:
+            where, params = "w.id = ?", (withdrawal_id,)
+        else:
             return [], []
 
-        def read(tx: Tx) -> list[sqlite3.Row]:
-            if everyone:
-                return tx.all(_WITHDRAWN_SQL)
-            return tx.all(_WITHDRAWN_OF_SQL, (str(customer),))
+        def read(tx: Tx) -> list[_Coverable]:
+            return self._coverable(tx, where, params)
 
-        rows = await self._db.read(read, "applying withdrawals")
-        targets = [_Target(r["id"], r["withdrawal_id"]) for r in rows if r["withdrawal_id"]]
+        targets: list[_Target] = []
+        for item in await self._db.read(read, "applying withdrawals"):
+            withdrawal = deleted_for(item.item, item.withdrawals)
+            if withdrawal is not None:
+                targets.append(_Target(item.recording_id, withdrawal.withdrawal_id))
         deleted: list[str] = []
         problems: list[str] = []
         for start in range(0, len(targets), SWEEP_BATCH):
@@ -1075,30 +1196,36 @@ class SqliteStore:
         return deleted, problems
 
     async def _complete_withdrawals(self, now: datetime) -> None:
+        """A withdrawal is complete once no recording it covers for deletion remains."""
+
         def body(tx: Tx) -> None:
-            open_rows = tx.all(
-                "SELECT w.id, w.caller, w.registered_at FROM withdrawals w "
-                "WHERE w.completed_at IS NULL"
-            )
-            for w in open_rows:
-                left = tx.one(
-                    "SELECT 1 FROM recordings WHERE customer = ? AND legal_basis = 'consent' "
-                    "AND status != 'deleted' AND decided_at <= ? LIMIT 1",
-                    (w["caller"], w["registered_at"]),
-                )
-                if left is not None:
+            open_ids = [
+                row["id"] for row in tx.all("SELECT id FROM withdrawals WHERE completed_at IS NULL")
+            ]
+            if not open_ids:
+                return
+            remaining = {
+                w.withdrawal_id
+                for item in self._coverable(tx, "w.completed_at IS NULL", ())
+                for w in item.withdrawals
+                if coverage(w, item.item) is Coverage.DELETE
+            }
+            for withdrawal_id in open_ids:
+                if withdrawal_id in remaining:
                     continue
-                tx.run("UPDATE withdrawals SET completed_at = ? WHERE id = ?", (ts(now), w["id"]))
+                tx.run(
+                    "UPDATE withdrawals SET completed_at = ? WHERE id = ?", (ts(now), withdrawal_id)
+                )
                 counts = tx.one(
                     "SELECT SUM(action = 'deleted') AS deleted, SUM(action = 'kept') AS kept "
                     "FROM withdrawal_recordings WHERE withdrawal_id = ?",
-                    (w["id"],),
+                    (withdrawal_id,),
                 )
                 self._audit(
                     tx,
                     now,
                     "withdrawal.completed",
-                    w["id"],
+                    withdrawal_id,
                     {
                         "deleted": str(int(counts["deleted"] or 0)) if counts else "0",
                         "kept": str(int(counts["kept"] or 0)) if counts else "0",
@@ -1230,13 +1357,26 @@ class SqliteStore:
 
     async def withdraw(
         self,
-        caller: str,
+        caller: str | None,
         via: WithdrawalVia,
         received_at: datetime,
         registered_by: str,
         now: datetime,
+        *,
+        call_id: str | None = None,
+        recording_id: str | None = None,
     ) -> WithdrawalReport:
-        number = normalise(caller, country_code=self.policy.country_code)
+        if sum(x is not None for x in (caller, call_id, recording_id)) != 1:
+            raise CallrecError(
+                "a withdrawal names the caller's number, a call or a recording: exactly one"
+            )
+        number = (
+            None if caller is None else normalise(caller, country_code=self.policy.country_code)
+        )
+        if call_id is not None and not CALL_ID.match(call_id):
+            raise CallrecError(f"not a call id: {shown(call_id)}")
+        if recording_id is not None and not CALL_ID.match(recording_id):
+            raise CallrecError(f"not a recording id: {shown(recording_id)}")
         ts(received_at)
         ts(now)
         try:
@@ -1260,12 +1400,16 @@ class SqliteStore:
         withdrawal_id = secrets.token_hex(16)
 
         def register(tx: Tx) -> None:
+            communication = (
+                None if number is not None else _communication_named(tx, call_id, recording_id)
+            )
             tx.run(
                 "INSERT INTO withdrawals (id, caller, via, received_at, registered_by, "
-                "registered_at, received_on, due_on, deadline) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "registered_at, received_on, due_on, deadline, communication_id) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     withdrawal_id,
-                    number,
+                    number or "",
                     channel.value,
                     ts(received_at),
                     who,
@@ -1273,26 +1417,31 @@ class SqliteStore:
                     deadline.received_on.isoformat(),
                     deadline.due_on.isoformat(),
                     ts(deadline.deadline),
+                    communication,
                 ),
             )
-            kept = tx.all(
-                "SELECT id, delete_after FROM recordings WHERE customer = ? "
-                "AND legal_basis != 'consent' AND status != 'deleted' ORDER BY created_at",
-                (number,),
-            )
+            kept = [
+                item
+                for item in self._coverable(tx, "w.id = ?", (withdrawal_id,))
+                if any(coverage(w, item.item) is Coverage.KEEP for w in item.withdrawals)
+            ]
+            kept.sort(key=lambda item: item.recording_id)
             tx.many(
                 "INSERT INTO withdrawal_recordings (withdrawal_id, recording_id, action, why) "
                 "VALUES (?, ?, 'kept', ?)",
                 [
                     (
                         withdrawal_id,
-                        row["id"],
-                        _SALES_KEPT.format(
-                            due=parse_ts(row["delete_after"]).strftime("%Y-%m-%d %H:%M")
-                        ),
+                        item.recording_id,
+                        _SALES_KEPT.format(due=item.delete_after.strftime("%Y-%m-%d %H:%M")),
                     )
-                    for row in kept
+                    for item in kept
                 ],
+            )
+            named = (
+                {"caller": self._pseudo(number)}
+                if number is not None
+                else {"communication": communication or ""}
             )
             self._audit(
                 tx,
@@ -1300,7 +1449,7 @@ class SqliteStore:
                 "withdrawal.registered",
                 withdrawal_id,
                 {
-                    "caller": self._pseudo(number),
+                    **named,
                     "via": channel.value,
                     "registered_by": who,
                     "received_at": ts(received_at),
@@ -1313,11 +1462,12 @@ class SqliteStore:
 
         async with self._files:
             await self._db.write(register, "registering a withdrawal")
-            await self._enforce_withdrawals(now, customer=number, complete=True)
+            await self._enforce_withdrawals(now, withdrawal_id=withdrawal_id, complete=True)
         row = await self._withdrawal(withdrawal_id)
         return WithdrawalReport(
             withdrawal_id=row.withdrawal_id,
             caller=row.caller,
+            communication_id=row.communication_id,
             via=row.via,
             received_at=row.received_at,
             received_on=row.received_on,
@@ -1360,7 +1510,8 @@ class SqliteStore:
         return [
             WithdrawalRow(
                 withdrawal_id=row["id"],
-                caller=row["caller"],
+                caller=row["caller"] or None,
+                communication_id=row["communication_id"],
                 via=WithdrawalVia(row["via"]),
                 received_at=parse_ts(row["received_at"]),
                 registered_by=row["registered_by"],
@@ -2076,7 +2227,8 @@ class SqliteStore:
                 "SELECT c.call_id, c.line, c.customer, c.ended_at FROM calls c "
                 "WHERE c.outcome = 'missed' AND c.direction = 'inbound' AND c.line IS NOT NULL "
                 "AND c.ended_at >= ? AND c.ended_at <= ? "
-                "AND NOT EXISTS (SELECT 1 FROM callbacks b WHERE b.missed_call_id = c.call_id) "
+                "AND NOT EXISTS (SELECT 1 FROM callback_answers b "
+                "  WHERE b.missed_call_id = c.call_id) "
                 "AND NOT EXISTS (SELECT 1 FROM calls a WHERE a.customer = c.customer "
                 "  AND a.direction = 'inbound' AND a.outcome = 'answered' "
                 "  AND a.started_at >= c.ended_at) "

@@ -104,7 +104,8 @@ async def test_hostile_caller_ids_never_reach_a_path_or_sql(
     assert call is not None and call.channel_id == hostile and call.reason == hostile
     for path in store.data_dir.rglob("*"):
         assert SAFE_NAME.match(path.name), path
-    assert await store.find_missed_call(hostile, T0 - timedelta(days=1)) is None
+    found = await store.callback_candidates(hostile, T0 - timedelta(days=1), LegalBasis.CONSENT)
+    assert found.calls == () and found.withdrawals == ()
     with pytest.raises(NumberError):
         await store.withdraw(hostile, WithdrawalVia.EMAIL, T0, "dpo", T0)
     with pytest.raises(NotFoundError):
