@@ -67,6 +67,7 @@ from flows.errors import (
     ProtocolViolation,
 )
 from flows.events import DigitPressed, DigitTimedOut, Event, PromptFinished
+from flows.keys import HEARD_KEYS, heard
 from flows.numbers import shown
 from flows.outcome import Outcome, outcome_of_hangup_report
 from flows.policy import Policy
@@ -83,8 +84,6 @@ MAX_USAGE_LINES = 200  # a 520- usage block is a page of help text
 MAX_CONNECTIONS = 1000  # each live call holds one; past this a flood is refused
 SHUTDOWN_GRACE = 5.0  # seconds live calls get to end before their connections are closed
 PROMPT_LANGUAGE = "sl"  # the prompts are Slovenian; Asterisk looks in sounds/sl/
-DIGITS = frozenset("0123456789*#")  # what the flows understand; A-D are dropped here
-ESCAPE_DIGITS = "0123456789*#"
 MIXMONITOR_OPTIONS = "b"  # record only while bridged: the queue's music is nobody's data
 _PROMPT_ID = re.compile(r"[A-Za-z0-9_-]+(?:/[A-Za-z0-9_-]+)*")
 # A MixMonitor argument is split at commas and `${...}` may be expanded (AGIEXECFULL):
@@ -252,7 +251,7 @@ class AgiChannel:
         if not self._language_set:
             await self._exec("Set", f"CHANNEL(language)={PROMPT_LANGUAGE}")
             self._language_set = True
-        escape = ESCAPE_DIGITS if barge_in else ""
+        escape = HEARD_KEYS if barge_in else ""  # an ignored key does not stop the question
         result = await self._agi.command(
             "STREAM", "FILE", prompt, escape, reply_within=self._prompt_timeout
         )
@@ -283,9 +282,9 @@ class AgiChannel:
                 break
             if code < 0:
                 raise ChannelGone("WAIT FOR DIGIT: the channel hung up", call_id=self._agi.call_id)
-            if 0 < code < 0x110000 and chr(code) in DIGITS:
+            if 0 < code < 0x110000 and heard(chr(code)):
                 return [DigitPressed(chr(code))]
-            # A-D (or anything else a phone may send) mean nothing to the flows: wait on.
+            # flows.keys: a key that means nothing (A-D) lets the wait run on to its end.
             log.info("call %s: ignored DTMF result=%d", self._agi.call_id, code)
             ms = round((deadline - loop.time()) * 1000)
         return [DigitTimedOut(token)]

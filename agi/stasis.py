@@ -4,9 +4,9 @@ Theory of operation. One task reads the events WebSocket (`AriClient.events`) an
 each event to the call it belongs to; each call has its own queue and worker task, so the
 events of one channel are handled in order and a slow call never blocks the others. A
 worker turns ARI events into flow events (`StasisStart` -> `CallEntered` or
-`CallbackPlaced`, `ChannelDtmfReceived` -> `DigitPressed`, `PlaybackFinished` ->
-`PromptFinished`, a hang-up -> `CallerHungUp`) and the session (`agi.session`) carries out
-the flow's commands through `AriChannel`.
+`CallbackPlaced`, `ChannelDtmfReceived` -> `DigitPressed` for a key `flows.keys` hears,
+`PlaybackFinished` -> `PromptFinished`, a hang-up -> `CallerHungUp`) and the session
+(`agi.session`) carries out the flow's commands through `AriChannel`.
 
 Asterisk quirks this relies on (see `ari-traces/`):
 * `PlaybackFinished` still arrives after `DELETE /playbacks/{id}`; we choose playback ids
@@ -51,6 +51,7 @@ from flows.events import (
     PromptFailed,
     PromptFinished,
 )
+from flows.keys import heard
 from flows.numbers import shown
 from flows.outcome import Outcome, QueueObserver, outcome_after_restart
 from flows.policy import Policy
@@ -253,7 +254,10 @@ class StasisApp:
             return
         match event.type:
             case "ChannelDtmfReceived" if event.digit is not None:
-                call.queue.put_nowait(DigitPressed(event.digit))
+                if heard(event.digit):
+                    call.queue.put_nowait(DigitPressed(event.digit))
+                else:  # flows.keys: it means nothing; the prompt plays on, the timer runs on
+                    log.info("channel %s: ignored DTMF %s", shown(call.channel_id), event.digit)
             case "ChannelVarset" if event.variable is not None:
                 call.observer.saw_variable(event.variable, event.value or "")
             case "ChannelHangupRequest":

@@ -33,6 +33,7 @@ from callrec.scenarios import (
     parse_time,
 )
 from flows.errors import CallrecError, ConfigError
+from flows.keys import KEYS
 from flows.numbers import normalise
 from flows.policy import Policy
 from prompts.catalog import load_catalog
@@ -254,8 +255,8 @@ def _script(args: Mapping[str, Any], prefix: str, where: str) -> CallerScript:
 
     keys = tuple((float(at), str(digit)) for at, digit in get("keys", []))
     for _, digit in keys:
-        if digit not in "0123456789*#" or len(digit) != 1:
-            raise ConfigError(f"{where}: {digit!r} is not a DTMF digit")
+        if digit not in KEYS:
+            raise ConfigError(f"{where}: {digit!r} is not a DTMF key (0-9, *, #, A-D)")
     agent = get("agent_answers_after", 2.0)
     hang_up = get("hang_up_at", None)
     return CallerScript(
@@ -475,6 +476,10 @@ def _check_call(
     if "decision" in expect:
         actual = row.decision.value if row else None
         report.checks.append(Check(where, "decision", expect["decision"], actual))
+    if "digit" in expect:
+        actual = row.digit if row else None
+        wanted = expect["digit"]
+        report.checks.append(Check(where, "digit", None if wanted is None else str(wanted), actual))
     if "recorded" in expect:
         stored = recording is not None and recording.status is RecordingStatus.STORED
         report.checks.append(Check(where, "recorded", bool(expect["recorded"]), stored))
