@@ -1657,14 +1657,18 @@ class SqliteStore:
 
     # ------------------------------------------------------------------ verify
 
-    async def verify(self, *, progress: Progress | None = None) -> VerifyReport:
+    async def verify(
+        self, *, progress: Progress | None = None, checkpoint_file: Path | None = None
+    ) -> VerifyReport:
+        """Every file against its hash, the audit chain against its key and the signed
+        checkpoints (the store's own, or a copy kept elsewhere: `checkpoint_file`), and the
+        ledger's triggers and bookkeeping."""
         tell = progress or _silent
         problems: list[str] = []
         checked = 0
         last = 0
-        found, unreadable = await asyncio.to_thread(
-            checkpoints.read, self.checkpoints_dir / checkpoints.CHECKPOINT_FILE
-        )
+        anchors = checkpoint_file or self.checkpoints_dir / checkpoints.CHECKPOINT_FILE
+        found, unreadable = await asyncio.to_thread(checkpoints.read, anchors)
         public = self._audit_keys.signing.public_key()
         good, unsigned = checkpoints.signed(found, public)
         keyed_from = await self._db.read(
@@ -1705,7 +1709,7 @@ class SqliteStore:
             tell(checked, total)
         problems += checker.problems
         status, anchored = checkpoints.against_chain(
-            self.checkpoints_dir / checkpoints.CHECKPOINT_FILE,
+            anchors,
             good,
             len(unreadable) + len(unsigned),
             checker.hashes,
