@@ -152,6 +152,24 @@ def build_parser() -> argparse.ArgumentParser:
     rx.add_argument("--json", action="store_true")
     rv = rsub.add_parser("verify", help="recompute hashes and the audit chain")
     rv.add_argument("--json", action="store_true")
+    rv.add_argument(
+        "--checkpoints",
+        type=Path,
+        help="check the chain against this copy of the checkpoint file (default: the store's)",
+    )
+
+    audit = sub.add_parser("audit", help="the audit chain's signed checkpoints")
+    asub = audit.add_subparsers(dest="action", required=True, metavar="ACTION")
+    asub.add_parser("public-key", help="print the key that checks the store's checkpoints (PEM)")
+    ac = asub.add_parser("checkpoint", help="sign the audit chain's head now and append it")
+    ac.add_argument("--json", action="store_true")
+    ak = asub.add_parser(
+        "check-checkpoints",
+        help="check a checkpoint file with only the public key (no ledger, no secret key)",
+    )
+    ak.add_argument("file", type=Path, help="a copy of checkpoints/checkpoints.jsonl")
+    ak.add_argument("--public-key", type=Path, required=True, help="the store's checkpoint.pub")
+    ak.add_argument("--json", action="store_true")
 
     withdraw = command("withdraw", "register a withdrawal of consent and carry it out")
     named = withdraw.add_mutually_exclusive_group(required=True)
@@ -216,6 +234,8 @@ async def dispatch(args: argparse.Namespace, settings: Settings) -> int:
             return await commands.replay(settings, args)
         case "recordings":
             return await commands.recordings(settings, args)
+        case "audit":
+            return await commands.audit(settings, args)
         case "withdraw":
             caller = (
                 None

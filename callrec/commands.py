@@ -14,7 +14,7 @@ import signal
 import sys
 import tempfile
 from collections.abc import AsyncIterator, Callable, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from agi.ports import EventSink, SystemClock
@@ -37,14 +37,19 @@ from callrec.runner import LiveAsterisk, refuse_a_taken_app
 from flows.errors import CallrecError
 from flows.policy import Purpose
 from prompts.catalog import load_catalog
-from storage import files
-from storage.db import os_error
-from storage.ports import Report, SweepReport, WithdrawalVia
+from storage import checkpoints, files
+from storage.db import os_error, parse_ts
+from storage.ports import CheckpointStatus, Report, SweepReport, WithdrawalVia
 from storage.sqlite import SqliteStore, short_recording_id
 
 log = logging.getLogger("callrec")
 CALLBACK_CHECK_SECONDS = 60  # how often serve looks for missed calls due a callback
 SCENARIOS_DIR = Path(__file__).resolve().parent.parent / "scenarios"  # the policy's cases
+# How often serve and fastagi sign the audit chain's head (when it moved since the last
+# checkpoint, and at least once a day): entries appended since the last checkpoint are the
+# only ones a tail cut could remove unnoticed. Deletions are checkpointed as they commit.
+CHECKPOINT_INTERVAL = timedelta(minutes=5)
+CHECKPOINT_AT_LEAST = timedelta(days=1)
 
 
 @contextlib.asynccontextmanager
@@ -169,6 +174,24 @@ async def _callback_watch(store: SqliteStore, events: EventSink) -> None:
         await asyncio.sleep(CALLBACK_CHECK_SECONDS)
 
 
+async def _checkpointer(store: SqliteStore) -> None:
+    """Anchors the audit chain outside the ledger for as long as the controller runs."""
+    last: checkpoints.Checkpoint | None = None
+    while True:
+        now = datetime.now(UTC)
+        try:
+            head = await store.audit_head()
+            if (
+                last is None
+                or (last.seq, last.head) != head
+                or now - parse_ts(last.at) >= CHECKPOINT_AT_LEAST
+            ):
+                last = await store.checkpoint(now)
+        except CallrecError as error:
+            log.error("writing an audit checkpoint failed (retrying): %s", error)
+        await asyncio.sleep(CHECKPOINT_INTERVAL.total_seconds())
+
+
 @contextlib.asynccontextmanager
 async def command_events(settings: Settings) -> AsyncIterator[EventSink]:
     """Events of a one-shot command (withdraw, sweep): published, then drained briefly."""
@@ -228,6 +251,7 @@ async def serve(settings: Settings) -> int:
             asyncio.create_task(app.run()),
             asyncio.create_task(_sweeper(store, settings, events)),
             asyncio.create_task(_callback_watch(store, events)),
+            asyncio.create_task(_checkpointer(store)),
         ]
         try:
             await _until_signalled()
@@ -260,10 +284,12 @@ async def fastagi(settings: Settings) -> int:
         port = await server.start()
         print(f"callrec fastagi: listening on {settings.fastagi.host}:{port}", file=sys.stderr)
         sweeper = asyncio.create_task(_sweeper(store, settings, events))
+        checkpointer = asyncio.create_task(_checkpointer(store))
         try:
             await _until_signalled()
         finally:
             sweeper.cancel()
+            checkpointer.cancel()
             await server.stop()
             if isinstance(events, MqttEvents):
                 await events.stop()
@@ -489,25 +515,95 @@ async def recordings(settings: Settings, args: argparse.Namespace) -> int:
                     print(f"exported {len(args.ids)} recording(s) to {path}")
                 return EXIT_OK
             case "verify":
+                if args.checkpoints is not None and not args.checkpoints.is_file():
+                    raise CallrecError(f"--checkpoints: no file {args.checkpoints}")
                 with ProgressBar("verify") as bar:
-                    result = await store.verify(progress=bar)
+                    result = await store.verify(progress=bar, checkpoint_file=args.checkpoints)
                 if args.json:
                     print_json(
                         {
                             "checked": result.checked,
                             "ok": result.ok,
                             "problems": list(result.problems),
+                            "checkpoint": result.checkpoint,
                         }
                     )
                 else:
                     for problem in result.problems:
                         print(f"PROBLEM: {problem}")
+                    if result.checkpoint is not None:
+                        print(checkpoint_line(result.checkpoint))
                     print(
                         f"verified {result.checked} item(s): "
                         + ("all match" if result.ok else f"{len(result.problems)} problem(s)")
                     )
                 return EXIT_OK if result.ok else EXIT_FAILED
     return EXIT_ERROR
+
+
+def checkpoint_line(status: CheckpointStatus) -> str:
+    if status.seq is None:
+        return f"checkpoint: none in {status.path}"
+    return (
+        f"checkpoint: entry {status.seq} at {short_time(status.at)} UTC, signature "
+        + ("ok" if status.signature_ok else f"PROBLEMS ({status.bad} bad line(s))")
+        + ", "
+        + (
+            f"the chain covers it ({status.entries_after} entries since)"
+            if status.covered
+            else "NOT covered by the chain"
+        )
+    )
+
+
+async def audit(settings: Settings, args: argparse.Namespace) -> int:
+    if args.action == "check-checkpoints":
+        return check_checkpoints(args.file, args.public_key, as_json=args.json)
+    async with open_store(settings) as store:
+        if args.action == "public-key":
+            sys.stdout.write(store.checkpoint_public_key().decode("ascii"))
+            return EXIT_OK
+        written = await store.checkpoint(datetime.now(UTC))
+    if args.json:
+        print_json(written)
+    else:
+        print(f"checkpoint: entry {written.seq}, head {written.head}, at {written.at}")
+    return EXIT_OK
+
+
+def check_checkpoints(path: Path, public_key: Path, *, as_json: bool) -> int:
+    """Checks a checkpoint file with the public key alone: every line signed by it, no two
+    checkpoints of one entry with different hashes. Needs no ledger and no secret."""
+    public = checkpoints.load_public_key(public_key)
+    if not path.is_file():
+        raise CallrecError(f"no checkpoint file {path}")
+    found, problems = checkpoints.read(path)
+    good, unsigned = checkpoints.signed(found, public)
+    problems += unsigned
+    newest = checkpoints.latest(good)
+    if newest is None:
+        problems.append(f"checkpoints: none in {path} is signed by this key")
+    if as_json:
+        print_json(
+            {
+                "file": path,
+                "key": checkpoints.fingerprint(public),
+                "checkpoints": len(good),
+                "latest": None
+                if newest is None
+                else {"seq": newest.seq, "head": newest.head, "at": parse_ts(newest.at)},
+                "ok": not problems,
+                "problems": problems,
+            }
+        )
+    else:
+        for problem in problems:
+            print(f"PROBLEM: {problem}")
+        print(
+            f"{len(good)} checkpoint(s) signed by key {checkpoints.fingerprint(public)}"
+            + ("" if newest is None else f"; latest: entry {newest.seq} at {newest.at}")
+        )
+    return EXIT_OK if not problems else EXIT_FAILED
 
 
 async def withdraw(

@@ -149,9 +149,25 @@ class WithdrawalReport:
 
 
 @dataclass(frozen=True, slots=True)
+class CheckpointStatus:
+    """The signed checkpoints of the audit chain, as `verify` found them."""
+
+    path: str  # the checkpoint file
+    checkpoints: int  # lines signed by this store's key
+    bad: int  # lines that are not (unreadable, another key, a signature that fails)
+    seq: int | None  # the latest checkpoint (of the longest chain): entries it covers
+    head: str | None  # ... the hash of its last entry
+    at: datetime | None  # ... when it was taken
+    signature_ok: bool  # every line of the file is a checkpoint signed by this store
+    covered: bool  # the chain still holds the latest checkpoint's entry with its hash
+    entries_after: int  # entries appended since the latest checkpoint
+
+
+@dataclass(frozen=True, slots=True)
 class VerifyReport:
     checked: int
     problems: tuple[str, ...]  # one line each; empty means everything matches
+    checkpoint: CheckpointStatus | None = None
 
     @property
     def ok(self) -> bool:
@@ -254,7 +270,9 @@ class RecordingStore(Protocol):
         progress: Progress | None = None,
     ) -> Path: ...
 
-    async def verify(self, *, progress: Progress | None = None) -> VerifyReport: ...
+    async def verify(
+        self, *, progress: Progress | None = None, checkpoint_file: Path | None = None
+    ) -> VerifyReport: ...
 
     async def reconcile(self, spool: Path, now: datetime) -> ReconcileReport: ...
 

@@ -5,6 +5,9 @@ Layout under `data_dir` (created 0700):
     ledger.sqlite3            calls, decisions, callbacks, recordings, withdrawals, exports,
                               the hash-chained audit log and the access log (0600)
     pseudonym.key             the key of the callers' pseudonyms in the audit log (0600)
+    audit.key                 the key of the audit chain's MACs (0600, `storage.chain`)
+    checkpoint.key, .pub      the key pair that signs the audit's checkpoints (0600, 0644)
+    checkpoints/              the signed checkpoints of the audit chain (`storage.checkpoints`)
     recordings/YYYY/MM/DD/    one file per recording, named by the recording's id (0600)
 
 Theory of operation. Every change to a file is bracketed by the ledger so that a `kill -9`
@@ -59,8 +62,8 @@ from flows.policy import Decision, Direction, LegalBasis, Policy, Purpose
 from flows.purposes import ALLOWED, may_serve
 from flows.retention import delete_after, withdrawal_deadline
 from flows.withdrawal import Coverage, Covered, WithdrawalScope, coverage, deleted_for
-from storage import files
-from storage.audit import GENESIS, canonical, chain_problems, entry_hash, load_key, pseudonym
+from storage import chain, checkpoints, files, integrity
+from storage.audit import canonical, load_key, pseudonym
 from storage.db import (
     BUSY_TIMEOUT,
     RETRY_FOR,
@@ -92,7 +95,6 @@ from storage.ports import (
     WithdrawalRow,
     WithdrawalVia,
 )
-from storage.schema import APPEND_ONLY_TRIGGERS
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -383,6 +385,7 @@ class SqliteStore:
         data_dir: Path,
         spool_dir: Path | None,
         key: bytes,
+        audit_keys: chain.AuditKeys,
     ) -> None:
         self._db = db
         self.policy = policy
@@ -392,6 +395,8 @@ class SqliteStore:
         self.exports_dir = data_dir / EXPORTS_DIR
         self._key = key
         self.created = False  # made by the `open` that returned it
+        self._audit_keys = audit_keys
+        self.checkpoints_dir = data_dir / checkpoints.CHECKPOINTS_DIR
         # Serialises this process's file work (ingest, deletions, exports, reconcile);
         # other processes are kept consistent by the ledger's transactions.
         self._files = asyncio.Lock()
@@ -441,9 +446,17 @@ class SqliteStore:
         except OSError as error:
             raise os_error(error, f"opening the store {data_dir}") from error
         db = await Database.open(
-            data_dir / LEDGER_FILE, busy_timeout=busy_timeout, retry_for=retry_for
+            data_dir / LEDGER_FILE,
+            busy_timeout=busy_timeout,
+            retry_for=retry_for,
+            runners=chain.migration_runners(data_dir),
         )
-        store = cls(db, policy, data_dir, spool_dir, key)
+        try:
+            audit_keys = await asyncio.to_thread(chain.load_keys, data_dir)
+        except BaseException:
+            await db.close()
+            raise
+        store = cls(db, policy, data_dir, spool_dir, key, audit_keys)
         store.created = created
         return store
 
@@ -477,30 +490,11 @@ class SqliteStore:
     ) -> None:
         self._audit_many(tx, at, action, [(subject, details)])
 
-    @staticmethod
     def _audit_many(
-        tx: Tx, at: datetime, action: str, entries: Sequence[tuple[str, dict[str, str]]]
+        self, tx: Tx, at: datetime, action: str, entries: Sequence[tuple[str, dict[str, str]]]
     ) -> None:
-        """Append one audit entry per (subject, details), chained in order. The chain's head
-        is read once: the transaction holds the write lock, so nobody appends meanwhile."""
-        if not entries:
-            return
-        last = tx.one("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1")
-        seq = 0 if last is None else int(last["seq"])
-        prev = GENESIS if last is None else str(last["hash"])
-        when = ts(at)
-        rows = []
-        for subject, details in entries:
-            seq += 1
-            entry = entry_hash(prev, canonical(seq, when, action, subject, details))
-            stored = json.dumps(details, sort_keys=True, ensure_ascii=False)
-            rows.append((seq, when, action, subject, stored, prev, entry))
-            prev = entry
-        tx.many(
-            "INSERT INTO audit (seq, at, action, subject, details, prev_hash, hash) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?)",
-            rows,
-        )
+        """Append one keyed audit entry per (subject, details), chained in order."""
+        chain.append(tx, self._audit_keys.mac, at, action, entries)
 
     @staticmethod
     async def _in_thread(doing: str, fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
@@ -1106,14 +1100,14 @@ class SqliteStore:
         copies_gone = [c for removal in removed.removals for c in removal.copies_removed]
         when = ts(now)
 
-        def body(tx: Tx) -> None:
+        def body(tx: Tx) -> int:
             if copies_gone:
                 self._mark_copies_in(tx, copies_gone, now)
             # The audio of the others is still there: their rows stay, due again. Rows deleted
             # meanwhile (another sweep, a withdrawal) are left as they are.
             removed_audio = [(i, r) for i, r in pairs if r.file_state is not None]
             if not removed_audio:
-                return
+                return 0
             marks = ", ".join("?" * len(removed_audio))
             live = {
                 row["id"]
@@ -1167,6 +1161,7 @@ class SqliteStore:
                     for target, item, removal in gone
                 ],
             )
+            return len(gone)
 
         first = removed.targets[0].recording_id
         what = (
@@ -1174,7 +1169,8 @@ class SqliteStore:
             if len(removed.targets) == 1
             else f"deleting {len(removed.doomed)} recordings"
         )
-        await self._db.write(body, what)
+        if await self._db.write(body, what):
+            await self.checkpoint(now)
         for item, removal in pairs:
             outcome[item.row["id"]] = "; ".join(removal.problems) if removal.problems else None
         return outcome
@@ -1275,12 +1271,13 @@ class SqliteStore:
     async def _complete_withdrawals(self, now: datetime) -> None:
         """A withdrawal is complete once no recording it covers for deletion remains."""
 
-        def body(tx: Tx) -> None:
+        def body(tx: Tx) -> int:
+            completed = 0
             open_ids = [
                 row["id"] for row in tx.all("SELECT id FROM withdrawals WHERE completed_at IS NULL")
             ]
             if not open_ids:
-                return
+                return 0
             remaining = {
                 w.withdrawal_id
                 for item in self._coverable(tx, "w.completed_at IS NULL", ())
@@ -1293,6 +1290,7 @@ class SqliteStore:
                 tx.run(
                     "UPDATE withdrawals SET completed_at = ? WHERE id = ?", (ts(now), withdrawal_id)
                 )
+                completed += 1
                 counts = tx.one(
                     "SELECT SUM(action = 'deleted') AS deleted, SUM(action = 'kept') AS kept "
                     "FROM withdrawal_recordings WHERE withdrawal_id = ?",
@@ -1308,8 +1306,10 @@ class SqliteStore:
                         "kept": str(int(counts["kept"] or 0)) if counts else "0",
                     },
                 )
+            return completed
 
-        await self._db.write(body, "completing withdrawals")
+        if await self._db.write(body, "completing withdrawals"):
+            await self.checkpoint(now)
 
     # ------------------------------------------------------------------ sweep
 
@@ -1885,12 +1885,24 @@ class SqliteStore:
 
     # ------------------------------------------------------------------ verify
 
-    async def verify(self, *, progress: Progress | None = None) -> VerifyReport:
+    async def verify(
+        self, *, progress: Progress | None = None, checkpoint_file: Path | None = None
+    ) -> VerifyReport:
+        """Every file against its hash, the audit chain against its key and the signed
+        checkpoints (the store's own, or a copy kept elsewhere: `checkpoint_file`), and the
+        ledger's triggers and bookkeeping."""
         tell = progress or _silent
         problems: list[str] = []
         checked = 0
         last = 0
-        chain: list[tuple[AuditEntry, str]] = []
+        anchors = checkpoint_file or self.checkpoints_dir / checkpoints.CHECKPOINT_FILE
+        found, unreadable = await asyncio.to_thread(checkpoints.read, anchors)
+        public = self._audit_keys.signing.public_key()
+        good, unsigned = checkpoints.signed(found, public)
+        keyed_from = await self._db.read(
+            lambda tx: tx.all(chain.FIRST_KEYED_SQL)[0][0], "finding the keyed chain's start"
+        )
+        checker = chain.ChainChecker(self._audit_keys.mac, keyed_from, {c.seq for c in good})
 
         def count(tx: Tx) -> int:
             return sum(
@@ -1919,15 +1931,24 @@ class SqliteStore:
             for row in rows:
                 entry, body = self._audit_entry(row, problems)
                 if entry is not None:
-                    chain.append((entry, body))
+                    checker.feed(entry, body)
                 last = int(row["seq"])
                 checked += 1
             tell(checked, total)
-        problems += chain_problems(chain)
+        problems += checker.problems
+        status, anchored = checkpoints.against_chain(
+            anchors,
+            good,
+            len(unreadable) + len(unsigned),
+            checker.hashes,
+            checker.last_seq,
+        )
+        problems += unreadable + unsigned + anchored
+        problems += await asyncio.to_thread(self._public_key_problems)
 
-        def state(tx: Tx) -> tuple[list[sqlite3.Row], ...]:
+        def state(tx: Tx) -> tuple[list[Any], ...]:
             return (
-                tx.all("SELECT name FROM sqlite_master WHERE type = 'trigger'"),
+                integrity.trigger_problems(tx) + integrity.bookkeeping_problems(tx),
                 tx.all(
                     "SELECT id, path, sha256, size, status FROM recordings "
                     "WHERE status IN ('stored', 'missing')"
@@ -1939,10 +1960,8 @@ class SqliteStore:
                 tx.all("SELECT call_id, dest FROM pending_ingests"),
             )
 
-        triggers, recordings, copies, pending = await self._db.read(state, "verifying")
-        missing_triggers = APPEND_ONLY_TRIGGERS - {row["name"] for row in triggers}
-        for name in sorted(missing_triggers):
-            problems.append(f"ledger: the append-only trigger {name} was removed")
+        ledger, recordings, copies, pending = await self._db.read(state, "verifying")
+        problems += ledger
         known: set[Path] = set()
         for row in recordings:
             checked += 1
@@ -1967,7 +1986,39 @@ class SqliteStore:
             if path not in known:
                 problems.append(f"store: {self._rel(path)} belongs to no recording")
         problems += await self._spool_leftovers()
-        return VerifyReport(checked, tuple(problems))
+        return VerifyReport(checked, tuple(problems), status)
+
+    def _public_key_problems(self) -> list[str]:
+        path = self.data_dir / checkpoints.PUBLIC_KEY_FILE
+        try:
+            published = path.read_bytes()
+        except OSError as error:
+            return [f"checkpoints: the public key {path} is unreadable ({error.strerror})"]
+        if published != checkpoints.public_pem(self._audit_keys.signing):
+            return [f"checkpoints: {path} is not the public half of the store's signing key"]
+        return []
+
+    # ------------------------------------------------------------- checkpoints
+
+    async def audit_head(self) -> tuple[int, str]:
+        """(entries in the audit chain, the last one's hash)."""
+        return await self._db.read(chain.head, "reading the audit chain's head")
+
+    async def checkpoint(self, now: datetime) -> checkpoints.Checkpoint:
+        """Sign the audit chain's head as of `now` and append it to the checkpoint file."""
+        seq, head = await self.audit_head()
+        signed = checkpoints.sign(self._audit_keys.signing, seq, head, ts(now))
+        await self._in_thread(
+            f"writing a checkpoint to {self.checkpoints_dir}",
+            checkpoints.append,
+            self.checkpoints_dir,
+            signed,
+        )
+        return signed
+
+    def checkpoint_public_key(self) -> bytes:
+        """The key that checks this store's checkpoints (PEM), for whoever checks them."""
+        return checkpoints.public_pem(self._audit_keys.signing)
 
     def _audit_entry(self, row: sqlite3.Row, problems: list[str]) -> tuple[AuditEntry | None, str]:
         try:
@@ -2215,6 +2266,7 @@ class SqliteStore:
                     )
 
                 await self._db.write(body, "deleting a reappeared recording")
+                await self.checkpoint(now)
                 resumed.append(f"recording {row['id']}: deleted again (it had reappeared)")
             else:
                 flagged.append(f"store: {self._rel(path)} belongs to no recording")

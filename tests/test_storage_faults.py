@@ -40,7 +40,8 @@ HOSTILE = (
     "+386 41 111 111/../../x",
 )
 SAFE_NAME = re.compile(
-    r"^(recordings|exports|ledger\.sqlite3(-wal|-shm)?|pseudonym\.key|\d{2,4}|[0-9a-f]{32}\.wav)$"
+    r"^(recordings|exports|ledger\.sqlite3(-wal|-shm)?|pseudonym\.key|\d{2,4}|[0-9a-f]{32}\.wav"
+    r"|audit\.key|checkpoint\.(key|pub)|checkpoints|checkpoints\.jsonl)$"
 )
 
 
