@@ -38,6 +38,7 @@ import aiohttp
 from yarl import URL
 
 from flows.errors import AsteriskError, ChannelGone, ConfigError, ProtocolViolation
+from flows.keys import KEYS
 from flows.numbers import shown
 
 log = logging.getLogger("callrec.ari")
@@ -49,8 +50,6 @@ MAX_EVENT_BYTES = 256 * 1024
 MAX_FRAME_BYTES = 4 * 1024 * 1024
 DEFAULT_HEARTBEAT = 20.0  # seconds between pings: a half-open TCP connection shows in < 30 s
 UNKNOWN_TYPES_LOGGED = 64  # distinct unknown event types named in the log, then silence
-
-DTMF_DIGITS: Final = frozenset("0123456789*#ABCD")
 
 # Every `type` Asterisk's Swagger (events.json, models Message and Event) declares.
 # fmt: off
@@ -187,7 +186,7 @@ def decode_event(message: str | bytes) -> AriEvent:
     digit = _text(data, "digit", where)
     if kind == "ChannelDtmfReceived" and digit is None:
         raise ProtocolViolation(f"{where} has no 'digit'")
-    if digit is not None and digit not in DTMF_DIGITS:
+    if digit is not None and digit not in KEYS:
         # The bad value is not quoted: whatever it is, it may be someone's number.
         raise ProtocolViolation(
             f"{where} has a digit of {len(digit)} characters that is not one of 0-9 * # A-D"

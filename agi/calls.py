@@ -15,10 +15,11 @@ from dataclasses import dataclass
 from agi.ports import ChannelPort
 from agi.session import CallSession, SessionDeps
 from flows.callbacks import CallbackFlow
+from flows.communication import communication_of, customer_of
 from flows.consent import InboundFlow
 from flows.errors import NumberError
 from flows.events import CallbackPlaced, CallEntered, Event
-from flows.numbers import normalise, shown, try_normalise
+from flows.numbers import masked, normalise, shown, try_normalise
 from flows.policy import Direction, Policy
 from storage.ports import CallStart
 
@@ -45,9 +46,11 @@ def _start(
     caller: str | None,
     dialed: str | None,
     parent_call_id: str | None = None,
+    parent_communication: str | None = None,
 ) -> CallStart:
+    call_id = new_call_id()
     return CallStart(
-        call_id=new_call_id(),
+        call_id=call_id,
         channel_id=channel_id,
         direction=direction,
         line=line,
@@ -55,6 +58,8 @@ def _start(
         dialed=dialed,
         started_at=deps.clock.now(),
         parent_call_id=parent_call_id,
+        customer=customer_of(direction, caller, dialed),
+        communication_id=communication_of(call_id, None, parent_communication),
     )
 
 
@@ -69,11 +74,13 @@ async def inbound_session(
 ) -> tuple[CallSession, Event] | Rejected:
     try:
         number = normalise(dialed, country_code=policy.country_code)
-    except NumberError as error:
-        return Rejected(f"dialed number {shown(dialed)} is unusable: {error}")
+    except NumberError:
+        # The error repeats the number: the reason names it masked, and no phone number
+        # reaches the log.
+        return Rejected(f"dialed number {masked(dialed)} is unusable: not a phone number")
     line = policy.line_for(number)
     if line is None:
-        return Rejected(f"{number} is the number of no line")
+        return Rejected(f"{masked(number)} is the number of no line")
     start = _start(
         deps,
         channel_id=channel_id,
@@ -98,8 +105,8 @@ async def callback_session(
 ) -> tuple[CallSession, Event] | Rejected:
     try:
         number = normalise(customer, country_code=policy.country_code)
-    except NumberError as error:
-        return Rejected(f"callback number {shown(customer)} is unusable: {error}")
+    except NumberError:
+        return Rejected(f"callback number {masked(customer)} is unusable: not a phone number")
     name = line_name or policy.callback_default_line
     line = policy.line_named(name)
     if line is None:
@@ -143,6 +150,7 @@ async def callee_session(
         caller=parent.dialed,
         dialed=parent.dialed,
         parent_call_id=parent_call_id,
+        parent_communication=parent.communication_id or parent_call_id,
     )
     flow = InboundFlow.for_line(line, policy, call_id=start.call_id)
     return CallSession(start, flow, channel, deps), CallEntered()

@@ -68,8 +68,9 @@ from flows.errors import (
     ProtocolViolation,
 )
 from flows.events import DigitPressed, DigitTimedOut, Event, PromptFinished
+from flows.keys import HEARD_KEYS, heard
 from flows.numbers import shown
-from flows.outcome import AGENT_VARIABLE, Outcome, QueueObserver
+from flows.outcome import Outcome, outcome_after_restart, outcome_of_hangup_report
 from flows.policy import Policy
 
 log = logging.getLogger("callrec.fastagi")
@@ -84,8 +85,6 @@ MAX_USAGE_LINES = 200  # a 520- usage block is a page of help text
 MAX_CONNECTIONS = 1000  # each live call holds one; past this a flood is refused
 SHUTDOWN_GRACE = 5.0  # seconds live calls get to end before their connections are closed
 PROMPT_LANGUAGE = "sl"  # the prompts are Slovenian; Asterisk looks in sounds/sl/
-DIGITS = frozenset("0123456789*#")  # what the flows understand; A-D are dropped here
-ESCAPE_DIGITS = "0123456789*#"
 WAV_HEADER_BYTES = 44  # what MixMonitor(...,b) writes when nobody was bridged
 RECENT_CALLS = 10_000  # channel -> call id pairs kept for look-ups after a call ends
 MIXMONITOR_OPTIONS = "b"  # record only while bridged: the queue's music is nobody's data
@@ -255,7 +254,7 @@ class AgiChannel:
         if not self._language_set:
             await self._exec("Set", f"CHANNEL(language)={PROMPT_LANGUAGE}")
             self._language_set = True
-        escape = ESCAPE_DIGITS if barge_in else ""
+        escape = HEARD_KEYS if barge_in else ""  # an ignored key does not stop the question
         result = await self._agi.command(
             "STREAM", "FILE", prompt, escape, reply_within=self._prompt_timeout
         )
@@ -286,9 +285,9 @@ class AgiChannel:
                 break
             if code < 0:
                 raise ChannelGone("WAIT FOR DIGIT: the channel hung up", call_id=self._agi.call_id)
-            if 0 < code < 0x110000 and chr(code) in DIGITS:
+            if 0 < code < 0x110000 and heard(chr(code)):
                 return [DigitPressed(chr(code))]
-            # A-D (or anything else a phone may send) mean nothing to the flows: wait on.
+            # flows.keys: a key that means nothing (A-D) lets the wait run on to its end.
             log.info("call %s: ignored DTMF result=%d", self._agi.call_id, code)
             ms = round((deadline - loop.time()) * 1000)
         return [DigitTimedOut(token)]
@@ -606,19 +605,23 @@ class FastAgiServer:
             return
         # A call is still open here only if it went on: calls that ended in the prompt
         # were finished by their own connection before it closed.
-        observer = QueueObserver(continued=row.decided_at is not None)
-        observer.saw_variable("ANSWEREDTIME", request.arg(1))
-        observer.saw_variable("ABANDONED", request.arg(2))
-        observer.saw_variable(AGENT_VARIABLE, request.arg(3))
-        no_queue = not request.arg(1) and not request.arg(2)
-        if no_queue and not observer.answered and row.recording_file is not None:
-            # A callback's customer leg has no queue variables: audio beyond the header means
-            # MixMonitor(...,b) saw a bridge, as ARI mode judges it.
-            observer.answered = await asyncio.to_thread(_has_audio, row.recording_file)
+        outcome = outcome_of_hangup_report(
+            decided=row.decided_at is not None,
+            answered_time=request.arg(1),
+            abandoned=request.arg(2),
+            agent=request.arg(3),
+        )
+        if not request.arg(1) and not request.arg(2) and row.recording_file is not None:
+            # No queue on this leg (a callback's customer leg): judged by its audio, as
+            # ARI mode judges a leg whose queue variables it did not see.
+            audio = await asyncio.to_thread(_has_audio, row.recording_file)
+            outcome = outcome_after_restart(
+                decided=row.decided_at is not None, recorded_audio=audio
+            )
         # Not waited for here: Asterisk detaches MixMonitor, which then writes its last
         # frames and closes the file, only after this hangup handler has ended
         # (main/channel.c, ast_hangup: hangup handlers, then destroy_hooks).
-        await finish_call(call_id, observer.outcome(), self._deps, wait=False)
+        await finish_call(call_id, outcome, self._deps, wait=False)
 
     def _allowed(self, writer: asyncio.StreamWriter) -> bool:
         peer = writer.get_extra_info("peername")

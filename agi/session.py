@@ -42,6 +42,7 @@ from flows.commands import (
     StopPrompt,
     WaitForDigit,
 )
+from flows.communication import communication_of, look_up_answer
 from flows.consent import InboundFlow
 from flows.errors import AsteriskError, ChannelGone, ConnectionLost, StorageError
 from flows.events import (
@@ -51,7 +52,6 @@ from flows.events import (
     DecisionCommitted,
     Event,
     NoPriorCall,
-    PriorCallFound,
 )
 from flows.outcome import Outcome
 from flows.policy import Decision
@@ -202,6 +202,9 @@ class CallSession:
             linked_to=command.linked_to,
             window=command.window,
             overload=command.overload,
+            communication_id=None
+            if command.linked_to is None
+            else communication_of(self.call_id, command.linked_to, self.start.communication_id),
         )
         if not await self.in_ledger():
             return CommitFailed("the ledger did not take the call")
@@ -226,25 +229,20 @@ class CallSession:
         return DecisionCommitted()
 
     async def _look_up(self, command: LookUpPriorCall) -> Event:
-        customer = self.start.dialed if self.start.direction == "callback" else self.start.caller
+        customer = self.start.customer
         if customer is None:
             return NoPriorCall()
-        since = self.deps.clock.now() - command.window
         try:
-            missed = await self.deps.ledger.find_missed_call(customer, since)
+            found = await self.deps.ledger.callback_candidates(
+                customer, command.since, command.legal_basis
+            )
         except StorageError as error:
             # Without the ledger nothing can be linked: treat as a new communication, in which
             # the customer hears the notice; the commit that follows will fail closed anyway.
             log.error("call %s: callback lookup failed: %s", self.call_id, error)
             return NoPriorCall()
-        if missed is None:
-            return NoPriorCall()
-        return PriorCallFound(
-            call_id=missed.call_id,
-            line=missed.line,
-            legal_basis=missed.legal_basis,
-            decision=missed.decision,
-            consent_withdrawn=missed.consent_withdrawn,
+        return look_up_answer(
+            command.legal_basis, command.since, customer, found.calls, found.withdrawals
         )
 
     async def _start_recording(self) -> list[Event]:

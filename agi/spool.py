@@ -78,12 +78,11 @@ class SpoolWatch:
         return self._fd is not None
 
     def start(self) -> None:
-        """Watch the directory (created if missing). Without inotify, say so once: files are
-        then taken as finished by the quiet rule only."""
+        """Watch the directory (its creator gives it its mode). Without inotify, say so
+        once: files are then taken as finished by the quiet rule only."""
         if self._fd is not None:
             return
         self._loop = asyncio.get_running_loop()
-        self.directory.mkdir(parents=True, exist_ok=True)
         self._blind_since = time.time()
         try:
             fd = _inotify(self.directory)

@@ -4,9 +4,9 @@ Theory of operation. One task reads the events WebSocket (`AriClient.events`) an
 each event to the call it belongs to; each call has its own queue and worker task, so the
 events of one channel are handled in order and a slow call never blocks the others. A
 worker turns ARI events into flow events (`StasisStart` -> `CallEntered` or
-`CallbackPlaced`, `ChannelDtmfReceived` -> `DigitPressed`, `PlaybackFinished` ->
-`PromptFinished`, a hang-up -> `CallerHungUp`) and the session (`agi.session`) carries out
-the flow's commands through `AriChannel`.
+`CallbackPlaced`, `ChannelDtmfReceived` -> `DigitPressed` for a key `flows.keys` hears,
+`PlaybackFinished` -> `PromptFinished`, a hang-up -> `CallerHungUp`) and the session
+(`agi.session`) carries out the flow's commands through `AriChannel`.
 
 Asterisk quirks this relies on (see `ari-traces/`):
 * `PlaybackFinished` still arrives after `DELETE /playbacks/{id}`; we choose playback ids
@@ -51,8 +51,9 @@ from flows.events import (
     PromptFailed,
     PromptFinished,
 )
+from flows.keys import heard
 from flows.numbers import shown
-from flows.outcome import Outcome, QueueObserver
+from flows.outcome import Outcome, QueueObserver, outcome_after_restart
 from flows.policy import Policy
 from storage.ports import CallRow
 
@@ -257,7 +258,10 @@ class StasisApp:
             return
         match event.type:
             case "ChannelDtmfReceived" if event.digit is not None:
-                call.queue.put_nowait(DigitPressed(event.digit))
+                if heard(event.digit):
+                    call.queue.put_nowait(DigitPressed(event.digit))
+                else:  # flows.keys: it means nothing; the prompt plays on, the timer runs on
+                    log.info("channel %s: ignored DTMF %s", shown(call.channel_id), event.digit)
             case "ChannelVarset" if event.variable is not None:
                 call.observer.saw_variable(event.variable, event.value or "")
             case "ChannelHangupRequest":
@@ -364,9 +368,9 @@ class StasisApp:
             await session.hung_up()
         call.observer.continued = session.continued
         if not call.observer.answered and session.recording_file is not None:
-            # The queue's variables may have been lost with the WebSocket; audio beyond the
-            # header means MixMonitor(...,b) saw a bridge, i.e. an agent took the call.
-            call.observer.answered = await asyncio.to_thread(_has_audio, session.recording_file)
+            # The queue's variables may have been lost with the WebSocket.
+            recorded = await asyncio.to_thread(_has_audio, session.recording_file)
+            call.observer.saw_recorded_audio(recorded)
         outcome = call.observer.outcome()
         if await session.in_ledger():
             await finish_call(session.call_id, outcome, self._deps)
@@ -516,12 +520,8 @@ def _has_audio(file: str) -> bool:
 
 
 def _outcome_after_restart(row: CallRow) -> Outcome:
-    """Best judgement for a call that ended unseen: audio beyond the WAV header means an
-    agent was bridged; otherwise a decided call reached the queue unanswered (missed, so that
-    it is called back rather than forgotten), an undecided one was abandoned."""
-    if row.recording_file is not None and _has_audio(row.recording_file):
-        return Outcome.ANSWERED
-    return Outcome.MISSED if row.decided_at is not None else Outcome.ABANDONED_IN_PROMPT
+    recorded = row.recording_file is not None and _has_audio(row.recording_file)
+    return outcome_after_restart(decided=row.decided_at is not None, recorded_audio=recorded)
 
 
 def _in_our_stasis(channel: Mapping[str, Any], app: str) -> bool:

@@ -42,8 +42,9 @@ from bench.processes import child_env
 from bench.progress import say
 from bench.sizes import Sizes
 from flows.errors import CallrecError
+from flows.policy import Policy
 from prompts.catalog import load_catalog
-from storage.sqlite import RECORDINGS_DIR
+from storage.sqlite import RECORDINGS_DIR, SqliteStore
 
 APP = "callrec"
 USER = "callrec"
@@ -147,6 +148,10 @@ async def _start_controller(
             CALLREC_ARI_PASSWORD=password,
         )
         argv = [sys.executable, "-c", SERVE, "serve"]
+        # Made beforehand, as `callrec init` makes it: serve warns about a store it has to
+        # create, and the warnings it logs count as the run's problems.
+        store = await SqliteStore.open(data_dir, Policy(), create=True)
+        await store.close()
     else:
         argv = [sys.executable, "-m", "bench.noop_app", url, USER, APP]
     data_dir.mkdir(parents=True, exist_ok=True)

@@ -106,7 +106,7 @@ async def _calls(store: SqliteStore, spool: Path, n: int) -> list[tuple[str, Pat
 
 
 async def _ingest(base: Path, spool: Path, audio: list[bytes]) -> Timed:
-    store = await SqliteStore.open(base / "store", Policy(), spool_dir=spool)
+    store = await SqliteStore.open(base / "store", Policy(), spool_dir=spool, create=True)
     try:
         calls = await _calls(store, spool, len(audio))
         _write_all([path for _, path in calls], audio)

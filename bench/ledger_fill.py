@@ -5,7 +5,8 @@ fsync'd transactions), so the rows are inserted directly with `sqlite3`, in the 
 store's own migrations created (`SqliteStore.open` runs first), with the values the store
 writes: normalised numbers, `storage.db.ts` timestamps, `flows.retention.delete_after`
 due dates, the purposes `flows.purposes` allows, and an audit log whose hash chain and
-pseudonyms are computed with `storage.audit` (the store's `verify` accepts it).
+pseudonyms are computed with `storage.audit` and `storage.chain` (keyed under the store's
+audit key, as the store writes it: its `verify` accepts it).
 
 Calls are made a batch at a time as columns (numpy arrays of microseconds since the epoch,
 lists of texts), and inserted by a second process, so that on two cores making the next
@@ -36,7 +37,8 @@ from flows.errors import CallrecError
 from flows.policy import LegalBasis, Line, LinePolicy, Policy
 from flows.purposes import ALLOWED
 from flows.retention import delete_after
-from storage.audit import GENESIS, canonical, entry_hash, load_key, pseudonym
+from storage.audit import GENESIS, canonical, load_key, pseudonym
+from storage.chain import entry_mac, load_audit_key
 from storage.db import ts
 from storage.sqlite import KEY_FILE, LEDGER_FILE, make_recording_id
 
@@ -188,6 +190,11 @@ def _load(db_path: str, batches: Connection) -> None:
             conn.executemany(sql, rows)
         conn.execute("COMMIT")
     conn.execute("BEGIN")
+    # Every callback of the fill reached its customer: it answers its missed call.
+    conn.execute(
+        "INSERT OR IGNORE INTO callback_answers (missed_call_id, callback_call_id, answered_at) "
+        "SELECT missed_call_id, callback_call_id, linked_at FROM callbacks"
+    )
     for _, sql in indexes:
         conn.execute(sql)
     conn.execute("COMMIT")
@@ -281,6 +288,7 @@ class LedgerWriter:
         """`audio`: the content every recording's file will have (the caller writes the
         files at `filled.recording_paths`); None: no files, sizes from the call's length."""
         self._key = load_key(data_dir / KEY_FILE)
+        self._audit_key = load_audit_key(data_dir)
         db_path = data_dir / LEDGER_FILE
         with contextlib.closing(sqlite3.connect(db_path)) as conn:
             last = conn.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
@@ -450,7 +458,7 @@ class LedgerWriter:
         for _, when, action, subject, keys, values in entries:
             self._seq += 1
             body, text = self._templates.render(self._seq, when, action, subject, keys, values)
-            digest = entry_hash(self._prev, body)
+            digest = entry_mac(self._audit_key, self._prev, body)
             rows.append((self._seq, when, action, subject, text, self._prev, digest))
             self._prev = digest
         self.filled.audit_entries += len(rows)
@@ -517,6 +525,7 @@ class MissedSample:
     customer: str
     ended: int  # microseconds since the epoch
     call_id: str
+    basis: str  # its legal basis: a callback of the same kind answers it
 
 
 @dataclass(slots=True)
@@ -669,7 +678,7 @@ def _busy_batch(
     )
     called_back = missed & ~anonymous & (rng.random(n) < (0.70 if call_back else 0.0))
     open_missed = [
-        MissedSample(str(customer[k]), int(ended[k]), call_ids[k])
+        MissedSample(str(customer[k]), int(ended[k]), call_ids[k], str(inbound.basis[k]))
         for k in np.flatnonzero(missed & ~anonymous & ~called_back).tolist()
     ]
     return CallColumns.join(inbound, _callbacks(rng, inbound, called_back)), open_missed

@@ -1,10 +1,12 @@
 """Benchmark 2: the callback lookup on a ledger with a million (ten million) calls.
 
-When an agent calls a customer back, the controller asks the ledger for the newest missed
-call from that number within the window (`Ledger.find_missed_call`); the customer waits on
-the line meanwhile. Timed through the store (aiosqlite: a worker thread per connection,
-number normalisation, row mapping) and, as the baseline, the same statement on the same
-file with the plain `sqlite3` module: the ratio is the cost of the async layer.
+When an agent calls a customer back, the controller asks the ledger for the missed calls
+of that number and the callback's legal basis within the window
+(`Ledger.callback_candidates`, of which `flows.communication` takes the newest not yet
+answered); the customer waits on the line meanwhile. Timed through the store (aiosqlite: a
+worker thread per connection, number normalisation, row mapping) and, as the baseline, the
+same statement on the same file with the plain `sqlite3` module: the ratio is the cost of
+the async layer.
 """
 
 from __future__ import annotations
@@ -21,18 +23,19 @@ from bench.figures import Result, Row, count, ms, percentile, ratio, size
 from bench.ledger_fill import MINUTE, customer_number, fill_busy_ledger, moment
 from bench.progress import say
 from bench.sizes import Sizes
+from flows.communication import MAX_CANDIDATES, prior_call
 from flows.errors import CallrecError
-from flows.policy import Policy
+from flows.policy import LegalBasis, Policy
 from storage.db import ts
-from storage.sqlite import LEDGER_FILE, MISSED_CALL_SQL, SqliteStore
+from storage.sqlite import LEDGER_FILE, MISSED_CANDIDATES_SQL, SqliteStore
 
 END = datetime(2025, 6, 2, 12, 0, tzinfo=UTC)  # the ledger's "now": fixed, so runs compare
 TARGET_P99 = 0.001  # seconds (issue 8)
 WARM_UP = 200  # look-ups run before timing, so that both sides start with warm caches
 
-# The statement `SqliteStore.find_missed_call` runs, itself: the baseline must use the same
+# The statement `SqliteStore.callback_candidates` runs, itself: the baseline must use the same
 # plan, which `plan` prints.
-LOOKUP_SQL = MISSED_CALL_SQL
+LOOKUP_SQL = MISSED_CANDIDATES_SQL
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,10 +43,16 @@ class Lookup:
     number: str
     since: datetime
     expect_hit: bool
+    basis: LegalBasis
 
 
 def workload(
-    n: int, customers: int, missed: list[tuple[str, int]], start: int, end: int, seed: int
+    n: int,
+    customers: int,
+    missed: list[tuple[str, int, LegalBasis]],
+    start: int,
+    end: int,
+    seed: int,
 ) -> list[Lookup]:
     """Half the look-ups follow a missed call nobody called back yet (found), half ask for a
     random customer at a random moment (mostly nothing within the hour)."""
@@ -52,12 +61,14 @@ def workload(
     lookups: list[Lookup] = []
     for i in range(n):
         if i % 2 == 0 and missed:
-            number, ended = rng.choice(missed)
+            number, ended, basis = rng.choice(missed)
             at = moment(ended + rng.randrange(0, 50 * MINUTE))
-            lookups.append(Lookup(number, at - window, True))
+            lookups.append(Lookup(number, at - window, True, basis))
         else:
             at = moment(rng.randrange(start, end))
-            lookups.append(Lookup(customer_number(rng.randrange(customers)), at - window, False))
+            number = customer_number(rng.randrange(customers))
+            basis = rng.choice((LegalBasis.CONSENT, LegalBasis.ZEKOM2_214_7))
+            lookups.append(Lookup(number, at - window, False, basis))
     rng.shuffle(lookups)
     return lookups
 
@@ -65,7 +76,8 @@ def workload(
 def plan(db: Path) -> list[str]:
     with sqlite3.connect(db) as conn:
         rows = conn.execute(
-            f"EXPLAIN QUERY PLAN {LOOKUP_SQL}", ("+38630000000", ts(END))
+            f"EXPLAIN QUERY PLAN {LOOKUP_SQL}",
+            ("+38630000000", LegalBasis.CONSENT.value, ts(END), MAX_CANDIDATES),
         ).fetchall()
     return [str(row[3]) for row in rows]
 
@@ -85,14 +97,14 @@ def breakdown(db: Path) -> list[tuple[str, int]]:
 async def run(sizes: Sizes, work: Path) -> Result:
     data_dir = work / "lookup"
     policy = Policy()
-    store = await SqliteStore.open(data_dir, policy)
+    store = await SqliteStore.open(data_dir, policy, create=True)
     await store.close()
     say(f"lookup: filling a ledger with {count(sizes.ledger_calls)} calls")
     began = time.perf_counter()
     ledger = await asyncio.to_thread(fill_busy_ledger, data_dir, policy, sizes.ledger_calls, END)
     filled_in = time.perf_counter() - began
     db = data_dir / LEDGER_FILE
-    missed = [(m.customer, m.ended) for m in ledger.open_missed]
+    missed = [(m.customer, m.ended, LegalBasis(m.basis)) for m in ledger.open_missed]
     lookups = workload(
         sizes.lookups + WARM_UP, ledger.customers, missed, ledger.start, ledger.end, seed=2
     )
@@ -147,19 +159,23 @@ async def _time_lookups(
 ) -> tuple[list[float], list[float], int]:
     """Each look-up through the store and through sqlite3 (alternating which goes first);
     both must find the same call."""
-    store = await SqliteStore.open(data_dir, policy)
+    store = await SqliteStore.open(data_dir, policy, create=True)
     raw = sqlite3.connect(db)
     raw.row_factory = sqlite3.Row
 
     async def through_store(lookup: Lookup) -> tuple[str | None, float]:
         began = time.perf_counter()
-        found = await store.find_missed_call(lookup.number, lookup.since)
+        found = await store.callback_candidates(lookup.number, lookup.since, lookup.basis)
+        chosen = prior_call(lookup.basis, found.calls, lookup.since)
         elapsed = time.perf_counter() - began
-        return (None if found is None else found.call_id), elapsed
+        return (None if chosen is None else chosen.call_id), elapsed
 
     def through_sqlite(lookup: Lookup) -> tuple[str | None, float]:
         began = time.perf_counter()
-        row = raw.execute(LOOKUP_SQL, (lookup.number, ts(lookup.since))).fetchone()
+        rows = raw.execute(
+            LOOKUP_SQL, (lookup.number, lookup.basis.value, ts(lookup.since), MAX_CANDIDATES)
+        ).fetchall()
+        row = next((r for r in rows if not r["answered"]), None)
         elapsed = time.perf_counter() - began
         return (None if row is None else str(row["call_id"])), elapsed
 

@@ -99,7 +99,7 @@ async def _one(base: Path, recordings: int) -> SweepRun:
     policy = Policy()
     data_dir, tree = base / "store", base / "find-tree"
     audio = small_recording()
-    store = await SqliteStore.open(data_dir, policy)
+    store = await SqliteStore.open(data_dir, policy, create=True)
     await store.close()
     say(f"sweep: {count(recordings)} expired recordings into a store and a twin tree")
     filled = await asyncio.to_thread(
@@ -108,7 +108,7 @@ async def _one(base: Path, recordings: int) -> SweepRun:
     mtime = time.time() - AGE_DAYS * 86_400
     await asyncio.to_thread(_write_tree, data_dir, filled.recording_paths, audio, mtime)
     await asyncio.to_thread(_write_tree, tree, filled.recording_paths, audio, mtime)
-    store = await SqliteStore.open(data_dir, policy)
+    store = await SqliteStore.open(data_dir, policy, create=True)
     try:
         checked = await store.verify()
     finally:
@@ -304,7 +304,7 @@ def _sweep_in_child(data_dir: Path, log: Path) -> dict[str, Any]:
 
 
 async def _sweep_child(data_dir: Path, now: datetime) -> dict[str, object]:
-    store = await SqliteStore.open(data_dir, Policy())
+    store = await SqliteStore.open(data_dir, Policy(), create=True)
     try:
         print(f"open {_rss_kib()}", flush=True)
         began = time.perf_counter()

@@ -28,18 +28,31 @@ EXIT_FAILED = 1  # an expectation or a check failed
 EXIT_ERROR = 2  # bad input, bad config, an unavailable service
 
 log = logging.getLogger("callrec")
+# Times an operator may name. Dates a retention period or a deadline away from these must
+# still be dates, and the ledger writes years with four digits.
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST = datetime(2999, 12, 31, 23, 59, 59, tzinfo=UTC)
 
 
-def _now(text: str | None) -> datetime:
+def _now(text: str | None, option: str = "--now") -> datetime:
     if text is None:
         return datetime.now(UTC)
     try:
         value = datetime.fromisoformat(text)
     except ValueError:
-        raise CallrecError(f"--now: {text!r} is not an ISO-8601 time") from None
+        raise CallrecError(f"{option}: {text!r} is not an ISO-8601 time") from None
     if value.tzinfo is None:
-        raise CallrecError(f"--now: {text!r} needs a UTC offset, e.g. 2026-11-25T10:00:00+01:00")
-    return value.astimezone(UTC)
+        raise CallrecError(f"{option}: {text!r} needs a UTC offset, e.g. 2026-11-25T10:00:00+01:00")
+    try:
+        utc: datetime | None = value.astimezone(UTC)
+    except OverflowError:  # 0001-01-01T00:00+01:00 has no UTC time
+        utc = None
+    if utc is None or not EARLIEST <= utc <= LATEST:
+        raise CallrecError(
+            f"{option}: {text!r} is outside the years {EARLIEST.year}-{LATEST.year}, the "
+            "times callrec can keep"
+        )
+    return utc
 
 
 def to_json(value: Any) -> Any:
@@ -106,6 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--json", action="store_true", help="machine-readable output")
         return p
 
+    command(
+        "init", "create a new store (ledger, key, directories) at the data directory", now=False
+    )
     command("serve", "run the ARI (Stasis) controller", now=False, json_out=False)
     command("fastagi", "run the FastAGI server", now=False, json_out=False)
     demo = command(
@@ -132,15 +148,38 @@ def build_parser() -> argparse.ArgumentParser:
     rx.add_argument("--to", type=Path, required=True, help="destination directory")
     rx.add_argument("--purpose", required=True, help="evidence, training or quality")
     rx.add_argument("--by", required=True, help="who asks (logged)")
-    rx.add_argument("--now")
+    rx.add_argument("--now", help="ISO-8601 time to log the export at (replay stores only)")
     rx.add_argument("--json", action="store_true")
     rv = rsub.add_parser("verify", help="recompute hashes and the audit chain")
     rv.add_argument("--json", action="store_true")
+    rv.add_argument(
+        "--checkpoints",
+        type=Path,
+        help="check the chain against this copy of the checkpoint file (default: the store's)",
+    )
+
+    audit = sub.add_parser("audit", help="the audit chain's signed checkpoints")
+    asub = audit.add_subparsers(dest="action", required=True, metavar="ACTION")
+    asub.add_parser("public-key", help="print the key that checks the store's checkpoints (PEM)")
+    ac = asub.add_parser("checkpoint", help="sign the audit chain's head now and append it")
+    ac.add_argument("--json", action="store_true")
+    ak = asub.add_parser(
+        "check-checkpoints",
+        help="check a checkpoint file with only the public key (no ledger, no secret key)",
+    )
+    ak.add_argument("file", type=Path, help="a copy of checkpoints/checkpoints.jsonl")
+    ak.add_argument("--public-key", type=Path, required=True, help="the store's checkpoint.pub")
+    ak.add_argument("--json", action="store_true")
 
     withdraw = command("withdraw", "register a withdrawal of consent and carry it out")
-    withdraw.add_argument("--caller", required=True, help="the caller's phone number")
+    named = withdraw.add_mutually_exclusive_group(required=True)
+    named.add_argument("--caller", help="the caller's phone number: every communication")
+    named.add_argument(
+        "--call", metavar="ID", help="one communication, by a call of it (no caller ID)"
+    )
+    named.add_argument("--recording", metavar="ID", help="one communication, by its recording")
     withdraw.add_argument("--via", required=True, choices=["phone", "email"])
-    withdraw.add_argument("--received-at", help="when it was received (default: --now)")
+    withdraw.add_argument("--received-at", help="when it was received, if earlier (default: --now)")
     withdraw.add_argument("--by", required=True, help="the agent or DPO who registers it")
 
     sweep = command("sweep", "delete every recording past its retention")
@@ -183,6 +222,8 @@ async def dispatch(args: argparse.Namespace, settings: Settings) -> int:
     from callrec import commands
 
     match args.command:
+        case "init":
+            return await commands.init(settings, args)
         case "serve":
             return await commands.serve(settings)
         case "fastagi":
@@ -193,8 +234,14 @@ async def dispatch(args: argparse.Namespace, settings: Settings) -> int:
             return await commands.replay(settings, args)
         case "recordings":
             return await commands.recordings(settings, args)
+        case "audit":
+            return await commands.audit(settings, args)
         case "withdraw":
-            caller = normalise(args.caller, country_code=settings.policy.country_code)
+            caller = (
+                None
+                if args.caller is None
+                else normalise(args.caller, country_code=settings.policy.country_code)
+            )
             return await commands.withdraw(settings, args, caller, _now(args.now))
         case "sweep":
             return await commands.sweep(settings, args, _now(args.now))
@@ -207,6 +254,11 @@ async def dispatch(args: argparse.Namespace, settings: Settings) -> int:
 
 def now_arg(args: argparse.Namespace) -> datetime:
     return _now(getattr(args, "now", None))
+
+
+def time_arg(text: str, option: str) -> datetime:
+    """An ISO-8601 time given as `option` (--received-at, --from, --to)."""
+    return _now(text, option)
 
 
 if __name__ == "__main__":

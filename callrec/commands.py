@@ -14,7 +14,7 @@ import signal
 import sys
 import tempfile
 from collections.abc import AsyncIterator, Callable, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from agi.collector import RecordingCollector
@@ -29,6 +29,7 @@ from callrec.cli import (
     print_json,
     short_time,
     table,
+    time_arg,
     to_json,
 )
 from callrec.config import Settings
@@ -38,21 +39,74 @@ from callrec.runner import LiveAsterisk, refuse_a_taken_app
 from flows.errors import CallrecError
 from flows.policy import Purpose
 from prompts.catalog import load_catalog
-from storage.ports import Report, SweepReport, WithdrawalVia
+from storage import checkpoints, files
+from storage.db import os_error, parse_ts
+from storage.ports import CheckpointStatus, Report, SweepReport, WithdrawalVia
 from storage.sqlite import SqliteStore, short_recording_id
 
 log = logging.getLogger("callrec")
 CALLBACK_CHECK_SECONDS = 60  # how often serve looks for missed calls due a callback
 SCENARIOS_DIR = Path(__file__).resolve().parent.parent / "scenarios"  # the policy's cases
+# How often serve and fastagi sign the audit chain's head (when it moved since the last
+# checkpoint, and at least once a day): entries appended since the last checkpoint are the
+# only ones a tail cut could remove unnoticed. Deletions are checkpointed as they commit.
+CHECKPOINT_INTERVAL = timedelta(minutes=5)
+CHECKPOINT_AT_LEAST = timedelta(days=1)
 
 
 @contextlib.asynccontextmanager
-async def open_store(settings: Settings) -> AsyncIterator[SqliteStore]:
-    store = await SqliteStore.open(settings.data_dir, settings.policy, spool_dir=settings.spool_dir)
+async def open_store(settings: Settings, *, create: bool = False) -> AsyncIterator[SqliteStore]:
+    """The configured store; a path with no store is an error unless `create` (init, and
+    the first start of serve or fastagi)."""
+    store = await SqliteStore.open(
+        settings.data_dir, settings.policy, spool_dir=settings.spool_dir, create=create
+    )
     try:
         yield store
     finally:
         await store.close()
+
+
+async def make_spool(settings: Settings) -> None:
+    """The MixMonitor spool, created (when missing) with the configured mode, never the
+    umask's."""
+    try:
+        await asyncio.to_thread(files.make_dir, settings.spool_dir, settings.spool_mode)
+    except OSError as error:
+        raise os_error(error, f"creating the spool {settings.spool_dir}") from error
+
+
+@contextlib.asynccontextmanager
+async def serving_store(settings: Settings, command: str) -> AsyncIterator[SqliteStore]:
+    """The store of a controller that takes real calls: created on the first start (said
+    loudly, since a mistyped path would otherwise start an empty store unnoticed), its
+    spool made, and marked as a store of real calls."""
+    async with open_store(settings, create=True) as store:
+        if store.created:
+            log.warning(
+                "created a NEW, empty store at %s (there was none): if the store should "
+                "already exist, stop %s and check storage.data_dir / CALLREC_DATA_DIR",
+                store.data_dir,
+                command,
+            )
+        await make_spool(settings)
+        await store.mark_serving(datetime.now(UTC), command)
+        yield store
+
+
+async def refuse_time_travel(store: SqliteStore, args: argparse.Namespace, doing: str) -> None:
+    """A store that serves real calls is only ever written at the machine's time: a `--now`
+    years ahead would delete live recordings early, and one in the past would backdate the
+    audit. `--now` stays for replay and demo stores and for questions that write nothing."""
+    if getattr(args, "now", None) is None:
+        return
+    since = await store.serving_since()
+    if since is not None:
+        raise CallrecError(
+            f"--now: the store at {store.data_dir} serves real calls (since "
+            f"{short_time(since)} UTC), so {doing} writes at the machine's time only; "
+            "--now is for replay and demo stores and read-only questions"
+        )
 
 
 def _events(settings: Settings) -> MqttEvents | NullEvents:
@@ -122,6 +176,24 @@ async def _callback_watch(store: SqliteStore, events: EventSink) -> None:
         await asyncio.sleep(CALLBACK_CHECK_SECONDS)
 
 
+async def _checkpointer(store: SqliteStore) -> None:
+    """Anchors the audit chain outside the ledger for as long as the controller runs."""
+    last: checkpoints.Checkpoint | None = None
+    while True:
+        now = datetime.now(UTC)
+        try:
+            head = await store.audit_head()
+            if (
+                last is None
+                or (last.seq, last.head) != head
+                or now - parse_ts(last.at) >= CHECKPOINT_AT_LEAST
+            ):
+                last = await store.checkpoint(now)
+        except CallrecError as error:
+            log.error("writing an audit checkpoint failed (retrying): %s", error)
+        await asyncio.sleep(CHECKPOINT_INTERVAL.total_seconds())
+
+
 @contextlib.asynccontextmanager
 async def command_events(settings: Settings) -> AsyncIterator[EventSink]:
     """Events of a one-shot command (withdraw, sweep): published, then drained briefly."""
@@ -186,9 +258,8 @@ async def serve(settings: Settings) -> int:
     from agi.ari import AriClient
     from agi.stasis import StasisApp
 
-    settings.spool_dir.mkdir(parents=True, exist_ok=True)
     events = _events(settings)
-    async with open_store(settings) as store:
+    async with serving_store(settings, "serve") as store:
         collector = await _start_collecting(settings, store, events)
         if isinstance(events, MqttEvents):
             await events.start()
@@ -205,6 +276,7 @@ async def serve(settings: Settings) -> int:
             asyncio.create_task(app.run()),
             asyncio.create_task(_sweeper(store, settings, events)),
             asyncio.create_task(_callback_watch(store, events)),
+            asyncio.create_task(_checkpointer(store)),
         ]
         try:
             await _until_signalled()
@@ -223,9 +295,8 @@ async def serve(settings: Settings) -> int:
 async def fastagi(settings: Settings) -> int:
     from agi.fastagi import FastAgiServer
 
-    settings.spool_dir.mkdir(parents=True, exist_ok=True)
     events = _events(settings)
-    async with open_store(settings) as store:
+    async with serving_store(settings, "fastagi") as store:
         collector = await _start_collecting(settings, store, events)
         if isinstance(events, MqttEvents):
             await events.start()
@@ -239,14 +310,30 @@ async def fastagi(settings: Settings) -> int:
         port = await server.start()
         print(f"callrec fastagi: listening on {settings.fastagi.host}:{port}", file=sys.stderr)
         sweeper = asyncio.create_task(_sweeper(store, settings, events))
+        checkpointer = asyncio.create_task(_checkpointer(store))
         try:
             await _until_signalled()
         finally:
             sweeper.cancel()
+            checkpointer.cancel()
             await server.stop()
             await collector.stop()
             if isinstance(events, MqttEvents):
                 await events.stop()
+    return EXIT_OK
+
+
+async def init(settings: Settings, args: argparse.Namespace) -> int:
+    async with open_store(settings, create=True) as store:
+        await make_spool(settings)
+        created = store.created
+    if args.json:
+        print_json({"data_dir": settings.data_dir, "created": created})
+    elif created:
+        print(f"created a new store at {settings.data_dir} (spool {settings.spool_dir})")
+        print(f"back up {settings.data_dir / 'pseudonym.key'} apart from the ledger")
+    else:
+        print(f"a store exists at {settings.data_dir}: nothing created")
     return EXIT_OK
 
 
@@ -277,7 +364,14 @@ async def _run_scenarios(
         print(title)
         print(f"store: {data_dir}")
     spool = settings.spool_dir if live is not None else None
-    async with harness(policy, data_dir, time_scale=scale, live=live, spool_dir=spool) as h:
+    async with harness(
+        policy,
+        data_dir,
+        time_scale=scale,
+        live=live,
+        spool_dir=spool,
+        spool_mode=settings.spool_mode,
+    ) as h:
         for scenario in scenarios:
             if live is not None and not live_capable(scenario):
                 skipped += 1
@@ -433,6 +527,7 @@ async def recordings(settings: Settings, args: argparse.Namespace) -> int:
                 return EXIT_OK
             case "export":
                 now = now_arg(args)
+                await refuse_time_travel(store, args, "an export")
                 try:
                     purpose = Purpose(args.purpose)
                 except ValueError:
@@ -447,19 +542,24 @@ async def recordings(settings: Settings, args: argparse.Namespace) -> int:
                     print(f"exported {len(args.ids)} recording(s) to {path}")
                 return EXIT_OK
             case "verify":
+                if args.checkpoints is not None and not args.checkpoints.is_file():
+                    raise CallrecError(f"--checkpoints: no file {args.checkpoints}")
                 with ProgressBar("verify") as bar:
-                    result = await store.verify(progress=bar)
+                    result = await store.verify(progress=bar, checkpoint_file=args.checkpoints)
                 if args.json:
                     print_json(
                         {
                             "checked": result.checked,
                             "ok": result.ok,
                             "problems": list(result.problems),
+                            "checkpoint": result.checkpoint,
                         }
                     )
                 else:
                     for problem in result.problems:
                         print(f"PROBLEM: {problem}")
+                    if result.checkpoint is not None:
+                        print(checkpoint_line(result.checkpoint))
                     print(
                         f"verified {result.checked} item(s): "
                         + ("all match" if result.ok else f"{len(result.problems)} problem(s)")
@@ -468,12 +568,86 @@ async def recordings(settings: Settings, args: argparse.Namespace) -> int:
     return EXIT_ERROR
 
 
-async def withdraw(settings: Settings, args: argparse.Namespace, caller: str, now: datetime) -> int:
-    received = (
-        now if args.received_at is None else now_arg(argparse.Namespace(now=args.received_at))
+def checkpoint_line(status: CheckpointStatus) -> str:
+    if status.seq is None:
+        return f"checkpoint: none in {status.path}"
+    return (
+        f"checkpoint: entry {status.seq} at {short_time(status.at)} UTC, signature "
+        + ("ok" if status.signature_ok else f"PROBLEMS ({status.bad} bad line(s))")
+        + ", "
+        + (
+            f"the chain covers it ({status.entries_after} entries since)"
+            if status.covered
+            else "NOT covered by the chain"
+        )
     )
+
+
+async def audit(settings: Settings, args: argparse.Namespace) -> int:
+    if args.action == "check-checkpoints":
+        return check_checkpoints(args.file, args.public_key, as_json=args.json)
+    async with open_store(settings) as store:
+        if args.action == "public-key":
+            sys.stdout.write(store.checkpoint_public_key().decode("ascii"))
+            return EXIT_OK
+        written = await store.checkpoint(datetime.now(UTC))
+    if args.json:
+        print_json(written)
+    else:
+        print(f"checkpoint: entry {written.seq}, head {written.head}, at {written.at}")
+    return EXIT_OK
+
+
+def check_checkpoints(path: Path, public_key: Path, *, as_json: bool) -> int:
+    """Checks a checkpoint file with the public key alone: every line signed by it, no two
+    checkpoints of one entry with different hashes. Needs no ledger and no secret."""
+    public = checkpoints.load_public_key(public_key)
+    if not path.is_file():
+        raise CallrecError(f"no checkpoint file {path}")
+    found, problems = checkpoints.read(path)
+    good, unsigned = checkpoints.signed(found, public)
+    problems += unsigned
+    newest = checkpoints.latest(good)
+    if newest is None:
+        problems.append(f"checkpoints: none in {path} is signed by this key")
+    if as_json:
+        print_json(
+            {
+                "file": path,
+                "key": checkpoints.fingerprint(public),
+                "checkpoints": len(good),
+                "latest": None
+                if newest is None
+                else {"seq": newest.seq, "head": newest.head, "at": parse_ts(newest.at)},
+                "ok": not problems,
+                "problems": problems,
+            }
+        )
+    else:
+        for problem in problems:
+            print(f"PROBLEM: {problem}")
+        print(
+            f"{len(good)} checkpoint(s) signed by key {checkpoints.fingerprint(public)}"
+            + ("" if newest is None else f"; latest: entry {newest.seq} at {newest.at}")
+        )
+    return EXIT_OK if not problems else EXIT_FAILED
+
+
+async def withdraw(
+    settings: Settings, args: argparse.Namespace, caller: str | None, now: datetime
+) -> int:
+    received = now if args.received_at is None else time_arg(args.received_at, "--received-at")
     async with open_store(settings) as store, command_events(settings) as events:
-        result = await store.withdraw(caller, WithdrawalVia(args.via), received, args.by, now)
+        await refuse_time_travel(store, args, "a withdrawal")
+        result = await store.withdraw(
+            caller,
+            WithdrawalVia(args.via),
+            received,
+            args.by,
+            now,
+            call_id=args.call,
+            recording_id=args.recording,
+        )
         events.publish(
             "withdrawal/received",
             {
@@ -519,6 +693,8 @@ async def withdraw(settings: Settings, args: argparse.Namespace, caller: str, no
 
 async def sweep(settings: Settings, args: argparse.Namespace, now: datetime) -> int:
     async with open_store(settings) as store, command_events(settings) as events:
+        if not args.dry_run:
+            await refuse_time_travel(store, args, "a sweep (other than --dry-run)")
         with ProgressBar("sweep") as bar:
             result = await store.sweep(now, dry_run=args.dry_run, progress=bar)
         publish_sweep(events, result)
@@ -537,6 +713,7 @@ async def callbacks(settings: Settings, args: argparse.Namespace, now: datetime)
         if args.overload is not None:
             if not args.by:
                 raise CallrecError("--overload needs --by (the switch is audited)")
+            await refuse_time_travel(store, args, "the overload switch")
             await store.set_overload(args.overload == "on", args.by, now)
             print(f"overload switch {args.overload} (by {args.by}, audited)", file=sys.stderr)
         due = await store.callbacks_due(now)
@@ -563,8 +740,8 @@ async def callbacks(settings: Settings, args: argparse.Namespace, now: datetime)
 
 
 async def report(settings: Settings, args: argparse.Namespace) -> int:
-    start = now_arg(argparse.Namespace(now=args.start))
-    end = now_arg(argparse.Namespace(now=args.end))
+    start = time_arg(args.start, "--from")
+    end = time_arg(args.end, "--to")
     async with open_store(settings) as store:
         result = await store.report(start, end)
     if args.json:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from agi.collector import LONGEST_CALL
 from flows.config import POLICY_SECTIONS, policy_from_mapping
@@ -30,6 +31,10 @@ DEFAULT_ARI_URL = "http://127.0.0.1:8088/ari"  # asterisk-conf/http.conf binds l
 DEFAULT_APP = "callrec"  # the Stasis application the dialplan names
 DEFAULT_FASTAGI_PORT = 4573  # FastAGI's registered port
 LOOPBACK = ("127.0.0.1", "::1")  # FastAGI has no authentication: loopback unless configured
+# The spool's mode when callrec creates it: its owner only, unless the config lets
+# Asterisk's group in (e.g. "2770": group-writable, new files keep the directory's group).
+DEFAULT_SPOOL_MODE = 0o700
+SPOOL_MODE_BITS = 0o2770  # never any access for others, no setuid or sticky bit
 DEFAULT_LONGEST_CALL_HOURS = LONGEST_CALL / timedelta(hours=1)  # see its reason there
 
 APP_SECTIONS = ("storage", "ari", "mqtt", "fastagi")
@@ -69,6 +74,7 @@ class Settings:
     mqtt: MqttSettings
     fastagi: FastAgiSettings
     source: str  # where the settings came from, for error messages and `serve`'s banner
+    spool_mode: int = DEFAULT_SPOOL_MODE  # given to the spool directory when callrec creates it
     # A call open for longer had its end lost: it is closed and its recording stored.
     longest_call: timedelta = timedelta(hours=DEFAULT_LONGEST_CALL_HOURS)
 
@@ -96,11 +102,38 @@ def _str(section: Mapping[str, Any], where: str, key: str, default: str) -> str:
     return value
 
 
+def _path(value: object, where: str) -> Path:
+    """A path from the file or the environment: text, not empty, no NUL (which no file
+    name can hold, and which the OS would refuse with a traceback later)."""
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{where}: must be a non-empty path, got {value!r}")
+    if "\x00" in value:
+        raise ConfigError(f"{where}: a path cannot hold a NUL character, got {value!r}")
+    return Path(value)
+
+
+def _spool_mode(value: object) -> int:
+    """`storage.spool_mode`: octal text ("0770", "2770") or a TOML octal (0o770)."""
+    mode: int | None = None
+    if isinstance(value, str) and value.isdigit() and len(value) <= 5:
+        mode = int(value, 8) if set(value) <= set("01234567") else None
+    elif isinstance(value, int) and not isinstance(value, bool):
+        mode = value
+    if mode is None or mode & ~SPOOL_MODE_BITS or mode & 0o700 != 0o700:
+        raise ConfigError(
+            f'storage.spool_mode: must be an octal mode such as "0700" or "2770" that '
+            f"gives the owner rwx and others nothing, got {value!r}"
+        )
+    return mode
+
+
 def _read_secret(path: Path, where: str) -> str:
     try:
         return path.read_text(encoding="utf-8").strip()
     except OSError as error:
         raise ConfigError(f"{where}: cannot read {path}: {error.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{where}: {path} is not UTF-8 text") from None
 
 
 def read_file(path: Path) -> dict[str, Any]:
@@ -111,6 +144,8 @@ def read_file(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: no such config file") from None
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"{path}: not valid TOML: {error}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not valid TOML: not UTF-8 text") from None
     except OSError as error:
         raise ConfigError(f"{path}: cannot read: {error.strerror}") from None
 
@@ -134,12 +169,21 @@ def load_settings(config: Path | None = None, env: Mapping[str, str] | None = No
     except ConfigError as error:
         raise ConfigError(f"{source}: {error}") from None
 
-    storage = _section(data, "storage", {"data_dir", "spool_dir", "longest_call_hours"})
+    storage = _section(
+        data, "storage", {"data_dir", "spool_dir", "spool_mode", "longest_call_hours"}
+    )
     # Absolute, because Asterisk is told the spool path (CALLREC_FILE) and has its own cwd.
-    data_dir = Path(
-        env.get("CALLREC_DATA_DIR") or storage.get("data_dir") or DEFAULT_DATA_DIR
-    ).absolute()
-    spool_dir = Path(storage.get("spool_dir") or data_dir / "spool").absolute()
+    if env.get("CALLREC_DATA_DIR"):
+        data_dir = _path(env["CALLREC_DATA_DIR"], "CALLREC_DATA_DIR").absolute()
+    elif "data_dir" in storage:
+        data_dir = _path(storage["data_dir"], "storage.data_dir").absolute()
+    else:
+        data_dir = DEFAULT_DATA_DIR.absolute()
+    if "spool_dir" in storage:
+        spool_dir = _path(storage["spool_dir"], "storage.spool_dir").absolute()
+    else:
+        spool_dir = data_dir / "spool"
+    spool_mode = _spool_mode(storage.get("spool_mode", DEFAULT_SPOOL_MODE))
     hours = storage.get("longest_call_hours", DEFAULT_LONGEST_CALL_HOURS)
     if isinstance(hours, bool) or not isinstance(hours, int | float) or not 1 <= hours <= 168:
         raise ConfigError(
@@ -149,7 +193,9 @@ def load_settings(config: Path | None = None, env: Mapping[str, str] | None = No
     ari = _section(data, "ari", {"url", "user", "password_file", "app"})
     password = env.get("CALLREC_ARI_PASSWORD", "")
     if not password and "password_file" in ari:
-        password = _read_secret(Path(str(ari["password_file"])), "ari.password_file")
+        password = _read_secret(
+            _path(ari["password_file"], "ari.password_file"), "ari.password_file"
+        )
     ari_settings = AriSettings(
         url=env.get("CALLREC_ARI_URL") or _str(ari, "ari", "url", DEFAULT_ARI_URL),
         user=env.get("CALLREC_ARI_USER") or _str(ari, "ari", "user", "callrec"),
@@ -165,10 +211,18 @@ def load_settings(config: Path | None = None, env: Mapping[str, str] | None = No
         isinstance(mqtt_url, str) and mqtt_url.startswith(("mqtt://", "mqtts://"))
     ):
         raise ConfigError(f"mqtt.url: must start with mqtt:// or mqtts://, got {mqtt_url!r}")
+    if mqtt_url:
+        try:
+            urlsplit(mqtt_url).port  # noqa: B018 - parsing it is the check
+        except ValueError as error:
+            # The URL may hold a password: name the problem, not the URL.
+            raise ConfigError(f"mqtt.url: not a usable URL ({error})") from None
     mqtt_settings = MqttSettings(
         url=mqtt_url or None,
         prefix=_str(mqtt, "mqtt", "prefix", "callrec"),
-        password_file=Path(str(mqtt["password_file"])) if "password_file" in mqtt else None,
+        password_file=(
+            _path(mqtt["password_file"], "mqtt.password_file") if "password_file" in mqtt else None
+        ),
     )
 
     fastagi = _section(data, "fastagi", {"host", "port", "allow"})
@@ -192,5 +246,6 @@ def load_settings(config: Path | None = None, env: Mapping[str, str] | None = No
         mqtt=mqtt_settings,
         fastagi=FastAgiSettings(host=host, port=port, allow=tuple(allow)),
         source=source,
+        spool_mode=spool_mode,
         longest_call=timedelta(hours=hours),
     )

@@ -206,7 +206,10 @@ def parse_url(url: str, password_file: Path | None = None) -> BrokerAddress:
     naming what is wrong; the message never repeats a password."""
     if not isinstance(url, str):
         raise EventsError(f"mqtt url: must be text, not {type(url).__name__}")
-    parts = urlsplit(url.strip())
+    try:
+        parts = urlsplit(url.strip())
+    except ValueError as error:  # "mqtt://[::1": the URL may hold a password, so not shown
+        raise EventsError(f"mqtt url: not a usable URL ({error})") from None
     scheme = parts.scheme.lower()
     shown = _without_password(url)
     if scheme not in DEFAULT_PORTS:

@@ -36,11 +36,14 @@ from callrec.scenarios import (
     parse_time,
 )
 from flows.errors import CallrecError, ConfigError
+from flows.keys import KEYS
 from flows.numbers import normalise
 from flows.policy import Policy
 from prompts.catalog import load_catalog
+from storage import files
+from storage.db import os_error
 from storage.ports import CallRow, RecordingRow, RecordingStatus, WithdrawalVia
-from storage.sqlite import SqliteStore, short_recording_id
+from storage.sqlite import SPOOL_DIR, SqliteStore, short_recording_id
 
 log = logging.getLogger("callrec.runner")
 
@@ -119,37 +122,47 @@ async def harness(
     time_scale: float,
     live: LiveAsterisk | None = None,
     spool_dir: Path | None = None,
+    spool_mode: int = files.PRIVATE_DIR,
     mode: str = "ari",
 ) -> AsyncIterator[Harness]:
-    """A controller wired to a store in `data_dir`, facing the simulated PBX or, with
-    `live`, a real Asterisk; `mode` is CALLREC_MODE: `ari` (`serve`'s Stasis app) or `agi`
-    (`fastagi`'s server, on 127.0.0.1:4573 for a live Asterisk, whose dialplan names that
-    address, and CALLREC_MODE set to agi there for the run)."""
+    """A controller wired to a store in `data_dir` (created when new; never a store that
+    serves real calls), facing the simulated PBX or, with `live`, a real Asterisk. The
+    spool, when missing, is created with `spool_mode`. `mode` is CALLREC_MODE: `ari`
+    (`serve`'s Stasis app) or `agi` (`fastagi`'s server, on 127.0.0.1:4573 for a live
+    Asterisk, whose dialplan names that address, and CALLREC_MODE set to agi there for the
+    run)."""
     if mode not in ("ari", "agi"):
         raise ConfigError(f"mode: ari or agi, not {mode!r}")
     catalog = load_catalog()
-    data_dir, spool = await asyncio.to_thread(_prepare_dirs, data_dir, spool_dir)
+    store = await _replay_store(policy, data_dir, spool_dir, spool_mode)
+    data_dir, spool = store.data_dir, store.spool_dir
+    assert spool is not None  # _replay_store names it
     clock = OffsetClock()
     events = MemoryEvents()
     sim: SimulatedPbx | None = None
-    if live is None:
-        password = secrets.token_urlsafe(16)  # the simulator listens on 127.0.0.1 only
-        sim = SimulatedPbx(
-            app="callrec",
-            user="callrec",
-            password=password,
-            prompt_durations={pid: info.duration_seconds for pid, info in catalog.items()},
-            time_scale=time_scale,
-            mode=mode,
-        )
-        client = AriClient(await sim.start(), "callrec", password, "callrec")
-    else:
-        password = live.password
-        if mode == "ari":
-            await refuse_a_taken_app(live)
-        client = AriClient(live.url, live.user, live.password, live.app)
-        time_scale = 1.0  # a real PBX plays prompts in real time
-    store = await SqliteStore.open(data_dir, policy, spool_dir=spool)
+    try:
+        if live is None:
+            password = secrets.token_urlsafe(16)  # the simulator listens on 127.0.0.1 only
+            sim = SimulatedPbx(
+                app="callrec",
+                user="callrec",
+                password=password,
+                prompt_durations={pid: info.duration_seconds for pid, info in catalog.items()},
+                time_scale=time_scale,
+                mode=mode,
+            )
+            client = AriClient(await sim.start(), "callrec", password, "callrec")
+        else:
+            password = live.password
+            if mode == "ari":
+                await refuse_a_taken_app(live)
+            client = AriClient(live.url, live.user, live.password, live.app)
+            time_scale = 1.0  # a real PBX plays prompts in real time
+    except BaseException:
+        if sim is not None:
+            await sim.stop()
+        await store.close()
+        raise
     collector = RecordingCollector(store, store, clock, events, SpoolWatch(spool))
     collector.start()
     deps = SessionDeps(
@@ -215,6 +228,40 @@ async def harness(
         await store.close()
 
 
+async def _replay_store(
+    policy: Policy, data_dir: Path, spool_dir: Path | None, spool_mode: int
+) -> SqliteStore:
+    """The store of a demo or replay, created when new; its spool made. Absolute paths:
+    MixMonitor is told the spool path and has its own working directory."""
+    root, spool = await asyncio.to_thread(_absolute, data_dir, spool_dir)
+    store = await SqliteStore.open(root, policy, spool_dir=spool, create=True)
+    try:
+        # Scenario calls are dated by their scripts: among real callers' recordings they
+        # would be swept and audited as if they were real.
+        await _refuse_serving(store)
+        try:
+            await asyncio.to_thread(files.make_dir, spool, spool_mode)
+        except OSError as error:
+            raise os_error(error, f"creating the spool {spool}") from error
+    except BaseException:
+        await store.close()
+        raise
+    return store
+
+
+def _absolute(data_dir: Path, spool_dir: Path | None) -> tuple[Path, Path]:
+    root = data_dir.absolute()
+    return root, (spool_dir or root / SPOOL_DIR).absolute()
+
+
+async def _refuse_serving(store: SqliteStore) -> None:
+    if await store.serving_since() is not None:
+        raise CallrecError(
+            f"the store at {store.data_dir} serves real calls: demo and replay use a store "
+            "of their own (--data-dir NEW_DIR)"
+        )
+
+
 async def refuse_a_taken_app(live: LiveAsterisk) -> None:
     """A second client on the application name would take the calls of the one serving it
     (Asterisk replaces the first), so a live run starts only where none is registered."""
@@ -239,15 +286,6 @@ async def _set_agents(h: Harness, *, present: bool) -> None:
         extension=extension,
     )
     await asyncio.sleep(LIVE_SETUP_PAUSE)
-
-
-def _prepare_dirs(data_dir: Path, spool_dir: Path | None) -> tuple[Path, Path]:
-    """Absolute paths (MixMonitor is told the spool path and has its own working
-    directory), created."""
-    data_dir = data_dir.absolute()
-    spool = (spool_dir or data_dir / "spool").absolute()
-    spool.mkdir(parents=True, exist_ok=True)
-    return data_dir, spool
 
 
 async def _originate(
@@ -285,8 +323,8 @@ def _script(args: Mapping[str, Any], prefix: str, where: str) -> CallerScript:
 
     keys = tuple((float(at), str(digit)) for at, digit in get("keys", []))
     for _, digit in keys:
-        if digit not in "0123456789*#" or len(digit) != 1:
-            raise ConfigError(f"{where}: {digit!r} is not a DTMF digit")
+        if digit not in KEYS:
+            raise ConfigError(f"{where}: {digit!r} is not a DTMF key (0-9, *, #, A-D)")
     agent = get("agent_answers_after", 2.0)
     hang_up = get("hang_up_at", None)
     return CallerScript(
@@ -551,6 +589,10 @@ def _check_call(
     if "decision" in expect:
         actual = row.decision.value if row else None
         report.checks.append(Check(where, "decision", expect["decision"], actual))
+    if "digit" in expect:
+        actual = row.digit if row else None
+        wanted = expect["digit"]
+        report.checks.append(Check(where, "digit", None if wanted is None else str(wanted), actual))
     if "recorded" in expect:
         stored = recording is not None and recording.status is RecordingStatus.STORED
         report.checks.append(Check(where, "recorded", bool(expect["recorded"]), stored))
@@ -595,8 +637,22 @@ async def _state_of(h: Harness, call_id: str) -> str:
 
 
 async def _withdraw_step(h: Harness, step: Step) -> StepReport:
+    """A withdrawal by the caller's number (`caller:`), or of the one communication of a
+    call (`call:` names it) or of its recording (`recording:` names the call)."""
     args = step.args
-    caller = normalise(str(args["caller"]))
+    caller = normalise(str(args["caller"])) if "caller" in args else None
+    call_id = recording_id = None
+    if "call" in args:
+        (_, call_id), *_ = _ids(h, [args["call"]], step.where)
+        named = f"call {args['call']}"
+    elif "recording" in args:
+        (_, of_call), *_ = _ids(h, [args["recording"]], step.where)
+        recording = await _recording_of(h, of_call)
+        if recording is None:
+            raise ConfigError(f"{step.where}: call {args['recording']!r} has no recording")
+        recording_id, named = recording.id, f"recording of {args['recording']}"
+    else:
+        named = str(args.get("caller"))
     received = (
         parse_time(args["received_at"], step.where) if "received_at" in args else h.clock.now()
     )
@@ -606,9 +662,11 @@ async def _withdraw_step(h: Harness, step: Step) -> StepReport:
         received,
         str(args.get("by", "agent")),
         h.clock.now(),
+        call_id=call_id,
+        recording_id=recording_id,
     )
     report = StepReport(
-        step.where, f"{_clock(h)}  withdrawal of consent by {args['caller']} via {result.via.value}"
+        step.where, f"{_clock(h)}  withdrawal of consent by {named} via {result.via.value}"
     )
     report.lines.append(
         f"received on {result.received_on}, due by {result.due_on}; "

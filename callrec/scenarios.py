@@ -20,7 +20,8 @@ A scenario is a list of steps run in order against one controller and one store:
       - sweep: {}
         expect: {deleted: [first], kept: [second]}
 
-`keys` are (seconds after the prompt starts, digit); `agent_answers_after: null` means
+`keys` are (seconds after the prompt starts, DTMF key: 0-9, *, #, A-D); `expect` may also
+name the `digit` the decision was given with (null: none). `agent_answers_after: null` means
 nobody answers and the caller gives up after `give_up_after` seconds (a missed call).
 `live: <extension>` names the test caller of `asterisk-conf/extensions.conf`
 (`callrec-test-caller`, or `callrec-test-agent` for a callback's agent) that plays the same

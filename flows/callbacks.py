@@ -3,9 +3,10 @@
 Theory of operation. The notice (POLICY.md §3) treats a callback within one hour of a
 missed call as the same communication: the customer is not told again, a sales callback is
 recorded, a service callback is recorded only if the customer pressed 1 on the missed call
-(and has not withdrawn since). The flow asks for the newest missed call from the customer
-within the window (`LookUpPriorCall`; the window widens only while the operator's overload
-switch is on) and decides from the answer. With no such call the callback is a new
+(and has not withdrawn since). The flow asks for the missed call the callback answers
+(`LookUpPriorCall`: one of the same line kind within the window, which widens only while
+the operator's overload switch is on; `flows.communication` chooses) and decides from the
+answer. With no such call the callback is a new
 communication: nothing is recorded on the agent's leg and the customer's leg must hear the
 line's notice (`NoticeCallee`), which runs `flows.consent.InboundFlow` on that leg.
 """
@@ -33,8 +34,8 @@ from flows.events import (
     NoPriorCall,
     PriorCallFound,
 )
-from flows.machine import Rule, Table, mermaid, stays, step
-from flows.policy import Decision, LegalBasis, Line, Policy
+from flows.machine import Row, Table, mermaid, step
+from flows.policy import Decision, LegalBasis, Line, Policy, callback_window
 
 
 class State(enum.Enum):
@@ -91,17 +92,22 @@ class CallbackFlow:
     def handle(self, event: object, now: datetime) -> list[Command]:
         return step(TRANSITIONS, self, event, now)
 
-    def _placed(self, event: CallbackPlaced, now: datetime) -> tuple[State, list[Command]]:
-        window = self._callback_window
-        if event.overload and self._overload_window is not None:
-            window = max(window, self._overload_window)
+    def _placed(self, event: CallbackPlaced, now: datetime) -> list[Command]:
+        window = callback_window(self._callback_window, self._overload_window, event.overload)
         self._window = window
         self._overload = event.overload
-        return State.LOOKING_UP, [LookUpPriorCall(window=window, overload=event.overload)]
+        # A callback answers a missed call of its own kind (`flows.communication`).
+        look_up = LookUpPriorCall(
+            window=window,
+            overload=event.overload,
+            since=now - window,
+            legal_basis=self.line.legal_basis,
+        )
+        return [look_up]
 
-    def _found(self, event: PriorCallFound, now: datetime) -> tuple[State, list[Command]]:
+    def _found(self, event: PriorCallFound, now: datetime) -> list[Command]:
         self._decision, reason = same_communication(event)
-        return State.COMMITTING, [
+        return [
             CommitDecision(
                 decision=self._decision,
                 legal_basis=event.legal_basis,
@@ -115,9 +121,9 @@ class CallbackFlow:
             )
         ]
 
-    def _not_found(self, event: NoPriorCall, now: datetime) -> tuple[State, list[Command]]:
+    def _not_found(self, event: NoPriorCall, now: datetime) -> list[Command]:
         self._notice_callee = True
-        return State.COMMITTING, [
+        return [
             CommitDecision(
                 decision=Decision.NONE,
                 legal_basis=self.line.legal_basis,
@@ -130,53 +136,60 @@ class CallbackFlow:
             )
         ]
 
-    def _committed(self, event: DecisionCommitted, now: datetime) -> tuple[State, list[Command]]:
+    def _committed(self, event: DecisionCommitted, now: datetime) -> list[Command]:
         if self._decision is Decision.RECORD:
-            return State.CONTINUED, [StartRecording(), Continue()]
+            return [StartRecording(), Continue()]
         if self._notice_callee:
-            return State.CONTINUED, [
+            return [
                 SkipRecording("the customer's leg hears the notice and decides"),
                 NoticeCallee(self.line.name),
                 Continue(),
             ]
-        return State.CONTINUED, [SkipRecording("no consent on the missed call"), Continue()]
+        return [SkipRecording("no consent on the missed call"), Continue()]
 
-    def _commit_failed(self, event: CommitFailed, now: datetime) -> tuple[State, list[Command]]:
-        return State.CONTINUED, [
+    def _commit_failed(self, event: CommitFailed, now: datetime) -> list[Command]:
+        return [
             SkipRecording(f"the decision could not be committed: {event.reason}"),
             Continue(),
         ]
-
-    def _hung_up(
-        self, event: CallerHungUp | ControlLost, now: datetime
-    ) -> tuple[State, list[Command]]:
-        return State.HUNG_UP, []
 
 
 _S = State
 _F = CallbackFlow
 
+# fmt: off
 TRANSITIONS: Table[State, CallbackFlow] = {
-    (_S.AWAITING_CALL, CallbackPlaced): Rule(_F._placed, (_S.LOOKING_UP,)),
-    (_S.AWAITING_CALL, CallerHungUp): Rule(_F._hung_up, (_S.HUNG_UP,)),
-    (_S.LOOKING_UP, PriorCallFound): Rule(_F._found, (_S.COMMITTING,)),
-    (_S.LOOKING_UP, NoPriorCall): Rule(_F._not_found, (_S.COMMITTING,)),
-    (_S.LOOKING_UP, CallerHungUp): Rule(_F._hung_up, (_S.HUNG_UP,)),
-    (_S.COMMITTING, DecisionCommitted): Rule(_F._committed, (_S.CONTINUED,)),
-    (_S.COMMITTING, CommitFailed): Rule(_F._commit_failed, (_S.CONTINUED,)),
-    (_S.COMMITTING, CallerHungUp): Rule(_F._hung_up, (_S.HUNG_UP,)),
-    (_S.CONTINUED, CallerHungUp): stays(_S.CONTINUED),
-    (_S.AWAITING_CALL, ControlLost): Rule(_F._hung_up, (_S.HUNG_UP,)),
-    (_S.LOOKING_UP, ControlLost): Rule(_F._hung_up, (_S.HUNG_UP,)),
-    (_S.COMMITTING, ControlLost): stays(_S.COMMITTING),
-    (_S.CONTINUED, ControlLost): stays(_S.CONTINUED),
-    (_S.HUNG_UP, ControlLost): stays(_S.HUNG_UP),
-    (_S.HUNG_UP, PriorCallFound): stays(_S.HUNG_UP),
-    (_S.HUNG_UP, NoPriorCall): stays(_S.HUNG_UP),
-    (_S.HUNG_UP, DecisionCommitted): stays(_S.HUNG_UP),
-    (_S.HUNG_UP, CommitFailed): stays(_S.HUNG_UP),
-    (_S.HUNG_UP, CallerHungUp): stays(_S.HUNG_UP),
+    _S.AWAITING_CALL: {
+        CallbackPlaced:    Row(_S.LOOKING_UP, _F._placed),
+        CallerHungUp:      Row(_S.HUNG_UP),
+        ControlLost:       Row(_S.HUNG_UP),
+    },
+    _S.LOOKING_UP: {
+        PriorCallFound:    Row(_S.COMMITTING, _F._found),
+        NoPriorCall:       Row(_S.COMMITTING, _F._not_found),
+        CallerHungUp:      Row(_S.HUNG_UP),
+        ControlLost:       Row(_S.HUNG_UP),
+    },
+    _S.COMMITTING: {
+        DecisionCommitted: Row(_S.CONTINUED, _F._committed),
+        CommitFailed:      Row(_S.CONTINUED, _F._commit_failed),
+        CallerHungUp:      Row(_S.HUNG_UP),
+        ControlLost:       Row(_S.COMMITTING),
+    },
+    _S.CONTINUED: {
+        CallerHungUp:      Row(_S.CONTINUED),
+        ControlLost:       Row(_S.CONTINUED),
+    },
+    _S.HUNG_UP: {
+        PriorCallFound:    Row(_S.HUNG_UP),
+        NoPriorCall:       Row(_S.HUNG_UP),
+        DecisionCommitted: Row(_S.HUNG_UP),
+        CommitFailed:      Row(_S.HUNG_UP),
+        CallerHungUp:      Row(_S.HUNG_UP),
+        ControlLost:       Row(_S.HUNG_UP),
+    },
 }
+# fmt: on
 
 
 def diagram() -> str:

@@ -46,11 +46,14 @@ class CancelWait:
 
 @dataclass(frozen=True, slots=True)
 class LookUpPriorCall:
-    """Find the newest missed call from this callback's customer no older than `window`;
-    answer with `PriorCallFound` or `NoPriorCall`."""
+    """Find the missed call this callback answers (`flows.communication.look_up_answer`):
+    one of the customer's under `legal_basis` that ended at or after `since`; answer with
+    `PriorCallFound` or `NoPriorCall`."""
 
     window: timedelta
     overload: bool
+    since: datetime
+    legal_basis: LegalBasis
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,15 +4,19 @@ Theory of operation. A call enters (`CallEntered`) and is answered; the line's p
 plays. On a sales line (`LinePolicy.NOTICE`) the notice is heard to its end, no key is
 asked, and the decision is RECORD under ZEKom-2 Art. 214(7). On a consent line the
 question plays with barge-in: 1 is consent, 2 refusal; another key replays the choice (up
-to `invalid_key_limit` times); silence after the question asks once more
-(`no_key_retries`), then the call goes on with no decision. Refusing or not answering costs
-the caller nothing: every path ends in `Continue` to the same queue, only unrecorded.
+to `invalid_key_limit` times), and A-D mean nothing (`flows.keys` says why); silence after
+the question asks once more (`no_key_retries`), then the call goes on with no decision.
+Refusing or not answering costs the caller nothing: every path ends in `Continue` to the
+same queue, only unrecorded.
 
 The decision is committed (`CommitDecision`) and only the ledger's confirmation
 (`DecisionCommitted`) can lead to `StartRecording`; a failed commit or a hang-up at any
 point leads to no recording. Prompts and waits carry tokens, because Asterisk still
-reports `PlaybackFinished` for a playback that was stopped on a key press: a stale token
-is ignored.
+reports `PlaybackFinished` for a playback that was stopped on a key press: `step` drops an
+event with a stale token before the table is consulted.
+
+`TRANSITIONS` is the whole flow, one next state per row; which key, how many wrong keys
+and how many silences are turned into distinct triggers (`_trigger`) before the look-up.
 """
 
 from __future__ import annotations
@@ -43,11 +47,9 @@ from flows.events import (
     PromptFailed,
     PromptFinished,
 )
-from flows.machine import Rule, Table, mermaid, stays, step
+from flows.keys import Key, classify
+from flows.machine import Row, Table, Trigger, When, mermaid, step
 from flows.policy import Decision, Line, LinePolicy, Policy
-
-CONSENT_KEY = "1"
-REFUSAL_KEY = "2"
 
 
 class State(enum.Enum):
@@ -99,7 +101,24 @@ class InboundFlow:
         return self._decision
 
     def handle(self, event: object, now: datetime) -> list[Command]:
-        return step(TRANSITIONS, self, event, now)
+        return step(TRANSITIONS, self, event, now, trigger=self._trigger, token=self._token)
+
+    def _trigger(self, event: object) -> Trigger:
+        """The row `event` looks up: the conditions that decide where the flow goes are told
+        apart here, before the look-up, never inside an action."""
+        match event:
+            case CallEntered():
+                return NOTICE_LINE if self.line.policy is LinePolicy.NOTICE else CONSENT_LINE
+            case DigitPressed(digit=digit):
+                kind = classify(digit)
+                if kind is Key.OTHER and self._invalid_keys >= self._invalid_key_limit:
+                    return OTHER_KEY_PAST_LIMIT
+                return KEY_TRIGGERS[kind]
+            case DigitTimedOut():
+                if self._silences >= self._no_key_retries:
+                    return SILENCE_PAST_RETRIES
+                return SILENCE
+        return type(event)
 
     # -- actions -------------------------------------------------------------------------
 
@@ -120,171 +139,181 @@ class InboundFlow:
             decided_at=now,
         )
 
-    def _entered(self, event: CallEntered, now: datetime) -> tuple[State, list[Command]]:
-        if self.line.policy is LinePolicy.NOTICE:
-            return State.HEARING_NOTICE, [
-                Answer(),
-                self._play(self.line.prompts.notice, barge_in=False),
-            ]
-        return State.HEARING_QUESTION, [
-            Answer(),
-            self._play(self.line.prompts.notice, barge_in=True),
+    def _stop(self) -> Command:
+        """Stop what runs for the current token: the question (barge-in) or the timer."""
+        if self.state is State.HEARING_QUESTION:
+            return StopPrompt(self._token)
+        return CancelWait(self._token)
+
+    def _tell(self, event: CallEntered, now: datetime) -> list[Command]:
+        return [Answer(), self._play(self.line.prompts.notice, barge_in=False)]
+
+    def _ask(self, event: CallEntered, now: datetime) -> list[Command]:
+        return [Answer(), self._play(self.line.prompts.notice, barge_in=True)]
+
+    def _notice_heard(self, event: PromptFinished, now: datetime) -> list[Command]:
+        return [self._commit(Decision.RECORD, None, "the caller heard the notice", now)]
+
+    def _wait_for_key(self, event: PromptFinished, now: datetime) -> list[Command]:
+        return [WaitForDigit(self._digit_timeout, token=self._token)]
+
+    def _consent(self, event: DigitPressed, now: datetime) -> list[Command]:
+        return [
+            self._stop(),
+            self._commit(Decision.RECORD, event.digit, "the caller pressed 1", now),
         ]
 
-    def _notice_finished(self, event: PromptFinished, now: datetime) -> tuple[State, list[Command]]:
-        if event.token != self._token:
-            return self.state, []
-        commit = self._commit(Decision.RECORD, None, "the caller heard the notice", now)
-        return State.COMMITTING, [commit]
+    def _refusal(self, event: DigitPressed, now: datetime) -> list[Command]:
+        return [
+            self._stop(),
+            self._commit(Decision.REFUSE, event.digit, "the caller pressed 2", now),
+        ]
 
-    def _question_finished(
-        self, event: PromptFinished, now: datetime
-    ) -> tuple[State, list[Command]]:
-        if event.token != self._token:
-            return self.state, []
-        return State.AWAITING_KEY, [WaitForDigit(self._digit_timeout, token=self._token)]
-
-    def _key(self, event: DigitPressed, now: datetime) -> tuple[State, list[Command]]:
-        # Stop what is running for this token: the playback (barge-in) or the timer.
-        stop: Command = (
-            StopPrompt(self._token)
-            if self.state is State.HEARING_QUESTION
-            else CancelWait(self._token)
-        )
-        if event.digit == CONSENT_KEY:
-            return State.COMMITTING, [
-                stop,
-                self._commit(Decision.RECORD, event.digit, "the caller pressed 1", now),
-            ]
-        if event.digit == REFUSAL_KEY:
-            return State.COMMITTING, [
-                stop,
-                self._commit(Decision.REFUSE, event.digit, "the caller pressed 2", now),
-            ]
+    def _other_key(self, event: DigitPressed, now: datetime) -> list[Command]:
         self._invalid_keys += 1
-        if self._invalid_keys > self._invalid_key_limit:
-            reason = f"{self._invalid_keys} keys other than 1 or 2"
-            return State.COMMITTING, [stop, self._commit(Decision.NONE, None, reason, now)]
         prompt = self.line.prompts.invalid_key or self.line.prompts.notice
-        return State.HEARING_QUESTION, [stop, self._play(prompt, barge_in=True)]
+        return [self._stop(), self._play(prompt, barge_in=True)]
 
-    def _silence(self, event: DigitTimedOut, now: datetime) -> tuple[State, list[Command]]:
-        if event.token != self._token:
-            return self.state, []
+    def _too_many_keys(self, event: DigitPressed, now: datetime) -> list[Command]:
+        self._invalid_keys += 1
+        reason = f"{self._invalid_keys} keys other than 1 or 2"
+        return [self._stop(), self._commit(Decision.NONE, None, reason, now)]
+
+    def _ask_again(self, event: DigitTimedOut, now: datetime) -> list[Command]:
         self._silences += 1
-        if self._silences > self._no_key_retries:
-            reason = f"no key after {self._silences} questions"
-            return State.COMMITTING, [self._commit(Decision.NONE, None, reason, now)]
         prompt = self.line.prompts.ask_again or self.line.prompts.notice
-        return State.HEARING_QUESTION, [self._play(prompt, barge_in=True)]
+        return [self._play(prompt, barge_in=True)]
 
-    def _committed(self, event: DecisionCommitted, now: datetime) -> tuple[State, list[Command]]:
+    def _no_answer(self, event: DigitTimedOut, now: datetime) -> list[Command]:
+        self._silences += 1
+        reason = f"no key after {self._silences} questions"
+        return [self._commit(Decision.NONE, None, reason, now)]
+
+    def _committed(self, event: DecisionCommitted, now: datetime) -> list[Command]:
         if self._decision is Decision.RECORD:
-            return State.CONTINUED, [StartRecording(), Continue()]
+            return [StartRecording(), Continue()]
         reason = "the caller refused" if self._decision is Decision.REFUSE else "no decision"
-        return State.CONTINUED, [SkipRecording(reason), Continue()]
+        return [SkipRecording(reason), Continue()]
 
-    def _commit_failed(self, event: CommitFailed, now: datetime) -> tuple[State, list[Command]]:
-        return State.CONTINUED, [
+    def _commit_failed(self, event: CommitFailed, now: datetime) -> list[Command]:
+        return [
             SkipRecording(f"the decision could not be committed: {event.reason}"),
             Continue(),
         ]
 
-    def _hung_up_before_decision(
-        self, event: CallerHungUp, now: datetime
-    ) -> tuple[State, list[Command]]:
+    def _hung_up_before_decision(self, event: CallerHungUp, now: datetime) -> list[Command]:
         stop: list[Command] = []
         if self.state is State.AWAITING_KEY:
             stop.append(CancelWait(self._token))
         reason = f"the caller hung up in {self.state.name}"
-        return State.HUNG_UP, [*stop, self._commit(Decision.NONE, None, reason, now)]
+        return [*stop, self._commit(Decision.NONE, None, reason, now)]
 
-    def _control_lost(self, event: ControlLost, now: datetime) -> tuple[State, list[Command]]:
+    def _control_lost(self, event: ControlLost, now: datetime) -> list[Command]:
         # Fail closed: whatever was asked or pressed, no decision means no recording; the
-        # adapter still tries to hand the caller on to an agent, unrecorded.
+        # adapter still tries to hand the caller on to an agent, unrecorded. A playing
+        # prompt or a running timer would hold the channel, so it is stopped first.
         reason = f"control of the channel was lost: {event.reason}"
-        stop: list[Command] = []
-        if self.state in (State.HEARING_NOTICE, State.HEARING_QUESTION):
-            stop.append(StopPrompt(self._token))  # a playing prompt would hold the channel
-        elif self.state is State.AWAITING_KEY:
-            stop.append(CancelWait(self._token))
-        return State.COMMITTING, [*stop, self._commit(Decision.NONE, None, reason, now)]
+        token = self._token
+        stop = CancelWait(token) if self.state is State.AWAITING_KEY else StopPrompt(token)
+        return [stop, self._commit(Decision.NONE, None, reason, now)]
 
-    def _prompt_failed(self, event: PromptFailed, now: datetime) -> tuple[State, list[Command]]:
+    def _prompt_failed(self, event: PromptFailed, now: datetime) -> list[Command]:
         # A notice nobody heard informs nobody: fail closed, as when control is lost.
-        if event.token != self._token:
-            return self.state, []
         reason = "the prompt could not be played"
-        return State.COMMITTING, [self._commit(Decision.NONE, None, reason, now)]
-
-    def _hung_up_while_committing(
-        self, event: CallerHungUp, now: datetime
-    ) -> tuple[State, list[Command]]:
-        # The commit in flight stands, but its confirmation will start nothing.
-        return State.HUNG_UP, []
+        return [self._commit(Decision.NONE, None, reason, now)]
 
 
-def _hung_up_before_entry(
-    flow: InboundFlow, event: CallerHungUp | ControlLost, now: datetime
-) -> tuple[State, list[Command]]:
-    return State.HUNG_UP, []
-
+# The conditions `InboundFlow._trigger` tells apart.
+NOTICE_LINE = When(CallEntered, "notice line")
+CONSENT_LINE = When(CallEntered, "consent line")
+CONSENT = When(DigitPressed, "consent key")
+REFUSAL = When(DigitPressed, "refusal key")
+OTHER_KEY = When(DigitPressed, "other key")
+OTHER_KEY_PAST_LIMIT = When(DigitPressed, "other key past the limit")
+IGNORED_KEY = When(DigitPressed, "ignored key")
+KEY_TRIGGERS = {
+    Key.CONSENT: CONSENT,
+    Key.REFUSAL: REFUSAL,
+    Key.OTHER: OTHER_KEY,
+    Key.IGNORED: IGNORED_KEY,
+}
+SILENCE = When(DigitTimedOut, "a retry left")
+SILENCE_PAST_RETRIES = When(DigitTimedOut, "no retry left")
 
 _S = State
 _F = InboundFlow
 
+# fmt: off
 TRANSITIONS: Table[State, InboundFlow] = {
-    (_S.AWAITING_CALL, CallEntered): Rule(_F._entered, (_S.HEARING_NOTICE, _S.HEARING_QUESTION)),
-    (_S.AWAITING_CALL, CallerHungUp): Rule(_hung_up_before_entry, (_S.HUNG_UP,)),
-    (_S.AWAITING_CALL, ControlLost): Rule(_hung_up_before_entry, (_S.HUNG_UP,)),
-    (_S.HEARING_NOTICE, ControlLost): Rule(_F._control_lost, (_S.COMMITTING,)),
-    (_S.HEARING_QUESTION, ControlLost): Rule(_F._control_lost, (_S.COMMITTING,)),
-    (_S.AWAITING_KEY, ControlLost): Rule(_F._control_lost, (_S.COMMITTING,)),
-    (_S.COMMITTING, ControlLost): stays(_S.COMMITTING),
-    (_S.CONTINUED, ControlLost): stays(_S.CONTINUED),
-    (_S.HUNG_UP, ControlLost): stays(_S.HUNG_UP),
-    (_S.HEARING_NOTICE, PromptFinished): Rule(
-        _F._notice_finished, (_S.COMMITTING, _S.HEARING_NOTICE)
-    ),
-    (_S.HEARING_NOTICE, DigitPressed): stays(_S.HEARING_NOTICE),
-    (_S.HEARING_NOTICE, PromptFailed): Rule(_F._prompt_failed, (_S.COMMITTING, _S.HEARING_NOTICE)),
-    (_S.HEARING_QUESTION, PromptFailed): Rule(
-        _F._prompt_failed, (_S.COMMITTING, _S.HEARING_QUESTION)
-    ),
-    (_S.AWAITING_KEY, PromptFailed): stays(_S.AWAITING_KEY),
-    (_S.COMMITTING, PromptFailed): stays(_S.COMMITTING),
-    (_S.CONTINUED, PromptFailed): stays(_S.CONTINUED),
-    (_S.HUNG_UP, PromptFailed): stays(_S.HUNG_UP),
-    (_S.HEARING_NOTICE, CallerHungUp): Rule(_F._hung_up_before_decision, (_S.HUNG_UP,)),
-    (_S.HEARING_QUESTION, PromptFinished): Rule(
-        _F._question_finished, (_S.AWAITING_KEY, _S.HEARING_QUESTION)
-    ),
-    (_S.HEARING_QUESTION, DigitPressed): Rule(_F._key, (_S.COMMITTING, _S.HEARING_QUESTION)),
-    (_S.HEARING_QUESTION, DigitTimedOut): stays(_S.HEARING_QUESTION),
-    (_S.HEARING_QUESTION, CallerHungUp): Rule(_F._hung_up_before_decision, (_S.HUNG_UP,)),
-    (_S.AWAITING_KEY, DigitPressed): Rule(_F._key, (_S.COMMITTING, _S.HEARING_QUESTION)),
-    (_S.AWAITING_KEY, DigitTimedOut): Rule(
-        _F._silence, (_S.COMMITTING, _S.HEARING_QUESTION, _S.AWAITING_KEY)
-    ),
-    (_S.AWAITING_KEY, PromptFinished): stays(_S.AWAITING_KEY),
-    (_S.AWAITING_KEY, CallerHungUp): Rule(_F._hung_up_before_decision, (_S.HUNG_UP,)),
-    (_S.COMMITTING, DecisionCommitted): Rule(_F._committed, (_S.CONTINUED,)),
-    (_S.COMMITTING, CommitFailed): Rule(_F._commit_failed, (_S.CONTINUED,)),
-    (_S.COMMITTING, DigitPressed): stays(_S.COMMITTING),
-    (_S.COMMITTING, PromptFinished): stays(_S.COMMITTING),
-    (_S.COMMITTING, DigitTimedOut): stays(_S.COMMITTING),
-    (_S.COMMITTING, CallerHungUp): Rule(_F._hung_up_while_committing, (_S.HUNG_UP,)),
-    (_S.CONTINUED, DigitPressed): stays(_S.CONTINUED),
-    (_S.CONTINUED, PromptFinished): stays(_S.CONTINUED),
-    (_S.CONTINUED, DigitTimedOut): stays(_S.CONTINUED),
-    (_S.CONTINUED, CallerHungUp): stays(_S.CONTINUED),
-    (_S.HUNG_UP, DecisionCommitted): stays(_S.HUNG_UP),
-    (_S.HUNG_UP, CommitFailed): stays(_S.HUNG_UP),
-    (_S.HUNG_UP, DigitPressed): stays(_S.HUNG_UP),
-    (_S.HUNG_UP, PromptFinished): stays(_S.HUNG_UP),
-    (_S.HUNG_UP, DigitTimedOut): stays(_S.HUNG_UP),
-    (_S.HUNG_UP, CallerHungUp): stays(_S.HUNG_UP),
+    _S.AWAITING_CALL: {
+        NOTICE_LINE:          Row(_S.HEARING_NOTICE, _F._tell),
+        CONSENT_LINE:         Row(_S.HEARING_QUESTION, _F._ask),
+        CallerHungUp:         Row(_S.HUNG_UP),
+        ControlLost:          Row(_S.HUNG_UP),
+    },
+    _S.HEARING_NOTICE: {
+        PromptFinished:       Row(_S.COMMITTING, _F._notice_heard),
+        PromptFailed:         Row(_S.COMMITTING, _F._prompt_failed),
+        DigitPressed:         Row(_S.HEARING_NOTICE),  # no key is asked on a notice line
+        CallerHungUp:         Row(_S.HUNG_UP, _F._hung_up_before_decision),
+        ControlLost:          Row(_S.COMMITTING, _F._control_lost),
+    },
+    _S.HEARING_QUESTION: {
+        PromptFinished:       Row(_S.AWAITING_KEY, _F._wait_for_key),
+        PromptFailed:         Row(_S.COMMITTING, _F._prompt_failed),
+        CONSENT:              Row(_S.COMMITTING, _F._consent),
+        REFUSAL:              Row(_S.COMMITTING, _F._refusal),
+        OTHER_KEY:            Row(_S.HEARING_QUESTION, _F._other_key),
+        OTHER_KEY_PAST_LIMIT: Row(_S.COMMITTING, _F._too_many_keys),
+        IGNORED_KEY:          Row(_S.HEARING_QUESTION),  # the question plays on
+        DigitTimedOut:        Row(_S.HEARING_QUESTION),  # no wait runs while asking
+        CallerHungUp:         Row(_S.HUNG_UP, _F._hung_up_before_decision),
+        ControlLost:          Row(_S.COMMITTING, _F._control_lost),
+    },
+    _S.AWAITING_KEY: {
+        CONSENT:              Row(_S.COMMITTING, _F._consent),
+        REFUSAL:              Row(_S.COMMITTING, _F._refusal),
+        OTHER_KEY:            Row(_S.HEARING_QUESTION, _F._other_key),
+        OTHER_KEY_PAST_LIMIT: Row(_S.COMMITTING, _F._too_many_keys),
+        IGNORED_KEY:          Row(_S.AWAITING_KEY),  # the wait runs on to its end
+        SILENCE:              Row(_S.HEARING_QUESTION, _F._ask_again),
+        SILENCE_PAST_RETRIES: Row(_S.COMMITTING, _F._no_answer),
+        PromptFinished:       Row(_S.AWAITING_KEY),
+        PromptFailed:         Row(_S.AWAITING_KEY),
+        CallerHungUp:         Row(_S.HUNG_UP, _F._hung_up_before_decision),
+        ControlLost:          Row(_S.COMMITTING, _F._control_lost),
+    },
+    _S.COMMITTING: {
+        DecisionCommitted:    Row(_S.CONTINUED, _F._committed),
+        CommitFailed:         Row(_S.CONTINUED, _F._commit_failed),
+        # The commit in flight stands, but its confirmation will start nothing.
+        CallerHungUp:         Row(_S.HUNG_UP),
+        ControlLost:          Row(_S.COMMITTING),
+        DigitPressed:         Row(_S.COMMITTING),
+        PromptFinished:       Row(_S.COMMITTING),
+        PromptFailed:         Row(_S.COMMITTING),
+        DigitTimedOut:        Row(_S.COMMITTING),
+    },
+    _S.CONTINUED: {
+        CallerHungUp:         Row(_S.CONTINUED),
+        ControlLost:          Row(_S.CONTINUED),
+        DigitPressed:         Row(_S.CONTINUED),
+        PromptFinished:       Row(_S.CONTINUED),
+        PromptFailed:         Row(_S.CONTINUED),
+        DigitTimedOut:        Row(_S.CONTINUED),
+    },
+    _S.HUNG_UP: {
+        DecisionCommitted:    Row(_S.HUNG_UP),
+        CommitFailed:         Row(_S.HUNG_UP),
+        CallerHungUp:         Row(_S.HUNG_UP),
+        ControlLost:          Row(_S.HUNG_UP),
+        DigitPressed:         Row(_S.HUNG_UP),
+        PromptFinished:       Row(_S.HUNG_UP),
+        PromptFailed:         Row(_S.HUNG_UP),
+        DigitTimedOut:        Row(_S.HUNG_UP),
+    },
 }
+# fmt: on
 
 
 def diagram() -> str:

@@ -40,7 +40,10 @@ class PromptFailed:
 
 @dataclass(frozen=True, slots=True)
 class DigitPressed:
-    digit: str  # one of 0-9 * # (adapters drop anything else before it gets here)
+    """A DTMF key; what it means (consent, refusal, another key, nothing) is
+    `flows.keys.classify`'s to say. Adapters pass only keys it hears."""
+
+    digit: str
 
 
 @dataclass(frozen=True, slots=True)

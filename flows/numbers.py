@@ -72,3 +72,12 @@ def shown(raw: str, limit: int = 24) -> str:
     """`raw` made safe to put in a log line or an error: printable, quoted, cut short."""
     cleaned = "".join(c if c.isprintable() else "?" for c in raw[:limit])
     return repr(cleaned + ("…" if len(raw) > limit else ""))
+
+
+def masked(raw: str, limit: int = 24) -> str:
+    """`raw` for a log line where it may be a phone number: its letters and digits hidden
+    but the last two, the rest (separators, `+`, stray symbols) kept, so the line still
+    shows why a number was unusable without naming anyone."""
+    keep = 2 if len(raw) > 6 else 0
+    hidden = "".join("*" if c.isalnum() else c for c in raw[: len(raw) - keep])
+    return shown(hidden + raw[len(raw) - keep :], limit)

@@ -39,10 +39,38 @@ class QueueObserver:
         ):
             self.answered = True
 
+    def saw_recorded_audio(self, beyond_header: bool) -> None:
+        """MixMonitor(...,b) wrote audio beyond the WAV header: it saw a bridge, so an agent
+        took the call (the queue's variables may have been lost with the connection)."""
+        if beyond_header:
+            self.answered = True
+
     def outcome(self) -> Outcome:
         if self.answered:
             return Outcome.ANSWERED
         return Outcome.MISSED if self.continued else Outcome.ABANDONED_IN_PROMPT
+
+
+def outcome_of_hangup_report(
+    *, decided: bool, answered_time: str, abandoned: str, agent: str
+) -> Outcome:
+    """The outcome a dialplan hangup handler reports (FastAGI `/hangup`): a call is still
+    open there only if it went on, i.e. if its decision was committed."""
+    observer = QueueObserver(continued=decided)
+    observer.saw_variable("ANSWEREDTIME", answered_time)
+    observer.saw_variable("ABANDONED", abandoned)
+    observer.saw_variable(AGENT_VARIABLE, agent)
+    return observer.outcome()
+
+
+def outcome_after_restart(*, decided: bool, recorded_audio: bool) -> Outcome:
+    """Best judgement for a call that ended while nobody watched: audio beyond the WAV
+    header means an agent was bridged; otherwise a decided call reached the queue unanswered
+    (missed, so that it is called back rather than forgotten), an undecided one was
+    abandoned in the prompt."""
+    observer = QueueObserver(continued=decided)
+    observer.saw_recorded_audio(recorded_audio)
+    return observer.outcome()
 
 
 def _positive(value: str) -> bool:

@@ -55,6 +55,16 @@ SWEEP_INTERVAL = timedelta(hours=1)  # a recording outlives delete_after by at m
 DEFAULT_COUNTRY = "386"
 
 
+def callback_window(
+    base: timedelta, overload_window: timedelta | None, overload: bool
+) -> timedelta:
+    """How far back a callback may reach: the overload window only while the operator's
+    switch is on and one is configured, and never less than the ordinary window."""
+    if overload and overload_window is not None:
+        return max(base, overload_window)
+    return base
+
+
 @dataclass(frozen=True, slots=True)
 class Prompts:
     """Prompt ids (file names under `prompts/sl/`, without extension)."""
@@ -156,6 +166,4 @@ class Policy:
     def window(self, overload: bool) -> timedelta:
         """How far back a callback may reach: the overload window only while the operator's
         switch is on and one is configured."""
-        if overload and self.overload_window is not None:
-            return max(self.overload_window, self.callback_window)
-        return self.callback_window
+        return callback_window(self.callback_window, self.overload_window, overload)

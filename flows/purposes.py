@@ -8,11 +8,12 @@ question announces. Nothing else: any access names its purpose and is refused ot
 
 from __future__ import annotations
 
-from flows.policy import LegalBasis, Purpose
+from flows.policy import CONSENT_PURPOSES, SALES_PURPOSES, LegalBasis, Purpose
 
+# What each legal basis can serve, written once: the default lines carry these same sets.
 ALLOWED: dict[LegalBasis, frozenset[Purpose]] = {
-    LegalBasis.ZEKOM2_214_7: frozenset({Purpose.EVIDENCE, Purpose.TRAINING}),
-    LegalBasis.CONSENT: frozenset({Purpose.QUALITY, Purpose.EVIDENCE}),
+    LegalBasis.ZEKOM2_214_7: SALES_PURPOSES,
+    LegalBasis.CONSENT: CONSENT_PURPOSES,
 }
 
 

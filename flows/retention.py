@@ -6,12 +6,14 @@ on the last day of February. A withdrawal is honoured within five Slovenian work
 (Monday to Friday, less the public holidays of the `holidays` package's Slovenian
 calendar, which is maintained upstream rather than hand-written here).
 
-When is a withdrawal "received"? A message that arrives on a working day counts as
-received that day, whatever the hour (the conservative reading: the hour of arrival never
-pushes the deadline later), unless the operator configures a receipt cut-off, after which
-it counts from the next working day. One that arrives on a Saturday, Sunday or public
-holiday counts as received on the next working day. The deadline is the end (24:00 local
-time) of the fifth working day after the day of receipt.
+When is a withdrawal "received"? On the day it arrives, whatever the hour and whatever
+the day: the five working days are counted after that day, so a message that arrives on a
+Saturday, a Sunday or a public holiday is due on the fifth working day that follows it
+(Saturday 7 March 2026 -> Friday 13 March), not on the fifth after the next working day.
+This is the earliest correct reading, and the deadline in the ledger is the legal one the
+DPO answers for. Only an operator's explicit receipt cut-off moves a message that arrives
+on a working day after that hour to the next working day. The deadline is the end (24:00
+local time) of the fifth working day after the day of receipt.
 """
 
 from __future__ import annotations
@@ -84,20 +86,20 @@ def add_working_days(day: date, count: int) -> date:
 
 
 def receipt_day(received_at: datetime, *, tz: str, cutoff: time | None = None) -> date:
-    """The working day on which a withdrawal counts as received (see the module docstring)."""
+    """The day a withdrawal counts as received, after which its working days are counted
+    (see the module docstring): the local day of arrival, any kind of day, unless it came
+    on a working day at or after the operator's cut-off."""
     _aware(received_at, "received_at")
     local = received_at.astimezone(ZoneInfo(tz))
     day = local.date()
-    if not is_working_day(day):
-        return next_working_day(day)
-    if cutoff is not None and local.time() >= cutoff:
+    if cutoff is not None and is_working_day(day) and local.time() >= cutoff:
         return next_working_day(day)
     return day
 
 
 @dataclass(frozen=True, slots=True)
 class WithdrawalDeadline:
-    received_on: date  # the working day the withdrawal counts as received
+    received_on: date  # the day the withdrawal counts as received; working days follow it
     due_on: date  # the last working day on which the deletion may happen
     deadline: datetime  # UTC: 24:00 local time at the end of `due_on`
 

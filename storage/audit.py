@@ -1,9 +1,10 @@
-"""The audit log's hash chain and the keyed pseudonym that keeps phone numbers out of it.
+"""The audit log's entries and the keyed pseudonym that keeps phone numbers out of it.
 
-Each entry's hash is SHA-256 over the previous entry's hash followed by the canonical JSON
-of the entry (sorted keys, no spaces, UTF-8): changing, inserting or removing an entry in
-the middle breaks every later link, which `chain_problems` reports. The first entry's
-previous hash is `GENESIS`.
+Each entry is hashed over the previous entry's hash followed by the canonical JSON of the
+entry (sorted keys, no spaces, UTF-8): changing, inserting or removing an entry in the
+middle breaks every later link. The first entry's previous hash is `GENESIS`. Entries are
+keyed (an HMAC, `storage.chain`); `entry_hash`, plain SHA-256, is how the entries of a
+ledger older than the keyed chain were hashed.
 
 An audit entry must prove what was deleted, when and why without holding personal data; a
 caller is named by HMAC-SHA256(key, E.164). The key lives beside the ledger
@@ -20,11 +21,10 @@ import hmac
 import json
 import os
 import secrets
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 
 from flows.errors import StorageError
-from storage.ports import AuditEntry
 
 GENESIS = "0" * 64
 KEY_BYTES = 32
@@ -43,35 +43,24 @@ def entry_hash(prev_hash: str, body: str) -> str:
     return hashlib.sha256((prev_hash + body).encode("utf-8")).hexdigest()
 
 
-def chain_problems(entries: Iterable[tuple[AuditEntry, str]]) -> list[str]:
-    """Problems in a chain given as (entry, its canonical body as stored), in seq order."""
-    problems: list[str] = []
-    expected_prev = GENESIS
-    expected_seq = 1
-    for entry, body in entries:
-        if entry.seq != expected_seq:
-            problems.append(
-                f"audit: entry {expected_seq} is missing (next stored entry is {entry.seq})"
-            )
-        if entry.prev_hash != expected_prev:
-            problems.append(f"audit: entry {entry.seq} does not link to the entry before it")
-        if entry_hash(entry.prev_hash, body) != entry.hash:
-            problems.append(f"audit: entry {entry.seq} was changed (its hash does not match)")
-        expected_prev = entry.hash
-        expected_seq = entry.seq + 1
-    return problems
-
-
-def load_key(path: Path) -> bytes:
-    """The pseudonym key at `path`, created (0600, 32 random bytes) when absent."""
+def load_key(path: Path, *, create: bool = False) -> bytes:
+    """The pseudonym key at `path`. Only a new store (`create`) gets a new one (0600, 32
+    random bytes): a missing key is never replaced, because a new key would leave every
+    pseudonym already in the audit log matching nobody."""
     try:
         return _read_key(path)
     except FileNotFoundError:
-        pass
+        if not create:
+            raise StorageError(
+                f"the pseudonym key {path} is missing: restore it from the backup (the "
+                "store does not open without it; a new key would orphan the audit's "
+                "pseudonyms)"
+            ) from None
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
+            os.fchmod(fd, 0o600)  # exactly, whatever the umask
             os.write(fd, secrets.token_bytes(KEY_BYTES))
             os.fsync(fd)
         finally:

@@ -24,7 +24,7 @@ import asyncio
 import contextlib
 import errno
 import sqlite3
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar, cast
@@ -39,7 +39,7 @@ from flows.errors import (
     StoreFullError,
     StoreReadOnlyError,
 )
-from storage.schema import migrate
+from storage.schema import PythonStep, StepRunner, migrate
 
 T = TypeVar("T")
 Params = Sequence[Any]
@@ -146,7 +146,12 @@ class Database:
 
     @classmethod
     async def open(
-        cls, path: Path, *, busy_timeout: float = BUSY_TIMEOUT, retry_for: float = RETRY_FOR
+        cls,
+        path: Path,
+        *,
+        busy_timeout: float = BUSY_TIMEOUT,
+        retry_for: float = RETRY_FOR,
+        runners: Mapping[PythonStep, StepRunner] | None = None,
     ) -> Database:
         doing = f"opening the ledger {path}"
         try:
@@ -156,7 +161,7 @@ class Database:
         database = cls(conn, retry_for=retry_for)
         try:
             await database._retrying(lambda: _configure(conn, busy_timeout), doing)
-            await database._retrying(lambda: migrate(conn), "migrating the ledger")
+            await database._retrying(lambda: migrate(conn, runners=runners), "migrating the ledger")
             await asyncio.to_thread(_private, path)
         except BaseException:
             await conn.close()

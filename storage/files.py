@@ -31,6 +31,8 @@ TEMP_SUFFIX = ".tmp"
 # and several of them proceed side by side even in one directory: on two cores, 20,000
 # removals took 1.35 s on one thread, 0.9 s on two and 0.6 s on four (bench/sweep.py).
 UNLINK_WORKERS = 4
+PRIVATE_DIR = 0o700  # recordings are personal data: the store's owner only
+PRIVATE_FILE = 0o600
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +52,14 @@ def fsync_dir(path: Path) -> None:
 
 def private_dir(path: Path) -> None:
     """Create `path` (and missing parents) with mode 0700, durably."""
+    make_dir(path, PRIVATE_DIR)
+
+
+def make_dir(path: Path, mode: int) -> None:
+    """Create `path` and its missing parents, each with exactly `mode`, durably. The mode
+    is set with chmod after mkdir: mkdir's own is cut by the umask (0777 under umask 000 for
+    a plain mkdir, and a setgid bit is never taken from it). Existing directories are left
+    as they are."""
     missing: list[Path] = []
     probe = path
     while not probe.exists():
@@ -57,10 +67,23 @@ def private_dir(path: Path) -> None:
         probe = probe.parent
     for directory in reversed(missing):
         try:
-            directory.mkdir(mode=0o700)
+            directory.mkdir(mode=mode & 0o777)
         except FileExistsError:
             continue
+        directory.chmod(mode)
         fsync_dir(directory.parent)
+
+
+def new_file(path: Path) -> int:
+    """Open a new file at `path` for writing, mode exactly 0600 whatever the umask (refusing
+    a symlink or an existing name); the descriptor."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, PRIVATE_FILE)
+    try:
+        os.fchmod(fd, PRIVATE_FILE)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def regular_file(path: Path, what: str) -> os.stat_result:
@@ -116,7 +139,7 @@ def place(source: Path, final: Path) -> Placed:
         same_fs = info.st_dev == final.parent.stat().st_dev
         if same_fs:
             try:
-                source.chmod(0o600)
+                source.chmod(PRIVATE_FILE)
             except PermissionError:
                 same_fs = False  # not ours to change: copy instead, the copy is ours
         if same_fs:
@@ -154,7 +177,7 @@ def copy_durably(source: Path, final: Path) -> tuple[str, int]:
         tmp.unlink()  # a leftover of a crash: never anyone's data
     digest = hashlib.sha256()
     size = 0
-    out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    out = new_file(tmp)
     try:
         try:
             with source.open("rb") as handle:
@@ -347,7 +370,7 @@ def write_durably(final: Path, data: bytes) -> str:
     tmp = final.with_name(f".{final.name}{TEMP_SUFFIX}")
     with contextlib.suppress(FileNotFoundError):
         tmp.unlink()
-    out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    out = new_file(tmp)
     try:
         try:
             view = memoryview(data)

@@ -17,8 +17,10 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Protocol
 
+from flows.communication import MissedCandidate
 from flows.outcome import Outcome
 from flows.policy import Decision, Direction, LegalBasis, Purpose
+from flows.withdrawal import WithdrawalScope
 
 
 class RecordingStatus(enum.StrEnum):
@@ -43,6 +45,8 @@ class CallStart:
     dialed: str | None  # E.164 of the line number dialed (inbound) or the customer (callback)
     started_at: datetime
     parent_call_id: str | None = None  # callee leg: the callback it belongs to
+    customer: str | None = None  # E.164 of the customer (`flows.communication.customer_of`)
+    communication_id: str | None = None  # the communication it belongs to; None: its own
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,18 +62,17 @@ class DecisionRecord:
     linked_to: str | None = None  # callback: the missed call it answers
     window: timedelta | None = None  # callback: the window used to find it
     overload: bool = False  # callback: the operator's overload switch was on
+    communication_id: str | None = None  # a linked callback joins the missed call's
 
 
 @dataclass(frozen=True, slots=True)
-class MissedCall:
-    """Answer to a callback lookup: the newest missed call from a number."""
+class CallbackCandidates:
+    """What a callback look-up needs: the customer's missed calls of one legal basis since a
+    time (newest first, at most `flows.communication.MAX_CANDIDATES`), and the withdrawals
+    that name that customer or one of those calls' communications."""
 
-    call_id: str
-    line: str
-    legal_basis: LegalBasis
-    decision: Decision
-    ended_at: datetime
-    consent_withdrawn: bool  # a withdrawal by this caller was registered after the decision
+    calls: tuple[MissedCandidate, ...]
+    withdrawals: tuple[WithdrawalScope, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +96,8 @@ class CallRow:
     linked_to: str | None
     parent_call_id: str | None
     recording_file: str | None  # the path MixMonitor was told to write (spool)
+    customer: str | None = None
+    communication_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,7 +136,8 @@ class SweepReport:
 @dataclass(frozen=True, slots=True)
 class WithdrawalReport:
     withdrawal_id: str
-    caller: str
+    caller: str | None  # None: the withdrawal names one communication
+    communication_id: str | None
     via: WithdrawalVia
     received_at: datetime
     received_on: str  # ISO date the withdrawal counts as received (flows.retention)
@@ -143,9 +149,25 @@ class WithdrawalReport:
 
 
 @dataclass(frozen=True, slots=True)
+class CheckpointStatus:
+    """The signed checkpoints of the audit chain, as `verify` found them."""
+
+    path: str  # the checkpoint file
+    checkpoints: int  # lines signed by this store's key
+    bad: int  # lines that are not (unreadable, another key, a signature that fails)
+    seq: int | None  # the latest checkpoint (of the longest chain): entries it covers
+    head: str | None  # ... the hash of its last entry
+    at: datetime | None  # ... when it was taken
+    signature_ok: bool  # every line of the file is a checkpoint signed by this store
+    covered: bool  # the chain still holds the latest checkpoint's entry with its hash
+    entries_after: int  # entries appended since the latest checkpoint
+
+
+@dataclass(frozen=True, slots=True)
 class VerifyReport:
     checked: int
     problems: tuple[str, ...]  # one line each; empty means everything matches
+    checkpoint: CheckpointStatus | None = None
 
     @property
     def ok(self) -> bool:
@@ -189,9 +211,11 @@ class Ledger(Protocol):
 
     async def end_call(self, call_id: str, ended_at: datetime, outcome: Outcome) -> None: ...
 
-    async def find_missed_call(self, caller: str, since: datetime) -> MissedCall | None:
-        """The newest call from `caller` with outcome MISSED that ended at or after
-        `since` and has not been answered by a callback yet."""
+    async def callback_candidates(
+        self, customer: str, since: datetime, legal_basis: LegalBasis
+    ) -> CallbackCandidates:
+        """The customer's missed inbound calls of `legal_basis` that ended at or after
+        `since`, and the withdrawals touching them; `flows.communication` chooses."""
 
     async def overload(self) -> bool:
         """Whether the operator's overload switch is on now."""
@@ -224,12 +248,17 @@ class RecordingStore(Protocol):
 
     async def withdraw(
         self,
-        caller: str,
+        caller: str | None,
         via: WithdrawalVia,
         received_at: datetime,
         registered_by: str,
         now: datetime,
-    ) -> WithdrawalReport: ...
+        *,
+        call_id: str | None = None,
+        recording_id: str | None = None,
+    ) -> WithdrawalReport:
+        """Register a withdrawal of every communication of `caller`, or of the one
+        communication of `call_id` or `recording_id` (exactly one of the three)."""
 
     async def access(self, recording_id: str, purpose: Purpose, who: str, now: datetime) -> Path:
         """The audio's path, logged; `AccessRefused` when the purpose does not fit."""
@@ -245,7 +274,9 @@ class RecordingStore(Protocol):
         progress: Progress | None = None,
     ) -> Path: ...
 
-    async def verify(self, *, progress: Progress | None = None) -> VerifyReport: ...
+    async def verify(
+        self, *, progress: Progress | None = None, checkpoint_file: Path | None = None
+    ) -> VerifyReport: ...
 
     async def reconcile(
         self,
@@ -279,7 +310,7 @@ class CallbackDue:
 @dataclass(frozen=True, slots=True)
 class WithdrawalRow:
     withdrawal_id: str
-    caller: str  # E.164
+    caller: str | None  # E.164; None when the withdrawal names one communication
     via: WithdrawalVia
     received_at: datetime
     registered_by: str
@@ -290,6 +321,7 @@ class WithdrawalRow:
     completed_at: datetime | None
     deleted: tuple[str, ...]
     kept: tuple[tuple[str, str], ...]
+    communication_id: str | None = None  # set when the withdrawal names one communication
 
     @property
     def met_deadline(self) -> bool | None:

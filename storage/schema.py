@@ -7,13 +7,30 @@ migration applied; opening an older one applies the rest, opening a newer one is
 
 Times are ISO-8601 UTC text with microseconds and a `Z` (`storage.timefmt`), so text order
 is time order and every index on a time column is a range index.
+
+A step that needs more than SQL (the audit key, to start the keyed chain) is a `PythonStep`
+in the list; whoever migrates supplies its runner, and without one the migration stops
+before it changes anything.
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+
 import aiosqlite
 
 from flows.errors import StorageError
+
+
+@dataclass(frozen=True, slots=True)
+class PythonStep:
+    name: str
+
+
+Step = str | PythonStep
+StepRunner = Callable[[aiosqlite.Connection], Awaitable[None]]
 
 LEDGER: tuple[str, ...] = (
     """CREATE TABLE calls (
@@ -187,10 +204,64 @@ COVERING_MISSED: tuple[str, ...] = (
         WHERE outcome = 'missed' AND direction = 'inbound'""",
 )
 
-MIGRATIONS: tuple[tuple[str, ...], ...] = (LEDGER, RECORDING_STORE, AUDIT, COVERING_MISSED)
+# One communication (POLICY.md §3): a missed call and every callback within its window.
+# A callback answers a missed call of its own legal basis, so the look-up's index leads with
+# it; a missed call is answered at most once (the primary key of `callback_answers`), and
+# callbacks nobody picked up leave it open for the next attempt. A withdrawal may name one
+# communication instead of a customer (`caller` is then '', the column being NOT NULL).
+COMMUNICATIONS: tuple[str, ...] = (
+    "ALTER TABLE calls ADD COLUMN communication_id TEXT",
+    "UPDATE calls SET communication_id = COALESCE(linked_to, call_id)",
+    """UPDATE calls SET communication_id = (SELECT p.communication_id FROM calls p
+        WHERE p.call_id = calls.parent_call_id) WHERE parent_call_id IS NOT NULL""",
+    "CREATE INDEX calls_communication ON calls (communication_id)",
+    "DROP INDEX calls_missed",
+    """CREATE INDEX calls_missed ON calls (customer, legal_basis, ended_at, outcome, direction,
+        call_id, line, decision, decided_at)
+        WHERE outcome = 'missed' AND direction = 'inbound'""",
+    """CREATE TABLE callback_answers (
+        missed_call_id   TEXT PRIMARY KEY REFERENCES calls (call_id),
+        callback_call_id TEXT NOT NULL UNIQUE REFERENCES calls (call_id),
+        answered_at      TEXT NOT NULL
+    )""",
+    """INSERT OR IGNORE INTO callback_answers (missed_call_id, callback_call_id, answered_at)
+        SELECT b.missed_call_id, b.callback_call_id, c.ended_at FROM callbacks b
+        JOIN calls c ON c.call_id = b.callback_call_id
+        WHERE c.outcome = 'answered' AND c.ended_at IS NOT NULL ORDER BY c.ended_at""",
+    "ALTER TABLE withdrawals ADD COLUMN communication_id TEXT",
+    """CREATE INDEX withdrawals_communication ON withdrawals (communication_id)
+        WHERE communication_id IS NOT NULL""",
+)
+
+# From here on every audit entry's hash is an HMAC under a key kept outside the ledger
+# (`storage.chain`); an older ledger's chain goes on from its head with an entry saying so.
+START_KEYED_AUDIT = PythonStep("start the keyed audit chain")
+KEYED_AUDIT: tuple[Step, ...] = (START_KEYED_AUDIT,)
+
+MIGRATIONS: tuple[tuple[Step, ...], ...] = (
+    LEDGER,
+    RECORDING_STORE,
+    AUDIT,
+    COVERING_MISSED,
+    COMMUNICATIONS,
+    KEYED_AUDIT,
+)
 APPEND_ONLY_TRIGGERS = frozenset(
     {"audit_no_update", "audit_no_delete", "access_log_no_update", "access_log_no_delete"}
 )
+_CREATE_TRIGGER = re.compile(r"^\s*CREATE\s+TRIGGER\s+(\w+)\s", re.IGNORECASE)
+
+
+def expected_triggers(
+    migrations: tuple[tuple[Step, ...], ...] = MIGRATIONS,
+) -> dict[str, str]:
+    """Each trigger's definition as the migrations create it (the last one wins), by name."""
+    found: dict[str, str] = {}
+    for migration in migrations:
+        for statement in migration:
+            if isinstance(statement, str) and (match := _CREATE_TRIGGER.match(statement)):
+                found[match.group(1)] = statement
+    return found
 
 
 async def schema_version(conn: aiosqlite.Connection) -> int:
@@ -205,12 +276,16 @@ async def schema_version(conn: aiosqlite.Connection) -> int:
 
 
 async def migrate(
-    conn: aiosqlite.Connection, migrations: tuple[tuple[str, ...], ...] = MIGRATIONS
+    conn: aiosqlite.Connection,
+    migrations: tuple[tuple[Step, ...], ...] = MIGRATIONS,
+    *,
+    runners: Mapping[PythonStep, StepRunner] | None = None,
 ) -> int:
     """Apply the migrations `conn` lacks; return the version it is at afterwards.
 
     `conn` must be in autocommit mode (isolation_level=None): each migration is its own
-    explicit transaction, so a crash leaves the database at a whole version.
+    explicit transaction, so a crash leaves the database at a whole version. `runners` do
+    the migrations' Python steps, in the same transaction.
     """
     await conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY)")
     current = await schema_version(conn)
@@ -219,11 +294,22 @@ async def migrate(
             f"the ledger's schema is version {current}, newer than this program's "
             f"{len(migrations)}: upgrade callrec before opening it"
         )
+    steps = dict(runners or {})
+    for number in range(current + 1, len(migrations) + 1):
+        for statement in migrations[number - 1]:
+            if isinstance(statement, PythonStep) and statement not in steps:
+                raise StorageError(
+                    f"migration {number} of the ledger ({statement.name}) needs the store's "
+                    "keys: open it as a store"
+                )
     for number in range(current + 1, len(migrations) + 1):
         await conn.execute("BEGIN IMMEDIATE")
         try:
             for statement in migrations[number - 1]:
-                await conn.execute(statement)
+                if isinstance(statement, str):
+                    await conn.execute(statement)
+                else:
+                    await steps[statement](conn)
             await conn.execute("INSERT INTO schema_version (version) VALUES (?)", (number,))
             await conn.commit()
         except BaseException:

@@ -5,6 +5,9 @@ Layout under `data_dir` (created 0700):
     ledger.sqlite3            calls, decisions, callbacks, recordings, withdrawals, exports,
                               the hash-chained audit log and the access log (0600)
     pseudonym.key             the key of the callers' pseudonyms in the audit log (0600)
+    audit.key                 the key of the audit chain's MACs (0600, `storage.chain`)
+    checkpoint.key, .pub      the key pair that signs the audit's checkpoints (0600, 0644)
+    checkpoints/              the signed checkpoints of the audit chain (`storage.checkpoints`)
     recordings/YYYY/MM/DD/    one file per recording, named by the recording's id (0600)
 
 Theory of operation. Every change to a file is bracketed by the ledger so that a `kill -9`
@@ -45,6 +48,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, ParamSpec, TypeVar
 
+from flows.communication import MAX_CANDIDATES, MissedCandidate
 from flows.errors import (
     AccessRefused,
     CallrecError,
@@ -53,12 +57,13 @@ from flows.errors import (
     StorageError,
 )
 from flows.numbers import normalise, shown, try_normalise
-from flows.outcome import Outcome
+from flows.outcome import Outcome, outcome_after_restart
 from flows.policy import Decision, Direction, LegalBasis, Policy, Purpose
 from flows.purposes import ALLOWED, may_serve
 from flows.retention import delete_after, withdrawal_deadline
-from storage import files
-from storage.audit import GENESIS, canonical, chain_problems, entry_hash, load_key, pseudonym
+from flows.withdrawal import Coverage, Covered, WithdrawalScope, coverage, deleted_for
+from storage import chain, checkpoints, files, integrity
+from storage.audit import canonical, load_key, pseudonym
 from storage.db import (
     BUSY_TIMEOUT,
     RETRY_FOR,
@@ -72,13 +77,13 @@ from storage.db import (
 from storage.ports import (
     AccessRecord,
     AuditEntry,
+    CallbackCandidates,
     CallbackDue,
     CallbackSummary,
     CallCount,
     CallRow,
     CallStart,
     DecisionRecord,
-    MissedCall,
     Progress,
     ReconcileReport,
     RecordingRow,
@@ -90,7 +95,6 @@ from storage.ports import (
     WithdrawalRow,
     WithdrawalVia,
 )
-from storage.schema import APPEND_ONLY_TRIGGERS
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -98,6 +102,11 @@ LEDGER_FILE = "ledger.sqlite3"
 KEY_FILE = "pseudonym.key"
 RECORDINGS_DIR = "recordings"
 EXPORTS_DIR = "exports"
+SPOOL_DIR = "spool"  # the default spool, inside the data directory
+_KEY_TEMP = re.compile(rf"^\.{re.escape(KEY_FILE)}\.[0-9a-f]+\.tmp$")  # a key being written
+SERVING = "store.serving"  # the audit action that marks a store of real calls
+STORE_SUBJECT = "store"
+SERVING_SQL = "SELECT at FROM audit WHERE subject = ? AND action = ? ORDER BY seq LIMIT 1"
 MANIFEST = "manifest.json"
 CALL_ID = re.compile(r"^[0-9a-f]{32}$")
 _SUFFIX = re.compile(r"^\.[a-z0-9]{1,8}$")
@@ -196,28 +205,108 @@ def _remove_files(doomed: Sequence[_Doomed]) -> list[_Removal]:
     return removals
 
 
-# The newest missed inbound call of a customer since a time, not called back yet, and
-# whether a withdrawal by that customer came after its decision (the callback look-up).
-MISSED_CALL_SQL = (
-    "SELECT c.call_id, c.line, c.legal_basis, c.decision, c.ended_at, "
-    "EXISTS (SELECT 1 FROM withdrawals w WHERE w.caller = c.customer "
-    "        AND w.registered_at >= c.decided_at) AS withdrawn "
+# The callback look-up's candidates: the customer's missed inbound calls of one legal basis
+# since a time, newest first, each with whether a callback was answered for it. Which one a
+# callback answers is `flows.communication`'s choice.
+MISSED_CANDIDATES_SQL = (
+    "SELECT c.call_id, c.line, c.legal_basis, c.decision, c.decided_at, c.ended_at, "
+    "EXISTS (SELECT 1 FROM callback_answers a WHERE a.missed_call_id = c.call_id) AS answered "
     "FROM calls c "
-    "WHERE c.customer = ? AND c.outcome = 'missed' AND c.direction = 'inbound' "
-    "AND c.ended_at >= ? AND c.line IS NOT NULL AND c.legal_basis IS NOT NULL "
-    "AND NOT EXISTS (SELECT 1 FROM callbacks b WHERE b.missed_call_id = c.call_id) "
-    "ORDER BY c.ended_at DESC LIMIT 1"
+    "WHERE c.customer = ? AND c.legal_basis = ? AND c.outcome = 'missed' "
+    "AND c.direction = 'inbound' AND c.ended_at >= ? AND c.line IS NOT NULL "
+    "ORDER BY c.ended_at DESC LIMIT ?"
 )
 
-# Consent recordings not deleted yet whose decision predates a withdrawal by their caller,
-# each with the earliest such withdrawal (the one it is deleted for).
-_WITHDRAWN_SQL = (
-    "SELECT r.id, (SELECT w.id FROM withdrawals w WHERE w.caller = r.customer "
-    "AND w.registered_at >= r.decided_at ORDER BY w.registered_at, w.id LIMIT 1) "
-    "AS withdrawal_id FROM recordings r WHERE r.status != 'deleted' "
-    "AND r.legal_basis = 'consent' AND r.customer IS NOT NULL"
+_WITHDRAWAL_COLUMNS = "w.id, w.registered_at, w.caller, w.communication_id"
+
+# Withdrawals and the recordings not deleted yet that they may cover: those of the customer
+# they name, and those of the communication they name. `flows.withdrawal` decides.
+_WITHDRAWAL_PAIRS_SQL = (
+    "SELECT r.id AS recording_id, r.legal_basis, r.customer, r.decided_at, r.delete_after, "
+    "c.communication_id AS communication, " + _WITHDRAWAL_COLUMNS + " "
+    "FROM withdrawals w JOIN recordings r ON r.customer = w.caller "
+    "JOIN calls c ON c.call_id = r.call_id WHERE r.status != 'deleted' AND {where} "
+    "UNION ALL "
+    "SELECT r.id AS recording_id, r.legal_basis, r.customer, r.decided_at, r.delete_after, "
+    "c.communication_id AS communication, " + _WITHDRAWAL_COLUMNS + " "
+    "FROM withdrawals w JOIN calls c ON c.communication_id = w.communication_id "
+    "JOIN recordings r ON r.call_id = c.call_id WHERE r.status != 'deleted' AND {where}"
 )
-_WITHDRAWN_OF_SQL = _WITHDRAWN_SQL + " AND r.customer = ?"
+
+
+# Withdrawals and the calls they may cover whose recording is not in the store yet (the
+# call goes on, or its file waits in the spool): a withdrawal is not complete before them.
+_WAITING_SELECT = (
+    "SELECT c.legal_basis, c.customer, c.decided_at, c.communication_id AS communication, "
+    "c.recording_file, c.ended_at, w.id, w.registered_at, w.caller, w.communication_id "
+    "FROM withdrawals w JOIN calls c ON "
+)
+_WAITING_WHERE = (
+    " WHERE w.completed_at IS NULL AND c.decision = 'record' "
+    "AND c.recording_file IS NOT NULL AND c.legal_basis IS NOT NULL "
+    "AND NOT EXISTS (SELECT 1 FROM recordings r WHERE r.call_id = c.call_id)"
+)
+_WAITING_FILES_SQL = (
+    f"{_WAITING_SELECT}c.customer = w.caller{_WAITING_WHERE} UNION ALL "
+    f"{_WAITING_SELECT}c.communication_id = w.communication_id{_WAITING_WHERE}"
+)
+
+
+def _scope(row: sqlite3.Row) -> WithdrawalScope:
+    return WithdrawalScope(
+        withdrawal_id=row["id"],
+        registered_at=parse_ts(row["registered_at"]),
+        customer=row["caller"] or None,
+        communication=row["communication_id"],
+    )
+
+
+def _communication_named(tx: Tx, call_id: str | None, recording_id: str | None) -> str:
+    """The communication of a call or of a recording's call; NotFoundError if none."""
+    if recording_id is not None:
+        row = tx.one(
+            "SELECT c.communication_id FROM recordings r JOIN calls c ON c.call_id = r.call_id "
+            "WHERE r.id = ?",
+            (recording_id,),
+        )
+        what = f"recording {recording_id}"
+    else:
+        row = tx.one("SELECT communication_id FROM calls WHERE call_id = ?", (call_id,))
+        what = f"call {call_id}"
+    if row is None or row["communication_id"] is None:
+        raise NotFoundError(f"no {what} in the ledger")
+    return str(row["communication_id"])
+
+
+@dataclass(frozen=True, slots=True)
+class _Coverable:
+    """A recording a withdrawal may cover, with every withdrawal that names it."""
+
+    recording_id: str
+    delete_after: datetime
+    item: Covered
+    withdrawals: tuple[WithdrawalScope, ...]
+
+
+def _coverables(rows: Iterable[sqlite3.Row]) -> list[_Coverable]:
+    items: dict[str, tuple[sqlite3.Row, dict[str, WithdrawalScope]]] = {}
+    for row in rows:
+        _, scopes = items.setdefault(row["recording_id"], (row, {}))
+        scopes[row["id"]] = _scope(row)
+    return [
+        _Coverable(
+            recording_id=rid,
+            delete_after=parse_ts(row["delete_after"]),
+            item=Covered(
+                legal_basis=LegalBasis(row["legal_basis"]),
+                customer=row["customer"],
+                communication=row["communication"] or "",
+                decided_at=parse_ts(row["decided_at"]),
+            ),
+            withdrawals=tuple(scopes.values()),
+        )
+        for rid, (row, scopes) in items.items()
+    ]
 
 
 @dataclass(slots=True)
@@ -275,6 +364,35 @@ def _purposes(text: str) -> frozenset[Purpose]:
     return frozenset(Purpose(p) for p in text.split(",") if p)
 
 
+def _claim(root: Path) -> None:
+    """Make `root` the directory of a new store (0700), refusing one that holds anything
+    else: a new store never lands in a home or system directory by a slip of the config,
+    and never beside recordings whose ledger is lost. What an interrupted creation leaves
+    (the key, empty directories of the store) is allowed."""
+    try:
+        entries = list(root.iterdir())
+    except FileNotFoundError:
+        files.private_dir(root)
+        return
+    for entry in entries:
+        name = entry.name
+        if name in (KEY_FILE, "lost+found") or _KEY_TEMP.match(name):
+            continue
+        if name in (RECORDINGS_DIR, EXPORTS_DIR, SPOOL_DIR) and not _holds_files(entry):
+            continue
+        raise StorageError(
+            f"no store at {root} (no {LEDGER_FILE}), and it is not empty ({shown(name, 40)} "
+            "is there): restore the ledger from the backup, or name a new or empty directory"
+        )
+    root.chmod(files.PRIVATE_DIR)
+
+
+def _holds_files(directory: Path) -> bool:
+    if directory.is_symlink() or not directory.is_dir():
+        return True
+    return any(names for _, _, names in os.walk(directory))
+
+
 class SqliteStore:
     """`storage.ports.Ledger`, `RecordingStore` and `Queries` on SQLite and local files."""
 
@@ -285,6 +403,7 @@ class SqliteStore:
         data_dir: Path,
         spool_dir: Path | None,
         key: bytes,
+        audit_keys: chain.AuditKeys,
     ) -> None:
         self._db = db
         self.policy = policy
@@ -293,6 +412,9 @@ class SqliteStore:
         self.recordings_dir = data_dir / RECORDINGS_DIR
         self.exports_dir = data_dir / EXPORTS_DIR
         self._key = key
+        self.created = False  # made by the `open` that returned it
+        self._audit_keys = audit_keys
+        self.checkpoints_dir = data_dir / checkpoints.CHECKPOINTS_DIR
         # Serialises this process's file work (ingest, deletions, exports, reconcile);
         # other processes are kept consistent by the ledger's transactions.
         self._files = asyncio.Lock()
@@ -303,30 +425,58 @@ class SqliteStore:
         data_dir: Path,
         policy: Policy,
         *,
+        create: bool = False,
         spool_dir: Path | None = None,
         busy_timeout: float = BUSY_TIMEOUT,
         retry_for: float = RETRY_FOR,
     ) -> SqliteStore:
-        """Open (creating and migrating as needed) the store rooted at `data_dir`.
+        """Open the store rooted at `data_dir`, migrating its ledger as needed.
 
+        A store is made only with `create` (then `created` says whether this call made it),
+        and only in a new or empty directory: a path without a ledger is otherwise a
+        `NotFoundError` naming it, so a mistyped data directory never becomes a new, empty
+        store that verifies clean. A ledger whose pseudonym key is missing never opens.
         `spool_dir` is where MixMonitor writes; `verify` then also reports files left there.
         """
 
-        def prepare() -> tuple[Path, bytes]:
+        def prepare() -> tuple[Path, bytes, bool]:
             root = Path(data_dir).absolute()
-            files.private_dir(root)
+            new = not os.path.lexists(root / LEDGER_FILE)
+            if new:
+                if not create:
+                    raise NotFoundError(
+                        f"no store at {root} (no {LEDGER_FILE} there): check the data "
+                        "directory, or create a store with `callrec init`"
+                    )
+                _claim(root)
             files.private_dir(root / RECORDINGS_DIR)
             files.private_dir(root / EXPORTS_DIR)
-            return root, load_key(root / KEY_FILE)
+            # The key before the ledger: a ledger is never without its key, and a creation
+            # cut short (a key, no ledger) is finished by the next one.
+            key = load_key(root / KEY_FILE, create=new)
+            if new:
+                with contextlib.suppress(FileExistsError):  # another process made it first
+                    os.close(files.new_file(root / LEDGER_FILE))
+            return root, key, new
 
         try:
-            data_dir, key = await asyncio.to_thread(prepare)
+            data_dir, key, created = await asyncio.to_thread(prepare)
         except OSError as error:
             raise os_error(error, f"opening the store {data_dir}") from error
         db = await Database.open(
-            data_dir / LEDGER_FILE, busy_timeout=busy_timeout, retry_for=retry_for
+            data_dir / LEDGER_FILE,
+            busy_timeout=busy_timeout,
+            retry_for=retry_for,
+            runners=chain.migration_runners(data_dir),
         )
-        return cls(db, policy, data_dir, spool_dir, key)
+        try:
+            audit_keys = await asyncio.to_thread(chain.load_keys, data_dir)
+        except BaseException:
+            await db.close()
+            raise
+        store = cls(db, policy, data_dir, spool_dir, key, audit_keys)
+        store.created = created
+        return store
 
     async def close(self) -> None:
         await self._db.close()
@@ -358,30 +508,11 @@ class SqliteStore:
     ) -> None:
         self._audit_many(tx, at, action, [(subject, details)])
 
-    @staticmethod
     def _audit_many(
-        tx: Tx, at: datetime, action: str, entries: Sequence[tuple[str, dict[str, str]]]
+        self, tx: Tx, at: datetime, action: str, entries: Sequence[tuple[str, dict[str, str]]]
     ) -> None:
-        """Append one audit entry per (subject, details), chained in order. The chain's head
-        is read once: the transaction holds the write lock, so nobody appends meanwhile."""
-        if not entries:
-            return
-        last = tx.one("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1")
-        seq = 0 if last is None else int(last["seq"])
-        prev = GENESIS if last is None else str(last["hash"])
-        when = ts(at)
-        rows = []
-        for subject, details in entries:
-            seq += 1
-            entry = entry_hash(prev, canonical(seq, when, action, subject, details))
-            stored = json.dumps(details, sort_keys=True, ensure_ascii=False)
-            rows.append((seq, when, action, subject, stored, prev, entry))
-            prev = entry
-        tx.many(
-            "INSERT INTO audit (seq, at, action, subject, details, prev_hash, hash) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?)",
-            rows,
-        )
+        """Append one keyed audit entry per (subject, details), chained in order."""
+        chain.append(tx, self._audit_keys.mac, at, action, entries)
 
     @staticmethod
     async def _in_thread(doing: str, fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
@@ -412,6 +543,8 @@ class SqliteStore:
             linked_to=row["linked_to"],
             parent_call_id=row["parent_call_id"],
             recording_file=row["recording_file"],
+            customer=row["customer"],
+            communication_id=row["communication_id"],
         )
 
     def _recording(self, row: sqlite3.Row) -> RecordingRow:
@@ -444,7 +577,9 @@ class SqliteStore:
         caller = try_normalise(call.caller, country_code=code)
         dialed = try_normalise(call.dialed, country_code=code)
         direction = Direction(call.direction)
-        customer = caller if direction is Direction.INBOUND else dialed
+        customer = try_normalise(call.customer, country_code=code)
+        communication = call.communication_id or call.call_id
+        _check_call_id(communication)
         purge = delete_after(
             call.started_at, months=self.policy.retention_months, tz=self.policy.timezone
         )
@@ -452,8 +587,8 @@ class SqliteStore:
         def body(tx: Tx) -> None:
             added = tx.run(
                 "INSERT INTO calls (call_id, channel_id, direction, line, caller, dialed, "
-                "customer, started_at, purge_after, parent_call_id) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (call_id) DO NOTHING",
+                "customer, started_at, purge_after, parent_call_id, communication_id) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (call_id) DO NOTHING",
                 (
                     call.call_id,
                     str(call.channel_id),
@@ -465,6 +600,7 @@ class SqliteStore:
                     ts(call.started_at),
                     ts(purge),
                     call.parent_call_id,
+                    communication,
                 ),
             )
             if added == 0:
@@ -480,6 +616,8 @@ class SqliteStore:
         _check_call_id(record.call_id)
         if record.linked_to is not None:
             _check_call_id(record.linked_to)
+        if record.communication_id is not None:
+            _check_call_id(record.communication_id)
         decision = Decision(record.decision)
         basis = LegalBasis(record.legal_basis)
         when = ts(record.decided_at)
@@ -541,6 +679,11 @@ class SqliteStore:
                 )
                 details["linked_to"] = record.linked_to
                 details["overload"] = "on" if record.overload else "off"
+            if record.communication_id is not None:
+                tx.run(
+                    "UPDATE calls SET communication_id = ? WHERE call_id = ?",
+                    (record.communication_id, record.call_id),
+                )
             self._audit(tx, record.decided_at, "decision.committed", record.call_id, details)
 
         await self._db.write(body, f"committing the decision of call {record.call_id}")
@@ -572,14 +715,23 @@ class SqliteStore:
             )
             if changed == 0 and tx.one("SELECT 1 FROM calls WHERE call_id = ?", (call_id,)) is None:
                 raise NotFoundError("no such call", call_id=call_id)
+            if changed and result is Outcome.ANSWERED:
+                # A callback the customer picked up answers its missed call, once: the
+                # first answered attempt is the one on record.
+                tx.run(
+                    "INSERT INTO callback_answers (missed_call_id, callback_call_id, answered_at) "
+                    "SELECT missed_call_id, callback_call_id, ? FROM callbacks "
+                    "WHERE callback_call_id = ? ON CONFLICT DO NOTHING",
+                    (when, call_id),
+                )
 
         await self._db.write(body, f"ending call {call_id}")
 
     async def close_stale_calls(self, started_before: datetime, now: datetime) -> list[str]:
         """End every open call started before `started_before`: Asterisk never reported its
-        end, and none lasts that long. Judged as reconcile judges a call that ended unseen
-        (audio beyond the WAV header: answered; decided: missed; else abandoned), audited as
-        `call.closed_unreported`. Returns their call ids, so their files can be collected."""
+        end, and none lasts that long. Judged as a call that ended unseen
+        (`flows.outcome.outcome_after_restart`), audited as `call.closed_unreported`.
+        Returns their call ids, so their files can be collected."""
         cutoff = ts(started_before)
         when = ts(now)
 
@@ -602,12 +754,9 @@ class SqliteStore:
                 if file is not None:
                     with contextlib.suppress(OSError):
                         audio = not files.header_only(Path(file))
-                if audio:
-                    outcome = Outcome.ANSWERED
-                elif row["decided_at"] is not None:
-                    outcome = Outcome.MISSED
-                else:
-                    outcome = Outcome.ABANDONED_IN_PROMPT
+                outcome = outcome_after_restart(
+                    decided=row["decided_at"] is not None, recorded_audio=audio
+                )
                 judged.append((str(row["call_id"]), outcome))
             return judged
 
@@ -635,25 +784,44 @@ class SqliteStore:
 
         return await self._db.write(body, "closing calls with no end")
 
-    async def find_missed_call(self, caller: str, since: datetime) -> MissedCall | None:
-        number = try_normalise(caller, country_code=self.policy.country_code)
+    async def callback_candidates(
+        self, customer: str, since: datetime, legal_basis: LegalBasis
+    ) -> CallbackCandidates:
+        number = try_normalise(customer, country_code=self.policy.country_code)
         if number is None:
-            return None
+            return CallbackCandidates((), ())
+        basis = LegalBasis(legal_basis)
         after = ts(since)
 
-        def body(tx: Tx) -> sqlite3.Row | None:
-            return tx.one(MISSED_CALL_SQL, (number, after))
+        def body(tx: Tx) -> tuple[list[sqlite3.Row], list[sqlite3.Row]]:
+            calls = tx.all(MISSED_CANDIDATES_SQL, (number, basis.value, after, MAX_CANDIDATES))
+            if not calls:
+                return calls, []
+            ids = [row["call_id"] for row in calls]
+            marks = ", ".join("?" * len(ids))
+            withdrawals = tx.all(
+                f"SELECT {_WITHDRAWAL_COLUMNS} FROM withdrawals w WHERE w.caller = ? "  # noqa: S608
+                f"UNION SELECT {_WITHDRAWAL_COLUMNS} FROM withdrawals w "
+                f"WHERE w.communication_id IN ({marks})",
+                (number, *ids),
+            )
+            return calls, withdrawals
 
-        row = await self._db.read(body, "looking up a missed call")
-        if row is None:
-            return None
-        return MissedCall(
-            call_id=row["call_id"],
-            line=row["line"],
-            legal_basis=LegalBasis(row["legal_basis"]),
-            decision=Decision(row["decision"]),
-            ended_at=parse_ts(row["ended_at"]),
-            consent_withdrawn=bool(row["withdrawn"]),
+        calls, withdrawals = await self._db.read(body, "looking up missed calls")
+        return CallbackCandidates(
+            calls=tuple(
+                MissedCandidate(
+                    call_id=row["call_id"],
+                    line=row["line"],
+                    legal_basis=LegalBasis(row["legal_basis"]),
+                    decision=Decision(row["decision"]),
+                    decided_at=opt_ts(row["decided_at"]),
+                    ended_at=parse_ts(row["ended_at"]),
+                    answered_by_callback=bool(row["answered"]),
+                )
+                for row in calls
+            ),
+            withdrawals=tuple(_scope(row) for row in withdrawals),
         )
 
     async def overload(self) -> bool:
@@ -674,6 +842,28 @@ class SqliteStore:
             self._audit(tx, now, "overload.on" if on else "overload.off", "overload", {"by": who})
 
         await self._db.write(body, "turning the overload switch")
+
+    # ------------------------------------------------------- a store of real calls
+
+    async def mark_serving(self, now: datetime, by: str) -> None:
+        """Note, once and in the audit chain, that this store serves real calls (`serve`
+        and `fastagi` call this at start). From then on commands write to it only at the
+        machine's time: a store of a demo or a replay is never marked."""
+
+        def body(tx: Tx) -> None:
+            if tx.one(SERVING_SQL, (STORE_SUBJECT, SERVING)) is None:
+                self._audit(tx, now, SERVING, STORE_SUBJECT, {"by": by})
+
+        await self._db.write(body, "marking the store as serving calls")
+
+    async def serving_since(self) -> datetime | None:
+        """When this store began to serve real calls; None for a demo or replay store."""
+
+        def body(tx: Tx) -> sqlite3.Row | None:
+            return tx.one(SERVING_SQL, (STORE_SUBJECT, SERVING))
+
+        row = await self._db.read(body, "reading whether the store serves calls")
+        return None if row is None else parse_ts(row["at"])
 
     async def get_call(self, call_id: str) -> CallRow | None:
         def body(tx: Tx) -> sqlite3.Row | None:
@@ -767,7 +957,7 @@ class SqliteStore:
         if source != final:
             await self._in_thread(f"removing {source}", files.remove, source)
         # complete: a withdrawal that waited for this file may have nothing left now.
-        await self._enforce_withdrawals(now, customer=call["customer"], complete=True)
+        await self._enforce_withdrawals(now, recording_id=row.id, complete=True)
         return await self._require_recording(row.id)
 
     async def _insert_recording(
@@ -848,7 +1038,7 @@ class SqliteStore:
             size=0,
         )
         await self._in_thread(f"removing {source}", files.remove, source)
-        await self._enforce_withdrawals(now, customer=call["customer"], complete=True)
+        await self._enforce_withdrawals(now, recording_id=row.id, complete=True)
         return row
 
     async def _discard(self, call_id: str, source: Path, now: datetime, why: str) -> None:
@@ -987,14 +1177,14 @@ class SqliteStore:
         copies_gone = [c for removal in removed.removals for c in removal.copies_removed]
         when = ts(now)
 
-        def body(tx: Tx) -> None:
+        def body(tx: Tx) -> int:
             if copies_gone:
                 self._mark_copies_in(tx, copies_gone, now)
             # The audio of the others is still there: their rows stay, due again. Rows deleted
             # meanwhile (another sweep, a withdrawal) are left as they are.
             removed_audio = [(i, r) for i, r in pairs if r.file_state is not None]
             if not removed_audio:
-                return
+                return 0
             marks = ", ".join("?" * len(removed_audio))
             live = {
                 row["id"]
@@ -1048,6 +1238,7 @@ class SqliteStore:
                     for target, item, removal in gone
                 ],
             )
+            return len(gone)
 
         first = removed.targets[0].recording_id
         what = (
@@ -1055,7 +1246,8 @@ class SqliteStore:
             if len(removed.targets) == 1
             else f"deleting {len(removed.doomed)} recordings"
         )
-        await self._db.write(body, what)
+        if await self._db.write(body, what):
+            await self.checkpoint(now)
         for item, removal in pairs:
             outcome[item.row["id"]] = "; ".join(removal.problems) if removal.problems else None
         return outcome
@@ -1101,26 +1293,43 @@ class SqliteStore:
         await self._mark_copies(removed, now)
         return problems
 
+    @staticmethod
+    def _coverable(tx: Tx, where: str, params: Sequence[Any]) -> list[_Coverable]:
+        """Recordings not deleted and the withdrawals that name them, for `where` (a
+        condition on `w` or `r` with `?` parameters)."""
+        sql = _WITHDRAWAL_PAIRS_SQL.format(where=where)
+        return _coverables(tx.all(sql, (*params, *params)))
+
     async def _enforce_withdrawals(
         self,
         now: datetime,
         *,
-        customer: str | None = None,
+        recording_id: str | None = None,
+        withdrawal_id: str | None = None,
         everyone: bool = False,
         complete: bool = False,
     ) -> tuple[list[str], list[str]]:
-        """Delete every consent recording whose decision predates a withdrawal by its
-        caller; (deleted ids, problems). Then mark withdrawals with nothing left complete."""
-        if customer is None and not everyone:
+        """Delete every recording a withdrawal covers (`flows.withdrawal`) of one recording,
+        of one withdrawal, or of everyone; (deleted ids, problems). Then mark withdrawals
+        with nothing left complete."""
+        params: tuple[str, ...]
+        if everyone:
+            where, params = "1 = 1", ()
+        elif recording_id is not None:
+            where, params = "r.id = ?", (recording_id,)
+        elif withdrawal_id is not None:
+            where, params = "w.id = ?", (withdrawal_id,)
+        else:
             return [], []
 
-        def read(tx: Tx) -> list[sqlite3.Row]:
-            if everyone:
-                return tx.all(_WITHDRAWN_SQL)
-            return tx.all(_WITHDRAWN_OF_SQL, (str(customer),))
+        def read(tx: Tx) -> list[_Coverable]:
+            return self._coverable(tx, where, params)
 
-        rows = await self._db.read(read, "applying withdrawals")
-        targets = [_Target(r["id"], r["withdrawal_id"]) for r in rows if r["withdrawal_id"]]
+        targets: list[_Target] = []
+        for item in await self._db.read(read, "applying withdrawals"):
+            withdrawal = deleted_for(item.item, item.withdrawals)
+            if withdrawal is not None:
+                targets.append(_Target(item.recording_id, withdrawal.withdrawal_id))
         deleted: list[str] = []
         problems: list[str] = []
         for start in range(0, len(targets), SWEEP_BATCH):
@@ -1136,63 +1345,78 @@ class SqliteStore:
             await self._complete_withdrawals(now)
         return deleted, problems
 
-    async def _complete_withdrawals(self, now: datetime) -> None:
-        """Mark complete each open withdrawal of which nothing remains anywhere: no consent
-        recording in the store, and no file of a covered call still to come or waiting in
-        the spool (an ingest that failed, a call not yet ended)."""
+    async def _withdrawals_waiting_for_files(self) -> set[str]:
+        """Open withdrawals that cover (`flows.withdrawal`) a call whose recording is not in
+        the store yet: the call goes on, or its file waits in the spool."""
 
-        def outstanding(tx: Tx) -> list[sqlite3.Row]:
-            return tx.all(
-                "SELECT w.id AS withdrawal_id, c.recording_file, c.ended_at "
-                "FROM withdrawals w JOIN calls c ON c.customer = w.caller "
-                "WHERE w.completed_at IS NULL AND c.legal_basis = 'consent' "
-                "AND c.decision = 'record' AND c.decided_at <= w.registered_at "
-                "AND c.recording_file IS NOT NULL "
-                "AND NOT EXISTS (SELECT 1 FROM recordings r WHERE r.call_id = c.call_id)"
-            )
+        def read(tx: Tx) -> list[sqlite3.Row]:
+            return tx.all(_WAITING_FILES_SQL)
 
-        rows = await self._db.read(outstanding, "looking for files withdrawals wait for")
-        waiting = await asyncio.to_thread(
-            lambda: {
-                str(row["withdrawal_id"])
-                for row in rows
-                if row["ended_at"] is None or os.path.lexists(row["recording_file"])
-            }
-        )
+        rows = await self._db.read(read, "looking for files withdrawals wait for")
 
-        def body(tx: Tx) -> None:
-            open_rows = tx.all(
-                "SELECT w.id, w.caller, w.registered_at FROM withdrawals w "
-                "WHERE w.completed_at IS NULL"
-            )
-            for w in open_rows:
-                if w["id"] in waiting:
-                    continue
-                left = tx.one(
-                    "SELECT 1 FROM recordings WHERE customer = ? AND legal_basis = 'consent' "
-                    "AND status != 'deleted' AND decided_at <= ? LIMIT 1",
-                    (w["caller"], w["registered_at"]),
+        def waiting() -> set[str]:
+            found: set[str] = set()
+            for row in rows:
+                item = Covered(
+                    legal_basis=LegalBasis(row["legal_basis"]),
+                    customer=row["customer"],
+                    communication=row["communication"] or "",
+                    decided_at=parse_ts(row["decided_at"]),
                 )
-                if left is not None:
+                scope = _scope(row)
+                if coverage(scope, item) is not Coverage.DELETE:
                     continue
-                tx.run("UPDATE withdrawals SET completed_at = ? WHERE id = ?", (ts(now), w["id"]))
+                if row["ended_at"] is None or os.path.lexists(row["recording_file"]):
+                    found.add(scope.withdrawal_id)
+            return found
+
+        return await asyncio.to_thread(waiting)
+
+    async def _complete_withdrawals(self, now: datetime) -> None:
+        """A withdrawal is complete once nothing it covers for deletion remains anywhere: no
+        recording in the store, and no file of a covered call still to come or waiting in the
+        spool (an ingest that failed, a call not yet ended)."""
+        waiting = await self._withdrawals_waiting_for_files()
+
+        def body(tx: Tx) -> int:
+            completed = 0
+            open_ids = [
+                row["id"] for row in tx.all("SELECT id FROM withdrawals WHERE completed_at IS NULL")
+            ]
+            if not open_ids:
+                return 0
+            remaining = {
+                w.withdrawal_id
+                for item in self._coverable(tx, "w.completed_at IS NULL", ())
+                for w in item.withdrawals
+                if coverage(w, item.item) is Coverage.DELETE
+            }
+            for withdrawal_id in open_ids:
+                if withdrawal_id in remaining or withdrawal_id in waiting:
+                    continue
+                tx.run(
+                    "UPDATE withdrawals SET completed_at = ? WHERE id = ?", (ts(now), withdrawal_id)
+                )
+                completed += 1
                 counts = tx.one(
                     "SELECT SUM(action = 'deleted') AS deleted, SUM(action = 'kept') AS kept "
                     "FROM withdrawal_recordings WHERE withdrawal_id = ?",
-                    (w["id"],),
+                    (withdrawal_id,),
                 )
                 self._audit(
                     tx,
                     now,
                     "withdrawal.completed",
-                    w["id"],
+                    withdrawal_id,
                     {
                         "deleted": str(int(counts["deleted"] or 0)) if counts else "0",
                         "kept": str(int(counts["kept"] or 0)) if counts else "0",
                     },
                 )
+            return completed
 
-        await self._db.write(body, "completing withdrawals")
+        if await self._db.write(body, "completing withdrawals"):
+            await self.checkpoint(now)
 
     # ------------------------------------------------------------------ sweep
 
@@ -1317,13 +1541,26 @@ class SqliteStore:
 
     async def withdraw(
         self,
-        caller: str,
+        caller: str | None,
         via: WithdrawalVia,
         received_at: datetime,
         registered_by: str,
         now: datetime,
+        *,
+        call_id: str | None = None,
+        recording_id: str | None = None,
     ) -> WithdrawalReport:
-        number = normalise(caller, country_code=self.policy.country_code)
+        if sum(x is not None for x in (caller, call_id, recording_id)) != 1:
+            raise CallrecError(
+                "a withdrawal names the caller's number, a call or a recording: exactly one"
+            )
+        number = (
+            None if caller is None else normalise(caller, country_code=self.policy.country_code)
+        )
+        if call_id is not None and not CALL_ID.match(call_id):
+            raise CallrecError(f"not a call id: {shown(call_id)}")
+        if recording_id is not None and not CALL_ID.match(recording_id):
+            raise CallrecError(f"not a recording id: {shown(recording_id)}")
         ts(received_at)
         ts(now)
         try:
@@ -1347,12 +1584,16 @@ class SqliteStore:
         withdrawal_id = secrets.token_hex(16)
 
         def register(tx: Tx) -> None:
+            communication = (
+                None if number is not None else _communication_named(tx, call_id, recording_id)
+            )
             tx.run(
                 "INSERT INTO withdrawals (id, caller, via, received_at, registered_by, "
-                "registered_at, received_on, due_on, deadline) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "registered_at, received_on, due_on, deadline, communication_id) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     withdrawal_id,
-                    number,
+                    number or "",
                     channel.value,
                     ts(received_at),
                     who,
@@ -1360,26 +1601,31 @@ class SqliteStore:
                     deadline.received_on.isoformat(),
                     deadline.due_on.isoformat(),
                     ts(deadline.deadline),
+                    communication,
                 ),
             )
-            kept = tx.all(
-                "SELECT id, delete_after FROM recordings WHERE customer = ? "
-                "AND legal_basis != 'consent' AND status != 'deleted' ORDER BY created_at",
-                (number,),
-            )
+            kept = [
+                item
+                for item in self._coverable(tx, "w.id = ?", (withdrawal_id,))
+                if any(coverage(w, item.item) is Coverage.KEEP for w in item.withdrawals)
+            ]
+            kept.sort(key=lambda item: item.recording_id)
             tx.many(
                 "INSERT INTO withdrawal_recordings (withdrawal_id, recording_id, action, why) "
                 "VALUES (?, ?, 'kept', ?)",
                 [
                     (
                         withdrawal_id,
-                        row["id"],
-                        _SALES_KEPT.format(
-                            due=parse_ts(row["delete_after"]).strftime("%Y-%m-%d %H:%M")
-                        ),
+                        item.recording_id,
+                        _SALES_KEPT.format(due=item.delete_after.strftime("%Y-%m-%d %H:%M")),
                     )
-                    for row in kept
+                    for item in kept
                 ],
+            )
+            named = (
+                {"caller": self._pseudo(number)}
+                if number is not None
+                else {"communication": communication or ""}
             )
             self._audit(
                 tx,
@@ -1387,7 +1633,7 @@ class SqliteStore:
                 "withdrawal.registered",
                 withdrawal_id,
                 {
-                    "caller": self._pseudo(number),
+                    **named,
                     "via": channel.value,
                     "registered_by": who,
                     "received_at": ts(received_at),
@@ -1400,11 +1646,12 @@ class SqliteStore:
 
         async with self._files:
             await self._db.write(register, "registering a withdrawal")
-            await self._enforce_withdrawals(now, customer=number, complete=True)
+            await self._enforce_withdrawals(now, withdrawal_id=withdrawal_id, complete=True)
         row = await self._withdrawal(withdrawal_id)
         return WithdrawalReport(
             withdrawal_id=row.withdrawal_id,
             caller=row.caller,
+            communication_id=row.communication_id,
             via=row.via,
             received_at=row.received_at,
             received_on=row.received_on,
@@ -1447,7 +1694,8 @@ class SqliteStore:
         return [
             WithdrawalRow(
                 withdrawal_id=row["id"],
-                caller=row["caller"],
+                caller=row["caller"] or None,
+                communication_id=row["communication_id"],
                 via=WithdrawalVia(row["via"]),
                 received_at=parse_ts(row["received_at"]),
                 registered_by=row["registered_by"],
@@ -1744,12 +1992,24 @@ class SqliteStore:
 
     # ------------------------------------------------------------------ verify
 
-    async def verify(self, *, progress: Progress | None = None) -> VerifyReport:
+    async def verify(
+        self, *, progress: Progress | None = None, checkpoint_file: Path | None = None
+    ) -> VerifyReport:
+        """Every file against its hash, the audit chain against its key and the signed
+        checkpoints (the store's own, or a copy kept elsewhere: `checkpoint_file`), and the
+        ledger's triggers and bookkeeping."""
         tell = progress or _silent
         problems: list[str] = []
         checked = 0
         last = 0
-        chain: list[tuple[AuditEntry, str]] = []
+        anchors = checkpoint_file or self.checkpoints_dir / checkpoints.CHECKPOINT_FILE
+        found, unreadable = await asyncio.to_thread(checkpoints.read, anchors)
+        public = self._audit_keys.signing.public_key()
+        good, unsigned = checkpoints.signed(found, public)
+        keyed_from = await self._db.read(
+            lambda tx: tx.all(chain.FIRST_KEYED_SQL)[0][0], "finding the keyed chain's start"
+        )
+        checker = chain.ChainChecker(self._audit_keys.mac, keyed_from, {c.seq for c in good})
 
         def count(tx: Tx) -> int:
             return sum(
@@ -1778,15 +2038,24 @@ class SqliteStore:
             for row in rows:
                 entry, body = self._audit_entry(row, problems)
                 if entry is not None:
-                    chain.append((entry, body))
+                    checker.feed(entry, body)
                 last = int(row["seq"])
                 checked += 1
             tell(checked, total)
-        problems += chain_problems(chain)
+        problems += checker.problems
+        status, anchored = checkpoints.against_chain(
+            anchors,
+            good,
+            len(unreadable) + len(unsigned),
+            checker.hashes,
+            checker.last_seq,
+        )
+        problems += unreadable + unsigned + anchored
+        problems += await asyncio.to_thread(self._public_key_problems)
 
-        def state(tx: Tx) -> tuple[list[sqlite3.Row], ...]:
+        def state(tx: Tx) -> tuple[list[Any], ...]:
             return (
-                tx.all("SELECT name FROM sqlite_master WHERE type = 'trigger'"),
+                integrity.trigger_problems(tx) + integrity.bookkeeping_problems(tx),
                 tx.all(
                     "SELECT id, path, sha256, size, status FROM recordings "
                     "WHERE status IN ('stored', 'missing')"
@@ -1798,10 +2067,8 @@ class SqliteStore:
                 tx.all("SELECT call_id, dest FROM pending_ingests"),
             )
 
-        triggers, recordings, copies, pending = await self._db.read(state, "verifying")
-        missing_triggers = APPEND_ONLY_TRIGGERS - {row["name"] for row in triggers}
-        for name in sorted(missing_triggers):
-            problems.append(f"ledger: the append-only trigger {name} was removed")
+        ledger, recordings, copies, pending = await self._db.read(state, "verifying")
+        problems += ledger
         known: set[Path] = set()
         for row in recordings:
             checked += 1
@@ -1826,7 +2093,39 @@ class SqliteStore:
             if path not in known:
                 problems.append(f"store: {self._rel(path)} belongs to no recording")
         problems += await self._spool_leftovers()
-        return VerifyReport(checked, tuple(problems))
+        return VerifyReport(checked, tuple(problems), status)
+
+    def _public_key_problems(self) -> list[str]:
+        path = self.data_dir / checkpoints.PUBLIC_KEY_FILE
+        try:
+            published = path.read_bytes()
+        except OSError as error:
+            return [f"checkpoints: the public key {path} is unreadable ({error.strerror})"]
+        if published != checkpoints.public_pem(self._audit_keys.signing):
+            return [f"checkpoints: {path} is not the public half of the store's signing key"]
+        return []
+
+    # ------------------------------------------------------------- checkpoints
+
+    async def audit_head(self) -> tuple[int, str]:
+        """(entries in the audit chain, the last one's hash)."""
+        return await self._db.read(chain.head, "reading the audit chain's head")
+
+    async def checkpoint(self, now: datetime) -> checkpoints.Checkpoint:
+        """Sign the audit chain's head as of `now` and append it to the checkpoint file."""
+        seq, head = await self.audit_head()
+        signed = checkpoints.sign(self._audit_keys.signing, seq, head, ts(now))
+        await self._in_thread(
+            f"writing a checkpoint to {self.checkpoints_dir}",
+            checkpoints.append,
+            self.checkpoints_dir,
+            signed,
+        )
+        return signed
+
+    def checkpoint_public_key(self) -> bytes:
+        """The key that checks this store's checkpoints (PEM), for whoever checks them."""
+        return checkpoints.public_pem(self._audit_keys.signing)
 
     def _audit_entry(self, row: sqlite3.Row, problems: list[str]) -> tuple[AuditEntry | None, str]:
         try:
@@ -2104,6 +2403,7 @@ class SqliteStore:
                     )
 
                 await self._db.write(body, "deleting a reappeared recording")
+                await self.checkpoint(now)
                 resumed.append(f"recording {row['id']}: deleted again (it had reappeared)")
             else:
                 flagged.append(f"store: {self._rel(path)} belongs to no recording")
@@ -2202,7 +2502,8 @@ class SqliteStore:
                 "SELECT c.call_id, c.line, c.customer, c.ended_at FROM calls c "
                 "WHERE c.outcome = 'missed' AND c.direction = 'inbound' AND c.line IS NOT NULL "
                 "AND c.ended_at >= ? AND c.ended_at <= ? "
-                "AND NOT EXISTS (SELECT 1 FROM callbacks b WHERE b.missed_call_id = c.call_id) "
+                "AND NOT EXISTS (SELECT 1 FROM callback_answers b "
+                "  WHERE b.missed_call_id = c.call_id) "
                 "AND NOT EXISTS (SELECT 1 FROM calls a WHERE a.customer = c.customer "
                 "  AND a.direction = 'inbound' AND a.outcome = 'answered' "
                 "  AND a.started_at >= c.ended_at) "

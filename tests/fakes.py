@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+import shlex
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -202,7 +203,7 @@ async def fastagi_harness(
     policy = policy or Policy()
     spool = tmp_path / "spool"
     spool.mkdir(parents=True, exist_ok=True)
-    store = await SqliteStore.open(tmp_path / "data", policy, spool_dir=spool)
+    store = await SqliteStore.open(tmp_path / "data", policy, spool_dir=spool, create=True)
     sink, clock = ListSink(), SetClock()
     collector = RecordingCollector(store, store, clock, sink, SpoolWatch(spool))
     collector.start(check=False)
@@ -232,3 +233,113 @@ async def fastagi_harness(
         await server.stop(grace=1.0)
         await collector.stop()
         await store.close()
+
+
+# -- a FastAGI call whose caller presses keys --------------------------------------------
+
+
+@dataclass
+class KeyedCall:
+    """What became of one `KeyingAsterisk` call."""
+
+    call_id: str | None = None
+    prompts: list[str] = field(default_factory=list)  # STREAM FILE prompts, in order
+    mixmonitor: bool = False
+
+
+class KeyingAsterisk:
+    """Asterisk's side of one inbound FastAGI call, answering each command as `res_agi.c`
+    does rather than from a transcript, for a caller who presses `keys` ((seconds, key),
+    timed from the start of the first prompt, as `agi.simpbx.CallerScript` times them).
+
+    `STREAM FILE` plays for the prompt's duration and stops at the first key of its escape
+    digits (other keys are lost, as in `ast_waitstream`); `WAIT FOR DIGIT` returns the first
+    key of any kind, or 0 when its time runs out. Time is virtual: a prompt takes none of
+    the test's time, and a key never falls between two commands.
+    """
+
+    def __init__(
+        self,
+        port: int,
+        durations: Mapping[str, float],
+        keys: tuple[tuple[float, str], ...],
+        *,
+        dialed: str,
+        caller: str,
+        step_timeout: float = 5.0,
+    ) -> None:
+        self.port = port
+        self.durations = durations
+        self.keys = sorted(keys)
+        self.dialed = dialed
+        self.caller = caller
+        self.step_timeout = step_timeout
+        self._now: float | None = None  # None until the first prompt starts
+
+    async def call(self) -> KeyedCall:
+        result = KeyedCall()
+        reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
+        environment = [
+            "agi_network: yes",
+            "agi_network_script: inbound",
+            "agi_request: agi://127.0.0.1:4573/inbound",
+            "agi_channel: PJSIP/a1-trunk-00000099",
+            "agi_uniqueid: 1741082400.99",
+            f"agi_callerid: {self.caller}",
+            f"agi_extension: {self.dialed}",
+            f"agi_arg_1: {self.dialed}",
+            "",
+        ]
+        try:
+            writer.write("".join(f"{line}\n" for line in environment).encode())
+            await writer.drain()
+            while True:
+                raw = await asyncio.wait_for(reader.readline(), self.step_timeout)
+                if not raw:
+                    return result  # the server closed: the dialplan goes on
+                reply = self._answer(shlex.split(raw.decode()), result)
+                writer.write(f"200 result={reply}\n".encode())
+                await writer.drain()
+        finally:
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+
+    def _answer(self, words: list[str], result: KeyedCall) -> str:
+        match words:
+            case ["VERBOSE", message, _] if message.startswith("callrec call "):
+                result.call_id = message.removeprefix("callrec call ")
+                return "1"
+            case ["STREAM", "FILE", prompt, escape]:
+                result.prompts.append(prompt)
+                start = 0.0 if self._now is None else self._now
+                end = start + self.durations[prompt]
+                key = self._next_key(end, accept=escape)
+                if key is None:
+                    return f"0 endpos={round(self.durations[prompt] * 8000)}"
+                played = (self._now or 0.0) - start
+                return f"{ord(key)} endpos={round(played * 8000)}"
+            case ["WAIT", "FOR", "DIGIT", ms]:
+                key = self._next_key((self._now or 0.0) + int(ms) / 1000, accept=None)
+                return "0" if key is None else str(ord(key))
+            case ["EXEC", "MixMonitor", _]:
+                result.mixmonitor = True
+                return "0"
+            case ["EXEC", *_] | ["ANSWER"]:
+                return "0"
+            case ["VERBOSE", *_] | ["SET", "VARIABLE", *_]:
+                return "1"
+        raise AssertionError(f"KeyingAsterisk has no answer to {words}")
+
+    def _next_key(self, until: float, *, accept: str | None) -> str | None:
+        """The first key pressed before `until` that ends the command (any key when
+        `accept` is None); the clock moves to it, or to `until` when none does."""
+        now = 0.0 if self._now is None else self._now
+        while self.keys and self.keys[0][0] < until:
+            at, key = self.keys.pop(0)
+            now = max(now, at)
+            if accept is None or key in accept:
+                self._now = now
+                return key
+        self._now = until
+        return None

@@ -69,7 +69,7 @@ def arm(kill_at: int) -> list[str]:
 async def run(spec: dict[str, Any], steps: list[str]) -> None:
     now = datetime.fromisoformat(spec["now"])
     args = spec["args"]
-    store = await SqliteStore.open(Path(spec["data_dir"]), Policy())
+    store = await SqliteStore.open(Path(spec["data_dir"]), Policy(), create=True)
     try:
         match spec["op"]:
             case "ingest":

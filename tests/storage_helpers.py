@@ -67,6 +67,7 @@ async def record_call(
             caller=caller if inbound else None,
             dialed=number if inbound else caller,
             started_at=at,
+            customer=caller,
         )
     )
     await store.commit_decision(
@@ -82,6 +83,7 @@ async def record_call(
             linked_to=linked_to,
             window=window,
             overload=overload,
+            communication_id=linked_to,
         )
     )
     path = spool / f"{call_id}.wav"

@@ -63,6 +63,29 @@ def test_missing_config_file_is_named(tmp_path: Path) -> None:
         load_settings(tmp_path / "absent.toml", env={})
 
 
+@pytest.mark.parametrize(
+    ("text", "mode"),
+    [("", 0o700), ('spool_mode = "2770"', 0o2770), ("spool_mode = 0o750", 0o750)],
+)
+def test_spool_mode_is_octal_text_or_a_toml_octal(tmp_path: Path, text: str, mode: int) -> None:
+    """storage.spool_mode takes "2770" or 0o750, and defaults to the owner only."""
+    config = tmp_path / "c.toml"
+    config.write_text(f"[storage]\n{text}\n")
+    assert load_settings(config, env={}).spool_mode == mode
+
+
+@pytest.mark.parametrize("value", ['"0777"', '"0600"', '"4770"', "true", '"12345"', '"0o770"'])
+def test_a_spool_mode_that_opens_the_spool_or_locks_out_its_owner_is_refused(
+    tmp_path: Path, value: str
+) -> None:
+    """A spool mode giving others access, lacking the owner's rwx, with setuid, or not an
+    octal mode is one ConfigError naming storage.spool_mode."""
+    config = tmp_path / "c.toml"
+    config.write_text(f"[storage]\nspool_mode = {value}\n")
+    with pytest.raises(ConfigError, match=r"storage\.spool_mode"):
+        load_settings(config, env={})
+
+
 def test_longest_call_is_configurable_and_defaults_to_12_hours(tmp_path: Path) -> None:
     """storage.longest_call_hours bounds how long a call with no reported end stays open;
     the example and the default say 12 hours."""

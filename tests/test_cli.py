@@ -131,16 +131,48 @@ def test_withdraw_of_a_sales_only_caller_says_so(demo_store: Path) -> None:
             "not a phone number",
         ),
         (["sweep", "--now", "yesterday"], "--now"),
+        (
+            ["withdraw", "--call", "../../x'; DROP", "--via", "phone", "--by", "agent7"],
+            "not a call id",
+        ),
         (["recordings", "show", "nope"], "no recording"),
     ],
 )
 def test_errors_are_one_clear_line(tmp_path: Path, args: list[str], message: str) -> None:
     """Bad input exits 2 with one line on stderr and no traceback."""
+    callrec("init", data_dir=tmp_path / "store")
     result = callrec(*args, data_dir=tmp_path / "store", check=False)
     assert result.returncode == 2
     assert message in result.stderr
     assert "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_withdraw_one_communication_by_its_recording(tmp_path: Path) -> None:
+    """A caller found by time and line withdraws by the recording's id: it is deleted at
+    once, with the deadline and the report of any withdrawal."""
+    data_dir = tmp_path / "store"
+    scenario = str(ROOT / "scenarios" / "02-service-press-1.yaml")
+    callrec("replay", "--scale", "0.02", "--data-dir", str(data_dir), scenario, data_dir=data_dir)
+    [recording] = json.loads(callrec("recordings", "list", "--json", data_dir=data_dir).stdout)
+    out = json.loads(
+        callrec(
+            "withdraw",
+            "--recording",
+            recording["id"],
+            "--via",
+            "phone",
+            "--by",
+            "agent7",
+            "--json",
+            data_dir=data_dir,
+        ).stdout
+    )
+    assert out["deleted"] == [recording["id"]]
+    assert out["caller"] is None and out["communication_id"] == recording["call_id"]
+    assert out["completed_at"] is not None
+    after = json.loads(callrec("recordings", "list", "--json", "--all", data_dir=data_dir).stdout)
+    assert [r["status"] for r in after] == ["deleted"]
 
 
 def test_demo_as_the_readme_runs_it(tmp_path: Path) -> None:

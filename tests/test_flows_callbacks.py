@@ -42,15 +42,36 @@ def test_lookup_uses_the_one_hour_window() -> None:
     """Without the overload switch the callback looks back one hour."""
     f = flow()
     assert f.handle(CallbackPlaced(overload=False), NOW) == [
-        LookUpPriorCall(window=timedelta(hours=1), overload=False)
+        LookUpPriorCall(
+            window=timedelta(hours=1),
+            overload=False,
+            since=NOW - timedelta(hours=1),
+            legal_basis=LegalBasis.CONSENT,
+        )
     ]
+
+
+def test_a_sales_callback_looks_for_missed_sales_calls() -> None:
+    """The look-up asks for missed calls of the callback's own legal basis only."""
+    line = POLICY.line_named("sales")
+    assert line is not None
+    out = CallbackFlow.for_line(line, POLICY).handle(CallbackPlaced(overload=False), NOW)
+    assert isinstance(out[0], LookUpPriorCall)
+    assert out[0].legal_basis is LegalBasis.ZEKOM2_214_7
 
 
 def test_overload_switch_widens_the_window() -> None:
     """With the operator's overload switch on, the configured overload window applies."""
     f = flow()
     out = f.handle(CallbackPlaced(overload=True), NOW)
-    assert out == [LookUpPriorCall(window=timedelta(hours=4), overload=True)]
+    assert out == [
+        LookUpPriorCall(
+            window=timedelta(hours=4),
+            overload=True,
+            since=NOW - timedelta(hours=4),
+            legal_basis=LegalBasis.CONSENT,
+        )
+    ]
 
 
 @pytest.mark.parametrize(

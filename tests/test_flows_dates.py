@@ -14,6 +14,7 @@ from flows.retention import (
     add_calendar_months,
     delete_after,
     is_working_day,
+    next_working_day,
     receipt_day,
     withdrawal_deadline,
 )
@@ -42,10 +43,20 @@ def test_naive_times_are_refused() -> None:
     [
         (datetime(2026, 4, 2, 10, 0, tzinfo=LJ), date(2026, 4, 10)),  # Easter Monday skipped
         (datetime(2025, 12, 24, 10, 0, tzinfo=LJ), date(2026, 1, 6)),  # 25, 26 Dec, 1, 2 Jan
+        # Received on a non-working day: the five working days are those after that day.
+        (datetime(2026, 3, 7, 11, 0, tzinfo=LJ), date(2026, 3, 13)),  # a Saturday
+        (datetime(2026, 3, 8, 23, 59, tzinfo=LJ), date(2026, 3, 13)),  # a Sunday
+        (datetime(2026, 4, 6, 9, 0, tzinfo=LJ), date(2026, 4, 13)),  # Easter Monday
+        (datetime(2026, 5, 1, 9, 0, tzinfo=LJ), date(2026, 5, 8)),  # Labour Day (Friday)
+        (datetime(2026, 6, 25, 9, 0, tzinfo=LJ), date(2026, 7, 2)),  # Statehood Day
+        (datetime(2026, 2, 8, 9, 0, tzinfo=LJ), date(2026, 2, 13)),  # Prešeren Day (Sunday)
+        # A run of holidays: 25, 26 Dec (Fri, Sat), 1, 2 Jan (Fri, Sat) 2026/27.
+        (datetime(2026, 12, 25, 9, 0, tzinfo=LJ), date(2027, 1, 4)),
+        (datetime(2026, 5, 2, 9, 0, tzinfo=LJ), date(2026, 5, 8)),  # 2 May, a Saturday
     ],
 )
 def test_worked_withdrawal_cases(received: datetime, due: date) -> None:
-    """The worked examples of the issue: five working days, Slovenian holidays skipped."""
+    """Worked dates: five Slovenian working days after the day of receipt, whatever day."""
     result = withdrawal_deadline(received, working_days=5, tz=TZ)
     assert result.due_on == due
     assert result.deadline.astimezone(LJ) == datetime.combine(
@@ -53,10 +64,13 @@ def test_worked_withdrawal_cases(received: datetime, due: date) -> None:
     )
 
 
-def test_email_on_a_holiday_counts_from_the_next_working_day() -> None:
-    """An e-mail received on Easter Monday counts as received on Tuesday."""
-    assert receipt_day(datetime(2026, 4, 6, 9, 0, tzinfo=LJ), tz=TZ) == date(2026, 4, 7)
-    assert receipt_day(datetime(2026, 4, 4, 9, 0, tzinfo=LJ), tz=TZ) == date(2026, 4, 7)
+def test_withdrawal_on_a_non_working_day_counts_from_that_day() -> None:
+    """A withdrawal received on Easter Monday or a Saturday counts as received that day."""
+    assert receipt_day(datetime(2026, 4, 6, 9, 0, tzinfo=LJ), tz=TZ) == date(2026, 4, 6)
+    assert receipt_day(datetime(2026, 4, 4, 9, 0, tzinfo=LJ), tz=TZ) == date(2026, 4, 4)
+    # A cut-off is about office hours on working days; it moves no weekend receipt later.
+    saturday_night = datetime(2026, 4, 4, 22, 0, tzinfo=LJ)
+    assert receipt_day(saturday_night, tz=TZ, cutoff=time(16)) == date(2026, 4, 4)
 
 
 def test_email_after_hours_counts_the_same_day_unless_a_cutoff_is_set() -> None:
@@ -70,9 +84,10 @@ def test_email_after_hours_counts_the_same_day_unless_a_cutoff_is_set() -> None:
 
 
 def test_utc_instant_is_judged_in_ljubljana_time() -> None:
-    """23:30 UTC on a Friday is already Saturday in Ljubljana: next working day counts."""
+    """23:30 UTC on a Friday is already Saturday in Ljubljana: received on Saturday."""
     friday_late_utc = datetime(2026, 11, 27, 23, 30, tzinfo=UTC)
-    assert receipt_day(friday_late_utc, tz=TZ) == date(2026, 11, 30)
+    assert receipt_day(friday_late_utc, tz=TZ) == date(2026, 11, 28)
+    assert withdrawal_deadline(friday_late_utc, working_days=5, tz=TZ).due_on == date(2026, 12, 4)
 
 
 INSTANTS = st.datetimes(
@@ -95,14 +110,23 @@ def test_delete_after_is_never_early(made: datetime) -> None:
 @settings(max_examples=500, deadline=None)
 @given(INSTANTS)
 def test_withdrawal_deadline_is_five_working_days_on(received: datetime) -> None:
-    """The due day is a working day exactly five working days after the day of receipt."""
+    """The due day is a working day exactly five working days after the local day of
+    receipt: never later than the fifth working day after the withdrawal arrived."""
     result = withdrawal_deadline(received, working_days=5, tz=TZ)
     assert is_working_day(result.due_on)
-    assert is_working_day(result.received_on)
-    assert result.received_on >= received.astimezone(LJ).date()
+    assert result.received_on == received.astimezone(LJ).date()
     between = [
         result.received_on + timedelta(days=n)
         for n in range(1, (result.due_on - result.received_on).days + 1)
     ]
     assert sum(is_working_day(d) for d in between) == 5
     assert result.deadline > received
+
+
+@settings(max_examples=300, deadline=None)
+@given(INSTANTS, st.times())
+def test_a_cutoff_delays_by_at_most_one_working_day(received: datetime, cutoff: time) -> None:
+    """An operator's cut-off can move a deadline by one working day at most, never more."""
+    plain = withdrawal_deadline(received, working_days=5, tz=TZ)
+    cut = withdrawal_deadline(received, working_days=5, tz=TZ, cutoff=cutoff)
+    assert cut.due_on in (plain.due_on, next_working_day(plain.due_on))

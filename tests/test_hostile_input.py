@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -54,6 +56,26 @@ async def test_hostile_caller_ids_are_recorded_safely(tmp_path: Path) -> None:
         assert row.path is not None and Path(row.path).resolve().is_relative_to(tmp_path)
         assert row.caller in (None, "+38641123456")
     assert (tmp_path / "ledger.sqlite3").exists()
+
+
+async def test_an_unusable_callback_number_never_reaches_the_log(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An agent dials a number that is no phone number: the call goes on unrecorded and the
+    log line that says so shows the number masked, not its digits."""
+    number = "000041555101"  # "00" then a country code starting with 0: unusable
+    caplog.set_level(logging.INFO)
+    async with harness(POLICY, tmp_path / "store", time_scale=0.02) as h:
+        assert h.sim is not None
+        script = CallerScript(agent_answers_after=None, give_up_after=1.0)
+        placed = await h.sim.place_callback(
+            number, "service", agent_script=script, customer_script=script
+        )
+        await asyncio.wait_for(placed.done, 30)
+    rejected = [r.getMessage() for r in caplog.records if "unrecorded" in r.getMessage()]
+    assert any("callback number" in line for line in rejected), caplog.text
+    assert "41555101" not in caplog.text
+    assert "0000415551" not in caplog.text
 
 
 VALUES = st.recursive(

@@ -54,7 +54,7 @@ async def test_sweep_and_verify_report_their_progress_to_the_end(tmp_path: Path)
     """The sweep counts what is due and reports up to it; verify reports every item it checks."""
     spool = tmp_path / "spool"
     spool.mkdir()
-    store = await SqliteStore.open(tmp_path / "data", Policy())
+    store = await SqliteStore.open(tmp_path / "data", Policy(), create=True)
     try:
         due = None
         for n in range(3):

@@ -23,7 +23,7 @@ pytestmark = pytest.mark.slow
 async def _prepare_sweep(root: Path) -> Case:
     data, spool, out = root / "data", root / "spool", root / "out"
     spool.mkdir(parents=True)
-    async with await SqliteStore.open(data, POLICY) as store:
+    async with await SqliteStore.open(data, POLICY, create=True) as store:
         due: list[str] = []
         for line, caller in (("sales", ALICE), ("service", BOB)):
             call_id, source = await record_call(store, spool, line=line, caller=caller)
@@ -84,7 +84,7 @@ async def _prepare_withdraw(root: Path) -> Case:
     data, spool = root / "data", root / "spool"
     spool.mkdir(parents=True)
     ids: dict[str, str] = {}
-    async with await SqliteStore.open(data, POLICY) as store:
+    async with await SqliteStore.open(data, POLICY, create=True) as store:
         for name, line, caller in (
             ("consent", "service", ALICE),
             ("callback", "service", ALICE),

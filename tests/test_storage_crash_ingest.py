@@ -26,7 +26,7 @@ def _ingest_preparer(spool_base: Callable[[Path], Path]) -> Callable[[Path], Awa
     async def prepare(root: Path) -> Case:
         data, spool = root / "data", spool_base(root)
         spool.mkdir(parents=True)
-        async with await SqliteStore.open(data, POLICY) as store:
+        async with await SqliteStore.open(data, POLICY, create=True) as store:
             call_id, source = await record_call(store, spool)
         digest = hashlib.sha256(source.read_bytes()).hexdigest()
         return Case(
@@ -96,7 +96,7 @@ async def test_kill_during_ingest_by_copy_loses_nothing(tmp_path: Path, shm_dir:
 async def _prepare_export(root: Path) -> Case:
     data, spool = root / "data", root / "spool"
     spool.mkdir(parents=True)
-    async with await SqliteStore.open(data, POLICY) as store:
+    async with await SqliteStore.open(data, POLICY, create=True) as store:
         call_id, source = await record_call(store, spool, line="sales")
         row = await store.ingest(call_id, source, T0)
         assert row is not None

@@ -40,7 +40,8 @@ HOSTILE = (
     "+386 41 111 111/../../x",
 )
 SAFE_NAME = re.compile(
-    r"^(recordings|exports|ledger\.sqlite3(-wal|-shm)?|pseudonym\.key|\d{2,4}|[0-9a-f]{32}\.wav)$"
+    r"^(recordings|exports|ledger\.sqlite3(-wal|-shm)?|pseudonym\.key|\d{2,4}|[0-9a-f]{32}\.wav"
+    r"|audit\.key|checkpoint\.(key|pub)|checkpoints|checkpoints\.jsonl)$"
 )
 
 
@@ -53,7 +54,9 @@ def spool(tmp_path: Path) -> Path:
 
 @pytest.fixture
 async def store(tmp_path: Path, spool: Path) -> AsyncIterator[SqliteStore]:
-    async with await SqliteStore.open(tmp_path / "data", POLICY, spool_dir=spool) as opened:
+    async with await SqliteStore.open(
+        tmp_path / "data", POLICY, spool_dir=spool, create=True
+    ) as opened:
         yield opened
 
 
@@ -104,7 +107,8 @@ async def test_hostile_caller_ids_never_reach_a_path_or_sql(
     assert call is not None and call.channel_id == hostile and call.reason == hostile
     for path in store.data_dir.rglob("*"):
         assert SAFE_NAME.match(path.name), path
-    assert await store.find_missed_call(hostile, T0 - timedelta(days=1)) is None
+    found = await store.callback_candidates(hostile, T0 - timedelta(days=1), LegalBasis.CONSENT)
+    assert found.calls == () and found.withdrawals == ()
     with pytest.raises(NumberError):
         await store.withdraw(hostile, WithdrawalVia.EMAIL, T0, "dpo", T0)
     with pytest.raises(NotFoundError):
@@ -183,7 +187,7 @@ async def test_a_truncated_recording_is_reported(store: SqliteStore, spool: Path
 async def test_a_damaged_pseudonym_key_is_refused(tmp_path: Path) -> None:
     """A key of the wrong size is never replaced silently (old pseudonyms would orphan)."""
     data = tmp_path / "data"
-    async with await SqliteStore.open(data, POLICY):
+    async with await SqliteStore.open(data, POLICY, create=True):
         pass
     (data / "pseudonym.key").write_bytes(b"short")
     with pytest.raises(StorageError, match="restore it"):
@@ -212,7 +216,7 @@ async def test_a_full_disk_gives_a_clear_error_and_keeps_the_source(
     the spool file untouched, no partial file; once there is room the same ingest works."""
     data = tmp_path / "data"
     recordings = data / "recordings"
-    async with await SqliteStore.open(data, POLICY, spool_dir=spool) as store:
+    async with await SqliteStore.open(data, POLICY, spool_dir=spool, create=True) as store:
         call_id, source = await record_call(store, spool, audio=wav_bytes(frames=100_000))
         audio = source.read_bytes()
         with tmpfs(recordings, "size=64k,mode=0700"):
@@ -233,7 +237,7 @@ async def test_a_read_only_store_gives_a_clear_error_and_keeps_the_source(
     StoreReadOnlyError and the spool file stays where it was."""
     data = tmp_path / "data"
     recordings = data / "recordings"
-    async with await SqliteStore.open(data, POLICY, spool_dir=spool) as store:
+    async with await SqliteStore.open(data, POLICY, spool_dir=spool, create=True) as store:
         call_id, source = await record_call(store, spool)
         audio = source.read_bytes()
         if os.geteuid() == 0:
@@ -297,7 +301,7 @@ async def test_a_locked_ledger_is_retried(tmp_path: Path) -> None:
     """While another process holds the write lock the store waits and retries; the write
     lands once the lock is released."""
     async with await SqliteStore.open(
-        tmp_path / "data", POLICY, busy_timeout=0.05, retry_for=10
+        tmp_path / "data", POLICY, busy_timeout=0.05, retry_for=10, create=True
     ) as store:
         async with holding_the_ledger(store, 1.0):
             started = time.monotonic()
@@ -310,7 +314,7 @@ async def test_a_locked_ledger_is_retried(tmp_path: Path) -> None:
 async def test_a_ledger_that_stays_locked_gives_a_clear_error(tmp_path: Path) -> None:
     """Past the retry budget the error says the ledger stayed locked; nothing half-done."""
     async with await SqliteStore.open(
-        tmp_path / "data", POLICY, busy_timeout=0.05, retry_for=0.4
+        tmp_path / "data", POLICY, busy_timeout=0.05, retry_for=0.4, create=True
     ) as store:
         async with holding_the_ledger(store, 5.0):
             with pytest.raises(StorageError, match="stayed locked by another process"):

@@ -24,7 +24,9 @@ def spool(tmp_path: Path) -> Path:
 
 @pytest.fixture
 async def store(tmp_path: Path, spool: Path) -> AsyncIterator[SqliteStore]:
-    async with await SqliteStore.open(tmp_path / "data", POLICY, spool_dir=spool) as opened:
+    async with await SqliteStore.open(
+        tmp_path / "data", POLICY, spool_dir=spool, create=True
+    ) as opened:
         yield opened
 
 

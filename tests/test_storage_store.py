@@ -10,7 +10,7 @@ import re
 import sqlite3
 import stat
 from collections.abc import AsyncIterator, Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -24,11 +24,13 @@ from storage_helpers import (
     wav_bytes,
 )
 
+from flows.communication import MAX_CANDIDATES, look_up_answer
 from flows.errors import AccessRefused, NotFoundError, StorageError
+from flows.events import PriorCallFound
 from flows.outcome import Outcome
 from flows.policy import Decision, Direction, LegalBasis, Purpose
 from flows.retention import delete_after
-from storage.audit import pseudonym
+from storage.audit import load_key, pseudonym
 from storage.ports import (
     CallStart,
     DecisionRecord,
@@ -39,7 +41,12 @@ from storage.ports import (
     WithdrawalVia,
 )
 from storage.schema import MIGRATIONS, migrate
-from storage.sqlite import MISSED_CALL_SQL, SWEEP_BATCH, SqliteStore, make_recording_id
+from storage.sqlite import (
+    MISSED_CANDIDATES_SQL,
+    SWEEP_BATCH,
+    SqliteStore,
+    make_recording_id,
+)
 
 
 @pytest.fixture
@@ -51,7 +58,9 @@ def spool(tmp_path: Path) -> Path:
 
 @pytest.fixture
 async def store(tmp_path: Path, spool: Path) -> AsyncIterator[SqliteStore]:
-    async with await SqliteStore.open(tmp_path / "data", POLICY, spool_dir=spool) as opened:
+    async with await SqliteStore.open(
+        tmp_path / "data", POLICY, spool_dir=spool, create=True
+    ) as opened:
         yield opened
 
 
@@ -109,11 +118,21 @@ async def test_a_committed_decision_is_final(store: SqliteStore, spool: Path) ->
     assert row is not None and row.decision is Decision.REFUSE
 
 
-async def test_find_missed_call_returns_the_newest_not_called_back(
+async def _prior(
+    store: SqliteStore, customer: str, since: datetime, basis: LegalBasis = LegalBasis.CONSENT
+) -> PriorCallFound | None:
+    """What a callback of `basis` would answer, from the store's candidates."""
+    found = await store.callback_candidates(customer, since, basis)
+    answer = look_up_answer(basis, since, ALICE, found.calls, found.withdrawals)
+    return answer if isinstance(answer, PriorCallFound) else None
+
+
+async def test_callback_candidates_give_the_newest_not_answered(
     store: SqliteStore, spool: Path
 ) -> None:
-    """The newest missed call within the window wins; one already linked to a callback is
-    passed over; answered calls and other callers never match."""
+    """The newest missed call within the window wins; one whose callback was answered is
+    passed over, one whose callback nobody picked up is not; answered calls and other
+    callers never match."""
     older, _ = await record_call(store, spool, outcome=Outcome.MISSED, decision=Decision.NONE)
     newer, _ = await record_call(
         store, spool, at=T0 + timedelta(minutes=10), outcome=Outcome.MISSED
@@ -123,13 +142,25 @@ async def test_find_missed_call_returns_the_newest_not_called_back(
         store, spool, caller=BOB, at=T0 + timedelta(minutes=25), outcome=Outcome.MISSED
     )
     since = T0 - timedelta(hours=1)
-    found = await store.find_missed_call(ALICE, since)
+    found = await _prior(store, ALICE, since)
     assert found is not None and found.call_id == newer
     assert found.decision is Decision.RECORD and found.line == "service"
     assert found.consent_withdrawn is False
-    assert await store.find_missed_call("041 111 111", since) is not None  # national form
-    assert await store.find_missed_call(ALICE, T0 + timedelta(minutes=30)) is None
-    await record_call(
+    assert await _prior(store, "041 111 111", since) is not None  # national form
+    assert await _prior(store, ALICE, T0 + timedelta(minutes=30)) is None
+    await record_call(  # a callback nobody picked up: the missed call stays open
+        store,
+        spool,
+        at=T0 + timedelta(minutes=30),
+        direction=Direction.CALLBACK,
+        caller=ALICE,
+        linked_to=newer,
+        window=timedelta(hours=1),
+        outcome=Outcome.MISSED,
+    )
+    found = await _prior(store, ALICE, since)
+    assert found is not None and found.call_id == newer
+    await record_call(  # a callback the customer picked up answers it, once
         store,
         spool,
         at=T0 + timedelta(minutes=40),
@@ -138,9 +169,50 @@ async def test_find_missed_call_returns_the_newest_not_called_back(
         linked_to=newer,
         window=timedelta(hours=1),
     )
-    found = await store.find_missed_call(ALICE, since)
+    found = await _prior(store, ALICE, since)
     assert found is not None and found.call_id == older
     assert found.decision is Decision.NONE
+
+
+async def test_callback_candidates_are_of_one_legal_basis(store: SqliteStore, spool: Path) -> None:
+    """A sales callback never finds a missed service call, nor the reverse."""
+    service, _ = await record_call(store, spool, outcome=Outcome.MISSED, decision=Decision.REFUSE)
+    sales, _ = await record_call(
+        store, spool, line="sales", at=T0 + timedelta(minutes=5), outcome=Outcome.MISSED
+    )
+    since = T0 - timedelta(hours=1)
+    as_service = await _prior(store, ALICE, since, LegalBasis.CONSENT)
+    as_sales = await _prior(store, ALICE, since, LegalBasis.ZEKOM2_214_7)
+    assert as_service is not None and as_service.call_id == service
+    assert as_sales is not None and as_sales.call_id == sales
+
+
+async def test_a_missed_call_is_answered_once(store: SqliteStore, spool: Path) -> None:
+    """Two callbacks that both reach the customer: the first answer is the one on record."""
+    missed, _ = await record_call(store, spool, outcome=Outcome.MISSED)
+    first, _ = await record_call(
+        store,
+        spool,
+        at=T0 + timedelta(minutes=10),
+        direction=Direction.CALLBACK,
+        caller=ALICE,
+        linked_to=missed,
+    )
+    await record_call(
+        store,
+        spool,
+        at=T0 + timedelta(minutes=12),
+        direction=Direction.CALLBACK,
+        caller=ALICE,
+        linked_to=missed,
+    )
+    with _raw(store) as raw:
+        rows = raw.execute("SELECT missed_call_id, callback_call_id FROM callback_answers")
+        assert [tuple(r) for r in rows] == [(missed, first)]
+        with pytest.raises(sqlite3.IntegrityError):
+            raw.execute(
+                "INSERT INTO callback_answers VALUES (?, ?, '2025-01-01')", (missed, new_id())
+            )
 
 
 async def test_withdrawal_voids_consent_for_later_callbacks(
@@ -152,26 +224,32 @@ async def test_withdrawal_voids_consent_for_later_callbacks(
     await store.withdraw(
         ALICE, WithdrawalVia.PHONE, T0 + timedelta(minutes=5), "agent 7", T0 + timedelta(minutes=5)
     )
-    found = await store.find_missed_call(ALICE, T0)
+    found = await _prior(store, ALICE, T0)
     assert found is not None and found.call_id == missed and found.consent_withdrawn
     later, _ = await record_call(
         store, spool, at=T0 + timedelta(minutes=30), outcome=Outcome.MISSED
     )
-    found = await store.find_missed_call(ALICE, T0)
+    found = await _prior(store, ALICE, T0)
     assert found is not None and found.call_id == later and not found.consent_withdrawn
 
 
-async def test_find_missed_call_uses_its_index(store: SqliteStore, spool: Path) -> None:
-    """The lookup is answered from its index alone (the calls table is not read), so it
+def _lookup_plan(raw: sqlite3.Connection) -> str:
+    params = (ALICE, LegalBasis.CONSENT.value, "2025", MAX_CANDIDATES)
+    rows = raw.execute(f"EXPLAIN QUERY PLAN {MISSED_CANDIDATES_SQL}", params)
+    return " ".join(str(row[-1]) for row in rows)
+
+
+async def test_callback_candidates_use_their_index(store: SqliteStore, spool: Path) -> None:
+    """The look-up is answered from its index alone (the calls table is not read), so it
     stays fast at millions of calls."""
     await record_call(store, spool, outcome=Outcome.MISSED)
     with _raw(store) as raw:
-        plan = " ".join(
-            str(row[-1])
-            for row in raw.execute(f"EXPLAIN QUERY PLAN {MISSED_CALL_SQL}", (ALICE, "2025"))
-        )
-    assert "SEARCH c USING COVERING INDEX calls_missed (customer=? AND ended_at>?)" in plan
-    assert "callbacks_missed" in plan
+        plan = _lookup_plan(raw)
+    assert (
+        "SEARCH c USING COVERING INDEX calls_missed (customer=? AND legal_basis=? AND ended_at>?)"
+        in plan
+    )
+    assert "callback_answers" in plan
 
 
 async def test_overload_switch_is_explicit_and_audited(store: SqliteStore) -> None:
@@ -876,7 +954,9 @@ async def test_reconcile_deletes_a_recording_that_reappears(
 # ------------------------------------------------------------------ migrations
 
 
-async def _old_ledger(tmp_path: Path, version: int, insert: str, params: tuple[str, ...]) -> Path:
+async def _old_ledger(
+    tmp_path: Path, version: int, insert: str, params: tuple[str | None, ...]
+) -> Path:
     """A data directory whose ledger stopped at schema `version`, with one row inserted."""
     import aiosqlite
 
@@ -885,6 +965,7 @@ async def _old_ledger(tmp_path: Path, version: int, insert: str, params: tuple[s
     async with aiosqlite.connect(data / "ledger.sqlite3", isolation_level=None) as conn:
         assert await migrate(conn, MIGRATIONS[:version]) == version
         await conn.execute(insert, params)
+    load_key(data / "pseudonym.key", create=True)  # an old store had its key too
     return data
 
 
@@ -925,21 +1006,18 @@ async def test_an_older_ledger_gets_the_covering_lookup_index(tmp_path: Path) ->
         (call_id, ALICE, ALICE),
     )
     async with await SqliteStore.open(data, POLICY) as store:
-        found = await store.find_missed_call(ALICE, T0 - timedelta(minutes=30))
+        found = await _prior(store, ALICE, T0 - timedelta(minutes=30))
         assert found is not None and found.call_id == call_id
         assert found.decision is Decision.RECORD and not found.consent_withdrawn
     with sqlite3.connect(data / "ledger.sqlite3") as raw:
-        plan = " ".join(
-            str(row[-1])
-            for row in raw.execute(f"EXPLAIN QUERY PLAN {MISSED_CALL_SQL}", (ALICE, "2025"))
-        )
+        plan = _lookup_plan(raw)
     assert "USING COVERING INDEX calls_missed" in plan
 
 
 async def test_a_newer_database_is_refused(tmp_path: Path) -> None:
     """A ledger written by a newer program is not opened (nor written) by an older one."""
     data = tmp_path / "data"
-    async with await SqliteStore.open(data, POLICY):
+    async with await SqliteStore.open(data, POLICY, create=True):
         pass
     with sqlite3.connect(data / "ledger.sqlite3") as raw:
         raw.execute("INSERT INTO schema_version (version) VALUES (?)", (len(MIGRATIONS) + 1,))
@@ -1040,3 +1118,38 @@ async def test_verify_reports_spool_files_left_out_of_the_store(
     await store.reconcile(spool, T0 + timedelta(hours=1))
     assert (await store.verify()).ok
     assert [r.call_id for r in await store.recordings()] == [call_id]
+
+
+async def test_a_version_4_ledger_gains_communications(tmp_path: Path) -> None:
+    """Migration 5: every call gets its communication, and of two old callbacks to a missed
+    call only the answered one uses it up; the unanswered one leaves it open no more."""
+    missed, answered, unanswered = new_id(), new_id(), new_id()
+    call = (
+        "INSERT INTO calls (call_id, channel_id, direction, line, customer, started_at, "
+        "purge_after, ended_at, outcome, decision, decided_at, legal_basis, linked_to) VALUES "
+        "(?, '1', ?, 'service', ?, '2025-03-03T09:00:00.000000Z', '2025-09-03T09:00:00.000000Z', "
+        "?, ?, 'record', '2025-03-03T09:00:20.000000Z', 'consent', ?)"
+    )
+    data = await _old_ledger(
+        tmp_path,
+        4,
+        call,
+        (missed, "inbound", ALICE, "2025-03-03T09:02:00.000000Z", "missed", None),
+    )
+    with sqlite3.connect(data / "ledger.sqlite3") as raw:
+        for cid, ended, outcome in (
+            (unanswered, "2025-03-03T09:10:00.000000Z", "missed"),
+            (answered, "2025-03-03T09:20:00.000000Z", "answered"),
+        ):
+            raw.execute(call, (cid, "callback", ALICE, ended, outcome, missed))
+            raw.execute(
+                "INSERT INTO callbacks VALUES (?, ?, 3600, 0, '2025-03-03T09:05:00.000000Z')",
+                (cid, missed),
+            )
+    async with await SqliteStore.open(data, POLICY) as store:
+        for cid in (missed, answered, unanswered):
+            row = await store.get_call(cid)
+            assert row is not None and row.communication_id == missed
+    with sqlite3.connect(data / "ledger.sqlite3") as raw:
+        rows = raw.execute("SELECT missed_call_id, callback_call_id FROM callback_answers")
+        assert [tuple(r) for r in rows] == [(missed, answered)]

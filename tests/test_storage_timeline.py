@@ -85,7 +85,9 @@ async def run_timeline(root: Path, plan: list[Call], pulls: list[Withdrawal]) ->
     for order, pull in enumerate(pulls, start=len(plan)):
         heapq.heappush(queue, (T0 + timedelta(hours=pull.at_hour), order, pull))
     order = len(plan) + len(pulls)
-    async with await SqliteStore.open(root / "data", POLICY_DAILY, spool_dir=spool) as store:
+    async with await SqliteStore.open(
+        root / "data", POLICY_DAILY, spool_dir=spool, create=True
+    ) as store:
         sweep_at = T0
         while sweep_at <= END:
             while queue and queue[0][0] <= sweep_at:

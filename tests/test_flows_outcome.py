@@ -1,0 +1,36 @@
+"""Answered or missed: one reading of what the queue and the recording say, for both modes."""
+
+from __future__ import annotations
+
+import pytest
+
+from flows.outcome import Outcome, outcome_after_restart, outcome_of_hangup_report
+
+
+@pytest.mark.parametrize(
+    ("decided", "answered_time", "abandoned", "agent", "outcome"),
+    [
+        # ari-traces/queue-caller-gives-up-missed.json: the caller gave up in the queue.
+        (True, "0", "TRUE", "", Outcome.MISSED),
+        (True, "12", "", "", Outcome.ANSWERED),
+        (True, "", "", "PJSIP/agent-00000001", Outcome.ANSWERED),
+        (True, "not a number", "", "", Outcome.MISSED),
+        (False, "", "", "", Outcome.ABANDONED_IN_PROMPT),
+    ],
+)
+def test_a_hangup_report_reads_as_the_queue_left_it(
+    decided: bool, answered_time: str, abandoned: str, agent: str, outcome: Outcome
+) -> None:
+    """The FastAGI hangup handler's variables give the same outcome as ARI's events."""
+    report = outcome_of_hangup_report(
+        decided=decided, answered_time=answered_time, abandoned=abandoned, agent=agent
+    )
+    assert report is outcome
+
+
+def test_a_call_that_ended_unseen_is_judged_by_its_recording() -> None:
+    """After a restart: audio beyond the header means an agent; a decided call without it
+    was missed (so it is called back); an undecided one was abandoned in the prompt."""
+    assert outcome_after_restart(decided=True, recorded_audio=True) is Outcome.ANSWERED
+    assert outcome_after_restart(decided=True, recorded_audio=False) is Outcome.MISSED
+    assert outcome_after_restart(decided=False, recorded_audio=False) is Outcome.ABANDONED_IN_PROMPT
