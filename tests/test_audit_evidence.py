@@ -25,7 +25,7 @@ from storage_helpers import ALICE, POLICY, T0, record_call
 from callrec import commands
 from flows.errors import StorageError
 from storage import checkpoints
-from storage.audit import GENESIS, canonical, entry_hash
+from storage.audit import GENESIS, canonical, entry_hash, load_key
 from storage.ports import WithdrawalVia
 from storage.schema import MIGRATIONS, expected_triggers, migrate
 from storage.sqlite import SqliteStore
@@ -42,7 +42,9 @@ def spool(tmp_path: Path) -> Path:
 
 @pytest.fixture
 async def store(tmp_path: Path, spool: Path) -> AsyncIterator[SqliteStore]:
-    async with await SqliteStore.open(tmp_path / "data", POLICY, spool_dir=spool) as opened:
+    async with await SqliteStore.open(
+        tmp_path / "data", POLICY, spool_dir=spool, create=True
+    ) as opened:
         yield opened
 
 
@@ -308,7 +310,7 @@ async def test_the_chain_is_keyed_with_a_key_outside_the_ledger(
 async def test_a_missing_audit_key_is_an_error_not_a_new_key(tmp_path: Path) -> None:
     """Opening a store whose audit key is gone names the file and makes no new key."""
     data = tmp_path / "data"
-    async with await SqliteStore.open(data, POLICY):
+    async with await SqliteStore.open(data, POLICY, create=True):
         pass
     (data / "audit.key").unlink()
     with pytest.raises(StorageError, match=r"audit key .*audit\.key is missing"):
@@ -335,6 +337,7 @@ async def test_an_older_ledger_goes_on_as_a_keyed_chain(tmp_path: Path, spool: P
                 (seq, at, json.dumps(details), prev, digest),
             )
             prev = digest
+    load_key(data / "pseudonym.key", create=True)  # an old store had its key too
     async with await SqliteStore.open(data, POLICY, spool_dir=spool) as store:
         call_id, source = await record_call(store, spool)
         await store.ingest(call_id, source, T0)
