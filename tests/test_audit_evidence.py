@@ -379,6 +379,28 @@ async def test_each_deletion_batch_and_withdrawal_is_checkpointed(
     assert (report.checkpoint.seq, report.checkpoint.head) == await store.audit_head()
 
 
+async def test_a_withdrawal_stands_when_its_checkpoint_cannot_be_written(
+    store: SqliteStore, spool: Path
+) -> None:
+    """A checkpoint file that cannot be appended to fails no withdrawal that was carried
+    out (a retry would register it twice); the next checkpoint that can be written covers
+    its entries."""
+    call_id, source = await record_call(store, spool)
+    row = await store.ingest(call_id, source, T0)
+    assert row is not None
+    checkpoints = _checkpoint_file(store)
+    checkpoints.rename(checkpoints.with_suffix(".kept"))
+    checkpoints.mkdir()  # appending to a directory fails, whoever runs the test
+    later = T0 + timedelta(hours=1)
+    report = await store.withdraw(ALICE, WithdrawalVia.PHONE, later, "agent 7", later)
+    assert report.deleted == (row.id,) and report.completed_at is not None
+    checkpoints.rmdir()
+    checkpoints.with_suffix(".kept").rename(checkpoints)
+    await store.checkpoint(later)
+    verified = await store.verify()
+    assert verified.ok, verified.problems
+
+
 async def test_the_running_controller_checkpoints_a_moved_head_on_its_schedule(
     store: SqliteStore, spool: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
