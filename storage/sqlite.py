@@ -37,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import re
 import secrets
@@ -96,6 +97,7 @@ from storage.ports import (
     WithdrawalVia,
 )
 
+log = logging.getLogger("callrec.store")
 P = ParamSpec("P")
 R = TypeVar("R")
 LEDGER_FILE = "ledger.sqlite3"
@@ -1247,7 +1249,7 @@ class SqliteStore:
             else f"deleting {len(removed.doomed)} recordings"
         )
         if await self._db.write(body, what):
-            await self.checkpoint(now)
+            await self._checkpoint_after(now, what)
         for item, removal in pairs:
             outcome[item.row["id"]] = "; ".join(removal.problems) if removal.problems else None
         return outcome
@@ -1416,7 +1418,7 @@ class SqliteStore:
             return completed
 
         if await self._db.write(body, "completing withdrawals"):
-            await self.checkpoint(now)
+            await self._checkpoint_after(now, "completing withdrawals")
 
     # ------------------------------------------------------------------ sweep
 
@@ -2123,6 +2125,17 @@ class SqliteStore:
         )
         return signed
 
+    async def _checkpoint_after(self, now: datetime, what: str) -> None:
+        """A checkpoint after committed work (a deletion batch, a completed withdrawal).
+        The work stands whether or not its checkpoint can be written: raising here would
+        tell the operator it failed and invite a second withdrawal. The failure is logged;
+        the controller's next scheduled checkpoint covers the entries, and until then
+        `verify` reports them as entries after the latest checkpoint."""
+        try:
+            await self.checkpoint(now)
+        except StorageError as error:
+            log.error("no checkpoint after %s (the next one will cover it): %s", what, error)
+
     def checkpoint_public_key(self) -> bytes:
         """The key that checks this store's checkpoints (PEM), for whoever checks them."""
         return checkpoints.public_pem(self._audit_keys.signing)
@@ -2403,7 +2416,7 @@ class SqliteStore:
                     )
 
                 await self._db.write(body, "deleting a reappeared recording")
-                await self.checkpoint(now)
+                await self._checkpoint_after(now, "deleting a reappeared recording")
                 resumed.append(f"recording {row['id']}: deleted again (it had reappeared)")
             else:
                 flagged.append(f"store: {self._rel(path)} belongs to no recording")

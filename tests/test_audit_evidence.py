@@ -25,7 +25,7 @@ from storage_helpers import ALICE, POLICY, T0, record_call
 from callrec import commands
 from flows.errors import StorageError
 from storage import checkpoints
-from storage.audit import GENESIS, canonical, entry_hash
+from storage.audit import GENESIS, canonical, entry_hash, load_key
 from storage.ports import WithdrawalVia
 from storage.schema import MIGRATIONS, expected_triggers, migrate
 from storage.sqlite import SqliteStore
@@ -42,7 +42,9 @@ def spool(tmp_path: Path) -> Path:
 
 @pytest.fixture
 async def store(tmp_path: Path, spool: Path) -> AsyncIterator[SqliteStore]:
-    async with await SqliteStore.open(tmp_path / "data", POLICY, spool_dir=spool) as opened:
+    async with await SqliteStore.open(
+        tmp_path / "data", POLICY, spool_dir=spool, create=True
+    ) as opened:
         yield opened
 
 
@@ -308,7 +310,7 @@ async def test_the_chain_is_keyed_with_a_key_outside_the_ledger(
 async def test_a_missing_audit_key_is_an_error_not_a_new_key(tmp_path: Path) -> None:
     """Opening a store whose audit key is gone names the file and makes no new key."""
     data = tmp_path / "data"
-    async with await SqliteStore.open(data, POLICY):
+    async with await SqliteStore.open(data, POLICY, create=True):
         pass
     (data / "audit.key").unlink()
     with pytest.raises(StorageError, match=r"audit key .*audit\.key is missing"):
@@ -335,6 +337,7 @@ async def test_an_older_ledger_goes_on_as_a_keyed_chain(tmp_path: Path, spool: P
                 (seq, at, json.dumps(details), prev, digest),
             )
             prev = digest
+    load_key(data / "pseudonym.key", create=True)  # an old store had its key too
     async with await SqliteStore.open(data, POLICY, spool_dir=spool) as store:
         call_id, source = await record_call(store, spool)
         await store.ingest(call_id, source, T0)
@@ -374,6 +377,28 @@ async def test_each_deletion_batch_and_withdrawal_is_checkpointed(
     assert report.ok, report.problems
     assert report.checkpoint is not None and report.checkpoint.entries_after == 0
     assert (report.checkpoint.seq, report.checkpoint.head) == await store.audit_head()
+
+
+async def test_a_withdrawal_stands_when_its_checkpoint_cannot_be_written(
+    store: SqliteStore, spool: Path
+) -> None:
+    """A checkpoint file that cannot be appended to fails no withdrawal that was carried
+    out (a retry would register it twice); the next checkpoint that can be written covers
+    its entries."""
+    call_id, source = await record_call(store, spool)
+    row = await store.ingest(call_id, source, T0)
+    assert row is not None
+    checkpoints = _checkpoint_file(store)
+    checkpoints.rename(checkpoints.with_suffix(".kept"))
+    checkpoints.mkdir()  # appending to a directory fails, whoever runs the test
+    later = T0 + timedelta(hours=1)
+    report = await store.withdraw(ALICE, WithdrawalVia.PHONE, later, "agent 7", later)
+    assert report.deleted == (row.id,) and report.completed_at is not None
+    checkpoints.rmdir()
+    checkpoints.with_suffix(".kept").rename(checkpoints)
+    await store.checkpoint(later)
+    verified = await store.verify()
+    assert verified.ok, verified.problems
 
 
 async def test_the_running_controller_checkpoints_a_moved_head_on_its_schedule(

@@ -44,12 +44,15 @@ def test_a_controller_on_default_settings_keeps_its_store_private(
     tmp_path: Path, umask: int
 ) -> None:
     """`callrec fastagi` starting on nothing with the default settings: the data directory,
-    the spool inside it and every directory of the store 0700, ledger and key 0600."""
+    the spool inside it and every directory of the store 0700, the ledger, the keys and the
+    checkpoints 0600."""
     data_dir = tmp_path / "store"
     serve_once(data_dir, fastagi_config(tmp_path / "etc"))
     made = modes_under(data_dir)
     for name, got in made.items():
-        wanted = 0o600 if name.startswith(("ledger.sqlite3", "pseudonym.key")) else 0o700
+        wanted = 0o700 if (data_dir / name).is_dir() else 0o600
+        if name == "checkpoint.pub":
+            wanted = 0o644  # the public key: anyone may check a checkpoint with it
         assert got == wanted, f"{name}: {got:o}"
     assert {".", "spool", "recordings", "exports", "ledger.sqlite3"} <= made.keys()
 
@@ -83,11 +86,19 @@ def test_init_makes_a_private_store_and_spool(tmp_path: Path, umask: int) -> Non
     callrec("init", data_dir=data_dir)
     made = modes_under(data_dir)
     assert made.pop("ledger.sqlite3") == 0o600
-    assert made.pop("pseudonym.key") == 0o600
+    for key in ("pseudonym.key", "audit.key", "checkpoint.key", "checkpoints/checkpoints.jsonl"):
+        assert made.pop(key) == 0o600, key
+    assert made.pop("checkpoint.pub") == 0o644
     for name in ("ledger.sqlite3-wal", "ledger.sqlite3-shm"):
         if name in made:
             assert made.pop(name) == 0o600
-    assert made == {".": 0o700, "recordings": 0o700, "exports": 0o700, "spool": 0o700}
+    assert made == {
+        ".": 0o700,
+        "recordings": 0o700,
+        "exports": 0o700,
+        "spool": 0o700,
+        "checkpoints": 0o700,
+    }
 
 
 async def test_recordings_and_exports_get_exact_modes(tmp_path: Path, umask: int) -> None:
