@@ -23,12 +23,12 @@ from typing import Any
 
 import pytest
 import yaml
+from reference import SHARED, absent
 
 from callrec.config import load_settings
 from flows.numbers import normalise
 from flows.policy import DEFAULT_LINES, Policy
 from prompts.catalog import FORMATS, sounds_dir
-from reference import SHARED, absent
 
 ROOT = Path(__file__).resolve().parent.parent
 CONF = ROOT / "asterisk-conf"
