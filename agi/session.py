@@ -74,6 +74,7 @@ class SessionDeps:
     events: EventSink
     spool_dir: Path  # where MixMonitor writes; file names are our call ids, never caller IDs
     prompt_versions: Mapping[str, str]  # prompt id -> sha256 of its audio
+    recording_format: str = "wav"  # the extension MixMonitor is given: "wav" or "wav16"
 
 
 class CallSession:
@@ -244,7 +245,7 @@ class CallSession:
         )
 
     async def _start_recording(self) -> list[Event]:
-        file = str(self.deps.spool_dir / f"{self.call_id}.wav")
+        file = str(self.deps.spool_dir / f"{self.call_id}.{self.deps.recording_format}")
         # Owned before it exists: a crash after this line leaves a file reconcile can place.
         try:
             await self.deps.ledger.set_recording_file(self.call_id, file)

@@ -40,7 +40,7 @@ Data = str | Callable[[Variables], str]
 
 DIAL_TIMEOUT = 60  # CALLREC_DIAL_TIMEOUT: seconds a callback rings the customer
 AGENT_CONNECT_GOSUB = "callrec-agent-connect"
-SAFE_RECORDING_FILE = re.compile(r"/(?!.*\.\.)[A-Za-z0-9/_.-]+\.wav")
+SAFE_RECORDING_FILE = re.compile(r"/(?!.*\.\.)[A-Za-z0-9/_.-]+\.wav(16)?")
 _CALLREC_VARIABLES = (  # cleared on entry: nothing a channel brings may decide to record
     "CALLREC_RECORD",
     "CALLREC_FILE",
@@ -216,7 +216,9 @@ def callrec_dialplan(app: str = "callrec", lines: tuple[Line, ...] = DEFAULT_LIN
         ),
         Priority(
             "GotoIf",
-            lambda v: f"{_regex('^/[-A-Za-z0-9/_.]+[.]wav$', v.get('CALLREC_FILE'))}?dots:unsafe",
+            lambda v: (
+                f"{_regex('^/[-A-Za-z0-9/_.]+[.](wav|wav16)$', v.get('CALLREC_FILE'))}?dots:unsafe"
+            ),
             label="file",
         ),
         Priority(

@@ -222,6 +222,7 @@ def _deps(settings: Settings, store: SqliteStore, events: EventSink) -> SessionD
         events=events,
         spool_dir=settings.spool_dir,
         prompt_versions={pid: info.sha256 for pid, info in catalog.items()},
+        recording_format=settings.recording_format,
     )
 
 

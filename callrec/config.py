@@ -32,6 +32,10 @@ LOOPBACK = ("127.0.0.1", "::1")  # FastAGI has no authentication: loopback unles
 # The spool's mode when callrec creates it: its owner only, unless the config lets
 # Asterisk's group in (e.g. "2770": group-writable, new files keep the directory's group).
 DEFAULT_SPOOL_MODE = 0o700
+# MixMonitor picks the file format from the extension of the name the controller gives it
+# (format_wav): "wav" is 8 kHz, "wav16" 16 kHz, which keeps G.722 (wideband) calls at the
+# rate they were spoken. Both are RIFF WAV files; the store keeps them as .wav.
+RECORDING_FORMATS = ("wav", "wav16")
 SPOOL_MODE_BITS = 0o2770  # never any access for others, no setuid or sticky bit
 
 APP_SECTIONS = ("storage", "ari", "mqtt", "fastagi")
@@ -72,6 +76,7 @@ class Settings:
     fastagi: FastAgiSettings
     source: str  # where the settings came from, for error messages and `serve`'s banner
     spool_mode: int = DEFAULT_SPOOL_MODE  # given to the spool directory when callrec creates it
+    recording_format: str = "wav"  # one of RECORDING_FORMATS
 
 
 def _section(data: Mapping[str, Any], name: str, keys: set[str]) -> Mapping[str, Any]:
@@ -164,7 +169,7 @@ def load_settings(config: Path | None = None, env: Mapping[str, str] | None = No
     except ConfigError as error:
         raise ConfigError(f"{source}: {error}") from None
 
-    storage = _section(data, "storage", {"data_dir", "spool_dir", "spool_mode"})
+    storage = _section(data, "storage", {"data_dir", "spool_dir", "spool_mode", "recording_format"})
     # Absolute, because Asterisk is told the spool path (CALLREC_FILE) and has its own cwd.
     if env.get("CALLREC_DATA_DIR"):
         data_dir = _path(env["CALLREC_DATA_DIR"], "CALLREC_DATA_DIR").absolute()
@@ -177,6 +182,12 @@ def load_settings(config: Path | None = None, env: Mapping[str, str] | None = No
     else:
         spool_dir = data_dir / "spool"
     spool_mode = _spool_mode(storage.get("spool_mode", DEFAULT_SPOOL_MODE))
+    recording_format = storage.get("recording_format", "wav")
+    if recording_format not in RECORDING_FORMATS:
+        raise ConfigError(
+            f"storage.recording_format: must be one of {', '.join(RECORDING_FORMATS)}, "
+            f"got {recording_format!r}"
+        )
 
     ari = _section(data, "ari", {"url", "user", "password_file", "app"})
     password = env.get("CALLREC_ARI_PASSWORD", "")
@@ -235,4 +246,5 @@ def load_settings(config: Path | None = None, env: Mapping[str, str] | None = No
         fastagi=FastAgiSettings(host=host, port=port, allow=tuple(allow)),
         source=source,
         spool_mode=spool_mode,
+        recording_format=recording_format,
     )

@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 CONF = ROOT / "asterisk-conf"
 CONTROLLER_SETS = {"CALLREC_RECORD", "CALLREC_FILE", "CALLREC_CALL_ID", "CALLREC_NOTICE"}
 MODES = ("ari", "agi")  # the values of CALLREC_MODE, each with its own contexts
-SPOOL_FILE = re.compile(r"^/[-A-Za-z0-9/_.]+[.]wav$")  # what the controller writes
+SPOOL_FILE = re.compile(r"^/[-A-Za-z0-9/_.]+[.](wav|wav16)$")  # what the controller writes
 # Each module's AST_MODULE_INFO (.requires, .optional_modules, builtin) at the Asterisk
 # commit the live tests ran on, read from its source.
 ASTERISK_MODULES = SHARED / "asterisk-modules.json"
@@ -559,13 +559,15 @@ def test_agi_failure_goes_on_unrecorded(status: str, stops: bool) -> None:
     assert variables["CALLREC_RECORD"] == ("no" if stops else "yes")
 
 
-def test_controller_file_names_pass_the_dialplan_check() -> None:
-    """The file the controller chooses in the docker setup (<spool>/<call id>.wav) is one the
-    dialplan accepts: the two checks agree."""
+@pytest.mark.parametrize("recording_format", ["wav", "wav16"])
+def test_controller_file_names_pass_the_dialplan_check(recording_format: str) -> None:
+    """The file the controller chooses in the docker setup (<spool>/<call id>.<format>, in
+    either recording format) is one the dialplan accepts: the two checks agree."""
     settings = load_settings(
         CONF / "callrec.docker.toml", env={"CALLREC_ARI_PASSWORD": "unused-here"}
     )
-    file = f"{settings.spool_dir}/0123456789abcdef0123456789abcdef.wav"
+    assert settings.recording_format == "wav16"  # stated there, for the G.722 softphones
+    file = f"{settings.spool_dir}/0123456789abcdef0123456789abcdef.{recording_format}"
     assert SPOOL_FILE.match(file)
     ran = run_routine(
         "callrec-record",

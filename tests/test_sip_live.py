@@ -151,11 +151,14 @@ async def wait_registered(peer: Ari) -> None:
 
 
 @contextlib.asynccontextmanager
-async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
+async def rig(tmp_path: Path, recording_format: str = "wav") -> AsyncIterator[Rig]:
     """`callrec serve` from this checkout on the PBX, an observer there, the peer's ARI."""
     data_dir = tmp_path / "data"
     config = tmp_path / "callrec.toml"
-    config.write_text(f'[storage]\nspool_dir = "{SPOOL}"\n', encoding="utf-8")
+    config.write_text(
+        f'[storage]\nspool_dir = "{SPOOL}"\nrecording_format = "{recording_format}"\n',
+        encoding="utf-8",
+    )
     env = {
         **os.environ,
         "CALLREC_CONFIG": str(config),
@@ -230,10 +233,14 @@ def assert_both_parties_audible(path: Path) -> None:
     assert agent > 50 * max(silence, 1.0), (agent, silence)
 
 
-async def test_sip_consent_by_rfc4733_records_both_parties(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("recording_format", "rate"), [("wav", 8000), ("wav16", 16000)])
+async def test_sip_consent_by_rfc4733_records_both_parties(
+    tmp_path: Path, recording_format: str, rate: int
+) -> None:
     """A softphone calls the service line, presses 1 as an RFC 4733 event, talks to the agent
-    softphone; the stored recording carries the customer's number and both parties' audio."""
-    async with rig(tmp_path) as r:
+    softphone (G.722); the stored recording carries the customer's number and both parties'
+    audio, at 16 kHz when the controller is configured for wav16."""
+    async with rig(tmp_path, recording_format) as r:
         channel = await r.call_from_peer(
             f"PJSIP/{SERVICE_DID}@as-customer", "peer-customer", "press1"
         )
@@ -245,6 +252,9 @@ async def test_sip_consent_by_rfc4733_records_both_parties(tmp_path: Path) -> No
     recording = recordings[0]
     assert (recording["line"], recording["legal_basis"]) == ("service", "consent")
     assert (recording["caller"], recording["dialed"]) == (CUSTOMER, "+386" + SERVICE_DID[1:])
+    assert recording["path"].endswith(".wav")
+    with wave.open(recording["path"]) as stored:
+        assert stored.getframerate() == rate
     assert_both_parties_audible(Path(recording["path"]))
 
 
