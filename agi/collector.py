@@ -42,7 +42,7 @@ CHECK_EVERY = 30.0  # seconds between looks for calls with no end and files to r
 # hour or two; a working day and a half is beyond any of them, yet short enough that a call
 # whose end was lost is stored (and so swept or withdrawn) the same day.
 LONGEST_CALL = timedelta(hours=12)
-_CALL_FILE = re.compile(r"^[0-9a-f]{32}\.wav$")
+_CALL_FILE = re.compile(r"^([0-9a-f]{32})\.(?:wav|wav16)$")  # storage.recording_format
 
 
 class RecordingCollector:
@@ -206,7 +206,7 @@ class RecordingCollector:
             self.collect_soon(call_id)
         loop_now = asyncio.get_running_loop().time()
         for name in await asyncio.to_thread(self._spool_names):
-            call_id = name.removesuffix(".wav")
+            call_id = name.partition(".")[0]
             if call_id in self._busy:
                 continue
             retry = self._retries.get(call_id)

@@ -76,6 +76,7 @@ class SessionDeps:
     spool_dir: Path  # where MixMonitor writes; file names are our call ids, never caller IDs
     prompt_versions: Mapping[str, str]  # prompt id -> sha256 of its audio
     collector: RecordingCollector  # takes each finished file into the store
+    recording_format: str = "wav"  # the extension MixMonitor is given: "wav" or "wav16"
 
 
 class CallSession:
@@ -246,7 +247,7 @@ class CallSession:
         )
 
     async def _start_recording(self) -> list[Event]:
-        file = str(self.deps.spool_dir / f"{self.call_id}.wav")
+        file = str(self.deps.spool_dir / f"{self.call_id}.{self.deps.recording_format}")
         # Owned before it exists: a crash after this line leaves a file reconcile can place.
         try:
             await self.deps.ledger.set_recording_file(self.call_id, file)

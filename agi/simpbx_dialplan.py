@@ -41,7 +41,7 @@ Data = str | Callable[[Variables], str]
 DIAL_TIMEOUT = 60  # CALLREC_DIAL_TIMEOUT: seconds a callback rings the customer
 FASTAGI_ADDRESS = "127.0.0.1:4573"  # where extensions-fastagi.conf's AGI() connects
 AGENT_CONNECT_GOSUB = "callrec-agent-connect"
-SAFE_RECORDING_FILE = re.compile(r"/(?!.*\.\.)[A-Za-z0-9/_.-]+\.wav")
+SAFE_RECORDING_FILE = re.compile(r"/(?!.*\.\.)[A-Za-z0-9/_.-]+\.wav(16)?")
 _CALLREC_VARIABLES = (  # cleared on entry: nothing a channel brings may decide to record
     "CALLREC_RECORD",
     "CALLREC_FILE",
@@ -222,7 +222,9 @@ def callrec_dialplan(
         ),
         Priority(
             "GotoIf",
-            lambda v: f"{_regex('^/[-A-Za-z0-9/_.]+[.]wav$', v.get('CALLREC_FILE'))}?dots:unsafe",
+            lambda v: (
+                f"{_regex('^/[-A-Za-z0-9/_.]+[.](wav|wav16)$', v.get('CALLREC_FILE'))}?dots:unsafe"
+            ),
             label="file",
         ),
         Priority(

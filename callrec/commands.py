@@ -227,6 +227,7 @@ def _deps(
         spool_dir=settings.spool_dir,
         prompt_versions={pid: info.sha256 for pid, info in catalog.items()},
         collector=collector,
+        recording_format=settings.recording_format,
     )
 
 

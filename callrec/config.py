@@ -34,6 +34,10 @@ LOOPBACK = ("127.0.0.1", "::1")  # FastAGI has no authentication: loopback unles
 # The spool's mode when callrec creates it: its owner only, unless the config lets
 # Asterisk's group in (e.g. "2770": group-writable, new files keep the directory's group).
 DEFAULT_SPOOL_MODE = 0o700
+# MixMonitor picks the file format from the extension of the name the controller gives it
+# (format_wav): "wav" is 8 kHz, "wav16" 16 kHz, which keeps G.722 (wideband) calls at the
+# rate they were spoken. Both are RIFF WAV files; the store keeps them as .wav.
+RECORDING_FORMATS = ("wav", "wav16")
 SPOOL_MODE_BITS = 0o2770  # never any access for others, no setuid or sticky bit
 DEFAULT_LONGEST_CALL_HOURS = LONGEST_CALL / timedelta(hours=1)  # see its reason there
 
@@ -77,6 +81,7 @@ class Settings:
     spool_mode: int = DEFAULT_SPOOL_MODE  # given to the spool directory when callrec creates it
     # A call open for longer had its end lost: it is closed and its recording stored.
     longest_call: timedelta = timedelta(hours=DEFAULT_LONGEST_CALL_HOURS)
+    recording_format: str = "wav"  # one of RECORDING_FORMATS
 
 
 def _section(data: Mapping[str, Any], name: str, keys: set[str]) -> Mapping[str, Any]:
@@ -170,7 +175,9 @@ def load_settings(config: Path | None = None, env: Mapping[str, str] | None = No
         raise ConfigError(f"{source}: {error}") from None
 
     storage = _section(
-        data, "storage", {"data_dir", "spool_dir", "spool_mode", "longest_call_hours"}
+        data,
+        "storage",
+        {"data_dir", "spool_dir", "spool_mode", "longest_call_hours", "recording_format"},
     )
     # Absolute, because Asterisk is told the spool path (CALLREC_FILE) and has its own cwd.
     if env.get("CALLREC_DATA_DIR"):
@@ -188,6 +195,12 @@ def load_settings(config: Path | None = None, env: Mapping[str, str] | None = No
     if isinstance(hours, bool) or not isinstance(hours, int | float) or not 1 <= hours <= 168:
         raise ConfigError(
             f"storage.longest_call_hours: must be a number of hours from 1 to 168, got {hours!r}"
+        )
+    recording_format = storage.get("recording_format", "wav")
+    if recording_format not in RECORDING_FORMATS:
+        raise ConfigError(
+            f"storage.recording_format: must be one of {', '.join(RECORDING_FORMATS)}, "
+            f"got {recording_format!r}"
         )
 
     ari = _section(data, "ari", {"url", "user", "password_file", "app"})
@@ -248,4 +261,5 @@ def load_settings(config: Path | None = None, env: Mapping[str, str] | None = No
         source=source,
         spool_mode=spool_mode,
         longest_call=timedelta(hours=hours),
+        recording_format=recording_format,
     )

@@ -912,6 +912,8 @@ class SqliteStore:
         created = parse_ts(call["decided_at"])
         recording_id = _new_recording_id(created)
         suffix = source.suffix.lower() if _SUFFIX.match(source.suffix.lower()) else ".wav"
+        if suffix == ".wav16":  # MixMonitor's name for 16 kHz; the file is a plain RIFF WAV
+            suffix = ".wav"
         day = created.strftime("%Y/%m/%d")
         final = self.recordings_dir / day / f"{recording_id}{suffix}"
 

@@ -74,6 +74,26 @@ def test_spool_mode_is_octal_text_or_a_toml_octal(tmp_path: Path, text: str, mod
     assert load_settings(config, env={}).spool_mode == mode
 
 
+@pytest.mark.parametrize(("text", "chosen"), [("", "wav"), ('recording_format = "wav16"', "wav16")])
+def test_recording_format_is_wav_unless_wav16_is_chosen(
+    tmp_path: Path, text: str, chosen: str
+) -> None:
+    """storage.recording_format is 8 kHz "wav" by default, or "wav16" for wideband calls."""
+    config = tmp_path / "c.toml"
+    config.write_text(f"[storage]\n{text}\n")
+    assert load_settings(config, env={}).recording_format == chosen
+
+
+@pytest.mark.parametrize("value", ['"mp3"', '"WAV"', '"wav;x"', "16"])
+def test_an_unknown_recording_format_is_refused(tmp_path: Path, value: str) -> None:
+    """A format MixMonitor would not write as WAV (or a file name trick) is a config error
+    naming the key."""
+    config = tmp_path / "c.toml"
+    config.write_text(f"[storage]\nrecording_format = {value}\n")
+    with pytest.raises(ConfigError, match=r"storage\.recording_format"):
+        load_settings(config, env={})
+
+
 @pytest.mark.parametrize("value", ['"0777"', '"0600"', '"4770"', "true", '"12345"', '"0o770"'])
 def test_a_spool_mode_that_opens_the_spool_or_locks_out_its_owner_is_refused(
     tmp_path: Path, value: str

@@ -11,6 +11,7 @@ Asterisk's REGEX semantics, records exactly when Stasis succeeded and CALLREC_RE
 from __future__ import annotations
 
 import configparser
+import json
 import os
 import re
 import shutil
@@ -18,20 +19,30 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
+from reference import SHARED, absent
 
 from callrec.config import load_settings
 from flows.numbers import normalise
-from flows.policy import DEFAULT_LINES
+from flows.policy import DEFAULT_LINES, Policy
 from prompts.catalog import FORMATS, sounds_dir
 
 ROOT = Path(__file__).resolve().parent.parent
 CONF = ROOT / "asterisk-conf"
 CONTROLLER_SETS = {"CALLREC_RECORD", "CALLREC_FILE", "CALLREC_CALL_ID", "CALLREC_NOTICE"}
 MODES = ("ari", "agi")  # the values of CALLREC_MODE, each with its own contexts
-SPOOL_FILE = re.compile(r"^/[-A-Za-z0-9/_.]+[.]wav$")  # what the controller writes
+SPOOL_FILE = re.compile(r"^/[-A-Za-z0-9/_.]+[.](wav|wav16)$")  # what the controller writes
+# Each module's AST_MODULE_INFO (.requires, .optional_modules, builtin) at the Asterisk
+# commit the live tests ran on, read from its source.
+ASTERISK_MODULES = SHARED / "asterisk-modules.json"
+TRUNK_EXAMPLE = CONF / "pjsip-trunk.conf.example"
+# The controller's documented capacity (README, Benchmarks: 1,000 calls alive at once), and
+# the RTP ports one bridged call holds: two legs, each an RTP and an RTCP port.
+CAPACITY_CALLS = 1000
+RTP_PORTS_PER_CALL = 4
 
 
 # --- a small reader for extensions.conf ------------------------------------------------
@@ -149,16 +160,26 @@ def matches(pattern: str, exten: str) -> bool:
     return re.fullmatch(regex, exten) is not None
 
 
+def config_lines(path: Path) -> list[str]:
+    """The lines Asterisk reads from `path`: comments stripped, `#include`d files inlined
+    (a missing one fails, as it would fail Asterisk's load)."""
+    lines: list[str] = []
+    for raw in path.read_text(encoding="utf-8").splitlines():
+        line = strip_comment(raw).strip()
+        if line.startswith("#include"):
+            lines += config_lines(path.parent / line.split(None, 1)[1].strip('"'))
+        elif line:
+            lines.append(line)
+    return lines
+
+
 def read_ini(path: Path) -> list[tuple[str, dict[str, list[str]]]]:
-    """Sections of an Asterisk config file in order (names may repeat, as in pjsip.conf);
-    `(!)` templates and `(template)` inheritance are resolved."""
+    """Sections of an Asterisk config file and its includes in order (names may repeat, as
+    in pjsip.conf); `(!)` templates and `(template)` inheritance are resolved."""
     sections: list[tuple[str, dict[str, list[str]]]] = []
     templates: dict[str, dict[str, list[str]]] = {}
     current: dict[str, list[str]] | None = None
-    for raw in path.read_text(encoding="utf-8").splitlines():
-        line = strip_comment(raw).strip()
-        if not line:
-            continue
+    for line in config_lines(path):
         header = re.fullmatch(r"\[([^\]]+)\](?:\(([^)]*)\))?", line)
         if header:
             name, options = header.groups()
@@ -603,13 +624,15 @@ def test_agi_failure_goes_on_unrecorded(status: str, stops: bool) -> None:
     assert variables["CALLREC_RECORD"] == ("no" if stops else "yes")
 
 
-def test_controller_file_names_pass_the_dialplan_check() -> None:
-    """The file the controller chooses in the docker setup (<spool>/<call id>.wav) is one the
-    dialplan accepts: the two checks agree."""
+@pytest.mark.parametrize("recording_format", ["wav", "wav16"])
+def test_controller_file_names_pass_the_dialplan_check(recording_format: str) -> None:
+    """The file the controller chooses in the docker setup (<spool>/<call id>.<format>, in
+    either recording format) is one the dialplan accepts: the two checks agree."""
     settings = load_settings(
         CONF / "callrec.docker.toml", env={"CALLREC_ARI_PASSWORD": "unused-here"}
     )
-    file = f"{settings.spool_dir}/0123456789abcdef0123456789abcdef.wav"
+    assert settings.recording_format == "wav16"  # stated there, for the G.722 softphones
+    file = f"{settings.spool_dir}/0123456789abcdef0123456789abcdef.{recording_format}"
     assert SPOOL_FILE.match(file)
     ran = run_routine(
         "callrec-record",
@@ -621,6 +644,9 @@ def test_controller_file_names_pass_the_dialplan_check() -> None:
 # --- callbacks ----------------------------------------------------------------------
 
 
+CALLBACK_NUMBER_OPTION = "f(${CALLREC_CALLBACK_NUMBER})"  # Dial's forced caller ID
+
+
 def test_callback_dials_the_callee_routine_only_for_a_notice() -> None:
     """The callback flows Dial with U(<callee routine>^<call id>) on the notice branch only,
     in Dial's U(context^arg) form (apps/app_dial.c), so ARG1 is the call id."""
@@ -628,8 +654,10 @@ def test_callback_dials_the_callee_routine_only_for_a_notice() -> None:
         steps = PLAN.extension(f"callrec-{mode}-callback", "0401234567")
         dials = {s.label: s.data for s in steps if s.app == "Dial"}
         assert set(dials) == {"dial", "notice"}
-        assert "U(" not in dials["dial"]
-        assert dials["notice"].endswith(f",U({routine}^${{FILTER(0-9a-f,${{CALLREC_CALL_ID}})}})")
+        assert split_args(dials["dial"])[2] == CALLBACK_NUMBER_OPTION
+        assert split_args(dials["notice"])[2] == (
+            f"{CALLBACK_NUMBER_OPTION}U({routine}^${{FILTER(0-9a-f,${{CALLREC_CALL_ID}})}})"
+        )
         for data in dials.values():
             assert split_args(data)[0] == "${CALLREC_TRUNK_TECH}/${EXTEN}@${CALLREC_TRUNK}"
         branch = next(s for s in steps if s.label == "decided")
@@ -711,6 +739,87 @@ def test_modules_conf_loads_every_application_and_function_used() -> None:
         assert needed in loaded, needed
 
 
+def loaded_modules(path: Path) -> set[str]:
+    return {name.removesuffix(".so") for name in section(path, "modules").get("load", [])}
+
+
+def missing_requirements(loaded: set[str], modules: dict[str, Any]) -> dict[str, list[str]]:
+    """For each loaded module, the modules its .requires names that are neither loaded nor
+    compiled into the binary: with autoload off, Asterisk refuses to load it ("Failed to
+    resolve dependencies")."""
+    return {
+        name: missing
+        for name in sorted(loaded)
+        if (
+            missing := [
+                need
+                for need in modules[name]["requires"]
+                if need not in loaded and not modules.get(need, {}).get("builtin", False)
+            ]
+        )
+    }
+
+
+def asterisk_modules() -> dict[str, Any]:
+    if not ASTERISK_MODULES.is_file():
+        pytest.skip(absent(SHARED))
+    modules: dict[str, Any] = json.loads(ASTERISK_MODULES.read_text("utf-8"))["modules"]
+    return modules
+
+
+def test_modules_conf_loads_what_every_loaded_module_requires() -> None:
+    """With autoload off, every module that modules.conf loads has each module its source
+    .requires loaded too (chan_pjsip: res_pjsip, res_pjsip_session, res_pjsip_pubsub), so
+    none of them fails to load."""
+    modules = asterisk_modules()
+    loaded = loaded_modules(CONF / "modules.conf")
+    assert sorted(loaded - modules.keys()) == [], "not modules of this Asterisk"
+    assert missing_requirements(loaded, modules) == {}
+
+
+def test_the_requirement_check_catches_a_dropped_dependency() -> None:
+    """The check above fails on a modules.conf without res_pjsip_pubsub, the module whose
+    absence kept chan_pjsip from loading."""
+    modules = asterisk_modules()
+    loaded = loaded_modules(CONF / "modules.conf") - {"res_pjsip_pubsub"}
+    assert missing_requirements(loaded, modules) == {"chan_pjsip": ["res_pjsip_pubsub"]}
+
+
+# The module that registers each pjsip.conf object type or option the configuration uses
+# (res/res_pjsip*.c: ast_sorcery_apply_default / ast_sip_register_*); the others are
+# res_pjsip's own (endpoint, aor, auth, transport).
+PJSIP_TYPE_MODULES = {
+    "registration": "res_pjsip_outbound_registration",
+    "identify": "res_pjsip_endpoint_identifier_ip",
+}
+PJSIP_OPTION_MODULES = {
+    "outbound_auth": "res_pjsip_outbound_authenticator_digest",  # answers a challenge
+    "auth": "res_pjsip_authenticator_digest",  # challenges the softphones
+}
+PJSIP_OWN_TYPES = {"endpoint", "aor", "auth", "transport"}
+
+
+def test_every_pjsip_object_the_configuration_uses_has_its_module() -> None:
+    """The test parties and the operator trunk example use only object types and options
+    whose modules modules.conf loads (a registration without
+    res_pjsip_outbound_registration is silently ignored)."""
+    loaded = loaded_modules(CONF / "modules.conf")
+    for path in (CONF / "pjsip.conf", TRUNK_EXAMPLE):
+        for name, values in read_ini(path):
+            kind = values["type"][0]
+            assert kind in PJSIP_OWN_TYPES | PJSIP_TYPE_MODULES.keys(), f"{path.name} [{name}]"
+            if kind in PJSIP_TYPE_MODULES:
+                assert PJSIP_TYPE_MODULES[kind] in loaded, f"{path.name} [{name}]"
+            if kind == "endpoint":
+                for option in ("auth", "outbound_auth"):
+                    if option in values:
+                        assert PJSIP_OPTION_MODULES[option] in loaded, f"[{name}] {option}"
+            if kind == "aor" and "contact" not in values:
+                assert "res_pjsip_registrar" in loaded, f"[{name}]: phones register here"
+    for needed in ("chan_pjsip", "res_pjsip_session", "res_pjsip_sdp_rtp", "res_rtp_asterisk"):
+        assert needed in loaded, needed
+
+
 def test_ari_listens_on_loopback_with_a_password_from_the_environment() -> None:
     """http.conf binds 127.0.0.1:8088; ari.conf's callrec user holds a placeholder, never a
     password."""
@@ -739,6 +848,103 @@ def test_pjsip_has_a_customer_softphone_and_an_agent() -> None:
     trunk = section(pjsip, "trunk", "endpoint")
     assert "context" not in trunk and "auth" not in trunk  # outbound only
     assert PLAN.globals["CALLREC_TRUNK"].split()[0] == "trunk"
+
+
+def test_the_test_customer_calls_with_a_real_number() -> None:
+    """The customer softphone's calls carry a number the controller keeps (so its missed
+    calls can be called back and linked), and it is no line's number."""
+    customer = section(CONF / "pjsip.conf", "customer", "endpoint")
+    number = re.fullmatch(r'"[^"]*" <(\+?[0-9]+)>', customer["callerid"][0])
+    assert number, customer["callerid"]
+    assert Policy().line_for(normalise(number.group(1))) is None
+
+
+def test_callbacks_show_the_centers_number() -> None:
+    """Every callback Dial forces the caller ID of the customer's leg to
+    CALLREC_CALLBACK_NUMBER, a line's public number by default, and the agent endpoint has no
+    number of its own that could show instead."""
+    number = PLAN.globals["CALLREC_CALLBACK_NUMBER"].split()[0]
+    assert Policy().line_for(normalise(number)) is not None
+    dials = [s for s in PLAN.steps() if s.app == "Dial"]
+    assert len(dials) == 4  # ARI and AGI, each with and without the notice
+    for step in dials:
+        options = split_args(step.data)[2]
+        assert options.startswith(CALLBACK_NUMBER_OPTION), step.where
+    assert "callerid" not in section(CONF / "pjsip.conf", "agent", "endpoint")
+
+
+def test_sip_transport_has_nat_settings_from_the_environment() -> None:
+    """The transport writes the external address into SDP and Contact for peers outside
+    local_net (else audio and RFC 4733 digits are lost behind Docker's bridge), and
+    docker-compose.yml supplies the address and the compose network it pins."""
+    transport = section(CONF / "pjsip.conf", "transport-udp", "transport")
+    assert transport["external_media_address"] == ["@CALLREC_SIP_EXTERNAL_ADDRESS@"]
+    assert transport["external_signaling_address"] == ["@CALLREC_SIP_EXTERNAL_ADDRESS@"]
+    assert transport["local_net"] == ["127.0.0.0/8", "@CALLREC_SIP_LOCAL_NET@"]
+    compose = yaml.safe_load((CONF / "docker-compose.yml").read_text("utf-8"))
+    env = compose["services"]["asterisk"]["environment"]
+    assert env["CALLREC_SIP_EXTERNAL_ADDRESS"].startswith("${CALLREC_SIP_EXTERNAL_ADDRESS:?")
+    subnet = compose["networks"]["default"]["ipam"]["config"][0]["subnet"]
+    assert env["CALLREC_SIP_LOCAL_NET"] == subnet
+
+
+def test_rtp_range_holds_the_documented_capacity_and_is_published() -> None:
+    """rtp.conf's range holds the controller's documented 1,000 calls at once (four ports a
+    bridged call), and docker-compose.yml publishes exactly that range."""
+    rtp = section(CONF / "rtp.conf", "general")
+    start, end = int(rtp["rtpstart"][0]), int(rtp["rtpend"][0])
+    assert (end - start + 1) // RTP_PORTS_PER_CALL >= CAPACITY_CALLS
+    compose = yaml.safe_load((CONF / "docker-compose.yml").read_text("utf-8"))
+    assert f"{start}-{end}:{start}-{end}/udp" in compose["services"]["asterisk"]["ports"]
+    assert f"{CAPACITY_CALLS:,} calls at once" in (CONF / "README.md").read_text("utf-8")
+
+
+def test_operator_trunk_example_identifies_authenticates_and_registers() -> None:
+    """The trunk example is a complete `trunk`: inbound calls identified by address into
+    callrec-inbound, digest auth for outbound calls, an optional registration with the same
+    credentials, RFC 4733 digits, media through the PBX, and no from_user to hide the
+    center's number."""
+    sections = read_ini(TRUNK_EXAMPLE)
+    kinds = {values["type"][0]: (name, values) for name, values in sections}
+    assert set(kinds) == {"endpoint", "auth", "aor", "identify", "registration"}
+    name, endpoint = kinds["endpoint"]
+    assert name == PLAN.globals["CALLREC_TRUNK"].split()[0] == "trunk"
+    assert endpoint["context"] == ["callrec-inbound"]
+    assert endpoint["dtmf_mode"] == ["rfc4733"] and endpoint["direct_media"] == ["no"]
+    assert "from_user" not in endpoint and "auth" not in endpoint
+    auth_name, auth = kinds["auth"]
+    assert endpoint["outbound_auth"] == [auth_name]
+    assert kinds["registration"][1]["outbound_auth"] == [auth_name]
+    assert auth["password"] == ["@CALLREC_TRUNK_PASSWORD@"]
+    assert kinds["identify"][1]["endpoint"] == ["trunk"]
+    assert kinds["identify"][1]["match"] == ["@CALLREC_TRUNK_MATCH@"]
+    assert kinds["aor"][0] == "trunk" and kinds["aor"][1]["contact"]
+
+
+def test_operator_trunk_example_renders_in_place_of_the_test_parties(tmp_path: Path) -> None:
+    """Copied to pjsip-trunk.conf and included instead of the test parties, the example
+    renders with the operator's values from the environment, and `trunk` is then the
+    operator's endpoint only."""
+    source = tmp_path / "src"
+    shutil.copytree(CONF, source, ignore=shutil.ignore_patterns("*.md", "Dockerfile*"))
+    shutil.copy(TRUNK_EXAMPLE, source / "pjsip-trunk.conf")
+    (source / "pjsip-test-parties.conf").unlink()
+    pjsip = (source / "pjsip.conf").read_text("utf-8")
+    pjsip = pjsip.replace("#include pjsip-test-parties.conf\n", "").replace(
+        "; #include pjsip-trunk.conf", "#include pjsip-trunk.conf"
+    )
+    (source / "pjsip.conf").write_text(pjsip, "utf-8")
+    target = tmp_path / "etc"
+    secrets = {k: v for k, v in SECRETS.items() if "CUSTOMER" not in k and "AGENT" not in k}
+    result = render(target, {**secrets, **TRUNK}, source)
+    assert result.returncode == 0, result.stderr
+    registration = section(target / "pjsip.conf", "trunk-registration", "registration")
+    assert registration["client_uri"] == ["sip:0038614040400@sip.operator.example:5060"]
+    assert section(target / "pjsip.conf", "trunk", "identify")["match"] == [
+        TRUNK["CALLREC_TRUNK_MATCH"]
+    ]
+    endpoints = [n for n, v in read_ini(target / "pjsip.conf") if v["type"] == ["endpoint"]]
+    assert endpoints == ["trunk"]
 
 
 def test_test_parties_exist_for_the_live_tests() -> None:
@@ -770,9 +976,11 @@ def test_every_live_test_party_of_the_scenarios_exists() -> None:
 # --- deployment ---------------------------------------------------------------------
 
 
-def render(target: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+def render(
+    target: Path, env: dict[str, str], source: Path = CONF
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        ["/bin/sh", str(CONF / "render-config.sh"), str(CONF), str(target)],
+        ["/bin/sh", str(CONF / "render-config.sh"), str(source), str(target)],
         env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **env},
         capture_output=True,
         text=True,
@@ -785,6 +993,14 @@ SECRETS = {
     "CALLREC_ARI_PASSWORD": "s3cr&t|\\x",
     "CALLREC_SIP_CUSTOMER_PASSWORD": "customer-pw",
     "CALLREC_SIP_AGENT_PASSWORD": "agent-pw",
+    "CALLREC_SIP_EXTERNAL_ADDRESS": "192.0.2.10",
+    "CALLREC_SIP_LOCAL_NET": "172.30.80.0/24",
+}
+TRUNK = {
+    "CALLREC_TRUNK_HOST": "sip.operator.example:5060",
+    "CALLREC_TRUNK_MATCH": "198.51.100.0/28,198.51.100.20",
+    "CALLREC_TRUNK_USER": "0038614040400",
+    "CALLREC_TRUNK_PASSWORD": "trunk-pw",
 }
 
 
