@@ -22,46 +22,39 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import sqlite3
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
 import aiosqlite
 
 from flows.errors import (
-    CallrecError,
     IntegrityError,
-    NotFoundError,
     StorageError,
     StoreFullError,
     StoreReadOnlyError,
 )
 from storage.schema import PythonStep, StepRunner, migrate
+from storage.values import opt_ts, os_error, parse_ts, ts
+
+__all__ = [
+    "BUSY_TIMEOUT",
+    "RETRY_FOR",
+    "Database",
+    "Tx",
+    "opt_ts",
+    "os_error",
+    "parse_ts",
+    "sqlite_error",
+    "ts",
+]
 
 T = TypeVar("T")
 Params = Sequence[Any]
 
 BUSY_TIMEOUT = 2.0  # seconds SQLite itself waits for another writer before answering "busy"
 RETRY_FOR = 30.0  # then whole transactions are retried this long: a CLI sweep may hold it
-_TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
-
-
-def ts(moment: datetime) -> str:
-    """`moment` as fixed-width ISO-8601 UTC text, so that text order is time order."""
-    if moment.tzinfo is None or moment.utcoffset() is None:
-        raise CallrecError(f"a time must carry a time zone, got naive {moment.isoformat()}")
-    return moment.astimezone(UTC).strftime(_TIME_FORMAT)
-
-
-def parse_ts(text: str) -> datetime:
-    return datetime.strptime(text, _TIME_FORMAT).replace(tzinfo=UTC)
-
-
-def opt_ts(text: str | None) -> datetime | None:
-    return None if text is None else parse_ts(text)
 
 
 def _locked(error: sqlite3.Error) -> bool:
@@ -80,19 +73,6 @@ def sqlite_error(error: sqlite3.Error, doing: str) -> StorageError:
     if isinstance(error, sqlite3.IntegrityError):
         return IntegrityError(f"{doing}: {text}")
     return StorageError(f"{doing}: {text}")
-
-
-def os_error(error: OSError, doing: str) -> StorageError:
-    """One of ours for a file system error, naming what was being done."""
-    code = error.errno
-    detail = error.strerror or str(error)
-    if code in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
-        return StoreFullError(f"{doing}: no space left ({detail})")
-    if code in (errno.EROFS, errno.EACCES, errno.EPERM):
-        return StoreReadOnlyError(f"{doing}: the store cannot be written ({detail})")
-    if code == errno.ENOENT:
-        return NotFoundError(f"{doing}: no such file ({detail})")
-    return StorageError(f"{doing}: {detail}")
 
 
 class Tx:

@@ -17,11 +17,11 @@ import os
 import stat
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 from flows.errors import NotFoundError, StorageError
-from storage.db import os_error
+from storage.ports import Placed
+from storage.values import os_error
 
 CHUNK = 1 << 20
 WAV_HEADER = 44  # the canonical RIFF/WAVE header MixMonitor writes before any audio
@@ -33,13 +33,6 @@ TEMP_SUFFIX = ".tmp"
 UNLINK_WORKERS = 4
 PRIVATE_DIR = 0o700  # recordings are personal data: the store's owner only
 PRIVATE_FILE = 0o600
-
-
-@dataclass(frozen=True, slots=True)
-class Placed:
-    sha256: str
-    size: int
-    renamed: bool  # True: the source is gone (moved); False: copied, the source remains
 
 
 def fsync_dir(path: Path) -> None:

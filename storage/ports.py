@@ -1,9 +1,14 @@
-"""The store's narrow interface: what the controller and the command line may ask of it.
+"""The store's interfaces: what it is asked, and the two narrow ports it is built on.
 
-`Ledger` is what a live call needs (fast, small); `RecordingStore` is what the retention
-and the data protection officer need. The embedded default implements both on one SQLite
-file and a directory (`storage.sqlite.SqliteStore`); PostgreSQL and an S3-compatible
-object store are further implementations of these Protocols, not rewrites.
+Asked: `Ledger` is what a live call needs (fast, small); `RecordingStore` is what the
+retention and the data protection officer need; `Queries` what the command line asks
+besides. `storage.store.Store` answers all three, once, with the use cases of storage/
+(`calls`, `ingest`, `sweep`, `withdrawal`, `access`, `verify`, `reconcile`, `reports`).
+
+Built on: `LedgerDb`, rows in transactions (`Tx`) and the audit chain's append, and
+`BlobStore`, the recordings' audio under opaque keys. SQLite (`storage.sqlite`) and the
+local file system (`storage.blobs`) implement them today; PostgreSQL and an S3-compatible
+object store are further implementations of these two, not rewrites of the use cases.
 
 All datetimes are timezone-aware UTC. Phone numbers are E.164 or None (anonymous).
 """
@@ -11,16 +16,113 @@ All datetimes are timezone-aware UTC. Phone numbers are E.164 or None (anonymous
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol, TypeVar
 
 from flows.communication import MissedCandidate
 from flows.outcome import Outcome
 from flows.policy import Decision, Direction, LegalBasis, Purpose
 from flows.withdrawal import WithdrawalScope
+
+T = TypeVar("T")
+
+
+class Row(Protocol):
+    """A row of a result: indexed by column name (or position)."""
+
+    def __getitem__(self, key: int | str, /) -> Any: ...
+
+
+class Tx(Protocol):
+    """The statements of one transaction (`storage.db.Tx` on SQLite). The SQL is portable,
+    what SQLite and PostgreSQL both accept, with `?` placeholders."""
+
+    def run(self, sql: str, params: Sequence[Any] = ()) -> int:
+        """Execute one statement; the number of rows it changed."""
+
+    def many(self, sql: str, rows: Iterable[Sequence[Any]]) -> None: ...
+
+    def all(self, sql: str, params: Sequence[Any] = ()) -> Sequence[Row]: ...
+
+    def one(self, sql: str, params: Sequence[Any] = ()) -> Row | None: ...
+
+
+class LedgerDb(Protocol):
+    """The ledger port: rows in transactions, and the audit chain appended with its head
+    serialized (no two transactions append after the same head)."""
+
+    async def read(self, body: Callable[[Tx], T], doing: str) -> T:
+        """Run the synchronous `body` in one read transaction."""
+
+    async def write(self, body: Callable[[Tx], T], doing: str) -> T:
+        """Run the synchronous `body` in one write transaction: all of it or nothing."""
+
+    def append_audit(
+        self, tx: Tx, at: datetime, action: str, entries: Sequence[tuple[str, Mapping[str, str]]]
+    ) -> None:
+        """Append one keyed audit entry per (subject, details), chained in order, in `tx`."""
+
+    def guard_problems(self, tx: Tx) -> list[str]:
+        """What this engine's own guards of the ledger (append-only triggers) say is wrong."""
+
+    def json_text(self, column: str, key: str) -> str:
+        """An SQL expression for the text at `key` of the JSON object in `column`."""
+
+    def full_scan(self, table: str, alias: str) -> str:
+        """`table alias` in a FROM clause, read in its own order rather than by an index."""
+
+    async def close(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Placed:
+    sha256: str
+    size: int
+    renamed: bool  # True: the source is gone (moved); False: copied, the source remains
+
+
+class BlobStore(Protocol):
+    """The recordings' audio under opaque keys (made by `key_for`). Every change is durable
+    when the call returns. OSError for what the medium refuses."""
+
+    def key_for(self, recording_id: str, created: datetime, suffix: str) -> str: ...
+
+    def recording_id_of(self, key: str) -> str:
+        """The recording id a key was made for."""
+
+    def location(self, key: str) -> str:
+        """Where the blob is, for people and `RecordingRow.path` (a local path today)."""
+
+    async def put(self, source: Path, key: str) -> Placed:
+        """Store the file `source` under `key`, whole or not at all. The source is left for
+        the caller to remove once the ledger has the recording (`renamed` says if it went)."""
+
+    async def open(self, key: str) -> Path:
+        """A local file holding the blob's content, to read."""
+
+    async def size(self, key: str) -> int | None:
+        """Its size in bytes; None when there is no such blob."""
+
+    async def hash(self, key: str) -> tuple[str, int]:
+        """(SHA-256, size); FileNotFoundError when there is no such blob."""
+
+    async def exists_many(self, keys: Sequence[str]) -> list[bool]: ...
+
+    async def remove(self, key: str) -> bool:
+        """False when it was already gone."""
+
+    async def remove_many(self, keys: Sequence[str]) -> list[bool | OSError]:
+        """For each key: True (removed), False (already gone) or the error that kept it."""
+
+    async def discard_partial(self, key: str | None = None) -> list[str]:
+        """Remove what an interrupted `put` left (of `key`, or of every key); what it
+        removed, as locations."""
+
+    async def list(self) -> list[str]:
+        """Every key held, in order."""
 
 
 class RecordingStatus(enum.StrEnum):

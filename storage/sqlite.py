@@ -85,6 +85,7 @@ from storage.ports import (
     CallRow,
     CallStart,
     DecisionRecord,
+    Placed,
     Progress,
     ReconcileReport,
     RecordingRow,
@@ -927,7 +928,7 @@ class SqliteStore:
         await self._db.write(intent, f"ingesting call {call_id}")
         try:
             await self._in_thread(f"creating {final.parent}", files.private_dir, final.parent)
-            placed: files.Placed = await asyncio.to_thread(files.place, source, final)
+            placed: Placed = await asyncio.to_thread(files.place, source, final)
         except StorageError:
             # Nothing moved (the source is where it was): forget the intent.
             def undo(tx: Tx) -> None:
@@ -1101,7 +1102,7 @@ class SqliteStore:
             return await self._complete(recording_id, call, final, digest, size, source, now)
         if await asyncio.to_thread(source.exists):
             await self._in_thread(f"creating {final.parent}", files.private_dir, final.parent)
-            placed: files.Placed = await asyncio.to_thread(files.place, source, final)
+            placed: Placed = await asyncio.to_thread(files.place, source, final)
             return await self._complete(
                 recording_id, call, final, placed.sha256, placed.size, source, now
             )
