@@ -18,34 +18,31 @@ into the first keyed entry's MAC.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import hmac
 import json
 import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 
-import aiosqlite
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from flows.errors import StorageError
 from storage import checkpoints
 from storage.audit import GENESIS, canonical, entry_hash
-from storage.db import Tx, ts
 from storage.keyfiles import create_once, read_key
-from storage.ports import AuditEntry
-from storage.schema import START_KEYED_AUDIT, PythonStep, StepRunner
+from storage.ports import AuditEntry, Tx
+from storage.values import ts
 
 AUDIT_KEY_FILE = "audit.key"
 KEY_BYTES = 32
 KEYED_START = "audit.keyed"
 MAC = "HMAC-SHA256"
-FIRST_KEYED_SQL = "SELECT MIN(seq) FROM audit WHERE action = 'audit.keyed'"
+FIRST_KEYED_SQL = "SELECT MIN(seq) AS keyed_from FROM audit WHERE action = 'audit.keyed'"
 HEAD_SQL = "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1"
-_INSERT = (
+INSERT_SQL = (
     "INSERT INTO audit (seq, at, action, subject, details, prev_hash, hash) "
     "VALUES (?, ?, ?, ?, ?, ?, ?)"
 )
@@ -101,7 +98,7 @@ def append(
         stored = json.dumps(dict(details), sort_keys=True, ensure_ascii=False)
         rows.append((seq, when, action, subject, stored, prev, mac))
         prev = mac
-    tx.many(_INSERT, rows)
+    tx.many(INSERT_SQL, rows)
 
 
 class ChainChecker:
@@ -142,61 +139,6 @@ class ChainChecker:
             self.hashes[entry.seq] = entry.hash
         self._expected_prev = entry.hash
         self.last_seq = entry.seq
-
-
-# ------------------------------------------------------------------ migration
-
-
-def migration_runners(root: Path) -> Mapping[PythonStep, StepRunner]:
-    """The Python steps of the ledger's migrations, for the store rooted at `root`."""
-
-    async def start_keyed_chain(conn: aiosqlite.Connection) -> None:
-        rows = list(await conn.execute_fetchall(HEAD_SQL))
-        seq, prev = (0, GENESIS) if not rows else (int(rows[0][0]), str(rows[0][1]))
-
-        def keys_and_checkpoint() -> tuple[bytes, str, str]:
-            # The keys are made here, when the keyed chain starts (a new store or an older
-            # ledger), and never again: a later open without them is an error.
-            checkpoints.create_signing_key(root)
-            create_audit_key(root)
-            signing = checkpoints.load_signing_key(root)
-            # A checkpoint of what is already committed: whatever becomes of this
-            # transaction, it stays true. Opening a store takes no time argument, so the
-            # store's birth (or upgrade) is stamped with the machine's clock.
-            when = ts(datetime.now(UTC))
-            checkpoints.append(
-                root / checkpoints.CHECKPOINTS_DIR, checkpoints.sign(signing, seq, prev, when)
-            )
-            return load_audit_key(root), when, checkpoints.fingerprint(signing.public_key())
-
-        try:
-            key, when, signer = await asyncio.to_thread(keys_and_checkpoint)
-        except OSError as error:
-            raise StorageError(f"starting the keyed audit chain: {error}") from error
-        if seq == 0:
-            return  # a new chain: keyed from its first entry
-        details = {
-            "from_seq": str(seq + 1),
-            "previous_head": prev,
-            "mac": MAC,
-            "audit_key": key_id(key),
-            "checkpoint_key": signer,
-        }
-        body = canonical(seq + 1, when, KEYED_START, "audit", details)
-        await conn.execute(
-            _INSERT,
-            (
-                seq + 1,
-                when,
-                KEYED_START,
-                "audit",
-                json.dumps(details, sort_keys=True),
-                prev,
-                entry_mac(key, prev, body),
-            ),
-        )
-
-    return {START_KEYED_AUDIT: start_keyed_chain}
 
 
 @dataclass(frozen=True, slots=True)

@@ -34,9 +34,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from flows.errors import StorageError
 from storage import files
-from storage.db import parse_ts
 from storage.keyfiles import create_once, read_key
 from storage.ports import CheckpointStatus
+from storage.values import parse_ts
 
 FORMAT = 1
 CHECKPOINTS_DIR = "checkpoints"

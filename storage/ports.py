@@ -15,17 +15,71 @@ All datetimes are timezone-aware UTC. Phone numbers are E.164 or None (anonymous
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-from flows.communication import MissedCandidate
 from flows.outcome import Outcome
-from flows.policy import Decision, Direction, LegalBasis, Purpose
-from flows.withdrawal import WithdrawalScope
+from flows.policy import LegalBasis, Purpose
+from storage.records import (
+    AccessRecord,
+    AuditEntry,
+    CallbackCandidates,
+    CallbackDue,
+    CallbackSummary,
+    CallCount,
+    CallRow,
+    CallStart,
+    CheckpointStatus,
+    DecisionRecord,
+    Progress,
+    ReconcileReport,
+    RecordingRow,
+    RecordingStatus,
+    Report,
+    SweepReport,
+    VerifyReport,
+    WithdrawalReport,
+    WithdrawalRow,
+    WithdrawalVia,
+)
+
+if TYPE_CHECKING:
+    from storage.checkpoints import Checkpoint
+
+__all__ = [
+    "AccessRecord",
+    "AuditEntry",
+    "BlobStore",
+    "CallCount",
+    "CallRow",
+    "CallStart",
+    "CallbackCandidates",
+    "CallbackDue",
+    "CallbackSummary",
+    "CheckpointStatus",
+    "DecisionRecord",
+    "Ledger",
+    "LedgerDb",
+    "Placed",
+    "Progress",
+    "Queries",
+    "ReconcileReport",
+    "RecordingRow",
+    "RecordingStatus",
+    "RecordingStore",
+    "Report",
+    "Row",
+    "StoreApi",
+    "SweepReport",
+    "Tx",
+    "VerifyReport",
+    "WithdrawalReport",
+    "WithdrawalRow",
+    "WithdrawalVia",
+]
 
 T = TypeVar("T")
 
@@ -61,9 +115,15 @@ class LedgerDb(Protocol):
         """Run the synchronous `body` in one write transaction: all of it or nothing."""
 
     def append_audit(
-        self, tx: Tx, at: datetime, action: str, entries: Sequence[tuple[str, Mapping[str, str]]]
+        self,
+        tx: Tx,
+        key: bytes,
+        at: datetime,
+        action: str,
+        entries: Sequence[tuple[str, Mapping[str, str]]],
     ) -> None:
-        """Append one keyed audit entry per (subject, details), chained in order, in `tx`."""
+        """Append one entry per (subject, details), chained in order and keyed with `key`
+        (`storage.chain.append`), in `tx`, with nobody else appending after the same head."""
 
     def guard_problems(self, tx: Tx) -> list[str]:
         """What this engine's own guards of the ledger (append-only triggers) say is wrong."""
@@ -123,181 +183,6 @@ class BlobStore(Protocol):
 
     async def list(self) -> list[str]:
         """Every key held, in order."""
-
-
-class RecordingStatus(enum.StrEnum):
-    STORED = "stored"  # audio in the store, hash recorded
-    EMPTY = "empty"  # MixMonitor wrote only a header (nobody was bridged): no audio kept
-    DELETED = "deleted"  # retention or withdrawal removed it; only the audit entry remains
-    MISSING = "missing"  # the ledger expects a file that is not there (flagged by reconcile)
-
-
-class WithdrawalVia(enum.StrEnum):
-    PHONE = "phone"  # registered by an agent during a call to the center
-    EMAIL = "email"  # registered by the DPO from an e-mail
-
-
-@dataclass(frozen=True, slots=True)
-class CallStart:
-    call_id: str  # ours: 32 lowercase hex digits, safe in paths and variables
-    channel_id: str  # Asterisk's unique id (never used in a path)
-    direction: Direction
-    line: str | None  # None: the dialed number belongs to no line
-    caller: str | None  # E.164 of the customer, None when anonymous or unusable
-    dialed: str | None  # E.164 of the line number dialed (inbound) or the customer (callback)
-    started_at: datetime
-    parent_call_id: str | None = None  # callee leg: the callback it belongs to
-    customer: str | None = None  # E.164 of the customer (`flows.communication.customer_of`)
-    communication_id: str | None = None  # the communication it belongs to; None: its own
-
-
-@dataclass(frozen=True, slots=True)
-class DecisionRecord:
-    call_id: str
-    decision: Decision
-    legal_basis: LegalBasis
-    digit: str | None
-    reason: str
-    prompt: str | None  # prompt id the decision was given to
-    prompt_sha256: str | None  # the version of that prompt's audio (prompts/manifest.json)
-    decided_at: datetime
-    linked_to: str | None = None  # callback: the missed call it answers
-    window: timedelta | None = None  # callback: the window used to find it
-    overload: bool = False  # callback: the operator's overload switch was on
-    communication_id: str | None = None  # a linked callback joins the missed call's
-
-
-@dataclass(frozen=True, slots=True)
-class CallbackCandidates:
-    """What a callback look-up needs: the customer's missed calls of one legal basis since a
-    time (newest first, at most `flows.communication.MAX_CANDIDATES`), and the withdrawals
-    that name that customer or one of those calls' communications."""
-
-    calls: tuple[MissedCandidate, ...]
-    withdrawals: tuple[WithdrawalScope, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class CallRow:
-    call_id: str
-    channel_id: str
-    direction: Direction
-    line: str | None
-    caller: str | None
-    dialed: str | None
-    started_at: datetime
-    ended_at: datetime | None
-    outcome: Outcome | None
-    decision: Decision
-    decided_at: datetime | None
-    digit: str | None
-    legal_basis: LegalBasis | None
-    prompt: str | None
-    prompt_sha256: str | None
-    reason: str | None
-    linked_to: str | None
-    parent_call_id: str | None
-    recording_file: str | None  # the path MixMonitor was told to write (spool)
-    customer: str | None = None
-    communication_id: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class RecordingRow:
-    """One recording; the fields of `callrec recordings list --json` (DESIGN.md)."""
-
-    id: str
-    call_id: str
-    line: str
-    legal_basis: LegalBasis
-    caller: str | None
-    dialed: str | None
-    created_at: datetime
-    delete_after: datetime
-    sha256: str | None
-    path: str | None  # absolute path in the store; None once deleted or when empty
-    linked_to: str | None
-    purposes: frozenset[Purpose]
-    size: int
-    status: RecordingStatus
-    deleted_at: datetime | None = None
-    deletion_reason: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class SweepReport:
-    # Recording ids deleted (or, on a dry run, due); empty when the sweep handed them to
-    # its `on_deleted` as it went instead (then only `count` says how many).
-    deleted: tuple[str, ...]
-    dry_run: bool
-    finished_at: datetime
-    count: int  # recordings deleted (or due)
-    problems: tuple[str, ...] = ()  # a file or copy that could not be removed (retried next run)
-
-
-@dataclass(frozen=True, slots=True)
-class WithdrawalReport:
-    withdrawal_id: str
-    caller: str | None  # None: the withdrawal names one communication
-    communication_id: str | None
-    via: WithdrawalVia
-    received_at: datetime
-    received_on: str  # ISO date the withdrawal counts as received (flows.retention)
-    due_on: str  # ISO date of the last working day for the deletion
-    deadline: datetime
-    deleted: tuple[str, ...]  # consent recordings deleted
-    kept: tuple[tuple[str, str], ...]  # (recording id, why) kept: sales recordings
-    completed_at: datetime | None
-
-
-@dataclass(frozen=True, slots=True)
-class CheckpointStatus:
-    """The signed checkpoints of the audit chain, as `verify` found them."""
-
-    path: str  # the checkpoint file
-    checkpoints: int  # lines signed by this store's key
-    bad: int  # lines that are not (unreadable, another key, a signature that fails)
-    seq: int | None  # the latest checkpoint (of the longest chain): entries it covers
-    head: str | None  # ... the hash of its last entry
-    at: datetime | None  # ... when it was taken
-    signature_ok: bool  # every line of the file is a checkpoint signed by this store
-    covered: bool  # the chain still holds the latest checkpoint's entry with its hash
-    entries_after: int  # entries appended since the latest checkpoint
-
-
-@dataclass(frozen=True, slots=True)
-class VerifyReport:
-    checked: int
-    problems: tuple[str, ...]  # one line each; empty means everything matches
-    checkpoint: CheckpointStatus | None = None
-
-    @property
-    def ok(self) -> bool:
-        return not self.problems
-
-
-@dataclass(frozen=True, slots=True)
-class ReconcileReport:
-    ingested: tuple[str, ...] = ()  # call ids whose finished file was ingested now
-    deleted_unowned: tuple[str, ...] = ()  # files with no committed RECORD decision: deleted
-    flagged: tuple[str, ...] = ()  # human-readable lines for what needs a look
-    failed_closed: tuple[str, ...] = ()  # calls without a decision marked as not recorded
-    resumed: tuple[str, ...] = ()  # half-done ingests, deletions and exports finished now
-
-
-@dataclass(frozen=True, slots=True)
-class AuditEntry:
-    seq: int
-    at: datetime
-    action: str  # e.g. "recording.deleted", "withdrawal.registered"
-    subject: str  # a recording/call/withdrawal id; never a phone number
-    details: dict[str, str] = field(default_factory=dict)  # pseudonymised, no personal data
-    prev_hash: str = ""
-    hash: str = ""
-
-
-# Told (items done, items in all) as a long operation goes: the command line draws a bar.
-Progress = Callable[[int, int], None]
 
 
 class Ledger(Protocol):
@@ -397,85 +282,6 @@ class RecordingStore(Protocol):
         """The operator's overload switch: explicit and audited, never silent."""
 
 
-@dataclass(frozen=True, slots=True)
-class CallbackDue:
-    """A missed call nobody has called back yet (for the staff's `callrec callbacks`)."""
-
-    call_id: str
-    line: str
-    caller: str | None  # E.164; None when the caller was anonymous (cannot be called back)
-    ended_at: datetime
-    due_by: datetime  # ended_at + the policy's callback window
-    overdue: bool
-
-
-@dataclass(frozen=True, slots=True)
-class WithdrawalRow:
-    withdrawal_id: str
-    caller: str | None  # E.164; None when the withdrawal names one communication
-    via: WithdrawalVia
-    received_at: datetime
-    registered_by: str
-    registered_at: datetime
-    received_on: str
-    due_on: str
-    deadline: datetime
-    completed_at: datetime | None
-    deleted: tuple[str, ...]
-    kept: tuple[tuple[str, str], ...]
-    communication_id: str | None = None  # set when the withdrawal names one communication
-
-    @property
-    def met_deadline(self) -> bool | None:
-        """None while not completed; then whether it completed by the deadline."""
-        return None if self.completed_at is None else self.completed_at <= self.deadline
-
-
-@dataclass(frozen=True, slots=True)
-class AccessRecord:
-    at: datetime
-    who: str
-    purpose: str
-    recording_id: str
-    allowed: bool
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class CallCount:
-    line: str | None
-    direction: Direction
-    decision: Decision
-    calls: int
-
-
-@dataclass(frozen=True, slots=True)
-class CallbackSummary:
-    callback_call_id: str
-    missed_call_id: str
-    line: str | None
-    missed_ended_at: datetime | None
-    called_back_at: datetime
-    window: timedelta | None  # the window the lookup used (wider while overloaded)
-    overload: bool
-    within_window: bool  # called back within the policy's (not the widened) window
-
-
-@dataclass(frozen=True, slots=True)
-class Report:
-    start: datetime
-    end: datetime
-    calls: tuple[CallCount, ...]
-    missed: int
-    answered: int
-    recordings_made: int  # created in the period with audio
-    recordings_empty: int  # created in the period without audio (header only, or lost)
-    recordings_deleted: int  # deleted in the period, whenever made
-    deleted_by_reason: tuple[tuple[str, int], ...]  # ("retention" | "withdrawal", count)
-    withdrawals: tuple[WithdrawalRow, ...]
-    callbacks: tuple[CallbackSummary, ...]
-
-
 class Queries(Protocol):
     """What the command line asks besides the two ports above."""
 
@@ -488,3 +294,33 @@ class Queries(Protocol):
     async def withdrawals(self) -> list[WithdrawalRow]: ...
 
     async def access_log(self, recording_id: str | None = None) -> list[AccessRecord]: ...
+
+
+class StoreApi(Ledger, RecordingStore, Queries, Protocol):
+    """A whole store as the command line and the controller use it (`storage.store.Store`,
+    opened by `storage.factory.open_store`)."""
+
+    @property
+    def data_dir(self) -> Path: ...
+
+    @property
+    def spool_dir(self) -> Path | None: ...
+
+    created: bool  # made by the `open` that returned it
+
+    async def close(self) -> None: ...
+
+    async def mark_serving(self, now: datetime, by: str) -> None:
+        """Note, once and in the audit chain, that this store serves real calls."""
+
+    async def serving_since(self) -> datetime | None:
+        """When this store began to serve real calls; None for a demo or replay store."""
+
+    async def audit_head(self) -> tuple[int, str]:
+        """(entries in the audit chain, the last one's hash)."""
+
+    async def checkpoint(self, now: datetime) -> Checkpoint:
+        """Sign the audit chain's head as of `now` and append it to the checkpoint file."""
+
+    def checkpoint_public_key(self) -> bytes:
+        """The key that checks this store's checkpoints (PEM)."""

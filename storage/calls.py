@@ -1,0 +1,362 @@
+"""The live call's ledger: a call's start, its committed decision, its end, the callback
+look-up and the overload switch (`storage.ports.Ledger`). Fast and small: one transaction
+each, no file work except judging a call whose end was never reported."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+
+from flows.communication import MAX_CANDIDATES, MissedCandidate
+from flows.errors import NotFoundError, StorageError
+from flows.numbers import try_normalise
+from flows.outcome import Outcome, outcome_after_restart
+from flows.policy import Decision, Direction, LegalBasis
+from flows.retention import delete_after
+from storage import files
+from storage.ports import CallbackCandidates, CallRow, CallStart, DecisionRecord, Row, Tx
+from storage.rows import CALL_ID, Context, call_row, check_call_id, checked_name, in_thread
+from storage.values import opt_ts, parse_ts, ts
+from storage.withdrawal import WITHDRAWAL_COLUMNS, scope
+
+SERVING = "store.serving"  # the audit action that marks a store of real calls
+STORE_SUBJECT = "store"
+SERVING_SQL = "SELECT at FROM audit WHERE subject = ? AND action = ? ORDER BY seq LIMIT 1"
+
+MISSED_CANDIDATES_SQL = (
+    "SELECT c.call_id, c.line, c.legal_basis, c.decision, c.decided_at, c.ended_at, "
+    "EXISTS (SELECT 1 FROM callback_answers a WHERE a.missed_call_id = c.call_id) AS answered "
+    "FROM calls c "
+    "WHERE c.customer = ? AND c.legal_basis = ? AND c.outcome = 'missed' "
+    "AND c.direction = 'inbound' AND c.ended_at >= ? AND c.line IS NOT NULL "
+    "ORDER BY c.ended_at DESC LIMIT ?"
+)
+
+
+async def start_call(ctx: Context, call: CallStart) -> None:
+    check_call_id(call.call_id)
+    if call.parent_call_id is not None:
+        check_call_id(call.parent_call_id)
+    code = ctx.policy.country_code
+    caller = try_normalise(call.caller, country_code=code)
+    dialed = try_normalise(call.dialed, country_code=code)
+    direction = Direction(call.direction)
+    customer = try_normalise(call.customer, country_code=code)
+    communication = call.communication_id or call.call_id
+    check_call_id(communication)
+    purge = delete_after(
+        call.started_at, months=ctx.policy.retention_months, tz=ctx.policy.timezone
+    )
+
+    def body(tx: Tx) -> None:
+        added = tx.run(
+            "INSERT INTO calls (call_id, channel_id, direction, line, caller, dialed, "
+            "customer, started_at, purge_after, parent_call_id, communication_id) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (call_id) DO NOTHING",
+            (
+                call.call_id,
+                str(call.channel_id),
+                direction.value,
+                call.line,
+                caller,
+                dialed,
+                customer,
+                ts(call.started_at),
+                ts(purge),
+                call.parent_call_id,
+                communication,
+            ),
+        )
+        if added == 0:
+            old = tx.one("SELECT channel_id FROM calls WHERE call_id = ?", (call.call_id,))
+            if old is None or old["channel_id"] != str(call.channel_id):
+                raise StorageError("call id already used by another channel", call_id=call.call_id)
+
+    await ctx.db.write(body, f"starting call {call.call_id}")
+
+
+async def commit_decision(ctx: Context, record: DecisionRecord) -> None:
+    check_call_id(record.call_id)
+    if record.linked_to is not None:
+        check_call_id(record.linked_to)
+    if record.communication_id is not None:
+        check_call_id(record.communication_id)
+    decision = Decision(record.decision)
+    basis = LegalBasis(record.legal_basis)
+    when = ts(record.decided_at)
+
+    def body(tx: Tx) -> None:
+        row = tx.one(
+            "SELECT decision, decided_at, legal_basis, customer FROM calls WHERE call_id = ?",
+            (record.call_id,),
+        )
+        if row is None:
+            raise NotFoundError("no such call", call_id=record.call_id)
+        if row["decided_at"] is not None:
+            if row["decision"] == decision.value and row["legal_basis"] == basis.value:
+                return  # the same decision again: already durable
+            raise StorageError(
+                f"a decision ({row['decision']}) is already committed; it is final",
+                call_id=record.call_id,
+            )
+        tx.run(
+            "UPDATE calls SET decision = ?, decided_at = ?, digit = ?, legal_basis = ?, "
+            "prompt = ?, prompt_sha256 = ?, reason = ?, linked_to = ? WHERE call_id = ?",
+            (
+                decision.value,
+                when,
+                record.digit,
+                basis.value,
+                record.prompt,
+                record.prompt_sha256,
+                record.reason,
+                record.linked_to,
+                record.call_id,
+            ),
+        )
+        details = {
+            "decision": decision.value,
+            "legal_basis": basis.value,
+            "digit": record.digit or "",
+            "prompt": record.prompt or "",
+            "prompt_sha256": record.prompt_sha256 or "",
+            "customer": ctx.pseudo(row["customer"]),
+        }
+        if record.linked_to is not None:
+            missed = tx.one("SELECT 1 FROM calls WHERE call_id = ?", (record.linked_to,))
+            if missed is None:
+                raise NotFoundError(
+                    f"the missed call {record.linked_to} is not in the ledger",
+                    call_id=record.call_id,
+                )
+            tx.run(
+                "INSERT INTO callbacks (callback_call_id, missed_call_id, window_seconds, "
+                "overload, linked_at) VALUES (?, ?, ?, ?, ?)",
+                (
+                    record.call_id,
+                    record.linked_to,
+                    None if record.window is None else record.window.total_seconds(),
+                    int(record.overload),
+                    when,
+                ),
+            )
+            details["linked_to"] = record.linked_to
+            details["overload"] = "on" if record.overload else "off"
+        if record.communication_id is not None:
+            tx.run(
+                "UPDATE calls SET communication_id = ? WHERE call_id = ?",
+                (record.communication_id, record.call_id),
+            )
+        ctx.audit(tx, record.decided_at, "decision.committed", record.call_id, details)
+
+    await ctx.db.write(body, f"committing the decision of call {record.call_id}")
+
+
+async def set_recording_file(ctx: Context, call_id: str, path: str) -> None:
+    check_call_id(call_id)
+
+    def body(tx: Tx) -> None:
+        row = tx.one("SELECT decision FROM calls WHERE call_id = ?", (call_id,))
+        if row is None:
+            raise NotFoundError("no such call", call_id=call_id)
+        if row["decision"] != Decision.RECORD.value:
+            raise StorageError(
+                "no committed decision to record: no recording file", call_id=call_id
+            )
+        tx.run("UPDATE calls SET recording_file = ? WHERE call_id = ?", (str(path), call_id))
+
+    await ctx.db.write(body, f"noting the recording file of call {call_id}")
+
+
+async def end_call(ctx: Context, call_id: str, ended_at: datetime, outcome: Outcome) -> None:
+    check_call_id(call_id)
+    result = Outcome(outcome)
+    when = ts(ended_at)
+
+    def body(tx: Tx) -> None:
+        changed = tx.run(
+            "UPDATE calls SET ended_at = ?, outcome = ? WHERE call_id = ? AND ended_at IS NULL",
+            (when, result.value, call_id),
+        )
+        if changed == 0 and tx.one("SELECT 1 FROM calls WHERE call_id = ?", (call_id,)) is None:
+            raise NotFoundError("no such call", call_id=call_id)
+        if changed and result is Outcome.ANSWERED:
+            # A callback the customer picked up answers its missed call, once: the
+            # first answered attempt is the one on record.
+            tx.run(
+                "INSERT INTO callback_answers (missed_call_id, callback_call_id, answered_at) "
+                "SELECT missed_call_id, callback_call_id, ? FROM callbacks "
+                "WHERE callback_call_id = ? ON CONFLICT DO NOTHING",
+                (when, call_id),
+            )
+
+    await ctx.db.write(body, f"ending call {call_id}")
+
+
+async def close_stale_calls(ctx: Context, started_before: datetime, now: datetime) -> list[str]:
+    """End every open call started before `started_before`: Asterisk never reported its
+    end, and none lasts that long. Judged as a call that ended unseen
+    (`flows.outcome.outcome_after_restart`), audited as `call.closed_unreported`.
+    Returns their call ids, so their files can be collected."""
+    cutoff = ts(started_before)
+    when = ts(now)
+
+    def read(tx: Tx) -> Sequence[Row]:
+        return tx.all(
+            "SELECT call_id, decided_at, recording_file FROM calls "
+            "WHERE ended_at IS NULL AND started_at < ? ORDER BY started_at",
+            (cutoff,),
+        )
+
+    rows = await ctx.db.read(read, "listing calls with no end")
+    if not rows:
+        return []
+
+    def judge() -> list[tuple[str, Outcome]]:
+        judged = []
+        for row in rows:
+            file = row["recording_file"]
+            audio = False
+            if file is not None:
+                with contextlib.suppress(OSError):
+                    audio = not files.header_only(Path(file))
+            outcome = outcome_after_restart(
+                decided=row["decided_at"] is not None, recorded_audio=audio
+            )
+            judged.append((str(row["call_id"]), outcome))
+        return judged
+
+    judged = await in_thread("judging calls with no end", judge)
+    reason = f"no end reported by {cutoff}: closed as longer than any call"
+
+    def body(tx: Tx) -> list[str]:
+        closed = []
+        for call_id, outcome in judged:
+            changed = tx.run(
+                "UPDATE calls SET ended_at = ?, outcome = ?, reason = ? "
+                "WHERE call_id = ? AND ended_at IS NULL",
+                (when, outcome.value, reason, call_id),
+            )
+            if changed:
+                closed.append(call_id)
+                ctx.audit(
+                    tx,
+                    now,
+                    "call.closed_unreported",
+                    call_id,
+                    {"outcome": outcome.value, "started_before": cutoff},
+                )
+        return closed
+
+    return await ctx.db.write(body, "closing calls with no end")
+
+
+async def callback_candidates(
+    ctx: Context, customer: str, since: datetime, legal_basis: LegalBasis
+) -> CallbackCandidates:
+    number = try_normalise(customer, country_code=ctx.policy.country_code)
+    if number is None:
+        return CallbackCandidates((), ())
+    basis = LegalBasis(legal_basis)
+    after = ts(since)
+
+    def body(tx: Tx) -> tuple[Sequence[Row], Sequence[Row]]:
+        calls = tx.all(MISSED_CANDIDATES_SQL, (number, basis.value, after, MAX_CANDIDATES))
+        if not calls:
+            return calls, []
+        ids = [row["call_id"] for row in calls]
+        marks = ", ".join("?" * len(ids))
+        withdrawals = tx.all(
+            f"SELECT {WITHDRAWAL_COLUMNS} FROM withdrawals w WHERE w.caller = ? "  # noqa: S608
+            f"UNION SELECT {WITHDRAWAL_COLUMNS} FROM withdrawals w "
+            f"WHERE w.communication_id IN ({marks})",
+            (number, *ids),
+        )
+        return calls, withdrawals
+
+    calls, withdrawals = await ctx.db.read(body, "looking up missed calls")
+    return CallbackCandidates(
+        calls=tuple(
+            MissedCandidate(
+                call_id=row["call_id"],
+                line=row["line"],
+                legal_basis=LegalBasis(row["legal_basis"]),
+                decision=Decision(row["decision"]),
+                decided_at=opt_ts(row["decided_at"]),
+                ended_at=parse_ts(row["ended_at"]),
+                answered_by_callback=bool(row["answered"]),
+            )
+            for row in calls
+        ),
+        withdrawals=tuple(scope(row) for row in withdrawals),
+    )
+
+
+async def overload(ctx: Context) -> bool:
+    def body(tx: Tx) -> Row | None:
+        return tx.one("SELECT on_ FROM overload_switch ORDER BY seq DESC LIMIT 1")
+
+    row = await ctx.db.read(body, "reading the overload switch")
+    return row is not None and bool(row["on_"])
+
+
+async def set_overload(ctx: Context, on: bool, by: str, now: datetime) -> None:
+    who = checked_name(by, "the operator turning the overload switch")
+
+    def body(tx: Tx) -> None:
+        tx.run(
+            "INSERT INTO overload_switch (at, on_, by) VALUES (?, ?, ?)",
+            (ts(now), int(on), who),
+        )
+        ctx.audit(tx, now, "overload.on" if on else "overload.off", "overload", {"by": who})
+
+    await ctx.db.write(body, "turning the overload switch")
+
+
+async def mark_serving(ctx: Context, now: datetime, by: str) -> None:
+    """Note, once and in the audit chain, that this store serves real calls (`serve`
+    and `fastagi` call this at start). From then on commands write to it only at the
+    machine's time: a store of a demo or a replay is never marked."""
+
+    def body(tx: Tx) -> None:
+        if tx.one(SERVING_SQL, (STORE_SUBJECT, SERVING)) is None:
+            ctx.audit(tx, now, SERVING, STORE_SUBJECT, {"by": by})
+
+    await ctx.db.write(body, "marking the store as serving calls")
+
+
+async def serving_since(ctx: Context) -> datetime | None:
+    """When this store began to serve real calls; None for a demo or replay store."""
+
+    def body(tx: Tx) -> Row | None:
+        return tx.one(SERVING_SQL, (STORE_SUBJECT, SERVING))
+
+    row = await ctx.db.read(body, "reading whether the store serves calls")
+    return None if row is None else parse_ts(row["at"])
+
+
+async def get_call(ctx: Context, call_id: str) -> CallRow | None:
+    def body(tx: Tx) -> Row | None:
+        return tx.one("SELECT * FROM calls WHERE call_id = ?", (call_id,))
+
+    row = await ctx.db.read(body, "reading a call")
+    return None if row is None else call_row(row)
+
+
+async def open_calls(ctx: Context) -> list[CallRow]:
+    def body(tx: Tx) -> Sequence[Row]:
+        return tx.all("SELECT * FROM calls WHERE ended_at IS NULL ORDER BY started_at, call_id")
+
+    return [call_row(row) for row in await ctx.db.read(body, "listing open calls")]
+
+
+async def call_of_spool_file(ctx: Context, path: Path) -> Row | None:
+    def body(tx: Tx) -> Row | None:
+        row = tx.one("SELECT * FROM calls WHERE recording_file = ?", (str(path),))
+        if row is None and CALL_ID.match(path.stem):
+            row = tx.one("SELECT * FROM calls WHERE call_id = ?", (path.stem,))
+        return row
+
+    return await ctx.db.read(body, "finding a spool file's call")

@@ -1,0 +1,265 @@
+"""Ingest: a finished MixMonitor file into the store, only for a committed RECORD decision.
+
+The intent (`pending_ingests`: which file goes under which key) is committed before the
+file is touched; the blob store places it whole; then the recording is committed and the
+source removed. Reconcile finishes an intent whose blob is in place, retries one whose
+source is still in the spool, and marks one where both are gone as missing."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from datetime import datetime
+from pathlib import Path
+
+from flows.errors import NotFoundError, StorageError
+from flows.policy import Decision, LegalBasis
+from flows.purposes import ALLOWED
+from flows.retention import delete_after
+from storage import files
+from storage.ports import RecordingRow, RecordingStatus, Row, Tx
+from storage.rows import Context, blob_op, check_call_id, in_thread, new_recording_id, purposes_text
+from storage.values import parse_ts, ts
+from storage.withdrawal import enforce_withdrawals
+
+_SUFFIX = re.compile(r"^\.[a-z0-9]{1,8}$")
+
+
+async def ingest(ctx: Context, call_id: str, source: Path, now: datetime) -> RecordingRow | None:
+    check_call_id(call_id)
+    ts(now)
+    async with ctx.files:
+        return await ingest_now(ctx, call_id, Path(source), now)
+
+
+async def ingest_now(
+    ctx: Context, call_id: str, source: Path, now: datetime
+) -> RecordingRow | None:
+    def state(tx: Tx) -> tuple[Row | None, ...]:
+        return (
+            tx.one("SELECT * FROM recordings WHERE call_id = ?", (call_id,)),
+            tx.one("SELECT * FROM pending_ingests WHERE call_id = ?", (call_id,)),
+            tx.one("SELECT * FROM calls WHERE call_id = ?", (call_id,)),
+        )
+
+    existing, pending, call = await ctx.db.read(state, f"ingesting call {call_id}")
+    if existing is not None:
+        await tidy_source(ctx, existing, source)
+        return ctx.recording(existing)
+    if pending is not None:
+        return await finish_pending(ctx, pending, now)
+    if call is None or call["decision"] != Decision.RECORD.value:
+        why = "no such call" if call is None else f"decision {call['decision']}"
+        await discard(ctx, call_id, source, now, why)
+        return None
+    files.regular_file(source, f"ingesting call {call_id}")
+    if await in_thread(f"reading {source}", files.header_only, source):
+        return await store_empty(ctx, call, source, now)
+    created = parse_ts(call["decided_at"])
+    recording_id = new_recording_id(created)
+    suffix = source.suffix.lower() if _SUFFIX.match(source.suffix.lower()) else ".wav"
+    if suffix == ".wav16":  # MixMonitor's name for 16 kHz; the file is a plain RIFF WAV
+        suffix = ".wav"
+    key = ctx.blobs.key_for(recording_id, created, suffix)
+
+    def intent(tx: Tx) -> None:
+        tx.run(
+            "INSERT INTO pending_ingests (recording_id, call_id, source, dest, started_at) "
+            "VALUES (?, ?, ?, ?, ?)",
+            (recording_id, call_id, str(source), key, ts(now)),
+        )
+
+    await ctx.db.write(intent, f"ingesting call {call_id}")
+    try:
+        placed = await blob_op(f"storing {source.name}", ctx.blobs.put(source, key))
+    except StorageError:
+        # Nothing moved (the source is where it was): forget the intent.
+        def undo(tx: Tx) -> None:
+            tx.run("DELETE FROM pending_ingests WHERE recording_id = ?", (recording_id,))
+
+        await ctx.db.write(undo, f"undoing the ingest of call {call_id}")
+        raise
+    return await complete(ctx, recording_id, call, key, placed.sha256, placed.size, source, now)
+
+
+async def complete(
+    ctx: Context,
+    recording_id: str,
+    call: Row,
+    key: str,
+    sha256: str,
+    size: int,
+    source: Path,
+    now: datetime,
+) -> RecordingRow:
+    row = await insert_recording(
+        ctx,
+        recording_id,
+        call,
+        now,
+        status=RecordingStatus.STORED,
+        path=key,
+        sha256=sha256,
+        size=size,
+    )
+    if source != Path(ctx.blobs.location(key)):
+        await in_thread(f"removing {source}", files.remove, source)
+    # complete: a withdrawal that waited for this file may have nothing left now.
+    await enforce_withdrawals(ctx, now, recording_id=row.id, complete=True)
+    return await ctx.require_recording(row.id)
+
+
+async def insert_recording(
+    ctx: Context,
+    recording_id: str,
+    call: Row,
+    now: datetime,
+    *,
+    status: RecordingStatus,
+    path: str | None,
+    sha256: str | None,
+    size: int,
+) -> RecordingRow:
+    created = parse_ts(call["decided_at"])
+    due = delete_after(created, months=ctx.policy.retention_months, tz=ctx.policy.timezone)
+    basis = LegalBasis(call["legal_basis"])
+    line_name = call["line"] or ""
+    line = ctx.policy.line_named(line_name)
+    purposes = line.purposes & ALLOWED[basis] if line is not None else ALLOWED[basis]
+    action = "recording.stored" if status is RecordingStatus.STORED else f"recording.{status}"
+
+    def body(tx: Tx) -> Row:
+        tx.run("DELETE FROM pending_ingests WHERE recording_id = ?", (recording_id,))
+        tx.run(
+            "INSERT INTO recordings (id, call_id, line, legal_basis, caller, dialed, "
+            "customer, decided_at, created_at, delete_after, sha256, path, linked_to, "
+            "purposes, size, status) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                recording_id,
+                call["call_id"],
+                line_name,
+                basis.value,
+                call["caller"],
+                call["dialed"],
+                call["customer"],
+                call["decided_at"],
+                ts(created),
+                ts(due),
+                sha256,
+                path,
+                call["linked_to"],
+                purposes_text(purposes),
+                size,
+                status.value,
+            ),
+        )
+        ctx.audit(
+            tx,
+            now,
+            action,
+            recording_id,
+            {
+                "call_id": call["call_id"],
+                "line": line_name,
+                "legal_basis": basis.value,
+                "customer": ctx.pseudo(call["customer"]),
+                "sha256": sha256 or "",
+                "size": str(size),
+                "delete_after": ts(due),
+                "linked_to": call["linked_to"] or "",
+            },
+        )
+        stored = tx.one("SELECT * FROM recordings WHERE id = ?", (recording_id,))
+        assert stored is not None  # inserted just above, in this transaction
+        return stored
+
+    stored = await ctx.db.write(body, f"storing the recording of call {call['call_id']}")
+    return ctx.recording(stored)
+
+
+async def store_empty(ctx: Context, call: Row, source: Path, now: datetime) -> RecordingRow:
+    row = await insert_recording(
+        ctx,
+        new_recording_id(parse_ts(call["decided_at"])),
+        call,
+        now,
+        status=RecordingStatus.EMPTY,
+        path=None,
+        sha256=None,
+        size=0,
+    )
+    await in_thread(f"removing {source}", files.remove, source)
+    await enforce_withdrawals(ctx, now, recording_id=row.id, complete=True)
+    return row
+
+
+async def discard(ctx: Context, call_id: str, source: Path, now: datetime, why: str) -> None:
+    """A file nobody may keep (no committed RECORD decision): audited, then deleted."""
+    try:
+        files.regular_file(source, "discarding")
+        digest, size = await in_thread(f"reading {source}", files.hash_file, source)
+    except NotFoundError:
+        return
+    except StorageError:
+        # A symlink or a device: remove the entry itself, never what it points to.
+        digest, size = "", 0
+
+    def body(tx: Tx) -> None:
+        ctx.audit(
+            tx,
+            now,
+            "recording.discarded",
+            call_id,
+            {"reason": why, "sha256": digest, "size": str(size)},
+        )
+
+    await ctx.db.write(body, f"discarding the file of call {call_id}")
+    await in_thread(f"removing {source}", files.remove, source)
+
+
+async def tidy_source(ctx: Context, existing: Row, source: Path) -> None:
+    """The call is already ingested; a source still there is a leftover copy of it."""
+    if existing["path"] is not None and Path(ctx.blobs.location(existing["path"])) == source:
+        return
+    try:
+        files.regular_file(source, "ingest")
+    except StorageError:
+        return
+    if existing["status"] == RecordingStatus.EMPTY.value:
+        if await in_thread(f"reading {source}", files.header_only, source):
+            await in_thread(f"removing {source}", files.remove, source)
+        return
+    digest, _ = await in_thread(f"reading {source}", files.hash_file, source)
+    if digest == existing["sha256"]:
+        await in_thread(f"removing {source}", files.remove, source)
+
+
+async def finish_pending(ctx: Context, pending: Row, now: datetime) -> RecordingRow | None:
+    recording_id = str(pending["recording_id"])
+    key = str(pending["dest"])
+    source = Path(pending["source"])
+
+    def read_call(tx: Tx) -> Row | None:
+        return tx.one("SELECT * FROM calls WHERE call_id = ?", (pending["call_id"],))
+
+    call = await ctx.db.read(read_call, "finishing an ingest")
+    assert call is not None  # pending_ingests.call_id references calls
+    where = ctx.blobs.location(key)
+    await blob_op(f"removing what storing {where} left", ctx.blobs.discard_partial(key))
+    (there,) = await blob_op(f"reading {where}", ctx.blobs.exists_many([key]))
+    if there:
+        digest, size = await blob_op(f"reading {where}", ctx.blobs.hash(key))
+        return await complete(ctx, recording_id, call, key, digest, size, source, now)
+    if await asyncio.to_thread(source.exists):
+        placed = await blob_op(f"storing {source.name}", ctx.blobs.put(source, key))
+        return await complete(ctx, recording_id, call, key, placed.sha256, placed.size, source, now)
+    return await insert_recording(
+        ctx,
+        recording_id,
+        call,
+        now,
+        status=RecordingStatus.MISSING,
+        path=key,
+        sha256=None,
+        size=0,
+    )
