@@ -1,7 +1,8 @@
 """The subcommands' bodies: the composition root that wires concrete parts together.
 
-Only this package imports concrete clients (`AriClient`, `SqliteStore`, `MqttEvents`,
-`FastAgiServer`, `SimulatedPbx`); `agi/` and `storage/` see each other through Protocols.
+Only this package imports concrete clients (`AriClient`, `MqttEvents`, `FastAgiServer`,
+`SimulatedPbx`, the store through `storage.factory`); `agi/` and `storage/` see each other
+through Protocols.
 """
 
 from __future__ import annotations
@@ -40,9 +41,10 @@ from flows.errors import CallrecError
 from flows.policy import Purpose
 from prompts.catalog import load_catalog
 from storage import checkpoints, files
-from storage.db import os_error, parse_ts
-from storage.ports import CheckpointStatus, Report, SweepReport, WithdrawalVia
-from storage.sqlite import SqliteStore, short_recording_id
+from storage.factory import open_store as open_any_store
+from storage.ports import CheckpointStatus, Report, StoreApi, SweepReport, WithdrawalVia
+from storage.rows import short_recording_id
+from storage.values import os_error, parse_ts
 
 log = logging.getLogger("callrec")
 CALLBACK_CHECK_SECONDS = 60  # how often serve looks for missed calls due a callback
@@ -55,10 +57,10 @@ CHECKPOINT_AT_LEAST = timedelta(days=1)
 
 
 @contextlib.asynccontextmanager
-async def open_store(settings: Settings, *, create: bool = False) -> AsyncIterator[SqliteStore]:
+async def open_store(settings: Settings, *, create: bool = False) -> AsyncIterator[StoreApi]:
     """The configured store; a path with no store is an error unless `create` (init, and
     the first start of serve or fastagi)."""
-    store = await SqliteStore.open(
+    store = await open_any_store(
         settings.data_dir, settings.policy, spool_dir=settings.spool_dir, create=create
     )
     try:
@@ -77,7 +79,7 @@ async def make_spool(settings: Settings) -> None:
 
 
 @contextlib.asynccontextmanager
-async def serving_store(settings: Settings, command: str) -> AsyncIterator[SqliteStore]:
+async def serving_store(settings: Settings, command: str) -> AsyncIterator[StoreApi]:
     """The store of a controller that takes real calls: created on the first start (said
     loudly, since a mistyped path would otherwise start an empty store unnoticed), its
     spool made, and marked as a store of real calls."""
@@ -94,7 +96,7 @@ async def serving_store(settings: Settings, command: str) -> AsyncIterator[Sqlit
         yield store
 
 
-async def refuse_time_travel(store: SqliteStore, args: argparse.Namespace, doing: str) -> None:
+async def refuse_time_travel(store: StoreApi, args: argparse.Namespace, doing: str) -> None:
     """A store that serves real calls is only ever written at the machine's time: a `--now`
     years ahead would delete live recordings early, and one in the past would backdate the
     audit. `--now` stays for replay and demo stores and for questions that write nothing."""
@@ -137,7 +139,7 @@ def publish_sweep(events: EventSink, result: SweepReport) -> None:
     events.publish("sweep/finished", {"deleted": result.count, "problems": len(result.problems)})
 
 
-async def _sweeper(store: SqliteStore, settings: Settings, events: EventSink) -> None:
+async def _sweeper(store: StoreApi, settings: Settings, events: EventSink) -> None:
     """Retention runs inside the controller too: a recording outlives its delete-after by at
     most one sweep interval even where nobody installed the timer unit."""
     interval = settings.policy.sweep_interval.total_seconds()
@@ -152,7 +154,7 @@ async def _sweeper(store: SqliteStore, settings: Settings, events: EventSink) ->
         await asyncio.sleep(interval)
 
 
-async def _callback_watch(store: SqliteStore, events: EventSink) -> None:
+async def _callback_watch(store: StoreApi, events: EventSink) -> None:
     """Tells the call center which missed calls are due for a callback, once each, and once
     more when one is overdue (the notice promises a callback within the hour)."""
     announced: set[str] = set()
@@ -176,7 +178,7 @@ async def _callback_watch(store: SqliteStore, events: EventSink) -> None:
         await asyncio.sleep(CALLBACK_CHECK_SECONDS)
 
 
-async def _checkpointer(store: SqliteStore) -> None:
+async def _checkpointer(store: StoreApi) -> None:
     """Anchors the audit chain outside the ledger for as long as the controller runs."""
     last: checkpoints.Checkpoint | None = None
     while True:
@@ -216,7 +218,7 @@ async def _until_signalled() -> None:
 
 
 def _deps(
-    settings: Settings, store: SqliteStore, events: EventSink, collector: RecordingCollector
+    settings: Settings, store: StoreApi, events: EventSink, collector: RecordingCollector
 ) -> SessionDeps:
     catalog = load_catalog()
     return SessionDeps(
@@ -232,7 +234,7 @@ def _deps(
 
 
 async def _start_collecting(
-    settings: Settings, store: SqliteStore, events: EventSink
+    settings: Settings, store: StoreApi, events: EventSink
 ) -> RecordingCollector:
     """Watch the spool before anything may write there, then reconcile: a file that may still
     be written is left to the collector, which stores it once MixMonitor has closed it."""

@@ -41,9 +41,11 @@ from flows.numbers import normalise
 from flows.policy import Policy
 from prompts.catalog import load_catalog
 from storage import files
-from storage.db import os_error
-from storage.ports import CallRow, RecordingRow, RecordingStatus, WithdrawalVia
-from storage.sqlite import SPOOL_DIR, SqliteStore, short_recording_id
+from storage.datadir import SPOOL_DIR
+from storage.factory import open_store
+from storage.ports import CallRow, RecordingRow, RecordingStatus, StoreApi, WithdrawalVia
+from storage.rows import short_recording_id
+from storage.values import os_error
 
 log = logging.getLogger("callrec.runner")
 
@@ -60,7 +62,7 @@ LIVE_TRUNK = {"CALLREC_TRUNK_TECH": "Local", "CALLREC_TRUNK": "callrec-test-cust
 @dataclass(slots=True)
 class Harness:
     policy: Policy
-    store: SqliteStore
+    store: StoreApi
     sim: SimulatedPbx | None  # None: a live Asterisk
     client: AriClient  # ARI: the controller's; FastAGI: only to place calls and set globals
     app: StasisApp | None  # the controller in ARI mode
@@ -230,11 +232,11 @@ async def harness(
 
 async def _replay_store(
     policy: Policy, data_dir: Path, spool_dir: Path | None, spool_mode: int
-) -> SqliteStore:
+) -> StoreApi:
     """The store of a demo or replay, created when new; its spool made. Absolute paths:
     MixMonitor is told the spool path and has its own working directory."""
     root, spool = await asyncio.to_thread(_absolute, data_dir, spool_dir)
-    store = await SqliteStore.open(root, policy, spool_dir=spool, create=True)
+    store = await open_store(root, policy, spool_dir=spool, create=True)
     try:
         # Scenario calls are dated by their scripts: among real callers' recordings they
         # would be swept and audited as if they were real.
@@ -254,7 +256,7 @@ def _absolute(data_dir: Path, spool_dir: Path | None) -> tuple[Path, Path]:
     return root, (spool_dir or root / SPOOL_DIR).absolute()
 
 
-async def _refuse_serving(store: SqliteStore) -> None:
+async def _refuse_serving(store: StoreApi) -> None:
     if await store.serving_since() is not None:
         raise CallrecError(
             f"the store at {store.data_dir} serves real calls: demo and replay use a store "
