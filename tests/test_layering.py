@@ -54,10 +54,100 @@ def test_storage_and_agi_import_flows_only_from_the_project() -> None:
     """storage/ never imports agi/ or callrec/; agi/ never imports callrec/ or a concrete store."""
     for path in sorted((ROOT / "storage").glob("*.py")):
         assert not _imports(path) & {"agi", "callrec"}, path.name
+    backends = _storage_backends()
     for path in sorted((ROOT / "agi").glob("*.py")):
         imports = _imports(path)
         assert "callrec" not in imports, path.name
-        tree = ast.parse(path.read_text(encoding="utf-8"))
-        for node in ast.walk(tree):
-            if isinstance(node, ast.ImportFrom) and node.module == "storage.sqlite":
-                raise AssertionError(f"{path.name} imports the concrete SQLite store")
+        assert not imports & DRIVERS, f"{path.name} imports a database driver"
+        reached = _storage_modules(path) & (backends | {"storage.factory", "storage.store"})
+        assert not reached, f"{path.name} imports a concrete store: {sorted(reached)}"
+
+
+# Database drivers: a storage module that imports one is a ledger backend.
+DRIVERS = {"aiosqlite", "sqlite3", "asyncpg", "psycopg", "psycopg_pool"}
+# The use cases of the store, written once over the ports (storage/ports.py).
+USE_CASES = (
+    "rows",
+    "calls",
+    "deletion",
+    "withdrawal",
+    "ingest",
+    "sweep",
+    "access",
+    "verify",
+    "reconcile",
+    "reports",
+    "integrity",
+    "store",
+)
+MAX_STORAGE_LINES = 500
+
+
+def _storage_modules(path: Path) -> set[str]:
+    """The storage modules `path` imports, by full name (`storage.x`)."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names if a.name.startswith("storage."))
+        elif isinstance(node, ast.ImportFrom) and node.module == "storage":
+            found.update(f"storage.{alias.name}" for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("storage."):
+            found.add(str(node.module))
+    return found
+
+
+def _storage_backends() -> set[str]:
+    """Storage modules that talk to a database engine: they import a driver, or a module
+    that does (the factory, which picks one, aside)."""
+    graph = {
+        f"storage.{p.stem}": (_imports(p), _storage_modules(p))
+        for p in (ROOT / "storage").glob("*.py")
+    }
+    backends = {name for name, (imports, _) in graph.items() if imports & DRIVERS}
+    while True:
+        more = {
+            name
+            for name, (_, modules) in graph.items()
+            if name not in backends and modules & backends and name != "storage.factory"
+        }
+        if not more:
+            return backends
+        backends |= more
+
+
+def test_no_storage_module_is_a_god_object() -> None:
+    """Every module of storage/ stays within ~500 lines: use cases are split by what they do."""
+    for path in sorted((ROOT / "storage").glob("*.py")):
+        lines = len(path.read_text(encoding="utf-8").splitlines())
+        assert lines <= MAX_STORAGE_LINES, f"{path.name} has {lines} lines"
+
+
+def test_no_use_case_reaches_a_ledger_backend() -> None:
+    """The use cases import no database driver and no backend module, not even through
+    another module, so a second ledger (PostgreSQL) needs no change to them."""
+    backends = _storage_backends()
+    assert "storage.sqlite" in backends and "storage.db" in backends  # the test sees them
+    for name in USE_CASES:
+        path = ROOT / "storage" / f"{name}.py"
+        assert path.exists(), name
+        seen: set[str] = set()
+        todo = [f"storage.{name}"]
+        while todo:
+            module = todo.pop()
+            if module in seen:
+                continue
+            seen.add(module)
+            source = ROOT / "storage" / f"{module.removeprefix('storage.')}.py"
+            assert not _imports(source) & DRIVERS, f"{name} reaches a driver through {module}"
+            todo += sorted(_storage_modules(source))
+        reached = seen & (backends | {"storage.factory"})
+        assert not reached, f"storage/{name}.py reaches the backend {sorted(reached)}"
+
+
+def test_commands_are_typed_on_the_ports_not_on_sqlite() -> None:
+    """callrec/ opens the store through the factory and types it on `storage.ports`."""
+    backends = _storage_backends()
+    for path in sorted((ROOT / "callrec").glob("*.py")):
+        text = path.read_text(encoding="utf-8")
+        assert "SqliteStore" not in text, path.name
+        assert not _storage_modules(path) & backends, path.name
