@@ -61,7 +61,11 @@ async def open_store(settings: Settings, *, create: bool = False) -> AsyncIterat
     """The configured store; a path with no store is an error unless `create` (init, and
     the first start of serve or fastagi)."""
     store = await open_any_store(
-        settings.data_dir, settings.policy, spool_dir=settings.spool_dir, create=create
+        settings.data_dir,
+        settings.policy,
+        spool_dir=settings.spool_dir,
+        create=create,
+        controller_id=settings.controller_id,
     )
     try:
         yield store
@@ -81,9 +85,11 @@ async def make_spool(settings: Settings) -> None:
 @contextlib.asynccontextmanager
 async def serving_store(settings: Settings, command: str) -> AsyncIterator[StoreApi]:
     """The store of a controller that takes real calls: created on the first start (said
-    loudly, since a mistyped path would otherwise start an empty store unnoticed), its
-    spool made, and marked as a store of real calls."""
+    loudly, since a mistyped path would otherwise start an empty store unnoticed), held for
+    this controller alone (a second one on the same SQLite store is refused), its spool
+    made, and marked as a store of real calls."""
     async with open_store(settings, create=True) as store:
+        await store.claim_controller()
         if store.created:
             log.warning(
                 "created a NEW, empty store at %s (there was none): if the store should "

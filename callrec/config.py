@@ -24,6 +24,7 @@ from agi.collector import LONGEST_CALL
 from flows.config import POLICY_SECTIONS, policy_from_mapping
 from flows.errors import ConfigError
 from flows.policy import Policy
+from storage.datadir import CONTROLLER_ID
 
 DEFAULT_CONFIG = Path("callrec.toml")
 DEFAULT_DATA_DIR = Path("callrec-data")  # relative to the working directory, like the config
@@ -82,6 +83,9 @@ class Settings:
     # A call open for longer had its end lost: it is closed and its recording stored.
     longest_call: timedelta = timedelta(hours=DEFAULT_LONGEST_CALL_HOURS)
     recording_format: str = "wav"  # one of RECORDING_FORMATS
+    # Whose calls this controller settles after a restart; None: one of this host and data
+    # directory (`storage.datadir.default_controller_id`).
+    controller_id: str | None = None
 
 
 def _section(data: Mapping[str, Any], name: str, keys: set[str]) -> Mapping[str, Any]:
@@ -177,7 +181,14 @@ def load_settings(config: Path | None = None, env: Mapping[str, str] | None = No
     storage = _section(
         data,
         "storage",
-        {"data_dir", "spool_dir", "spool_mode", "longest_call_hours", "recording_format"},
+        {
+            "data_dir",
+            "spool_dir",
+            "spool_mode",
+            "longest_call_hours",
+            "recording_format",
+            "controller_id",
+        },
     )
     # Absolute, because Asterisk is told the spool path (CALLREC_FILE) and has its own cwd.
     if env.get("CALLREC_DATA_DIR"):
@@ -201,6 +212,15 @@ def load_settings(config: Path | None = None, env: Mapping[str, str] | None = No
         raise ConfigError(
             f"storage.recording_format: must be one of {', '.join(RECORDING_FORMATS)}, "
             f"got {recording_format!r}"
+        )
+
+    controller_id = env.get("CALLREC_CONTROLLER_ID") or storage.get("controller_id")
+    if controller_id is not None and not (
+        isinstance(controller_id, str) and CONTROLLER_ID.match(controller_id)
+    ):
+        raise ConfigError(
+            "storage.controller_id: 1 to 64 letters, digits, '.', '_', ':' or '-', "
+            f"got {controller_id!r}"
         )
 
     ari = _section(data, "ari", {"url", "user", "password_file", "app"})
@@ -262,4 +282,5 @@ def load_settings(config: Path | None = None, env: Mapping[str, str] | None = No
         spool_mode=spool_mode,
         longest_call=timedelta(hours=hours),
         recording_format=recording_format,
+        controller_id=controller_id,
     )

@@ -17,7 +17,14 @@ from flows.policy import Decision, Direction, LegalBasis
 from flows.retention import delete_after
 from storage import files
 from storage.ports import CallbackCandidates, CallRow, CallStart, DecisionRecord, Row, Tx
-from storage.rows import CALL_ID, Context, call_row, check_call_id, checked_name, in_thread
+from storage.rows import (
+    CALL_ID,
+    Context,
+    call_row,
+    check_call_id,
+    checked_name,
+    in_thread,
+)
 from storage.values import opt_ts, parse_ts, ts
 from storage.withdrawal import WITHDRAWAL_COLUMNS, scope
 
@@ -53,8 +60,9 @@ async def start_call(ctx: Context, call: CallStart) -> None:
     def body(tx: Tx) -> None:
         added = tx.run(
             "INSERT INTO calls (call_id, channel_id, direction, line, caller, dialed, "
-            "customer, started_at, purge_after, parent_call_id, communication_id) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (call_id) DO NOTHING",
+            "customer, started_at, purge_after, parent_call_id, communication_id, "
+            "controller_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (call_id) DO NOTHING",
             (
                 call.call_id,
                 str(call.channel_id),
@@ -67,6 +75,7 @@ async def start_call(ctx: Context, call: CallStart) -> None:
                 ts(purge),
                 call.parent_call_id,
                 communication,
+                ctx.controller_id,
             ),
         )
         if added == 0:
@@ -205,9 +214,11 @@ async def close_stale_calls(ctx: Context, started_before: datetime, now: datetim
 
     def read(tx: Tx) -> Sequence[Row]:
         return tx.all(
-            "SELECT call_id, decided_at, recording_file FROM calls "
-            "WHERE ended_at IS NULL AND started_at < ? ORDER BY started_at",
-            (cutoff,),
+            "SELECT c.call_id, c.decided_at, c.recording_file FROM calls c "
+            "WHERE c.ended_at IS NULL AND c.started_at < ? "
+            "AND (c.controller_id = ? OR c.controller_id IS NULL) "
+            "ORDER BY c.started_at",
+            (cutoff, ctx.controller_id),
         )
 
     rows = await ctx.db.read(read, "listing calls with no end")
@@ -347,7 +358,12 @@ async def get_call(ctx: Context, call_id: str) -> CallRow | None:
 
 async def open_calls(ctx: Context) -> list[CallRow]:
     def body(tx: Tx) -> Sequence[Row]:
-        return tx.all("SELECT * FROM calls WHERE ended_at IS NULL ORDER BY started_at, call_id")
+        return tx.all(
+            "SELECT c.* FROM calls c WHERE c.ended_at IS NULL "
+            "AND (c.controller_id = ? OR c.controller_id IS NULL) "
+            "ORDER BY c.started_at, c.call_id",
+            (ctx.controller_id,),
+        )
 
     return [call_row(row) for row in await ctx.db.read(body, "listing open calls")]
 

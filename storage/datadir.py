@@ -8,12 +8,15 @@ checkpoints/              the signed checkpoints of the audit chain (`storage.ch
 recordings/YYYY/MM/DD/    one file per recording, named by its id (`storage.blobs`)
 exports/                  the default place of exports
 spool/                    the default spool, where MixMonitor writes
+controller.lock           held by the controller serving a SQLite ledger (`storage.sqlite`)
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
+import socket
 from pathlib import Path
 
 from flows.errors import StorageError
@@ -25,6 +28,7 @@ from storage.blobs import RECORDINGS_DIR
 KEY_FILE = "pseudonym.key"
 EXPORTS_DIR = "exports"
 SPOOL_DIR = "spool"  # the default spool, inside the data directory
+CONTROLLER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
 _KEY_TEMP = re.compile(rf"^\.{re.escape(KEY_FILE)}\.[0-9a-f]+\.tmp$")  # a key being written
 
 
@@ -64,3 +68,21 @@ def prepare(root: Path, *, new: bool) -> bytes:
     files.private_dir(root / RECORDINGS_DIR)
     files.private_dir(root / EXPORTS_DIR)
     return load_key(root / KEY_FILE, create=new)
+
+
+def default_controller_id(root: Path) -> str:
+    """This machine and data directory's controller id: the host's name and a digest of
+    the directory, the same at every start (a restart settles the calls it left open)."""
+    host = re.sub(r"[^A-Za-z0-9._-]", "-", socket.gethostname())[:40].strip(".-") or "host"
+    digest = hashlib.sha256(str(root.absolute()).encode("utf-8")).hexdigest()[:12]
+    return f"{host}:{digest}"
+
+
+def checked_controller_id(value: str) -> str:
+    """A controller id as configured: 1 to 64 letters, digits, '.', '_', ':' or '-'."""
+    if not isinstance(value, str) or not CONTROLLER_ID.match(value):
+        raise StorageError(
+            f"a controller id is 1 to 64 letters, digits, '.', '_', ':' or '-', "
+            f"got {shown(str(value), 40)}"
+        )
+    return value

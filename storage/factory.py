@@ -21,10 +21,12 @@ async def open_store(
     ledger_url: str | None = None,
     create: bool = False,
     spool_dir: Path | None = None,
+    controller_id: str | None = None,
 ) -> StoreApi:
     """The store whose keys and recordings are in `data_dir` and whose ledger `ledger_url`
     names: `sqlite:` (the default) or `sqlite:///<data_dir>/ledger.sqlite3`, the SQLite
-    file of the data directory. `create` and `spool_dir` as `storage.sqlite.SqliteStore`."""
+    file of the data directory. `create`, `spool_dir` and `controller_id`: as
+    `storage.sqlite.SqliteStore.open`."""
     url = ledger_url or DEFAULT_LEDGER
     parts = urlsplit(url)
     if parts.scheme == "sqlite":
@@ -33,7 +35,9 @@ async def open_store(
                 f"the SQLite ledger is the file {LEDGER_FILE} of the data directory "
                 f"({data_dir}), not {shown(parts.path, 80)}: set the data directory instead"
             )
-        return await SqliteStore.open(data_dir, policy, create=create, spool_dir=spool_dir)
+        return await SqliteStore.open(
+            data_dir, policy, create=create, spool_dir=spool_dir, controller_id=controller_id
+        )
     raise CallrecError(f"unknown ledger {shown(parts.scheme or url, 40)}: expected a sqlite: URL")
 
 

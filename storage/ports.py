@@ -134,6 +134,11 @@ class LedgerDb(Protocol):
     def full_scan(self, table: str, alias: str) -> str:
         """`table alias` in a FROM clause, read in its own order rather than by an index."""
 
+    async def claim_controller(self, controller_id: str) -> None:
+        """Hold the ledger for the controller `controller_id` until `close`; a StorageError
+        saying who holds it when it may not (SQLite: another controller on the data
+        directory; a shared ledger: another controller with the same id)."""
+
     async def close(self) -> None: ...
 
 
@@ -309,6 +314,9 @@ class StoreApi(Ledger, RecordingStore, Queries, Protocol):
     created: bool  # made by the `open` that returned it
 
     async def close(self) -> None: ...
+
+    async def claim_controller(self) -> None:
+        """Hold the store for this controller while it serves calls (`LedgerDb`)."""
 
     async def mark_serving(self, now: datetime, by: str) -> None:
         """Note, once and in the audit chain, that this store serves real calls."""

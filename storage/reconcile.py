@@ -81,7 +81,12 @@ async def resume_ingests(
     ctx: Context, now: datetime, resumed: list[str], flagged: list[str]
 ) -> None:
     def read(tx: Tx) -> Sequence[Row]:
-        return tx.all("SELECT * FROM pending_ingests ORDER BY started_at")
+        # Another controller's ingest (its spool, its file) is its own to finish.
+        return tx.all(
+            "SELECT p.* FROM pending_ingests p JOIN calls c ON c.call_id = p.call_id "
+            "WHERE (c.controller_id = ? OR c.controller_id IS NULL) ORDER BY p.started_at",
+            (ctx.controller_id,),
+        )
 
     for pending in await ctx.db.read(read, "listing unfinished ingests"):
         try:
@@ -117,7 +122,12 @@ async def fail_closed(ctx: Context, now: datetime) -> list[str]:
     their caller did not finish the notice (so no callback treats them as missed)."""
 
     def body(tx: Tx) -> list[str]:
-        rows = tx.all("SELECT call_id FROM calls WHERE ended_at IS NULL AND decided_at IS NULL")
+        # Only this controller's: another one's call without a decision may be live.
+        rows = tx.all(
+            "SELECT c.call_id FROM calls c WHERE c.ended_at IS NULL "
+            "AND c.decided_at IS NULL AND (c.controller_id = ? OR c.controller_id IS NULL)",
+            (ctx.controller_id,),
+        )
         ids = [str(row["call_id"]) for row in rows]
         for call_id in ids:
             tx.run(
@@ -271,7 +281,10 @@ async def flag_calls_without_file(ctx: Context, flagged: list[str]) -> None:
             "WHERE c.recording_file IS NOT NULL "
             "AND c.ended_at IS NOT NULL AND c.file_flagged = 0 "
             "AND NOT EXISTS (SELECT 1 FROM recordings r WHERE r.call_id = c.call_id) "
-            "AND NOT EXISTS (SELECT 1 FROM pending_ingests p WHERE p.call_id = c.call_id)"
+            "AND NOT EXISTS (SELECT 1 FROM pending_ingests p WHERE p.call_id = c.call_id) "
+            # Another controller's spool is not ours to look in.
+            "AND (c.controller_id = ? OR c.controller_id IS NULL)",
+            (ctx.controller_id,),
         )
 
     rows = await ctx.db.read(read, "checking calls without a file")

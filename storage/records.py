@@ -91,6 +91,7 @@ class CallRow:
     recording_file: str | None  # the path MixMonitor was told to write (spool)
     customer: str | None = None
     communication_id: str | None = None
+    controller_id: str | None = None  # the controller it belongs to (None: an older ledger's)
 
 
 @dataclass(frozen=True, slots=True)

@@ -56,6 +56,10 @@ class Context:
     data_dir: Path
     checkpoints_dir: Path
     spool_dir: Path | None = None
+    # The controller this store works for: the calls it starts are its own, and only its
+    # own are settled after a restart (`storage.datadir.default_controller_id`). Calls of
+    # a ledger older than controller ids have none and are every controller's.
+    controller_id: str = ""
     # Serialises this process's file work (ingest, deletions, exports, reconcile); other
     # processes are kept consistent by the ledger's transactions.
     files: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -198,6 +202,7 @@ def call_row(row: Row) -> CallRow:
         recording_file=row["recording_file"],
         customer=row["customer"],
         communication_id=row["communication_id"],
+        controller_id=row["controller_id"],
     )
 
 

@@ -238,6 +238,15 @@ COMMUNICATIONS: tuple[str, ...] = (
 START_KEYED_AUDIT = PythonStep("start the keyed audit chain")
 KEYED_AUDIT: tuple[Step, ...] = (START_KEYED_AUDIT,)
 
+# Each call belongs to the controller that started it: after a restart a controller settles
+# its own open calls and no other's (several controllers may share one ledger). Calls of a
+# ledger older than this have no owner and are every controller's (there was only one).
+CONTROLLERS: tuple[Step, ...] = (
+    "ALTER TABLE calls ADD COLUMN controller_id TEXT",
+    """CREATE INDEX calls_open_by_controller ON calls (controller_id, started_at)
+        WHERE ended_at IS NULL""",
+)
+
 MIGRATIONS: tuple[tuple[Step, ...], ...] = (
     LEDGER,
     RECORDING_STORE,
@@ -245,6 +254,7 @@ MIGRATIONS: tuple[tuple[Step, ...], ...] = (
     COVERING_MISSED,
     COMMUNICATIONS,
     KEYED_AUDIT,
+    CONTROLLERS,
 )
 APPEND_ONLY_TRIGGERS = frozenset(
     {"audit_no_update", "audit_no_delete", "access_log_no_update", "access_log_no_delete"}

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import json
 import os
 from collections.abc import Mapping, Sequence
@@ -21,12 +22,21 @@ from pathlib import Path
 import aiosqlite
 
 from flows.errors import NotFoundError, StorageError
+from flows.numbers import shown
 from flows.policy import Policy
 from storage import chain, checkpoints, files
 from storage.audit import GENESIS, canonical
 from storage.blobs import RECORDINGS_DIR, LocalBlobs
 from storage.calls import MISSED_CANDIDATES_SQL
-from storage.datadir import EXPORTS_DIR, KEY_FILE, SPOOL_DIR, claim, prepare
+from storage.datadir import (
+    EXPORTS_DIR,
+    KEY_FILE,
+    SPOOL_DIR,
+    checked_controller_id,
+    claim,
+    default_controller_id,
+    prepare,
+)
 from storage.db import BUSY_TIMEOUT, RETRY_FOR, Database, os_error, ts
 from storage.deletion import SWEEP_BATCH
 from storage.ports import Tx
@@ -48,16 +58,27 @@ __all__ = [  # what callers and benchmarks have always found here
 ]
 
 LEDGER_FILE = "ledger.sqlite3"
+CONTROLLER_LOCK = "controller.lock"
 _TRIGGERS_SQL = "SELECT name, tbl_name, sql FROM sqlite_master WHERE type = 'trigger'"
 
 
 class SqliteLedger:
     """`storage.ports.LedgerDb` on one SQLite file."""
 
-    def __init__(self, database: Database) -> None:
+    def __init__(self, database: Database, root: Path) -> None:
         self._db = database
         self.read = database.read
         self.write = database.write
+        self._lock_path = root / CONTROLLER_LOCK
+        self._lock: int | None = None
+
+    async def claim_controller(self, controller_id: str) -> None:
+        """One SQLite ledger is one node: a second controller on the same data directory
+        would settle the first one's live calls as its own. An exclusive `flock` on
+        `controller.lock`, held until `close` (the kernel drops it when the process dies,
+        even by kill -9: no stale lock to clean up)."""
+        if self._lock is None:
+            self._lock = await asyncio.to_thread(_lock, self._lock_path, controller_id)
 
     def append_audit(
         self,
@@ -98,7 +119,40 @@ class SqliteLedger:
         return f"{table} {alias} NOT INDEXED"
 
     async def close(self) -> None:
-        await self._db.close()
+        try:
+            await self._db.close()
+        finally:
+            if self._lock is not None:
+                os.close(self._lock)
+                self._lock = None
+
+
+def _lock(path: Path, controller_id: str) -> int:
+    """Take the controller lock at `path` (blocking, but never waiting for it); its fd."""
+    doing = f"taking the controller lock {path}"
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as error:
+        raise os_error(error, doing) from error
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "unknown"
+            raise StorageError(
+                f"another controller ({shown(holder, 120)}) serves the store at "
+                f"{path.parent}: one SQLite ledger serves one controller; stop it first, or "
+                "give this one its own data directory"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()}, controller {controller_id}\n".encode(), 0)
+    except OSError as error:
+        os.close(fd)
+        raise os_error(error, doing) from error
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def _normal(sql: str | None) -> str:
@@ -126,6 +180,7 @@ class SqliteStore(Store):
         spool_dir: Path | None = None,
         busy_timeout: float = BUSY_TIMEOUT,
         retry_for: float = RETRY_FOR,
+        controller_id: str | None = None,
     ) -> SqliteStore:
         """Open the store rooted at `data_dir`, migrating its ledger as needed.
 
@@ -134,7 +189,10 @@ class SqliteStore(Store):
         `NotFoundError` naming it, so a mistyped data directory never becomes a new, empty
         store that verifies clean. A ledger whose pseudonym key is missing never opens.
         `spool_dir` is where MixMonitor writes; `verify` then also reports files left there.
+        `controller_id` names the controller the calls it starts belong to (default: one
+        of this host and data directory, `storage.datadir.default_controller_id`).
         """
+        owner = None if controller_id is None else checked_controller_id(controller_id)
 
         def prepare_dir() -> tuple[Path, bytes, bool]:
             root = Path(data_dir).absolute()
@@ -168,7 +226,7 @@ class SqliteStore(Store):
             await database.close()
             raise
         ctx = Context(
-            db=SqliteLedger(database),
+            db=SqliteLedger(database, root),
             blobs=LocalBlobs(root),
             policy=policy,
             key=key,
@@ -176,6 +234,7 @@ class SqliteStore(Store):
             data_dir=root,
             checkpoints_dir=root / checkpoints.CHECKPOINTS_DIR,
             spool_dir=spool_dir,
+            controller_id=owner or default_controller_id(root),
         )
         store = cls(ctx)
         store.created = created

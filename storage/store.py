@@ -68,6 +68,9 @@ class Store:
     async def close(self) -> None:
         await self.ctx.db.close()
 
+    async def claim_controller(self) -> None:
+        await self.ctx.db.claim_controller(self.ctx.controller_id)
+
     async def __aenter__(self) -> Self:
         return self
 
