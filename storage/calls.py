@@ -318,7 +318,7 @@ async def set_overload(ctx: Context, on: bool, by: str, now: datetime) -> None:
 
     def body(tx: Tx) -> None:
         tx.run(
-            "INSERT INTO overload_switch (at, on_, by) VALUES (?, ?, ?)",
+            'INSERT INTO overload_switch (at, on_, "by") VALUES (?, ?, ?)',
             (ts(now), int(on), who),
         )
         ctx.audit(tx, now, "overload.on" if on else "overload.off", "overload", {"by": who})
