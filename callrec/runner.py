@@ -532,7 +532,11 @@ async def _call_step(h: Harness, step: Step) -> StepReport:
     row = await _finished_call(h, result)
     leg = result
     if step.kind == "callback" and result.callee is not None:
-        callee_row = await _finished_call(h, result.callee)
+        if h.sim is None:  # found by the ledger, already finished (_callee_leg)
+            callee_id = result.callee.variables.get("CALLREC_CALL_ID")
+            callee_row = await h.store.get_call(callee_id) if callee_id else None
+        else:
+            callee_row = await _finished_call(h, result.callee)
         report.lines.append("agent's leg: no missed call within the window -> new communication")
         if row is not None:
             h.calls[f"{name}.agent"] = row.call_id

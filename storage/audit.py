@@ -14,17 +14,15 @@ number is the one in an entry; without it the entries name nobody.
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import hashlib
 import hmac
 import json
-import os
 import secrets
 from collections.abc import Mapping
 from pathlib import Path
 
 from flows.errors import StorageError
+from storage import keyfiles
 
 GENESIS = "0" * 64
 KEY_BYTES = 32
@@ -45,47 +43,17 @@ def entry_hash(prev_hash: str, body: str) -> str:
 
 def load_key(path: Path, *, create: bool = False) -> bytes:
     """The pseudonym key at `path`. Only a new store (`create`) gets a new one (0600, 32
-    random bytes): a missing key is never replaced, because a new key would leave every
-    pseudonym already in the audit log matching nobody."""
-    try:
-        return _read_key(path)
-    except FileNotFoundError:
-        if not create:
-            raise StorageError(
-                f"the pseudonym key {path} is missing: restore it from the backup (the "
-                "store does not open without it; a new key would orphan the audit's "
-                "pseudonyms)"
-            ) from None
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            os.fchmod(fd, 0o600)  # exactly, whatever the umask
-            os.write(fd, secrets.token_bytes(KEY_BYTES))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        # link, not rename: of two processes creating the key at once, one key wins.
-        with contextlib.suppress(FileExistsError):
-            os.link(tmp, path)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError as error:
-        raise StorageError(f"cannot create the pseudonym key {path}: {error}") from error
-    finally:
-        try:
-            tmp.unlink()
-        except OSError as error:
-            if error.errno != errno.ENOENT:
-                raise StorageError(f"cannot remove {tmp}: {error}") from error
-    return _read_key(path)
-
-
-def _read_key(path: Path) -> bytes:
-    key = path.read_bytes()
+    random bytes, written once by `storage.keyfiles`): a missing key is never replaced,
+    because a new key would leave every pseudonym already in the audit log matching nobody."""
+    if create:
+        keyfiles.create_once(path, secrets.token_bytes(KEY_BYTES))
+    elif not path.exists():
+        raise StorageError(
+            f"the pseudonym key {path} is missing: restore it from the backup (the "
+            "store does not open without it; a new key would orphan the audit's "
+            "pseudonyms)"
+        )
+    key = keyfiles.read_key(path, "pseudonym key")
     if len(key) != KEY_BYTES:
         raise StorageError(
             f"the pseudonym key {path} holds {len(key)} bytes, not {KEY_BYTES}: restore it "

@@ -379,7 +379,7 @@ async def test_live_fastagi_mode_reports_the_call_and_records_through_the_server
             await asyncio.sleep(2.0)  # talk a little
             await ari.request("DELETE", f"/channels/{caller}")
             deadline = asyncio.get_running_loop().time() + WAIT
-            while not any(route == "hangup" for route, _ in routes):
+            while not closed_at_report:  # the report, and the look at the file during it
                 assert asyncio.get_running_loop().time() < deadline
                 await asyncio.sleep(0.1)
         finally:

@@ -82,9 +82,9 @@ async def test_scenario_holds_on_a_real_asterisk(path: Path, mode: str, tmp_path
         if not c.ok
     ]
     assert not failed, "\n".join(failed)
-    sizes = [(r.call_id[:8], r.status.value, r.size) for r in recordings]
-    print(f"{path.stem} [{mode}]: recordings {sizes}; verify {verified.problems or 'ok'}")
     problems = [p for p in verified.problems if not p.startswith("spool:")]
+    sizes = [(r.call_id[:8], r.status.value, r.size) for r in recordings]
+    print(f"{path.stem} [{mode}]: recordings {sizes}; verify {problems or 'ok'}")
     assert not problems, problems  # other runs' spool files are not this test's business
     left = [p.name for p in spool.iterdir() if p.stem in ours]
     assert left == [], f"left in the spool: {left}"
