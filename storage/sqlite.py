@@ -685,6 +685,16 @@ class SqliteStore:
 
         await self._db.write(body, f"noting the recording file of call {call_id}")
 
+    async def mark_unrecorded(self, call_id: str, reason: str, at: datetime) -> None:
+        _check_call_id(call_id)
+
+        def body(tx: Tx) -> None:
+            if tx.one("SELECT 1 FROM calls WHERE call_id = ?", (call_id,)) is None:
+                raise NotFoundError("no such call", call_id=call_id)
+            self._audit(tx, at, "recording.not_started", call_id, {"reason": reason})
+
+        await self._db.write(body, f"marking call {call_id} unrecorded")
+
     async def end_call(self, call_id: str, ended_at: datetime, outcome: Outcome) -> None:
         _check_call_id(call_id)
         result = Outcome(outcome)
