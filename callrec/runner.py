@@ -18,7 +18,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from agi.ari import AriClient
+from agi.ari import DEFAULT_MAX_CONNECTIONS, AriClient
 from agi.ports import OffsetClock
 from agi.session import SessionDeps
 from agi.simpbx import CallerScript, CallResult, SimulatedPbx
@@ -86,6 +86,9 @@ async def harness(
     live: LiveAsterisk | None = None,
     spool_dir: Path | None = None,
     spool_mode: int = files.PRIVATE_DIR,
+    ari_timeout: float = 5.0,
+    max_connections: int = DEFAULT_MAX_CONNECTIONS,
+    shed_backlog: int | None = None,
 ) -> AsyncIterator[Harness]:
     """A controller wired to a store in `data_dir` (created when new; never a store that
     serves real calls), facing the simulated PBX or, with `live`, a real Asterisk. The
@@ -107,7 +110,14 @@ async def harness(
                 prompt_durations={pid: info.duration_seconds for pid, info in catalog.items()},
                 time_scale=time_scale,
             )
-            client = AriClient(await sim.start(), "callrec", password, "callrec")
+            client = AriClient(
+                await sim.start(),
+                "callrec",
+                password,
+                "callrec",
+                timeout=ari_timeout,
+                max_connections=max_connections,
+            )
         else:
             password = live.password
             await refuse_a_taken_app(live)
@@ -126,7 +136,7 @@ async def harness(
         spool_dir=spool,
         prompt_versions={pid: info.sha256 for pid, info in catalog.items()},
     )
-    app = StasisApp(client, deps, policy, timer_scale=time_scale)
+    app = StasisApp(client, deps, policy, timer_scale=time_scale, shed_backlog=shed_backlog)
     task = asyncio.get_running_loop().create_task(app.run())
     trunk: dict[str, str] = {}
     h: Harness | None = None
