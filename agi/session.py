@@ -97,6 +97,7 @@ class CallSession:
         self.decision_committed = False
         self.ended = False
         self._in_ledger: asyncio.Task[bool] | None = None
+        self._file_registered = False  # the ledger names the recording file already
 
     @property
     def decision(self) -> Decision:
@@ -197,8 +198,12 @@ class CallSession:
         raise AssertionError(f"unhandled command {command!r}")  # the match is exhaustive
 
     async def _commit(self, command: CommitDecision) -> Event:
+        # A decision to record names its file in the same commit (owned before it exists),
+        # so that StartRecording needs no second one.
+        file = self._spool_file() if command.decision is Decision.RECORD else None
         record = DecisionRecord(
             call_id=self.call_id,
+            recording_file=file,
             decision=command.decision,
             legal_basis=command.legal_basis,
             digit=command.digit,
@@ -221,6 +226,7 @@ class CallSession:
             log.error("call %s: decision not committed: %s", self.call_id, error)
             return CommitFailed(str(error))
         self.decision_committed = True
+        self._file_registered = file is not None
         self.deps.events.publish(
             "decision",
             {
@@ -252,11 +258,15 @@ class CallSession:
             command.legal_basis, command.since, customer, found.calls, found.withdrawals
         )
 
+    def _spool_file(self) -> str:
+        return str(self.deps.spool_dir / f"{self.call_id}.wav")
+
     async def _start_recording(self) -> list[Event]:
-        file = str(self.deps.spool_dir / f"{self.call_id}.wav")
+        file = self._spool_file()
         # Owned before it exists: a crash after this line leaves a file reconcile can place.
         try:
-            await self.deps.ledger.set_recording_file(self.call_id, file)
+            if not self._file_registered:
+                await self.deps.ledger.set_recording_file(self.call_id, file)
         except StorageError as error:
             # A file nobody would own must not be written: go on unrecorded.
             log.error(

@@ -603,6 +603,10 @@ class SqliteStore:
         decision = Decision(record.decision)
         basis = LegalBasis(record.legal_basis)
         when = ts(record.decided_at)
+        if record.recording_file is not None and decision is not Decision.RECORD:
+            raise StorageError(
+                "no committed decision to record: no recording file", call_id=record.call_id
+            )
 
         def body(tx: Tx) -> None:
             row = tx.one(
@@ -665,6 +669,11 @@ class SqliteStore:
                 tx.run(
                     "UPDATE calls SET communication_id = ? WHERE call_id = ?",
                     (record.communication_id, record.call_id),
+                )
+            if record.recording_file is not None:
+                tx.run(
+                    "UPDATE calls SET recording_file = ? WHERE call_id = ?",
+                    (record.recording_file, record.call_id),
                 )
             self._audit(tx, record.decided_at, "decision.committed", record.call_id, details)
 
