@@ -6,14 +6,20 @@ from __future__ import annotations
 
 import asyncio
 import configparser
+import os
+import subprocess
+import sys
 from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 
-from agi.ari import DEFAULT_MAX_CONNECTIONS
+import pytest
+
+from agi.ari import DEFAULT_MAX_CONNECTIONS, _Gate
 from agi.simpbx import CallerScript, CallResult
-from callrec.config import DEFAULT_ARI_MAX_CONNECTIONS
+from callrec.config import DEFAULT_ARI_MAX_CONNECTIONS, load_settings
 from callrec.runner import Harness, harness
+from flows.errors import ConfigError
 from flows.policy import Decision, Policy
 from storage.ports import CallRow, RecordingStatus
 
@@ -141,7 +147,9 @@ async def test_the_client_stays_under_the_session_limit(tmp_path: Path) -> None:
     """Twenty callers at once against a PBX serving four connections, with the client bound
     to three (the events socket takes the fourth): no connection is refused and every caller
     is recorded and served."""
-    async with harness(POLICY, tmp_path, time_scale=SCALE, max_connections=3) as h:
+    async with harness(
+        POLICY, tmp_path, time_scale=SCALE, max_connections=3, shed_backlog=1000
+    ) as h:
         h.sim.limit_sessions(4)
         h.sim.slow_rest(0.002, 0.0)  # answers take long enough for requests to overlap
         results = await calls(h, 20)
@@ -199,3 +207,56 @@ def test_the_default_connection_bound_is_well_under_the_session_limit() -> None:
     limit = int(parser["general"]["sessionlimit"])
     assert DEFAULT_MAX_CONNECTIONS == DEFAULT_ARI_MAX_CONNECTIONS
     assert limit >= DEFAULT_ARI_MAX_CONNECTIONS * 5
+
+
+def test_the_connection_bound_and_shed_backlog_are_configurable(tmp_path: Path) -> None:
+    """`ari.max_connections` and `ari.shed_backlog` come from the config file; a value that
+    is not a positive whole number is one clear error."""
+    config = tmp_path / "callrec.toml"
+    config.write_text("[ari]\nmax_connections = 8\nshed_backlog = 30\n")
+    settings = load_settings(config, env={})
+    assert (settings.ari.max_connections, settings.ari.shed_backlog) == (8, 30)
+    assert load_settings(None, env={}).ari.max_connections == DEFAULT_ARI_MAX_CONNECTIONS
+    config.write_text("[ari]\nmax_connections = 0\n")
+    with pytest.raises(ConfigError, match=r"ari\.max_connections"):
+        load_settings(config, env={})
+
+
+async def test_urgent_requests_get_the_next_free_connection() -> None:
+    """With every connection busy, a waiting `continue` goes before waiting prompts."""
+    gate = _Gate(1)
+    await gate.acquire(urgent=False)
+    order: list[str] = []
+
+    async def request(name: str, urgent: bool) -> None:
+        await gate.acquire(urgent)
+        order.append(name)
+        gate.release()
+
+    waiting = [
+        asyncio.create_task(request("play", False)),
+        asyncio.create_task(request("answer", False)),
+        asyncio.create_task(request("continue", True)),
+    ]
+    await asyncio.sleep(0)
+    assert gate.waiting == 3
+    gate.release()
+    await asyncio.gather(*waiting)
+    assert order == ["continue", "play", "answer"]
+    assert gate.active == 0
+
+
+def test_the_live_load_benchmark_is_opt_in() -> None:
+    """Without an ARI URL the live load benchmark says it skipped and touches nothing."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CALLREC_TEST_")}
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.live_load"],
+        cwd=HTTP_CONF.parent.parent,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0
+    assert "skipped" in done.stdout
