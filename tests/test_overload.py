@@ -9,8 +9,9 @@ import configparser
 import os
 import subprocess
 import sys
+import uuid
 from dataclasses import replace
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -19,9 +20,10 @@ from agi.ari import DEFAULT_MAX_CONNECTIONS, _Gate
 from agi.simpbx import CallerScript, CallResult
 from callrec.config import DEFAULT_ARI_MAX_CONNECTIONS, load_settings
 from callrec.runner import Harness, harness
-from flows.errors import ConfigError
-from flows.policy import Decision, Policy
-from storage.ports import CallRow, RecordingStatus
+from flows.errors import ConfigError, StorageError
+from flows.policy import Decision, Direction, LegalBasis, Policy
+from storage.ports import CallRow, CallStart, DecisionRecord, RecordingStatus
+from storage.sqlite import SqliteStore
 
 POLICY = replace(Policy(), overload_window=timedelta(hours=3))
 SCALE = 0.02
@@ -260,3 +262,45 @@ def test_the_live_load_benchmark_is_opt_in() -> None:
     )
     assert done.returncode == 0
     assert "skipped" in done.stdout
+
+
+async def test_queued_ledger_writes_share_one_commit_and_fail_alone(tmp_path: Path) -> None:
+    """Calls started together are committed as one transaction; a write among them that
+    fails (a decision for a call the ledger does not have) fails alone, the others stand."""
+    store = await SqliteStore.open(tmp_path / "store", POLICY, create=True)
+    try:
+        now = datetime(2026, 12, 5, 8, 0, tzinfo=UTC)
+        starts = [
+            CallStart(
+                call_id=uuid.uuid4().hex,
+                channel_id=f"1796457000.{n}",
+                direction=Direction.INBOUND,
+                line="service",
+                caller=None,
+                dialed="+38640404040",
+                started_at=now,
+            )
+            for n in range(5)
+        ]
+        stray = DecisionRecord(
+            call_id=uuid.uuid4().hex,
+            decision=Decision.NONE,
+            legal_basis=LegalBasis.CONSENT,
+            digit=None,
+            reason="test",
+            prompt=None,
+            prompt_sha256=None,
+            decided_at=now,
+        )
+        results = await asyncio.gather(
+            *(store.start_call(start) for start in starts),
+            store.commit_decision(stray),
+            return_exceptions=True,
+        )
+        assert results[:5] == [None] * 5
+        assert isinstance(results[5], StorageError)
+        assert store._db.groups == 1
+        for start in starts:
+            assert await store.get_call(start.call_id) is not None
+    finally:
+        await store.close()
