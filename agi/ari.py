@@ -28,6 +28,7 @@ import logging
 import random
 import re
 import ssl as ssl_module
+from collections import deque
 from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -75,6 +76,14 @@ CHANNEL_REQUIRED: Final = frozenset(
 )
 
 RELEASE_POLL = 2.0  # seconds between looks whether another client let go of our app
+# Requests in flight at once. Asterisk serves each HTTP connection with a thread and refuses
+# connections past http.conf's `sessionlimit` (asterisk-conf/http.conf: 100) by closing them
+# unanswered; the events WebSocket, the CLI and other ARI clients share that limit. A fifth
+# of it keeps the controller well clear, and more connections do not make a busy Asterisk
+# answer sooner: they only queue inside it instead of here, where urgent work can go first.
+DEFAULT_MAX_CONNECTIONS = 20
+REFUSED_RETRIES = 2  # a connection closed before any answer is tried again this often
+REFUSED_PAUSE = 0.05  # seconds before the first such retry, doubling
 
 # (method, path template as in the Swagger, query/body parameters the client may send).
 ENDPOINTS: tuple[tuple[str, str, frozenset[str]], ...] = (
@@ -270,6 +279,47 @@ def _error_message(body: bytes) -> str:
     return text
 
 
+class _Gate:
+    """At most `limit` requests in flight; waiting urgent ones (the decision path: the
+    variables and `continue` that hand a caller on) go before normal ones (answer, play), so
+    that a caller who already decided is not held behind the prompts of new calls."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.active = 0
+        self._urgent: deque[asyncio.Future[None]] = deque()
+        self._normal: deque[asyncio.Future[None]] = deque()
+
+    @property
+    def waiting(self) -> int:
+        return len(self._urgent) + len(self._normal)
+
+    async def acquire(self, urgent: bool) -> None:
+        if self.active < self.limit and not self._urgent and not self._normal:
+            self.active += 1
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        queue = self._urgent if urgent else self._normal
+        queue.append(waiter)
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self.release()  # the slot was handed over as we were cancelled: pass it on
+            else:
+                queue.remove(waiter)
+            raise
+
+    def release(self) -> None:
+        for queue in (self._urgent, self._normal):
+            while queue:
+                waiter = queue.popleft()
+                if not waiter.done():
+                    waiter.set_result(None)  # the slot goes straight to the waiter
+                    return
+        self.active -= 1
+
+
 @dataclass(frozen=True, slots=True)
 class _Reply:
     status: int
@@ -292,6 +342,7 @@ class AriClient:
         backoff_initial: float = 0.2,
         backoff_max: float = 10.0,
         heartbeat: float | None = DEFAULT_HEARTBEAT,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
     ) -> None:
         try:
             url = URL(base_url)
@@ -312,6 +363,8 @@ class AriClient:
             raise ConfigError("ARI application name must not be empty")
         if timeout <= 0 or backoff_initial <= 0 or backoff_max < backoff_initial:
             raise ConfigError("ARI timeout and backoff must be positive, initial <= max")
+        if max_connections < 1:
+            raise ConfigError(f"ARI max_connections must be at least 1, not {max_connections}")
         origin = str(url.origin())
         self._base = origin + url.raw_path.rstrip("/")
         self._ws_base = ("wss" if url.scheme == "https" else "ws") + self._base[len(url.scheme) :]
@@ -326,6 +379,7 @@ class AriClient:
         self._backoff_max = backoff_max
         self._heartbeat = heartbeat
         self._session: aiohttp.ClientSession | None = None
+        self._gate = _Gate(max_connections)
         self._sockets: set[aiohttp.ClientWebSocketResponse] = set()
         self._closing = asyncio.Event()
         self._connected = asyncio.Event()
@@ -339,6 +393,15 @@ class AriClient:
     @property
     def app(self) -> str:
         return self._app
+
+    @property
+    def max_connections(self) -> int:
+        return self._gate.limit
+
+    @property
+    def backlog(self) -> int:
+        """REST requests waiting for a connection: how far behind Asterisk's answers are."""
+        return self._gate.waiting
 
     async def __aenter__(self) -> AriClient:
         return self
@@ -399,7 +462,11 @@ class AriClient:
     async def stop_playback(self, playback_id: str) -> None:
         """Stop a playback; one that already finished (404) is not an error."""
         await self._request(
-            "DELETE", "/playbacks/{playbackId}", {"playbackId": playback_id}, accept={404}
+            "DELETE",
+            "/playbacks/{playbackId}",
+            {"playbackId": playback_id},
+            accept={404},
+            urgent=True,
         )
 
     async def subscribe(self, channel_id: str) -> None:
@@ -434,6 +501,7 @@ class AriClient:
             {"channelId": channel_id},
             {"variable": name, "value": value},
             call_id=channel_id,
+            urgent=True,
         )
 
     async def get_variable(self, channel_id: str, name: str) -> str | None:
@@ -473,14 +541,20 @@ class AriClient:
         context: str | None = None,
         extension: str | None = None,
         priority: int | None = None,
-    ) -> None:
-        await self._request(
+    ) -> bool:
+        """Hand the channel back to the dialplan. False when Asterisk answers 409 "Channel
+        not in a Stasis application": it has left the app already; after an earlier
+        `continue` that timed out, that one went through."""
+        reply = await self._request(
             "POST",
             "/channels/{channelId}/continue",
             {"channelId": channel_id},
             {"context": context, "extension": extension, "priority": priority},
             call_id=channel_id,
+            accept={409},
+            urgent=True,
         )
+        return reply.status != 409
 
     async def hangup(self, channel_id: str, reason: str = "normal") -> None:
         """Hang the channel up; one that is already gone (404) is not an error."""
@@ -604,33 +678,20 @@ class AriClient:
         call_id: str | None = None,
         accept: set[int] | frozenset[int] = frozenset(),
         gone: set[int] | frozenset[int] = frozenset({404}),
+        urgent: bool = False,
     ) -> _Reply:
         """Send one request; 2xx and `accept`ed statuses are returned, `gone` statuses raise
-        ChannelGone, anything else raises AsteriskError."""
+        ChannelGone, anything else raises AsteriskError. `urgent` requests get the next free
+        connection before others that wait. The timeout counts from the request being sent,
+        not from its wait for a connection."""
         url = self._url(method, template, path_params, params or {}, frozenset(json_body or ()))
         what = f"ARI {method} {template}"
         session = self._open(call_id)
-        loop = asyncio.get_running_loop()
-        started = loop.time()
+        await self._gate.acquire(urgent)
         try:
-            async with session.request(
-                method,
-                url,
-                json=None if json_body is None else dict(json_body),
-                headers=self._headers,
-                ssl=self._ssl,
-                timeout=aiohttp.ClientTimeout(total=self._timeout),
-                allow_redirects=False,  # Asterisk never redirects; credentials stay put
-            ) as response:
-                status = response.status
-                body = await response.read()
-        except TimeoutError as error:
-            raise AsteriskError(
-                f"{what}: no answer within {self._timeout:g} s", call_id=call_id
-            ) from error
-        except aiohttp.ClientError as error:
-            raise AsteriskError(f"{what}: {self._failure(error)}", call_id=call_id) from error
-        log.debug("%s -> %d in %.0f ms", what, status, (loop.time() - started) * 1000)
+            status, body = await self._exchange(session, method, url, json_body, what, call_id)
+        finally:
+            self._gate.release()
         if 200 <= status < 300:
             return _Reply(status, self._decode_body(body, what, status, call_id), "")
         message = _error_message(body)
@@ -649,6 +710,51 @@ class AriClient:
         raise AsteriskError(
             f"{what}: {status} {shown(message, 80)}", call_id=call_id, status=status
         )
+
+    async def _exchange(
+        self,
+        session: aiohttp.ClientSession,
+        method: str,
+        url: URL,
+        json_body: Mapping[str, Any] | None,
+        what: str,
+        call_id: str | None,
+    ) -> tuple[int, bytes]:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        for attempt in range(REFUSED_RETRIES + 1):
+            try:
+                async with session.request(
+                    method,
+                    url,
+                    json=None if json_body is None else dict(json_body),
+                    headers=self._headers,
+                    ssl=self._ssl,
+                    timeout=aiohttp.ClientTimeout(total=self._timeout),
+                    allow_redirects=False,  # Asterisk never redirects; credentials stay put
+                ) as response:
+                    status = response.status
+                    body = await response.read()
+            except TimeoutError as error:
+                raise AsteriskError(
+                    f"{what}: no answer within {self._timeout:g} s", call_id=call_id
+                ) from error
+            except (aiohttp.ServerDisconnectedError, aiohttp.ClientConnectionResetError) as error:
+                # Closed before any answer: Asterisk past its session limit closes a new
+                # connection unread, and a kept-alive one may have been closed as idle.
+                # Either way the request was not carried out, so it is sent again.
+                if attempt == REFUSED_RETRIES:
+                    raise AsteriskError(
+                        f"{what}: {self._failure(error)}", call_id=call_id
+                    ) from error
+                await asyncio.sleep(REFUSED_PAUSE * 2**attempt)
+                continue
+            except aiohttp.ClientError as error:
+                raise AsteriskError(f"{what}: {self._failure(error)}", call_id=call_id) from error
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("%s -> %d in %.0f ms", what, status, (loop.time() - started) * 1000)
+            return status, body
+        raise AssertionError("unreachable: the last attempt returns or raises")
 
     @staticmethod
     def _decode_body(body: bytes, what: str, status: int, call_id: str | None) -> Any:
@@ -677,6 +783,8 @@ class AriClient:
         if self._session is None:
             # Created here, not in __init__: a session belongs to the running event loop.
             self._session = aiohttp.ClientSession(
+                # The gate keeps REST requests to its limit; one more for the events socket.
+                connector=aiohttp.TCPConnector(limit=self._gate.limit + 1),
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=self._timeout),
                 trust_env=False,
             )

@@ -55,12 +55,21 @@ from flows.events import (
 )
 from flows.outcome import Outcome
 from flows.policy import Decision
+from flows.shedding import shed_decision
 from storage.ports import CallStart, DecisionRecord, Ledger, RecordingRow, RecordingStore
 
 log = logging.getLogger("callrec.session")
 
-RELEASE_ATTEMPTS = 3  # tries to hand a channel on unrecorded before hanging it up
-RELEASE_PAUSE = 0.2  # seconds between them, growing per attempt
+# A channel that would not continue is tried again, for as long as it exists (Asterisk then
+# answers 404, or 409 once it has left Stasis): hanging up is never a way to fail closed.
+RELEASE_PAUSE = 0.2  # seconds before the second try, doubling
+RELEASE_PAUSE_MAX = 5.0  # seconds between tries at most
+
+
+def release_pause(attempt: int) -> float:
+    """Seconds to wait after the `attempt`-th (0-based) failed try to hand a channel on."""
+    return min(RELEASE_PAUSE_MAX, RELEASE_PAUSE * float(2 ** min(attempt, 16)))
+
 
 Flow = InboundFlow | CallbackFlow
 
@@ -91,6 +100,7 @@ class CallSession:
         self.decision_committed = False
         self.ended = False
         self._in_ledger: asyncio.Task[bool] | None = None
+        self._file_registered = False  # the ledger names the recording file already
 
     @property
     def decision(self) -> Decision:
@@ -191,8 +201,12 @@ class CallSession:
         raise AssertionError(f"unhandled command {command!r}")  # the match is exhaustive
 
     async def _commit(self, command: CommitDecision) -> Event:
+        # A decision to record names its file in the same commit (owned before it exists),
+        # so that StartRecording needs no second one.
+        file = self._spool_file() if command.decision is Decision.RECORD else None
         record = DecisionRecord(
             call_id=self.call_id,
+            recording_file=file,
             decision=command.decision,
             legal_basis=command.legal_basis,
             digit=command.digit,
@@ -215,6 +229,7 @@ class CallSession:
             log.error("call %s: decision not committed: %s", self.call_id, error)
             return CommitFailed(str(error))
         self.decision_committed = True
+        self._file_registered = file is not None
         self.deps.events.publish(
             "decision",
             {
@@ -246,11 +261,15 @@ class CallSession:
             command.legal_basis, command.since, customer, found.calls, found.withdrawals
         )
 
+    def _spool_file(self) -> str:
+        return str(self.deps.spool_dir / f"{self.call_id}.{self.deps.recording_format}")
+
     async def _start_recording(self) -> list[Event]:
-        file = str(self.deps.spool_dir / f"{self.call_id}.{self.deps.recording_format}")
+        file = self._spool_file()
         # Owned before it exists: a crash after this line leaves a file reconcile can place.
         try:
-            await self.deps.ledger.set_recording_file(self.call_id, file)
+            if not self._file_registered:
+                await self.deps.ledger.set_recording_file(self.call_id, file)
         except StorageError as error:
             # A file nobody would own must not be written: go on unrecorded.
             log.error(
@@ -265,48 +284,70 @@ class CallSession:
 
     async def _recording_failed(self, error: AsteriskError) -> list[Event]:
         self.recording_file = None
+        await self._mark_unrecorded(f"recording could not be started: {error}")
         try:
             await self.channel.skip_recording(self.call_id)
         except AsteriskError:
             log.warning("call %s: could not clear CALLREC_RECORD after %s", self.call_id, error)
         return []
 
-    async def _continue_failed(self) -> list[Event]:
+    async def _mark_unrecorded(self, reason: str) -> None:
+        """A committed "record" that will not be carried out says so in the ledger, so that
+        no such decision is left without an outcome."""
+        if not self.decision_committed or self.decision is not Decision.RECORD:
+            return
         try:
-            await self.channel.continue_in_dialplan()
-            self.continued = True
-        except AsteriskError as error:
-            # A channel left in Stasis holds the caller forever; no recording was started
-            # (MixMonitor runs in the dialplan after continue), so hanging up loses nothing.
-            log.error("call %s: continue failed twice (%s); hanging up", self.call_id, error)
-            with contextlib.suppress(AsteriskError):
-                await self.channel.hangup()
+            await self.deps.ledger.mark_unrecorded(self.call_id, reason, self.deps.clock.now())
+        except StorageError as error:
+            log.error("call %s: not marked unrecorded: %s", self.call_id, error)
+
+    async def _continue_failed(self) -> list[Event]:
+        # The decision's variables are set; only the hand-over is missing. Whether the
+        # recording happens is the dialplan's to decide from them, as on the first try.
+        await self._hand_on(skip=False)
         return []
 
     async def _release_unrecorded(self) -> None:
-        """The caller goes on to an agent, and nothing records. A channel left in Stasis
-        would hold the caller forever, so this is tried again and, as the last resort, the
-        channel is hung up (nothing was recording it)."""
-        for attempt in range(RELEASE_ATTEMPTS):
+        """The caller goes on to an agent, and nothing records."""
+        await self._mark_unrecorded("control of the channel was lost before the recording")
+        await self._hand_on(skip=True)
+
+    async def _hand_on(self, *, skip: bool) -> None:
+        """`continue` until it goes through: a channel left in Stasis holds its caller in
+        silence, and hanging up would drop a caller for a failure of ours. Tried for as long
+        as the channel is in Stasis (a 404 or a 409 ends it). Clearing CALLREC_RECORD is
+        best effort: it is only ever "yes" after a committed decision to record."""
+        attempt = 0
+        while True:
             try:
-                await self.channel.skip_recording(self.call_id)
+                if skip:
+                    with contextlib.suppress(AsteriskError):
+                        await self.channel.skip_recording(self.call_id)
+                    skip = False
                 await self.channel.continue_in_dialplan()
             except (ChannelGone, ConnectionLost):
                 return  # gone, or out of reach: its dialplan goes on without a yes
             except AsteriskError as error:
+                pause = release_pause(attempt)
                 log.warning(
-                    "call %s: could not release the channel (attempt %d): %s",
+                    "call %s: continue failed (try %d, again in %.1f s): %s",
                     self.call_id,
                     attempt + 1,
+                    pause,
                     error,
                 )
-                await asyncio.sleep(RELEASE_PAUSE * (attempt + 1))
+                attempt += 1
+                await asyncio.sleep(pause)
             else:
                 self.continued = True
                 return
-        log.error("call %s: the channel could not be handed on; hanging up", self.call_id)
-        with contextlib.suppress(AsteriskError):
-            await self.channel.hangup()
+
+    async def shed(self, reason: str) -> None:
+        """The channel was handed on unrecorded before any prompt (the controller is behind):
+        the ledger gets the call with its decision "none" and why, if it takes them."""
+        self.continued = True
+        self._in_ledger = asyncio.get_running_loop().create_task(self._record_start())
+        await self._commit(shed_decision(self.flow.line, reason, self.deps.clock.now()))
 
     async def hung_up(self) -> None:
         await self.feed(CallerHungUp())

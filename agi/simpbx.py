@@ -14,7 +14,10 @@ tell it from Asterisk through the ARI. With `mode="agi"` the dialplan is FastAGI
 controller's server at `fastagi`. Faults for resilience tests: `fail_next` (REST answers
 with an error, after a delay that outlasts a client's timeout), `drop_websockets` and
 `drop_websockets_at` (the events socket closes, now or at an event), `restart` (every live
-channel is lost, the port comes back).
+channel is lost, the port comes back). Load, as a busy Asterisk shows it: `limit_sessions`
+(http.conf's `sessionlimit`: connections past it are closed unanswered), `slow_rest`
+(answers delayed more the more requests are in flight) and `delay_next` (a request carried
+out late, e.g. a `continue` that lands after the client gave up on it).
 
 REST paths served under `/ari`: `GET asterisk/info`, `GET asterisk/ping`, `GET|POST channels`,
 `GET|DELETE channels/{id}`, `POST channels/{id}/answer`, `POST channels/{id}/play[/{pbId}]`,
@@ -71,6 +74,43 @@ class _Fault:
     status: int
     remaining: int
     delay: float
+    carry_out: bool = False  # after the delay, do what was asked and answer as usual
+
+
+class _Refused(asyncio.Protocol):
+    """Asterisk past its `sessionlimit`: the connection is accepted and closed unread
+    (main/tcptls.c, "HTTP session count exceeded")."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport.close()
+
+
+class _Counted(asyncio.Protocol):
+    """aiohttp's protocol for one connection, counted while it is open."""
+
+    def __init__(self, inner: asyncio.Protocol, open_sessions: list[int]) -> None:
+        self._inner = inner
+        self._open = open_sessions
+        self._open[0] += 1
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._inner.connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        self._inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self._inner.eof_received()
+
+    def pause_writing(self) -> None:
+        self._inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._inner.resume_writing()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._open[0] -= 1
+        self._inner.connection_lost(exc)
 
 
 @dataclass(eq=False)
@@ -120,6 +160,13 @@ class SimulatedPbx:
         self._sockets: set[_Socket] = set()
         self._writers: set[asyncio.Task[None]] = set()
         self._faults: list[_Fault] = []
+        self._server: asyncio.Server | None = None
+        self._sessions = [0]  # HTTP connections open now (a list: shared with _Counted)
+        self.session_limit: int | None = None  # see limit_sessions
+        self.refused_sessions = 0  # connections closed unanswered for the session limit
+        self.peak_sessions = 0  # the most HTTP connections open at once
+        self._slow: tuple[float, float] | None = None  # see slow_rest
+        self._rest_in_flight = 0
         self._drop_at: list[tuple[str, bool]] = []
         self._log: list[dict[str, Any]] = []
         self._started = 0.0
@@ -189,16 +236,31 @@ class SimulatedPbx:
         application.router.add_route("*", "/{tail:.*}", self._dispatch)
         runner = web.AppRunner(application, shutdown_timeout=SHUTDOWN_GRACE, access_log=None)
         await runner.setup()
-        site = web.TCPSite(runner, self._host, port, reuse_address=True)
+        handler = runner.server
+        assert handler is not None  # set up above
+
+        def connection() -> asyncio.Protocol:
+            # Counted as Asterisk counts HTTP sessions: every connection, the events
+            # WebSocket included, from accept to close.
+            if self.session_limit is not None and self._sessions[0] >= self.session_limit:
+                self.refused_sessions += 1
+                return _Refused()
+            counted = _Counted(handler(), self._sessions)
+            self.peak_sessions = max(self.peak_sessions, self._sessions[0])
+            return counted
+
         try:
-            await site.start()
+            server = await asyncio.get_running_loop().create_server(
+                connection, self._host, port, reuse_address=True
+            )
         except OSError as error:
             await runner.cleanup()
             raise AsteriskError(
                 f"the simulated PBX cannot listen on {self._host}:{port}: {error.strerror}"
             ) from None
         self._runner = runner
-        self._port = int(runner.addresses[0][1])
+        self._server = server
+        self._port = int(server.sockets[0].getsockname()[1])
 
     async def _shutdown(self) -> None:
         for socket in list(self._sockets):
@@ -218,6 +280,9 @@ class SimulatedPbx:
         for writer in writers:
             writer.cancel()
         await asyncio.gather(*writers, return_exceptions=True)
+        if self._server is not None:
+            server, self._server = self._server, None
+            server.close()
         if self._runner is not None:
             runner, self._runner = self._runner, None
             await runner.cleanup()
@@ -319,6 +384,28 @@ class SimulatedPbx:
             raise ConfigError(f"fail_next: {status} is not an HTTP status")
         self._faults.append(_Fault(method.upper(), path_pattern, status, count, delay))
 
+    def delay_next(self, method: str, path_pattern: str, *, delay: float, count: int = 1) -> None:
+        """The next `count` matching requests (as `fail_next`) are carried out and answered
+        only after `delay` wall seconds: a client that gave up on one meanwhile may send it
+        again, and find it done (a second `continue` gets 409)."""
+        if count < 1 or delay <= 0:
+            raise ConfigError("delay_next: count must be at least 1 and delay positive")
+        self._faults.append(_Fault(method.upper(), path_pattern, 0, count, delay, True))
+
+    def limit_sessions(self, limit: int | None) -> None:
+        """Serve at most `limit` HTTP connections at once (None: no limit), as Asterisk's
+        http.conf `sessionlimit`: more are closed before a request is read."""
+        if limit is not None and limit < 1:
+            raise ConfigError(f"limit_sessions: limit must be at least 1, not {limit}")
+        self.session_limit = limit
+
+    def slow_rest(self, base: float, per_request: float) -> None:
+        """Every REST answer waits `base` plus `per_request` wall seconds for each REST
+        request in flight (itself included): an Asterisk that slows down under load."""
+        if base < 0 or per_request < 0:
+            raise ConfigError("slow_rest: delays cannot be negative")
+        self._slow = (base, per_request) if base or per_request else None
+
     async def drop_websockets(self) -> None:
         """Close every events WebSocket now; the applications go inactive (a call arriving
         before a reconnect fails Stasis), their subscriptions survive, as on Asterisk."""
@@ -357,9 +444,17 @@ class SimulatedPbx:
         if fault is not None:
             if fault.delay > 0:
                 await asyncio.sleep(fault.delay)
-            return self._respond(
-                method, relative, params, error_reply(fault.status, "Injected fault")
-            )
+            if not fault.carry_out:
+                return self._respond(
+                    method, relative, params, error_reply(fault.status, "Injected fault")
+                )
+        if self._slow is not None and segments != ("events",):
+            self._rest_in_flight += 1
+            try:
+                base, per_request = self._slow
+                await asyncio.sleep(base + per_request * self._rest_in_flight)
+            finally:
+                self._rest_in_flight -= 1
         if relative.endswith("/"):
             reply = error_reply(404, f"ARI URLs do not end with a slash. Try /ari{relative[:-1]}")
             return self._respond(method, relative, params, reply)

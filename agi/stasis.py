@@ -35,11 +35,10 @@ from typing import Any
 from agi.ari import AriClient, AriEvent, Reconnected
 from agi.calls import Rejected, callback_session, callee_session, inbound_session
 from agi.session import (
-    RELEASE_ATTEMPTS,
-    RELEASE_PAUSE,
     CallSession,
     SessionDeps,
     finish_call,
+    release_pause,
 )
 from flows.errors import AsteriskError, ChannelGone, StorageError
 from flows.events import (
@@ -64,6 +63,11 @@ RECENT_CALLS = 10_000  # channel -> call id pairs kept for look-ups after a call
 SHUTDOWN_GRACE = 5.0  # seconds live calls get to reach a decision before failing closed
 UNKNOWN_CHANNEL_GRACE = 1.0  # seconds a listed channel's StasisStart may lag the listing
 WAV_HEADER_BYTES = 44  # what MixMonitor(...,b) writes when nobody was bridged
+# New calls are shed (handed on at once, unrecorded, no prompt) while more REST requests
+# than this wait for a connection: Asterisk is behind, and a call served late costs it far
+# more work than one `continue` now. Default: this many times the connection limit.
+SHED_BACKLOG_FACTOR = 2
+SHED_LOG_EVERY = 100  # a shed call is logged at warning level once per this many
 
 
 class _Ended:
@@ -83,10 +87,18 @@ class AriChannel:
         self._client = client
         self._channel_id = channel_id
         self._call = call
-        self._subscribed = False
+        self.subscribed = False
 
     async def answer(self) -> list[Event]:
-        await self._client.answer(self._channel_id)
+        # The subscription that keeps the channel's events coming after `continue` is made
+        # now, beside the answer, while the caller listens to the prompt: the digit ->
+        # continue path then has one round trip less. A failure here is tried once more
+        # before recording (`start_recording`), which it would otherwise keep from starting.
+        answered, _ = await asyncio.gather(
+            self._client.answer(self._channel_id), self._try_subscribe(), return_exceptions=True
+        )
+        if isinstance(answered, BaseException):
+            raise answered
         return []
 
     async def play(self, prompt: str, *, barge_in: bool, token: int) -> list[Event]:
@@ -99,10 +111,19 @@ class AriChannel:
         return []
 
     async def stop_prompt(self, token: int) -> list[Event]:
+        # Not waited for: the flow goes on whether or not a prompt stops (a failure is
+        # harmless), so the decision's commit and variables overlap this round trip.
+        # Asterisk runs `continue` only after the playback ended, so the order holds.
         for playback_id, playing in list(self._call.playbacks.items()):
             if playing == token:
-                await self._client.stop_playback(playback_id)
+                self._call.spawn(self._stop(playback_id))
         return []
+
+    async def _stop(self, playback_id: str) -> None:
+        try:
+            await self._client.stop_playback(playback_id)
+        except AsteriskError as error:
+            log.warning("channel %s: prompt not stopped: %s", shown(self._channel_id), error)
 
     async def wait_for_digit(self, limit: timedelta, token: int) -> list[Event]:
         self._call.start_timer(limit, token)
@@ -112,22 +133,38 @@ class AriChannel:
         self._call.cancel_timer()
         return []
 
-    async def _subscribe(self) -> None:
-        if not self._subscribed:
+    async def _try_subscribe(self) -> None:
+        if self.subscribed:
+            return
+        try:
             await self._client.subscribe(self._channel_id)
-            self._subscribed = True
+        except ChannelGone:
+            raise
+        except AsteriskError as error:
+            log.warning("channel %s: not subscribed: %s", shown(self._channel_id), error)
+        else:
+            self.subscribed = True
 
     async def start_recording(self, call_id: str, file: str) -> list[Event]:
-        await self._subscribe()
-        await self._client.set_variable(self._channel_id, "CALLREC_CALL_ID", call_id)
-        await self._client.set_variable(self._channel_id, "CALLREC_FILE", file)
+        # Fail closed: without the subscription the call's end (and its file) would go
+        # unseen, so nothing records unless it is in place.
+        if not self.subscribed:
+            await self._client.subscribe(self._channel_id)
+            self.subscribed = True
+        await _all(
+            self._client.set_variable(self._channel_id, "CALLREC_CALL_ID", call_id),
+            self._client.set_variable(self._channel_id, "CALLREC_FILE", file),
+        )
+        # Last, alone: "yes" is only ever set on a channel that has the rest.
         await self._client.set_variable(self._channel_id, "CALLREC_RECORD", "yes")
         return []
 
     async def skip_recording(self, call_id: str) -> list[Event]:
-        await self._subscribe()
-        await self._client.set_variable(self._channel_id, "CALLREC_CALL_ID", call_id)
-        await self._client.set_variable(self._channel_id, "CALLREC_RECORD", "no")
+        await self._try_subscribe()  # for the outcome (answered or missed) only
+        await _all(
+            self._client.set_variable(self._channel_id, "CALLREC_CALL_ID", call_id),
+            self._client.set_variable(self._channel_id, "CALLREC_RECORD", "no"),
+        )
         return []
 
     async def notice_callee(self, call_id: str, line: str) -> list[Event]:
@@ -135,12 +172,22 @@ class AriChannel:
         return []
 
     async def continue_in_dialplan(self) -> list[Event]:
+        # A 409 (not in Stasis) is success too: after a `continue` that timed out, the
+        # first one went through.
         await self._client.continue_in_dialplan(self._channel_id)
         return []
 
     async def hangup(self) -> list[Event]:
         await self._client.hangup(self._channel_id)
         return []
+
+
+async def _all(*requests: Coroutine[Any, Any, None]) -> None:
+    """Run independent requests side by side; the first failure is raised once all ended."""
+    results = await asyncio.gather(*requests, return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
 
 
 @dataclass(eq=False)
@@ -154,6 +201,13 @@ class _Call:
     timer: asyncio.Task[None] | None = None
     timer_scale: float = 1.0
     epoch: int = 1  # the events connection during which the call entered Stasis
+    channel: AriChannel | None = None
+    tasks: set[asyncio.Task[None]] = field(default_factory=set)
+
+    def spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
 
     def start_timer(self, limit: timedelta, token: int) -> None:
         self.cancel_timer()
@@ -178,8 +232,15 @@ class StasisApp:
         policy: Policy,
         *,
         timer_scale: float = 1.0,
+        shed_backlog: int | None = None,
     ) -> None:
         self._client = client
+        self._shed_backlog = (
+            shed_backlog
+            if shed_backlog is not None
+            else SHED_BACKLOG_FACTOR * client.max_connections
+        )
+        self.shed = 0  # calls handed on unrecorded because Asterisk was behind
         self._deps = deps
         self._policy = policy
         self._calls: dict[str, _Call] = {}
@@ -295,7 +356,46 @@ class StasisApp:
         call = _Call(channel_id, timer_scale=self._timer_scale, epoch=self._connections)
         self._calls[channel_id] = call
         self.idle.clear()
-        call.worker = asyncio.get_running_loop().create_task(self._work(call, event))
+        backlog = self._client.backlog
+        if backlog > self._shed_backlog:
+            self.shed += 1
+            level = logging.WARNING if self.shed % SHED_LOG_EVERY == 1 else logging.INFO
+            log.log(
+                level,
+                "channel %s shed: %d ARI requests wait (bound %d); handed on unrecorded "
+                "(%d shed so far)",
+                shown(channel_id),
+                backlog,
+                self._shed_backlog,
+                self.shed,
+            )
+            work = self._shed_call(call, event, f"{backlog} ARI requests were waiting")
+        else:
+            work = self._work(call, event)
+        call.worker = asyncio.get_running_loop().create_task(work)
+
+    async def _shed_call(self, call: _Call, start: AriEvent, reason: str) -> None:
+        """Shedding: one `continue` now, before anything else; the ledger learns of the call
+        afterwards. No prompt was played, so the decision is "none": a consent line's caller
+        is neither told nor recorded and a sales call goes unrecorded, which is lawful (no
+        recording without notice); the caller still reaches the queue."""
+        try:
+            if not await self._release(call.channel_id, skip=False):
+                return  # the caller left at once: nothing to record or call back
+            opened = await self._open_session(call, start)
+            if isinstance(opened, Rejected):
+                return
+            session, _ = opened
+            call.session = session
+            self._recent[call.channel_id] = session.call_id
+            await session.shed(reason)
+            while not isinstance(await call.queue.get(), _Ended):
+                pass
+            await self._end(call, session)
+        except Exception:
+            log.exception("shed call on channel %s failed", shown(call.channel_id))
+        finally:
+            self._forget(call)
 
     async def _open_session(self, call: _Call, event: AriEvent) -> tuple[CallSession, Event] | (
         Rejected
@@ -303,6 +403,7 @@ class StasisApp:
         if not self._accepting:
             return Rejected("the controller is shutting down")
         channel = AriChannel(self._client, call.channel_id, call)
+        call.channel = channel
         route = event.args[0] if event.args else "inbound"
         args = event.args[1:]
         deps, policy = self._deps, self._policy
@@ -349,7 +450,7 @@ class StasisApp:
             while True:
                 item = await call.queue.get()
                 if isinstance(item, _Ended):
-                    if not item.destroyed and session.continued:
+                    if not item.destroyed and session.continued and self._watched(call):
                         continue  # StasisEnd after our continue: the call goes on
                     await self._end(call, session)
                     return
@@ -363,6 +464,13 @@ class StasisApp:
         finally:
             self._forget(call)
 
+    @staticmethod
+    def _watched(call: _Call) -> bool:
+        """Whether the channel's events go on after it left Stasis (our subscription). If
+        not, its end would never be seen: the call is finished when it leaves, as missed
+        (a call that went on and was not seen answered is called back, not forgotten)."""
+        return call.channel is not None and call.channel.subscribed
+
     async def _end(self, call: _Call, session: CallSession) -> None:
         if not session.continued:
             await session.hung_up()
@@ -375,29 +483,35 @@ class StasisApp:
         if await session.in_ledger():
             await finish_call(session.call_id, outcome, self._deps)
 
-    async def _release(self, channel_id: str) -> None:
-        """No session: the caller goes on unrecorded (never recorded by default). A channel
-        left in Stasis would hold the caller forever, so a failing continue is tried again
-        and, as the last resort, the channel is hung up (nothing was recording it)."""
-        for attempt in range(RELEASE_ATTEMPTS):
+    async def _release(self, channel_id: str, *, skip: bool = True) -> bool:
+        """No session: the caller goes on unrecorded (never recorded by default: the
+        dialplan clears CALLREC_RECORD on entry). Hanging up is never the way out: a failing
+        `continue` is tried again for as long as the channel is in Stasis (404: gone; 409:
+        no longer in Stasis, e.g. an earlier try that timed out went through). False: the
+        channel is gone."""
+        attempt = 0
+        while True:
             try:
-                await self._client.set_variable(channel_id, "CALLREC_RECORD", "no")
+                if skip:
+                    with contextlib.suppress(AsteriskError):
+                        await self._client.set_variable(channel_id, "CALLREC_RECORD", "no")
+                    skip = False
                 await self._client.continue_in_dialplan(channel_id)
             except ChannelGone:
-                return
+                return False
             except AsteriskError as error:
+                pause = release_pause(attempt)
                 log.warning(
-                    "channel %s could not be released (attempt %d): %s",
+                    "channel %s could not be released (try %d, again in %.1f s): %s",
                     shown(channel_id),
                     attempt + 1,
+                    pause,
                     error,
                 )
-                await asyncio.sleep(RELEASE_PAUSE * (attempt + 1))
+                attempt += 1
+                await asyncio.sleep(pause)
             else:
-                return
-        with contextlib.suppress(AsteriskError):
-            await self._client.hangup(channel_id)
-        log.error("channel %s could not be handed on; hung up", shown(channel_id))
+                return True
 
     async def _reconcile(self, epoch: int) -> None:
         """After the `epoch`-th connection: calls from before it whose channels vanished are
@@ -487,6 +601,8 @@ class StasisApp:
 
     def _forget(self, call: _Call) -> None:
         call.cancel_timer()
+        for task in list(call.tasks):
+            task.cancel()
         self._calls.pop(call.channel_id, None)
         if not self._calls:
             self.idle.set()

@@ -15,7 +15,8 @@ ARI app (`bench.noop_app`: answer, continue), also pinned to core 0: the floor.
 
 Latencies are read off the simulator's log, stamped with a nanosecond clock: StasisStart sent
 to the play request received; the digit's event sent to the first request the controller
-makes only after the decision is committed to the ledger (its subscription to the channel).
+makes only after the decision is committed to the ledger (the recording's call id or file
+variable; the subscription is made earlier, while the prompt plays).
 """
 
 from __future__ import annotations
@@ -64,6 +65,8 @@ STALL_SECONDS = 10.0  # no recording stored for this long after the calls ended:
 STOP_TIMEOUT = 30.0
 LOG_NAME = "controller.log"
 SERVE = "import sys; from callrec.cli import main; sys.exit(main())"
+# The variables the controller sets only once the decision is committed and the file named.
+AFTER_COMMIT = frozenset({"CALLREC_CALL_ID", "CALLREC_FILE"})
 
 
 class TimedPbx(SimulatedPbx):
@@ -297,6 +300,8 @@ def _measure(run: Run, log: list[dict[str, Any]]) -> None:
             setup.setdefault(channel, ns)
         if action == "/variable" and params.get("variable") == "CALLREC_RECORD" and channel in dtmf:
             record_set.setdefault(channel, ns)
+        if action == "/variable" and params.get("variable") in AFTER_COMMIT and channel in dtmf:
+            committed.setdefault(channel, ns)
     if not setup:
         raise CallrecError(f"none of the {run.calls} calls through the {run.kind} app was set up")
     run.set_up = len(setup)
@@ -466,8 +471,8 @@ async def run(sizes: Sizes, work: Path) -> Result:
         "(also its second request), for the digit its StasisStart -> answer (one event, one "
         "reaction)",
         "digit -> decision committed: the simulator cannot see the ledger; it is measured to "
-        "the controller's subscription to the channel, the first request it sends only after "
-        "the commit (an upper bound). Digit -> CALLREC_RECORD set, p99: "
+        "the controller's first recording variable (call id or file), the first request it "
+        "sends only after the commit (an upper bound). Digit -> CALLREC_RECORD set, p99: "
         + ", ".join(
             f"{_ms(runs[('callrec', n, True)].digit_to_record, 99)[0]} at {count(n)}"
             for n in sizes.concurrent_calls

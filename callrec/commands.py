@@ -273,9 +273,18 @@ async def serve(settings: Settings) -> int:
         if isinstance(events, MqttEvents):
             await events.start()
         client = AriClient(
-            settings.ari.url, settings.ari.user, settings.ari.password, settings.ari.app
+            settings.ari.url,
+            settings.ari.user,
+            settings.ari.password,
+            settings.ari.app,
+            max_connections=settings.ari.max_connections,
         )
-        app = StasisApp(client, _deps(settings, store, events, collector), settings.policy)
+        app = StasisApp(
+            client,
+            _deps(settings, store, events, collector),
+            settings.policy,
+            shed_backlog=settings.ari.shed_backlog,
+        )
         print(
             f"callrec serve: app {settings.ari.app!r} at {settings.ari.url}, store "
             f"{settings.data_dir}, spool {settings.spool_dir} ({settings.source})",

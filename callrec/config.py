@@ -30,6 +30,10 @@ DEFAULT_CONFIG = Path("callrec.toml")
 DEFAULT_DATA_DIR = Path("callrec-data")  # relative to the working directory, like the config
 DEFAULT_ARI_URL = "http://127.0.0.1:8088/ari"  # asterisk-conf/http.conf binds loopback
 DEFAULT_APP = "callrec"  # the Stasis application the dialplan names
+# REST requests in flight at once: a fifth of asterisk-conf/http.conf's `sessionlimit` (100),
+# which the events socket, the CLI and other clients share (agi.ari says why; a test checks
+# the two numbers against each other).
+DEFAULT_ARI_MAX_CONNECTIONS = 20
 DEFAULT_FASTAGI_PORT = 4573  # FastAGI's registered port
 LOOPBACK = ("127.0.0.1", "::1")  # FastAGI has no authentication: loopback unless configured
 # The spool's mode when callrec creates it: its owner only, unless the config lets
@@ -51,9 +55,14 @@ class AriSettings:
     user: str = "callrec"
     password: str = ""
     app: str = DEFAULT_APP
+    max_connections: int = DEFAULT_ARI_MAX_CONNECTIONS
+    shed_backlog: int | None = None  # None: agi.stasis's default (twice max_connections)
 
     def __repr__(self) -> str:  # the password never reaches a log line
-        return f"AriSettings(url={self.url!r}, user={self.user!r}, app={self.app!r})"
+        return (
+            f"AriSettings(url={self.url!r}, user={self.user!r}, app={self.app!r}, "
+            f"max_connections={self.max_connections}, shed_backlog={self.shed_backlog})"
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +117,15 @@ def _str(section: Mapping[str, Any], where: str, key: str, default: str) -> str:
     value = section.get(key, default)
     if not isinstance(value, str) or not value:
         raise ConfigError(f"{where}.{key}: must be a non-empty string, got {value!r}")
+    return value
+
+
+def _count(section: Mapping[str, Any], where: str, key: str, default: int | None) -> int | None:
+    value = section.get(key, default)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 10_000:
+        raise ConfigError(f"{where}.{key}: must be a whole number from 1 to 10000, got {value!r}")
     return value
 
 
@@ -223,7 +241,9 @@ def load_settings(config: Path | None = None, env: Mapping[str, str] | None = No
             f"got {controller_id!r}"
         )
 
-    ari = _section(data, "ari", {"url", "user", "password_file", "app"})
+    ari = _section(
+        data, "ari", {"url", "user", "password_file", "app", "max_connections", "shed_backlog"}
+    )
     password = env.get("CALLREC_ARI_PASSWORD", "")
     if not password and "password_file" in ari:
         password = _read_secret(
@@ -234,6 +254,9 @@ def load_settings(config: Path | None = None, env: Mapping[str, str] | None = No
         user=env.get("CALLREC_ARI_USER") or _str(ari, "ari", "user", "callrec"),
         password=password,
         app=_str(ari, "ari", "app", DEFAULT_APP),
+        max_connections=_count(ari, "ari", "max_connections", DEFAULT_ARI_MAX_CONNECTIONS)
+        or DEFAULT_ARI_MAX_CONNECTIONS,
+        shed_backlog=_count(ari, "ari", "shed_backlog", None),
     )
     if not ari_settings.url.startswith(("http://", "https://")):
         raise ConfigError(f"ari.url: must start with http:// or https://, got {ari_settings.url!r}")

@@ -18,7 +18,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from agi.ari import AriClient
+from agi.ari import DEFAULT_MAX_CONNECTIONS, AriClient
 from agi.collector import RecordingCollector
 from agi.fastagi import FastAgiServer
 from agi.ports import OffsetClock
@@ -126,6 +126,9 @@ async def harness(
     spool_dir: Path | None = None,
     spool_mode: int = files.PRIVATE_DIR,
     mode: str = "ari",
+    ari_timeout: float = 5.0,
+    max_connections: int = DEFAULT_MAX_CONNECTIONS,
+    shed_backlog: int | None = None,
 ) -> AsyncIterator[Harness]:
     """A controller wired to a store in `data_dir` (created when new; never a store that
     serves real calls), facing the simulated PBX or, with `live`, a real Asterisk. The
@@ -153,7 +156,14 @@ async def harness(
                 time_scale=time_scale,
                 mode=mode,
             )
-            client = AriClient(await sim.start(), "callrec", password, "callrec")
+            client = AriClient(
+                await sim.start(),
+                "callrec",
+                password,
+                "callrec",
+                timeout=ari_timeout,
+                max_connections=max_connections,
+            )
         else:
             password = live.password
             if mode == "ari":
@@ -183,7 +193,7 @@ async def harness(
     h: Harness | None = None
     try:
         if mode == "ari":
-            app = StasisApp(client, deps, policy, timer_scale=time_scale)
+            app = StasisApp(client, deps, policy, timer_scale=time_scale, shed_backlog=shed_backlog)
             task = asyncio.get_running_loop().create_task(app.run())
             try:
                 await asyncio.wait_for(client.wait_connected(), 10.0)

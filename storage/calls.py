@@ -95,6 +95,10 @@ async def commit_decision(ctx: Context, record: DecisionRecord) -> None:
     decision = Decision(record.decision)
     basis = LegalBasis(record.legal_basis)
     when = ts(record.decided_at)
+    if record.recording_file is not None and decision is not Decision.RECORD:
+        raise StorageError(
+            "no committed decision to record: no recording file", call_id=record.call_id
+        )
 
     def body(tx: Tx) -> None:
         row = tx.one(
@@ -158,6 +162,11 @@ async def commit_decision(ctx: Context, record: DecisionRecord) -> None:
                 "UPDATE calls SET communication_id = ? WHERE call_id = ?",
                 (record.communication_id, record.call_id),
             )
+        if record.recording_file is not None:
+            tx.run(
+                "UPDATE calls SET recording_file = ? WHERE call_id = ?",
+                (record.recording_file, record.call_id),
+            )
         ctx.audit(tx, record.decided_at, "decision.committed", record.call_id, details)
 
     await ctx.db.write(body, f"committing the decision of call {record.call_id}")
@@ -177,6 +186,18 @@ async def set_recording_file(ctx: Context, call_id: str, path: str) -> None:
         tx.run("UPDATE calls SET recording_file = ? WHERE call_id = ?", (str(path), call_id))
 
     await ctx.db.write(body, f"noting the recording file of call {call_id}")
+
+
+async def mark_unrecorded(ctx: Context, call_id: str, reason: str, at: datetime) -> None:
+    """A committed decision to record that could not be carried out, and why."""
+    check_call_id(call_id)
+
+    def body(tx: Tx) -> None:
+        if tx.one("SELECT 1 FROM calls WHERE call_id = ?", (call_id,)) is None:
+            raise NotFoundError("no such call", call_id=call_id)
+        ctx.audit(tx, at, "recording.not_started", call_id, {"reason": reason})
+
+    await ctx.db.write(body, f"marking call {call_id} unrecorded")
 
 
 async def end_call(ctx: Context, call_id: str, ended_at: datetime, outcome: Outcome) -> None:

@@ -201,6 +201,10 @@ class Ledger(Protocol):
     async def set_recording_file(self, call_id: str, path: str) -> None:
         """Remember the file MixMonitor was told to write, before it is told."""
 
+    async def mark_unrecorded(self, call_id: str, reason: str, at: datetime) -> None:
+        """A committed decision to record that could not be carried out, and why (an audit
+        entry `recording.not_started` on the call)."""
+
     async def end_call(self, call_id: str, ended_at: datetime, outcome: Outcome) -> None: ...
 
     async def callback_candidates(

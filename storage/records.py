@@ -56,6 +56,9 @@ class DecisionRecord:
     window: timedelta | None = None  # callback: the window used to find it
     overload: bool = False  # callback: the operator's overload switch was on
     communication_id: str | None = None  # a linked callback joins the missed call's
+    # The file MixMonitor will be told to write (a "record" decision only): remembered in
+    # the decision's own transaction, so that the decision path waits for one commit.
+    recording_file: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -93,6 +93,9 @@ class Store:
     async def set_recording_file(self, call_id: str, path: str) -> None:
         await calls.set_recording_file(self.ctx, call_id, path)
 
+    async def mark_unrecorded(self, call_id: str, reason: str, at: datetime) -> None:
+        await calls.mark_unrecorded(self.ctx, call_id, reason, at)
+
     async def end_call(self, call_id: str, ended_at: datetime, outcome: Outcome) -> None:
         await calls.end_call(self.ctx, call_id, ended_at, outcome)
 

@@ -1,0 +1,306 @@
+"""The controller when Asterisk is slow or refuses: every caller reaches the queue, none is
+hung up by the controller, and every decision to record ends recorded or marked unrecorded
+in the ledger with a reason."""
+
+from __future__ import annotations
+
+import asyncio
+import configparser
+import os
+import subprocess
+import sys
+import uuid
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from agi.ari import DEFAULT_MAX_CONNECTIONS, _Gate
+from agi.simpbx import CallerScript, CallResult
+from callrec.config import DEFAULT_ARI_MAX_CONNECTIONS, load_settings
+from callrec.runner import Harness, harness
+from flows.errors import ConfigError, StorageError
+from flows.policy import Decision, Direction, LegalBasis, Policy
+from storage.ports import CallRow, CallStart, DecisionRecord, RecordingStatus
+from storage.sqlite import SqliteStore
+
+POLICY = replace(Policy(), overload_window=timedelta(hours=3))
+SCALE = 0.02
+SERVICE = "040 40 40 40"
+PRESS_1 = CallerScript(keys=((2.0, "1"),), agent_answers_after=2.0, talk_seconds=4.0)
+HTTP_CONF = Path(__file__).resolve().parent.parent / "asterisk-conf" / "http.conf"
+
+
+async def calls(
+    h: Harness, count: int, script: CallerScript = PRESS_1, *, every: float = 0.0
+) -> list[CallResult]:
+    """`count` callers on the service line, each pressing 1, one per `every` seconds."""
+    placed = []
+    for n in range(count):
+        placed.append(await h.sim.place_call(SERVICE, f"041 555 {300 + n:03d}", script))
+        await asyncio.sleep(every)
+    return list(await asyncio.wait_for(asyncio.gather(*(p.done for p in placed)), 60))
+
+
+async def finished(h: Harness, result: CallResult) -> CallRow:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 20
+    while h.app.is_live(result.channel_id):
+        assert loop.time() < deadline, "the controller did not finish the call"
+        await asyncio.sleep(0.01)
+    call_id = h.app.call_id_of(result.channel_id)
+    assert call_id is not None
+    row = await h.store.get_call(call_id)
+    assert row is not None and row.ended_at is not None
+    return row
+
+
+def hung_up_by_controller(h: Harness) -> list[str]:
+    return [
+        e["path"]
+        for e in h.sim.log
+        if e.get("kind") == "rest" and e.get("method") == "DELETE" and "/channels/" in e["path"]
+    ]
+
+
+async def accounted_for(h: Harness, row: CallRow) -> bool:
+    """A "record" decision is recorded (a stored recording) or marked unrecorded."""
+    stored = any(
+        r.call_id == row.call_id and r.status is RecordingStatus.STORED
+        for r in await h.store.recordings()
+    )
+    marked = any(
+        e.action == "recording.not_started" and e.details.get("reason")
+        for e in await h.store.audit_entries(row.call_id)
+    )
+    return stored or marked
+
+
+async def check_everyone_served(h: Harness, results: list[CallResult]) -> list[CallRow]:
+    """Every caller was handed on to the queue and met an agent; nobody was hung up by the
+    controller; every "record" decision has its outcome."""
+    assert all(r.stasis_status == "SUCCESS" for r in results)
+    assert all(r.answered_by_agent for r in results)
+    assert hung_up_by_controller(h) == []
+    rows = [await finished(h, r) for r in results]
+    for row in rows:
+        if row.decision is Decision.RECORD:
+            assert await accounted_for(h, row), f"call {row.call_id}: record without outcome"
+    return rows
+
+
+async def test_a_409_after_a_timed_out_continue_means_it_went_through(tmp_path: Path) -> None:
+    """The first `continue` lands after the client's timeout; its retry is answered 409:
+    the caller is in the dialplan, recorded as decided, and not hung up."""
+    async with harness(POLICY, tmp_path, time_scale=SCALE, ari_timeout=0.3) as h:
+        h.sim.delay_next("POST", "/channels/*/continue", delay=0.4)
+        [result] = await calls(h, 1)
+        [row] = await check_everyone_served(h, [result])
+        assert row.decision is Decision.RECORD
+        assert result.recorded_file is not None
+        continues = [e["status"] for e in h.sim.log if e.get("path", "").endswith("/continue")]
+        assert continues[-1] == 409
+
+
+async def test_a_continue_that_keeps_failing_is_tried_until_it_goes_through(
+    tmp_path: Path,
+) -> None:
+    """Five 500s on `continue` after a decision to record: the controller keeps trying
+    (never hangs up) and the caller reaches the agent, recorded."""
+    async with harness(POLICY, tmp_path, time_scale=SCALE) as h:
+        h.sim.fail_next("POST", "/channels/*/continue", status=500, count=5)
+        [result] = await calls(h, 1)
+        [row] = await check_everyone_served(h, [result])
+        assert row.decision is Decision.RECORD
+        assert result.recorded_file is not None
+
+
+async def test_a_caller_that_cannot_be_served_is_handed_on_not_hung_up(tmp_path: Path) -> None:
+    """The answer fails and `continue` fails four times: the caller still reaches the
+    agent, unrecorded, and is never hung up."""
+    async with harness(POLICY, tmp_path, time_scale=SCALE) as h:
+        h.sim.fail_next("POST", "/channels/*/answer", status=500)
+        h.sim.fail_next("POST", "/channels/*/continue", status=500, count=4)
+        [result] = await calls(h, 1)
+        [row] = await check_everyone_served(h, [result])
+        assert row.decision is Decision.NONE
+        assert result.recorded_file is None
+
+
+async def test_a_record_decision_not_carried_out_is_marked_unrecorded(tmp_path: Path) -> None:
+    """Setting the recording variables fails after the caller pressed 1: the ledger marks the
+    "record" decision unrecorded with the reason, and the caller still reaches the agent."""
+    async with harness(POLICY, tmp_path, time_scale=SCALE) as h:
+        h.sim.fail_next("POST", "/channels/*/variable", status=500)
+        [result] = await calls(h, 1)
+        [row] = await check_everyone_served(h, [result])
+        assert row.decision is Decision.RECORD
+        assert result.recorded_file is None
+        [entry] = [
+            e
+            for e in await h.store.audit_entries(row.call_id)
+            if e.action == "recording.not_started"
+        ]
+        assert "500" in entry.details["reason"]
+
+
+async def test_the_client_stays_under_the_session_limit(tmp_path: Path) -> None:
+    """Twenty callers at once against a PBX serving four connections, with the client bound
+    to three (the events socket takes the fourth): no connection is refused and every caller
+    is recorded and served."""
+    async with harness(
+        POLICY, tmp_path, time_scale=SCALE, max_connections=3, shed_backlog=1000
+    ) as h:
+        h.sim.limit_sessions(4)
+        h.sim.slow_rest(0.002, 0.0)  # answers take long enough for requests to overlap
+        results = await calls(h, 20)
+        rows = await check_everyone_served(h, results)
+        assert h.sim.refused_sessions == 0
+        assert h.sim.peak_sessions <= 4
+        assert all(r.recorded_file is not None for r in results)
+        assert all(row.decision is Decision.RECORD for row in rows)
+
+
+async def test_callers_reach_the_queue_past_the_session_limit(tmp_path: Path) -> None:
+    """A PBX that serves only two connections while the client may open twenty: connections
+    are refused, and still every caller reaches the agent and none is hung up."""
+    async with harness(POLICY, tmp_path, time_scale=SCALE) as h:
+        h.sim.limit_sessions(2)
+        h.sim.slow_rest(0.002, 0.0)
+        results = await calls(h, 12)
+        await check_everyone_served(h, results)
+        assert h.sim.refused_sessions > 0
+
+
+async def test_answers_slower_than_the_timeout_still_reach_the_queue(tmp_path: Path) -> None:
+    """REST answers slow down with load beyond the client's timeout: requests time out, and
+    still every caller reaches the agent, none is hung up, every "record" has an outcome."""
+    async with harness(POLICY, tmp_path, time_scale=SCALE, ari_timeout=0.3) as h:
+        h.sim.slow_rest(0.05, 0.03)
+        results = await calls(h, 12)
+        await check_everyone_served(h, results)
+
+
+async def test_a_backlog_sheds_new_calls_to_the_queue_unrecorded(tmp_path: Path) -> None:
+    """With requests piling up behind a slow PBX, new calls are handed on at once with no
+    prompt: counted, their decision committed as "none" with the reason, and they reach
+    the agent like the others."""
+    async with harness(POLICY, tmp_path, time_scale=SCALE, max_connections=2, shed_backlog=2) as h:
+        h.sim.slow_rest(0.03, 0.0)
+        results = await calls(h, 16, every=0.01)
+        rows = await check_everyone_served(h, results)
+        shed = [row for row in rows if row.reason and row.reason.startswith("shed")]
+        assert h.app.shed == len(shed) > 0
+        for row in shed:
+            assert row.decision is Decision.NONE and row.prompt is None
+        shed_channels = {row.channel_id for row in shed}
+        for result in results:
+            if result.channel_id in shed_channels:
+                assert result.prompts_played == ()
+                assert result.recorded_file is None
+
+
+def test_the_default_connection_bound_is_well_under_the_session_limit() -> None:
+    """http.conf states its `sessionlimit`; the client's default bound is at most a fifth
+    of it, so the events socket and other clients always find room."""
+    parser = configparser.ConfigParser(inline_comment_prefixes=(";",), strict=False)
+    parser.read(HTTP_CONF)
+    limit = int(parser["general"]["sessionlimit"])
+    assert DEFAULT_MAX_CONNECTIONS == DEFAULT_ARI_MAX_CONNECTIONS
+    assert limit >= DEFAULT_ARI_MAX_CONNECTIONS * 5
+
+
+def test_the_connection_bound_and_shed_backlog_are_configurable(tmp_path: Path) -> None:
+    """`ari.max_connections` and `ari.shed_backlog` come from the config file; a value that
+    is not a positive whole number is one clear error."""
+    config = tmp_path / "callrec.toml"
+    config.write_text("[ari]\nmax_connections = 8\nshed_backlog = 30\n")
+    settings = load_settings(config, env={})
+    assert (settings.ari.max_connections, settings.ari.shed_backlog) == (8, 30)
+    assert load_settings(None, env={}).ari.max_connections == DEFAULT_ARI_MAX_CONNECTIONS
+    config.write_text("[ari]\nmax_connections = 0\n")
+    with pytest.raises(ConfigError, match=r"ari\.max_connections"):
+        load_settings(config, env={})
+
+
+async def test_urgent_requests_get_the_next_free_connection() -> None:
+    """With every connection busy, a waiting `continue` goes before waiting prompts."""
+    gate = _Gate(1)
+    await gate.acquire(urgent=False)
+    order: list[str] = []
+
+    async def request(name: str, urgent: bool) -> None:
+        await gate.acquire(urgent)
+        order.append(name)
+        gate.release()
+
+    waiting = [
+        asyncio.create_task(request("play", False)),
+        asyncio.create_task(request("answer", False)),
+        asyncio.create_task(request("continue", True)),
+    ]
+    await asyncio.sleep(0)
+    assert gate.waiting == 3
+    gate.release()
+    await asyncio.gather(*waiting)
+    assert order == ["continue", "play", "answer"]
+    assert gate.active == 0
+
+
+def test_the_live_load_benchmark_is_opt_in() -> None:
+    """Without an ARI URL the live load benchmark says it skipped and touches nothing."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CALLREC_TEST_")}
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.live_load"],
+        cwd=HTTP_CONF.parent.parent,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0
+    assert "skipped" in done.stdout
+
+
+async def test_queued_ledger_writes_share_one_commit_and_fail_alone(tmp_path: Path) -> None:
+    """Calls started together are committed as one transaction; a write among them that
+    fails (a decision for a call the ledger does not have) fails alone, the others stand."""
+    store = await SqliteStore.open(tmp_path / "store", POLICY, create=True)
+    try:
+        now = datetime(2026, 12, 5, 8, 0, tzinfo=UTC)
+        starts = [
+            CallStart(
+                call_id=uuid.uuid4().hex,
+                channel_id=f"1796457000.{n}",
+                direction=Direction.INBOUND,
+                line="service",
+                caller=None,
+                dialed="+38640404040",
+                started_at=now,
+            )
+            for n in range(5)
+        ]
+        stray = DecisionRecord(
+            call_id=uuid.uuid4().hex,
+            decision=Decision.NONE,
+            legal_basis=LegalBasis.CONSENT,
+            digit=None,
+            reason="test",
+            prompt=None,
+            prompt_sha256=None,
+            decided_at=now,
+        )
+        results = await asyncio.gather(
+            *(store.start_call(start) for start in starts),
+            store.commit_decision(stray),
+            return_exceptions=True,
+        )
+        assert results[:5] == [None] * 5
+        assert isinstance(results[5], StorageError)
+        assert store._db.groups == 1
+        for start in starts:
+            assert await store.get_call(start.call_id) is not None
+    finally:
+        await store.close()
