@@ -72,6 +72,11 @@ class SqliteLedger:
         self._lock_path = root / CONTROLLER_LOCK
         self._lock: int | None = None
 
+    @property
+    def groups(self) -> int:
+        """Transactions that carried more than one queued write (group commit)."""
+        return self._db.groups
+
     async def claim_controller(self, controller_id: str) -> None:
         """One SQLite ledger is one node: a second controller on the same data directory
         would settle the first one's live calls as its own. An exclusive `flock` on

@@ -299,7 +299,7 @@ async def test_queued_ledger_writes_share_one_commit_and_fail_alone(tmp_path: Pa
         )
         assert results[:5] == [None] * 5
         assert isinstance(results[5], StorageError)
-        assert store._db.groups == 1
+        assert store.ctx.db.groups == 1  # type: ignore[attr-defined]
         for start in starts:
             assert await store.get_call(start.call_id) is not None
     finally:
