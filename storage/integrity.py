@@ -13,6 +13,7 @@ answered from the audit's subject index, so none holds the ledger in memory.
 
 from __future__ import annotations
 
+from storage import pg_schema
 from storage.db import Tx
 from storage.schema import expected_triggers
 
@@ -61,7 +62,9 @@ def _normal(sql: str | None) -> str:
 
 
 def trigger_problems(tx: Tx) -> list[str]:
-    expected = expected_triggers()
+    # A PostgreSQL ledger's Tx answers the same catalog query with its own guards.
+    postgres = getattr(tx, "dialect", "sqlite") == "postgresql"
+    expected = pg_schema.expected_triggers() if postgres else expected_triggers()
     found = {row["name"]: row for row in tx.all(_TRIGGERS_SQL)}
     problems: list[str] = []
     for name in sorted(expected):
