@@ -40,8 +40,10 @@ from flows.errors import CallrecError
 from flows.policy import Purpose
 from prompts.catalog import load_catalog
 from storage import checkpoints, files
+from storage.backends import ledger_version
 from storage.db import os_error, parse_ts
 from storage.ports import CheckpointStatus, Report, SweepReport, WithdrawalVia
+from storage.schema import MIGRATIONS
 from storage.sqlite import SqliteStore, short_recording_id
 
 log = logging.getLogger("callrec")
@@ -59,7 +61,11 @@ async def open_store(settings: Settings, *, create: bool = False) -> AsyncIterat
     """The configured store; a path with no store is an error unless `create` (init, and
     the first start of serve or fastagi)."""
     store = await SqliteStore.open(
-        settings.data_dir, settings.policy, spool_dir=settings.spool_dir, create=create
+        settings.data_dir,
+        settings.policy,
+        spool_dir=settings.spool_dir,
+        create=create,
+        ledger=settings.ledger,
     )
     try:
         yield store
@@ -338,6 +344,21 @@ async def init(settings: Settings, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+async def migrate(settings: Settings, args: argparse.Namespace) -> int:
+    """Migrate an existing store's ledger; a new one is made by `init` (it needs its keys)."""
+    before = await ledger_version(settings.data_dir, settings.ledger)
+    async with open_store(settings):
+        pass  # opening a store migrates its ledger
+    after = len(MIGRATIONS)
+    if args.json:
+        print_json({"ledger": settings.ledger.backend, "from": before, "to": after})
+    elif before == after:
+        print(f"{settings.ledger.shown}: at schema version {after}, nothing to do")
+    else:
+        print(f"{settings.ledger.shown}: migrated from schema version {before} to {after}")
+    return EXIT_OK
+
+
 async def _run_scenarios(
     settings: Settings,
     files: list[Path],
@@ -372,6 +393,7 @@ async def _run_scenarios(
         live=live,
         spool_dir=spool,
         spool_mode=settings.spool_mode,
+        ledger=settings.ledger,
     ) as h:
         for scenario in scenarios:
             if live is not None and not live_capable(scenario):

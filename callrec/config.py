@@ -3,7 +3,8 @@
 Sources, later ones winning: built-in defaults (equal to POLICY.md), the TOML file
 (`--config`, else `$CALLREC_CONFIG`, else `./callrec.toml` when it exists), then the
 environment overrides that every subcommand reads the same way (`CALLREC_DATA_DIR`,
-`CALLREC_ARI_URL`, `CALLREC_ARI_USER`, `CALLREC_ARI_PASSWORD`, `CALLREC_MQTT_URL`).
+`CALLREC_ARI_URL`, `CALLREC_ARI_USER`, `CALLREC_ARI_PASSWORD`, `CALLREC_MQTT_URL`,
+`CALLREC_LEDGER_URL`, `CALLREC_LEDGER_PASSWORD`).
 Secrets never come from the file itself: a `password` key is refused; name a
 `password_file` or use the environment.
 """
@@ -14,7 +15,7 @@ import ipaddress
 import os
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from agi.collector import LONGEST_CALL
 from flows.config import POLICY_SECTIONS, policy_from_mapping
 from flows.errors import ConfigError
 from flows.policy import Policy
+from storage.backends import LedgerConfig, check_url
 
 DEFAULT_CONFIG = Path("callrec.toml")
 DEFAULT_DATA_DIR = Path("callrec-data")  # relative to the working directory, like the config
@@ -82,6 +84,8 @@ class Settings:
     # A call open for longer had its end lost: it is closed and its recording stored.
     longest_call: timedelta = timedelta(hours=DEFAULT_LONGEST_CALL_HOURS)
     recording_format: str = "wav"  # one of RECORDING_FORMATS
+    # Where the ledger is: the data directory's SQLite file by default.
+    ledger: LedgerConfig = field(default_factory=LedgerConfig)
 
 
 def _section(data: Mapping[str, Any], name: str, keys: set[str]) -> Mapping[str, Any]:
@@ -141,6 +145,25 @@ def _read_secret(path: Path, where: str) -> str:
         raise ConfigError(f"{where}: {path} is not UTF-8 text") from None
 
 
+def _ledger(storage: Mapping[str, Any], env: Mapping[str, str]) -> LedgerConfig:
+    """`storage.ledger_url` / `CALLREC_LEDGER_URL`, and its password from the environment or
+    a file (never the config file itself)."""
+    from_env = bool(env.get("CALLREC_LEDGER_URL"))
+    url = env.get("CALLREC_LEDGER_URL") or storage.get("ledger_url")
+    if url is None:
+        return LedgerConfig()
+    if not isinstance(url, str) or not url:
+        raise ConfigError(f"storage.ledger_url: must be a URL, got {url!r}")
+    check_url(url, from_file=not from_env)
+    if url.startswith("sqlite:"):
+        return LedgerConfig()
+    password = env.get("CALLREC_LEDGER_PASSWORD") or None
+    if password is None and "ledger_password_file" in storage:
+        where = "storage.ledger_password_file"
+        password = _read_secret(_path(storage["ledger_password_file"], where), where)
+    return LedgerConfig(url=url, password=password)
+
+
 def read_file(path: Path) -> dict[str, Any]:
     try:
         with path.open("rb") as handle:
@@ -177,7 +200,15 @@ def load_settings(config: Path | None = None, env: Mapping[str, str] | None = No
     storage = _section(
         data,
         "storage",
-        {"data_dir", "spool_dir", "spool_mode", "longest_call_hours", "recording_format"},
+        {
+            "data_dir",
+            "spool_dir",
+            "spool_mode",
+            "longest_call_hours",
+            "recording_format",
+            "ledger_url",
+            "ledger_password_file",
+        },
     )
     # Absolute, because Asterisk is told the spool path (CALLREC_FILE) and has its own cwd.
     if env.get("CALLREC_DATA_DIR"):
@@ -202,6 +233,7 @@ def load_settings(config: Path | None = None, env: Mapping[str, str] | None = No
             f"storage.recording_format: must be one of {', '.join(RECORDING_FORMATS)}, "
             f"got {recording_format!r}"
         )
+    ledger = _ledger(storage, env)
 
     ari = _section(data, "ari", {"url", "user", "password_file", "app"})
     password = env.get("CALLREC_ARI_PASSWORD", "")
@@ -262,4 +294,5 @@ def load_settings(config: Path | None = None, env: Mapping[str, str] | None = No
         spool_mode=spool_mode,
         longest_call=timedelta(hours=hours),
         recording_format=recording_format,
+        ledger=ledger,
     )

@@ -41,6 +41,7 @@ from flows.numbers import normalise
 from flows.policy import Policy
 from prompts.catalog import load_catalog
 from storage import files
+from storage.backends import LedgerConfig
 from storage.db import os_error
 from storage.ports import CallRow, RecordingRow, RecordingStatus, WithdrawalVia
 from storage.sqlite import SPOOL_DIR, SqliteStore, short_recording_id
@@ -124,6 +125,7 @@ async def harness(
     spool_dir: Path | None = None,
     spool_mode: int = files.PRIVATE_DIR,
     mode: str = "ari",
+    ledger: LedgerConfig | None = None,
 ) -> AsyncIterator[Harness]:
     """A controller wired to a store in `data_dir` (created when new; never a store that
     serves real calls), facing the simulated PBX or, with `live`, a real Asterisk. The
@@ -134,7 +136,7 @@ async def harness(
     if mode not in ("ari", "agi"):
         raise ConfigError(f"mode: ari or agi, not {mode!r}")
     catalog = load_catalog()
-    store = await _replay_store(policy, data_dir, spool_dir, spool_mode)
+    store = await _replay_store(policy, data_dir, spool_dir, spool_mode, ledger)
     data_dir, spool = store.data_dir, store.spool_dir
     assert spool is not None  # _replay_store names it
     clock = OffsetClock()
@@ -229,12 +231,16 @@ async def harness(
 
 
 async def _replay_store(
-    policy: Policy, data_dir: Path, spool_dir: Path | None, spool_mode: int
+    policy: Policy,
+    data_dir: Path,
+    spool_dir: Path | None,
+    spool_mode: int,
+    ledger: LedgerConfig | None = None,
 ) -> SqliteStore:
     """The store of a demo or replay, created when new; its spool made. Absolute paths:
     MixMonitor is told the spool path and has its own working directory."""
     root, spool = await asyncio.to_thread(_absolute, data_dir, spool_dir)
-    store = await SqliteStore.open(root, policy, spool_dir=spool, create=True)
+    store = await SqliteStore.open(root, policy, spool_dir=spool, create=True, ledger=ledger)
     try:
         # Scenario calls are dated by their scripts: among real callers' recordings they
         # would be swept and audited as if they were real.

@@ -65,6 +65,7 @@ from flows.retention import delete_after, withdrawal_deadline
 from flows.withdrawal import Coverage, Covered, WithdrawalScope, coverage, deleted_for
 from storage import chain, checkpoints, files, integrity
 from storage.audit import canonical, load_key, pseudonym
+from storage.backends import POSTGRESQL, LedgerConfig, make_dirs, open_postgres
 from storage.db import (
     BUSY_TIMEOUT,
     RETRY_FOR,
@@ -75,6 +76,7 @@ from storage.db import (
     parse_ts,
     ts,
 )
+from storage.pg import Transactions
 from storage.ports import (
     AccessRecord,
     AuditEntry,
@@ -400,7 +402,7 @@ class SqliteStore:
 
     def __init__(
         self,
-        db: Database,
+        db: Transactions,
         policy: Policy,
         data_dir: Path,
         spool_dir: Path | None,
@@ -431,6 +433,7 @@ class SqliteStore:
         spool_dir: Path | None = None,
         busy_timeout: float = BUSY_TIMEOUT,
         retry_for: float = RETRY_FOR,
+        ledger: LedgerConfig | None = None,
     ) -> SqliteStore:
         """Open the store rooted at `data_dir`, migrating its ledger as needed.
 
@@ -439,7 +442,28 @@ class SqliteStore:
         `NotFoundError` naming it, so a mistyped data directory never becomes a new, empty
         store that verifies clean. A ledger whose pseudonym key is missing never opens.
         `spool_dir` is where MixMonitor writes; `verify` then also reports files left there.
+        `ledger` names a PostgreSQL ledger instead of the data directory's SQLite file.
         """
+        if ledger is not None and ledger.backend == POSTGRESQL:
+            root = await asyncio.to_thread(Path(data_dir).absolute)
+            pg, key, created = await open_postgres(
+                root,
+                ledger,
+                create=create,
+                retry_for=retry_for,
+                ledger_file=LEDGER_FILE,
+                key_file=KEY_FILE,
+                claim=_claim,
+                prepare_dirs=make_dirs(RECORDINGS_DIR, EXPORTS_DIR),
+            )
+            try:
+                keys = await asyncio.to_thread(chain.load_keys, root)
+            except BaseException:
+                await pg.close()
+                raise
+            store = cls(pg, policy, root, spool_dir, key, keys)
+            store.created = created
+            return store
 
         def prepare() -> tuple[Path, bytes, bool]:
             root = Path(data_dir).absolute()
