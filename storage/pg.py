@@ -89,7 +89,28 @@ class Row(tuple[Any, ...]):
         return list(self._names)
 
 
+# PostgreSQL text cannot hold NUL, which a caller-supplied channel id or reason may: text is
+# stored with NUL as ESCAPE + "0" and ESCAPE itself doubled (a Unicode noncharacter, never in
+# real input), and decoded on the way out, so every string comes back as it went in.
+_ESCAPE = "\ufffe"
+_ESCAPED = re.compile(_ESCAPE + "(.)", re.DOTALL)
+
+
+def _encode(text: str) -> str:
+    if "\x00" not in text and _ESCAPE not in text:
+        return text
+    return text.replace(_ESCAPE, _ESCAPE * 2).replace("\x00", _ESCAPE + "0")
+
+
+def _decode(text: str) -> str:
+    if _ESCAPE not in text:
+        return text
+    return _ESCAPED.sub(lambda m: "\x00" if m.group(1) == "0" else m.group(1), text)
+
+
 def _value(value: Any) -> Any:
+    if isinstance(value, str):
+        return _decode(value)
     # SUM over BIGINT is NUMERIC in PostgreSQL; SQLite answers an integer.
     if isinstance(value, Decimal):
         return int(value) if value == value.to_integral_value() else float(value)
@@ -110,7 +131,9 @@ _OR_IGNORE = re.compile(r"^\s*INSERT\s+OR\s+IGNORE\s+", re.IGNORECASE)
 _NOT_INDEXED = re.compile(r"\s+NOT\s+INDEXED\b", re.IGNORECASE)
 _JSON_FIELD = re.compile(r"json_extract\(\s*([\w.]+)\s*,\s*'\$\.(\w+)'\s*\)", re.IGNORECASE)
 _IS_VALUE = re.compile(r"\bIS\s+(?!NULL\b|NOT\b|DISTINCT\b|TRUE\b|FALSE\b)")
-_SUM_TEST = re.compile(r"\bSUM\(\s*([\w.]+)\s*=\s*('(?:[^']|'')*')\s*\)", re.IGNORECASE)
+_SUM_TEST = re.compile(
+    r"\bSUM\(\s*([\w.]+\s*(?:=|!=|<>|<=|>=|<|>)\s*(?:'(?:[^']|'')*'|\d+))\s*\)", re.IGNORECASE
+)
 _SQLITE_TRIGGERS = "SELECT name, tbl_name, sql FROM sqlite_master WHERE type = 'trigger'"
 # The append-only guards as `storage.integrity` reads them: name, table, and what decides
 # whether it guards (when it fires, whether it is enabled, the function and its body).
@@ -139,7 +162,7 @@ def translate(sql: str) -> str:
     if ignore:
         sql = _OR_IGNORE.sub("INSERT ", sql)
     sql = _JSON_FIELD.sub(r"(\1::jsonb ->> '\2')", sql)
-    sql = _SUM_TEST.sub(r"SUM(CASE WHEN \1 = \2 THEN 1 ELSE 0 END)", sql)
+    sql = _SUM_TEST.sub(r"SUM(CASE WHEN \1 THEN 1 ELSE 0 END)", sql)
     # The rest only outside string literals: a message may well say "is".
     parts = _STRING.split(sql)
     literals = _STRING.findall(sql)
@@ -150,9 +173,15 @@ def translate(sql: str) -> str:
     return f"{sql} ON CONFLICT DO NOTHING" if ignore else sql
 
 
-def _params(params: Params) -> tuple[Any, ...]:
+def _param(value: Any) -> Any:
+    if isinstance(value, str):
+        return _encode(value)
     # SQLite stores a bool as 1/0 in an INTEGER column; PostgreSQL has no implicit cast.
-    return tuple(int(p) if isinstance(p, bool) else p for p in params)
+    return int(value) if isinstance(value, bool) else value
+
+
+def _params(params: Params) -> tuple[Any, ...]:
+    return tuple(_param(p) for p in params)
 
 
 class PgTx(Tx):
