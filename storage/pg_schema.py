@@ -152,6 +152,8 @@ async def migrate(
                 steps[statement](tx)
         tx.run("INSERT INTO schema_version (version) VALUES (?)", (number,))
 
+    if await database.version() == total:
+        return total  # the usual case: no write transaction, no lock
     for number in range(1, total + 1):
         await database.write(functools.partial(apply, number=number), f"migrating to {number}")
     return total
