@@ -62,9 +62,9 @@ def _normal(sql: str | None) -> str:
 
 
 def trigger_problems(tx: Tx) -> list[str]:
-    # A PostgreSQL ledger's Tx answers the same catalog query with its own guards.
-    postgres = getattr(tx, "dialect", "sqlite") == "postgresql"
-    expected = pg_schema.expected_triggers() if postgres else expected_triggers()
+    if getattr(tx, "dialect", "sqlite") == "postgresql":
+        return pg_schema.guard_problems(tx)
+    expected = expected_triggers()
     found = {row["name"]: row for row in tx.all(_TRIGGERS_SQL)}
     problems: list[str] = []
     for name in sorted(expected):

@@ -23,7 +23,9 @@ standby) before `write` returns.
 
 Statements are written for SQLite with `?` placeholders; each is translated once (cached):
 `?` becomes `%s`, a literal `%` is doubled, and the few SQLite spellings the store still uses
-are rewritten to their PostgreSQL equivalents.
+(`INSERT OR IGNORE`, `NOT INDEXED`, `json_extract`, `IS` between values, `SUM` of a
+comparison) are rewritten to their PostgreSQL equivalents. `PgDatabase` also answers the
+rest of the ledger port (`append_audit`, `guard_problems`, `json_text`, `full_scan`).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ import re
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
 from decimal import Decimal
 from typing import Any, Protocol, TypeVar
 
@@ -42,6 +45,7 @@ from psycopg import errors as pg_errors
 from psycopg.rows import RowMaker
 
 from flows.errors import IntegrityError, StorageError, StoreFullError, StoreReadOnlyError
+from storage import chain
 from storage.db import RETRY_FOR, Tx
 
 T = TypeVar("T")
@@ -134,17 +138,6 @@ _IS_VALUE = re.compile(r"\bIS\s+(?!NULL\b|NOT\b|DISTINCT\b|TRUE\b|FALSE\b)")
 _SUM_TEST = re.compile(
     r"\bSUM\(\s*([\w.]+\s*(?:=|!=|<>|<=|>=|<|>)\s*(?:'(?:[^']|'')*'|\d+))\s*\)", re.IGNORECASE
 )
-_SQLITE_TRIGGERS = "SELECT name, tbl_name, sql FROM sqlite_master WHERE type = 'trigger'"
-# The append-only guards as `storage.integrity` reads them: name, table, and what decides
-# whether it guards (when it fires, whether it is enabled, the function and its body).
-_PG_TRIGGERS = (
-    "SELECT t.tgname::text AS name, c.relname::text AS tbl_name, "
-    "t.tgtype::text || ' ' || t.tgenabled::text || ' ' || p.proname::text || ' ' "
-    "|| p.prosrc AS sql "
-    "FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid "
-    "JOIN pg_proc p ON p.oid = t.tgfoid "
-    "WHERE NOT t.tgisinternal AND c.relnamespace = current_schema()::regnamespace"
-)
 
 
 def _code(sql: str) -> str:
@@ -156,8 +149,6 @@ def _code(sql: str) -> str:
 @functools.lru_cache(maxsize=1024)
 def translate(sql: str) -> str:
     """`sql` as written for SQLite, in PostgreSQL's spelling and psycopg's placeholders."""
-    if sql == _SQLITE_TRIGGERS:
-        return _PG_TRIGGERS
     ignore = _OR_IGNORE.match(sql) is not None
     if ignore:
         sql = _OR_IGNORE.sub("INSERT ", sql)
@@ -168,7 +159,8 @@ def translate(sql: str) -> str:
     literals = _STRING.findall(sql)
     out = [_code(parts[0])]
     for literal, code in zip(literals, parts[1:], strict=True):
-        out += [literal, _code(code)]
+        # psycopg reads `%` as a placeholder even inside a literal: doubled there too.
+        out += [literal.replace("%", "%%"), _code(code)]
     sql = "".join(out)
     return f"{sql} ON CONFLICT DO NOTHING" if ignore else sql
 
@@ -270,6 +262,33 @@ class PgDatabase:
             return int(row["v"] or 0) if row is not None else 0
 
         return await self.read(body, "reading the ledger's schema version")
+
+    # ---- the rest of `storage.ports.LedgerDb`, for the store split into use cases
+
+    def append_audit(
+        self,
+        tx: Tx,
+        key: bytes,
+        at: datetime,
+        action: str,
+        entries: Sequence[tuple[str, Mapping[str, str]]],
+    ) -> None:
+        # Every write transaction began with the ledger's advisory lock: nobody else appends.
+        chain.append(tx, key, at, action, entries)
+
+    def guard_problems(self, tx: Tx) -> list[str]:
+        from storage import pg_schema
+
+        return pg_schema.guard_problems(tx)
+
+    def json_text(self, column: str, key: str) -> str:
+        return f"({column}::jsonb ->> '{key}')"
+
+    def full_scan(self, table: str, alias: str) -> str:
+        return f"{table} {alias}"
+
+    async def claim_controller(self, controller_id: str) -> None:
+        """Nothing to claim: many controllers share a PostgreSQL ledger."""
 
     async def migrate(self, runners: Mapping[Any, StepRunner] | None = None) -> int:
         from storage import pg_schema  # the schema needs this module's types

@@ -69,8 +69,8 @@ def _guards(table: str) -> tuple[str, ...]:
 
 
 def expected_triggers() -> dict[str, str]:
-    """Each guard as the catalog query of `storage.pg` reports it: timing and event, enabled
-    ('O'), the function and its body."""
+    """Each guard as `_TRIGGERS_SQL` reports it: timing and event, enabled ('O'), the
+    function and its body."""
     found: dict[str, str] = {}
     for table in _GUARDED:
         fn, body = _function(table), _body(table)
@@ -78,6 +78,37 @@ def expected_triggers() -> dict[str, str]:
         found[f"{table}_no_delete"] = f"{_ROW_BEFORE | _DELETE} O {fn} {body}"
         found[f"{table}_no_truncate"] = f"{2 | _TRUNCATE} O {fn} {body}"
     return found
+
+
+# The guards as the catalog has them: name, table, and what decides whether it guards (when
+# it fires, whether it is enabled, the function and its body).
+_TRIGGERS_SQL = (
+    "SELECT t.tgname::text AS name, c.relname::text AS tbl_name, "
+    "t.tgtype::text || ' ' || t.tgenabled::text || ' ' || p.proname::text || ' ' "
+    "|| p.prosrc AS sql "
+    "FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid "
+    "JOIN pg_proc p ON p.oid = t.tgfoid "
+    "WHERE NOT t.tgisinternal AND c.relnamespace = current_schema()::regnamespace"
+)
+
+
+def guard_problems(tx: Tx) -> list[str]:
+    """The append-only triggers compared with what the migrations create; a trigger they
+    never made, on any table of the ledger, is reported too."""
+    expected = expected_triggers()
+    found = {row["name"]: row for row in tx.all(_TRIGGERS_SQL)}
+    problems: list[str] = []
+    for name in sorted(expected):
+        row = found.get(name)
+        if row is None:
+            problems.append(f"ledger: the append-only trigger {name} was removed")
+        elif " ".join(row["sql"].split()) != " ".join(expected[name].split()):
+            problems.append(f"ledger: the trigger {name} was replaced (its definition changed)")
+    for name in sorted(set(found) - set(expected)):
+        problems.append(
+            f"ledger: an unknown trigger {name} on table {found[name]['tbl_name']} was added"
+        )
+    return problems
 
 
 def _column_types(table: str, sql: str) -> str:
