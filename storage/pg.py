@@ -54,6 +54,11 @@ Params = Sequence[Any]
 POOL_SIZE = 4  # connections (and threads) per store: one writer at a time, reads beside it
 LOCK_TIMEOUT = 2.0  # seconds the server waits for the write lock before we retry
 WRITE_LOCK = 0x63616C6C  # the advisory lock's first key ("call"); the second is the schema
+# One round trip: the transaction and its lock (no parameters, so both statements go at once).
+_BEGIN_WRITE = (
+    "BEGIN ISOLATION LEVEL READ COMMITTED; "
+    f"SELECT pg_advisory_xact_lock({WRITE_LOCK}, hashtext(current_schema()))"
+)
 _RETRYABLE = (
     pg_errors.SerializationFailure,
     pg_errors.DeadlockDetected,
@@ -332,10 +337,7 @@ class PgDatabase:
         conn = self._connection()
         try:
             if write:
-                conn.execute("BEGIN ISOLATION LEVEL READ COMMITTED")
-                conn.execute(
-                    "SELECT pg_advisory_xact_lock(%s, hashtext(current_schema()))", (WRITE_LOCK,)
-                )
+                conn.execute(_BEGIN_WRITE)
             else:
                 conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
             result = body(PgTx(conn))
