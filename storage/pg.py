@@ -13,9 +13,10 @@ rows are still live before it marks them deleted. Here every write transaction s
 `pg_advisory_xact_lock` on one key per ledger (its schema), released by COMMIT or ROLLBACK,
 so write transactions of every controller on the ledger follow one another exactly as on
 SQLite, and READ COMMITTED statements after the lock see everything committed before it.
-Reads take no lock: each runs in a REPEATABLE READ, READ ONLY snapshot. A lock not granted
-within `lock_timeout`, a serialization failure or a deadlock retries the whole body with a
-growing pause until `retry_for` seconds have passed, like SQLITE_BUSY in `storage.db`.
+Reads take no lock: each runs in a REPEATABLE READ, READ ONLY snapshot. Writers wait for the
+lock in the server's queue (first come, first served) up to `retry_for` seconds; a
+serialization failure or a deadlock retries the whole body with a growing pause until then,
+like SQLITE_BUSY in `storage.db`.
 
 Durability: every session runs with `synchronous_commit = on`, so a committed decision is
 on the server's disk (and, with synchronous replication configured on the server, on its
@@ -52,7 +53,9 @@ T = TypeVar("T")
 Params = Sequence[Any]
 
 POOL_SIZE = 4  # connections (and threads) per store: one writer at a time, reads beside it
-LOCK_TIMEOUT = 2.0  # seconds the server waits for the write lock before we retry
+# A stuck writer (a process frozen mid-transaction) is cut off by the server after this, so
+# that the ledger's lock is never held for longer by a session that does nothing.
+IDLE_IN_TRANSACTION = 60.0
 WRITE_LOCK = 0x63616C6C  # the advisory lock's first key ("call"); the second is the schema
 # One round trip: the transaction and its lock (no parameters, so both statements go at once).
 _BEGIN_WRITE = (
@@ -327,7 +330,13 @@ class PgDatabase:
         # autocommit: the transactions below are spelled out, BEGIN to COMMIT.
         conn = psycopg.connect(self._conninfo, row_factory=_rows, autocommit=True, **extra)
         conn.execute("SET synchronous_commit = on")
-        conn.execute(f"SET lock_timeout = '{int(LOCK_TIMEOUT * 1000)}ms'")
+        # Writers wait for the lock in the server's queue, first come first served, for as
+        # long as `write` would retry: with a short timeout and retries, a writer that gave
+        # up lost its place to newer ones, and under load a call start waited 30 s.
+        conn.execute(f"SET lock_timeout = '{int(self._retry_for * 1000)}ms'")
+        conn.execute(
+            f"SET idle_in_transaction_session_timeout = '{int(IDLE_IN_TRANSACTION * 1000)}ms'"
+        )
         self._local.conn = conn
         with self._conns_lock:
             self._conns.append(conn)
