@@ -6,10 +6,13 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # Debian packages the tests need: mosquitto (a real MQTT broker), libsndfile (prompt audio),
-# openssl (TLS test certificates).
-DEBS := mosquitto libsndfile1 openssl
+# openssl (TLS test certificates), postgresql (the ledger's second backend).
+DEBS := mosquitto libsndfile1 openssl postgresql
+# The PostgreSQL the tests use: CALLREC_TEST_PG_URL, or this role on the local cluster.
+PG_TEST_ROLE := callrec_test
+PG_TEST_PASSWORD := callrec_test
 
-.PHONY: demo test lint types pytest prompts bench clean debs
+.PHONY: demo test lint types pytest prompts bench clean debs pg
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,6 +31,24 @@ debs:
 	  else echo "missing Debian packages:$$missing (tests that need them will skip)"; fi; \
 	fi
 
+# A PostgreSQL server for the conformance suite. With CALLREC_TEST_PG_URL set, or a server
+# already answering on 127.0.0.1:5432, nothing is done here beyond making sure (as root) that
+# the test role exists. As root it starts Debian's cluster (installed but stopped after a
+# reboot or on a fresh container) and creates the role; otherwise the PostgreSQL half of the
+# storage tests skips with a reason.
+pg: debs
+	@if [ -n "$$CALLREC_TEST_PG_URL" ]; then exit 0; fi; \
+	if [ "$$(id -u)" != 0 ]; then exit 0; fi; \
+	if ! pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; then \
+	  version=$$(ls /etc/postgresql 2>/dev/null | sort -n | tail -1); \
+	  if [ -z "$$version" ]; then echo "no PostgreSQL cluster in /etc/postgresql"; exit 0; fi; \
+	  pg_ctlcluster --skip-systemctl-redirect $$version main start || exit 0; \
+	  for i in 1 2 3 4 5 6 7 8 9 10; do pg_isready -q -h 127.0.0.1 -p 5432 && break; sleep 0.5; done; \
+	fi; \
+	runuser -u postgres -- psql -qtA -c "SELECT 1 FROM pg_roles WHERE rolname = '$(PG_TEST_ROLE)'" \
+	  | grep -q 1 || runuser -u postgres -- psql -q -c \
+	  "CREATE ROLE $(PG_TEST_ROLE) LOGIN CREATEDB PASSWORD '$(PG_TEST_PASSWORD)'"
+
 demo: $(STAMP)
 	$(BIN)/callrec demo
 
@@ -38,7 +59,7 @@ lint: $(STAMP)
 types: $(STAMP)
 	$(BIN)/mypy --strict
 
-pytest: $(STAMP) debs
+pytest: $(STAMP) debs pg
 	$(BIN)/pytest -q
 
 test: lint types pytest

@@ -15,7 +15,7 @@ import tempfile
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from bench import callflows, ingest, lookup, soak, sweep
+from bench import callflows, ingest, lookup, pg_driver, scaleout, soak, sweep
 from bench.figures import Result, markdown, render
 from bench.machine import describe
 from bench.progress import say
@@ -29,6 +29,8 @@ BENCHMARKS: dict[str, Benchmark] = {
     "sweep": sweep.run,
     "ingest": ingest.run,
     "soak": soak.run,
+    "drivers": pg_driver.run,
+    "scaleout": scaleout.run,
 }
 
 

@@ -122,10 +122,17 @@ def build_parser() -> argparse.ArgumentParser:
     command(
         "init", "create a new store (ledger, key, directories) at the data directory", now=False
     )
+    command(
+        "migrate",
+        "bring the configured ledger (SQLite or PostgreSQL) to this program's schema",
+        now=False,
+    )
     command("serve", "run the ARI (Stasis) controller", now=False, json_out=False)
     command("fastagi", "run the FastAGI server", now=False, json_out=False)
     demo = command(
-        "demo", "the policy's cases on a simulated PBX, SQLite and local files", now=False
+        "demo",
+        "the policy's cases on a simulated PBX, the configured ledger and local files",
+        now=False,
     )
     demo.add_argument("--data-dir", type=Path, help="where to leave the demo's store")
     demo.add_argument("--scale", type=float, default=0.02, help="simulated seconds -> real")
@@ -224,6 +231,8 @@ async def dispatch(args: argparse.Namespace, settings: Settings) -> int:
     match args.command:
         case "init":
             return await commands.init(settings, args)
+        case "migrate":
+            return await commands.migrate(settings, args)
         case "serve":
             return await commands.serve(settings)
         case "fastagi":

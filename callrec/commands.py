@@ -41,6 +41,7 @@ from flows.errors import CallrecError
 from flows.policy import Purpose
 from prompts.catalog import load_catalog
 from storage import checkpoints, files
+from storage.factory import SCHEMA_VERSION, ledger_version
 from storage.factory import open_store as open_any_store
 from storage.ports import CheckpointStatus, Report, StoreApi, SweepReport, WithdrawalVia
 from storage.rows import short_recording_id
@@ -66,6 +67,8 @@ async def open_store(settings: Settings, *, create: bool = False) -> AsyncIterat
         spool_dir=settings.spool_dir,
         create=create,
         controller_id=settings.controller_id,
+        ledger_url=settings.ledger.url,
+        ledger_password=settings.ledger.password,
     )
     try:
         yield store
@@ -355,6 +358,25 @@ async def init(settings: Settings, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+async def migrate(settings: Settings, args: argparse.Namespace) -> int:
+    """Migrate an existing store's ledger; a new one is made by `init` (it needs its keys)."""
+    before = await ledger_version(
+        settings.data_dir,
+        ledger_url=settings.ledger.url,
+        ledger_password=settings.ledger.password,
+    )
+    async with open_store(settings):
+        pass  # opening a store migrates its ledger
+    after = SCHEMA_VERSION
+    if args.json:
+        print_json({"ledger": settings.ledger.backend, "from": before, "to": after})
+    elif before == after:
+        print(f"{settings.ledger.shown}: at schema version {after}, nothing to do")
+    else:
+        print(f"{settings.ledger.shown}: migrated from schema version {before} to {after}")
+    return EXIT_OK
+
+
 async def _run_scenarios(
     settings: Settings,
     files: list[Path],
@@ -389,6 +411,7 @@ async def _run_scenarios(
         live=live,
         spool_dir=spool,
         spool_mode=settings.spool_mode,
+        ledger=settings.ledger,
     ) as h:
         for scenario in scenarios:
             if live is not None and not live_capable(scenario):

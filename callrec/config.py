@@ -3,7 +3,8 @@
 Sources, later ones winning: built-in defaults (equal to POLICY.md), the TOML file
 (`--config`, else `$CALLREC_CONFIG`, else `./callrec.toml` when it exists), then the
 environment overrides that every subcommand reads the same way (`CALLREC_DATA_DIR`,
-`CALLREC_ARI_URL`, `CALLREC_ARI_USER`, `CALLREC_ARI_PASSWORD`, `CALLREC_MQTT_URL`).
+`CALLREC_ARI_URL`, `CALLREC_ARI_USER`, `CALLREC_ARI_PASSWORD`, `CALLREC_MQTT_URL`,
+`CALLREC_LEDGER_URL`, `CALLREC_LEDGER_PASSWORD`).
 Secrets never come from the file itself: a `password` key is refused; name a
 `password_file` or use the environment.
 """
@@ -14,7 +15,7 @@ import ipaddress
 import os
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from flows.config import POLICY_SECTIONS, policy_from_mapping
 from flows.errors import ConfigError
 from flows.policy import Policy
 from storage.datadir import CONTROLLER_ID
+from storage.ledgers import LedgerConfig, check_url
 
 DEFAULT_CONFIG = Path("callrec.toml")
 DEFAULT_DATA_DIR = Path("callrec-data")  # relative to the working directory, like the config
@@ -95,6 +97,8 @@ class Settings:
     # Whose calls this controller settles after a restart; None: one of this host and data
     # directory (`storage.datadir.default_controller_id`).
     controller_id: str | None = None
+    # Where the ledger is: the data directory's SQLite file by default.
+    ledger: LedgerConfig = field(default_factory=LedgerConfig)
 
 
 def _section(data: Mapping[str, Any], name: str, keys: set[str]) -> Mapping[str, Any]:
@@ -163,6 +167,25 @@ def _read_secret(path: Path, where: str) -> str:
         raise ConfigError(f"{where}: {path} is not UTF-8 text") from None
 
 
+def _ledger(storage: Mapping[str, Any], env: Mapping[str, str]) -> LedgerConfig:
+    """`storage.ledger_url` / `CALLREC_LEDGER_URL`, and its password from the environment or
+    a file (never the config file itself)."""
+    from_env = bool(env.get("CALLREC_LEDGER_URL"))
+    url = env.get("CALLREC_LEDGER_URL") or storage.get("ledger_url")
+    if url is None:
+        return LedgerConfig()
+    if not isinstance(url, str) or not url:
+        raise ConfigError(f"storage.ledger_url: must be a URL, got {url!r}")
+    check_url(url, from_file=not from_env)
+    if url.startswith("sqlite:"):
+        return LedgerConfig()
+    password = env.get("CALLREC_LEDGER_PASSWORD") or None
+    if password is None and "ledger_password_file" in storage:
+        where = "storage.ledger_password_file"
+        password = _read_secret(_path(storage["ledger_password_file"], where), where)
+    return LedgerConfig(url=url, password=password)
+
+
 def read_file(path: Path) -> dict[str, Any]:
     try:
         with path.open("rb") as handle:
@@ -206,6 +229,8 @@ def load_settings(config: Path | None = None, env: Mapping[str, str] | None = No
             "longest_call_hours",
             "recording_format",
             "controller_id",
+            "ledger_url",
+            "ledger_password_file",
         },
     )
     # Absolute, because Asterisk is told the spool path (CALLREC_FILE) and has its own cwd.
@@ -231,6 +256,7 @@ def load_settings(config: Path | None = None, env: Mapping[str, str] | None = No
             f"storage.recording_format: must be one of {', '.join(RECORDING_FORMATS)}, "
             f"got {recording_format!r}"
         )
+    ledger = _ledger(storage, env)
 
     controller_id = env.get("CALLREC_CONTROLLER_ID") or storage.get("controller_id")
     if controller_id is not None and not (
@@ -306,4 +332,5 @@ def load_settings(config: Path | None = None, env: Mapping[str, str] | None = No
         longest_call=timedelta(hours=hours),
         recording_format=recording_format,
         controller_id=controller_id,
+        ledger=ledger,
     )

@@ -43,6 +43,7 @@ from prompts.catalog import load_catalog
 from storage import files
 from storage.datadir import SPOOL_DIR
 from storage.factory import open_store
+from storage.ledgers import LedgerConfig
 from storage.ports import CallRow, RecordingRow, RecordingStatus, StoreApi, WithdrawalVia
 from storage.rows import short_recording_id
 from storage.values import os_error
@@ -129,6 +130,7 @@ async def harness(
     ari_timeout: float = 5.0,
     max_connections: int = DEFAULT_MAX_CONNECTIONS,
     shed_backlog: int | None = None,
+    ledger: LedgerConfig | None = None,
 ) -> AsyncIterator[Harness]:
     """A controller wired to a store in `data_dir` (created when new; never a store that
     serves real calls), facing the simulated PBX or, with `live`, a real Asterisk. The
@@ -139,7 +141,7 @@ async def harness(
     if mode not in ("ari", "agi"):
         raise ConfigError(f"mode: ari or agi, not {mode!r}")
     catalog = load_catalog()
-    store = await _replay_store(policy, data_dir, spool_dir, spool_mode)
+    store = await _replay_store(policy, data_dir, spool_dir, spool_mode, ledger)
     data_dir, spool = store.data_dir, store.spool_dir
     assert spool is not None  # _replay_store names it
     clock = OffsetClock()
@@ -241,12 +243,24 @@ async def harness(
 
 
 async def _replay_store(
-    policy: Policy, data_dir: Path, spool_dir: Path | None, spool_mode: int
+    policy: Policy,
+    data_dir: Path,
+    spool_dir: Path | None,
+    spool_mode: int,
+    ledger: LedgerConfig | None = None,
 ) -> StoreApi:
     """The store of a demo or replay, created when new; its spool made. Absolute paths:
     MixMonitor is told the spool path and has its own working directory."""
     root, spool = await asyncio.to_thread(_absolute, data_dir, spool_dir)
-    store = await open_store(root, policy, spool_dir=spool, create=True)
+    ledger = ledger or LedgerConfig()
+    store = await open_store(
+        root,
+        policy,
+        ledger_url=ledger.url,
+        ledger_password=ledger.password,
+        spool_dir=spool,
+        create=True,
+    )
     try:
         # Scenario calls are dated by their scripts: among real callers' recordings they
         # would be swept and audited as if they were real.

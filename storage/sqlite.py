@@ -29,7 +29,6 @@ from storage.audit import GENESIS, canonical
 from storage.blobs import RECORDINGS_DIR, LocalBlobs
 from storage.calls import MISSED_CANDIDATES_SQL
 from storage.datadir import (
-    EXPORTS_DIR,
     KEY_FILE,
     SPOOL_DIR,
     checked_controller_id,
@@ -166,14 +165,6 @@ def _normal(sql: str | None) -> str:
 
 class SqliteStore(Store):
     """The store on SQLite and local files (`storage.store.Store`)."""
-
-    @property
-    def recordings_dir(self) -> Path:
-        return self.data_dir / RECORDINGS_DIR
-
-    @property
-    def exports_dir(self) -> Path:
-        return self.data_dir / EXPORTS_DIR
 
     @classmethod
     async def open(

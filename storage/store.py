@@ -21,6 +21,8 @@ from flows.outcome import Outcome
 from flows.policy import LegalBasis, Policy, Purpose
 from storage import access, calls, checkpoints, ingest, reconcile, reports, sweep, verify
 from storage import withdrawal as withdrawals
+from storage.blobs import RECORDINGS_DIR
+from storage.datadir import EXPORTS_DIR
 from storage.ports import (
     AccessRecord,
     AuditEntry,
@@ -56,6 +58,14 @@ class Store:
     @property
     def data_dir(self) -> Path:
         return self.ctx.data_dir
+
+    @property
+    def recordings_dir(self) -> Path:
+        return self.data_dir / RECORDINGS_DIR
+
+    @property
+    def exports_dir(self) -> Path:
+        return self.data_dir / EXPORTS_DIR
 
     @property
     def spool_dir(self) -> Path | None:

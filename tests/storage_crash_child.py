@@ -2,7 +2,8 @@
 
 It wraps, in this process only, every durable step the store can take (`os.fsync`,
 `os.replace`, `os.rename`, `os.unlink`, `os.link`, `os.chmod`, `os.mkdir`, `os.rmdir` and
-the ledger's COMMIT) and sends itself SIGKILL just before step number `kill_at` (0-based),
+the ledger's COMMIT, on SQLite or PostgreSQL) and sends itself SIGKILL just before step
+number `kill_at` (0-based),
 as a power cut or `kill -9` would. With `kill_at` -1 it runs to the end and prints the
 steps it took as JSON. The product code has no fault hooks; only this wrapper knows.
 
@@ -23,9 +24,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import psycopg
+from storage_helpers import open_store
+
 from flows.policy import Policy, Purpose
 from storage.ports import WithdrawalVia
-from storage.sqlite import SqliteStore
 
 WATCHED = ("fsync", "replace", "rename", "unlink", "link", "chmod", "mkdir", "rmdir")
 
@@ -63,13 +66,23 @@ def arm(kill_at: int) -> list[str]:
         return real_connect(*args, **kwargs, factory=Watched)
 
     sqlite3.connect = connect
+
+    # On PostgreSQL the ledger's transactions end in an explicit COMMIT statement.
+    real_execute = psycopg.Connection.execute
+
+    def execute(self: psycopg.Connection[Any], query: Any, *args: Any, **kwargs: Any) -> Any:
+        if query == "COMMIT":
+            step("commit")
+        return real_execute(self, query, *args, **kwargs)
+
+    psycopg.Connection.execute = execute  # type: ignore[method-assign]
     return steps
 
 
 async def run(spec: dict[str, Any], steps: list[str]) -> None:
     now = datetime.fromisoformat(spec["now"])
     args = spec["args"]
-    store = await SqliteStore.open(Path(spec["data_dir"]), Policy(), create=True)
+    store = await open_store(Path(spec["data_dir"]), Policy(), create=True)
     try:
         match spec["op"]:
             case "ingest":

@@ -2,16 +2,26 @@
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import io
+import os
+import re
 import secrets
+import sqlite3
 import wave
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from flows.outcome import Outcome
 from flows.policy import Decision, Direction, LegalBasis, Policy
+from storage.backends import PgStore
+from storage.ledgers import LedgerConfig
 from storage.ports import CallStart, DecisionRecord
 from storage.sqlite import SqliteStore
+from storage.store import Store
 
 T0 = datetime(2025, 3, 3, 9, 0, tzinfo=UTC)  # a Monday, no holiday
 SALES = "+38640404045"
@@ -19,6 +29,69 @@ SERVICE = "+38640404040"
 ALICE = "+38641111111"
 BOB = "+38641222222"
 POLICY = Policy()
+
+
+def ledger_for(data_dir: Path) -> LedgerConfig | None:
+    """The ledger of the store at `data_dir` in this test's backend: None (its SQLite file),
+    or a PostgreSQL schema of its own, named after the directory so that a crash test's
+    child process finds the same one."""
+    database = os.environ.get("CALLREC_TEST_LEDGER_DB")
+    if not database:
+        return None
+    import pg_server  # only the PostgreSQL runs need a server
+
+    where = str(Path(data_dir).absolute()).encode()
+    schema = f"s_{hashlib.sha256(where).hexdigest()[:20]}"
+    pg_server.ensure_schema(database, schema)
+    return LedgerConfig(url=pg_server.with_schema(database, schema))
+
+
+LEDGER_INTEGRITY: tuple[type[Exception], ...] = (sqlite3.IntegrityError,)
+try:
+    import psycopg
+
+    # A constraint, or a PL/pgSQL guard raising (the append-only triggers).
+    LEDGER_INTEGRITY += (psycopg.IntegrityError, psycopg.errors.RaiseException)
+except ImportError:  # pragma: no cover - psycopg is a dependency
+    pass
+_DROP_TRIGGER = re.compile(r"^DROP TRIGGER ((audit|access_log)_no_\w+)$")
+
+
+class _RawPg:
+    """Statements written for SQLite on a PostgreSQL ledger, outside the store."""
+
+    def __init__(self, conn: Any) -> None:
+        self._conn = conn
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        from storage.pg import translate
+
+        sql = _DROP_TRIGGER.sub(r"DROP TRIGGER \1 ON \2", sql)
+        return self._conn.execute(translate(sql), tuple(params))
+
+
+@contextlib.contextmanager
+def raw_ledger(data_dir: Path) -> Iterator[Any]:
+    """Another connection to the ledger of the store at `data_dir`, as an attacker or a
+    second reader would have it (statements in SQLite's spelling), each statement committed."""
+    ledger = ledger_for(data_dir)
+    if ledger is None:
+        with contextlib.closing(sqlite3.connect(data_dir / "ledger.sqlite3")) as raw, raw:
+            yield raw
+        return
+    assert ledger.url is not None
+    with psycopg.connect(ledger.url, autocommit=True) as conn:
+        yield _RawPg(conn)
+
+
+async def open_store(data_dir: Path, policy: Policy, **options: Any) -> Store:
+    """The store at `data_dir` on this test's backend (`SqliteStore.open`'s options; SQLite's
+    own busy timeout means nothing to PostgreSQL)."""
+    ledger = ledger_for(data_dir)
+    if ledger is None:
+        return await SqliteStore.open(data_dir, policy, **options)
+    options.pop("busy_timeout", None)
+    return await PgStore.open(data_dir, policy, ledger, **options)
 
 
 def wav_bytes(frames: int = 1600, rate: int = 8000, seed: int = 0) -> bytes:
@@ -37,7 +110,7 @@ def new_id() -> str:
 
 
 async def record_call(
-    store: SqliteStore,
+    store: Store,
     spool: Path,
     *,
     at: datetime = T0,

@@ -123,3 +123,42 @@ def test_a_bad_longest_call_is_refused(tmp_path: Path, value: str) -> None:
     config.write_text(f"[storage]\nlongest_call_hours = {value}\n")
     with pytest.raises(ConfigError, match=r"storage\.longest_call_hours"):
         load_settings(config, env={})
+
+
+def test_ledger_url_names_postgresql_with_the_password_kept_out_of_the_file(
+    tmp_path: Path,
+) -> None:
+    """storage.ledger_url picks PostgreSQL; its password comes from a file, never the TOML."""
+    secret = tmp_path / "ledger.pw"
+    secret.write_text("pg-s3cret\n")
+    config = tmp_path / "c.toml"
+    config.write_text(
+        '[storage]\nledger_url = "postgresql://callrec@db.example/ledger"\n'
+        f'ledger_password_file = "{secret}"\n'
+    )
+    settings = load_settings(config, env={})
+    assert settings.ledger.backend == "postgresql"
+    assert settings.ledger.url == "postgresql://callrec@db.example/ledger"
+    assert settings.ledger.password == "pg-s3cret"
+    assert "pg-s3cret" not in repr(settings)
+    assert load_settings(None, env={}).ledger.backend == "sqlite"
+    env = {"CALLREC_LEDGER_URL": "sqlite://"}
+    assert load_settings(config, env=env).ledger.url is None
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("postgresql://callrec:pw@db/ledger", "secrets are not kept in the config file"),
+        ("mysql://db/ledger", "must start with sqlite:// or postgresql://"),
+        ("postgresql://callrec@db", "name the database"),
+        ("sqlite:///elsewhere/ledger.sqlite3", "always the data directory's"),
+    ],
+)
+def test_bad_ledger_url_is_one_clear_error(tmp_path: Path, url: str, message: str) -> None:
+    """A ledger URL with a password in the file, another engine or no database is refused."""
+    config = tmp_path / "c.toml"
+    config.write_text(f'[storage]\nledger_url = "{url}"\n')
+    with pytest.raises(ConfigError, match=message) as raised:
+        load_settings(config, env={})
+    assert ":pw@" not in str(raised.value)

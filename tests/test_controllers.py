@@ -9,18 +9,18 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from cli_helpers import START_TIMEOUT, callrec, cli_env, fastagi_config
-from storage_helpers import ALICE, POLICY, SERVICE, T0, new_id, record_call
+from storage_helpers import ALICE, POLICY, SERVICE, T0, new_id, open_store, record_call
 from test_cli_input import one_line_error
 
 from flows.outcome import Outcome
 from flows.policy import Direction
 from storage.datadir import default_controller_id
-from storage.ports import CallStart
-from storage.sqlite import SqliteStore
+from storage.ports import CallStart, StoreApi
 
 
-async def _undecided_call(store: SqliteStore) -> str:
+async def _undecided_call(store: StoreApi) -> str:
     """A call that has heard the notice and not answered yet (no decision committed)."""
     call_id = new_id()
     await store.start_call(
@@ -38,6 +38,7 @@ async def _undecided_call(store: SqliteStore) -> str:
     return call_id
 
 
+@pytest.mark.usefixtures("ledger")
 async def test_a_restart_settles_only_its_own_calls(tmp_path: Path) -> None:
     """Reconciling at start fails closed the undecided calls of its own controller and
     leaves another controller's live call (and its open-call list) alone."""
@@ -45,8 +46,8 @@ async def test_a_restart_settles_only_its_own_calls(tmp_path: Path) -> None:
     spool_a, spool_b = tmp_path / "spool-a", tmp_path / "spool-b"
     spool_a.mkdir()
     spool_b.mkdir()
-    a = await SqliteStore.open(data, POLICY, create=True, controller_id="node-a")
-    b = await SqliteStore.open(data, POLICY, controller_id="node-b")
+    a = await open_store(data, POLICY, create=True, controller_id="node-a")
+    b = await open_store(data, POLICY, controller_id="node-b")
     try:
         live = await _undecided_call(a)
         recorded, _ = await record_call(a, spool_a, end=False)
@@ -69,16 +70,17 @@ async def test_a_restart_settles_only_its_own_calls(tmp_path: Path) -> None:
         await a.close()
 
 
+@pytest.mark.usefixtures("ledger")
 async def test_calls_belong_to_a_stable_default_controller(tmp_path: Path) -> None:
     """Without a configured id, every open of one data directory on one host is the same
     controller, so a restart finds the calls it started before."""
     data = tmp_path / "store"
-    store = await SqliteStore.open(data, POLICY, create=True)
+    store = await open_store(data, POLICY, create=True)
     try:
         call_id = await _undecided_call(store)
     finally:
         await store.close()
-    again = await SqliteStore.open(data, POLICY)
+    again = await open_store(data, POLICY)
     try:
         call = await again.get_call(call_id)
         assert call is not None

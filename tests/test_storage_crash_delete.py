@@ -8,13 +8,12 @@ from pathlib import Path
 
 import pytest
 from storage_crashing import Case, crash_everywhere, files_under
-from storage_helpers import ALICE, BOB, POLICY, T0, record_call
+from storage_helpers import ALICE, BOB, POLICY, T0, open_store, record_call
 
 from flows.policy import Purpose
 from storage.ports import RecordingStatus, WithdrawalVia
-from storage.sqlite import SqliteStore
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ledger")]
 
 
 # ----------------------------------------------------------------------- sweep
@@ -23,7 +22,7 @@ pytestmark = pytest.mark.slow
 async def _prepare_sweep(root: Path) -> Case:
     data, spool, out = root / "data", root / "spool", root / "out"
     spool.mkdir(parents=True)
-    async with await SqliteStore.open(data, POLICY, create=True) as store:
+    async with await open_store(data, POLICY, create=True) as store:
         due: list[str] = []
         for line, caller in (("sales", ALICE), ("service", BOB)):
             call_id, source = await record_call(store, spool, line=line, caller=caller)
@@ -51,7 +50,7 @@ async def _prepare_sweep(root: Path) -> Case:
 
 
 async def _check_sweep(case: Case) -> None:
-    async with await SqliteStore.open(case.data, POLICY) as store:
+    async with await open_store(case.data, POLICY) as store:
         await store.reconcile(case.spool, case.now)
         await store.sweep(case.now)
         for recording_id in case.facts["due"]:
@@ -84,7 +83,7 @@ async def _prepare_withdraw(root: Path) -> Case:
     data, spool = root / "data", root / "spool"
     spool.mkdir(parents=True)
     ids: dict[str, str] = {}
-    async with await SqliteStore.open(data, POLICY, create=True) as store:
+    async with await open_store(data, POLICY, create=True) as store:
         for name, line, caller in (
             ("consent", "service", ALICE),
             ("callback", "service", ALICE),
@@ -100,7 +99,7 @@ async def _prepare_withdraw(root: Path) -> Case:
 
 
 async def _check_withdraw(case: Case) -> None:
-    async with await SqliteStore.open(case.data, POLICY) as store:
+    async with await open_store(case.data, POLICY) as store:
         await store.reconcile(case.spool, case.now)
         if not await store.withdrawals():
             # Killed before the registration committed: the command failed, so it is

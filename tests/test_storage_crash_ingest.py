@@ -11,12 +11,11 @@ from pathlib import Path
 
 import pytest
 from storage_crashing import Case, crash_everywhere, files_under
-from storage_helpers import POLICY, T0, new_id, record_call
+from storage_helpers import POLICY, T0, new_id, open_store, record_call
 
 from storage.ports import RecordingStatus
-from storage.sqlite import SqliteStore
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ledger")]
 
 
 # ---------------------------------------------------------------------- ingest
@@ -26,7 +25,7 @@ def _ingest_preparer(spool_base: Callable[[Path], Path]) -> Callable[[Path], Awa
     async def prepare(root: Path) -> Case:
         data, spool = root / "data", spool_base(root)
         spool.mkdir(parents=True)
-        async with await SqliteStore.open(data, POLICY, create=True) as store:
+        async with await open_store(data, POLICY, create=True) as store:
             call_id, source = await record_call(store, spool)
         digest = hashlib.sha256(source.read_bytes()).hexdigest()
         return Case(
@@ -43,7 +42,7 @@ def _ingest_preparer(spool_base: Callable[[Path], Path]) -> Callable[[Path], Awa
 
 
 async def _check_ingest(case: Case) -> None:
-    async with await SqliteStore.open(case.data, POLICY, spool_dir=case.spool) as store:
+    async with await open_store(case.data, POLICY, spool_dir=case.spool) as store:
         await store.reconcile(case.spool, case.now + timedelta(minutes=1))
         rows = await store.recordings(include_deleted=True)
         assert len(rows) == 1, f"{len(rows)} recordings for one call"
@@ -96,7 +95,7 @@ async def test_kill_during_ingest_by_copy_loses_nothing(tmp_path: Path, shm_dir:
 async def _prepare_export(root: Path) -> Case:
     data, spool = root / "data", root / "spool"
     spool.mkdir(parents=True)
-    async with await SqliteStore.open(data, POLICY, create=True) as store:
+    async with await open_store(data, POLICY, create=True) as store:
         call_id, source = await record_call(store, spool, line="sales")
         row = await store.ingest(call_id, source, T0)
         assert row is not None
@@ -112,7 +111,7 @@ async def _prepare_export(root: Path) -> Case:
 
 
 async def _check_export(case: Case) -> None:
-    async with await SqliteStore.open(case.data, POLICY) as store:
+    async with await open_store(case.data, POLICY) as store:
         await store.reconcile(case.spool, case.now)
         report = await store.verify()
         assert report.ok, report.problems

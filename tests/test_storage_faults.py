@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import os
 import re
-import sqlite3
 import subprocess
 import sys
 import time
@@ -16,7 +15,16 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
-from storage_helpers import ALICE, POLICY, T0, new_id, record_call, wav_bytes
+from storage_helpers import (
+    ALICE,
+    POLICY,
+    T0,
+    new_id,
+    open_store,
+    raw_ledger,
+    record_call,
+    wav_bytes,
+)
 
 from flows.errors import (
     CallrecError,
@@ -30,6 +38,8 @@ from flows.errors import (
 from flows.policy import Decision, Direction, LegalBasis, Purpose
 from storage.ports import CallStart, DecisionRecord, RecordingStatus, WithdrawalVia
 from storage.sqlite import SqliteStore
+
+pytestmark = pytest.mark.usefixtures("ledger")
 
 HOSTILE = (
     "../../etc/passwd",
@@ -53,10 +63,8 @@ def spool(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-async def store(tmp_path: Path, spool: Path) -> AsyncIterator[SqliteStore]:
-    async with await SqliteStore.open(
-        tmp_path / "data", POLICY, spool_dir=spool, create=True
-    ) as opened:
+async def store(tmp_path: Path, spool: Path, ledger: str) -> AsyncIterator[SqliteStore]:
+    async with await open_store(tmp_path / "data", POLICY, spool_dir=spool, create=True) as opened:
         yield opened
 
 
@@ -113,7 +121,7 @@ async def test_hostile_caller_ids_never_reach_a_path_or_sql(
         await store.withdraw(hostile, WithdrawalVia.EMAIL, T0, "dpo", T0)
     with pytest.raises(NotFoundError):
         await store.access(hostile, Purpose.EVIDENCE, "dpo", T0)
-    with sqlite3.connect(store.data_dir / "ledger.sqlite3") as raw:
+    with raw_ledger(store.data_dir) as raw:
         assert raw.execute("SELECT COUNT(*) FROM calls").fetchone()[0] == 1
         logged = raw.execute("SELECT recording_id FROM access_log").fetchone()[0]
         assert len(logged) <= 64
@@ -187,11 +195,11 @@ async def test_a_truncated_recording_is_reported(store: SqliteStore, spool: Path
 async def test_a_damaged_pseudonym_key_is_refused(tmp_path: Path) -> None:
     """A key of the wrong size is never replaced silently (old pseudonyms would orphan)."""
     data = tmp_path / "data"
-    async with await SqliteStore.open(data, POLICY, create=True):
+    async with await open_store(data, POLICY, create=True):
         pass
     (data / "pseudonym.key").write_bytes(b"short")
     with pytest.raises(StorageError, match="restore it"):
-        await SqliteStore.open(data, POLICY)
+        await open_store(data, POLICY)
 
 
 async def test_concurrent_ingests_of_one_call_store_it_once(
@@ -216,7 +224,7 @@ async def test_a_full_disk_gives_a_clear_error_and_keeps_the_source(
     the spool file untouched, no partial file; once there is room the same ingest works."""
     data = tmp_path / "data"
     recordings = data / "recordings"
-    async with await SqliteStore.open(data, POLICY, spool_dir=spool, create=True) as store:
+    async with await open_store(data, POLICY, spool_dir=spool, create=True) as store:
         call_id, source = await record_call(store, spool, audio=wav_bytes(frames=100_000))
         audio = source.read_bytes()
         with tmpfs(recordings, "size=64k,mode=0700"):
@@ -237,7 +245,7 @@ async def test_a_read_only_store_gives_a_clear_error_and_keeps_the_source(
     StoreReadOnlyError and the spool file stays where it was."""
     data = tmp_path / "data"
     recordings = data / "recordings"
-    async with await SqliteStore.open(data, POLICY, spool_dir=spool, create=True) as store:
+    async with await open_store(data, POLICY, spool_dir=spool, create=True) as store:
         call_id, source = await record_call(store, spool)
         audio = source.read_bytes()
         if os.geteuid() == 0:
@@ -297,10 +305,11 @@ async def holding_the_ledger(store: SqliteStore, seconds: float) -> AsyncIterato
         await proc.wait()
 
 
+@pytest.mark.sqlite_only("holds SQLite's write lock from another process")
 async def test_a_locked_ledger_is_retried(tmp_path: Path) -> None:
     """While another process holds the write lock the store waits and retries; the write
     lands once the lock is released."""
-    async with await SqliteStore.open(
+    async with await open_store(
         tmp_path / "data", POLICY, busy_timeout=0.05, retry_for=10, create=True
     ) as store:
         async with holding_the_ledger(store, 1.0):
@@ -311,9 +320,10 @@ async def test_a_locked_ledger_is_retried(tmp_path: Path) -> None:
         assert await store.overload() is True
 
 
+@pytest.mark.sqlite_only("holds SQLite's write lock from another process")
 async def test_a_ledger_that_stays_locked_gives_a_clear_error(tmp_path: Path) -> None:
     """Past the retry budget the error says the ledger stayed locked; nothing half-done."""
-    async with await SqliteStore.open(
+    async with await open_store(
         tmp_path / "data", POLICY, busy_timeout=0.05, retry_for=0.4, create=True
     ) as store:
         async with holding_the_ledger(store, 5.0):

@@ -9,10 +9,12 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from storage_helpers import ALICE, POLICY, T0, record_call
+from storage_helpers import ALICE, POLICY, T0, open_store, record_call
 
 from storage.ports import WithdrawalVia
 from storage.sqlite import SqliteStore
+
+pytestmark = pytest.mark.usefixtures("ledger")
 
 
 @pytest.fixture
@@ -23,10 +25,8 @@ def spool(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-async def store(tmp_path: Path, spool: Path) -> AsyncIterator[SqliteStore]:
-    async with await SqliteStore.open(
-        tmp_path / "data", POLICY, spool_dir=spool, create=True
-    ) as opened:
+async def store(tmp_path: Path, spool: Path, ledger: str) -> AsyncIterator[SqliteStore]:
+    async with await open_store(tmp_path / "data", POLICY, spool_dir=spool, create=True) as opened:
         yield opened
 
 

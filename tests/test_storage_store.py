@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
@@ -12,14 +13,18 @@ import stat
 from collections.abc import AsyncIterator, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from storage_helpers import (
     ALICE,
     BOB,
+    LEDGER_INTEGRITY,
     POLICY,
     T0,
     new_id,
+    open_store,
+    raw_ledger,
     record_call,
     wav_bytes,
 )
@@ -48,6 +53,8 @@ from storage.sqlite import (
     make_recording_id,
 )
 
+pytestmark = pytest.mark.usefixtures("ledger")
+
 
 @pytest.fixture
 def spool(tmp_path: Path) -> Path:
@@ -57,15 +64,13 @@ def spool(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-async def store(tmp_path: Path, spool: Path) -> AsyncIterator[SqliteStore]:
-    async with await SqliteStore.open(
-        tmp_path / "data", POLICY, spool_dir=spool, create=True
-    ) as opened:
+async def store(tmp_path: Path, spool: Path, ledger: str) -> AsyncIterator[SqliteStore]:
+    async with await open_store(tmp_path / "data", POLICY, spool_dir=spool, create=True) as opened:
         yield opened
 
 
-def _raw(store: SqliteStore) -> sqlite3.Connection:
-    return sqlite3.connect(store.data_dir / "ledger.sqlite3")
+def _raw(store: SqliteStore) -> contextlib.AbstractContextManager[Any]:
+    return raw_ledger(store.data_dir)
 
 
 # ------------------------------------------------------------------- the ledger
@@ -79,14 +84,17 @@ async def test_store_implements_the_ports(store: SqliteStore) -> None:
     assert {id(ledger), id(recordings), id(queries)} == {id(store)}
 
 
-async def test_store_files_are_private(store: SqliteStore) -> None:
+async def test_store_files_are_private(store: SqliteStore, ledger: str) -> None:
     """The data directory is 0700, the ledger and the pseudonym key 0600, the key 32 bytes."""
     assert stat.S_IMODE(store.data_dir.stat().st_mode) == 0o700
-    ledger = store.data_dir / "ledger.sqlite3"
+    file = store.data_dir / "ledger.sqlite3"
     key = store.data_dir / "pseudonym.key"
-    assert stat.S_IMODE(ledger.stat().st_mode) == 0o600
     assert stat.S_IMODE(key.stat().st_mode) == 0o600
     assert len(key.read_bytes()) == 32
+    if ledger == "postgresql":  # the ledger is the server's; no file of it here
+        assert not file.exists()
+        return
+    assert stat.S_IMODE(file.stat().st_mode) == 0o600
     with _raw(store) as raw:
         assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
@@ -209,7 +217,7 @@ async def test_a_missed_call_is_answered_once(store: SqliteStore, spool: Path) -
     with _raw(store) as raw:
         rows = raw.execute("SELECT missed_call_id, callback_call_id FROM callback_answers")
         assert [tuple(r) for r in rows] == [(missed, first)]
-        with pytest.raises(sqlite3.IntegrityError):
+        with pytest.raises(LEDGER_INTEGRITY):
             raw.execute(
                 "INSERT INTO callback_answers VALUES (?, ?, '2025-01-01')", (missed, new_id())
             )
@@ -239,6 +247,7 @@ def _lookup_plan(raw: sqlite3.Connection) -> str:
     return " ".join(str(row[-1]) for row in rows)
 
 
+@pytest.mark.sqlite_only("EXPLAIN QUERY PLAN and its wording are SQLite's")
 async def test_callback_candidates_use_their_index(store: SqliteStore, spool: Path) -> None:
     """The look-up is answered from its index alone (the calls table is not read), so it
     stays fast at millions of calls."""
@@ -832,9 +841,9 @@ async def test_verify_reports_one_changed_byte_in_the_audit_log(
     call_id, source = await record_call(store, spool)
     await store.ingest(call_id, source, T0)
     with _raw(store) as raw:
-        with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+        with pytest.raises(LEDGER_INTEGRITY, match="append-only"):
             raw.execute("UPDATE audit SET action = 'x' WHERE seq = 1")
-        with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+        with pytest.raises(LEDGER_INTEGRITY, match="append-only"):
             raw.execute("DELETE FROM audit WHERE seq = 1")
         raw.execute("DROP TRIGGER audit_no_update")
         details = raw.execute("SELECT details FROM audit WHERE seq = 1").fetchone()[0]
@@ -969,6 +978,7 @@ async def _old_ledger(
     return data
 
 
+@pytest.mark.sqlite_only("builds an older SQLite ledger file")
 async def test_an_older_database_is_migrated_on_open(tmp_path: Path) -> None:
     """A ledger at schema version 1 gains the later tables and keeps its calls."""
     call_id = new_id()
@@ -980,7 +990,7 @@ async def test_an_older_database_is_migrated_on_open(tmp_path: Path) -> None:
         "'2025-09-03T09:00:00.000000Z')",
         (call_id,),
     )
-    async with await SqliteStore.open(data, POLICY) as store:
+    async with await open_store(data, POLICY) as store:
         row = await store.get_call(call_id)
         assert row is not None and row.decision is Decision.NONE
         assert await store.recordings() == []
@@ -991,6 +1001,7 @@ async def test_an_older_database_is_migrated_on_open(tmp_path: Path) -> None:
         )
 
 
+@pytest.mark.sqlite_only("builds an older SQLite ledger file")
 async def test_an_older_ledger_gets_the_covering_lookup_index(tmp_path: Path) -> None:
     """A ledger of schema version 3 (lookup index on customer and time only) is migrated:
     its missed calls are found as before, now from the covering index."""
@@ -1005,7 +1016,7 @@ async def test_an_older_ledger_gets_the_covering_lookup_index(tmp_path: Path) ->
         "'record', '2025-03-03T09:00:20.000000Z', 'consent')",
         (call_id, ALICE, ALICE),
     )
-    async with await SqliteStore.open(data, POLICY) as store:
+    async with await open_store(data, POLICY) as store:
         found = await _prior(store, ALICE, T0 - timedelta(minutes=30))
         assert found is not None and found.call_id == call_id
         assert found.decision is Decision.RECORD and not found.consent_withdrawn
@@ -1014,15 +1025,16 @@ async def test_an_older_ledger_gets_the_covering_lookup_index(tmp_path: Path) ->
     assert "USING COVERING INDEX calls_missed" in plan
 
 
+@pytest.mark.sqlite_only("writes a newer version into the SQLite file")
 async def test_a_newer_database_is_refused(tmp_path: Path) -> None:
     """A ledger written by a newer program is not opened (nor written) by an older one."""
     data = tmp_path / "data"
-    async with await SqliteStore.open(data, POLICY, create=True):
+    async with await open_store(data, POLICY, create=True):
         pass
     with sqlite3.connect(data / "ledger.sqlite3") as raw:
         raw.execute("INSERT INTO schema_version (version) VALUES (?)", (len(MIGRATIONS) + 1,))
     with pytest.raises(StorageError, match="newer than this program"):
-        await SqliteStore.open(data, POLICY)
+        await open_store(data, POLICY)
 
 
 # --------------------------------------------------------------------- queries
@@ -1120,6 +1132,7 @@ async def test_verify_reports_spool_files_left_out_of_the_store(
     assert [r.call_id for r in await store.recordings()] == [call_id]
 
 
+@pytest.mark.sqlite_only("builds an older SQLite ledger file")
 async def test_a_version_4_ledger_gains_communications(tmp_path: Path) -> None:
     """Migration 5: every call gets its communication, and of two old callbacks to a missed
     call only the answered one uses it up; the unanswered one leaves it open no more."""
@@ -1146,7 +1159,7 @@ async def test_a_version_4_ledger_gains_communications(tmp_path: Path) -> None:
                 "INSERT INTO callbacks VALUES (?, ?, 3600, 0, '2025-03-03T09:05:00.000000Z')",
                 (cid, missed),
             )
-    async with await SqliteStore.open(data, POLICY) as store:
+    async with await open_store(data, POLICY) as store:
         for cid in (missed, answered, unanswered):
             row = await store.get_call(cid)
             assert row is not None and row.communication_id == missed

@@ -11,14 +11,16 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
-from storage_helpers import POLICY, T0, record_call, wav_bytes
+from storage_helpers import POLICY, T0, open_store, record_call, wav_bytes
 
 from flows.outcome import Outcome
 from flows.policy import Decision, LegalBasis
 from storage.ports import RecordingRow, RecordingStatus, WithdrawalRow, WithdrawalVia
-from storage.sqlite import SqliteStore
+
+pytestmark = pytest.mark.usefixtures("ledger")
 
 INTERVAL = timedelta(days=1)  # the sweep interval of these timelines (the policy's knob)
 POLICY_DAILY = replace(POLICY, sweep_interval=INTERVAL)
@@ -85,9 +87,7 @@ async def run_timeline(root: Path, plan: list[Call], pulls: list[Withdrawal]) ->
     for order, pull in enumerate(pulls, start=len(plan)):
         heapq.heappush(queue, (T0 + timedelta(hours=pull.at_hour), order, pull))
     order = len(plan) + len(pulls)
-    async with await SqliteStore.open(
-        root / "data", POLICY_DAILY, spool_dir=spool, create=True
-    ) as store:
+    async with await open_store(root / "data", POLICY_DAILY, spool_dir=spool, create=True) as store:
         sweep_at = T0
         while sweep_at <= END:
             while queue and queue[0][0] <= sweep_at:

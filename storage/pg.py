@@ -1,0 +1,385 @@
+"""The ledger on PostgreSQL: the same `read`/`write` of synchronous bodies as `storage.db`.
+
+Theory of operation. A body is the same plain function of a `Tx` the SQLite ledger runs, and
+the whole transaction (BEGIN, body, COMMIT or ROLLBACK) runs as ONE job on one of a few
+worker threads, each holding its own psycopg connection (the synchronous API: no hop back to
+the event loop between statements, the reason `storage.db` runs whole transactions on
+aiosqlite's thread). A cancelled caller leaves no transaction open: its job finishes on its
+own, committed or rolled back.
+
+SQLite's `BEGIN IMMEDIATE` takes the database's write lock first, and the store relies on it:
+the audit chain's head is read and extended in one transaction, and a sweep re-reads which
+rows are still live before it marks them deleted. Here every write transaction starts with
+`pg_advisory_xact_lock` on one key per ledger (its schema), released by COMMIT or ROLLBACK,
+so write transactions of every controller on the ledger follow one another exactly as on
+SQLite, and READ COMMITTED statements after the lock see everything committed before it.
+Reads take no lock: each runs in a REPEATABLE READ, READ ONLY snapshot. Writers wait for the
+lock in the server's queue (first come, first served) up to `retry_for` seconds; a
+serialization failure or a deadlock retries the whole body with a growing pause until then,
+like SQLITE_BUSY in `storage.db`.
+
+Durability: every session runs with `synchronous_commit = on`, so a committed decision is
+on the server's disk (and, with synchronous replication configured on the server, on its
+standby) before `write` returns.
+
+Statements are written for SQLite with `?` placeholders; each is translated once (cached):
+`?` becomes `%s`, a literal `%` is doubled, and the few SQLite spellings the store still uses
+(`INSERT OR IGNORE`, `NOT INDEXED`, `json_extract`, `IS` between values, `SUM` of a
+comparison) are rewritten to their PostgreSQL equivalents. `PgDatabase` also answers the
+rest of the ledger port (`append_audit`, `guard_problems`, `json_text`, `full_scan`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import re
+import threading
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+from decimal import Decimal
+from typing import Any, Protocol, TypeVar
+
+import psycopg
+from psycopg import errors as pg_errors
+from psycopg.rows import RowMaker
+
+from flows.errors import IntegrityError, StorageError, StoreFullError, StoreReadOnlyError
+from storage import chain
+from storage.db import RETRY_FOR
+from storage.ledgers import redact
+from storage.ports import Tx
+
+T = TypeVar("T")
+Params = Sequence[Any]
+
+POOL_SIZE = 4  # connections (and threads) per store: one writer at a time, reads beside it
+# A stuck writer (a process frozen mid-transaction) is cut off by the server after this, so
+# that the ledger's lock is never held for longer by a session that does nothing.
+IDLE_IN_TRANSACTION = 60.0
+WRITE_LOCK = 0x63616C6C  # the advisory lock's first key ("call"); the second is the schema
+# One round trip: the transaction and its lock (no parameters, so both statements go at once).
+_BEGIN_WRITE = (
+    "BEGIN ISOLATION LEVEL READ COMMITTED; "
+    f"SELECT pg_advisory_xact_lock({WRITE_LOCK}, hashtext(current_schema()))"
+)
+_RETRYABLE = (
+    pg_errors.SerializationFailure,
+    pg_errors.DeadlockDetected,
+    pg_errors.LockNotAvailable,
+)
+
+
+class Transactions(Protocol):
+    """What the store needs of a ledger: `storage.db.Database` or `PgDatabase`."""
+
+    async def read(self, body: Callable[[Tx], T], doing: str) -> T: ...
+
+    async def write(self, body: Callable[[Tx], T], doing: str) -> T: ...
+
+    async def close(self) -> None: ...
+
+
+class Row(tuple[Any, ...]):
+    """A row indexable by position and by column name, like `sqlite3.Row`."""
+
+    _names: dict[str, int]
+
+    def __new__(cls, values: Iterable[Any], names: dict[str, int]) -> Row:
+        row = super().__new__(cls, values)
+        row._names = names
+        return row
+
+    def __getitem__(self, key: Any) -> Any:
+        if isinstance(key, str):
+            try:
+                return tuple.__getitem__(self, self._names[key])
+            except KeyError:
+                raise IndexError(f"no such column: {key}") from None
+        return tuple.__getitem__(self, key)
+
+    def keys(self) -> list[str]:
+        return list(self._names)
+
+
+# PostgreSQL text cannot hold NUL, which a caller-supplied channel id or reason may: text is
+# stored with NUL as ESCAPE + "0" and ESCAPE itself doubled (a Unicode noncharacter, never in
+# real input), and decoded on the way out, so every string comes back as it went in.
+_ESCAPE = "\ufffe"
+_ESCAPED = re.compile(_ESCAPE + "(.)", re.DOTALL)
+
+
+def _encode(text: str) -> str:
+    if "\x00" not in text and _ESCAPE not in text:
+        return text
+    return text.replace(_ESCAPE, _ESCAPE * 2).replace("\x00", _ESCAPE + "0")
+
+
+def _decode(text: str) -> str:
+    if _ESCAPE not in text:
+        return text
+    return _ESCAPED.sub(lambda m: "\x00" if m.group(1) == "0" else m.group(1), text)
+
+
+def _value(value: Any) -> Any:
+    if isinstance(value, str):
+        return _decode(value)
+    # SUM over BIGINT is NUMERIC in PostgreSQL; SQLite answers an integer.
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    return value
+
+
+def _rows(cursor: psycopg.Cursor[Any]) -> RowMaker[Row]:
+    names = {column.name: i for i, column in enumerate(cursor.description or ())}
+
+    def make(values: Sequence[Any]) -> Row:
+        return Row((_value(v) for v in values), names)
+
+    return make
+
+
+_STRING = re.compile(r"'(?:[^']|'')*'")
+_OR_IGNORE = re.compile(r"^\s*INSERT\s+OR\s+IGNORE\s+", re.IGNORECASE)
+_NOT_INDEXED = re.compile(r"\s+NOT\s+INDEXED\b", re.IGNORECASE)
+_JSON_FIELD = re.compile(r"json_extract\(\s*([\w.]+)\s*,\s*'\$\.(\w+)'\s*\)", re.IGNORECASE)
+_IS_VALUE = re.compile(r"\bIS\s+(?!NULL\b|NOT\b|DISTINCT\b|TRUE\b|FALSE\b)")
+_SUM_TEST = re.compile(
+    r"\bSUM\(\s*([\w.]+\s*(?:=|!=|<>|<=|>=|<|>)\s*(?:'(?:[^']|'')*'|\d+))\s*\)", re.IGNORECASE
+)
+
+
+def _code(sql: str) -> str:
+    sql = _NOT_INDEXED.sub("", sql)
+    sql = _IS_VALUE.sub("IS NOT DISTINCT FROM ", sql)
+    return sql.replace("%", "%%").replace("?", "%s")
+
+
+@functools.lru_cache(maxsize=1024)
+def translate(sql: str) -> str:
+    """`sql` as written for SQLite, in PostgreSQL's spelling and psycopg's placeholders."""
+    ignore = _OR_IGNORE.match(sql) is not None
+    if ignore:
+        sql = _OR_IGNORE.sub("INSERT ", sql)
+    sql = _JSON_FIELD.sub(r"(\1::jsonb ->> '\2')", sql)
+    sql = _SUM_TEST.sub(r"SUM(CASE WHEN \1 THEN 1 ELSE 0 END)", sql)
+    # The rest only outside string literals: a message may well say "is".
+    parts = _STRING.split(sql)
+    literals = _STRING.findall(sql)
+    out = [_code(parts[0])]
+    for literal, code in zip(literals, parts[1:], strict=True):
+        # psycopg reads `%` as a placeholder even inside a literal: doubled there too.
+        out += [literal.replace("%", "%%"), _code(code)]
+    sql = "".join(out)
+    return f"{sql} ON CONFLICT DO NOTHING" if ignore else sql
+
+
+def _param(value: Any) -> Any:
+    if isinstance(value, str):
+        return _encode(value)
+    # SQLite stores a bool as 1/0 in an INTEGER column; PostgreSQL has no implicit cast.
+    return int(value) if isinstance(value, bool) else value
+
+
+def _params(params: Params) -> tuple[Any, ...]:
+    return tuple(_param(p) for p in params)
+
+
+class PgTx(Tx):
+    """The statements of one transaction on one psycopg connection (its worker's thread)."""
+
+    dialect = "postgresql"
+
+    def __init__(self, conn: psycopg.Connection[Row]) -> None:
+        self._pg = conn
+
+    def run(self, sql: str, params: Params = ()) -> int:
+        with self._pg.cursor() as cursor:
+            cursor.execute(translate(sql), _params(params))
+            return cursor.rowcount
+
+    def many(self, sql: str, rows: Iterable[Params]) -> None:
+        batch = [_params(row) for row in rows]
+        if batch:
+            with self._pg.cursor() as cursor:
+                cursor.executemany(translate(sql), batch)
+
+    def all(self, sql: str, params: Params = ()) -> list[Any]:
+        with self._pg.cursor() as cursor:
+            cursor.execute(translate(sql), _params(params))
+            return cursor.fetchall() if cursor.description else []
+
+    def one(self, sql: str, params: Params = ()) -> Any:
+        rows = self.all(sql, params)
+        return rows[0] if rows else None
+
+
+def pg_error(error: psycopg.Error, doing: str) -> StorageError:
+    """One of ours for a PostgreSQL error, naming what was being done."""
+    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    if isinstance(error, pg_errors.ReadOnlySqlTransaction | pg_errors.InsufficientPrivilege):
+        return StoreReadOnlyError(f"{doing}: the ledger cannot be written ({text})")
+    if isinstance(error, pg_errors.DiskFull | pg_errors.InsufficientResources):
+        return StoreFullError(f"{doing}: no space left for the ledger ({text})")
+    if isinstance(error, psycopg.IntegrityError | pg_errors.RaiseException):
+        return IntegrityError(f"{doing}: {text}")
+    return StorageError(f"{doing}: {text}")
+
+
+StepRunner = Callable[[Tx], None]
+
+
+class PgDatabase:
+    """A small pool of psycopg connections, one per worker thread, and their transactions."""
+
+    def __init__(self, conninfo: str, *, password: str | None, retry_for: float, pool: int):
+        self._conninfo = conninfo
+        self._password = password
+        self._retry_for = retry_for
+        self._local = threading.local()
+        self._conns: list[psycopg.Connection[Row]] = []
+        self._conns_lock = threading.Lock()
+        self._executor = ThreadPoolExecutor(max_workers=pool, thread_name_prefix="callrec-pg")
+        self._closed = False
+
+    @classmethod
+    async def connect(
+        cls,
+        url: str,
+        *,
+        password: str | None = None,
+        retry_for: float = RETRY_FOR,
+        pool: int = POOL_SIZE,
+    ) -> PgDatabase:
+        """Connect (the first connection, to fail early and clearly); migrate with `migrate`."""
+        database = cls(url, password=password, retry_for=retry_for, pool=pool)
+        try:
+            await database.read(lambda tx: None, f"connecting to the ledger {redact(url)}")
+        except BaseException:
+            await database.close()
+            raise
+        return database
+
+    async def version(self) -> int:
+        """The schema version the ledger is at (0: nothing migrated yet)."""
+
+        def body(tx: Tx) -> int:
+            exists = tx.one("SELECT to_regclass('schema_version') IS NOT NULL AS present")
+            if exists is None or not exists["present"]:
+                return 0
+            row = tx.one("SELECT MAX(version) AS v FROM schema_version")
+            return int(row["v"] or 0) if row is not None else 0
+
+        return await self.read(body, "reading the ledger's schema version")
+
+    # ---- the rest of `storage.ports.LedgerDb`, for the store split into use cases
+
+    def append_audit(
+        self,
+        tx: Tx,
+        key: bytes,
+        at: datetime,
+        action: str,
+        entries: Sequence[tuple[str, Mapping[str, str]]],
+    ) -> None:
+        # Every write transaction began with the ledger's advisory lock: nobody else appends.
+        chain.append(tx, key, at, action, entries)
+
+    def guard_problems(self, tx: Tx) -> list[str]:
+        from storage import pg_schema
+
+        return pg_schema.guard_problems(tx)
+
+    def json_text(self, column: str, key: str) -> str:
+        return f"({column}::jsonb ->> '{key}')"
+
+    def full_scan(self, table: str, alias: str) -> str:
+        return f"{table} {alias}"
+
+    async def claim_controller(self, controller_id: str) -> None:
+        """Nothing to claim: many controllers share a PostgreSQL ledger."""
+
+    async def migrate(self, runners: Mapping[Any, StepRunner] | None = None) -> int:
+        from storage import pg_schema  # the schema needs this module's types
+
+        return await pg_schema.migrate(self, runners=runners)
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        await asyncio.to_thread(self._executor.shutdown, True)
+        with self._conns_lock:
+            conns, self._conns = self._conns, []
+        for conn in conns:
+            conn.close()
+
+    async def write(self, body: Callable[[Tx], T], doing: str) -> T:
+        """Run `body` in one write transaction, after every earlier writer of the ledger."""
+        return await self._retrying(functools.partial(self._transaction, body, True), doing)
+
+    async def read(self, body: Callable[[Tx], T], doing: str) -> T:
+        return await self._retrying(functools.partial(self._transaction, body, False), doing)
+
+    def _connection(self) -> psycopg.Connection[Row]:
+        conn: psycopg.Connection[Row] | None = getattr(self._local, "conn", None)
+        if conn is not None and not conn.closed:
+            return conn
+        extra: dict[str, Any] = {"application_name": "callrec", "connect_timeout": 10}
+        if self._password is not None:
+            extra["password"] = self._password
+        # autocommit: the transactions below are spelled out, BEGIN to COMMIT.
+        conn = psycopg.connect(self._conninfo, row_factory=_rows, autocommit=True, **extra)
+        conn.execute("SET synchronous_commit = on")
+        # Writers wait for the lock in the server's queue, first come first served, for as
+        # long as `write` would retry: with a short timeout and retries, a writer that gave
+        # up lost its place to newer ones, and under load a call start waited 30 s.
+        conn.execute(f"SET lock_timeout = '{int(self._retry_for * 1000)}ms'")
+        conn.execute(
+            f"SET idle_in_transaction_session_timeout = '{int(IDLE_IN_TRANSACTION * 1000)}ms'"
+        )
+        self._local.conn = conn
+        with self._conns_lock:
+            self._conns.append(conn)
+        return conn
+
+    def _transaction(self, body: Callable[[Tx], T], write: bool) -> T:
+        conn = self._connection()
+        try:
+            if write:
+                conn.execute(_BEGIN_WRITE)
+            else:
+                conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            result = body(PgTx(conn))
+            conn.execute("COMMIT")
+        except BaseException:
+            if not conn.closed:
+                try:
+                    conn.execute("ROLLBACK")
+                except psycopg.Error:
+                    conn.close()  # broken: the next job of this thread reconnects
+            raise
+        return result
+
+    async def _retrying(self, attempt: Callable[[], T], doing: str) -> T:
+        if self._closed:
+            raise StorageError(f"{doing}: the ledger is closed")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._retry_for
+        pause = 0.02
+        while True:
+            try:
+                return await loop.run_in_executor(self._executor, attempt)
+            except _RETRYABLE as error:
+                if loop.time() + pause > deadline:
+                    raise StorageError(
+                        f"{doing}: the ledger stayed locked by another writer for "
+                        f"{self._retry_for:g} s ({pg_error(error, doing)})"
+                    ) from error
+            except psycopg.Error as error:
+                raise pg_error(error, doing) from error
+            except RuntimeError as error:  # the executor was shut down under us
+                raise StorageError(f"{doing}: the ledger is closed") from error
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 0.5)

@@ -1,0 +1,162 @@
+"""What only the PostgreSQL ledger has to show: the same schema as SQLite's, its own guards,
+and a data directory that belongs to its ledger."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from pathlib import Path
+
+import pg_server
+import psycopg
+import pytest
+from storage_helpers import POLICY, T0, record_call
+
+from flows.errors import NotFoundError, StorageError
+from storage.factory import open_ledger
+from storage.ledgers import LedgerConfig
+from storage.pg import translate
+from storage.pg_schema import PG_MIGRATIONS
+from storage.schema import MIGRATIONS
+
+
+def _sqlite_schema(path: Path) -> tuple[dict[str, list[str]], set[str]]:
+    with sqlite3.connect(path) as raw:
+        tables = [
+            r[0]
+            for r in raw.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
+            )
+        ]
+        columns = {t: [r[1] for r in raw.execute(f"PRAGMA table_info({t})")] for t in tables}
+        indexes = {
+            r[0]
+            for r in raw.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL"
+            )
+        }
+    return columns, indexes
+
+
+def _pg_schema(url: str) -> tuple[dict[str, list[str]], set[str]]:
+    with psycopg.connect(url) as conn:
+        rows = conn.execute(
+            "SELECT table_name, column_name FROM information_schema.columns "
+            "WHERE table_schema = current_schema() ORDER BY table_name, ordinal_position"
+        ).fetchall()
+        indexes = {
+            r[0]
+            for r in conn.execute(
+                "SELECT indexname FROM pg_indexes WHERE schemaname = current_schema() "
+                "AND indexname NOT LIKE '%_pkey' AND indexname NOT LIKE '%_key'"
+            )
+        }
+    columns: dict[str, list[str]] = {}
+    for table, column in rows:
+        columns.setdefault(table, []).append(column)
+    return columns, indexes
+
+
+async def test_postgresql_ledger_has_the_sqlite_schema(tmp_path: Path, pg_database: str) -> None:
+    """Both backends' migrations, numbered alike, make the same tables, columns and indexes."""
+    assert len(PG_MIGRATIONS) == len(MIGRATIONS)
+    async with await open_ledger(tmp_path / "lite", POLICY, create=True):
+        pass
+    with pg_server.schema(pg_database) as url:
+        async with await open_ledger(
+            tmp_path / "pg", POLICY, create=True, ledger=LedgerConfig(url=url)
+        ):
+            pass
+        assert _pg_schema(url) == _sqlite_schema(tmp_path / "lite" / "ledger.sqlite3")
+
+
+async def test_audit_log_refuses_truncate_and_verify_sees_a_gutted_guard(
+    tmp_path: Path, pg_database: str
+) -> None:
+    """TRUNCATE of the audit log is refused; a guard function replaced by one that lets
+    changes through is reported by verify."""
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    with pg_server.schema(pg_database) as url:
+        ledger = LedgerConfig(url=url)
+        async with await open_ledger(tmp_path / "d", POLICY, create=True, ledger=ledger) as s:
+            call_id, source = await record_call(s, spool)
+            await s.ingest(call_id, source, T0)
+            with psycopg.connect(url, autocommit=True) as conn:
+                with pytest.raises(psycopg.errors.RaiseException, match="append-only"):
+                    conn.execute("TRUNCATE audit")
+                conn.execute(
+                    "CREATE OR REPLACE FUNCTION audit_append_only() RETURNS trigger "
+                    "LANGUAGE plpgsql AS $$ BEGIN RETURN NEW; END $$"
+                )
+            problems = (await s.verify()).problems
+    assert "ledger: the trigger audit_no_update was replaced (its definition changed)" in problems
+    assert "ledger: the trigger audit_no_truncate was replaced (its definition changed)" in problems
+
+
+async def test_a_data_directory_and_its_ledger_belong_together(
+    tmp_path: Path, pg_database: str
+) -> None:
+    """A new data directory is not paired with a ledger that holds a store, a missing store
+    is not made without `create`, and a SQLite data directory is not switched silently."""
+    with pg_server.schema(pg_database) as url:
+        ledger = LedgerConfig(url=url)
+        with pytest.raises(NotFoundError, match="no store in the ledger"):
+            await open_ledger(tmp_path / "a", POLICY, ledger=ledger)
+        async with await open_ledger(tmp_path / "a", POLICY, create=True, ledger=ledger):
+            pass
+        with pytest.raises(StorageError, match="already holds a store whose keys are not in"):
+            await open_ledger(tmp_path / "b", POLICY, create=True, ledger=ledger)
+        async with await open_ledger(tmp_path / "lite", POLICY, create=True):
+            pass
+        with pytest.raises(StorageError, match="holds a SQLite ledger"):
+            await open_ledger(tmp_path / "lite", POLICY, ledger=ledger)
+
+
+async def test_controllers_starting_at_once_migrate_the_ledger_once(
+    tmp_path: Path, pg_database: str
+) -> None:
+    """Several controllers creating one new store at the same moment apply each migration
+    once, share one set of keys, and every one of them verifies the ledger clean."""
+    with pg_server.schema(pg_database) as url:
+        ledger = LedgerConfig(url=url)
+        stores = await asyncio.gather(
+            *(open_ledger(tmp_path / "d", POLICY, create=True, ledger=ledger) for _ in range(4))
+        )
+        try:
+            for store in stores:
+                await store.set_overload(True, "lead", T0)
+            reports = [await store.verify() for store in stores]
+            assert all(report.ok for report in reports), [r.problems for r in reports]
+        finally:
+            for store in stores:
+                await store.close()
+        with psycopg.connect(url) as conn:
+            versions = [r[0] for r in conn.execute("SELECT version FROM schema_version")]
+    assert sorted(versions) == list(range(1, len(MIGRATIONS) + 1))
+
+
+@pytest.mark.parametrize(
+    ("sqlite", "postgresql"),
+    [
+        (
+            "SELECT a FROM t WHERE b = ? AND c LIKE 'x%'",
+            "SELECT a FROM t WHERE b = %s AND c LIKE 'x%%'",
+        ),
+        ("SELECT '?' , ?", "SELECT '?' , %s"),
+        (
+            "INSERT OR IGNORE INTO t (a) VALUES (?)",
+            "INSERT INTO t (a) VALUES (%s) ON CONFLICT DO NOTHING",
+        ),
+        (
+            "SELECT 1 FROM t a NOT INDEXED WHERE x IS y",
+            "SELECT 1 FROM t a WHERE x IS NOT DISTINCT FROM y",
+        ),
+        ("SELECT 'it IS so' WHERE x IS NULL", "SELECT 'it IS so' WHERE x IS NULL"),
+        ("SELECT SUM(a = 'k') FROM t", "SELECT SUM(CASE WHEN a = 'k' THEN 1 ELSE 0 END) FROM t"),
+    ],
+)
+def test_statements_are_translated_outside_their_literals(sqlite: str, postgresql: str) -> None:
+    """Placeholders and SQLite spellings are rewritten in SQL, never inside a string literal
+    (where only `%` is doubled, as psycopg reads it there too)."""
+    assert translate(sqlite) == postgresql
