@@ -23,21 +23,19 @@ from pathlib import Path
 
 from flows.errors import NotFoundError, StorageError
 from flows.policy import Policy
-from storage import chain, checkpoints, files
+from storage import files
 from storage.audit import load_key
-from storage.blobs import RECORDINGS_DIR, LocalBlobs
+from storage.blobs import RECORDINGS_DIR
 from storage.datadir import (
     EXPORTS_DIR,
     KEY_FILE,
     checked_controller_id,
     claim,
-    default_controller_id,
 )
 from storage.db import RETRY_FOR, os_error
 from storage.ledgers import LEDGER_FILE, POSTGRESQL, LedgerConfig
 from storage.pg import PgDatabase
 from storage.pg_schema import migration_runners
-from storage.rows import Context
 from storage.store import Store
 
 
@@ -130,25 +128,9 @@ class PgStore(Store):
             claim=lambda path: claim(path, LEDGER_FILE),
             prepare_dirs=make_dirs(RECORDINGS_DIR, EXPORTS_DIR),
         )
-        try:
-            audit_keys = await asyncio.to_thread(chain.load_keys, root)
-        except BaseException:
-            await db.close()
-            raise
-        ctx = Context(
-            db=db,
-            blobs=LocalBlobs(root),
-            policy=policy,
-            key=key,
-            audit_keys=audit_keys,
-            data_dir=root,
-            checkpoints_dir=root / checkpoints.CHECKPOINTS_DIR,
-            spool_dir=spool_dir,
-            controller_id=owner or default_controller_id(root),
+        return await cls.on_local_files(
+            db, root, policy, key, spool_dir=spool_dir, controller_id=owner, created=created
         )
-        store = cls(ctx)
-        store.created = created
-        return store
 
 
 def make_dirs(*names: str) -> Callable[[Path], None]:

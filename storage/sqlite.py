@@ -26,20 +26,19 @@ from flows.numbers import shown
 from flows.policy import Policy
 from storage import chain, checkpoints, files
 from storage.audit import GENESIS, canonical
-from storage.blobs import RECORDINGS_DIR, LocalBlobs
+from storage.blobs import RECORDINGS_DIR
 from storage.calls import MISSED_CANDIDATES_SQL
 from storage.datadir import (
     KEY_FILE,
     SPOOL_DIR,
     checked_controller_id,
     claim,
-    default_controller_id,
     prepare,
 )
 from storage.db import BUSY_TIMEOUT, RETRY_FOR, Database, os_error, ts
 from storage.deletion import SWEEP_BATCH
 from storage.ports import Tx
-from storage.rows import Context, make_recording_id, short_recording_id
+from storage.rows import make_recording_id, short_recording_id
 from storage.schema import START_KEYED_AUDIT, PythonStep, StepRunner, expected_triggers
 from storage.store import Store
 
@@ -216,25 +215,15 @@ class SqliteStore(Store):
             retry_for=retry_for,
             runners=migration_runners(root),
         )
-        try:
-            audit_keys = await asyncio.to_thread(chain.load_keys, root)
-        except BaseException:
-            await database.close()
-            raise
-        ctx = Context(
-            db=SqliteLedger(database, root),
-            blobs=LocalBlobs(root),
-            policy=policy,
-            key=key,
-            audit_keys=audit_keys,
-            data_dir=root,
-            checkpoints_dir=root / checkpoints.CHECKPOINTS_DIR,
+        return await cls.on_local_files(
+            SqliteLedger(database, root),
+            root,
+            policy,
+            key,
             spool_dir=spool_dir,
-            controller_id=owner or default_controller_id(root),
+            controller_id=owner,
+            created=created,
         )
-        store = cls(ctx)
-        store.created = created
-        return store
 
 
 def migration_runners(root: Path) -> Mapping[PythonStep, StepRunner]:

@@ -11,6 +11,7 @@ SQL as parameters and never a path: files are named by ids.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -19,10 +20,20 @@ from typing import Self
 
 from flows.outcome import Outcome
 from flows.policy import LegalBasis, Policy, Purpose
-from storage import access, calls, checkpoints, ingest, reconcile, reports, sweep, verify
+from storage import (
+    access,
+    calls,
+    chain,
+    checkpoints,
+    ingest,
+    reconcile,
+    reports,
+    sweep,
+    verify,
+)
 from storage import withdrawal as withdrawals
-from storage.blobs import RECORDINGS_DIR
-from storage.datadir import EXPORTS_DIR
+from storage.blobs import RECORDINGS_DIR, LocalBlobs
+from storage.datadir import EXPORTS_DIR, default_controller_id
 from storage.ports import (
     AccessRecord,
     AuditEntry,
@@ -31,6 +42,7 @@ from storage.ports import (
     CallRow,
     CallStart,
     DecisionRecord,
+    LedgerDb,
     Progress,
     ReconcileReport,
     RecordingRow,
@@ -50,6 +62,41 @@ class Store:
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
         self.created = False  # made by the `open` that returned it
+
+    @classmethod
+    async def on_local_files(
+        cls,
+        db: LedgerDb,
+        root: Path,
+        policy: Policy,
+        key: bytes,
+        *,
+        spool_dir: Path | None,
+        controller_id: str | None,
+        created: bool,
+    ) -> Self:
+        """A store of `db` whose audio, keys and checkpoints are files under `root`: what
+        every ledger backend opens today. `db` is closed when the audit keys cannot be."""
+        try:
+            audit_keys = await asyncio.to_thread(chain.load_keys, root)
+        except BaseException:
+            await db.close()
+            raise
+        store = cls(
+            Context(
+                db=db,
+                blobs=LocalBlobs(root),
+                policy=policy,
+                key=key,
+                audit_keys=audit_keys,
+                data_dir=root,
+                checkpoints_dir=root / checkpoints.CHECKPOINTS_DIR,
+                spool_dir=spool_dir,
+                controller_id=controller_id or default_controller_id(root),
+            )
+        )
+        store.created = created
+        return store
 
     @property
     def policy(self) -> Policy:
