@@ -4,6 +4,7 @@ on the data directory's SQLite ledger and on a PostgreSQL ledger (`tests/pg_serv
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pg_server
 import pytest
@@ -28,6 +29,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if left:
         config.hook.pytest_deselected(items=left)
         items[:] = kept
+
+
+@pytest.fixture
+def spool(tmp_path: Path) -> Path:
+    """The directory MixMonitor writes to, empty."""
+    path = tmp_path / "spool"
+    path.mkdir()
+    return path
 
 
 @pytest.fixture(scope="session")

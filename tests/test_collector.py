@@ -25,13 +25,6 @@ from storage.sqlite import SqliteStore
 
 
 @pytest.fixture
-def spool(tmp_path: Path) -> Path:
-    path = tmp_path / "spool"
-    path.mkdir()
-    return path
-
-
-@pytest.fixture
 async def store(tmp_path: Path, spool: Path) -> AsyncIterator[SqliteStore]:
     async with await SqliteStore.open(
         tmp_path / "data", POLICY, spool_dir=spool, create=True

@@ -56,13 +56,6 @@ SAFE_NAME = re.compile(
 
 
 @pytest.fixture
-def spool(tmp_path: Path) -> Path:
-    path = tmp_path / "spool"
-    path.mkdir()
-    return path
-
-
-@pytest.fixture
 async def store(tmp_path: Path, spool: Path, ledger: str) -> AsyncIterator[SqliteStore]:
     async with await open_store(tmp_path / "data", POLICY, spool_dir=spool, create=True) as opened:
         yield opened

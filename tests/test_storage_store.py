@@ -57,13 +57,6 @@ pytestmark = pytest.mark.usefixtures("ledger")
 
 
 @pytest.fixture
-def spool(tmp_path: Path) -> Path:
-    path = tmp_path / "spool"
-    path.mkdir()
-    return path
-
-
-@pytest.fixture
 async def store(tmp_path: Path, spool: Path, ledger: str) -> AsyncIterator[SqliteStore]:
     async with await open_store(tmp_path / "data", POLICY, spool_dir=spool, create=True) as opened:
         yield opened
