@@ -226,7 +226,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 async def dispatch(args: argparse.Namespace, settings: Settings) -> int:
-    from callrec import commands
+    from callrec import commands, controller
 
     match args.command:
         case "init":
@@ -234,9 +234,9 @@ async def dispatch(args: argparse.Namespace, settings: Settings) -> int:
         case "migrate":
             return await commands.migrate(settings, args)
         case "serve":
-            return await commands.serve(settings)
+            return await controller.serve(settings)
         case "fastagi":
-            return await commands.fastagi(settings)
+            return await controller.fastagi(settings)
         case "demo":
             return await commands.demo(settings, args)
         case "replay":

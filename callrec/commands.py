@@ -1,4 +1,5 @@
-"""The subcommands' bodies: the composition root that wires concrete parts together.
+"""The subcommands' bodies (the controller's, `serve` and `fastagi`, are in
+`callrec.controller`): the composition root that wires concrete parts together.
 
 Only this package imports concrete clients (`AriClient`, `MqttEvents`, `FastAgiServer`,
 `SimulatedPbx`, the store through `storage.factory`); `agi/` and `storage/` see each other
@@ -11,17 +12,13 @@ import argparse
 import asyncio
 import contextlib
 import logging
-import signal
 import sys
 import tempfile
 from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from agi.collector import RecordingCollector
-from agi.ports import EventSink, SystemClock
-from agi.session import SessionDeps
-from agi.spool import SpoolWatch
+from agi.ports import EventSink
 from callrec.cli import (
     EXIT_ERROR,
     EXIT_FAILED,
@@ -39,7 +36,6 @@ from callrec.progress import ProgressBar
 from callrec.runner import LiveAsterisk, refuse_a_taken_app
 from flows.errors import CallrecError
 from flows.policy import Purpose
-from prompts.catalog import load_catalog
 from storage import checkpoints, files
 from storage.factory import SCHEMA_VERSION, ledger_version
 from storage.factory import open_store as open_any_store
@@ -48,13 +44,7 @@ from storage.rows import short_recording_id
 from storage.values import os_error, parse_ts
 
 log = logging.getLogger("callrec")
-CALLBACK_CHECK_SECONDS = 60  # how often serve looks for missed calls due a callback
 SCENARIOS_DIR = Path(__file__).resolve().parent.parent / "scenarios"  # the policy's cases
-# How often serve and fastagi sign the audit chain's head (when it moved since the last
-# checkpoint, and at least once a day): entries appended since the last checkpoint are the
-# only ones a tail cut could remove unnoticed. Deletions are checkpointed as they commit.
-CHECKPOINT_INTERVAL = timedelta(minutes=5)
-CHECKPOINT_AT_LEAST = timedelta(days=1)
 
 
 @contextlib.asynccontextmanager
@@ -85,26 +75,6 @@ async def make_spool(settings: Settings) -> None:
         raise os_error(error, f"creating the spool {settings.spool_dir}") from error
 
 
-@contextlib.asynccontextmanager
-async def serving_store(settings: Settings, command: str) -> AsyncIterator[StoreApi]:
-    """The store of a controller that takes real calls: created on the first start (said
-    loudly, since a mistyped path would otherwise start an empty store unnoticed), held for
-    this controller alone (a second one on the same SQLite store is refused), its spool
-    made, and marked as a store of real calls."""
-    async with open_store(settings, create=True) as store:
-        await store.claim_controller()
-        if store.created:
-            log.warning(
-                "created a NEW, empty store at %s (there was none): if the store should "
-                "already exist, stop %s and check storage.data_dir / CALLREC_DATA_DIR",
-                store.data_dir,
-                command,
-            )
-        await make_spool(settings)
-        await store.mark_serving(datetime.now(UTC), command)
-        yield store
-
-
 async def refuse_time_travel(store: StoreApi, args: argparse.Namespace, doing: str) -> None:
     """A store that serves real calls is only ever written at the machine's time: a `--now`
     years ahead would delete live recordings early, and one in the past would backdate the
@@ -120,7 +90,7 @@ async def refuse_time_travel(store: StoreApi, args: argparse.Namespace, doing: s
         )
 
 
-def _events(settings: Settings) -> MqttEvents | NullEvents:
+def events_of(settings: Settings) -> MqttEvents | NullEvents:
     if settings.mqtt.url is None:
         return NullEvents()
     return MqttEvents(
@@ -148,67 +118,10 @@ def publish_sweep(events: EventSink, result: SweepReport) -> None:
     events.publish("sweep/finished", {"deleted": result.count, "problems": len(result.problems)})
 
 
-async def _sweeper(store: StoreApi, settings: Settings, events: EventSink) -> None:
-    """Retention runs inside the controller too: a recording outlives its delete-after by at
-    most one sweep interval even where nobody installed the timer unit."""
-    interval = settings.policy.sweep_interval.total_seconds()
-    while True:
-        try:
-            # The deletions are announced batch by batch, and not kept: a sweep that
-            # catches up on months does not grow the controller by what it deleted.
-            result = await store.sweep(datetime.now(UTC), on_deleted=announce_deleted(events))
-            publish_sweep(events, result)
-        except CallrecError as error:
-            log.error("retention sweep failed (retrying next interval): %s", error)
-        await asyncio.sleep(interval)
-
-
-async def _callback_watch(store: StoreApi, events: EventSink) -> None:
-    """Tells the call center which missed calls are due for a callback, once each, and once
-    more when one is overdue (the notice promises a callback within the hour)."""
-    announced: set[str] = set()
-    overdue: set[str] = set()
-    while True:
-        try:
-            for due in await store.callbacks_due(datetime.now(UTC)):
-                payload = {
-                    "call_id": due.call_id,
-                    "line": due.line,
-                    "due_by": due.due_by.isoformat(),
-                }
-                if due.call_id not in announced:
-                    announced.add(due.call_id)
-                    events.publish("callback/due", payload)
-                if due.overdue and due.call_id not in overdue:
-                    overdue.add(due.call_id)
-                    events.publish("callback/overdue", payload)
-        except CallrecError as error:
-            log.error("callback check failed (retrying): %s", error)
-        await asyncio.sleep(CALLBACK_CHECK_SECONDS)
-
-
-async def _checkpointer(store: StoreApi) -> None:
-    """Anchors the audit chain outside the ledger for as long as the controller runs."""
-    last: checkpoints.Checkpoint | None = None
-    while True:
-        now = datetime.now(UTC)
-        try:
-            head = await store.audit_head()
-            if (
-                last is None
-                or (last.seq, last.head) != head
-                or now - parse_ts(last.at) >= CHECKPOINT_AT_LEAST
-            ):
-                last = await store.checkpoint(now)
-        except CallrecError as error:
-            log.error("writing an audit checkpoint failed (retrying): %s", error)
-        await asyncio.sleep(CHECKPOINT_INTERVAL.total_seconds())
-
-
 @contextlib.asynccontextmanager
 async def command_events(settings: Settings) -> AsyncIterator[EventSink]:
     """Events of a one-shot command (withdraw, sweep): published, then drained briefly."""
-    events = _events(settings)
+    events = events_of(settings)
     if isinstance(events, MqttEvents):
         await events.start()
     try:
@@ -216,132 +129,6 @@ async def command_events(settings: Settings) -> AsyncIterator[EventSink]:
     finally:
         if isinstance(events, MqttEvents):
             await events.stop(drain_timeout=5.0)
-
-
-async def _until_signalled() -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-
-
-def _deps(
-    settings: Settings, store: StoreApi, events: EventSink, collector: RecordingCollector
-) -> SessionDeps:
-    catalog = load_catalog()
-    return SessionDeps(
-        ledger=store,
-        store=store,
-        clock=SystemClock(),
-        events=events,
-        spool_dir=settings.spool_dir,
-        prompt_versions={pid: info.sha256 for pid, info in catalog.items()},
-        collector=collector,
-        recording_format=settings.recording_format,
-    )
-
-
-async def _start_collecting(
-    settings: Settings, store: StoreApi, events: EventSink
-) -> RecordingCollector:
-    """Watch the spool before anything may write there, then reconcile: a file that may still
-    be written is left to the collector, which stores it once MixMonitor has closed it."""
-    watch = SpoolWatch(settings.spool_dir)
-    collector = RecordingCollector(
-        store, store, SystemClock(), events, watch, longest_call=settings.longest_call
-    )
-    collector.start(check=False)
-    reconciled = await store.reconcile(
-        settings.spool_dir,
-        datetime.now(UTC),
-        longest_call=settings.longest_call,
-        finished=watch.settled,
-    )
-    for line in reconciled.flagged:
-        log.warning("reconcile: %s", line)
-    for name in reconciled.deleted_unowned:
-        log.warning("reconcile: deleted %s from the spool: no call decided to record it", name)
-    collector.start()
-    return collector
-
-
-async def serve(settings: Settings) -> int:
-    from agi.ari import AriClient
-    from agi.stasis import StasisApp
-
-    events = _events(settings)
-    async with serving_store(settings, "serve") as store:
-        collector = await _start_collecting(settings, store, events)
-        if isinstance(events, MqttEvents):
-            await events.start()
-        client = AriClient(
-            settings.ari.url,
-            settings.ari.user,
-            settings.ari.password,
-            settings.ari.app,
-            max_connections=settings.ari.max_connections,
-        )
-        app = StasisApp(
-            client,
-            _deps(settings, store, events, collector),
-            settings.policy,
-            shed_backlog=settings.ari.shed_backlog,
-        )
-        print(
-            f"callrec serve: app {settings.ari.app!r} at {settings.ari.url}, store "
-            f"{settings.data_dir}, spool {settings.spool_dir} ({settings.source})",
-            file=sys.stderr,
-        )
-        tasks = [
-            asyncio.create_task(app.run()),
-            asyncio.create_task(_sweeper(store, settings, events)),
-            asyncio.create_task(_callback_watch(store, events)),
-            asyncio.create_task(_checkpointer(store)),
-        ]
-        try:
-            await _until_signalled()
-        finally:
-            await app.shutdown()
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            await collector.stop()
-            await client.close()
-            if isinstance(events, MqttEvents):
-                await events.stop()
-    return EXIT_OK
-
-
-async def fastagi(settings: Settings) -> int:
-    from agi.fastagi import FastAgiServer
-
-    events = _events(settings)
-    async with serving_store(settings, "fastagi") as store:
-        collector = await _start_collecting(settings, store, events)
-        if isinstance(events, MqttEvents):
-            await events.start()
-        server = FastAgiServer(
-            _deps(settings, store, events, collector),
-            settings.policy,
-            host=settings.fastagi.host,
-            port=settings.fastagi.port,
-            allow=settings.fastagi.allow,
-        )
-        port = await server.start()
-        print(f"callrec fastagi: listening on {settings.fastagi.host}:{port}", file=sys.stderr)
-        sweeper = asyncio.create_task(_sweeper(store, settings, events))
-        checkpointer = asyncio.create_task(_checkpointer(store))
-        try:
-            await _until_signalled()
-        finally:
-            sweeper.cancel()
-            checkpointer.cancel()
-            await server.stop()
-            await collector.stop()
-            if isinstance(events, MqttEvents):
-                await events.stop()
-    return EXIT_OK
 
 
 async def init(settings: Settings, args: argparse.Namespace) -> int:
@@ -387,7 +174,6 @@ async def _run_scenarios(
     live: LiveAsterisk | None = None,
 ) -> int:
     from dataclasses import replace
-    from datetime import timedelta
 
     from callrec.runner import harness, live_capable, run_scenario
     from callrec.scenarios import load_scenarios

@@ -22,7 +22,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from storage_helpers import ALICE, POLICY, T0, record_call
 
-from callrec import commands
+from callrec import commands, controller
 from flows.errors import StorageError
 from storage import checkpoints
 from storage.audit import GENESIS, canonical, entry_hash, load_key
@@ -399,7 +399,7 @@ async def test_the_running_controller_checkpoints_a_moved_head_on_its_schedule(
 ) -> None:
     """The controller's checkpoint task signs the head once it moved, and not again while
     it stays put."""
-    monkeypatch.setattr(commands, "CHECKPOINT_INTERVAL", timedelta(seconds=0.02))
+    monkeypatch.setattr(controller, "CHECKPOINT_INTERVAL", timedelta(seconds=0.02))
     path = _checkpoint_file(store)
 
     def latest() -> tuple[int, str]:
@@ -414,7 +414,7 @@ async def test_the_running_controller_checkpoints_a_moved_head_on_its_schedule(
             await asyncio.sleep(0.01)
         raise AssertionError(f"no checkpoint of {head}")
 
-    task = asyncio.create_task(commands._checkpointer(store))
+    task = asyncio.create_task(controller._checkpointer(store))
     try:
         call_id, source = await record_call(store, spool)
         await store.ingest(call_id, source, T0)

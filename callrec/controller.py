@@ -1,0 +1,246 @@
+"""The controller: `callrec serve` (ARI) and `callrec fastagi` wired to a store, the spool
+collector, the retention sweeper, the callback watch and the audit checkpoints.
+
+The other subcommands' bodies are in `callrec.commands`; both are the composition root.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+
+from agi.collector import RecordingCollector
+from agi.ports import EventSink, SystemClock
+from agi.session import SessionDeps
+from agi.spool import SpoolWatch
+from callrec.cli import EXIT_OK
+from callrec.commands import (
+    announce_deleted,
+    events_of,
+    make_spool,
+    open_store,
+    publish_sweep,
+)
+from callrec.config import Settings
+from callrec.events import MqttEvents
+from flows.errors import CallrecError
+from prompts.catalog import load_catalog
+from storage import checkpoints
+from storage.ports import StoreApi
+from storage.values import parse_ts
+
+log = logging.getLogger("callrec")
+CALLBACK_CHECK_SECONDS = 60  # how often serve looks for missed calls due a callback
+# How often serve and fastagi sign the audit chain's head (when it moved since the last
+# checkpoint, and at least once a day): entries appended since the last checkpoint are the
+# only ones a tail cut could remove unnoticed. Deletions are checkpointed as they commit.
+CHECKPOINT_INTERVAL = timedelta(minutes=5)
+CHECKPOINT_AT_LEAST = timedelta(days=1)
+
+
+@contextlib.asynccontextmanager
+async def serving_store(settings: Settings, command: str) -> AsyncIterator[StoreApi]:
+    """The store of a controller that takes real calls: created on the first start (said
+    loudly, since a mistyped path would otherwise start an empty store unnoticed), held for
+    this controller alone (a second one on the same SQLite store is refused), its spool
+    made, and marked as a store of real calls."""
+    async with open_store(settings, create=True) as store:
+        await store.claim_controller()
+        if store.created:
+            log.warning(
+                "created a NEW, empty store at %s (there was none): if the store should "
+                "already exist, stop %s and check storage.data_dir / CALLREC_DATA_DIR",
+                store.data_dir,
+                command,
+            )
+        await make_spool(settings)
+        await store.mark_serving(datetime.now(UTC), command)
+        yield store
+
+
+async def _sweeper(store: StoreApi, settings: Settings, events: EventSink) -> None:
+    """Retention runs inside the controller too: a recording outlives its delete-after by at
+    most one sweep interval even where nobody installed the timer unit."""
+    interval = settings.policy.sweep_interval.total_seconds()
+    while True:
+        try:
+            # The deletions are announced batch by batch, and not kept: a sweep that
+            # catches up on months does not grow the controller by what it deleted.
+            result = await store.sweep(datetime.now(UTC), on_deleted=announce_deleted(events))
+            publish_sweep(events, result)
+        except CallrecError as error:
+            log.error("retention sweep failed (retrying next interval): %s", error)
+        await asyncio.sleep(interval)
+
+
+async def _callback_watch(store: StoreApi, events: EventSink) -> None:
+    """Tells the call center which missed calls are due for a callback, once each, and once
+    more when one is overdue (the notice promises a callback within the hour)."""
+    announced: set[str] = set()
+    overdue: set[str] = set()
+    while True:
+        try:
+            for due in await store.callbacks_due(datetime.now(UTC)):
+                payload = {
+                    "call_id": due.call_id,
+                    "line": due.line,
+                    "due_by": due.due_by.isoformat(),
+                }
+                if due.call_id not in announced:
+                    announced.add(due.call_id)
+                    events.publish("callback/due", payload)
+                if due.overdue and due.call_id not in overdue:
+                    overdue.add(due.call_id)
+                    events.publish("callback/overdue", payload)
+        except CallrecError as error:
+            log.error("callback check failed (retrying): %s", error)
+        await asyncio.sleep(CALLBACK_CHECK_SECONDS)
+
+
+async def _checkpointer(store: StoreApi) -> None:
+    """Anchors the audit chain outside the ledger for as long as the controller runs."""
+    last: checkpoints.Checkpoint | None = None
+    while True:
+        now = datetime.now(UTC)
+        try:
+            head = await store.audit_head()
+            if (
+                last is None
+                or (last.seq, last.head) != head
+                or now - parse_ts(last.at) >= CHECKPOINT_AT_LEAST
+            ):
+                last = await store.checkpoint(now)
+        except CallrecError as error:
+            log.error("writing an audit checkpoint failed (retrying): %s", error)
+        await asyncio.sleep(CHECKPOINT_INTERVAL.total_seconds())
+
+
+async def _until_signalled() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+
+def _deps(
+    settings: Settings, store: StoreApi, events: EventSink, collector: RecordingCollector
+) -> SessionDeps:
+    catalog = load_catalog()
+    return SessionDeps(
+        ledger=store,
+        store=store,
+        clock=SystemClock(),
+        events=events,
+        spool_dir=settings.spool_dir,
+        prompt_versions={pid: info.sha256 for pid, info in catalog.items()},
+        collector=collector,
+        recording_format=settings.recording_format,
+    )
+
+
+async def _start_collecting(
+    settings: Settings, store: StoreApi, events: EventSink
+) -> RecordingCollector:
+    """Watch the spool before anything may write there, then reconcile: a file that may still
+    be written is left to the collector, which stores it once MixMonitor has closed it."""
+    watch = SpoolWatch(settings.spool_dir)
+    collector = RecordingCollector(
+        store, store, SystemClock(), events, watch, longest_call=settings.longest_call
+    )
+    collector.start(check=False)
+    reconciled = await store.reconcile(
+        settings.spool_dir,
+        datetime.now(UTC),
+        longest_call=settings.longest_call,
+        finished=watch.settled,
+    )
+    for line in reconciled.flagged:
+        log.warning("reconcile: %s", line)
+    for name in reconciled.deleted_unowned:
+        log.warning("reconcile: deleted %s from the spool: no call decided to record it", name)
+    collector.start()
+    return collector
+
+
+async def serve(settings: Settings) -> int:
+    from agi.ari import AriClient
+    from agi.stasis import StasisApp
+
+    events = events_of(settings)
+    async with serving_store(settings, "serve") as store:
+        collector = await _start_collecting(settings, store, events)
+        if isinstance(events, MqttEvents):
+            await events.start()
+        client = AriClient(
+            settings.ari.url,
+            settings.ari.user,
+            settings.ari.password,
+            settings.ari.app,
+            max_connections=settings.ari.max_connections,
+        )
+        app = StasisApp(
+            client,
+            _deps(settings, store, events, collector),
+            settings.policy,
+            shed_backlog=settings.ari.shed_backlog,
+        )
+        print(
+            f"callrec serve: app {settings.ari.app!r} at {settings.ari.url}, store "
+            f"{settings.data_dir}, spool {settings.spool_dir} ({settings.source})",
+            file=sys.stderr,
+        )
+        tasks = [
+            asyncio.create_task(app.run()),
+            asyncio.create_task(_sweeper(store, settings, events)),
+            asyncio.create_task(_callback_watch(store, events)),
+            asyncio.create_task(_checkpointer(store)),
+        ]
+        try:
+            await _until_signalled()
+        finally:
+            await app.shutdown()
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await collector.stop()
+            await client.close()
+            if isinstance(events, MqttEvents):
+                await events.stop()
+    return EXIT_OK
+
+
+async def fastagi(settings: Settings) -> int:
+    from agi.fastagi import FastAgiServer
+
+    events = events_of(settings)
+    async with serving_store(settings, "fastagi") as store:
+        collector = await _start_collecting(settings, store, events)
+        if isinstance(events, MqttEvents):
+            await events.start()
+        server = FastAgiServer(
+            _deps(settings, store, events, collector),
+            settings.policy,
+            host=settings.fastagi.host,
+            port=settings.fastagi.port,
+            allow=settings.fastagi.allow,
+        )
+        port = await server.start()
+        print(f"callrec fastagi: listening on {settings.fastagi.host}:{port}", file=sys.stderr)
+        sweeper = asyncio.create_task(_sweeper(store, settings, events))
+        checkpointer = asyncio.create_task(_checkpointer(store))
+        try:
+            await _until_signalled()
+        finally:
+            sweeper.cancel()
+            checkpointer.cancel()
+            await server.stop()
+            await collector.stop()
+            if isinstance(events, MqttEvents):
+                await events.stop()
+    return EXIT_OK
