@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from dataclasses import replace
 from datetime import time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -74,7 +75,10 @@ def _prompt(section: Mapping[str, Any], where: str, key: str, required: bool) ->
     return value
 
 
-def _line(name: str, section: Any, country_code: str) -> Line:
+_QUEUE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+
+
+def _line(name: str, section: Any, country_code: str, retention_months: int) -> Line:
     where = f"lines.{name}"
     if not _LINE_NAME.match(name):
         raise ConfigError(f"{where}: a line name is lowercase letters, digits, - and _")
@@ -88,6 +92,9 @@ def _line(name: str, section: Any, country_code: str) -> Line:
         "prompt",
         "invalid_key_prompt",
         "ask_again_prompt",
+        "queue",
+        "retention_months",
+        "callback_caller_id",
     }
     for key in section:
         if key not in known:
@@ -134,6 +141,20 @@ def _line(name: str, section: Any, country_code: str) -> Line:
     consent = line_policy is LinePolicy.CONSENT
     notice = _prompt(section, where, "prompt", required=True)
     assert notice is not None  # required=True never returns None
+    queue = section.get("queue", name)
+    if not isinstance(queue, str) or not _QUEUE_NAME.match(queue):
+        # The name goes into queues.conf and Queue(): nothing that could end a section or
+        # an application's argument list.
+        raise ConfigError(
+            f"{where}.queue: must be letters, digits, - and _ (an Asterisk queue name), "
+            f"got {queue!r}"
+        )
+    caller_id = section.get("callback_caller_id")
+    if caller_id is not None:
+        try:
+            caller_id = normalise(caller_id, country_code=country_code)
+        except NumberError as error:
+            raise ConfigError(f"{where}.callback_caller_id: {error}") from None
     return Line(
         name=name,
         numbers=tuple(numbers),
@@ -145,6 +166,9 @@ def _line(name: str, section: Any, country_code: str) -> Line:
             invalid_key=_prompt(section, where, "invalid_key_prompt", required=consent),
             ask_again=_prompt(section, where, "ask_again_prompt", required=consent),
         ),
+        queue=queue,
+        retention_months=_int(section, where, "retention_months", retention_months, 1, 120),
+        callback_caller_id=caller_id,
     )
 
 
@@ -179,13 +203,21 @@ def policy_from_mapping(data: Mapping[str, Any]) -> Policy:
         raise ConfigError(
             f'policy.country_code: must be 1-3 digits like "386", got {country_code!r}'
         )
+    retention_months = _int(
+        general, "policy", "retention_months", defaults.RETENTION_MONTHS, 1, 120
+    )
     raw_lines = data.get("lines")
     if raw_lines is None:
-        lines = defaults.DEFAULT_LINES
+        lines = tuple(
+            replace(line, retention_months=retention_months) for line in defaults.DEFAULT_LINES
+        )
     elif not isinstance(raw_lines, Mapping) or not raw_lines:
         raise ConfigError("lines: must be a table with at least one [lines.<name>]")
     else:
-        lines = tuple(_line(name, section, country_code) for name, section in raw_lines.items())
+        lines = tuple(
+            _line(name, section, country_code, retention_months)
+            for name, section in raw_lines.items()
+        )
     overload = callbacks.get("overload_window_minutes")
     if overload is not None:
         overload = _int(callbacks, "callbacks", "overload_window_minutes", 0, 1, 7 * 24 * 60)
@@ -197,9 +229,7 @@ def policy_from_mapping(data: Mapping[str, Any]) -> Policy:
         raise ConfigError(f"callbacks.default_line: must be a line name, got {default_line!r}")
     return Policy(
         lines=lines,
-        retention_months=_int(
-            general, "policy", "retention_months", defaults.RETENTION_MONTHS, 1, 120
-        ),
+        retention_months=retention_months,
         withdrawal_working_days=_int(
             general, "policy", "withdrawal_working_days", defaults.WITHDRAWAL_WORKING_DAYS, 0, 30
         ),

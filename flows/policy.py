@@ -76,12 +76,24 @@ class Prompts:
 
 @dataclass(frozen=True, slots=True)
 class Line:
+    """One line of the call center: everything the policy, the dialplan and the queues need
+    to know about it, written once (`[lines.<name>]` in the configuration)."""
+
     name: str
     numbers: tuple[str, ...]  # E.164
     policy: LinePolicy
     legal_basis: LegalBasis
     purposes: frozenset[Purpose]
     prompts: Prompts
+    queue: str = ""  # the Asterisk queue its callers wait in; empty: the line's name
+    retention_months: int = RETENTION_MONTHS  # what its notice promises
+    callback_caller_id: str | None = None  # E.164 its callbacks show; None: its first number
+
+    def __post_init__(self) -> None:
+        if not self.queue:
+            object.__setattr__(self, "queue", self.name)
+        if self.callback_caller_id is None:
+            object.__setattr__(self, "callback_caller_id", self.numbers[0])
 
 
 SALES_PURPOSES = frozenset({Purpose.EVIDENCE, Purpose.TRAINING})

@@ -130,3 +130,53 @@ def test_purposes_follow_the_legal_basis() -> None:
     assert may_serve(LegalBasis.CONSENT, Purpose.QUALITY, everything)
     assert not may_serve(LegalBasis.CONSENT, Purpose.TRAINING, everything)
     assert not may_serve(LegalBasis.CONSENT, Purpose.QUALITY, frozenset({Purpose.EVIDENCE}))
+
+
+def test_a_line_carries_its_queue_retention_and_callback_number() -> None:
+    """A line's queue, retention and callback caller ID come from its own entry, and fall back
+    to its name, the policy's retention and its first number."""
+    policy = policy_from_mapping(
+        {
+            "policy": {"retention_months": 6},
+            "lines": {
+                "complaints": {
+                    "policy": "consent",
+                    "numbers": ["040 40 40 50"],
+                    "prompt": "callrec-complaints-question",
+                    "invalid_key_prompt": "callrec-consent-invalid",
+                    "ask_again_prompt": "callrec-consent-again",
+                    "queue": "complaints-q",
+                    "retention_months": 12,
+                    "callback_caller_id": "01 234 56 78",
+                },
+                "sales": {"policy": "notice", "numbers": ["040 40 40 45"], "prompt": "x"},
+            },
+        }
+    )
+    complaints = policy.line_named("complaints")
+    sales = policy.line_named("sales")
+    assert complaints is not None and sales is not None
+    assert (complaints.queue, complaints.retention_months) == ("complaints-q", 12)
+    assert complaints.callback_caller_id == "+38612345678"
+    assert (sales.queue, sales.retention_months, sales.callback_caller_id) == (
+        "sales",
+        6,
+        "+38640404045",
+    )
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("queue", "sales,1", "lines.sales.queue"),
+        ("queue", "a]b", "lines.sales.queue"),
+        ("retention_months", 0, "lines.sales.retention_months"),
+        ("callback_caller_id", "../x", "lines.sales.callback_caller_id"),
+    ],
+)
+def test_a_bad_line_setting_names_the_line(key: str, value: Any, message: str) -> None:
+    """A queue name that could break the dialplan, a retention of zero or a caller ID that is
+    not a number is a configuration error naming the line's key."""
+    line = {"policy": "notice", "numbers": ["040 40 40 45"], "prompt": "x", key: value}
+    with pytest.raises(ConfigError, match=message):
+        policy_from_mapping({"lines": {"sales": line}})
