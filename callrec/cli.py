@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict, is_dataclass
@@ -20,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from callrec.config import Settings, load_settings
+from callrec.logs import FORMATS
+from callrec.logs import configure as configure_logs
 from flows.errors import CallrecError
 from flows.numbers import normalise
 
@@ -100,6 +103,18 @@ def short_time(moment: datetime | None, tz: str = "UTC") -> str:
     return moment.astimezone(ZoneInfo(tz)).strftime("%Y-%m-%d %H:%M")
 
 
+def log_format_option(parser: argparse.ArgumentParser, *, inner: bool = False) -> None:
+    """`--log-format`, before the command or (serve, fastagi) after it; the one after wins."""
+    parser.add_argument(
+        "--log-format",
+        choices=FORMATS,
+        # After the command only when given, so that it does not undo the one before it.
+        default=argparse.SUPPRESS if inner else None,
+        help="log lines as text (default; no timestamp under journald) or one JSON object "
+        "a line (or CALLREC_LOG_FORMAT)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="callrec",
@@ -107,6 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--config", type=Path, help="config file (default ./callrec.toml)")
     parser.add_argument("--debug", action="store_true", help="log everything, show tracebacks")
+    log_format_option(parser)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(
@@ -127,8 +143,11 @@ def build_parser() -> argparse.ArgumentParser:
         "bring the configured ledger (SQLite or PostgreSQL) to this program's schema",
         now=False,
     )
-    command("serve", "run the ARI (Stasis) controller", now=False, json_out=False)
-    command("fastagi", "run the FastAGI server", now=False, json_out=False)
+    for name, help_text in (
+        ("serve", "run the ARI (Stasis) controller"),
+        ("fastagi", "run the FastAGI server"),
+    ):
+        log_format_option(command(name, help_text, now=False, json_out=False), inner=True)
     demo = command(
         "demo",
         "the policy's cases on a simulated PBX, the configured ledger and local files",
@@ -207,12 +226,17 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.debug else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    # aiosqlite logs every statement at DEBUG: --debug is for our own messages.
-    logging.getLogger("aiosqlite").setLevel(logging.INFO)
+    log_format = args.log_format or os.environ.get("CALLREC_LOG_FORMAT") or "text"
+    if log_format not in FORMATS:
+        print(
+            f"callrec: CALLREC_LOG_FORMAT: must be one of {', '.join(FORMATS)}, got {log_format!r}",
+            file=sys.stderr,
+        )
+        return EXIT_ERROR
+    # A controller's journal says what it does (connected, swept); commands say only
+    # what went wrong.
+    quiet = logging.INFO if args.command in ("serve", "fastagi") else logging.WARNING
+    configure_logs(log_format, logging.DEBUG if args.debug else quiet)
     try:
         settings = load_settings(args.config)
         return asyncio.run(dispatch(args, settings))
