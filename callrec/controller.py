@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import logging
 import signal
-import sys
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
@@ -28,10 +27,13 @@ from callrec.commands import (
 )
 from callrec.config import Settings
 from callrec.events import MqttEvents
+from callrec.logs import announce, sweep_summary
+from callrec.metrics import MeteredStore, Metrics
+from callrec.watch import CREDENTIALS_HINT, Watch
 from flows.errors import CallrecError
 from prompts.catalog import load_catalog
 from storage import checkpoints
-from storage.ports import StoreApi
+from storage.ports import StoreApi, SweepReport
 from storage.values import parse_ts
 
 log = logging.getLogger("callrec")
@@ -63,11 +65,16 @@ async def serving_store(settings: Settings, command: str) -> AsyncIterator[Store
         yield store
 
 
-async def _sweeper(store: StoreApi, settings: Settings, events: EventSink) -> None:
+async def _sweeper(
+    store: StoreApi, settings: Settings, events: EventSink, metrics: Metrics | None = None
+) -> None:
     """Retention runs inside the controller too: a recording outlives its delete-after by at
     most one sweep interval even where nobody installed the timer unit."""
     interval = settings.policy.sweep_interval.total_seconds()
+    loop = asyncio.get_running_loop()
     while True:
+        started = loop.time()
+        result: SweepReport | None = None
         try:
             # The deletions are announced batch by batch, and not kept: a sweep that
             # catches up on months does not grow the controller by what it deleted.
@@ -75,7 +82,21 @@ async def _sweeper(store: StoreApi, settings: Settings, events: EventSink) -> No
             publish_sweep(events, result)
         except CallrecError as error:
             log.error("retention sweep failed (retrying next interval): %s", error)
+        took = loop.time() - started
+        if metrics is not None:
+            metrics.record_sweep(result, took)
+        if result is not None:
+            log_sweep(result, took)
         await asyncio.sleep(interval)
+
+
+def log_sweep(result: SweepReport, seconds: float) -> None:
+    """One line per sweep, whatever it deleted; the ids only at debug level."""
+    level = logging.WARNING if result.problems else logging.INFO
+    summary = sweep_summary(result.count, len(result.problems), seconds)
+    log.log(level, "retention sweep: %s", summary)
+    for problem in result.problems:
+        log.debug("retention sweep: %s", problem)
 
 
 async def _callback_watch(store: StoreApi, events: EventSink) -> None:
@@ -173,7 +194,9 @@ async def serve(settings: Settings) -> int:
     from agi.stasis import StasisApp
 
     events = events_of(settings)
-    async with serving_store(settings, "serve") as store:
+    metrics = Metrics("ari")
+    async with serving_store(settings, "serve") as plain_store:
+        store = MeteredStore(plain_store, metrics)
         collector = await _start_collecting(settings, store, events)
         if isinstance(events, MqttEvents):
             await events.start()
@@ -183,6 +206,8 @@ async def serve(settings: Settings) -> int:
             settings.ari.password,
             settings.ari.app,
             max_connections=settings.ari.max_connections,
+            on_request=metrics.observe_request,
+            credentials_hint=CREDENTIALS_HINT,
         )
         app = StasisApp(
             client,
@@ -190,28 +215,45 @@ async def serve(settings: Settings) -> int:
             settings.policy,
             shed_backlog=settings.ari.shed_backlog,
         )
-        print(
+        metrics.read_ari_connected(lambda: client.connected)
+        metrics.read_calls_shed(lambda: app.shed)
+        announce(
             f"callrec serve: app {settings.ari.app!r} at {settings.ari.url}, store "
-            f"{settings.data_dir}, spool {settings.spool_dir} ({settings.source})",
-            file=sys.stderr,
+            f"{settings.data_dir}, spool {settings.spool_dir} ({settings.source})"
         )
-        tasks = [
-            asyncio.create_task(app.run()),
-            asyncio.create_task(_sweeper(store, settings, events)),
-            asyncio.create_task(_callback_watch(store, events)),
-            asyncio.create_task(_checkpointer(store)),
-        ]
-        try:
-            await _until_signalled()
-        finally:
-            await app.shutdown()
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            await collector.stop()
-            await client.close()
-            if isinstance(events, MqttEvents):
-                await events.stop()
+
+        def status() -> str:
+            if client.connected:
+                return f"serving: {app.handled} call(s) taken, {app.live_calls} live"
+            return f"waiting for ARI at {settings.ari.url}: {client.last_failure or 'connecting'}"
+
+        watch = Watch(
+            settings,
+            metrics,
+            store,
+            status=status,
+            connected=lambda: client.connected,
+            not_connected=lambda: client.last_failure or "connecting",
+        )
+        async with watch:
+            tasks = [
+                asyncio.create_task(app.run()),
+                asyncio.create_task(_sweeper(store, settings, events, metrics)),
+                asyncio.create_task(_callback_watch(store, events)),
+                asyncio.create_task(_checkpointer(store)),
+            ]
+            await watch.ready_once(client.wait_connected())
+            try:
+                await _until_signalled()
+            finally:
+                await app.shutdown()
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+                await collector.stop()
+                await client.close()
+                if isinstance(events, MqttEvents):
+                    await events.stop()
     return EXIT_OK
 
 
@@ -219,7 +261,9 @@ async def fastagi(settings: Settings) -> int:
     from agi.fastagi import FastAgiServer
 
     events = events_of(settings)
-    async with serving_store(settings, "fastagi") as store:
+    metrics = Metrics("fastagi")
+    async with serving_store(settings, "fastagi") as plain_store:
+        store = MeteredStore(plain_store, metrics)
         collector = await _start_collecting(settings, store, events)
         if isinstance(events, MqttEvents):
             await events.start()
@@ -230,17 +274,23 @@ async def fastagi(settings: Settings) -> int:
             port=settings.fastagi.port,
             allow=settings.fastagi.allow,
         )
-        port = await server.start()
-        print(f"callrec fastagi: listening on {settings.fastagi.host}:{port}", file=sys.stderr)
-        sweeper = asyncio.create_task(_sweeper(store, settings, events))
-        checkpointer = asyncio.create_task(_checkpointer(store))
-        try:
-            await _until_signalled()
-        finally:
-            sweeper.cancel()
-            checkpointer.cancel()
-            await server.stop()
-            await collector.stop()
-            if isinstance(events, MqttEvents):
-                await events.stop()
+
+        def status() -> str:
+            return f"listening on {settings.fastagi.host}:{port}, {server.live_connections} live"
+
+        async with Watch(settings, metrics, store, status=status) as watch:
+            port = await server.start()
+            announce(f"callrec fastagi: listening on {settings.fastagi.host}:{port}")
+            sweeper = asyncio.create_task(_sweeper(store, settings, events, metrics))
+            checkpointer = asyncio.create_task(_checkpointer(store))
+            await watch.ready_once(asyncio.sleep(0))
+            try:
+                await _until_signalled()
+            finally:
+                sweeper.cancel()
+                checkpointer.cancel()
+                await server.stop()
+                await collector.stop()
+                if isinstance(events, MqttEvents):
+                    await events.stop()
     return EXIT_OK
