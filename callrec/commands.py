@@ -14,6 +14,7 @@ import contextlib
 import logging
 import sys
 import tempfile
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -32,6 +33,7 @@ from callrec.cli import (
 )
 from callrec.config import Settings
 from callrec.events import MqttEvents, NullEvents
+from callrec.logs import sweep_summary
 from callrec.progress import ProgressBar
 from callrec.runner import LiveAsterisk, refuse_a_taken_app
 from flows.errors import CallrecError
@@ -44,6 +46,7 @@ from storage.rows import short_recording_id
 from storage.values import os_error, parse_ts
 
 log = logging.getLogger("callrec")
+PROBLEMS_SHOWN = 10  # a sweep's failures listed in its text output; --json has them all
 SCENARIOS_DIR = Path(__file__).resolve().parent.parent / "scenarios"  # the policy's cases
 
 
@@ -522,16 +525,24 @@ async def sweep(settings: Settings, args: argparse.Namespace, now: datetime) -> 
     async with open_store(settings) as store, command_events(settings) as events:
         if not args.dry_run:
             await refuse_time_travel(store, args, "a sweep (other than --dry-run)")
+        started = time.monotonic()
         with ProgressBar("sweep") as bar:
             result = await store.sweep(now, dry_run=args.dry_run, progress=bar)
+        took = time.monotonic() - started
         publish_sweep(events, result)
     if args.json:
         print_json(result)
     else:
-        verb = "would delete" if args.dry_run else "deleted"
-        print(f"sweep at {short_time(now)} UTC: {verb} {len(result.deleted)} recording(s)")
+        # One line however many were deleted (a timer's sweep goes to the journal); the
+        # ids at debug level, and all of them in --json.
+        summary = sweep_summary(result.count, len(result.problems), took, dry_run=args.dry_run)
+        print(f"sweep at {short_time(now)} UTC: {summary}")
         for recording_id in result.deleted:
-            print(f"  {recording_id}")
+            log.debug("sweep: %s %s", "due" if args.dry_run else "deleted", recording_id)
+        for problem in result.problems[:PROBLEMS_SHOWN]:
+            print(f"  not deleted (retried next sweep): {problem}")
+        if len(result.problems) > PROBLEMS_SHOWN:
+            print(f"  ... and {len(result.problems) - PROBLEMS_SHOWN} more (--json lists all)")
     return EXIT_OK
 
 
