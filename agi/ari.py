@@ -875,6 +875,7 @@ class AriClient:
             if self._closing.is_set():
                 return
             if replaced:
+                self.last_failure = f"another client took Stasis application {self._app!r}"
                 # Another client registered our application name and receives its calls;
                 # this socket hears nothing more, though it stays open and answers pings.
                 # Taking the name back at once would fight that client, so wait for it to

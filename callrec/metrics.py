@@ -280,6 +280,8 @@ class MonitorServer:
             return Health(False, f"the ledger did not answer within {HEALTH_TIMEOUT:g} s")
         except CallrecError as error:
             return Health(False, f"the ledger does not answer: {error}")
+        except Exception as error:  # a health check answers, whatever broke
+            return Health(False, f"the ledger does not answer ({type(error).__name__})")
         if self._connected is not None and not self._connected():
             why = self._not_connected() if self._not_connected is not None else ""
             return Health(False, f"ARI events socket not connected{': ' + why if why else ''}")

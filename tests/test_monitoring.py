@@ -128,6 +128,7 @@ def config_for(directory: Path, ari_url: str) -> Path:
     config = directory / "serve.toml"
     config.write_text(
         f'[ari]\nurl = "{ari_url}"\nuser = "callrec"\n\n[monitor]\nlisten = "127.0.0.1:0"\n'
+        '\n[fastagi]\nhost = "127.0.0.1"\nport = 0\n'
     )
     return config
 
@@ -140,8 +141,10 @@ async def serving(
     *args: str,
     notify: bool = False,
     env: dict[str, str] | None = None,
+    command: str = "serve",
 ) -> AsyncIterator[Controller]:
-    """`callrec [ARGS] serve` on a new store, its endpoint found from its start-up line."""
+    """`callrec [ARGS] serve` (or fastagi) on a new store, its endpoint found from its
+    start-up line."""
     config = config_for(tmp_path / "etc", ari_url)
     extra = {"CALLREC_ARI_PASSWORD": password, **(env or {})}
     sock = None
@@ -157,7 +160,7 @@ async def serving(
             "-m",
             "callrec.cli",
             *args,
-            "serve",
+            command,
             stdout=asyncio.subprocess.DEVNULL,
             stderr=handle,
             env=cli_env(tmp_path / "store", config, **extra),
@@ -357,3 +360,34 @@ async def test_json_logs_are_one_object_a_line_without_numbers(
     assert sweeps and "deleted 0 recording(s), 0 failed" in sweeps[0]["message"]
     for number in (CALLER, CALLER[1:], "38641123456"):
         assert number not in text
+
+
+async def test_fastagi_metrics_count_its_calls_and_it_is_healthy(tmp_path: Path) -> None:
+    """`callrec fastagi` serves the same endpoint: after two consenting callers through the
+    FastAGI dialplan, 2 calls in mode fastagi and 2 recordings stored; /healthz is 200 and
+    there is no ARI gauge; systemd hears READY=1 once it listens."""
+    async with serving(tmp_path, "http://127.0.0.1:1/ari", "", notify=True, command="fastagi") as (
+        controller
+    ):
+        line = await controller.wait_for("listening on")
+        found = re.search(r"listening on 127\.0\.0\.1:(\d+)", line)
+        assert found is not None, line
+        sim = SimulatedPbx(
+            mode="agi",
+            fastagi=("127.0.0.1", int(found.group(1))),
+            prompt_durations={pid: info.duration_seconds for pid, info in load_catalog().items()},
+            time_scale=SCALE,
+        )
+        await sim.start()
+        try:
+            results = [await call(sim, PRESS_1) for _ in range(2)]
+        finally:
+            await sim.stop()
+        assert all(r.recorded_file is not None for r in results)
+        samples = await controller.until("callrec_recordings_stored_total{}", 2)
+        assert await controller.get("/healthz") == (200, "ok\n")
+        assert controller.notify is not None
+        [ready] = controller.notify.sent("READY")
+        assert ready["STATUS"].startswith("listening on 127.0.0.1:")
+    assert samples['callrec_calls_total{direction="inbound",line="service",mode="fastagi"}'] == 2
+    assert "callrec_ari_connected{}" not in samples

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
+import aiohttp
 import pytest
 from cli_helpers import callrec
 from storage_helpers import POLICY, T0, open_store, record_call
@@ -25,6 +26,7 @@ from agi.ari import AriClient
 from agi.simpbx import SimulatedPbx
 from callrec import logs
 from callrec.config import load_settings
+from callrec.metrics import Metrics, MonitorServer, callbacks_count
 from callrec.sdnotify import Notifier
 from flows.errors import ConfigError
 
@@ -258,3 +260,29 @@ async def test_a_refused_login_is_logged_once_however_often_it_is_retried(
     assert told[0].levelno == logging.ERROR
     assert "refused the credentials of user 'callrec' (401): fix ari.user" in told[0].getMessage()
     assert client.last_failure is not None and "401" in client.last_failure
+
+
+async def test_healthz_is_503_when_the_ledger_does_not_answer(tmp_path: Path) -> None:
+    """/healthz on a controller whose ledger is closed answers 503 with one line naming the
+    ledger, and 200 ok while it answers."""
+    store = await open_store(tmp_path / "store", POLICY, create=True)
+    metrics = Metrics("fastagi")
+    server = MonitorServer(
+        metrics,
+        ("127.0.0.1", 0),
+        ledger_answers=store.audit_head,
+        callbacks=lambda: callbacks_count(store),
+        spool=tmp_path / "spool",
+    )
+    url = await server.start()
+    try:
+        async with aiohttp.ClientSession() as session:
+            async with session.get(url + "/healthz") as reply:
+                assert (reply.status, await reply.text()) == (200, "ok\n")
+            await store.close()
+            async with session.get(url + "/healthz") as reply:
+                status, text = reply.status, await reply.text()
+    finally:
+        await server.stop()
+    assert status == 503
+    assert text.startswith("the ledger does not answer") and text.count("\n") == 1
