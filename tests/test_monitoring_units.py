@@ -121,7 +121,8 @@ async def test_a_stuck_event_loop_stops_feeding_the_watchdog(listener: socket.so
         feeder.cancel()
         done.set()
         thread.join()
-    during = [t for t in arrivals if blocked_from + 0.05 < t < blocked_until - 0.05]
+    # (a datagram sent just before the block may be read a little later)
+    during = [t for t in arrivals if blocked_from + 0.3 < t < blocked_until - 0.05]
     assert during == []
     assert any(t > blocked_until for t in arrivals)
 
