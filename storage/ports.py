@@ -205,7 +205,10 @@ class Ledger(Protocol):
         """A committed decision to record that could not be carried out, and why (an audit
         entry `recording.not_started` on the call)."""
 
-    async def end_call(self, call_id: str, ended_at: datetime, outcome: Outcome) -> None: ...
+    async def end_call(
+        self, call_id: str, ended_at: datetime, outcome: Outcome, agent: str | None = None
+    ) -> None:
+        """Store how the call ended and who took it (`agent`: as Asterisk named them)."""
 
     async def callback_candidates(
         self, customer: str, since: datetime, legal_basis: LegalBasis

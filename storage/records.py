@@ -95,6 +95,7 @@ class CallRow:
     customer: str | None = None
     communication_id: str | None = None
     controller_id: str | None = None  # the controller it belongs to (None: an older ledger's)
+    agent: str | None = None  # who took it (interface or channel name); None: nobody seen
 
 
 @dataclass(frozen=True, slots=True)

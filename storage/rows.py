@@ -203,6 +203,7 @@ def call_row(row: Row) -> CallRow:
         customer=row["customer"],
         communication_id=row["communication_id"],
         controller_id=row["controller_id"],
+        agent=row["agent"],
     )
 
 
