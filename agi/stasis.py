@@ -481,7 +481,12 @@ class StasisApp:
             call.observer.saw_recorded_audio(recorded)
         outcome = call.observer.outcome()
         if await session.in_ledger():
-            await finish_call(session.call_id, outcome, self._deps, agent=call.observer.agent())
+            await finish_call(
+                session.call_id,
+                outcome,
+                self._deps,
+                agent=call.observer.agent(session.start.direction),
+            )
 
     async def _release(self, channel_id: str, *, skip: bool = True) -> bool:
         """No session: the caller goes on unrecorded (never recorded by default: the
@@ -597,7 +602,7 @@ class StasisApp:
                     row.call_id,
                     call.observer.outcome(),
                     self._deps,
-                    agent=call.observer.agent(),
+                    agent=call.observer.agent(row.direction),
                 )
             finally:
                 self._forget(call)

@@ -17,6 +17,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
+from flows.policy import Direction
+
 AGENT_VARIABLE = "CALLREC_AGENT"
 MEMBER_VARIABLE = "MEMBERINTERFACE"  # Queue()'s setinterfacevar: the member that answered
 PEER_VARIABLE = "BRIDGEPEER"
@@ -50,9 +52,11 @@ class QueueObserver:
         if name in _AGENT_SOURCES and (agent := agent_name(value)) is not None:
             self.agents[name] = agent
 
-    def agent(self) -> str | None:
-        """Who took the call, as Asterisk named them; None when no agent was seen."""
-        return next((self.agents[n] for n in _AGENT_SOURCES if n in self.agents), None)
+    def agent(self, direction: Direction = Direction.INBOUND) -> str | None:
+        """Who took the call, as Asterisk named them; None when no agent was seen. On an
+        agent's own callback leg the bridged channel is the customer's, never an agent."""
+        sources = _AGENT_SOURCES if direction is not Direction.CALLBACK else _AGENT_SOURCES[:2]
+        return next((self.agents[n] for n in sources if n in self.agents), None)
 
     def saw_recorded_audio(self, beyond_header: bool) -> None:
         """MixMonitor(...,b) wrote audio beyond the WAV header: it saw a bridge, so an agent

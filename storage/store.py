@@ -26,6 +26,7 @@ from storage import (
     chain,
     checkpoints,
     ingest,
+    queries,
     reconcile,
     reports,
     sweep,
@@ -39,9 +40,13 @@ from storage.ports import (
     AuditEntry,
     CallbackCandidates,
     CallbackDue,
+    CallFilter,
+    CallListRow,
     CallRow,
     CallStart,
+    CallStory,
     DecisionRecord,
+    ExportCopy,
     LedgerDb,
     Progress,
     ReconcileReport,
@@ -279,6 +284,18 @@ class Store:
 
     async def access_log(self, recording_id: str | None = None) -> list[AccessRecord]:
         return await reports.access_log(self.ctx, recording_id)
+
+    async def exports(self, recording_id: str | None = None) -> list[ExportCopy]:
+        return await queries.exports(self.ctx, recording_id)
+
+    async def calls(self, where: CallFilter) -> list[CallListRow]:
+        return await queries.list_calls(self.ctx, where)
+
+    async def call_story(self, call_id: str) -> CallStory | None:
+        return await queries.call_story(self.ctx, call_id)
+
+    async def resolve_id(self, kind: str, text: str) -> str:
+        return await queries.resolve_id(self.ctx, kind, text)
 
     async def callbacks_due(self, now: datetime) -> list[CallbackDue]:
         return await reports.callbacks_due(self.ctx, now)
