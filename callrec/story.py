@@ -14,6 +14,7 @@ from pathlib import Path
 from flows.policy import Decision
 from storage.ports import AuditEntry, CallStory
 
+_INGESTED = frozenset({"recording.stored", "recording.empty"})
 # Audit actions the rows already tell (the timeline shows each fact once).
 _TOLD_BY_ROWS = frozenset(
     {
@@ -129,9 +130,12 @@ def timeline(story: CallStory) -> list[Event]:
                 )
             )
     if recording is not None:
+        # Its row carries the decision's time (retention counts from it); the audit entry
+        # of its ingest says when the file came into the store.
+        stored = [e.at for e in story.audit if e.action in _INGESTED and e.subject == recording.id]
         events.append(
             Event(
-                recording.created_at,
+                stored[0] if stored else recording.created_at,
                 "ingested",
                 f"recording {recording.id} stored: {recording.size} bytes, "
                 f"sha256 {(recording.sha256 or '')[:12]}, kept until "
