@@ -354,7 +354,12 @@ class CallSession:
 
 
 async def finish_call(
-    call_id: str, outcome: Outcome, deps: SessionDeps, *, wait: bool = True
+    call_id: str,
+    outcome: Outcome,
+    deps: SessionDeps,
+    *,
+    wait: bool = True,
+    agent: str | None = None,
 ) -> RecordingRow | None:
     """The channel is gone: store the outcome (a MISSED call can now be called back) and have
     the collector move the MixMonitor file into the store once MixMonitor has finished it.
@@ -363,7 +368,7 @@ async def finish_call(
     ledger alone, so the FastAGI hangup route (a separate connection) and a restarted
     controller can call it."""
     try:
-        await deps.ledger.end_call(call_id, deps.clock.now(), outcome)
+        await deps.ledger.end_call(call_id, deps.clock.now(), outcome, agent)
     except StorageError as error:
         # The file stays owned (the call is still open): the collector's check closes it
         # once no call could last that long, and collects the file then.

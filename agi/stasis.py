@@ -481,7 +481,12 @@ class StasisApp:
             call.observer.saw_recorded_audio(recorded)
         outcome = call.observer.outcome()
         if await session.in_ledger():
-            await finish_call(session.call_id, outcome, self._deps)
+            await finish_call(
+                session.call_id,
+                outcome,
+                self._deps,
+                agent=call.observer.agent(session.start.direction),
+            )
 
     async def _release(self, channel_id: str, *, skip: bool = True) -> bool:
         """No session: the caller goes on unrecorded (never recorded by default: the
@@ -593,7 +598,12 @@ class StasisApp:
                     item.destroyed
                 ):
                     pass
-                await finish_call(row.call_id, call.observer.outcome(), self._deps)
+                await finish_call(
+                    row.call_id,
+                    call.observer.outcome(),
+                    self._deps,
+                    agent=call.observer.agent(row.direction),
+                )
             finally:
                 self._forget(call)
 

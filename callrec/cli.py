@@ -23,6 +23,7 @@ from typing import Any
 from callrec.config import Settings, load_settings
 from callrec.logs import FORMATS
 from callrec.logs import configure as configure_logs
+from callrec.times import DEFAULT_ZONE, local, plain_date
 from flows.errors import CallrecError
 from flows.numbers import normalise
 
@@ -40,12 +41,20 @@ LATEST = datetime(2999, 12, 31, 23, 59, 59, tzinfo=UTC)
 def _now(text: str | None, option: str = "--now") -> datetime:
     if text is None:
         return datetime.now(UTC)
+    if plain_date(text):
+        raise CallrecError(
+            f"{option}: {text!r} is a date, and a moment is needed: give a time with its "
+            f"offset, in the form --now takes, e.g. {text.strip()}T00:00:00+01:00"
+        )
     try:
         value = datetime.fromisoformat(text)
     except ValueError:
         raise CallrecError(f"{option}: {text!r} is not an ISO-8601 time") from None
     if value.tzinfo is None:
-        raise CallrecError(f"{option}: {text!r} needs a UTC offset, e.g. 2026-11-25T10:00:00+01:00")
+        raise CallrecError(
+            f"{option}: {text!r} needs a UTC offset, e.g. {text.strip()}+01:00 (the form "
+            "--now takes)"
+        )
     try:
         utc: datetime | None = value.astimezone(UTC)
     except OverflowError:  # 0001-01-01T00:00+01:00 has no UTC time
@@ -94,13 +103,9 @@ def table(rows: Sequence[Sequence[object]], headers: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
-def short_time(moment: datetime | None, tz: str = "UTC") -> str:
-    """A time for people: minutes, in the policy's zone (UTC unless given)."""
-    if moment is None:
-        return ""
-    from zoneinfo import ZoneInfo
-
-    return moment.astimezone(ZoneInfo(tz)).strftime("%Y-%m-%d %H:%M")
+def short_time(moment: datetime | None, tz: str = DEFAULT_ZONE) -> str:
+    """A time for people, by the one rule (`callrec.times`): the policy's zone, its offset."""
+    return local(moment, tz)
 
 
 def log_format_option(parser: argparse.ArgumentParser, *, inner: bool = False) -> None:
@@ -116,6 +121,8 @@ def log_format_option(parser: argparse.ArgumentParser, *, inner: bool = False) -
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from callrec import calls_cli
+
     parser = argparse.ArgumentParser(
         prog="callrec",
         description="Lawful call recording for Asterisk: notice, consent, callbacks, retention.",
@@ -166,7 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     rl = rsub.add_parser("list", help="recordings in the store")
     rl.add_argument("--json", action="store_true")
     rl.add_argument("--all", action="store_true", help="include deleted ones")
-    rs = rsub.add_parser("show", help="one recording with its audit trail")
+    rs = rsub.add_parser("show", help="one recording, its audit trail, accesses and exports")
     rs.add_argument("id")
     rs.add_argument("--json", action="store_true")
     rx = rsub.add_parser("export", help="copy recordings + manifest for evidence")
@@ -183,6 +190,9 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         help="check the chain against this copy of the checkpoint file (default: the store's)",
     )
+
+    calls_cli.add_access_log_parser(rsub)
+    calls_cli.add_calls_parser(sub)
 
     audit = sub.add_parser("audit", help="the audit chain's signed checkpoints")
     asub = audit.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -282,6 +292,11 @@ async def dispatch(args: argparse.Namespace, settings: Settings) -> int:
             return await commands.callbacks(settings, args, _now(args.now))
         case "report":
             return await commands.report(settings, args)
+        case "calls":
+            from callrec import calls_cli
+
+            async with commands.open_store(settings) as store:
+                return await calls_cli.calls(settings, args, store)
     raise CallrecError(f"unknown command {args.command}")
 
 

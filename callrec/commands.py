@@ -20,6 +20,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from agi.ports import EventSink
+from callrec import calls_cli
 from callrec.cli import (
     EXIT_ERROR,
     EXIT_FAILED,
@@ -29,7 +30,6 @@ from callrec.cli import (
     short_time,
     table,
     time_arg,
-    to_json,
 )
 from callrec.config import Settings
 from callrec.events import MqttEvents, NullEvents
@@ -88,7 +88,7 @@ async def refuse_time_travel(store: StoreApi, args: argparse.Namespace, doing: s
     if since is not None:
         raise CallrecError(
             f"--now: the store at {store.data_dir} serves real calls (since "
-            f"{short_time(since)} UTC), so {doing} writes at the machine's time only; "
+            f"{short_time(since)}), so {doing} writes at the machine's time only; "
             "--now is for replay and demo stores and read-only questions"
         )
 
@@ -343,18 +343,9 @@ async def recordings(settings: Settings, args: argparse.Namespace) -> int:
                     )
                 return EXIT_OK
             case "show":
-                row = await store.recording(args.id)
-                if row is None:
-                    raise CallrecError(f"no recording {args.id}")
-                audit = await store.audit_entries(subject=args.id)
-                if args.json:
-                    print_json({"recording": row, "audit": audit})
-                else:
-                    for key, value in to_json(row).items():
-                        print(f"{key:>16}: {value}")
-                    for entry in audit:
-                        print(f"  audit {entry.seq}: {short_time(entry.at)} {entry.action}")
-                return EXIT_OK
+                return await calls_cli.show_recording(settings, args, store)
+            case "access-log":
+                return await calls_cli.access_log(settings, args, store)
             case "export":
                 now = now_arg(args)
                 await refuse_time_travel(store, args, "an export")
@@ -362,10 +353,9 @@ async def recordings(settings: Settings, args: argparse.Namespace) -> int:
                     purpose = Purpose(args.purpose)
                 except ValueError:
                     raise CallrecError(f"--purpose: unknown purpose {args.purpose!r}") from None
+                ids = [await store.resolve_id("recording", given) for given in args.ids]
                 with ProgressBar("export") as bar:
-                    path = await store.export(
-                        list(args.ids), args.to, purpose, args.by, now, progress=bar
-                    )
+                    path = await store.export(ids, args.to, purpose, args.by, now, progress=bar)
                 if args.json:
                     print_json({"export": path})
                 else:
@@ -402,7 +392,7 @@ def checkpoint_line(status: CheckpointStatus) -> str:
     if status.seq is None:
         return f"checkpoint: none in {status.path}"
     return (
-        f"checkpoint: entry {status.seq} at {short_time(status.at)} UTC, signature "
+        f"checkpoint: entry {status.seq} at {short_time(status.at)}, signature "
         + ("ok" if status.signature_ok else f"PROBLEMS ({status.bad} bad line(s))")
         + ", "
         + (
@@ -424,7 +414,10 @@ async def audit(settings: Settings, args: argparse.Namespace) -> int:
     if args.json:
         print_json(written)
     else:
-        print(f"checkpoint: entry {written.seq}, head {written.head}, at {written.at}")
+        print(
+            f"checkpoint: entry {written.seq}, head {written.head}, at "
+            f"{short_time(parse_ts(written.at), settings.policy.timezone)}"
+        )
     return EXIT_OK
 
 
@@ -458,7 +451,11 @@ def check_checkpoints(path: Path, public_key: Path, *, as_json: bool) -> int:
             print(f"PROBLEM: {problem}")
         print(
             f"{len(good)} checkpoint(s) signed by key {checkpoints.fingerprint(public)}"
-            + ("" if newest is None else f"; latest: entry {newest.seq} at {newest.at}")
+            + (
+                ""
+                if newest is None
+                else f"; latest: entry {newest.seq} at {short_time(parse_ts(newest.at))}"
+            )
         )
     return EXIT_OK if not problems else EXIT_FAILED
 
@@ -475,8 +472,10 @@ async def withdraw(
             received,
             args.by,
             now,
-            call_id=args.call,
-            recording_id=args.recording,
+            call_id=None if args.call is None else await store.resolve_id("call", args.call),
+            recording_id=None
+            if args.recording is None
+            else await store.resolve_id("recording", args.recording),
         )
         events.publish(
             "withdrawal/received",
@@ -502,9 +501,10 @@ async def withdraw(
     if args.json:
         print_json(result)
         return EXIT_OK
+    tz = settings.policy.timezone
     print(f"withdrawal {result.withdrawal_id} registered ({result.via.value}, by {args.by})")
     print(
-        f"received {short_time(result.received_at)} UTC, counts from {result.received_on}; "
+        f"received {short_time(result.received_at, tz)}, counts from {result.received_on}; "
         f"deletion due by {result.due_on}"
     )
     print(
@@ -536,7 +536,7 @@ async def sweep(settings: Settings, args: argparse.Namespace, now: datetime) -> 
         # One line however many were deleted (a timer's sweep goes to the journal); the
         # ids at debug level, and all of them in --json.
         summary = sweep_summary(result.count, len(result.problems), took, dry_run=args.dry_run)
-        print(f"sweep at {short_time(now)} UTC: {summary}")
+        print(f"sweep at {short_time(now, settings.policy.timezone)}: {summary}")
         for recording_id in result.deleted:
             log.debug("sweep: %s %s", "due" if args.dry_run else "deleted", recording_id)
         for problem in result.problems[:PROBLEMS_SHOWN]:
@@ -565,8 +565,8 @@ async def callbacks(settings: Settings, args: argparse.Namespace, now: datetime)
                         d.call_id,
                         d.line,
                         d.caller or "anonymous",
-                        short_time(d.ended_at),
-                        short_time(d.due_by),
+                        short_time(d.ended_at, settings.policy.timezone),
+                        short_time(d.due_by, settings.policy.timezone),
                         "OVERDUE" if d.overdue else "",
                     )
                     for d in due

@@ -12,7 +12,7 @@ from pathlib import Path
 from flows.communication import MAX_CANDIDATES, MissedCandidate
 from flows.errors import NotFoundError, StorageError
 from flows.numbers import try_normalise
-from flows.outcome import Outcome, outcome_after_restart
+from flows.outcome import Outcome, agent_name, outcome_after_restart
 from flows.policy import Decision, Direction, LegalBasis
 from flows.retention import delete_after
 from storage import files
@@ -200,15 +200,19 @@ async def mark_unrecorded(ctx: Context, call_id: str, reason: str, at: datetime)
     await ctx.db.write(body, f"marking call {call_id} unrecorded")
 
 
-async def end_call(ctx: Context, call_id: str, ended_at: datetime, outcome: Outcome) -> None:
+async def end_call(
+    ctx: Context, call_id: str, ended_at: datetime, outcome: Outcome, agent: str | None = None
+) -> None:
     check_call_id(call_id)
     result = Outcome(outcome)
     when = ts(ended_at)
+    who = None if agent is None else agent_name(agent)
 
     def body(tx: Tx) -> None:
         changed = tx.run(
-            "UPDATE calls SET ended_at = ?, outcome = ? WHERE call_id = ? AND ended_at IS NULL",
-            (when, result.value, call_id),
+            "UPDATE calls SET ended_at = ?, outcome = ?, agent = ? "
+            "WHERE call_id = ? AND ended_at IS NULL",
+            (when, result.value, who, call_id),
         )
         if changed == 0 and tx.one("SELECT 1 FROM calls WHERE call_id = ?", (call_id,)) is None:
             raise NotFoundError("no such call", call_id=call_id)

@@ -95,6 +95,7 @@ class CallRow:
     customer: str | None = None
     communication_id: str | None = None
     controller_id: str | None = None  # the controller it belongs to (None: an older ledger's)
+    agent: str | None = None  # who took it (interface or channel name); None: nobody seen
 
 
 @dataclass(frozen=True, slots=True)
@@ -272,3 +273,76 @@ class Report:
     deleted_by_reason: tuple[tuple[str, int], ...]  # ("retention" | "withdrawal", count)
     withdrawals: tuple[WithdrawalRow, ...]
     callbacks: tuple[CallbackSummary, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class CallFilter:
+    """What `callrec calls list` searches by; None matches everything. Numbers are E.164."""
+
+    customer: str | None = None
+    start: datetime | None = None  # started at or after
+    end: datetime | None = None  # started before
+    line: str | None = None
+    decision: Decision | None = None
+    outcome: Outcome | None = None
+    agent: str | None = None
+    limit: int = 100
+
+
+@dataclass(frozen=True, slots=True)
+class CallListRow:
+    """One call as `callrec calls list --json` gives it (README, "Calls")."""
+
+    call_id: str
+    uniqueid: str  # Asterisk's uniqueid of the call's channel: joins to CDR and CEL
+    direction: Direction
+    line: str | None
+    caller: str | None
+    dialed: str | None
+    started_at: datetime
+    ended_at: datetime | None
+    decision: Decision
+    legal_basis: LegalBasis | None
+    digit: str | None
+    outcome: Outcome | None
+    agent: str | None
+    recording_id: str | None
+    recording_status: RecordingStatus | None
+    linked_to: str | None  # a callback: the missed call it answers
+
+
+@dataclass(frozen=True, slots=True)
+class CallbackLink:
+    callback_call_id: str
+    missed_call_id: str
+    linked_at: datetime  # the callback's decision, which linked it
+    overload: bool
+    answered_at: datetime | None  # when the customer picked up this callback
+
+
+@dataclass(frozen=True, slots=True)
+class ExportCopy:
+    """A recording's copy in an export, with the export's who, why and where."""
+
+    export_id: str
+    recording_id: str
+    created_at: datetime
+    purpose: str
+    who: str
+    dir: str
+    state: str  # writing | done | deleted
+    deleted_at: datetime | None  # the copy's deletion (with the recording, or a withdrawal)
+
+
+@dataclass(frozen=True, slots=True)
+class CallStory:
+    """Everything the ledger knows about one call, for `callrec calls show`."""
+
+    call: CallRow
+    recording: RecordingRow | None
+    callback_of: CallbackLink | None  # this call is a callback of a missed call
+    called_back: tuple[CallbackLink, ...]  # this missed call's callbacks
+    withdrawals: tuple[WithdrawalRow, ...]  # those that name it, its customer since, or act on it
+    accesses: tuple[AccessRecord, ...]
+    exports: tuple[ExportCopy, ...]
+    audit: tuple[AuditEntry, ...]  # entries on the call or its recording

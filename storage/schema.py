@@ -247,6 +247,13 @@ CONTROLLERS: tuple[Step, ...] = (
         WHERE ended_at IS NULL""",
 )
 
+# Who took the call (`flows.outcome.QueueObserver.agent`: the queue member's interface or
+# the bridged channel), so that one call's story and a search by agent need no CDR.
+AGENTS: tuple[Step, ...] = (
+    "ALTER TABLE calls ADD COLUMN agent TEXT",
+    "CREATE INDEX calls_agent ON calls (agent, started_at) WHERE agent IS NOT NULL",
+)
+
 MIGRATIONS: tuple[tuple[Step, ...], ...] = (
     LEDGER,
     RECORDING_STORE,
@@ -255,6 +262,7 @@ MIGRATIONS: tuple[tuple[Step, ...], ...] = (
     COMMUNICATIONS,
     KEYED_AUDIT,
     CONTROLLERS,
+    AGENTS,
 )
 APPEND_ONLY_TRIGGERS = frozenset(
     {"audit_no_update", "audit_no_delete", "access_log_no_update", "access_log_no_delete"}
