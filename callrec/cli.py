@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from callrec.config import Settings, load_settings
+from callrec.resources import version
 from flows.errors import CallrecError
 from flows.numbers import normalise
 
@@ -107,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--config", type=Path, help="config file (default ./callrec.toml)")
     parser.add_argument("--debug", action="store_true", help="log everything, show tracebacks")
+    parser.add_argument("--version", action="version", version=f"callrec {version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(
@@ -198,6 +200,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     callbacks.add_argument("--by", help="who sets the overload switch")
 
+    prompts = sub.add_parser("prompts", help="the prompts' audio, for Asterisk's sounds directory")
+    psub = prompts.add_subparsers(dest="action", required=True, metavar="ACTION")
+    psub.add_parser("path", help="print the directory holding sl/<id>.<format> in this install")
+    pi = psub.add_parser(
+        "install", help="copy the audio, texts and manifest into DIR/sl/ (DIR: Asterisk's sounds)"
+    )
+    pi.add_argument("dir", type=Path, metavar="DIR", help="e.g. /usr/share/asterisk/sounds")
+    pi.add_argument("--json", action="store_true")
+
     report = command("report", "calls, decisions, recordings, withdrawals and callbacks")
     report.add_argument("--from", dest="start", required=True, help="ISO-8601 start")
     report.add_argument("--to", dest="end", required=True, help="ISO-8601 end")
@@ -258,6 +269,8 @@ async def dispatch(args: argparse.Namespace, settings: Settings) -> int:
             return await commands.callbacks(settings, args, _now(args.now))
         case "report":
             return await commands.report(settings, args)
+        case "prompts":
+            return commands.prompts(args)
     raise CallrecError(f"unknown command {args.command}")
 
 
