@@ -6,8 +6,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # Debian packages the tests need: mosquitto (a real MQTT broker), libsndfile (prompt audio),
-# openssl (TLS test certificates), postgresql (the ledger's second backend).
-DEBS := mosquitto libsndfile1 openssl postgresql
+# openssl (TLS test certificates), postgresql (the ledger's second backend), systemd
+# (systemd-analyze verify/security of deploy/systemd/), docker-compose (1.29: validates
+# asterisk-conf/docker-compose.yml; no Docker engine is needed for that).
+DEBS := mosquitto libsndfile1 openssl postgresql systemd docker-compose
 # The PostgreSQL the tests use: CALLREC_TEST_PG_URL, or this role on the local cluster.
 PG_TEST_ROLE := callrec_test
 PG_TEST_PASSWORD := callrec_test
