@@ -23,6 +23,7 @@ from typing import Any
 from callrec.config import Settings, load_settings
 from callrec.logs import FORMATS
 from callrec.logs import configure as configure_logs
+from callrec.resources import version
 from callrec.times import DEFAULT_ZONE, local, plain_date
 from flows.errors import CallrecError
 from flows.numbers import normalise
@@ -130,6 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", type=Path, help="config file (default ./callrec.toml)")
     parser.add_argument("--debug", action="store_true", help="log everything, show tracebacks")
     log_format_option(parser)
+    parser.add_argument("--version", action="version", version=f"callrec {version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(
@@ -227,6 +229,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     callbacks.add_argument("--by", help="who sets the overload switch")
 
+    prompts = sub.add_parser("prompts", help="the prompts' audio, for Asterisk's sounds directory")
+    psub = prompts.add_subparsers(dest="action", required=True, metavar="ACTION")
+    psub.add_parser("path", help="print the directory holding sl/<id>.<format> in this install")
+    pi = psub.add_parser(
+        "install", help="copy the audio, texts and manifest into DIR/sl/ (DIR: Asterisk's sounds)"
+    )
+    pi.add_argument("dir", type=Path, metavar="DIR", help="e.g. /usr/share/asterisk/sounds")
+    pi.add_argument("--json", action="store_true")
+
     report = command("report", "calls, decisions, recordings, withdrawals and callbacks")
     report.add_argument("--from", dest="start", required=True, help="ISO-8601 start")
     report.add_argument("--to", dest="end", required=True, help="ISO-8601 end")
@@ -297,6 +308,8 @@ async def dispatch(args: argparse.Namespace, settings: Settings) -> int:
 
             async with commands.open_store(settings) as store:
                 return await calls_cli.calls(settings, args, store)
+        case "prompts":
+            return commands.prompts(args)
     raise CallrecError(f"unknown command {args.command}")
 
 

@@ -35,6 +35,7 @@ from callrec.config import Settings
 from callrec.events import MqttEvents, NullEvents
 from callrec.logs import sweep_summary
 from callrec.progress import ProgressBar
+from callrec.resources import scenarios_dir
 from callrec.runner import LiveAsterisk, refuse_a_taken_app
 from flows.errors import CallrecError
 from flows.policy import Purpose
@@ -47,7 +48,6 @@ from storage.values import os_error, parse_ts
 
 log = logging.getLogger("callrec")
 PROBLEMS_SHOWN = 10  # a sweep's failures listed in its text output; --json has them all
-SCENARIOS_DIR = Path(__file__).resolve().parent.parent / "scenarios"  # the policy's cases
 
 
 @contextlib.asynccontextmanager
@@ -286,7 +286,7 @@ def _new_dir(prefix: str) -> Path:
 
 
 async def demo(settings: Settings, args: argparse.Namespace) -> int:
-    scenarios = SCENARIOS_DIR
+    scenarios = scenarios_dir()  # the policy's cases: the checkout's, or the package's copy
     data_dir = _fresh_dir(settings, args.data_dir, "callrec-demo-")
     return await _run_scenarios(
         settings,
@@ -654,3 +654,29 @@ def human_report(result: Report, tz: str) -> str:
         ),
     ]
     return "\n".join(parts)
+
+
+def prompts(args: argparse.Namespace) -> int:
+    """`prompts path`: where this install keeps the audio; `prompts install DIR`: copy it
+    (with texts and manifest) into Asterisk's sounds directory, checked against the manifest."""
+    from prompts.catalog import sounds_dir
+    from prompts.install import install
+
+    if args.action == "path":
+        print(sounds_dir())
+        return EXIT_OK
+    installed = install(args.dir)
+    if args.json:
+        print_json(
+            {
+                "dir": args.dir / "sl",
+                "files": [{"path": i.path, "changed": i.changed} for i in installed],
+            }
+        )
+    else:
+        changed = sum(i.changed for i in installed)
+        print(
+            f"{len(installed)} files in {args.dir / 'sl'}: {changed} written, "
+            f"{len(installed) - changed} already up to date"
+        )
+    return EXIT_OK
