@@ -55,6 +55,14 @@ EXPECTED_TEXTS = {
         "Pritisnili ste napačno tipko. Če s snemanjem soglašate pritisnite 1, sicer pritisnite 2."
     ),
     "callrec-consent-again": "Če s snemanjem soglašate pritisnite 1, sicer pritisnite 2.",
+    # The complaints line's question (README "Adding a line"): it keeps recordings 12 months.
+    "callrec-complaints-question": (
+        "Za obravnavo vaše pritožbe in zagotavljanje visokega nivoja storitev vas prosimo za "
+        "podajo soglasja za snemanje pogovora. Če s snemanjem soglašate pritisnite 1, sicer "
+        "pritisnite 2. Posnetek bomo hranili 12 mesecev. Soglasje lahko prekličete s klicem v "
+        "klicni center. Več informacij o obdelavi osebnih podatkov je na voljo na spletni "
+        "strani A1."
+    ),
 }
 FROM_THE_NOTICE = ("callrec-sales-notice", "callrec-consent-question")
 
