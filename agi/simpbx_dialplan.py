@@ -152,12 +152,12 @@ def recording_allowed(variables: Variables) -> bool:
 
 
 def queue_of(exten: str, lines: tuple[Line, ...] = DEFAULT_LINES) -> str:
-    """The queue a dialed number goes to: its line's name (`sales`, `service`); numbers of no
-    line go to `service`."""
+    """The queue a dialed number goes to: its line's queue (`sales`, `service`); numbers of
+    no line go to `service`."""
     number = try_normalise(exten)
     for line in lines:
         if number in line.numbers:
-            return line.name
+            return line.queue
     return "service"
 
 
@@ -189,7 +189,7 @@ def callrec_dialplan(
 
     inbound: dict[str, tuple[Priority, ...]] = {}
     for line in lines:
-        choose = Priority("Set", f"CALLREC_QUEUE={line.name}")
+        choose = Priority("Set", f"CALLREC_QUEUE={line.queue}")
         for number in line.numbers:
             for did in (_national(number), number):
                 if did is not None:
@@ -317,7 +317,7 @@ def callrec_dialplan(
             "callrec-callee": {"s": callee},
             "callrec-hangup": {"s": hangup},
         },
-        queues={line.name: queue for line in lines},
+        queues={line.queue: queue for line in lines},
         globals={
             "CALLREC_MODE": mode,
             "CALLREC_TRUNK_TECH": "PJSIP",

@@ -24,6 +24,7 @@ from agi.fastagi import FastAgiServer
 from agi.ports import OffsetClock
 from agi.session import SessionDeps
 from agi.simpbx import CallerScript, CallResult, SimulatedPbx
+from agi.simpbx_dialplan import callrec_dialplan
 from agi.spool import SpoolWatch
 from agi.stasis import StasisApp
 from callrec.events import MemoryEvents
@@ -157,6 +158,9 @@ async def harness(
                 prompt_durations={pid: info.duration_seconds for pid, info in catalog.items()},
                 time_scale=time_scale,
                 mode=mode,
+                # The policy's lines route their numbers to their queues, as the generated
+                # dialplan does on a real Asterisk.
+                dialplan=callrec_dialplan("callrec", policy.lines, mode=mode),
             )
             client = AriClient(
                 await sim.start(),
