@@ -44,7 +44,7 @@ from prompts.catalog import load_catalog
 from storage import files
 from storage.datadir import SPOOL_DIR
 from storage.factory import open_store
-from storage.ledgers import LedgerConfig
+from storage.ledgers import LEDGER_FILE, LedgerConfig
 from storage.ports import CallRow, RecordingRow, RecordingStatus, StoreApi, WithdrawalVia
 from storage.rows import short_recording_id
 from storage.values import os_error
@@ -277,6 +277,19 @@ async def _replay_store(
         await store.close()
         raise
     return store
+
+
+async def refuse_a_serving_dir(policy: Policy, data_dir: Path) -> None:
+    """A demo that keeps its scenarios' stores inside `data_dir` refuses a `data_dir` that
+    is itself a store of real calls (its stores would sit among the callers' data)."""
+    root, _ = await asyncio.to_thread(_absolute, data_dir, None)
+    if not await asyncio.to_thread((root / LEDGER_FILE).exists):
+        return
+    store = await open_store(root, policy, create=False)
+    try:
+        await _refuse_serving(store)
+    finally:
+        await store.close()
 
 
 def _absolute(data_dir: Path, spool_dir: Path | None) -> tuple[Path, Path]:
