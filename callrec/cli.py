@@ -234,9 +234,9 @@ async def dispatch(args: argparse.Namespace, settings: Settings) -> int:
         case "migrate":
             return await commands.migrate(settings, args)
         case "serve":
-            return await controller.serve(settings)
+            return await controller.serve(settings, lambda: load_settings(args.config))
         case "fastagi":
-            return await controller.fastagi(settings)
+            return await controller.fastagi(settings, lambda: load_settings(args.config))
         case "demo":
             return await commands.demo(settings, args)
         case "replay":

@@ -11,7 +11,7 @@ import contextlib
 import logging
 import signal
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 
 from agi.collector import RecordingCollector
@@ -29,6 +29,7 @@ from callrec.commands import (
 from callrec.config import Settings
 from callrec.events import MqttEvents
 from flows.errors import CallrecError
+from flows.policy import Policy
 from prompts.catalog import load_catalog
 from storage import checkpoints
 from storage.ports import StoreApi
@@ -128,6 +129,72 @@ async def _until_signalled() -> None:
     await stop.wait()
 
 
+Reload = Callable[[], Settings]  # the configuration read again, as at start
+
+
+def _reloading(settings: Settings, load: Reload | None, use: Callable[[Policy], None]) -> None:
+    """On SIGHUP, read the configuration again and serve new calls under its lines and
+    policy; calls in progress keep theirs. A configuration that does not load is logged
+    and the one in use stays. Only the policy sections are reloaded: the others (storage,
+    ARI, MQTT, FastAGI) name resources the controller holds open, and need a restart."""
+    if load is None:
+        return
+    current = settings
+
+    def reload() -> None:
+        nonlocal current
+        try:
+            new = load()
+        except CallrecError as error:
+            log.error("reload refused, the configuration in use stays: %s", error)
+            return
+        except Exception:
+            log.exception("reload failed, the configuration in use stays")
+            return
+        if _restart_only(new) != _restart_only(current):
+            log.warning(
+                "reload: storage, ari, mqtt and fastagi settings changed; they take effect "
+                "at the next start (only the policy and the lines are reloaded)"
+            )
+        use(new.policy)
+        current = new
+        print(
+            f"callrec: reloaded {new.source}: lines "
+            f"{', '.join(line.name for line in new.policy.lines)}; calls in progress keep "
+            "the configuration they started with",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reload)
+
+
+def _serving(deps: SessionDeps, use: Callable[[Policy], None]) -> Callable[[Policy], None]:
+    """`use`, after the prompt versions are read again: a reloaded line may name a prompt
+    that was added to the catalog since the start (its decisions name its audio)."""
+
+    def both(policy: Policy) -> None:
+        versions = deps.prompt_versions
+        if isinstance(versions, dict):
+            versions.update({pid: info.sha256 for pid, info in load_catalog().items()})
+        use(policy)
+
+    return both
+
+
+def _restart_only(settings: Settings) -> tuple[object, ...]:
+    return (
+        settings.data_dir,
+        settings.spool_dir,
+        settings.ari,
+        settings.mqtt,
+        settings.fastagi,
+        settings.ledger,
+        settings.recording_format,
+        settings.controller_id,
+    )
+
+
 def _deps(
     settings: Settings, store: StoreApi, events: EventSink, collector: RecordingCollector
 ) -> SessionDeps:
@@ -168,7 +235,7 @@ async def _start_collecting(
     return collector
 
 
-async def serve(settings: Settings) -> int:
+async def serve(settings: Settings, reload: Reload | None = None) -> int:
     from agi.ari import AriClient
     from agi.stasis import StasisApp
 
@@ -184,12 +251,9 @@ async def serve(settings: Settings) -> int:
             settings.ari.app,
             max_connections=settings.ari.max_connections,
         )
-        app = StasisApp(
-            client,
-            _deps(settings, store, events, collector),
-            settings.policy,
-            shed_backlog=settings.ari.shed_backlog,
-        )
+        deps = _deps(settings, store, events, collector)
+        app = StasisApp(client, deps, settings.policy, shed_backlog=settings.ari.shed_backlog)
+        _reloading(settings, reload, _serving(deps, app.use_policy))
         print(
             f"callrec serve: app {settings.ari.app!r} at {settings.ari.url}, store "
             f"{settings.data_dir}, spool {settings.spool_dir} ({settings.source})",
@@ -215,7 +279,7 @@ async def serve(settings: Settings) -> int:
     return EXIT_OK
 
 
-async def fastagi(settings: Settings) -> int:
+async def fastagi(settings: Settings, reload: Reload | None = None) -> int:
     from agi.fastagi import FastAgiServer
 
     events = events_of(settings)
@@ -223,14 +287,16 @@ async def fastagi(settings: Settings) -> int:
         collector = await _start_collecting(settings, store, events)
         if isinstance(events, MqttEvents):
             await events.start()
+        deps = _deps(settings, store, events, collector)
         server = FastAgiServer(
-            _deps(settings, store, events, collector),
+            deps,
             settings.policy,
             host=settings.fastagi.host,
             port=settings.fastagi.port,
             allow=settings.fastagi.allow,
         )
         port = await server.start()
+        _reloading(settings, reload, _serving(deps, server.use_policy))
         print(f"callrec fastagi: listening on {settings.fastagi.host}:{port}", file=sys.stderr)
         sweeper = asyncio.create_task(_sweeper(store, settings, events))
         checkpointer = asyncio.create_task(_checkpointer(store))
