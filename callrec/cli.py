@@ -153,7 +153,9 @@ def build_parser() -> argparse.ArgumentParser:
     rx = rsub.add_parser("export", help="copy recordings + manifest for evidence")
     rx.add_argument("ids", nargs="+")
     rx.add_argument("--to", type=Path, required=True, help="destination directory")
-    rx.add_argument("--purpose", required=True, help="evidence, training or quality")
+    rx.add_argument(
+        "--purpose", required=True, help="evidence, training, quality or one of [purposes]"
+    )
     rx.add_argument("--by", required=True, help="who asks (logged)")
     rx.add_argument("--now", help="ISO-8601 time to log the export at (replay stores only)")
     rx.add_argument("--json", action="store_true")
