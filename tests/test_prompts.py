@@ -230,13 +230,14 @@ def test_audio_is_speech_not_silence() -> None:
 
 
 def test_every_prompt_the_policy_names_exists_in_every_format() -> None:
-    """Each prompt id of the default lines has all four files."""
+    """Each prompt id of the default lines and of the README's complaints line has all four
+    files, and no other prompt lies about."""
     named = {
         prompt
         for line in DEFAULT_LINES
         for prompt in (line.prompts.notice, line.prompts.invalid_key, line.prompts.ask_again)
         if prompt
-    }
+    } | {"callrec-complaints-question"}
     assert named == set(EXPECTED_TEXTS)
     for prompt_id in named:
         for fmt in FORMATS:
