@@ -402,6 +402,11 @@ class FastAgiServer:
         self.idle = asyncio.Event()
         self.idle.set()
 
+    def use_policy(self, policy: Policy) -> None:
+        """Serve calls that arrive from now on under `policy` (a reloaded configuration).
+        A call in progress keeps the policy it started with: its flow holds its line."""
+        self._policy = policy
+
     @property
     def live_connections(self) -> int:
         return len(self._live)

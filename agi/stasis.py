@@ -257,6 +257,11 @@ class StasisApp:
     def live_calls(self) -> int:
         return len(self._calls)
 
+    def use_policy(self, policy: Policy) -> None:
+        """Serve calls that arrive from now on under `policy` (a reloaded configuration).
+        A call in progress keeps the policy it started with: its flow holds its line."""
+        self._policy = policy
+
     def is_live(self, channel_id: str) -> bool:
         """Whether the controller still works on this channel (its file not yet stored)."""
         return channel_id in self._calls

@@ -181,7 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
     rx = rsub.add_parser("export", help="copy recordings + manifest for evidence")
     rx.add_argument("ids", nargs="+")
     rx.add_argument("--to", type=Path, required=True, help="destination directory")
-    rx.add_argument("--purpose", required=True, help="evidence, training or quality")
+    rx.add_argument(
+        "--purpose", required=True, help="evidence, training, quality or one of [purposes]"
+    )
     rx.add_argument("--by", required=True, help="who asks (logged)")
     rx.add_argument("--now", help="ISO-8601 time to log the export at (replay stores only)")
     rx.add_argument("--json", action="store_true")
@@ -279,9 +281,9 @@ async def dispatch(args: argparse.Namespace, settings: Settings) -> int:
         case "migrate":
             return await commands.migrate(settings, args)
         case "serve":
-            return await controller.serve(settings)
+            return await controller.serve(settings, lambda: load_settings(args.config))
         case "fastagi":
-            return await controller.fastagi(settings)
+            return await controller.fastagi(settings, lambda: load_settings(args.config))
         case "demo":
             return await commands.demo(settings, args)
         case "replay":

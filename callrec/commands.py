@@ -36,13 +36,20 @@ from callrec.events import MqttEvents, NullEvents
 from callrec.logs import sweep_summary
 from callrec.progress import ProgressBar
 from callrec.resources import scenarios_dir
-from callrec.runner import LiveAsterisk, refuse_a_taken_app
+from callrec.runner import Harness, LiveAsterisk, refuse_a_taken_app
 from flows.errors import CallrecError
 from flows.policy import Purpose
 from storage import checkpoints, files
 from storage.factory import SCHEMA_VERSION, ledger_version
 from storage.factory import open_store as open_any_store
-from storage.ports import CheckpointStatus, Report, StoreApi, SweepReport, WithdrawalVia
+from storage.ports import (
+    CheckpointStatus,
+    RecordingRow,
+    Report,
+    StoreApi,
+    SweepReport,
+    WithdrawalVia,
+)
 from storage.rows import short_recording_id
 from storage.values import os_error, parse_ts
 
@@ -175,80 +182,112 @@ async def _run_scenarios(
     as_json: bool,
     title: str,
     live: LiveAsterisk | None = None,
+    *,
+    per_scenario: bool = False,
 ) -> int:
+    """Play the scenarios and report. With `per_scenario` (the demo, on the data directory's
+    SQLite ledger) each scenario gets its own store in `data_dir/<scenario file stem>`: a
+    scenario that sweeps a year later deletes nothing of another's."""
     from dataclasses import replace
 
-    from callrec.runner import harness, live_capable, run_scenario
-    from callrec.scenarios import load_scenarios
+    from callrec.runner import harness, live_capable, refuse_a_serving_dir, run_scenario
+    from callrec.scenarios import Scenario, load_scenarios
 
     scenarios = load_scenarios(files)
     policy = settings.policy
     if policy.overload_window is None:
         # The demo shows the overload switch: it needs a window to widen to.
         policy = replace(policy, overload_window=timedelta(hours=3))
+    per_scenario = per_scenario and live is None and settings.ledger.url is None
     results: list[dict[str, object]] = []
+    recordings: list[tuple[str, RecordingRow]] = []
     failed = 0
     skipped = 0
     if not as_json:
         print(title)
-        print(f"store: {data_dir}")
+        print(f"store: {data_dir}" + (" (one store per scenario in it)" if per_scenario else ""))
     spool = settings.spool_dir if live is not None else None
-    async with harness(
-        policy,
-        data_dir,
-        time_scale=scale,
-        live=live,
-        spool_dir=spool,
-        spool_mode=settings.spool_mode,
-        ledger=settings.ledger,
-    ) as h:
-        for scenario in scenarios:
-            if live is not None and not live_capable(scenario):
-                skipped += 1
-                results.append(
-                    {
-                        "scenario": scenario.name,
-                        "file": scenario.path.name,
-                        "skipped": "a step has no live test caller",
-                    }
-                )
-                if not as_json:
-                    print(f"\n[SKIP] {scenario.name}: a step has no `live:` test caller")
-                continue
-            reports = await run_scenario(h, scenario)
-            bad = [c for r in reports for c in r.checks if not c.ok]
-            failed += bool(bad)
+
+    def open_harness(where: Path) -> contextlib.AbstractAsyncContextManager[Harness]:
+        return harness(
+            policy,
+            where,
+            time_scale=scale,
+            live=live,
+            spool_dir=spool,
+            spool_mode=settings.spool_mode,
+            ledger=settings.ledger,
+        )
+
+    async def play(h: Harness, scenario: Scenario) -> None:
+        nonlocal failed, skipped
+        if live is not None and not live_capable(scenario):
+            skipped += 1
             results.append(
                 {
                     "scenario": scenario.name,
                     "file": scenario.path.name,
-                    "passed": not bad,
-                    "steps": reports,
+                    "skipped": "a step has no live test caller",
                 }
             )
             if not as_json:
-                mark = "PASS" if not bad else "FAIL"
-                print(f"\n[{mark}] {scenario.name}")
-                for report in reports:
-                    print(f"  {report.title}")
-                    for line in report.lines:
-                        print(f"      {line}")
-                    for check in report.checks:
-                        if not check.ok:
-                            print(
-                                f"      !! {check.what}: expected {check.expected!r}, "
-                                f"got {check.actual!r}"
-                            )
-        recordings = await h.store.recordings(include_deleted=True)
+                print(f"\n[SKIP] {scenario.name}: a step has no `live:` test caller")
+            return
+        reports = await run_scenario(h, scenario)
+        bad = [c for r in reports for c in r.checks if not c.ok]
+        failed += bool(bad)
+        results.append(
+            {
+                "scenario": scenario.name,
+                "file": scenario.path.name,
+                "data_dir": h.data_dir,
+                "passed": not bad,
+                "steps": reports,
+            }
+        )
+        if not as_json:
+            mark = "PASS" if not bad else "FAIL"
+            print(f"\n[{mark}] {scenario.name}")
+            if per_scenario:
+                print(f"  store: {h.data_dir}")
+            for report in reports:
+                print(f"  {report.title}")
+                for line in report.lines:
+                    print(f"      {line}")
+                for check in report.checks:
+                    if not check.ok:
+                        print(
+                            f"      !! {check.what}: expected {check.expected!r}, "
+                            f"got {check.actual!r}"
+                        )
+
+    if per_scenario:
+        # The directory itself may be a store that serves real calls: never write beside it.
+        await refuse_a_serving_dir(policy, data_dir)
+        for scenario in scenarios:
+            async with open_harness(data_dir / scenario.path.stem) as h:
+                await play(h, scenario)
+                rows = await h.store.recordings(include_deleted=True)
+                recordings += [(scenario.path.stem, row) for row in rows]
+    else:
+        async with open_harness(data_dir) as h:
+            for scenario in scenarios:
+                await play(h, scenario)
+            rows = await h.store.recordings(include_deleted=True)
+            recordings += [("", row) for row in rows]
     if as_json:
-        print_json({"scenarios": results, "recordings": recordings, "data_dir": data_dir})
+        print_json(
+            {"scenarios": results, "recordings": [r for _, r in recordings], "data_dir": data_dir}
+        )
     else:
         tz = policy.timezone
         print(f"\nstore contents ({len(recordings)} recordings, times in {tz}):")
+        headers = ["id", "line", "basis", "status", "bytes", "created", "delete after", "linked"]
         print(
             table(
                 [
                     (
+                        *((store,) if per_scenario else ()),
                         short_recording_id(r.id),
                         r.line,
                         r.legal_basis.value,
@@ -258,14 +297,21 @@ async def _run_scenarios(
                         short_time(r.delete_after, tz),
                         (r.linked_to or "")[:8],
                     )
-                    for r in recordings
+                    for store, r in recordings
                 ],
-                ["id", "line", "basis", "status", "bytes", "created", "delete after", "linked"],
+                (["store"] if per_scenario else []) + headers,
             )
         )
         passed = len(scenarios) - failed - skipped
         print(f"\n{passed} passed, {failed} failed" + (f", {skipped} skipped" if skipped else ""))
-        print(f"data left in {data_dir} (CALLREC_DATA_DIR={data_dir} callrec recordings list)")
+        if per_scenario:
+            example = data_dir / scenarios[0].path.stem if scenarios else data_dir
+            print(
+                f"data left in {data_dir}, one store per scenario "
+                f"(CALLREC_DATA_DIR={example} callrec recordings list)"
+            )
+        else:
+            print(f"data left in {data_dir} (CALLREC_DATA_DIR={data_dir} callrec recordings list)")
     if skipped == len(scenarios):
         return EXIT_FAILED  # nothing ran: nothing was shown to hold
     return EXIT_OK if failed == 0 else EXIT_FAILED
@@ -295,6 +341,7 @@ async def demo(settings: Settings, args: argparse.Namespace) -> int:
         args.scale,
         args.json,
         "callrec demo: the policy's cases on a simulated PBX",
+        per_scenario=True,
     )
 
 

@@ -22,9 +22,10 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from agi.collector import LONGEST_CALL
-from flows.config import POLICY_SECTIONS, policy_from_mapping
+from flows.config import POLICY_SECTIONS, check_notices, policy_from_mapping
 from flows.errors import ConfigError
 from flows.policy import Policy
+from prompts.catalog import load_catalog, promises
 from storage.datadir import CONTROLLER_ID
 from storage.ledgers import LedgerConfig, check_url
 
@@ -247,6 +248,8 @@ def load_settings(config: Path | None = None, env: Mapping[str, str] | None = No
             )
     try:
         policy = policy_from_mapping(data)
+        # Each line's notice states its retention (the prompt catalog says what each says).
+        check_notices(policy, promises(load_catalog()))
     except ConfigError as error:
         raise ConfigError(f"{source}: {error}") from None
 

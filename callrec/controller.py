@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 
 from agi.collector import RecordingCollector
@@ -31,6 +31,7 @@ from callrec.logs import announce, sweep_summary
 from callrec.metrics import MeteredStore, Metrics
 from callrec.watch import CREDENTIALS_HINT, Watch
 from flows.errors import CallrecError
+from flows.policy import Policy
 from prompts.catalog import load_catalog
 from storage import checkpoints
 from storage.ports import StoreApi, SweepReport
@@ -149,6 +150,70 @@ async def _until_signalled() -> None:
     await stop.wait()
 
 
+Reload = Callable[[], Settings]  # the configuration read again, as at start
+
+
+def _reloading(settings: Settings, load: Reload | None, use: Callable[[Policy], None]) -> None:
+    """On SIGHUP, read the configuration again and serve new calls under its lines and
+    policy; calls in progress keep theirs. A configuration that does not load is logged
+    and the one in use stays. Only the policy sections are reloaded: the others (storage,
+    ARI, MQTT, FastAGI) name resources the controller holds open, and need a restart."""
+    if load is None:
+        return
+    current = settings
+
+    def reload() -> None:
+        nonlocal current
+        try:
+            new = load()
+        except CallrecError as error:
+            log.error("reload refused, the configuration in use stays: %s", error)
+            return
+        except Exception:
+            log.exception("reload failed, the configuration in use stays")
+            return
+        if _restart_only(new) != _restart_only(current):
+            log.warning(
+                "reload: storage, ari, mqtt and fastagi settings changed; they take effect "
+                "at the next start (only the policy and the lines are reloaded)"
+            )
+        use(new.policy)
+        current = new
+        announce(
+            f"callrec: reloaded {new.source}: lines "
+            f"{', '.join(line.name for line in new.policy.lines)}; calls in progress keep "
+            "the configuration they started with"
+        )
+
+    asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reload)
+
+
+def _serving(deps: SessionDeps, use: Callable[[Policy], None]) -> Callable[[Policy], None]:
+    """`use`, after the prompt versions are read again: a reloaded line may name a prompt
+    that was added to the catalog since the start (its decisions name its audio)."""
+
+    def both(policy: Policy) -> None:
+        versions = deps.prompt_versions
+        if isinstance(versions, dict):
+            versions.update({pid: info.sha256 for pid, info in load_catalog().items()})
+        use(policy)
+
+    return both
+
+
+def _restart_only(settings: Settings) -> tuple[object, ...]:
+    return (
+        settings.data_dir,
+        settings.spool_dir,
+        settings.ari,
+        settings.mqtt,
+        settings.fastagi,
+        settings.ledger,
+        settings.recording_format,
+        settings.controller_id,
+    )
+
+
 def _deps(
     settings: Settings, store: StoreApi, events: EventSink, collector: RecordingCollector
 ) -> SessionDeps:
@@ -189,7 +254,7 @@ async def _start_collecting(
     return collector
 
 
-async def serve(settings: Settings) -> int:
+async def serve(settings: Settings, reload: Reload | None = None) -> int:
     from agi.ari import AriClient
     from agi.stasis import StasisApp
 
@@ -209,12 +274,9 @@ async def serve(settings: Settings) -> int:
             on_request=metrics.observe_request,
             credentials_hint=CREDENTIALS_HINT,
         )
-        app = StasisApp(
-            client,
-            _deps(settings, store, events, collector),
-            settings.policy,
-            shed_backlog=settings.ari.shed_backlog,
-        )
+        deps = _deps(settings, store, events, collector)
+        app = StasisApp(client, deps, settings.policy, shed_backlog=settings.ari.shed_backlog)
+        _reloading(settings, reload, _serving(deps, app.use_policy))
         metrics.read_ari_connected(lambda: client.connected)
         metrics.read_calls_shed(lambda: app.shed)
         announce(
@@ -257,7 +319,7 @@ async def serve(settings: Settings) -> int:
     return EXIT_OK
 
 
-async def fastagi(settings: Settings) -> int:
+async def fastagi(settings: Settings, reload: Reload | None = None) -> int:
     from agi.fastagi import FastAgiServer
 
     events = events_of(settings)
@@ -267,8 +329,9 @@ async def fastagi(settings: Settings) -> int:
         collector = await _start_collecting(settings, store, events)
         if isinstance(events, MqttEvents):
             await events.start()
+        deps = _deps(settings, store, events, collector)
         server = FastAgiServer(
-            _deps(settings, store, events, collector),
+            deps,
             settings.policy,
             host=settings.fastagi.host,
             port=settings.fastagi.port,
@@ -280,6 +343,7 @@ async def fastagi(settings: Settings) -> int:
 
         async with Watch(settings, metrics, store, status=status) as watch:
             port = await server.start()
+            _reloading(settings, reload, _serving(deps, server.use_policy))
             announce(f"callrec fastagi: listening on {settings.fastagi.host}:{port}")
             sweeper = asyncio.create_task(_sweeper(store, settings, events, metrics))
             checkpointer = asyncio.create_task(_checkpointer(store))

@@ -45,7 +45,7 @@ from prompts.catalog import load_catalog
 from storage import files
 from storage.datadir import SPOOL_DIR
 from storage.factory import open_store
-from storage.ledgers import LedgerConfig
+from storage.ledgers import LEDGER_FILE, LedgerConfig
 from storage.ports import CallRow, RecordingRow, RecordingStatus, StoreApi, WithdrawalVia
 from storage.rows import short_recording_id
 from storage.values import os_error
@@ -159,7 +159,9 @@ async def harness(
                 prompt_durations={pid: info.duration_seconds for pid, info in catalog.items()},
                 time_scale=time_scale,
                 mode=mode,
-                dids=simulated_dids(),
+                # The policy's lines route their numbers to their queues, as the dialplan
+                # generated from them does on a real Asterisk.
+                dids=line_dids(policy),
             )
             client = AriClient(
                 await sim.start(),
@@ -278,6 +280,19 @@ async def _replay_store(
     return store
 
 
+async def refuse_a_serving_dir(policy: Policy, data_dir: Path) -> None:
+    """A demo that keeps its scenarios' stores inside `data_dir` refuses a `data_dir` that
+    is itself a store of real calls (its stores would sit among the callers' data)."""
+    root, _ = await asyncio.to_thread(_absolute, data_dir, None)
+    if not await asyncio.to_thread((root / LEDGER_FILE).exists):
+        return
+    store = await open_store(root, policy, create=False)
+    try:
+        await _refuse_serving(store)
+    finally:
+        await store.close()
+
+
 def _absolute(data_dir: Path, spool_dir: Path | None) -> tuple[Path, Path]:
     root = data_dir.absolute()
     return root, (spool_dir or root / SPOOL_DIR).absolute()
@@ -344,6 +359,19 @@ async def _until(condition: Callable[[], bool], within: float, message: str) -> 
         if loop.time() > deadline:
             raise CallrecError(message)
         await asyncio.sleep(0.01)
+
+
+def line_dids(policy: Policy) -> dict[str, str]:
+    """The DID -> queue table of a dialplan made from `policy`'s lines: each number in the
+    national and the E.164 form a trunk may deliver."""
+    table: dict[str, str] = {}
+    prefix = "+" + policy.country_code
+    for line in policy.lines:
+        for number in line.numbers:
+            table[number] = line.queue
+            if number.startswith(prefix):
+                table["0" + number[len(prefix) :]] = line.queue
+    return table
 
 
 def simulated_dids(conf_dir: Path | None = None) -> dict[str, str]:

@@ -13,6 +13,7 @@ from datetime import datetime, timedelta
 from flows.communication import MissedCandidate
 from flows.outcome import Outcome
 from flows.policy import Decision, Direction, LegalBasis, Purpose
+from flows.retention import Keeping
 from flows.withdrawal import WithdrawalScope
 
 
@@ -40,6 +41,9 @@ class CallStart:
     parent_call_id: str | None = None  # callee leg: the callback it belongs to
     customer: str | None = None  # E.164 of the customer (`flows.communication.customer_of`)
     communication_id: str | None = None  # the communication it belongs to; None: its own
+    # When its numbers go unless its decision moves the date (`flows.retention`
+    # .numbers_deleted_after); None: its line's retention in the store's policy.
+    purge_after: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +60,10 @@ class DecisionRecord:
     window: timedelta | None = None  # callback: the window used to find it
     overload: bool = False  # callback: the operator's overload switch was on
     communication_id: str | None = None  # a linked callback joins the missed call's
+    # The conversation's line, its purposes and the date its data goes (the recording and
+    # this call's numbers alike), as the flow decided them; None: the call's line in the
+    # store's policy (`flows.retention.keeping_by_name`).
+    keep: Keeping | None = None
     # The file MixMonitor will be told to write (a "record" decision only): remembered in
     # the decision's own transaction, so that the decision path waits for one commit.
     recording_file: str | None = None

@@ -282,7 +282,7 @@ def checked_name(value: str, what: str) -> str:
 
 
 def purposes_text(purposes: Iterable[Purpose]) -> str:
-    return ",".join(sorted(p.value for p in purposes))
+    return ",".join(sorted(Purpose(p).value for p in purposes))
 
 
 def purposes_of(text: str) -> frozenset[Purpose]:
