@@ -6,6 +6,11 @@ Opt-in, like the live tests: it runs only with `CALLREC_TEST_ARI_URL` (and
 repository's asterisk-conf; otherwise it says so and does nothing.
 
     python -m bench.live_load [--callers 200] [--rates 20 40 100] [--rounds 2]
+                              [--kinds callrec bare] [--py-spy PY_SPY]
+
+With `--py-spy`, each run of the app is sampled by py-spy (attached by pid, non-blocking, so
+the app's own CPU figures stay its own) and the collapsed stacks are left in the work
+directory (`--keep`) as `profile.txt`.
 
 Each caller is `Local/press1@callrec-test-caller` dialled into the service line: it presses 1
 three seconds after it is answered. The app under test owns the Stasis app `callrec`; an
@@ -270,6 +275,21 @@ def _ledger(work: Path, observer: Observer) -> dict[str, int]:
     }
 
 
+def start_profiler(py_spy: str | None, pid: int, work: Path) -> subprocess.Popen[bytes] | None:
+    if py_spy is None:
+        return None
+    argv = [py_spy, "record", "--pid", str(pid), "--nonblocking", "--rate", "200"]
+    argv += ["--format", "raw", "--output", str(work / "profile.txt")]
+    return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+async def stop_profiler(profiler: subprocess.Popen[bytes] | None) -> None:
+    if profiler is not None and profiler.poll() is None:
+        profiler.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            await asyncio.to_thread(profiler.wait, 30)
+
+
 async def one_run(
     kind: str,
     rate: float,
@@ -278,6 +298,7 @@ async def one_run(
     observer: Observer,
     credentials: tuple[str, str, str],
     work: Path,
+    py_spy: str | None = None,
 ) -> Run:
     url, user, password = credentials
     run = Run(kind, rate, n)
@@ -289,6 +310,7 @@ async def one_run(
         # up), so being listed does not prove the new process is connected: the time it
         # takes to start does ("Stasis failed" in the table would show otherwise).
         await asyncio.sleep(STARTUP_SECONDS)
+        profiler = start_profiler(py_spy, proc.pid, work)
         cpu_before = cpu_seconds(proc.pid)
         log_from = _log_size()
         observer.callers.clear()
@@ -338,6 +360,7 @@ async def one_run(
         await asyncio.sleep(2.0)  # the app finishes its calls (ledger, files)
         run.cpu_per_call = (cpu_seconds(proc.pid) - cpu_before) / n
         run.session_warnings = _session_warnings(log_from)
+        await stop_profiler(profiler)
     finally:
         await stop_app(proc)
     callers = [observer.callers.get(c, Caller()) for c in observer.mine]
@@ -380,6 +403,8 @@ async def run_all(args: argparse.Namespace, credentials: tuple[str, str, str]) -
     url, user, password = credentials
     observer = Observer()
     work = Path(tempfile.mkdtemp(prefix="callrec-live-load-"))
+    if args.keep:
+        say(f"live load: work directory {work}")
     runs: list[Run] = []
     # Named after the app under test: its REST calls (originate, the registration check)
     # concern that app; the observer has its own socket.
@@ -389,7 +414,7 @@ async def run_all(args: argparse.Namespace, credentials: tuple[str, str, str]) -
             await asyncio.sleep(1.0)
             for rate in args.rates:
                 for round_ in range(args.rounds):
-                    kinds = ("callrec", "bare") if round_ % 2 == 0 else ("bare", "callrec")
+                    kinds = args.kinds if round_ % 2 == 0 else args.kinds[::-1]
                     for kind in kinds:
                         say(f"live load: {kind} at {rate:g}/s, {args.callers} callers")
                         run = await one_run(
@@ -400,6 +425,7 @@ async def run_all(args: argparse.Namespace, credentials: tuple[str, str, str]) -
                             observer,
                             credentials,
                             work / f"{kind}-{rate:g}-{round_}",
+                            args.py_spy,
                         )
                         runs.append(run)
                         print(table([run]).splitlines()[-1], flush=True)
@@ -418,6 +444,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rates", type=float, nargs="+", default=[20.0, 40.0, 100.0])
     parser.add_argument("--rounds", type=int, default=2, help="runs of each app per rate")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    parser.add_argument(
+        "--kinds", nargs="+", choices=("callrec", "bare"), default=["callrec", "bare"]
+    )
+    parser.add_argument("--py-spy", metavar="PY_SPY", help="sample each app run with py-spy")
     args = parser.parse_args(argv)
     url = os.environ.get("CALLREC_TEST_ARI_URL", "")
     if not url:
