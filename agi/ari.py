@@ -92,6 +92,7 @@ ENDPOINTS: tuple[tuple[str, str, frozenset[str]], ...] = (
     ("POST", "/channels/{channelId}/play/{playbackId}", frozenset({"media", "lang"})),
     ("DELETE", "/playbacks/{playbackId}", frozenset()),
     ("POST", "/applications/{applicationName}/subscription", frozenset({"eventSource"})),
+    ("DELETE", "/applications/{applicationName}/subscription", frozenset({"eventSource"})),
     ("POST", "/channels/{channelId}/variable", frozenset({"variable", "value"})),
     ("GET", "/channels/{channelId}/variable", frozenset({"variable"})),
     ("POST", "/channels/{channelId}/continue", frozenset({"context", "extension", "priority"})),
@@ -493,6 +494,33 @@ class AriClient:
             raise ChannelGone(
                 f"ARI subscription: 404 {shown(reply.message, 80)}", call_id=channel_id, status=404
             )
+
+    async def subscribed_channels(self) -> list[str]:
+        """The channel ids our application is subscribed to ([] when it is not registered)."""
+        reply = await self._request(
+            "GET",
+            "/applications/{applicationName}",
+            {"applicationName": self._app},
+            accept={404},
+            gone=frozenset(),
+        )
+        if reply.status == 404 or not isinstance(reply.data, dict):
+            return []
+        ids = reply.data.get("channel_ids")
+        return [str(i) for i in ids] if isinstance(ids, list) else []
+
+    async def unsubscribe(self, channel_id: str) -> None:
+        """End our subscription to a channel, which need not exist any more (Asterisk looks
+        for the subscription only); one that is not there is no error."""
+        await self._request(
+            "DELETE",
+            "/applications/{applicationName}/subscription",
+            {"applicationName": self._app},
+            {"eventSource": f"channel:{channel_id}"},
+            call_id=channel_id,
+            accept={404, 422},
+            gone=frozenset(),
+        )
 
     async def set_variable(self, channel_id: str, name: str, value: str) -> None:
         await self._request(

@@ -619,6 +619,22 @@ class StasisApp:
         for call in list(self._calls.values()):
             if call.worker is not None:
                 call.worker.cancel()
+        await self._unsubscribe_all(grace)
+
+    async def _unsubscribe_all(self, within: float) -> None:
+        """End every channel subscription of the application before its WebSocket closes.
+        Asterisk destroys an application whose socket went only if it holds no subscription
+        then, and looks again only when some application registers or a channel leaves
+        Stasis: one left holding subscriptions (callers still queued; a channel that died
+        while our subscription was on its way) stays listed with nobody behind it, and
+        whoever checks the name finds it taken. A restarted controller subscribes again to
+        the calls it still tracks (`_adopt_open_calls`)."""
+        try:
+            async with asyncio.timeout(within):
+                channel_ids = await self._client.subscribed_channels()
+                await asyncio.gather(*(self._client.unsubscribe(c) for c in channel_ids))
+        except (AsteriskError, TimeoutError) as error:
+            log.warning("channel subscriptions not all ended at shutdown: %s", error or "timeout")
 
 
 def _playback_state(event: AriEvent) -> str | None:
