@@ -54,6 +54,7 @@ from flows.keys import heard
 from flows.numbers import shown
 from flows.outcome import Outcome, QueueObserver, outcome_after_restart
 from flows.policy import Policy
+from flows.shedding import DECISION_LAG_BOUND, Load, ShedBounds, shed_reason
 from storage.ports import CallRow
 
 log = logging.getLogger("callrec.stasis")
@@ -233,14 +234,16 @@ class StasisApp:
         *,
         timer_scale: float = 1.0,
         shed_backlog: int | None = None,
+        shed_decision_lag: float | None = None,
     ) -> None:
         self._client = client
-        self._shed_backlog = (
-            shed_backlog
+        self._shed_bounds = ShedBounds(
+            ari_backlog=shed_backlog
             if shed_backlog is not None
-            else SHED_BACKLOG_FACTOR * client.max_connections
+            else SHED_BACKLOG_FACTOR * client.max_connections,
+            decision_lag=DECISION_LAG_BOUND if shed_decision_lag is None else shed_decision_lag,
         )
-        self.shed = 0  # calls handed on unrecorded because Asterisk was behind
+        self.shed = 0  # calls handed on unrecorded because Asterisk or we were behind
         self._deps = deps
         self._policy = policy
         self._calls: dict[str, _Call] = {}
@@ -356,20 +359,19 @@ class StasisApp:
         call = _Call(channel_id, timer_scale=self._timer_scale, epoch=self._connections)
         self._calls[channel_id] = call
         self.idle.clear()
-        backlog = self._client.backlog
-        if backlog > self._shed_backlog:
+        load = Load(ari_backlog=self._client.backlog, decision_lag=self._deps.lag.seconds())
+        reason = shed_reason(load, self._shed_bounds)
+        if reason is not None:
             self.shed += 1
             level = logging.WARNING if self.shed % SHED_LOG_EVERY == 1 else logging.INFO
             log.log(
                 level,
-                "channel %s shed: %d ARI requests wait (bound %d); handed on unrecorded "
-                "(%d shed so far)",
+                "channel %s shed: %s; handed on unrecorded (%d shed so far)",
                 shown(channel_id),
-                backlog,
-                self._shed_backlog,
+                reason,
                 self.shed,
             )
-            work = self._shed_call(call, event, f"{backlog} ARI requests were waiting")
+            work = self._shed_call(call, event, reason)
         else:
             work = self._work(call, event)
         call.worker = asyncio.get_running_loop().create_task(work)

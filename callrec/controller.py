@@ -189,6 +189,9 @@ async def serve(settings: Settings) -> int:
             _deps(settings, store, events, collector),
             settings.policy,
             shed_backlog=settings.ari.shed_backlog,
+            shed_decision_lag=None
+            if settings.ari.shed_decision_lag_ms is None
+            else settings.ari.shed_decision_lag_ms / 1000,
         )
         print(
             f"callrec serve: app {settings.ari.app!r} at {settings.ari.url}, store "

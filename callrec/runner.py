@@ -132,6 +132,7 @@ async def harness(
     ari_timeout: float = 5.0,
     max_connections: int = DEFAULT_MAX_CONNECTIONS,
     shed_backlog: int | None = None,
+    shed_decision_lag: float | None = None,
     ledger: LedgerConfig | None = None,
 ) -> AsyncIterator[Harness]:
     """A controller wired to a store in `data_dir` (created when new; never a store that
@@ -197,7 +198,14 @@ async def harness(
     h: Harness | None = None
     try:
         if mode == "ari":
-            app = StasisApp(client, deps, policy, timer_scale=time_scale, shed_backlog=shed_backlog)
+            app = StasisApp(
+                client,
+                deps,
+                policy,
+                timer_scale=time_scale,
+                shed_backlog=shed_backlog,
+                shed_decision_lag=shed_decision_lag,
+            )
             task = asyncio.get_running_loop().create_task(app.run())
             try:
                 await asyncio.wait_for(client.wait_connected(), 10.0)
