@@ -142,6 +142,7 @@ class CallSession:
         self.ended = False
         self._in_ledger: asyncio.Task[bool] | None = None
         self._file_registered = False  # the ledger names the recording file already
+        self._file: str | None = None  # the spool file's name, once asked for
 
     @property
     def decision(self) -> Decision:
@@ -306,7 +307,9 @@ class CallSession:
         )
 
     def _spool_file(self) -> str:
-        return str(self.deps.spool_dir / f"{self.call_id}.{self.deps.recording_format}")
+        if self._file is None:
+            self._file = str(self.deps.spool_dir / f"{self.call_id}.{self.deps.recording_format}")
+        return self._file
 
     async def _start_recording(self) -> list[Event]:
         file = self._spool_file()

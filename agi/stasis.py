@@ -69,6 +69,18 @@ WAV_HEADER_BYTES = 44  # what MixMonitor(...,b) writes when nobody was bridged
 # more work than one `continue` now. Default: this many times the connection limit.
 SHED_BACKLOG_FACTOR = 2
 SHED_LOG_EVERY = 100  # a shed call is logged at warning level once per this many
+# The events `_route` acts on; the client drops the rest unread.
+WANTED_EVENTS = frozenset(
+    {
+        "StasisStart",
+        "StasisEnd",
+        "PlaybackFinished",
+        "ChannelDtmfReceived",
+        "ChannelVarset",
+        "ChannelHangupRequest",
+        "ChannelDestroyed",
+    }
+)
 
 
 class _Ended:
@@ -277,7 +289,7 @@ class StasisApp:
         the background, so that new calls are served meanwhile."""
         self._spawn(self._reconcile_when_connected())
         try:
-            async for item in self._client.events():
+            async for item in self._client.events(WANTED_EVENTS):
                 if isinstance(item, Reconnected):
                     self._connections += 1
                     log.warning("ARI events reconnected (attempt %d); reconciling", item.attempt)

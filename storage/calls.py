@@ -114,9 +114,12 @@ async def commit_decision(ctx: Context, record: DecisionRecord) -> None:
                 f"a decision ({row['decision']}) is already committed; it is final",
                 call_id=record.call_id,
             )
+        # One statement: the communication and the recording file change only when given.
         tx.run(
             "UPDATE calls SET decision = ?, decided_at = ?, digit = ?, legal_basis = ?, "
-            "prompt = ?, prompt_sha256 = ?, reason = ?, linked_to = ? WHERE call_id = ?",
+            "prompt = ?, prompt_sha256 = ?, reason = ?, linked_to = ?, "
+            "communication_id = COALESCE(?, communication_id), "
+            "recording_file = COALESCE(?, recording_file) WHERE call_id = ?",
             (
                 decision.value,
                 when,
@@ -126,6 +129,8 @@ async def commit_decision(ctx: Context, record: DecisionRecord) -> None:
                 record.prompt_sha256,
                 record.reason,
                 record.linked_to,
+                record.communication_id,
+                record.recording_file,
                 record.call_id,
             ),
         )
@@ -157,16 +162,6 @@ async def commit_decision(ctx: Context, record: DecisionRecord) -> None:
             )
             details["linked_to"] = record.linked_to
             details["overload"] = "on" if record.overload else "off"
-        if record.communication_id is not None:
-            tx.run(
-                "UPDATE calls SET communication_id = ? WHERE call_id = ?",
-                (record.communication_id, record.call_id),
-            )
-        if record.recording_file is not None:
-            tx.run(
-                "UPDATE calls SET recording_file = ? WHERE call_id = ?",
-                (record.recording_file, record.call_id),
-            )
         ctx.audit(tx, record.decided_at, "decision.committed", record.call_id, details)
 
     await ctx.db.write(body, f"committing the decision of call {record.call_id}")
