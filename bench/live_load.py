@@ -56,7 +56,11 @@ from storage.sqlite import LEDGER_FILE, SqliteStore
 
 APP = "callrec"
 OBSERVER = "callrec-bench-observer"
-CALLER = "Local/press1@callrec-test-caller"
+CALLER = "Local/{}@callrec-test-caller"
+# Callers that hang up on their own (press 1, then leave 8 s later): no hang-up request per
+# caller, each of which makes Asterisk look the channel up among all of them (by unique id a
+# scan that locks every channel, while channels being destroyed wait for that container).
+SELF_ENDING = "press1-giveup"
 CONTEXT = "callrec-inbound"
 SERVICE = "040404040"
 SERVE = "import sys; from callrec.cli import main; sys.exit(main())"
@@ -302,6 +306,7 @@ async def one_run(
     work: Path,
     watch: AriClient,
     py_spy: str | None = None,
+    caller: str = "press1",
 ) -> Run:
     url, user, password = credentials
     run = Run(kind, rate, n)
@@ -324,7 +329,7 @@ async def one_run(
         async def place(k: int) -> None:
             with contextlib.suppress(Exception):
                 channel = await client.originate(
-                    CALLER,
+                    CALLER.format(caller),
                     extension=SERVICE,
                     context=CONTEXT,
                     priority=1,
@@ -344,7 +349,7 @@ async def one_run(
             # callers do, so that Asterisk is not left with every caller of the run at once.
             hanging_up.append(loop.create_task(hang_up_in_queue(channel_id)))
 
-        observer.on_queue = reached
+        observer.on_queue = None if caller == SELF_ENDING else reached
 
         placing = []
         for k in range(n):
@@ -434,6 +439,7 @@ async def run_all(args: argparse.Namespace, credentials: tuple[str, str, str]) -
                             work / f"{kind}-{rate:g}-{round_}",
                             watch,
                             args.py_spy,
+                            args.caller,
                         )
                         runs.append(run)
                         print(table([run]).splitlines()[-1], flush=True)
@@ -456,6 +462,12 @@ def main(argv: list[str] | None = None) -> int:
         "--kinds", nargs="+", choices=("callrec", "bare"), default=["callrec", "bare"]
     )
     parser.add_argument("--py-spy", metavar="PY_SPY", help="sample each app run with py-spy")
+    parser.add_argument(
+        "--caller",
+        choices=("press1", SELF_ENDING),
+        default="press1",
+        help=f"{SELF_ENDING}: callers leave 8 s after pressing 1; none is hung up by the bench",
+    )
     args = parser.parse_args(argv)
     url = os.environ.get("CALLREC_TEST_ARI_URL", "")
     if not url:
