@@ -92,6 +92,7 @@ ENDPOINTS: tuple[tuple[str, str, frozenset[str]], ...] = (
     ("POST", "/channels/{channelId}/play/{playbackId}", frozenset({"media", "lang"})),
     ("DELETE", "/playbacks/{playbackId}", frozenset()),
     ("POST", "/applications/{applicationName}/subscription", frozenset({"eventSource"})),
+    ("DELETE", "/applications/{applicationName}/subscription", frozenset({"eventSource"})),
     ("POST", "/channels/{channelId}/variable", frozenset({"variable", "value"})),
     ("GET", "/channels/{channelId}/variable", frozenset({"variable"})),
     ("POST", "/channels/{channelId}/continue", frozenset({"context", "extension", "priority"})),
@@ -147,6 +148,12 @@ class Reconnected:
 def decode_event(message: str | bytes) -> AriEvent:
     """Pure. Raises flows.errors.ProtocolViolation (clear message) on bad JSON, a non-object,
     a missing/non-string `type`, wrong field types, an oversized message, a bad digit."""
+    return lift_event(parse_event(message))
+
+
+def parse_event(message: str | bytes) -> dict[str, Any]:
+    """An event's JSON object, its `type` a non-empty string; the fields are checked by
+    `lift_event`, which an app that ignores this type need not pay for."""
     size = _size(message)
     if size > MAX_EVENT_BYTES:
         raise ProtocolViolation(
@@ -170,24 +177,30 @@ def decode_event(message: str | bytes) -> AriEvent:
     kind = data.get("type")
     if not isinstance(kind, str) or not kind:
         raise ProtocolViolation(f"ARI event has no string 'type' (found {_kind(kind)})")
-    where = f"ARI {shown(kind, 40)} event"
+    return data
+
+
+def lift_event(data: dict[str, Any]) -> AriEvent:
+    """The fields an app reads, checked, out of a parsed event (`parse_event`)."""
+    kind = str(data["type"])
+    where = _Where(kind)
 
     channel = _object(data, "channel", where)
     if channel is None and kind in CHANNEL_REQUIRED:
         raise ProtocolViolation(f"{where} has no 'channel'")
     channel_id = caller_number = exten = None
     if channel is not None:
-        channel_id = _required_text(channel, "id", f"{where}, channel")
-        caller = _object(channel, "caller", f"{where}, channel")
-        caller_number = None if caller is None else _text(caller, "number", f"{where}, caller")
-        dialplan = _object(channel, "dialplan", f"{where}, channel")
-        exten = None if dialplan is None else _text(dialplan, "exten", f"{where}, dialplan")
+        channel_id = _required_text(channel, "id", where, "channel")
+        caller = _object(channel, "caller", where, "channel")
+        caller_number = None if caller is None else _text(caller, "number", where, "caller")
+        dialplan = _object(channel, "dialplan", where, "channel")
+        exten = None if dialplan is None else _text(dialplan, "exten", where, "dialplan")
 
     playback_id = None
     playback = _object(data, "playback", where)
     if playback is not None:
-        playback_id = _required_text(playback, "id", f"{where}, playback")
-        target = _text(playback, "target_uri", f"{where}, playback")
+        playback_id = _required_text(playback, "id", where, "playback")
+        target = _text(playback, "target_uri", where, "playback")
         # Playback events carry no channel; the target names it ("channel:<id>").
         if channel_id is None and target is not None and target.startswith("channel:"):
             channel_id = target.removeprefix("channel:") or None
@@ -242,24 +255,44 @@ def _kind(value: object) -> str:
             return type(value).__name__
 
 
-def _object(data: Mapping[str, Any], key: str, where: str) -> Mapping[str, Any] | None:
+class _Where:
+    """Where in an event a field sits, put into words only for an error: every event is
+    checked, and building the words for each would cost more than the checks."""
+
+    __slots__ = ("kind", "part")
+
+    def __init__(self, kind: str, part: str = "") -> None:
+        self.kind = kind
+        self.part = part
+
+    def __str__(self) -> str:
+        return f"ARI {shown(self.kind, 40)} event" + (f", {self.part}" if self.part else "")
+
+
+def _object(
+    data: Mapping[str, Any], key: str, where: _Where, part: str = ""
+) -> Mapping[str, Any] | None:
     value = data.get(key)
     if value is None or isinstance(value, dict):
         return value
-    raise ProtocolViolation(f"{where}: '{key}' is a {_kind(value)}, not an object")
+    raise ProtocolViolation(
+        f"{_Where(where.kind, part)}: '{key}' is a {_kind(value)}, not an object"
+    )
 
 
-def _text(data: Mapping[str, Any], key: str, where: str) -> str | None:
+def _text(data: Mapping[str, Any], key: str, where: _Where, part: str = "") -> str | None:
     value = data.get(key)
     if value is None or isinstance(value, str):
         return value
-    raise ProtocolViolation(f"{where}: '{key}' is a {_kind(value)}, not a string")
+    raise ProtocolViolation(
+        f"{_Where(where.kind, part)}: '{key}' is a {_kind(value)}, not a string"
+    )
 
 
-def _required_text(data: Mapping[str, Any], key: str, where: str) -> str:
-    value = _text(data, key, where)
+def _required_text(data: Mapping[str, Any], key: str, where: _Where, part: str = "") -> str:
+    value = _text(data, key, where, part)
     if not value:
-        raise ProtocolViolation(f"{where}: '{key}' is missing or empty")
+        raise ProtocolViolation(f"{_Where(where.kind, part)}: '{key}' is missing or empty")
     return value
 
 
@@ -502,6 +535,33 @@ class AriClient:
             raise ChannelGone(
                 f"ARI subscription: 404 {shown(reply.message, 80)}", call_id=channel_id, status=404
             )
+
+    async def subscribed_channels(self) -> list[str]:
+        """The channel ids our application is subscribed to ([] when it is not registered)."""
+        reply = await self._request(
+            "GET",
+            "/applications/{applicationName}",
+            {"applicationName": self._app},
+            accept={404},
+            gone=frozenset(),
+        )
+        if reply.status == 404 or not isinstance(reply.data, dict):
+            return []
+        ids = reply.data.get("channel_ids")
+        return [str(i) for i in ids] if isinstance(ids, list) else []
+
+    async def unsubscribe(self, channel_id: str) -> None:
+        """End our subscription to a channel, which need not exist any more (Asterisk looks
+        for the subscription only); one that is not there is no error."""
+        await self._request(
+            "DELETE",
+            "/applications/{applicationName}/subscription",
+            {"applicationName": self._app},
+            {"eventSource": f"channel:{channel_id}"},
+            call_id=channel_id,
+            accept={404, 422},
+            gone=frozenset(),
+        )
 
     async def set_variable(self, channel_id: str, name: str, value: str) -> None:
         await self._request(
@@ -804,9 +864,13 @@ class AriClient:
 
     # Events
 
-    async def events(self) -> AsyncGenerator[AriEvent | Reconnected, None]:
+    async def events(
+        self, wanted: frozenset[str] | None = None
+    ) -> AsyncGenerator[AriEvent | Reconnected, None]:
         """Events in arrival order, for as long as the client is open; reconnects on its own
-        and yields Reconnected after each reconnection. Ends when the client is closed."""
+        and yields Reconnected after each reconnection. Ends when the client is closed.
+        With `wanted`, known event types not in it are dropped unread (a subscribed channel
+        reports every dialplan step and variable; an app that reads few pays for few)."""
         url = self._url(
             "GET", "/events", {}, {"app": self._app, "subscribeAll": False}, websocket=True
         )
@@ -857,7 +921,7 @@ class AriClient:
                 replaced = False
                 async for message in socket:
                     if message.type in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY):
-                        event = self._decode_logged(message.data)
+                        event = self._decode_logged(message.data, wanted)
                         if event is not None:
                             yield event
                             if event.type == "ApplicationReplaced":
@@ -954,9 +1018,19 @@ class AriClient:
         except aiohttp.ClientError as error:
             raise AsteriskError(self._failure(error)) from error
 
-    def _decode_logged(self, data: str | bytes) -> AriEvent | None:
+    def _decode_logged(
+        self, data: str | bytes, wanted: frozenset[str] | None = None
+    ) -> AriEvent | None:
         try:
-            event = decode_event(data)
+            parsed = parse_event(data)
+            if (
+                wanted is not None
+                and parsed["type"] not in wanted
+                and parsed["type"] in EVENT_TYPES
+                and parsed["type"] != "ApplicationReplaced"
+            ):
+                return None
+            event = lift_event(parsed)
         except ProtocolViolation as error:
             log.warning("ARI events: dropped a message of %d bytes: %s", _size(data), error)
             return None

@@ -19,9 +19,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import deque
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from agi.collector import RecordingCollector
@@ -73,6 +74,45 @@ def release_pause(attempt: int) -> float:
 
 Flow = InboundFlow | CallbackFlow
 
+LAG_HALF_LIFE = 1.0  # seconds over which a measured decision lag counts half as much
+LAG_SMOOTHING = 0.3  # the weight of the latest decision in the recent lag
+
+
+class DecisionLag:
+    """How far behind the controller's decisions run, for `flows.shedding`: the age of the
+    oldest decision still waiting for its commit, or else the recent decisions' time from
+    being made to being on disk, forgotten as it ages (a quiet spell after a burst must not
+    shed the next caller). Wall-clock monotonic time: it measures us, not the calls."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._pending: dict[int, float] = {}  # token -> when its wait began, oldest first
+        self._next = 0
+        self._recent = 0.0
+        self._recent_at = 0.0
+
+    def begin(self) -> int:
+        self._next += 1
+        self._pending[self._next] = self._clock()
+        return self._next
+
+    def end(self, token: int) -> None:
+        began = self._pending.pop(token, None)
+        if began is None:
+            return
+        now = self._clock()
+        sample = now - began
+        self._recent = LAG_SMOOTHING * sample + (1 - LAG_SMOOTHING) * self._decayed(now)
+        self._recent_at = now
+
+    def seconds(self) -> float:
+        now = self._clock()
+        oldest = now - next(iter(self._pending.values())) if self._pending else 0.0
+        return max(oldest, self._decayed(now))
+
+    def _decayed(self, now: float) -> float:
+        return float(self._recent * 0.5 ** ((now - self._recent_at) / LAG_HALF_LIFE))
+
 
 @dataclass(frozen=True, slots=True)
 class SessionDeps:
@@ -86,6 +126,7 @@ class SessionDeps:
     prompt_versions: Mapping[str, str]  # prompt id -> sha256 of its audio
     collector: RecordingCollector  # takes each finished file into the store
     recording_format: str = "wav"  # the extension MixMonitor is given: "wav" or "wav16"
+    lag: DecisionLag = field(default_factory=DecisionLag)  # measured for shedding
 
 
 class CallSession:
@@ -101,6 +142,7 @@ class CallSession:
         self.ended = False
         self._in_ledger: asyncio.Task[bool] | None = None
         self._file_registered = False  # the ledger names the recording file already
+        self._file: str | None = None  # the spool file's name, once asked for
 
     @property
     def decision(self) -> Decision:
@@ -222,13 +264,16 @@ class CallSession:
             if command.linked_to is None
             else communication_of(self.call_id, command.linked_to, self.start.communication_id),
         )
-        if not await self.in_ledger():
-            return CommitFailed("the ledger did not take the call")
+        waiting = self.deps.lag.begin()
         try:
+            if not await self.in_ledger():
+                return CommitFailed("the ledger did not take the call")
             await self.deps.ledger.commit_decision(record)
         except StorageError as error:
             log.error("call %s: decision not committed: %s", self.call_id, error)
             return CommitFailed(str(error))
+        finally:
+            self.deps.lag.end(waiting)
         self.decision_committed = True
         self._file_registered = file is not None
         self.deps.events.publish(
@@ -263,7 +308,9 @@ class CallSession:
         )
 
     def _spool_file(self) -> str:
-        return str(self.deps.spool_dir / f"{self.call_id}.{self.deps.recording_format}")
+        if self._file is None:
+            self._file = str(self.deps.spool_dir / f"{self.call_id}.{self.deps.recording_format}")
+        return self._file
 
     async def _start_recording(self) -> list[Event]:
         file = self._spool_file()

@@ -54,6 +54,7 @@ from flows.keys import heard
 from flows.numbers import shown
 from flows.outcome import Outcome, QueueObserver, outcome_after_restart
 from flows.policy import Policy
+from flows.shedding import DECISION_LAG_BOUND, Load, ShedBounds, shed_reason
 from storage.ports import CallRow
 
 log = logging.getLogger("callrec.stasis")
@@ -68,6 +69,18 @@ WAV_HEADER_BYTES = 44  # what MixMonitor(...,b) writes when nobody was bridged
 # more work than one `continue` now. Default: this many times the connection limit.
 SHED_BACKLOG_FACTOR = 2
 SHED_LOG_EVERY = 100  # a shed call is logged at warning level once per this many
+# The events `_route` acts on; the client drops the rest unread.
+WANTED_EVENTS = frozenset(
+    {
+        "StasisStart",
+        "StasisEnd",
+        "PlaybackFinished",
+        "ChannelDtmfReceived",
+        "ChannelVarset",
+        "ChannelHangupRequest",
+        "ChannelDestroyed",
+    }
+)
 
 
 class _Ended:
@@ -233,14 +246,16 @@ class StasisApp:
         *,
         timer_scale: float = 1.0,
         shed_backlog: int | None = None,
+        shed_decision_lag: float | None = None,
     ) -> None:
         self._client = client
-        self._shed_backlog = (
-            shed_backlog
+        self._shed_bounds = ShedBounds(
+            ari_backlog=shed_backlog
             if shed_backlog is not None
-            else SHED_BACKLOG_FACTOR * client.max_connections
+            else SHED_BACKLOG_FACTOR * client.max_connections,
+            decision_lag=DECISION_LAG_BOUND if shed_decision_lag is None else shed_decision_lag,
         )
-        self.shed = 0  # calls handed on unrecorded because Asterisk was behind
+        self.shed = 0  # calls handed on unrecorded because Asterisk or we were behind
         self._deps = deps
         self._policy = policy
         self._calls: dict[str, _Call] = {}
@@ -279,7 +294,7 @@ class StasisApp:
         the background, so that new calls are served meanwhile."""
         self._spawn(self._reconcile_when_connected())
         try:
-            async for item in self._client.events():
+            async for item in self._client.events(WANTED_EVENTS):
                 if isinstance(item, Reconnected):
                     self._connections += 1
                     log.warning("ARI events reconnected (attempt %d); reconciling", item.attempt)
@@ -361,20 +376,19 @@ class StasisApp:
         call = _Call(channel_id, timer_scale=self._timer_scale, epoch=self._connections)
         self._calls[channel_id] = call
         self.idle.clear()
-        backlog = self._client.backlog
-        if backlog > self._shed_backlog:
+        load = Load(ari_backlog=self._client.backlog, decision_lag=self._deps.lag.seconds())
+        reason = shed_reason(load, self._shed_bounds)
+        if reason is not None:
             self.shed += 1
             level = logging.WARNING if self.shed % SHED_LOG_EVERY == 1 else logging.INFO
             log.log(
                 level,
-                "channel %s shed: %d ARI requests wait (bound %d); handed on unrecorded "
-                "(%d shed so far)",
+                "channel %s shed: %s; handed on unrecorded (%d shed so far)",
                 shown(channel_id),
-                backlog,
-                self._shed_backlog,
+                reason,
                 self.shed,
             )
-            work = self._shed_call(call, event, f"{backlog} ARI requests were waiting")
+            work = self._shed_call(call, event, reason)
         else:
             work = self._work(call, event)
         call.worker = asyncio.get_running_loop().create_task(work)
@@ -634,6 +648,22 @@ class StasisApp:
         for call in list(self._calls.values()):
             if call.worker is not None:
                 call.worker.cancel()
+        await self._unsubscribe_all(grace)
+
+    async def _unsubscribe_all(self, within: float) -> None:
+        """End every channel subscription of the application before its WebSocket closes.
+        Asterisk destroys an application whose socket went only if it holds no subscription
+        then, and looks again only when some application registers or a channel leaves
+        Stasis: one left holding subscriptions (callers still queued; a channel that died
+        while our subscription was on its way) stays listed with nobody behind it, and
+        whoever checks the name finds it taken. A restarted controller subscribes again to
+        the calls it still tracks (`_adopt_open_calls`)."""
+        try:
+            async with asyncio.timeout(within):
+                channel_ids = await self._client.subscribed_channels()
+                await asyncio.gather(*(self._client.unsubscribe(c) for c in channel_ids))
+        except (AsteriskError, TimeoutError) as error:
+            log.warning("channel subscriptions not all ended at shutdown: %s", error or "timeout")
 
 
 def _playback_state(event: AriEvent) -> str | None:

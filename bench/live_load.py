@@ -6,10 +6,15 @@ Opt-in, like the live tests: it runs only with `CALLREC_TEST_ARI_URL` (and
 repository's asterisk-conf; otherwise it says so and does nothing.
 
     python -m bench.live_load [--callers 200] [--rates 20 40 100] [--rounds 2]
+                              [--kinds callrec bare] [--py-spy PY_SPY]
+
+With `--py-spy`, each run of the app is sampled by py-spy (attached by pid, non-blocking, so
+the app's own CPU figures stay its own) and the collapsed stacks are left in the work
+directory (`--keep`) as `profile.txt`.
 
 Each caller is `Local/press1@callrec-test-caller` dialled into the service line: it presses 1
 three seconds after it is answered. The app under test owns the Stasis app `callrec`; an
-observer app subscribed to everything records Asterisk's own event timestamps: the digit
+observer app subscribed to each caller's channel records Asterisk's own event timestamps: the digit
 (`ChannelDtmfReceived`), leaving Stasis (the `STASISSTATUS` variable Stasis() sets on its
 way out), `MixMonitor` and `Queue` starting, and the channel's end. The callers are hung up
 by the benchmark once all reached the queue (or after a deadline); one that ended before
@@ -51,7 +56,11 @@ from storage.sqlite import LEDGER_FILE, SqliteStore
 
 APP = "callrec"
 OBSERVER = "callrec-bench-observer"
-CALLER = "Local/press1@callrec-test-caller"
+CALLER = "Local/{}@callrec-test-caller"
+# Callers that hang up on their own (press 1, then leave 8 s later): no hang-up request per
+# caller, each of which makes Asterisk look the channel up among all of them (by unique id a
+# scan that locks every channel, while channels being destroyed wait for that container).
+SELF_ENDING = "press1-giveup"
 CONTEXT = "callrec-inbound"
 SERVICE = "040404040"
 SERVE = "import sys; from callrec.cli import main; sys.exit(main())"
@@ -137,7 +146,9 @@ class Run:
 
 
 async def observe(url: str, user: str, password: str, observer: Observer) -> None:
-    ws_url = url.replace("http", "ws", 1) + f"/events?app={OBSERVER}&subscribeAll=true"
+    # Subscribed to each caller's channel only (`watch`), not to everything: every event
+    # Asterisk turns into JSON for an observer is work it does not do for the app under test.
+    ws_url = url.replace("http", "ws", 1) + f"/events?app={OBSERVER}"
     headers = {"Authorization": aiohttp.encode_basic_auth(user, password)}
     async with (
         aiohttp.ClientSession() as session,
@@ -270,6 +281,21 @@ def _ledger(work: Path, observer: Observer) -> dict[str, int]:
     }
 
 
+def start_profiler(py_spy: str | None, pid: int, work: Path) -> subprocess.Popen[bytes] | None:
+    if py_spy is None:
+        return None
+    argv = [py_spy, "record", "--pid", str(pid), "--nonblocking", "--rate", "200"]
+    argv += ["--format", "raw", "--output", str(work / "profile.txt")]
+    return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+async def stop_profiler(profiler: subprocess.Popen[bytes] | None) -> None:
+    if profiler is not None and profiler.poll() is None:
+        profiler.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            await asyncio.to_thread(profiler.wait, 30)
+
+
 async def one_run(
     kind: str,
     rate: float,
@@ -278,6 +304,9 @@ async def one_run(
     observer: Observer,
     credentials: tuple[str, str, str],
     work: Path,
+    watch: AriClient,
+    py_spy: str | None = None,
+    caller: str = "press1",
 ) -> Run:
     url, user, password = credentials
     run = Run(kind, rate, n)
@@ -289,6 +318,7 @@ async def one_run(
         # up), so being listed does not prove the new process is connected: the time it
         # takes to start does ("Stasis failed" in the table would show otherwise).
         await asyncio.sleep(STARTUP_SECONDS)
+        profiler = start_profiler(py_spy, proc.pid, work)
         cpu_before = cpu_seconds(proc.pid)
         log_from = _log_size()
         observer.callers.clear()
@@ -299,13 +329,14 @@ async def one_run(
         async def place(k: int) -> None:
             with contextlib.suppress(Exception):
                 channel = await client.originate(
-                    CALLER,
+                    CALLER.format(caller),
                     extension=SERVICE,
                     context=CONTEXT,
                     priority=1,
                     caller_id=customer_number(k),
                 )
                 observer.mine.add(str(channel["id"]))
+                await watch.subscribe(str(channel["id"]))
 
         async def hang_up_in_queue(channel_id: str) -> None:
             with contextlib.suppress(Exception):
@@ -318,7 +349,7 @@ async def one_run(
             # callers do, so that Asterisk is not left with every caller of the run at once.
             hanging_up.append(loop.create_task(hang_up_in_queue(channel_id)))
 
-        observer.on_queue = reached
+        observer.on_queue = None if caller == SELF_ENDING else reached
 
         placing = []
         for k in range(n):
@@ -338,6 +369,7 @@ async def one_run(
         await asyncio.sleep(2.0)  # the app finishes its calls (ledger, files)
         run.cpu_per_call = (cpu_seconds(proc.pid) - cpu_before) / n
         run.session_warnings = _session_warnings(log_from)
+        await stop_profiler(profiler)
     finally:
         await stop_app(proc)
     callers = [observer.callers.get(c, Caller()) for c in observer.mine]
@@ -380,16 +412,21 @@ async def run_all(args: argparse.Namespace, credentials: tuple[str, str, str]) -
     url, user, password = credentials
     observer = Observer()
     work = Path(tempfile.mkdtemp(prefix="callrec-live-load-"))
+    if args.keep:
+        say(f"live load: work directory {work}")
     runs: list[Run] = []
     # Named after the app under test: its REST calls (originate, the registration check)
     # concern that app; the observer has its own socket.
-    async with AriClient(url, user, password, APP) as client:
+    async with (
+        AriClient(url, user, password, APP) as client,
+        AriClient(url, user, password, OBSERVER) as watch,
+    ):
         watcher = asyncio.get_running_loop().create_task(observe(url, user, password, observer))
         try:
             await asyncio.sleep(1.0)
             for rate in args.rates:
                 for round_ in range(args.rounds):
-                    kinds = ("callrec", "bare") if round_ % 2 == 0 else ("bare", "callrec")
+                    kinds = args.kinds if round_ % 2 == 0 else args.kinds[::-1]
                     for kind in kinds:
                         say(f"live load: {kind} at {rate:g}/s, {args.callers} callers")
                         run = await one_run(
@@ -400,6 +437,9 @@ async def run_all(args: argparse.Namespace, credentials: tuple[str, str, str]) -
                             observer,
                             credentials,
                             work / f"{kind}-{rate:g}-{round_}",
+                            watch,
+                            args.py_spy,
+                            args.caller,
                         )
                         runs.append(run)
                         print(table([run]).splitlines()[-1], flush=True)
@@ -418,6 +458,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rates", type=float, nargs="+", default=[20.0, 40.0, 100.0])
     parser.add_argument("--rounds", type=int, default=2, help="runs of each app per rate")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    parser.add_argument(
+        "--kinds", nargs="+", choices=("callrec", "bare"), default=["callrec", "bare"]
+    )
+    parser.add_argument("--py-spy", metavar="PY_SPY", help="sample each app run with py-spy")
+    parser.add_argument(
+        "--caller",
+        choices=("press1", SELF_ENDING),
+        default="press1",
+        help=f"{SELF_ENDING}: callers leave 8 s after pressing 1; none is hung up by the bench",
+    )
     args = parser.parse_args(argv)
     url = os.environ.get("CALLREC_TEST_ARI_URL", "")
     if not url:

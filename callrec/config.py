@@ -62,11 +62,13 @@ class AriSettings:
     app: str = DEFAULT_APP
     max_connections: int = DEFAULT_ARI_MAX_CONNECTIONS
     shed_backlog: int | None = None  # None: agi.stasis's default (twice max_connections)
+    shed_decision_lag_ms: int | None = None  # None: flows.shedding.DECISION_LAG_BOUND
 
     def __repr__(self) -> str:  # the password never reaches a log line
         return (
             f"AriSettings(url={self.url!r}, user={self.user!r}, app={self.app!r}, "
-            f"max_connections={self.max_connections}, shed_backlog={self.shed_backlog})"
+            f"max_connections={self.max_connections}, shed_backlog={self.shed_backlog}, "
+            f"shed_decision_lag_ms={self.shed_decision_lag_ms})"
         )
 
 
@@ -302,7 +304,10 @@ def load_settings(config: Path | None = None, env: Mapping[str, str] | None = No
         )
 
     ari = _section(
-        data, "ari", {"url", "user", "password_file", "app", "max_connections", "shed_backlog"}
+        data,
+        "ari",
+        {"url", "user", "password_file", "app", "max_connections", "shed_backlog"}
+        | {"shed_decision_lag_ms"},
     )
     password = env.get("CALLREC_ARI_PASSWORD", "")
     if not password and "password_file" in ari:
@@ -317,6 +322,7 @@ def load_settings(config: Path | None = None, env: Mapping[str, str] | None = No
         max_connections=_count(ari, "ari", "max_connections", DEFAULT_ARI_MAX_CONNECTIONS)
         or DEFAULT_ARI_MAX_CONNECTIONS,
         shed_backlog=_count(ari, "ari", "shed_backlog", None),
+        shed_decision_lag_ms=_count(ari, "ari", "shed_decision_lag_ms", None),
     )
     if not ari_settings.url.startswith(("http://", "https://")):
         raise ConfigError(f"ari.url: must start with http:// or https://, got {ari_settings.url!r}")

@@ -275,7 +275,15 @@ async def serve(settings: Settings, reload: Reload | None = None) -> int:
             credentials_hint=CREDENTIALS_HINT,
         )
         deps = _deps(settings, store, events, collector)
-        app = StasisApp(client, deps, settings.policy, shed_backlog=settings.ari.shed_backlog)
+        app = StasisApp(
+            client,
+            deps,
+            settings.policy,
+            shed_backlog=settings.ari.shed_backlog,
+            shed_decision_lag=None
+            if settings.ari.shed_decision_lag_ms is None
+            else settings.ari.shed_decision_lag_ms / 1000,
+        )
         _reloading(settings, reload, _serving(deps, app.use_policy))
         metrics.read_ari_connected(lambda: client.connected)
         metrics.read_calls_shed(lambda: app.shed)

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
+import uuid
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -57,6 +58,7 @@ LIVE_CALL_TIMEOUT = 180.0  # a real call: the notice, the queue, the talk
 CALLEE_GRACE = 5.0  # seconds a callback's customer leg may lag its agent's leg in ending
 LIVE_FASTAGI_PORT = 4573  # extensions-fastagi.conf connects to agi://127.0.0.1:4573
 LIVE_SETUP_PAUSE = 1.0  # seconds for a queue membership change to run on the PBX
+LIVE_PROBE_TIMEOUT = 5.0  # seconds a throwaway application may take to register
 # Globals of asterisk-conf/extensions.conf that make a live callback ring the test customer
 # instead of the trunk; the previous values are put back after the run.
 LIVE_TRUNK = {"CALLREC_TRUNK_TECH": "Local", "CALLREC_TRUNK": "callrec-test-customer/n"}
@@ -132,6 +134,7 @@ async def harness(
     ari_timeout: float = 5.0,
     max_connections: int = DEFAULT_MAX_CONNECTIONS,
     shed_backlog: int | None = None,
+    shed_decision_lag: float | None = None,
     ledger: LedgerConfig | None = None,
 ) -> AsyncIterator[Harness]:
     """A controller wired to a store in `data_dir` (created when new; never a store that
@@ -200,7 +203,14 @@ async def harness(
     h: Harness | None = None
     try:
         if mode == "ari":
-            app = StasisApp(client, deps, policy, timer_scale=time_scale, shed_backlog=shed_backlog)
+            app = StasisApp(
+                client,
+                deps,
+                policy,
+                timer_scale=time_scale,
+                shed_backlog=shed_backlog,
+                shed_decision_lag=shed_decision_lag,
+            )
             task = asyncio.get_running_loop().create_task(app.run())
             try:
                 await asyncio.wait_for(client.wait_connected(), 10.0)
@@ -308,15 +318,49 @@ async def _refuse_serving(store: StoreApi) -> None:
 
 async def refuse_a_taken_app(live: LiveAsterisk) -> None:
     """A second client on the application name would take the calls of the one serving it
-    (Asterisk replaces the first), so a live run starts only where none is registered."""
+    (Asterisk replaces the first), so a live run starts only where none is registered.
+
+    A listed name is not always a client: Asterisk keeps an application whose WebSocket
+    closed while it held channel subscriptions, and destroys it only when some application
+    next registers or unregisters (res_stasis.c `cleanup()`), even once those channels are
+    gone. So before refusing, subscriptions to channels that no longer exist are ended
+    (nobody hears a gone channel; harmless to any owner) and a throwaway application is
+    registered and dropped, which makes Asterisk tidy its registry."""
     async with AriClient(live.url, live.user, live.password, live.app) as client:
         taken = await client.application_registered()
+        if taken:
+            await _tidy_stale_app(client, live)
+            taken = await client.application_registered()
+            held = len(await client.subscribed_channels()) if taken else 0
     if taken:
         raise CallrecError(
             f"Stasis application {live.app!r} is already registered on {live.url}: stop "
             "`callrec serve` (or the other ARI client) first; a second client would take "
-            "its calls"
+            f"its calls (it holds {held} channel subscriptions)"
         )
+
+
+async def _tidy_stale_app(client: AriClient, live: LiveAsterisk) -> None:
+    present = {str(c.get("id")) for c in await client.list_channels()}
+    for channel_id in await client.subscribed_channels():
+        if channel_id not in present:
+            await client.unsubscribe(channel_id)
+    probe = AriClient(live.url, live.user, live.password, f"{live.app}-probe-{uuid.uuid4().hex}")
+
+    async def register() -> None:
+        async for _ in probe.events():
+            pass
+
+    task = asyncio.get_running_loop().create_task(register())
+    try:
+        await asyncio.wait_for(probe.wait_connected(), LIVE_PROBE_TIMEOUT)
+    except TimeoutError:
+        log.warning("could not register a probe application on %s", live.url)
+    finally:
+        await probe.close()  # its unregistration is what tidies the registry
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 async def _set_agents(h: Harness, *, present: bool) -> None:

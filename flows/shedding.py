@@ -1,5 +1,11 @@
 """A call the controller sheds: handed on at once, before any prompt, because Asterisk
-answers too slowly to serve it properly (`agi.stasis` decides when).
+answers too slowly, or the controller itself runs behind, to serve it properly.
+
+When: `shed_reason` weighs what the adapter measured (`Load`) against the bounds. Two
+things make a call served now a call served late: REST requests waiting for a connection
+to Asterisk, and decisions waiting for the ledger (the commit that must be on disk before
+MixMonitor may start). A caller who pressed 1 waits in silence for that commit; past a
+bound, taking on more callers only makes every one of them wait longer.
 
 Nobody heard a notice, so nothing may be recorded: the decision is "none", whatever the
 line. On a consent line the caller is neither told nor recorded; on a sales line the call
@@ -9,6 +15,7 @@ reaches an agent; what is lost is only the recording.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 
 from flows.commands import CommitDecision
@@ -26,3 +33,32 @@ def shed_decision(line: Line, reason: str, now: datetime, *, tz: str) -> CommitD
         decided_at=now,
         keep=keeping(line, now, tz=tz),
     )
+
+
+DECISION_LAG_BOUND = 0.5  # seconds a decision may wait for the ledger before calls are shed
+
+
+@dataclass(frozen=True, slots=True)
+class Load:
+    """How far behind the controller is, as the adapter measured it when a call arrived."""
+
+    ari_backlog: int  # REST requests waiting for a connection to Asterisk
+    decision_lag: float  # seconds: the oldest decision still waiting for its commit, else
+    # the recent decisions' time to commit
+
+
+@dataclass(frozen=True, slots=True)
+class ShedBounds:
+    ari_backlog: int
+    decision_lag: float = DECISION_LAG_BOUND
+
+
+def shed_reason(load: Load, bounds: ShedBounds) -> str | None:
+    """Why a new call is shed now, or None to serve it."""
+    if load.ari_backlog > bounds.ari_backlog:
+        return f"{load.ari_backlog} ARI requests were waiting (bound {bounds.ari_backlog})"
+    if load.decision_lag > bounds.decision_lag:
+        return (
+            f"decisions took {load.decision_lag:.2f} s to commit (bound {bounds.decision_lag:g} s)"
+        )
+    return None

@@ -120,10 +120,13 @@ async def commit_decision(ctx: Context, record: DecisionRecord) -> None:
         # The conversation's line decides for the call from here on: a linked callback
         # takes the missed call's line, and its numbers go with the recording it belongs to.
         keep = record.keep or keeping_by_name(ctx.policy, row["line"], basis, record.decided_at)
+        # One statement: the communication and the recording file change only when given.
         tx.run(
             "UPDATE calls SET decision = ?, decided_at = ?, digit = ?, legal_basis = ?, "
             "prompt = ?, prompt_sha256 = ?, reason = ?, linked_to = ?, line = ?, "
-            "purge_after = ?, purposes = ? WHERE call_id = ?",
+            "purge_after = ?, purposes = ?, "
+            "communication_id = COALESCE(?, communication_id), "
+            "recording_file = COALESCE(?, recording_file) WHERE call_id = ?",
             (
                 decision.value,
                 when,
@@ -136,6 +139,8 @@ async def commit_decision(ctx: Context, record: DecisionRecord) -> None:
                 keep.line or row["line"],
                 ts(keep.delete_after),
                 purposes_text(keep.purposes),
+                record.communication_id,
+                record.recording_file,
                 record.call_id,
             ),
         )
@@ -171,16 +176,6 @@ async def commit_decision(ctx: Context, record: DecisionRecord) -> None:
             )
             details["linked_to"] = record.linked_to
             details["overload"] = "on" if record.overload else "off"
-        if record.communication_id is not None:
-            tx.run(
-                "UPDATE calls SET communication_id = ? WHERE call_id = ?",
-                (record.communication_id, record.call_id),
-            )
-        if record.recording_file is not None:
-            tx.run(
-                "UPDATE calls SET recording_file = ? WHERE call_id = ?",
-                (record.recording_file, record.call_id),
-            )
         ctx.audit(tx, record.decided_at, "decision.committed", record.call_id, details)
 
     await ctx.db.write(body, f"committing the decision of call {record.call_id}")

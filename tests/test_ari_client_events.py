@@ -307,6 +307,45 @@ async def test_events_arrive_in_order_and_bad_messages_are_skipped(
     assert PASSWORD not in caplog.text
 
 
+async def test_events_an_app_does_not_want_are_dropped_unread(
+    serve: Callable[[Handler], Awaitable[str]],
+) -> None:
+    """With `wanted`, known event types outside it never reach the app; unknown types and
+    the client's own ApplicationReplaced still do, and the order holds."""
+    sent = [
+        _event("StasisStart", args=["inbound"]),
+        _event("ChannelDialplan", dialplan_app="Queue", dialplan_app_data="service"),
+        _event("ChannelVarset", variable="BRIDGEPEER", value="PJSIP/agent"),
+        _event("ChannelStateChange"),
+        _event("SomethingNew"),
+        {"type": "ApplicationReplaced", "application": "callrec"},
+    ]
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        for event in sent:
+            await ws.send_str(json.dumps(event))
+        await asyncio.sleep(10)
+        return ws
+
+    url = await serve(handler)
+    wanted = frozenset({"StasisStart", "ChannelVarset"})
+    async with AriClient(url, USER, PASSWORD, "callrec", timeout=0.3) as client:
+        taken: list[str] = []
+        events = client.events(wanted)
+        try:
+            async with asyncio.timeout(5):
+                async for item in events:
+                    if isinstance(item, AriEvent):
+                        taken.append(item.type)
+                    if len(taken) == 4:
+                        break
+        finally:
+            await events.aclose()
+    assert taken == ["StasisStart", "ChannelVarset", "SomethingNew", "ApplicationReplaced"]
+
+
 async def test_reconnects_after_the_server_drops_the_socket(
     serve: Callable[[Handler], Awaitable[str]],
 ) -> None:

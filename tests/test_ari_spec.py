@@ -191,6 +191,7 @@ async def test_every_request_the_client_sends_is_in_the_spec(
         await client.play("1795597767.8", "sound:sl/consent", lang="sl", playback_id="pb/2")
         await client.stop_playback("pb/2")
         await client.subscribe("1795597767.8")
+        await client.unsubscribe("1795597767.8")
         await client.set_variable("1795597767.8", "CALLREC_RECORD", "yes")
         await client.get_variable("1795597767.8", "BRIDGEPEER")
         await client.continue_in_dialplan(

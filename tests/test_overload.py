@@ -9,6 +9,7 @@ import configparser
 import os
 import subprocess
 import sys
+import threading
 import uuid
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -17,13 +18,16 @@ from pathlib import Path
 import pytest
 
 from agi.ari import DEFAULT_MAX_CONNECTIONS, _Gate
+from agi.session import DecisionLag
 from agi.simpbx import CallerScript, CallResult
 from callrec.config import DEFAULT_ARI_MAX_CONNECTIONS, load_settings
 from callrec.runner import Harness, harness
 from flows.errors import ConfigError, StorageError
 from flows.policy import Decision, Direction, LegalBasis, Policy
+from flows.shedding import Load, ShedBounds, shed_reason
 from storage.ports import CallRow, CallStart, DecisionRecord, RecordingStatus
 from storage.sqlite import SqliteStore
+from storage.store import Store
 
 POLICY = replace(Policy(), overload_window=timedelta(hours=3))
 SCALE = 0.02
@@ -201,6 +205,60 @@ async def test_a_backlog_sheds_new_calls_to_the_queue_unrecorded(tmp_path: Path)
                 assert result.recorded_file is None
 
 
+async def test_a_held_ledger_sheds_new_calls_to_the_queue_unrecorded(tmp_path: Path) -> None:
+    """With the ledger's commits held (a stalled disk), decisions wait: once the oldest has
+    waited past the bound, new callers go on at once, with no notice, unrecorded; their
+    reason is stored once the ledger moves; nobody is hung up, everyone meets an agent,
+    and the held "record" decisions are carried out afterwards."""
+    async with harness(POLICY, tmp_path, time_scale=SCALE, shed_decision_lag=0.2) as h:
+        held = threading.Event()
+        store = h.store
+        assert isinstance(store, Store)
+        holding = asyncio.get_running_loop().create_task(
+            store.ctx.db.write(lambda tx: held.wait(30), "holding the ledger (test)")
+        )
+        placing = asyncio.get_running_loop().create_task(calls(h, 12, every=0.1))
+        await asyncio.sleep(1.5)
+        assert h.app.shed > 0, "nothing was shed while the ledger was held"
+        held.set()
+        await holding
+        results = await placing
+        rows = await check_everyone_served(h, results)
+        shed = [row for row in rows if (row.reason or "").startswith("shed")]
+        assert h.app.shed == len(shed) > 0
+        assert all("decisions took" in (row.reason or "") for row in shed)
+        assert all(row.decision is Decision.NONE for row in shed)
+        shed_channels = {row.channel_id for row in shed}
+        for result in results:
+            if result.channel_id in shed_channels:
+                assert result.prompts_played == ()
+                assert result.recorded_file is None
+        assert any(row.decision is Decision.RECORD for row in rows), "the first were served"
+
+
+def test_shedding_weighs_asterisk_backlog_and_decision_lag() -> None:
+    """A call is shed when either Asterisk's request backlog or the controller's decision
+    lag is past its bound, and the reason says which."""
+    bounds = ShedBounds(ari_backlog=40, decision_lag=0.5)
+    assert shed_reason(Load(ari_backlog=40, decision_lag=0.5), bounds) is None
+    assert "ARI requests" in (shed_reason(Load(41, 0.0), bounds) or "")
+    assert "decisions took 0.75 s" in (shed_reason(Load(0, 0.75), bounds) or "")
+
+
+def test_decision_lag_counts_the_oldest_waiting_decision_and_forgets_with_time() -> None:
+    """A decision still waiting counts with its whole age; a finished one's time counts
+    less as it ages, so a quiet spell after a burst sheds nobody."""
+    now = [0.0]
+    lag = DecisionLag(clock=lambda: now[0])
+    first = lag.begin()
+    now[0] = 2.0
+    assert lag.seconds() == 2.0
+    lag.end(first)
+    assert 0 < lag.seconds() <= 2.0
+    now[0] = 12.0
+    assert lag.seconds() < 0.01
+
+
 def test_the_default_connection_bound_is_well_under_the_session_limit() -> None:
     """http.conf states its `sessionlimit`; the client's default bound is at most a fifth
     of it, so the events socket and other clients always find room."""
@@ -215,9 +273,10 @@ def test_the_connection_bound_and_shed_backlog_are_configurable(tmp_path: Path) 
     """`ari.max_connections` and `ari.shed_backlog` come from the config file; a value that
     is not a positive whole number is one clear error."""
     config = tmp_path / "callrec.toml"
-    config.write_text("[ari]\nmax_connections = 8\nshed_backlog = 30\n")
+    config.write_text("[ari]\nmax_connections = 8\nshed_backlog = 30\nshed_decision_lag_ms = 250\n")
     settings = load_settings(config, env={})
     assert (settings.ari.max_connections, settings.ari.shed_backlog) == (8, 30)
+    assert settings.ari.shed_decision_lag_ms == 250
     assert load_settings(None, env={}).ari.max_connections == DEFAULT_ARI_MAX_CONNECTIONS
     config.write_text("[ari]\nmax_connections = 0\n")
     with pytest.raises(ConfigError, match=r"ari\.max_connections"):

@@ -160,6 +160,14 @@ class Switch:
             if app.sink is not None and app.wants(targets):
                 app.sink({**event, "application": app.name})
 
+    def tidy_apps(self) -> None:
+        """Destroy the finished applications. Asterisk does this lazily (res_stasis.c
+        `cleanup()`): when an application registers or unregisters and when a channel leaves
+        Stasis(), never when a subscription ends. So an application whose WebSocket closed
+        while it still held subscriptions stays listed, though inactive, after they end."""
+        for name in [name for name, app in self.apps.items() if app.finished]:
+            del self.apps[name]
+
     def emit_channel(self, kind: str, channel: Channel, **fields: Any) -> None:
         self.emit(kind, {**fields, "channel": channel.snapshot()}, [channel])
 
@@ -578,6 +586,7 @@ class Switch:
         app = self.apps.get(name)
         if app is not None and app.interest[channel.id] > 0:
             app.interest[channel.id] -= 1
+        self.tidy_apps()
         self.set_var(channel, "STASISSTATUS", "SUCCESS")
         if channel.hangup.is_set() or target is None:
             return HANGUP

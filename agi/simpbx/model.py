@@ -174,7 +174,9 @@ class Playback:
 @dataclass(eq=False)
 class StasisApp:
     """A Stasis application as Asterisk keeps it: registered by a WebSocket, active while
-    one is connected, its subscriptions kept across a reconnect."""
+    one is connected, its subscriptions kept across a reconnect. An inactive application is
+    destroyed only once it holds no subscription, and only when Asterisk next tidies its
+    registry (`Switch.tidy_apps`); until then it is still listed."""
 
     name: str
     sink: Sink | None = None
@@ -184,6 +186,11 @@ class StasisApp:
     @property
     def active(self) -> bool:
         return self.sink is not None
+
+    @property
+    def finished(self) -> bool:
+        """Inactive and subscribed to nothing (res/stasis/app.c `app_is_finished`)."""
+        return self.sink is None and not any(n > 0 for n in self.interest.values())
 
     def wants(self, channels: Iterable[Channel]) -> bool:
         return self.subscribe_all or any(self.interest[c.id] > 0 for c in channels)

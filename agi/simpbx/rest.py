@@ -440,22 +440,26 @@ class AriResources:
         playback.stop.set()
         return NO_CONTENT
 
-    # An application whose WebSocket has gone is not listed: Asterisk destroys it then (seen
-    # on a real one: a second client took `callrec` over, left, and GET /applications was []).
+    # An application is listed until Asterisk destroys it: at once when its WebSocket goes
+    # and it holds no subscription (seen on a real one: a second client took `callrec` over,
+    # left, and GET /applications was []); otherwise at a later tidy (`Switch.tidy_apps`),
+    # inactive meanwhile (seen after a load run: `callrec` listed, 124 channel ids, no socket).
 
     async def _list_applications(self, params: dict[str, Any], path: dict[str, str]) -> Reply:
         apps = self._switch().apps.values()
-        return Reply(200, [a.json() for a in apps if a.sink is not None])
+        return Reply(200, [a.json() for a in apps])
 
     async def _get_application(self, params: dict[str, Any], path: dict[str, str]) -> Reply:
         stasis_app = self._switch().apps.get(path["applicationName"])
-        if stasis_app is None or stasis_app.sink is None:
+        if stasis_app is None:
             return error_reply(404, "Application not found")
         return Reply(200, stasis_app.json())
 
     def _sources(
-        self, params: dict[str, Any], path: dict[str, str]
+        self, params: dict[str, Any], path: dict[str, str], *, existing: bool = True
     ) -> tuple[StasisApp, list[str]] | Reply:
+        """The application and channel ids named; `existing`: each channel must exist (a
+        subscription does; ending one does not, res_stasis.c only looks for the forward)."""
         switch = self._switch()
         stasis_app = switch.apps.get(path["applicationName"])
         if stasis_app is None:
@@ -468,7 +472,7 @@ class AriResources:
             scheme, _, ident = source.partition(":")
             if scheme not in ("channel", "bridge", "endpoint", "deviceState"):
                 return error_reply(400, "Invalid event source URI scheme")
-            if scheme != "channel" or ident not in switch.channels:
+            if scheme != "channel" or (existing and ident not in switch.channels):
                 return error_reply(422, "Event source does not exist")
             channel_ids.append(ident)
         return stasis_app, channel_ids
@@ -483,7 +487,7 @@ class AriResources:
         return Reply(200, stasis_app.json())
 
     async def _unsubscribe(self, params: dict[str, Any], path: dict[str, str]) -> Reply:
-        found = self._sources(params, path)
+        found = self._sources(params, path, existing=False)
         if isinstance(found, Reply):
             return found
         stasis_app, channel_ids = found

@@ -552,6 +552,7 @@ class SimulatedPbx:
                 stasis_app.sink({"type": "ApplicationReplaced", "timestamp": timestamp()})
             stasis_app.sink = socket.sinks[name] = self._sink(socket, name)
             stasis_app.subscribe_all = subscribe_all
+        switch.tidy_apps()
         try:
             async for message in ws:
                 if message.type == WSMsgType.ERROR:
@@ -591,6 +592,7 @@ class SimulatedPbx:
                 stasis_app = self._switch.apps.get(name)
                 if stasis_app is not None and stasis_app.sink is sink:
                     stasis_app.sink = None
+            self._switch.tidy_apps()
         if not flush:
             while not socket.outbox.empty():
                 socket.outbox.get_nowait()
