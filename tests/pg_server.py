@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from urllib.parse import quote, urlsplit, urlunsplit
@@ -53,8 +54,21 @@ def database(url: str) -> Iterator[str]:
     try:
         yield with_database(url, name)
     finally:
-        with psycopg.connect(url, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        _drop_database(url, name)
+
+
+def _drop_database(url: str, name: str, attempts: int = 20) -> None:
+    """Drop `name`, waiting out an autovacuum worker on it: FORCE ends the run's own
+    sessions, but a worker of no role is one the test role may not terminate."""
+    for attempt in range(attempts):
+        try:
+            with psycopg.connect(url, autocommit=True) as conn:
+                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            return
+        except (psycopg.errors.InsufficientPrivilege, psycopg.errors.ObjectInUse):
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.5)
 
 
 @contextmanager
