@@ -19,6 +19,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
+from callrec import exports
 from callrec.config import Settings, load_settings
 from flows.errors import CallrecError
 from flows.numbers import normalise
@@ -198,6 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     callbacks.add_argument("--by", help="who sets the overload switch")
 
+    exports.add_parser(sub)
+
     report = command("report", "calls, decisions, recordings, withdrawals and callbacks")
     report.add_argument("--from", dest="start", required=True, help="ISO-8601 start")
     report.add_argument("--to", dest="end", required=True, help="ISO-8601 end")
@@ -214,6 +217,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     # aiosqlite logs every statement at DEBUG: --debug is for our own messages.
     logging.getLogger("aiosqlite").setLevel(logging.INFO)
     try:
+        if args.command == "export":  # an auditor's offline check: no config, no ledger
+            return exports.verify(args)
         settings = load_settings(args.config)
         return asyncio.run(dispatch(args, settings))
     except CallrecError as error:
