@@ -274,10 +274,11 @@ async def retry_copies(ctx: Context, now: datetime) -> list[str]:
     """Copies a deletion could not remove (a stick unplugged, a permission): try again."""
 
     def read(tx: Tx) -> list[Doomed]:
+        # Driven by the live copies (few), not by the deleted recordings (most of them).
         rows = tx.all(
-            "SELECT DISTINCT r.id, r.deletion_reason, r.withdrawal_id FROM recordings r "
-            "JOIN export_files f ON f.recording_id = r.id "
-            "WHERE r.status = 'deleted' AND f.deleted_at IS NULL"
+            "SELECT r.id, r.deletion_reason, r.withdrawal_id FROM recordings r "
+            "WHERE r.status = 'deleted' AND r.id IN (SELECT f.recording_id FROM export_files f "
+            "WHERE f.deleted_at IS NULL)"
         )
         copies, exports = copies_of(tx, [row["id"] for row in rows])
         return [doomed_with(row, None, copies.get(row["id"], []), exports) for row in rows]

@@ -111,27 +111,27 @@ def remove_copies(
     """Remove the copies of `items` (recording id, its copies) and bring each export they
     leave up to date (blocking): for each item the copies removed and the problems, and
     what was done to each export. A recording leaves an export only when all its copies
-    there are gone; one whose copy stays (a permission, a stick unplugged) is tried again
-    by the next sweep."""
-    per_item: list[tuple[tuple[int, ...], list[str]]] = []
+    there are gone; a copy that stays (a permission, a stick unplugged), or an export that
+    could not be brought up to date, is tried again by the next sweep."""
+    removed_in: list[tuple[list[tuple[int, str]], list[str]]] = []  # (copy id, export id)
     left = {export_id: set(held.holding) for export_id, held in exports.items()}
     gone_from: dict[str, list[str]] = {}
     with files.Unlinker() as unlinker:
         for recording_id, copies in items:
-            removed: list[int] = []
+            removed: list[tuple[int, str]] = []
             problems: list[str] = []
             kept_in: set[str] = set()
             for copy in copies:
                 try:
                     unlinker.unlink(copy["path"])
-                    removed.append(int(copy["id"]))
+                    removed.append((int(copy["id"]), copy["export_id"]))
                 except OSError as error:
                     problems.append(f"export copy {copy['path']}: {error.strerror or error}")
                     kept_in.add(copy["export_id"])
             for export_id in sorted({copy["export_id"] for copy in copies} - kept_in):
                 left[export_id].discard(recording_id)
                 gone_from.setdefault(export_id, []).append(recording_id)
-            per_item.append((tuple(removed), problems))
+            removed_in.append((removed, problems))
         unlinker.sync()  # the copies are gone for good before a manifest says so
         changes = [
             _bring_up_to_date(unlinker, exports[export_id], recordings, not left[export_id],
@@ -139,6 +139,14 @@ def remove_copies(
             for export_id, recordings in gone_from.items()
         ]  # fmt: skip
         unlinker.sync()
+    # An export not brought up to date (its manifest could not be written again, or, with
+    # nothing left, its own files not removed) keeps its copies listed: the next sweep's
+    # `retry_copies` finds them already gone and tries the export again.
+    unfinished = {change.export_id for change in changes if change.problems}
+    per_item = [
+        (tuple(copy for copy, export_id in removed if export_id not in unfinished), problems)
+        for removed, problems in removed_in
+    ]
     return per_item, changes
 
 
@@ -235,8 +243,8 @@ def note_changes(
 ) -> None:
     """Commit what `changes` did to their exports (after the copies themselves are marked):
     files removed, the new SHA-256 of files written again, and an `export.copy_removed`
-    audit entry for each recording that left an export. `why`: recording id -> (reason,
-    withdrawal id or None)."""
+    audit entry for each recording that left an export (one not brought up to date is
+    tried again, and noted then). `why`: recording id -> (reason, withdrawal id or None)."""
     paper = [file_id for change in changes for file_id in change.paper_removed]
     if paper:
         mark_copies_in(tx, paper, now)
@@ -255,6 +263,7 @@ def note_changes(
             },
         )
         for change in changes
+        if not change.problems
         for recording_id in change.recordings
     ]
     if entries:

@@ -212,3 +212,31 @@ async def test_an_export_spread_over_sweep_batches_goes_whole_when_all_are_due(
     assert result.ok and len(result.removed) == 3, result.problems
     verified = await store.verify()
     assert verified.ok, verified.problems
+
+
+async def test_an_export_whose_manifest_cannot_be_rewritten_is_tried_again(
+    store: Store, spool: Path, tmp_path: Path
+) -> None:
+    """A manifest that cannot be read back (here garbled) keeps the deleted recording's
+    copy listed and the sweep reports it; once the manifest is readable again the next
+    sweep takes the recording out of it and the export verifies."""
+    due = await _stored(store, spool, "service", ALICE, 1)
+    late = await _stored(store, spool, "service", BOB, 2, days=5)
+    folder = await store.export([due.id, late.id], tmp_path / "out", Purpose.EVIDENCE, "dpo", T0)
+    original = (folder / MANIFEST).read_bytes()
+    (folder / MANIFEST).write_bytes(b"garbled")
+    swept = await store.sweep(due.delete_after)
+    assert swept.problems and all(MANIFEST in problem for problem in swept.problems)
+    assert not (folder / f"{due.id}.wav").exists()
+    assert not (await store.verify()).ok
+    (folder / MANIFEST).write_bytes(original)
+    again = await store.sweep(due.delete_after + timedelta(hours=1))
+    assert again.problems == ()
+    assert _names(folder) == {f"{late.id}.wav", MANIFEST, SUMS, SIGNATURE}
+    result = check_export(folder, _public(store))
+    assert result.ok and len(result.removed) == 1, result.problems
+    export_id = folder.name.removeprefix("callrec-export-")
+    notes = [e for e in await store.audit_entries(export_id) if e.action == "export.copy_removed"]
+    assert [e.details["recording_id"] for e in notes] == [due.id]
+    verified = await store.verify()
+    assert verified.ok, verified.problems
