@@ -20,6 +20,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
+from callrec import exports
 from callrec.config import Settings, load_settings
 from callrec.logs import FORMATS
 from callrec.logs import configure as configure_logs
@@ -231,6 +232,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     callbacks.add_argument("--by", help="who sets the overload switch")
 
+    exports.add_parser(sub)
+
     prompts = sub.add_parser("prompts", help="the prompts' audio, for Asterisk's sounds directory")
     psub = prompts.add_subparsers(dest="action", required=True, metavar="ACTION")
     psub.add_parser("path", help="print the directory holding sl/<id>.<format> in this install")
@@ -261,6 +264,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     quiet = logging.INFO if args.command in ("serve", "fastagi") else logging.WARNING
     configure_logs(log_format, logging.DEBUG if args.debug else quiet)
     try:
+        if args.command == "export":  # an auditor's offline check: no config, no ledger
+            return exports.verify(args)
         settings = load_settings(args.config)
         return asyncio.run(dispatch(args, settings))
     except CallrecError as error:

@@ -1,12 +1,12 @@
 """Access to a recording and its export: each for a purpose its legal basis allows
 (`flows.purposes`), logged whether allowed or refused. An export registers every file it
-will write before writing it, so no copy can escape a later deletion."""
+will write before writing it, so no copy can escape a later deletion. Its manifest,
+SHA256SUMS and signature (`storage.exportfiles`) let an auditor check it offline."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import secrets
 from collections.abc import Sequence
 from datetime import datetime
@@ -17,13 +17,13 @@ from flows.errors import AccessRefused, CallrecError, IntegrityError, NotFoundEr
 from flows.numbers import shown
 from flows.policy import Purpose
 from flows.purposes import may_serve
-from storage import files
-from storage.deletion import mark_copies_in
+from storage import exportfiles, files
+from storage.exportcopies import mark_copies_in
 from storage.ports import Progress, RecordingRow, RecordingStatus, Row, Tx
 from storage.rows import Context, blob_op, checked_name, in_thread, silent
 from storage.values import ts
 
-MANIFEST = "manifest.json"
+MANIFEST = exportfiles.MANIFEST
 
 
 def log_access(
@@ -163,7 +163,7 @@ async def export(
                 "INSERT INTO export_files (export_id, recording_id, path, sha256) "
                 "VALUES (?, ?, ?, ?)",
                 [(export_id, row.id, str(path), row.sha256) for row, path in targets]
-                + [(export_id, None, str(manifest_path), None)],
+                + [(export_id, None, str(folder / name), None) for name in exportfiles.PAPER],
             )
             for row in rows:
                 log_access(tx, now, person, wanted.value, row.id, True, f"export {export_id}")
@@ -237,7 +237,7 @@ async def write_export(
                 ],
             }
         )
-    manifest = {
+    manifest: dict[str, Any] = {
         "export_id": export_id,
         "created_at": now.isoformat(),
         "purpose": purpose.value,
@@ -245,14 +245,20 @@ async def write_export(
         "hash_chain": "sha256(prev_hash + canonical JSON of seq, at, action, subject, "
         "details; sorted keys, no spaces)",
         "recordings": entries,
+        "removed": [],  # recordings whose copies left since: retention, withdrawals
     }
-    data = json.dumps(manifest, indent=2, ensure_ascii=False).encode("utf-8")
-    digest = await in_thread(f"writing {manifest_path}", files.write_durably, manifest_path, data)
+    digests = await in_thread(
+        f"writing {manifest_path}",
+        exportfiles.write_paper,
+        folder,
+        manifest,
+        ctx.audit_keys.signing,
+    )
 
     def done(tx: Tx) -> None:
-        tx.run(
-            "UPDATE export_files SET sha256 = ? WHERE export_id = ? AND recording_id IS NULL",
-            (digest, export_id),
+        tx.many(
+            "UPDATE export_files SET sha256 = ? WHERE export_id = ? AND path = ?",
+            [(digest, export_id, str(folder / name)) for name, digest in digests.items()],
         )
         tx.run("UPDATE exports SET state = 'done' WHERE export_id = ?", (export_id,))
         ctx.audit(

@@ -1,18 +1,18 @@
 """Deleting recordings, in batches: the copies and audio go first (their directories
 fsync'd), then the rows are committed as deleted with an audit entry each. A crash in
 between leaves rows whose files are gone, which the next run deletes again as "already
-absent". Shared by the retention sweep and withdrawals."""
+absent". Shared by the retention sweep and withdrawals. A recording's export copies go
+with it, and nothing else of the exports that hold them (`storage.exportcopies`)."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 
-from storage import files
+from storage.exportcopies import ExportChange, HeldIn, copies_of, mark_copies_in, note_changes
+from storage.exportcopies import remove_copies as remove_export_copies
 from storage.ports import Row, Tx
 from storage.rows import Context, blob_op
 from storage.values import ts
@@ -30,21 +30,25 @@ class Target:
 
 @dataclass(frozen=True, slots=True)
 class Doomed:
-    """A recording about to be deleted: its row, its audio's blob key (None: none kept) and
-    its export copies (local files)."""
+    """A recording about to be deleted: its row, its audio's blob key (None: none kept), its
+    export copies (local files) and the exports that hold them."""
 
     row: Row
     audio: str | None
     copies: tuple[Row, ...]
+    exports: tuple[HeldIn, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
 class Removal:
-    """What removing one recording's files did. `file_state` None: its audio is still there."""
+    """What removing one recording's files did. `file_state` None: its audio is still there.
+    `exports`: what the batch did to the exports its copies were in (on the batch's first
+    removal only, so that each is committed once)."""
 
     file_state: str | None
     copies_removed: tuple[int, ...]
     problems: tuple[str, ...]
+    exports: tuple[ExportChange, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,11 +61,17 @@ class Removed:
 
 
 async def remove_files(
-    ctx: Context, doomed: Sequence[Doomed], doing: str = "removing recordings"
+    ctx: Context,
+    doomed: Sequence[Doomed],
+    doing: str = "removing recordings",
+    *,
+    now: datetime,
+    reason: str,
 ) -> list[Removal]:
     """Remove the audio of `doomed` (the blob store, several at once, durably), then their
     export copies (each directory that lost a file fsync'd once, so that none of the names
-    comes back)."""
+    comes back), and bring the exports that held them up to date (`storage.exportcopies`;
+    `reason` and `now` are noted in their manifests)."""
     audio = iter(
         await blob_op(
             doing,
@@ -84,37 +94,45 @@ async def remove_files(
                 state = "removed" if outcome else "already absent"
         states.append(state)
         problems.append(lines)
-    if any(item.copies for item in doomed):
-        copied = await blob_op(doing, asyncio.to_thread(_remove_copies, doomed))
-    else:
-        copied = [((), [])] * len(doomed)
+    copied, changes = await remove_copies(
+        ctx, doomed, {item.row["id"]: reason for item in doomed}, now, doing
+    )
+    # A manifest that could not be written again is a problem of each recording that left it.
+    export_problems: dict[str, list[str]] = {}
+    for change in changes:
+        for recording_id in change.recordings:
+            export_problems.setdefault(recording_id, []).extend(change.problems)
     return [
-        Removal(state, removed, tuple(copy_problems + lines))
-        for state, lines, (removed, copy_problems) in zip(states, problems, copied, strict=True)
+        Removal(
+            state,
+            removed,
+            tuple(copy_problems + export_problems.get(item.row["id"], []) + lines),
+            tuple(changes) if n == 0 else (),
+        )
+        for n, (item, state, lines, (removed, copy_problems)) in enumerate(
+            zip(doomed, states, problems, copied, strict=True)
+        )
     ]
 
 
-def _remove_copies(doomed: Sequence[Doomed]) -> list[tuple[tuple[int, ...], list[str]]]:
-    """Remove the export copies of `doomed` (blocking); for each, the copies removed and
-    the problems. An export folder left empty goes too."""
-    result: list[tuple[tuple[int, ...], list[str]]] = []
-    with files.Unlinker() as unlinker:
-        for item in doomed:
-            removed: list[int] = []
-            problems: list[str] = []
-            for copy in item.copies:
-                try:
-                    unlinker.unlink(copy["path"])
-                    removed.append(int(copy["id"]))
-                except OSError as error:
-                    problems.append(f"export copy {copy['path']}: {error.strerror or error}")
-            for export_dir in {Path(copy["path"]).parent for copy in item.copies}:
-                with contextlib.suppress(OSError):
-                    export_dir.rmdir()
-                    unlinker.removed_dir(str(export_dir))
-            result.append((tuple(removed), problems))
-        unlinker.sync()
-    return result
+async def remove_copies(
+    ctx: Context,
+    doomed: Sequence[Doomed],
+    reasons: dict[str, str],
+    now: datetime,
+    doing: str,
+) -> tuple[list[tuple[tuple[int, ...], list[str]]], list[ExportChange]]:
+    """The export copies of `doomed` removed (`storage.exportcopies.remove_copies`)."""
+    if not any(item.copies for item in doomed):
+        return [((), [])] * len(doomed), []
+    exports = {held.export_id: held for item in doomed for held in item.exports}
+    items = [(item.row["id"], item.copies) for item in doomed]
+    return await blob_op(
+        doing,
+        asyncio.to_thread(
+            remove_export_copies, items, exports, reasons, now, ctx.audit_keys.signing
+        ),
+    )
 
 
 async def delete_batch(
@@ -130,14 +148,14 @@ async def delete_batch(
     removed keeps its row (and is due again); the copies that did go are noted."""
     ids = [target.recording_id for target in targets]
     items = await ctx.db.read(lambda tx: list_doomed(tx, ids), "reading recordings")
-    removals = await remove_files(ctx, items)
+    removals = await remove_files(ctx, items, now=now, reason=reason)
     removed = Removed(targets, items, removals)
     return await record_removed(ctx, removed, now, reason)
 
 
 def list_doomed(tx: Tx, ids: Sequence[str]) -> list[Doomed]:
-    """The recordings of `ids` not deleted yet, with every live copy of an export that
-    holds them (an export goes as a whole)."""
+    """The recordings of `ids` not deleted yet, with their live export copies and the
+    exports that hold them."""
     if not ids:
         return []
     marks = ", ".join("?" * len(ids))
@@ -145,23 +163,19 @@ def list_doomed(tx: Tx, ids: Sequence[str]) -> list[Doomed]:
         f"SELECT * FROM recordings WHERE id IN ({marks}) AND status != 'deleted'",  # noqa: S608 - only placeholders are added
         ids,
     )
-    copies: dict[str, list[Row]] = {}
-    copies_sql = (
-        "SELECT g.recording_id AS of_id, f.id, f.export_id, f.path FROM export_files g "  # noqa: S608 - only placeholders are added
-        "JOIN export_files f ON f.export_id = g.export_id AND f.deleted_at IS NULL "
-        f"WHERE g.recording_id IN ({marks})"
-    )
-    for copy in tx.all(copies_sql, ids):
-        copies.setdefault(copy["of_id"], []).append(copy)
+    copies, exports = copies_of(tx, [row["id"] for row in rows])
     order = {recording_id: n for n, recording_id in enumerate(ids)}
     return [
-        Doomed(
-            row,
-            row["path"],
-            tuple(copies.get(row["id"], ())),
-        )
+        doomed_with(row, row["path"], copies.get(row["id"], []), exports)
         for row in sorted(rows, key=lambda row: order[row["id"]])
     ]
+
+
+def doomed_with(
+    row: Row, audio: str | None, copies: Sequence[Row], exports: dict[str, HeldIn]
+) -> Doomed:
+    held = tuple(exports[e] for e in sorted({copy["export_id"] for copy in copies}))
+    return Doomed(row, audio, tuple(copies), held)
 
 
 async def record_removed(
@@ -175,11 +189,14 @@ async def record_removed(
         return outcome
     pairs = list(zip(removed.doomed, removed.removals, strict=True))
     copies_gone = [c for removal in removed.removals for c in removal.copies_removed]
+    changes = [change for removal in removed.removals for change in removal.exports]
     when = ts(now)
 
     def body(tx: Tx) -> int:
         if copies_gone:
             mark_copies_in(tx, copies_gone, now)
+        why = {t.recording_id: (reason, t.withdrawal_id) for t in removed.targets}
+        note_changes(ctx, tx, changes, now, why)
         # The audio of the others is still there: their rows stay, due again. Rows deleted
         # meanwhile (another sweep, a withdrawal) are left as they are.
         removed_audio = [(i, r) for i, r in pairs if r.file_state is not None]
@@ -253,45 +270,32 @@ async def record_removed(
     return outcome
 
 
-async def mark_copies(ctx: Context, copy_ids: Sequence[int], now: datetime) -> None:
-    if not copy_ids:
-        return
-
-    def body(tx: Tx) -> None:
-        mark_copies_in(tx, copy_ids, now)
-
-    await ctx.db.write(body, "noting removed export copies")
-
-
-def mark_copies_in(tx: Tx, copy_ids: Sequence[int], now: datetime) -> None:
-    tx.many(
-        "UPDATE export_files SET deleted_at = ? WHERE id = ? AND deleted_at IS NULL",
-        [(ts(now), copy_id) for copy_id in copy_ids],
-    )
-    tx.run(
-        "UPDATE exports SET state = 'deleted' WHERE state != 'deleted' AND NOT EXISTS "
-        "(SELECT 1 FROM export_files f WHERE f.export_id = exports.export_id "
-        "AND f.deleted_at IS NULL)"
-    )
-
-
 async def retry_copies(ctx: Context, now: datetime) -> list[str]:
     """Copies a deletion could not remove (a stick unplugged, a permission): try again."""
 
-    def read(tx: Tx) -> Sequence[Row]:
-        return tx.all(
-            "SELECT f.id, f.path FROM export_files f WHERE f.deleted_at IS NULL AND "
-            "f.export_id IN (SELECT g.export_id FROM export_files g JOIN recordings r "
-            "ON r.id = g.recording_id WHERE r.status = 'deleted')"
+    def read(tx: Tx) -> list[Doomed]:
+        # Driven by the live copies (few), not by the deleted recordings (most of them).
+        rows = tx.all(
+            "SELECT r.id, r.deletion_reason, r.withdrawal_id FROM recordings r "
+            "WHERE r.status = 'deleted' AND r.id IN (SELECT f.recording_id FROM export_files f "
+            "WHERE f.deleted_at IS NULL)"
         )
+        copies, exports = copies_of(tx, [row["id"] for row in rows])
+        return [doomed_with(row, None, copies.get(row["id"], []), exports) for row in rows]
 
-    problems: list[str] = []
-    removed: list[int] = []
-    for copy in await ctx.db.read(read, "listing copies left behind"):
-        try:
-            await asyncio.to_thread(files.remove, Path(copy["path"]))
-            removed.append(int(copy["id"]))
-        except OSError as error:
-            problems.append(f"export copy {copy['path']}: {error.strerror or error}")
-    await mark_copies(ctx, removed, now)
-    return problems
+    doomed = await ctx.db.read(read, "listing copies left behind")
+    if not doomed:
+        return []
+    reasons = {item.row["id"]: str(item.row["deletion_reason"]) for item in doomed}
+    copied, changes = await remove_copies(ctx, doomed, reasons, now, "removing copies left behind")
+
+    def body(tx: Tx) -> None:
+        mark_copies_in(tx, [copy for removed, _ in copied for copy in removed], now)
+        why = {
+            item.row["id"]: (reasons[item.row["id"]], item.row["withdrawal_id"]) for item in doomed
+        }
+        note_changes(ctx, tx, changes, now, why)
+
+    await ctx.db.write(body, "noting removed export copies")
+    problems = [problem for _, found in copied for problem in found]
+    return problems + [problem for change in changes for problem in change.problems]

@@ -107,7 +107,9 @@ async def sweep(
             )
             listing = asyncio.create_task(ctx.db.read(page(after), "listing due recordings"))
             try:
-                removals = await remove_files(ctx, doomed, "removing expired recordings")
+                removals = await remove_files(
+                    ctx, doomed, "removing expired recordings", now=now, reason="retention"
+                )
             finally:
                 # Both ledger jobs are awaited whatever fails, so that none is left behind.
                 try:

@@ -110,8 +110,12 @@ async def verify(
         tell(checked, total)
     for row in copies:
         checked += 1
-        what = f"export copy of {row['recording_id']}" if row["recording_id"] else "manifest"
         path = Path(row["path"])
+        what = (
+            f"export copy of {row['recording_id']}"
+            if row["recording_id"]
+            else f"export file {path.name}"
+        )
         problems += await check_file(
             what,
             str(path),

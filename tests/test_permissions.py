@@ -127,4 +127,4 @@ async def test_recordings_and_exports_get_exact_modes(tmp_path: Path, umask: int
     assert exported.pop("evidence") == 0o700
     assert exported.pop(str(folder.relative_to(tmp_path / "out"))) == 0o700
     assert set(exported.values()) == {0o600}, exported
-    assert len(exported) == 2  # the copy and the manifest
+    assert len(exported) == 4  # the copy, the manifest, SHA256SUMS and its signature

@@ -11,6 +11,9 @@ from storage_crashing import Case, crash_everywhere, files_under
 from storage_helpers import ALICE, BOB, POLICY, T0, open_store, record_call
 
 from flows.policy import Purpose
+from storage.checkpoints import PUBLIC_KEY_FILE, load_public_key
+from storage.exportcheck import check_export
+from storage.exportfiles import MANIFEST, SIGNATURE, SUMS
 from storage.ports import RecordingStatus, WithdrawalVia
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ledger")]
@@ -33,7 +36,7 @@ async def _prepare_sweep(root: Path) -> Case:
         later = await store.ingest(later_call, source, T0 + timedelta(days=2))
         assert later is not None
         await store.export(due, out, Purpose.EVIDENCE, "dpo", T0 + timedelta(days=3))
-        await store.export([due[0], later.id], out, Purpose.EVIDENCE, "dpo", T0)
+        shared = await store.export([due[0], later.id], out, Purpose.EVIDENCE, "dpo", T0)
         keep_export = await store.export([later.id], out, Purpose.EVIDENCE, "dpo", T0)
         first = await store.recording(due[0])
         assert first is not None
@@ -45,7 +48,7 @@ async def _prepare_sweep(root: Path) -> Case:
         "sweep",
         now,
         {},
-        {"due": due, "later": later.id, "keep_export": str(keep_export)},
+        {"due": due, "later": later.id, "keep_export": str(keep_export), "shared": str(shared)},
     )
 
 
@@ -62,16 +65,24 @@ async def _check_sweep(case: Case) -> None:
         assert later is not None and later.status is RecordingStatus.STORED, "deleted early"
         stored = files_under(store.recordings_dir)
         assert stored == [Path(str(later.path))], f"left in the store: {stored}"
-        keep = Path(case.facts["keep_export"])
+        keep, shared = Path(case.facts["keep_export"]), Path(case.facts["shared"])
         exported = files_under(case.root / "out")
-        assert sorted(exported) == sorted(files_under(keep)), f"copies left: {exported}"
+        left = files_under(keep) + [
+            shared / name for name in (f"{later.id}.wav", MANIFEST, SUMS, SIGNATURE)
+        ]
+        assert sorted(exported) == sorted(left), f"copies left: {exported}"
+        public = load_public_key(case.data / PUBLIC_KEY_FILE)
+        for folder in (keep, shared):
+            checked = check_export(folder, public)
+            assert checked.ok, checked.problems
         report = await store.verify()
         assert report.ok, report.problems
 
 
 async def test_kill_during_sweep_leaves_nothing_undeleted(tmp_path: Path) -> None:
     """After a kill at any step of a sweep and a re-run, every due recording and every
-    export copy of it is gone with an audit entry, and nothing not yet due was touched."""
+    export copy of it is gone with an audit entry, nothing not yet due was touched, and
+    the exports left (one held a due and a later recording) verify offline."""
     steps = await crash_everywhere(_prepare_sweep, _check_sweep, tmp_path)
     assert steps.count("unlink") >= 5
 
@@ -94,8 +105,11 @@ async def _prepare_withdraw(root: Path) -> Case:
             row = await store.ingest(call_id, source, T0)
             assert row is not None
             ids[name] = row.id
-        await store.export([ids["consent"]], root / "out", Purpose.EVIDENCE, "dpo", T0)
-    return Case(root, data, spool, "withdraw", T0 + timedelta(days=1), {"caller": ALICE}, ids)
+        folder = await store.export(
+            [ids["consent"], ids["sales"]], root / "out", Purpose.EVIDENCE, "dpo", T0
+        )
+    facts = {**ids, "export": str(folder)}
+    return Case(root, data, spool, "withdraw", T0 + timedelta(days=1), {"caller": ALICE}, facts)
 
 
 async def _check_withdraw(case: Case) -> None:
@@ -117,7 +131,11 @@ async def _check_withdraw(case: Case) -> None:
         ):
             row = await store.recording(case.facts[name])
             assert row is not None and row.status is status, f"{name}: {row}"
-        assert files_under(case.root / "out") == [], "an export copy survived"
+        folder = Path(case.facts["export"])
+        kept = [folder / name for name in (f"{case.facts['sales']}.wav", MANIFEST, SUMS, SIGNATURE)]
+        assert files_under(case.root / "out") == sorted(kept), "an export copy survived"
+        checked = check_export(folder, load_public_key(case.data / PUBLIC_KEY_FILE))
+        assert checked.ok, checked.problems
         report = await store.verify()
         assert report.ok, report.problems
 
@@ -126,5 +144,6 @@ async def test_kill_during_withdrawal_still_deletes_every_consent_recording(
     tmp_path: Path,
 ) -> None:
     """After a kill at any step of a withdrawal and a restart the caller's consent
-    recordings and their copies are gone, the sales one and other callers' are kept."""
+    recordings and their copies are gone, the sales one and other callers' are kept, and
+    the export that held a consent and the sales copy keeps the latter and verifies."""
     await crash_everywhere(_prepare_withdraw, _check_withdraw, tmp_path)

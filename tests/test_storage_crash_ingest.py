@@ -117,7 +117,9 @@ async def _check_export(case: Case) -> None:
         assert report.ok, report.problems
         exported = files_under(case.root / "out")
         assert all(not p.name.startswith(".") for p in exported), exported
-        assert len(exported) in (0, 2), exported  # all (audio + manifest) or nothing
+        assert len(exported) in (0, 4), (
+            exported
+        )  # all (audio, manifest, sums, signature) or nothing
         row = await store.recording(case.facts["id"])
         assert row is not None
         await store.sweep(row.delete_after)

@@ -452,7 +452,11 @@ async def test_sweep_deletes_on_time_with_every_copy(
     entry = (await store.audit_entries(row.id))[-1]
     assert entry.action == "recording.deleted"
     assert entry.details["sha256"] == row.sha256 and entry.details["reason"] == "retention"
-    assert entry.details["copies_removed"] == "2"  # the audio copy and the manifest
+    assert entry.details["copies_removed"] == "1"  # the recording's copy in the export
+    export_id = export.name.removeprefix("callrec-export-")
+    removal = (await store.audit_entries(export_id))[-1]
+    assert removal.action == "export.copy_removed"
+    assert removal.details["recording_id"] == row.id and removal.details["export"] == "deleted"
     assert (await store.sweep(row.delete_after + timedelta(hours=1))).deleted == ()
     assert await store.recordings() == []
     assert (await store.verify()).ok
