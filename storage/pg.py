@@ -33,7 +33,9 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import os
 import re
+import socket
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -46,6 +48,7 @@ from psycopg import errors as pg_errors
 from psycopg.rows import RowMaker
 
 from flows.errors import IntegrityError, StorageError, StoreFullError, StoreReadOnlyError
+from flows.numbers import shown
 from storage import chain
 from storage.db import RETRY_FOR
 from storage.ledgers import redact
@@ -63,6 +66,19 @@ WRITE_LOCK = 0x63616C6C  # the advisory lock's first key ("call"); the second is
 _BEGIN_WRITE = (
     "BEGIN ISOLATION LEVEL READ COMMITTED; "
     f"SELECT pg_advisory_xact_lock({WRITE_LOCK}, hashtext(current_schema()))"
+)
+# A controller id's lock: one bigint key per (schema, id); a collision of two ids' hashes
+# would refuse the second with a message naming the first's session, never admit two.
+_CLAIM = (
+    "SELECT k, pg_try_advisory_lock(k) AS got FROM (SELECT hashtextextended("
+    "'callrec controller ' || current_schema() || ' ' || %s, 0) AS k) AS key"
+)
+_HOLDER = (
+    "SELECT a.application_name || COALESCE(' from ' || host(a.client_addr), '') AS who "
+    "FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid WHERE l.locktype = 'advisory' "
+    "AND l.granted AND l.objsubid = 1 AND l.classid = %s::bigint::oid "
+    "AND l.objid = %s::bigint::oid AND l.database = "
+    "(SELECT oid FROM pg_database WHERE datname = current_database())"
 )
 _RETRYABLE = (
     pg_errors.SerializationFailure,
@@ -242,6 +258,7 @@ class PgDatabase:
         self._conns_lock = threading.Lock()
         self._executor = ThreadPoolExecutor(max_workers=pool, thread_name_prefix="callrec-pg")
         self._closed = False
+        self._claim: psycopg.Connection[Row] | None = None  # holds the controller id
 
     @classmethod
     async def connect(
@@ -298,7 +315,44 @@ class PgDatabase:
         return f"{table} {alias}"
 
     async def claim_controller(self, controller_id: str) -> None:
-        """Nothing to claim: many controllers share a PostgreSQL ledger."""
+        """Many controllers share a PostgreSQL ledger, but each id names one: a second
+        controller with the same id would settle the first one's live calls as its own.
+        A session-level advisory lock keyed by the id (and the ledger's schema), taken on a
+        connection of its own and held until `close`; the server drops it when that
+        session ends, a controller killed with -9 or cut off included."""
+        if self._claim is None:
+            self._claim = await asyncio.to_thread(self._claim_lock, controller_id)
+
+    def _claim_lock(self, controller_id: str) -> psycopg.Connection[Row]:
+        doing = f"claiming the controller id {controller_id}"
+        me = f"callrec pid {os.getpid()} on {socket.gethostname()}"
+        try:
+            conn = self._connect(application_name=me[:63])
+        except psycopg.Error as error:
+            raise pg_error(error, doing) from error
+        try:
+            row = conn.execute(_CLAIM, (controller_id,)).fetchone()
+            got = row is not None and bool(row["got"])
+            who = "unknown"
+            if not got and row is not None:
+                key = int(row["k"])
+                found = conn.execute(_HOLDER, ((key >> 32) & 0xFFFFFFFF, key & 0xFFFFFFFF))
+                holder = found.fetchone()
+                who = "unknown" if holder is None else str(holder["who"] or "unknown")
+        except psycopg.Error as error:
+            conn.close()
+            raise pg_error(error, doing) from error
+        except BaseException:
+            conn.close()
+            raise
+        if not got:
+            conn.close()
+            raise StorageError(
+                f"another controller with the id {controller_id} ({shown(who, 120)}) "
+                "serves this PostgreSQL ledger: stop it first, or give this one its own "
+                "storage.controller_id"
+            )
+        return conn
 
     async def migrate(self, runners: Mapping[Any, StepRunner] | None = None) -> int:
         from storage import pg_schema  # the schema needs this module's types
@@ -309,6 +363,9 @@ class PgDatabase:
         if self._closed:
             return
         self._closed = True
+        if self._claim is not None:
+            self._claim.close()  # the session's end releases the controller id
+            self._claim = None
         await asyncio.to_thread(self._executor.shutdown, True)
         with self._conns_lock:
             conns, self._conns = self._conns, []
@@ -322,15 +379,18 @@ class PgDatabase:
     async def read(self, body: Callable[[Tx], T], doing: str) -> T:
         return await self._retrying(functools.partial(self._transaction, body, False), doing)
 
+    def _connect(self, application_name: str = "callrec") -> psycopg.Connection[Row]:
+        extra: dict[str, Any] = {"application_name": application_name, "connect_timeout": 10}
+        if self._password is not None:
+            extra["password"] = self._password
+        # autocommit: the transactions below are spelled out, BEGIN to COMMIT.
+        return psycopg.connect(self._conninfo, row_factory=_rows, autocommit=True, **extra)
+
     def _connection(self) -> psycopg.Connection[Row]:
         conn: psycopg.Connection[Row] | None = getattr(self._local, "conn", None)
         if conn is not None and not conn.closed:
             return conn
-        extra: dict[str, Any] = {"application_name": "callrec", "connect_timeout": 10}
-        if self._password is not None:
-            extra["password"] = self._password
-        # autocommit: the transactions below are spelled out, BEGIN to COMMIT.
-        conn = psycopg.connect(self._conninfo, row_factory=_rows, autocommit=True, **extra)
+        conn = self._connect()
         conn.execute("SET synchronous_commit = on")
         # Writers wait for the lock in the server's queue, first come first served, for as
         # long as `write` would retry: with a short timeout and retries, a writer that gave
