@@ -8,11 +8,16 @@ aiosqlite's thread). A cancelled caller leaves no transaction open: its job fini
 own, committed or rolled back.
 
 SQLite's `BEGIN IMMEDIATE` takes the database's write lock first, and the store relies on it:
-the audit chain's head is read and extended in one transaction, and a sweep re-reads which
-rows are still live before it marks them deleted. Here every write transaction starts with
+the audit chain's head is read and extended in one transaction, and a withdrawal decides
+what it covers from rows it read. Here a serial write transaction (the default) starts with
 `pg_advisory_xact_lock` on one key per ledger (its schema), released by COMMIT or ROLLBACK,
-so write transactions of every controller on the ledger follow one another exactly as on
+so those transactions of every controller on the ledger follow one another exactly as on
 SQLite, and READ COMMITTED statements after the lock see everything committed before it.
+The call path (start, decision, end: `write(..., serial=False)`) touches only its own
+call's rows and takes no lock to begin with; a body of it that appends to the audit chain
+takes the same lock at the append, before it reads the head, so the chain never forks and
+the lock is held only from the append to the COMMIT. Deletions need no lock to be counted
+once: each is a conditional UPDATE (`storage.deletion.claim`).
 Reads take no lock: each runs in a REPEATABLE READ, READ ONLY snapshot. Writers wait for the
 lock in the server's queue (first come, first served) up to `retry_for` seconds; a
 serialization failure or a deadlock retries the whole body with a growing pause until then,
@@ -62,11 +67,10 @@ POOL_SIZE = 4  # connections (and threads) per store: one writer at a time, read
 # that the ledger's lock is never held for longer by a session that does nothing.
 IDLE_IN_TRANSACTION = 60.0
 WRITE_LOCK = 0x63616C6C  # the advisory lock's first key ("call"); the second is the schema
+_LOCK = f"SELECT pg_advisory_xact_lock({WRITE_LOCK}, hashtext(current_schema()))"
 # One round trip: the transaction and its lock (no parameters, so both statements go at once).
-_BEGIN_WRITE = (
-    "BEGIN ISOLATION LEVEL READ COMMITTED; "
-    f"SELECT pg_advisory_xact_lock({WRITE_LOCK}, hashtext(current_schema()))"
-)
+_BEGIN_SERIAL = f"BEGIN ISOLATION LEVEL READ COMMITTED; {_LOCK}"
+_BEGIN_WRITE = "BEGIN ISOLATION LEVEL READ COMMITTED"
 # A controller id's lock: one bigint key per (schema, id); a collision of two ids' hashes
 # would refuse the second with a message naming the first's session, never admit two.
 _CLAIM = (
@@ -92,7 +96,7 @@ class Transactions(Protocol):
 
     async def read(self, body: Callable[[Tx], T], doing: str) -> T: ...
 
-    async def write(self, body: Callable[[Tx], T], doing: str) -> T: ...
+    async def write(self, body: Callable[[Tx], T], doing: str, *, serial: bool = True) -> T: ...
 
     async def close(self) -> None: ...
 
@@ -207,8 +211,15 @@ class PgTx(Tx):
 
     dialect = "postgresql"
 
-    def __init__(self, conn: psycopg.Connection[Row]) -> None:
+    def __init__(self, conn: psycopg.Connection[Row], *, locked: bool = False) -> None:
         self._pg = conn
+        self.locked = locked  # this transaction holds the ledger's advisory lock
+
+    def lock(self) -> None:
+        """Take the ledger's advisory lock for the rest of this transaction (once)."""
+        if not self.locked:
+            self.run(_LOCK)
+            self.locked = True
 
     def run(self, sql: str, params: Params = ()) -> int:
         with self._pg.cursor() as cursor:
@@ -300,7 +311,10 @@ class PgDatabase:
         action: str,
         entries: Sequence[tuple[str, Mapping[str, str]]],
     ) -> None:
-        # Every write transaction began with the ledger's advisory lock: nobody else appends.
+        # A serial transaction began with the ledger's advisory lock; any other takes it here,
+        # before reading the head, and holds it to its COMMIT: nobody else appends meanwhile.
+        if isinstance(tx, PgTx):
+            tx.lock()
         chain.append(tx, key, at, action, entries)
 
     def guard_problems(self, tx: Tx) -> list[str]:
@@ -372,12 +386,15 @@ class PgDatabase:
         for conn in conns:
             conn.close()
 
-    async def write(self, body: Callable[[Tx], T], doing: str) -> T:
-        """Run `body` in one write transaction, after every earlier writer of the ledger."""
-        return await self._retrying(functools.partial(self._transaction, body, True), doing)
+    async def write(self, body: Callable[[Tx], T], doing: str, *, serial: bool = True) -> T:
+        """Run `body` in one write transaction: `serial`, after every earlier serial writer
+        of the ledger (and every audit append); else beside them, with only its audit
+        append, if any, after theirs."""
+        mode = "serial" if serial else "write"
+        return await self._retrying(functools.partial(self._transaction, body, mode), doing)
 
     async def read(self, body: Callable[[Tx], T], doing: str) -> T:
-        return await self._retrying(functools.partial(self._transaction, body, False), doing)
+        return await self._retrying(functools.partial(self._transaction, body, "read"), doing)
 
     def _connect(self, application_name: str = "callrec") -> psycopg.Connection[Row]:
         extra: dict[str, Any] = {"application_name": application_name, "connect_timeout": 10}
@@ -404,14 +421,16 @@ class PgDatabase:
             self._conns.append(conn)
         return conn
 
-    def _transaction(self, body: Callable[[Tx], T], write: bool) -> T:
+    def _transaction(self, body: Callable[[Tx], T], mode: str) -> T:
         conn = self._connection()
         try:
-            if write:
+            if mode == "serial":
+                conn.execute(_BEGIN_SERIAL)
+            elif mode == "write":
                 conn.execute(_BEGIN_WRITE)
             else:
                 conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-            result = body(PgTx(conn))
+            result = body(PgTx(conn, locked=mode == "serial"))
             conn.execute("COMMIT")
         except BaseException:
             if not conn.closed:

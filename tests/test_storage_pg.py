@@ -5,18 +5,21 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+from datetime import timedelta
 from pathlib import Path
 
 import pg_server
 import psycopg
 import pytest
-from storage_helpers import POLICY, T0, record_call
+from storage_helpers import ALICE, POLICY, SERVICE, T0, new_id, record_call
 
 from flows.errors import NotFoundError, StorageError
+from flows.policy import Decision, Direction, LegalBasis
 from storage.factory import open_ledger
 from storage.ledgers import LedgerConfig
-from storage.pg import translate
+from storage.pg import WRITE_LOCK, translate
 from storage.pg_schema import PG_MIGRATIONS
+from storage.ports import CallStart, DecisionRecord
 from storage.schema import MIGRATIONS
 
 
@@ -160,3 +163,56 @@ def test_statements_are_translated_outside_their_literals(sqlite: str, postgresq
     """Placeholders and SQLite spellings are rewritten in SQL, never inside a string literal
     (where only `%` is doubled, as psycopg reads it there too)."""
     assert translate(sqlite) == postgresql
+
+
+async def test_a_call_starts_while_another_node_holds_the_ledgers_write_lock(
+    tmp_path: Path, pg_database: str
+) -> None:
+    """While another session holds the ledger's advisory write lock (a node mid-sweep), a
+    call start commits at once; the decision's audit entry waits for the lock and commits
+    after it is released, on one unforked chain."""
+    with pg_server.schema(pg_database) as url:
+        ledger = LedgerConfig(url=url)
+        async with await open_ledger(tmp_path / "d", POLICY, create=True, ledger=ledger) as s:
+            call_id = new_id()
+            with psycopg.connect(url) as holder:
+                holder.execute(
+                    "SELECT pg_advisory_xact_lock(%s, hashtext(current_schema()))", (WRITE_LOCK,)
+                )
+                await asyncio.wait_for(
+                    s.start_call(
+                        CallStart(
+                            call_id=call_id,
+                            channel_id="chan-1",
+                            direction=Direction.INBOUND,
+                            line="service",
+                            caller=ALICE,
+                            dialed=SERVICE,
+                            started_at=T0,
+                            customer=ALICE,
+                        )
+                    ),
+                    timeout=30,
+                )
+                decision = asyncio.ensure_future(
+                    s.commit_decision(
+                        DecisionRecord(
+                            call_id=call_id,
+                            decision=Decision.RECORD,
+                            legal_basis=LegalBasis.CONSENT,
+                            digit="1",
+                            reason="consented",
+                            prompt=None,
+                            prompt_sha256=None,
+                            decided_at=T0 + timedelta(seconds=10),
+                        )
+                    )
+                )
+                await asyncio.sleep(1.0)
+                assert not decision.done()  # its audit append waits for the chain's head
+                holder.rollback()
+                await asyncio.wait_for(decision, timeout=30)
+            call = await s.get_call(call_id)
+            report = await s.verify()
+    assert call is not None and call.decision == Decision.RECORD.value
+    assert report.ok, report.problems
