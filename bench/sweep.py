@@ -69,6 +69,9 @@ class SweepRun:
     sync_seconds: float
     rss_open_kib: int  # the child's resident memory with the store open, before the sweep
     rss_peak_kib: int  # ... and the most it reached during the sweep
+    dirty_kib: int = 0  # write-back pending (Dirty + Writeback) before the sweep's settle
+    settle_seconds: float = 0.0  # how long that took to drain
+    load: float = 0.0  # the one-minute load average as the sweep began
 
     @property
     def ratio(self) -> float:
@@ -122,7 +125,8 @@ async def _one(base: Path, recordings: int, ledger: LedgerConfig | None = None) 
     if not checked.ok:
         raise CallrecError(f"the filled store does not verify: {checked.problems[0]}")
 
-    await asyncio.to_thread(settle)
+    dirty_kib, settle_seconds = await asyncio.to_thread(settle)
+    load = os.getloadavg()[0]
     say(f"sweep{on}: store.sweep of {count(recordings)} recordings (child process)")
     report = await asyncio.to_thread(_sweep_in_child, data_dir, base / "sweep-child.log", ledger)
     if report["deleted"] != recordings or report["problems"]:
@@ -155,6 +159,9 @@ async def _one(base: Path, recordings: int, ledger: LedgerConfig | None = None) 
         sync_seconds,
         int(report["rss_open_kib"]),
         int(report["rss_peak_kib"]),
+        dirty_kib,
+        settle_seconds,
+        load,
     )
 
 
@@ -221,6 +228,12 @@ async def run(sizes: Sizes, work: Path) -> Result:
                 secs(r.sweep_seconds),
                 secs(with_sync),
                 ratio(r.sweep_seconds, with_sync),
+            )
+        )
+        result.add(
+            Row(
+                f"sweep {n}: before it, write-back drained; load average",
+                f"{size(r.dirty_kib * 1024)} in {r.settle_seconds:.1f} s; {r.load:.1f}",
             )
         )
         result.add(
@@ -303,14 +316,17 @@ async def _on_postgresql(sizes: Sizes, work: Path) -> tuple[dict[int, list[Sweep
     return runs, ""
 
 
-def settle() -> None:
+def settle() -> tuple[int, float]:
     """Write back what earlier work left dirty, and wait until the kernel has, so that
     neither timing pays for another's write-back (in a whole `make bench` run, the
-    benchmarks before this one leave gigabytes behind)."""
+    benchmarks before this one leave gigabytes behind). (KiB pending first, seconds.)"""
+    began = time.monotonic()
+    pending = _dirty_kib()
     os.sync()
-    deadline = time.monotonic() + SETTLE_TIMEOUT
+    deadline = began + SETTLE_TIMEOUT
     while time.monotonic() < deadline and _dirty_kib() > SETTLED_KIB:
         time.sleep(0.1)
+    return pending, time.monotonic() - began
 
 
 def _dirty_kib() -> int:
