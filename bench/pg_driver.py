@@ -12,6 +12,7 @@ CALLREC_BENCH_PG_URL, else CALLREC_TEST_PG_URL, else the test cluster of `make p
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import secrets
@@ -70,8 +71,23 @@ async def database(url: str) -> AsyncIterator[str]:
     try:
         yield urlunsplit(urlsplit(url)._replace(path=f"/{name}"))
     finally:
-        with psycopg.connect(url, autocommit=True) as conn:
+        _drop(url, name)
+
+
+def _drop(url: str, name: str) -> None:
+    """Drop the database `name`. FORCE ends our own sessions; one of the server's (an
+    autovacuum worker after a bulk load) it may not end for an unprivileged role, and a
+    plain DROP then waits for it, tried again for a while."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        with contextlib.suppress(psycopg.errors.InsufficientPrivilege):
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            return
+        for _ in range(60):
+            with contextlib.suppress(psycopg.errors.ObjectInUse):
+                conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
+                return
+            time.sleep(1.0)
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
 
 
 @dataclass(frozen=True, slots=True)
