@@ -223,8 +223,9 @@ async def test_a_node_whose_keys_are_not_the_ledgers_is_refused(
     tmp_path: Path, pg_database: str
 ) -> None:
     """A second data directory on a shared ledger opens with a copy of the first one's keys
-    and appends to the one chain, every entry of which verifies; one with another store's audit key, or another
-    pseudonym key, is refused with a line naming the key, before it writes anything."""
+    and appends to the one chain, every entry of which verifies; one with another store's
+    audit key, or another pseudonym key, is refused with a line naming the key, before it
+    writes anything."""
     spool = tmp_path / "spool"
     spool.mkdir()
     first, second, other = tmp_path / "a", tmp_path / "b", tmp_path / "other"
