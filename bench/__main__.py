@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import shutil
 import sys
 import tempfile
@@ -65,6 +66,12 @@ def parse(argv: list[str]) -> argparse.Namespace:
         help="work directory (default: a new one under $TMPDIR); it must be on the disk "
         "you want measured, not tmpfs",
     )
+    parser.add_argument(
+        "--ledger",
+        choices=("sqlite", "postgresql"),
+        action="append",
+        help="lookup and sweep on this ledger only (repeat for both; default: both)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     return parser.parse_args(argv)
 
@@ -87,6 +94,8 @@ async def run_all(sizes: Sizes, names: list[str], work: Path) -> list[Result]:
 def main(argv: list[str] | None = None) -> int:
     args = parse(sys.argv[1:] if argv is None else argv)
     sizes: Sizes = args.sizes
+    if args.ledger:
+        sizes = dataclasses.replace(sizes, ledgers=tuple(args.ledger))
     names = [name for name in BENCHMARKS if args.only is None or name in args.only]
     if args.dir is not None:
         if args.dir.exists() and any(args.dir.iterdir()):

@@ -6,7 +6,8 @@ of that number and the callback's legal basis within the window
 answered); the customer waits on the line meanwhile. Timed through the store (aiosqlite: a
 worker thread per connection, number normalisation, row mapping) and, as the baseline, the
 same statement on the same file with the plain `sqlite3` module: the ratio is the cost of
-the async layer.
+the async layer. Then the same calls and look-ups on a PostgreSQL ledger (filled with COPY),
+its baseline the same statement through a plain psycopg connection.
 """
 
 from __future__ import annotations
@@ -15,18 +16,26 @@ import asyncio
 import random
 import sqlite3
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+import psycopg
+
 from bench.figures import Result, Row, count, ms, percentile, ratio, size
 from bench.ledger_fill import MINUTE, customer_number, fill_busy_ledger, moment
+from bench.pg_driver import database, reachable, server_url
 from bench.progress import say
 from bench.sizes import Sizes
 from flows.communication import MAX_CANDIDATES, prior_call
 from flows.errors import CallrecError
 from flows.policy import LegalBasis, Policy
 from storage.db import ts
+from storage.factory import open_ledger
+from storage.ledgers import LedgerConfig, redact
+from storage.pg import translate
+from storage.ports import StoreApi
 from storage.sqlite import LEDGER_FILE, MISSED_CANDIDATES_SQL, SqliteStore
 
 END = datetime(2025, 6, 2, 12, 0, tzinfo=UTC)  # the ledger's "now": fixed, so runs compare
@@ -109,7 +118,13 @@ async def run(sizes: Sizes, work: Path) -> Result:
         sizes.lookups + WARM_UP, ledger.customers, missed, ledger.start, ledger.end, seed=2
     )
     say(f"lookup: timing {count(sizes.lookups)} look-ups through the store and sqlite3")
-    store_times, raw_times, hits = await _time_lookups(data_dir, db, policy, lookups)
+    raw, close_raw = sqlite_raw(db)
+    store = await SqliteStore.open(data_dir, policy, create=True)
+    try:
+        store_times, raw_times, hits = await _time_lookups(store, raw, lookups)
+    finally:
+        close_raw()
+        await store.close()
     on_disk = db.stat().st_size
     per_million = on_disk / ledger.filled.calls * 1_000_000
     parts = breakdown(db)
@@ -124,6 +139,28 @@ async def run(sizes: Sizes, work: Path) -> Result:
         f"not yet called back ({count(hits)} found), half for a random number",
         "query plan: " + "; ".join(plan(db)),
     ]
+    _rows(result, "lookup", lookups, store_times, raw_times)
+    result.add(Row("ledger on disk per 1 M calls", size(per_million)))
+    result.notes += [
+        "baseline: the same SQL on the same file through the sqlite3 module, no event loop; "
+        "both warm (the OS page cache holds the file after the fill)",
+        "on disk by table (with its indexes): "
+        + ", ".join(f"{name} {size(nbytes / f.calls * 1_000_000)}" for name, nbytes in parts[:5])
+        + " per 1 M calls",
+        "rows are bulk-loaded and secondary indexes built in one pass: a ledger grown call by "
+        "call has partly filled index pages and comes out a few per cent larger",
+    ]
+    await _postgresql(result, sizes, work, policy, lookups)
+    return result
+
+
+def _rows(
+    result: Result,
+    prefix: str,
+    lookups: list[Lookup],
+    store_times: list[float],
+    raw_times: list[float],
+) -> None:
     timed_hits = [k for k, lookup in enumerate(lookups[WARM_UP:]) if lookup.expect_hit]
     timed_misses = [k for k, lookup in enumerate(lookups[WARM_UP:]) if not lookup.expect_hit]
     for label, p, which in (
@@ -137,31 +174,104 @@ async def run(sizes: Sizes, work: Path) -> Result:
         if not ours:
             continue
         a, b = percentile(ours, p), percentile(base, p)
-        row = Row(f"lookup {label}", ms(a), ms(b), ratio(a, b))
+        row = Row(f"{prefix} {label}", ms(a), ms(b), ratio(a, b))
         if label == "p99":
             row = Row(row.figure, row.value, row.baseline, row.ratio, "< 1 ms", a < TARGET_P99)
         result.add(row)
-    result.add(Row("ledger on disk per 1 M calls", size(per_million)))
-    result.notes += [
-        "baseline: the same SQL on the same file through the sqlite3 module, no event loop; "
-        "both warm (the OS page cache holds the file after the fill)",
-        "on disk by table (with its indexes): "
-        + ", ".join(f"{name} {size(nbytes / f.calls * 1_000_000)}" for name, nbytes in parts[:5])
-        + " per 1 M calls",
-        "rows are bulk-loaded and secondary indexes built in one pass: a ledger grown call by "
-        "call has partly filled index pages and comes out a few per cent larger",
+
+
+async def _postgresql(
+    result: Result, sizes: Sizes, work: Path, policy: Policy, lookups: list[Lookup]
+) -> None:
+    """The same ledger (same seed: the same calls) and the same look-ups on PostgreSQL."""
+    url = server_url()
+    why = reachable(url)
+    if why is not None:
+        result.notes.append(f"PostgreSQL not run: none at {redact(url)} ({why})")
+        return
+    data_dir = work / "lookup-pg"
+    async with database(url) as db:
+        ledger = LedgerConfig(url=db)
+        async with await open_ledger(data_dir, policy, ledger, create=True):
+            pass
+        say(f"lookup: filling a PostgreSQL ledger with {count(sizes.ledger_calls)} calls")
+        began = time.perf_counter()
+        filled = await asyncio.to_thread(
+            fill_busy_ledger, data_dir, policy, sizes.ledger_calls, END, ledger=ledger
+        )
+        filled_in = time.perf_counter() - began
+        say(f"lookup: timing {count(sizes.lookups)} look-ups through the store and psycopg")
+        raw, close_raw = pg_raw(db)
+        store = await open_ledger(data_dir, policy, ledger)
+        try:
+            store_times, raw_times, _ = await _time_lookups(store, raw, lookups)
+        finally:
+            close_raw()
+            await store.close()
+        with psycopg.connect(db) as conn:
+            row = conn.execute("SELECT pg_database_size(current_database())").fetchone()
+            on_disk = int(row[0]) if row is not None else 0
+            plan = [
+                str(line[0]).strip()
+                for line in conn.execute(
+                    f"EXPLAIN {translate(LOOKUP_SQL)}",
+                    ("+38630000000", LegalBasis.CONSENT.value, ts(END), MAX_CANDIDATES),
+                ).fetchall()
+            ]
+    result.setup += [
+        f"PostgreSQL: the same {count(filled.filled.calls)} calls loaded with COPY in "
+        f"{filled_in:.0f} s, the same look-ups",
+        "PostgreSQL query plan: " + "; ".join(plan[:3]),
     ]
-    return result
+    _rows(result, "PostgreSQL lookup", lookups, store_times, raw_times)
+    result.add(
+        Row("PostgreSQL database per 1 M calls", size(on_disk / filled.filled.calls * 1_000_000))
+    )
+    result.notes.append(
+        "PostgreSQL baseline: the same SQL through one psycopg connection in this thread; the "
+        "store's goes through its worker thread and a REPEATABLE READ, READ ONLY transaction"
+    )
+
+
+Raw = Callable[[Lookup], "str | None"]
+
+
+def sqlite_raw(db: Path) -> tuple[Raw, Callable[[], None]]:
+    """The baseline on SQLite: the statement through the sqlite3 module."""
+    raw = sqlite3.connect(db)
+    raw.row_factory = sqlite3.Row
+
+    def lookup(item: Lookup) -> str | None:
+        rows = raw.execute(
+            LOOKUP_SQL, (item.number, item.basis.value, ts(item.since), MAX_CANDIDATES)
+        ).fetchall()
+        row = next((r for r in rows if not r["answered"]), None)
+        return None if row is None else str(row["call_id"])
+
+    return lookup, raw.close
+
+
+def pg_raw(url: str) -> tuple[Raw, Callable[[], None]]:
+    """The baseline on PostgreSQL: the same statement (as `storage.pg` translates it)
+    through a plain psycopg connection, autocommit, no worker thread."""
+    raw = psycopg.connect(url, autocommit=True)
+    sql = translate(LOOKUP_SQL)
+
+    def lookup(item: Lookup) -> str | None:
+        rows = raw.execute(
+            sql, (item.number, item.basis.value, ts(item.since), MAX_CANDIDATES)
+        ).fetchall()
+        row = next((r for r in rows if not r[-1]), None)
+        return None if row is None else str(row[0])
+
+    return lookup, raw.close
 
 
 async def _time_lookups(
-    data_dir: Path, db: Path, policy: Policy, lookups: list[Lookup]
+    store: StoreApi, raw: Raw, lookups: list[Lookup]
 ) -> tuple[list[float], list[float], int]:
-    """Each look-up through the store and through sqlite3 (alternating which goes first);
-    both must find the same call."""
-    store = await SqliteStore.open(data_dir, policy, create=True)
-    raw = sqlite3.connect(db)
-    raw.row_factory = sqlite3.Row
+    """Each look-up through the store and through the baseline (alternating which goes
+    first); both must find the same call."""
 
     async def through_store(lookup: Lookup) -> tuple[str | None, float]:
         began = time.perf_counter()
@@ -170,37 +280,27 @@ async def _time_lookups(
         elapsed = time.perf_counter() - began
         return (None if chosen is None else chosen.call_id), elapsed
 
-    def through_sqlite(lookup: Lookup) -> tuple[str | None, float]:
+    def through_raw(lookup: Lookup) -> tuple[str | None, float]:
         began = time.perf_counter()
-        rows = raw.execute(
-            LOOKUP_SQL, (lookup.number, lookup.basis.value, ts(lookup.since), MAX_CANDIDATES)
-        ).fetchall()
-        row = next((r for r in rows if not r["answered"]), None)
-        elapsed = time.perf_counter() - began
-        return (None if row is None else str(row["call_id"])), elapsed
+        found = raw(lookup)
+        return found, time.perf_counter() - began
 
     store_times: list[float] = []
     raw_times: list[float] = []
     hits = 0
-    try:
-        for k, lookup in enumerate(lookups):
-            if k % 2:
-                ours, ours_took = await through_store(lookup)
-                theirs, theirs_took = through_sqlite(lookup)
-            else:
-                theirs, theirs_took = through_sqlite(lookup)
-                ours, ours_took = await through_store(lookup)
-            if ours != theirs:
-                raise CallrecError(
-                    f"the store found {ours} and sqlite3 found {theirs} for one look-up"
-                )
-            if lookup.expect_hit and ours is None:
-                raise CallrecError("a missed call nobody called back was not found")
-            if k >= WARM_UP:
-                store_times.append(ours_took)
-                raw_times.append(theirs_took)
-                hits += ours is not None
-    finally:
-        raw.close()
-        await store.close()
+    for k, lookup in enumerate(lookups):
+        if k % 2:
+            ours, ours_took = await through_store(lookup)
+            theirs, theirs_took = through_raw(lookup)
+        else:
+            theirs, theirs_took = through_raw(lookup)
+            ours, ours_took = await through_store(lookup)
+        if ours != theirs:
+            raise CallrecError(f"the store found {ours} and the baseline {theirs} for one look-up")
+        if lookup.expect_hit and ours is None:
+            raise CallrecError("a missed call nobody called back was not found")
+        if k >= WARM_UP:
+            store_times.append(ours_took)
+            raw_times.append(theirs_took)
+            hits += ours is not None
     return store_times, raw_times, hits

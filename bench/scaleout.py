@@ -153,6 +153,9 @@ async def _start(
         CALLREC_ARI_URL=url,
         CALLREC_ARI_USER=callflows.USER,
         CALLREC_ARI_PASSWORD=pbx.password,
+        # Nodes on one ledger each need an id of their own (they share a host and data
+        # directory here, which would give them one): a second with the same id is refused.
+        CALLREC_CONTROLLER_ID=f"node-{node}",
     )
     if ledger is not None and ledger.url is not None:
         env["CALLREC_LEDGER_URL"] = ledger.url

@@ -16,6 +16,8 @@ class Sizes:
     sweep_recordings: tuple[int, int]  # retention sweep: a small and a large run (memory)
     sweep_repeats: int  # retention sweep: runs of each size, each on new trees (the median counts)
     ingest_files: int  # ingest: 1-minute recordings per run
+    # lookup and sweep: the ledgers they run on (PostgreSQL where a server answers)
+    ledgers: tuple[str, ...] = ("sqlite", "postgresql")
 
 
 TINY = Sizes(

@@ -29,19 +29,24 @@ from typing import Any
 
 from bench.figures import Result, Row, count, ratio, secs, size
 from bench.ledger_fill import fill_expired_recordings
+from bench.pg_driver import database, reachable, server_url
 from bench.processes import child_env
 from bench.progress import say
 from bench.sizes import Sizes
 from flows.errors import CallrecError
 from flows.policy import Policy
+from storage.factory import open_ledger
 from storage.files import UNLINK_WORKERS
-from storage.sqlite import RECORDINGS_DIR, SqliteStore
+from storage.ledgers import LedgerConfig, redact
+from storage.sqlite import RECORDINGS_DIR
 
 NOW = datetime(2025, 6, 2, 3, 0, tzinfo=UTC)  # the sweep's "now": every recording is due
 AGE_DAYS = 217  # the files' mtime, as old as the recordings (7 months)
 FIND_DAYS = 180  # find -mtime +180: "older than 6 months" in find's whole days
 TARGET_RATIO = 1.5  # sweep wall time at most this many times find's (issue 8)
 RSS_SAMPLE_SECONDS = 0.002  # how often the sweep child reads its resident set
+SETTLE_TIMEOUT = 30.0  # seconds to wait for the kernel's write-back before a timing
+SETTLED_KIB = 4096  # dirty memory left that counts as settled (other work writes too)
 CHILD_TIMEOUT = 3600.0  # seconds a sweep of the full size may take before it is abandoned
 
 
@@ -64,6 +69,9 @@ class SweepRun:
     sync_seconds: float
     rss_open_kib: int  # the child's resident memory with the store open, before the sweep
     rss_peak_kib: int  # ... and the most it reached during the sweep
+    dirty_kib: int = 0  # write-back pending (Dirty + Writeback) before the sweep's settle
+    settle_seconds: float = 0.0  # how long that took to drain
+    load: float = 0.0  # the one-minute load average as the sweep began
 
     @property
     def ratio(self) -> float:
@@ -95,20 +103,21 @@ def _files_under(root: Path) -> int:
     return sum(len(names) for _, _, names in os.walk(root))
 
 
-async def _one(base: Path, recordings: int) -> SweepRun:
+async def _one(base: Path, recordings: int, ledger: LedgerConfig | None = None) -> SweepRun:
     policy = Policy()
     data_dir, tree = base / "store", base / "find-tree"
     audio = small_recording()
-    store = await SqliteStore.open(data_dir, policy, create=True)
+    store = await open_ledger(data_dir, policy, ledger, create=True)
     await store.close()
-    say(f"sweep: {count(recordings)} expired recordings into a store and a twin tree")
+    on = "" if ledger is None else " (PostgreSQL)"
+    say(f"sweep{on}: {count(recordings)} expired recordings into a store and a twin tree")
     filled = await asyncio.to_thread(
-        fill_expired_recordings, data_dir, policy, recordings, NOW, audio
+        fill_expired_recordings, data_dir, policy, recordings, NOW, audio, ledger=ledger
     )
     mtime = time.time() - AGE_DAYS * 86_400
     await asyncio.to_thread(_write_tree, data_dir, filled.recording_paths, audio, mtime)
     await asyncio.to_thread(_write_tree, tree, filled.recording_paths, audio, mtime)
-    store = await SqliteStore.open(data_dir, policy, create=True)
+    store = await open_ledger(data_dir, policy, ledger)
     try:
         checked = await store.verify()
     finally:
@@ -116,9 +125,10 @@ async def _one(base: Path, recordings: int) -> SweepRun:
     if not checked.ok:
         raise CallrecError(f"the filled store does not verify: {checked.problems[0]}")
 
-    os.sync()  # both trees on disk: neither timing pays for the other's write-back
-    say(f"sweep: store.sweep of {count(recordings)} recordings (child process)")
-    report = await asyncio.to_thread(_sweep_in_child, data_dir, base / "sweep-child.log")
+    dirty_kib, settle_seconds = await asyncio.to_thread(settle)
+    load = os.getloadavg()[0]
+    say(f"sweep{on}: store.sweep of {count(recordings)} recordings (child process)")
+    report = await asyncio.to_thread(_sweep_in_child, data_dir, base / "sweep-child.log", ledger)
     if report["deleted"] != recordings or report["problems"]:
         raise CallrecError(
             f"the sweep deleted {report['deleted']} of {recordings} ({report['problems'][:1]})"
@@ -127,8 +137,8 @@ async def _one(base: Path, recordings: int) -> SweepRun:
     if left:
         raise CallrecError(f"{left} files left in the store after the sweep")
 
-    os.sync()
-    say(f"sweep: find -delete of {count(recordings)} files")
+    await asyncio.to_thread(settle)
+    say(f"sweep{on}: find -delete of {count(recordings)} files")
     began = time.perf_counter()
     subprocess.run(
         ["find", str(tree), "-type", "f", "-mtime", f"+{FIND_DAYS}", "-delete"],
@@ -149,6 +159,9 @@ async def _one(base: Path, recordings: int) -> SweepRun:
         sync_seconds,
         int(report["rss_open_kib"]),
         int(report["rss_peak_kib"]),
+        dirty_kib,
+        settle_seconds,
+        load,
     )
 
 
@@ -162,10 +175,17 @@ async def run(sizes: Sizes, work: Path) -> Result:
     # Each size runs several times on new trees: the same deletions on the same machine
     # varied by a quarter from run to run (find's as much as the sweep's), so one pair of
     # timings can meet a target that the next one misses.
-    repeats = {
-        n: [await _one(work / f"sweep-{n}-{k}", n) for k in range(sizes.sweep_repeats)]
-        for n in sizes.sweep_recordings
-    }
+    repeats: dict[int, list[SweepRun]] = {}
+    if "sqlite" in sizes.ledgers:
+        repeats = {
+            n: [await _one(work / f"sweep-{n}-{k}", n) for k in range(sizes.sweep_repeats)]
+            for n in sizes.sweep_recordings
+        }
+    pg_repeats, why_not = await _on_postgresql(sizes, work)
+    if not repeats:  # PostgreSQL only: its runs stand for the memory rows too
+        repeats, pg_repeats = pg_repeats, {}
+        if not repeats:
+            raise CallrecError(f"the sweep ran on no ledger: {why_not}")
     runs = [_median_run(each) for each in repeats.values()]
     result = Result(
         "sweep",
@@ -212,11 +232,41 @@ async def run(sizes: Sizes, work: Path) -> Result:
         )
         result.add(
             Row(
+                f"sweep {n}: before it, write-back drained; load average",
+                f"{size(r.dirty_kib * 1024)} in {r.settle_seconds:.1f} s; {r.load:.1f}",
+            )
+        )
+        result.add(
+            Row(
                 f"sweep {n}: deletions per second",
                 f"{r.recordings / r.sweep_seconds:,.0f}/s",
                 f"{r.recordings / r.find_seconds:,.0f}/s",
             )
         )
+
+    for recordings, each in pg_repeats.items():
+        r = _median_run(each)
+        n = count(recordings)
+        ratios = sorted(run.ratio for run in each)
+        result.add(
+            Row(
+                f"PostgreSQL sweep {n}: wall time",
+                secs(r.sweep_seconds),
+                secs(r.find_seconds),
+                ratio(r.sweep_seconds, r.find_seconds),
+                f"<= {TARGET_RATIO}x find -delete",
+                r.ratio <= TARGET_RATIO,
+            )
+        )
+        if len(ratios) > 1:
+            result.add(
+                Row(
+                    f"PostgreSQL sweep {n}: ratio over {len(ratios)} runs",
+                    f"{ratios[0]:.2f}x-{ratios[-1]:.2f}x",
+                )
+            )
+    if why_not:
+        result.notes.append(why_not)
 
     # Memory, judged against the sweep: the large size's run that grew most against the
     # small size's run that grew least, so that no lucky run hides a growth.
@@ -249,6 +299,47 @@ async def run(sizes: Sizes, work: Path) -> Result:
     return result
 
 
+async def _on_postgresql(sizes: Sizes, work: Path) -> tuple[dict[int, list[SweepRun]], str]:
+    """The same runs with the ledger on PostgreSQL (a new database each); or why not."""
+    if "postgresql" not in sizes.ledgers:
+        return {}, ""
+    url = server_url()
+    why = reachable(url)
+    if why is not None:
+        return {}, f"PostgreSQL not run: none at {redact(url)} ({why})"
+    runs: dict[int, list[SweepRun]] = {}
+    for n in sizes.sweep_recordings:
+        for k in range(sizes.sweep_repeats):
+            async with database(url) as db:
+                one = await _one(work / f"sweep-pg-{n}-{k}", n, LedgerConfig(url=db))
+            runs.setdefault(n, []).append(one)
+    return runs, ""
+
+
+def settle() -> tuple[int, float]:
+    """Write back what earlier work left dirty, and wait until the kernel has, so that
+    neither timing pays for another's write-back (in a whole `make bench` run, the
+    benchmarks before this one leave gigabytes behind). (KiB pending first, seconds.)"""
+    began = time.monotonic()
+    pending = _dirty_kib()
+    os.sync()
+    deadline = began + SETTLE_TIMEOUT
+    while time.monotonic() < deadline and _dirty_kib() > SETTLED_KIB:
+        time.sleep(0.1)
+    return pending, time.monotonic() - began
+
+
+def _dirty_kib() -> int:
+    """Dirty and under-writeback memory now, in KiB (/proc/meminfo)."""
+    total = 0
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            name, _, rest = line.partition(":")
+            if name in ("Dirty", "Writeback"):
+                total += int(rest.split()[0])
+    return total
+
+
 def _rss_kib(pid: int | str = "self") -> int:
     """A process's resident set now (not its peak so far: opening the ledger may touch more
     pages than the sweep ever holds, and ru_maxrss would hide the sweep under that)."""
@@ -256,13 +347,15 @@ def _rss_kib(pid: int | str = "self") -> int:
     return resident_pages * os.sysconf("SC_PAGE_SIZE") // 1024
 
 
-def _sweep_in_child(data_dir: Path, log: Path) -> dict[str, Any]:
+def _sweep_in_child(data_dir: Path, log: Path, ledger: LedgerConfig | None) -> dict[str, Any]:
     """Run the sweep in a child (`python -m bench.sweep`); its report, with the most resident
     memory it had while sweeping. That is sampled from here, through /proc: a sampler thread
     inside the child would wake 500 times a second and take the interpreter lock from the
     very threads being timed. The child says when its store is open ("open <KiB>") and when
     the sweep is over (its report); only the time between is sampled."""
     argv = [sys.executable, "-m", "bench.sweep", str(data_dir), NOW.isoformat()]
+    if ledger is not None and ledger.url is not None:
+        argv.append(ledger.url)
 
     def failed() -> CallrecError:
         return CallrecError(f"the sweep child failed: {log.read_text().strip()[-500:]}")
@@ -303,8 +396,8 @@ def _sweep_in_child(data_dir: Path, log: Path) -> dict[str, Any]:
     return {**report, "rss_open_kib": rss_open, "rss_peak_kib": peak[0]}
 
 
-async def _sweep_child(data_dir: Path, now: datetime) -> dict[str, object]:
-    store = await SqliteStore.open(data_dir, Policy(), create=True)
+async def _sweep_child(data_dir: Path, now: datetime, url: str | None) -> dict[str, object]:
+    store = await open_ledger(data_dir, Policy(), None if url is None else LedgerConfig(url=url))
     try:
         print(f"open {_rss_kib()}", flush=True)
         began = time.perf_counter()
@@ -317,9 +410,10 @@ async def _sweep_child(data_dir: Path, now: datetime) -> dict[str, object]:
 
 
 if __name__ == "__main__":
+    url = sys.argv[3] if len(sys.argv) > 3 else None
     print(
         json.dumps(
-            asyncio.run(_sweep_child(Path(sys.argv[1]), datetime.fromisoformat(sys.argv[2])))
+            asyncio.run(_sweep_child(Path(sys.argv[1]), datetime.fromisoformat(sys.argv[2]), url))
         ),
         flush=True,
     )

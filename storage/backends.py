@@ -37,6 +37,7 @@ from storage.ledgers import LEDGER_FILE, POSTGRESQL, LedgerConfig
 from storage.pg import PgDatabase
 from storage.pg_schema import migration_runners
 from storage.store import Store
+from storage.verify import foreign_keys
 
 
 async def open_postgres(
@@ -86,15 +87,23 @@ def _pair(
             "storage.ledger_url"
         )
     if version > 0 and not os.path.lexists(root / key_file):
+        if any(os.path.lexists(root / name) for name in _STORE_FILES):
+            # This store's directory, its key lost: the key, not another directory, is
+            # what the operator must bring back.
+            load_key(root / key_file, create=False)
         raise StorageError(
             f"the ledger {ledger.shown} already holds a store whose keys are not in "
             f"{root}: name that store's data directory, or an empty database"
         )
     if version == 0 and not create:
         raise NotFoundError(
-            f"no store in the ledger {ledger.shown}: check storage.ledger_url, or "
-            "create a store with `callrec init`"
+            f"no store at {root} (the ledger {ledger.shown} holds none): check the data "
+            "directory and storage.ledger_url, or create a store with `callrec init`"
         )
+
+
+# What a store's data directory holds besides the pseudonym key (`storage.datadir`).
+_STORE_FILES = ("audit.key", "checkpoint.key", "checkpoints")
 
 
 class PgStore(Store):
@@ -128,9 +137,19 @@ class PgStore(Store):
             claim=lambda path: claim(path, LEDGER_FILE),
             prepare_dirs=make_dirs(RECORDINGS_DIR, EXPORTS_DIR),
         )
-        return await cls.on_local_files(
+        store = await cls.on_local_files(
             db, root, policy, key, spool_dir=spool_dir, controller_id=owner, created=created
         )
+        # Many nodes share this ledger: one whose keys differ would fork the audit chain.
+        try:
+            why = await foreign_keys(store.ctx)
+        except BaseException:
+            await store.close()
+            raise
+        if why is not None:
+            await store.close()
+            raise StorageError(why)
+        return store
 
 
 def make_dirs(*names: str) -> Callable[[Path], None]:

@@ -198,9 +198,10 @@ class Database:
     async def close(self) -> None:
         await self._conn.close()
 
-    async def write(self, body: Callable[[Tx], T], doing: str) -> T:
+    async def write(self, body: Callable[[Tx], T], doing: str, *, serial: bool = True) -> T:
         """Run `body` in one write transaction, retried while another process holds the lock;
-        writes queued meanwhile share it (group commit). Returns after the commit."""
+        writes queued meanwhile share it (group commit). Returns after the commit. Every
+        SQLite write holds the database's write lock: `serial` changes nothing here."""
         loop = asyncio.get_running_loop()
         done: asyncio.Future[Any] = loop.create_future()
         self._queued.append((body, done, doing))

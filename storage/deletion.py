@@ -139,8 +139,8 @@ async def delete_batch(
     ctx: Context, targets: Sequence[Target], now: datetime, reason: str
 ) -> dict[str, str | None]:
     """Delete recordings: their copies and audio, then their rows, in three steps for
-    the whole batch (one read, one file job, one write). Each id maps to a problem
-    line, or None when it is deleted (or already was).
+    the whole batch (one read, one file job, one write). Each id this call deleted maps to
+    None, each with a problem to its problem line (`record_removed`).
 
     Files go first and their directories are fsync'd (once each) before the rows are
     committed: a crash in between leaves rows whose files are gone, which the next
@@ -182,9 +182,11 @@ async def record_removed(
     ctx: Context, removed: Removed, now: datetime, reason: str
 ) -> dict[str, str | None]:
     """Commit the deletions whose files are gone (one write transaction, an audit entry
-    each); each target's problem line, or None."""
+    each). Each recording this transaction deleted maps to None, each with a problem to its
+    problem line; a recording deleted by someone else (already, or meanwhile) is left out,
+    so that no two reports name the same deletion."""
     by_id = {target.recording_id: target for target in removed.targets}
-    outcome: dict[str, str | None] = dict.fromkeys(by_id)
+    outcome: dict[str, str | None] = {}
     if not removed.doomed:
         return outcome
     pairs = list(zip(removed.doomed, removed.removals, strict=True))
@@ -192,36 +194,23 @@ async def record_removed(
     changes = [change for removal in removed.removals for change in removal.exports]
     when = ts(now)
 
-    def body(tx: Tx) -> int:
+    def body(tx: Tx) -> list[tuple[Target, Doomed, Removal]]:
         if copies_gone:
             mark_copies_in(tx, copies_gone, now)
         why = {t.recording_id: (reason, t.withdrawal_id) for t in removed.targets}
         note_changes(ctx, tx, changes, now, why)
-        # The audio of the others is still there: their rows stay, due again. Rows deleted
-        # meanwhile (another sweep, a withdrawal) are left as they are.
+        # The audio of the others is still there: their rows stay, due again.
         removed_audio = [(i, r) for i, r in pairs if r.file_state is not None]
         if not removed_audio:
-            return 0
-        marks = ", ".join("?" * len(removed_audio))
-        live = {
-            row["id"]
-            for row in tx.all(
-                f"SELECT id FROM recordings WHERE id IN ({marks}) "  # noqa: S608 - only placeholders are added
-                "AND status != 'deleted'",
-                [item.row["id"] for item, _ in removed_audio],
-            )
-        }
+            return []
+        claimed = claim(tx, [by_id[item.row["id"]] for item, _ in removed_audio], when, reason)
+        # Rows deleted meanwhile (another node's sweep, a withdrawal) are not claimed here:
+        # their deletion, audit entry and report are the other transaction's.
         gone = [
             (by_id[item.row["id"]], item, removal)
             for item, removal in removed_audio
-            if item.row["id"] in live
+            if item.row["id"] in claimed
         ]
-        tx.many(
-            "UPDATE recordings SET status = 'deleted', deleted_at = ?, "
-            "deletion_reason = ?, withdrawal_id = ?, path = NULL, caller = NULL, "
-            "dialed = NULL, customer = NULL WHERE id = ?",
-            [(when, reason, t.withdrawal_id, t.recording_id) for t, _, _ in gone],
-        )
         tx.many(
             "INSERT INTO withdrawal_recordings (withdrawal_id, recording_id, action, why) "
             "VALUES (?, ?, 'deleted', ?) ON CONFLICT DO NOTHING",
@@ -255,7 +244,7 @@ async def record_removed(
                 for target, item, removal in gone
             ],
         )
-        return len(gone)
+        return gone
 
     first = removed.targets[0].recording_id
     what = (
@@ -263,11 +252,41 @@ async def record_removed(
         if len(removed.targets) == 1
         else f"deleting {len(removed.doomed)} recordings"
     )
-    if await ctx.db.write(body, what):
+    gone = await ctx.db.write(body, what)
+    if gone:
         await ctx.checkpoint_after(now, what)
+    mine = {target.recording_id for target, _, _ in gone}
     for item, removal in pairs:
-        outcome[item.row["id"]] = "; ".join(removal.problems) if removal.problems else None
+        recording_id = item.row["id"]
+        if removal.problems:
+            outcome[recording_id] = "; ".join(removal.problems)
+        elif recording_id in mine:
+            outcome[recording_id] = None
     return outcome
+
+
+def claim(tx: Tx, targets: Sequence[Target], when: str, reason: str) -> set[str]:
+    """Mark `targets` deleted where no one has yet; the ids this transaction marked.
+
+    The condition is in the UPDATE itself, so two nodes that both removed a recording's
+    files cannot both mark it: on PostgreSQL the second UPDATE waits for the first's row
+    lock and then finds the row deleted. Each deletion is claimed by exactly one
+    transaction, which alone audits and reports it."""
+    claimed: set[str] = set()
+    by_withdrawal: dict[str | None, list[str]] = {}
+    for target in targets:
+        by_withdrawal.setdefault(target.withdrawal_id, []).append(target.recording_id)
+    for withdrawal_id, ids in by_withdrawal.items():
+        marks = ", ".join("?" * len(ids))
+        rows = tx.all(
+            "UPDATE recordings SET status = 'deleted', deleted_at = ?, "  # noqa: S608 - only placeholders are added
+            "deletion_reason = ?, withdrawal_id = ?, path = NULL, caller = NULL, "
+            f"dialed = NULL, customer = NULL WHERE id IN ({marks}) AND status != 'deleted' "
+            "RETURNING id",
+            (when, reason, withdrawal_id, *ids),
+        )
+        claimed.update(row["id"] for row in rows)
+    return claimed
 
 
 async def retry_copies(ctx: Context, now: datetime) -> list[str]:

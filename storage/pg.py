@@ -8,11 +8,16 @@ aiosqlite's thread). A cancelled caller leaves no transaction open: its job fini
 own, committed or rolled back.
 
 SQLite's `BEGIN IMMEDIATE` takes the database's write lock first, and the store relies on it:
-the audit chain's head is read and extended in one transaction, and a sweep re-reads which
-rows are still live before it marks them deleted. Here every write transaction starts with
+the audit chain's head is read and extended in one transaction, and a withdrawal decides
+what it covers from rows it read. Here a serial write transaction (the default) starts with
 `pg_advisory_xact_lock` on one key per ledger (its schema), released by COMMIT or ROLLBACK,
-so write transactions of every controller on the ledger follow one another exactly as on
+so those transactions of every controller on the ledger follow one another exactly as on
 SQLite, and READ COMMITTED statements after the lock see everything committed before it.
+The call path (start, decision, end: `write(..., serial=False)`) touches only its own
+call's rows and takes no lock to begin with; a body of it that appends to the audit chain
+takes the same lock at the append, before it reads the head, so the chain never forks and
+the lock is held only from the append to the COMMIT. Deletions need no lock to be counted
+once: each is a conditional UPDATE (`storage.deletion.claim`).
 Reads take no lock: each runs in a REPEATABLE READ, READ ONLY snapshot. Writers wait for the
 lock in the server's queue (first come, first served) up to `retry_for` seconds; a
 serialization failure or a deadlock retries the whole body with a growing pause until then,
@@ -33,7 +38,9 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import os
 import re
+import socket
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -46,6 +53,7 @@ from psycopg import errors as pg_errors
 from psycopg.rows import RowMaker
 
 from flows.errors import IntegrityError, StorageError, StoreFullError, StoreReadOnlyError
+from flows.numbers import shown
 from storage import chain
 from storage.db import RETRY_FOR
 from storage.ledgers import redact
@@ -59,10 +67,22 @@ POOL_SIZE = 4  # connections (and threads) per store: one writer at a time, read
 # that the ledger's lock is never held for longer by a session that does nothing.
 IDLE_IN_TRANSACTION = 60.0
 WRITE_LOCK = 0x63616C6C  # the advisory lock's first key ("call"); the second is the schema
+_LOCK = f"SELECT pg_advisory_xact_lock({WRITE_LOCK}, hashtext(current_schema()))"
 # One round trip: the transaction and its lock (no parameters, so both statements go at once).
-_BEGIN_WRITE = (
-    "BEGIN ISOLATION LEVEL READ COMMITTED; "
-    f"SELECT pg_advisory_xact_lock({WRITE_LOCK}, hashtext(current_schema()))"
+_BEGIN_SERIAL = f"BEGIN ISOLATION LEVEL READ COMMITTED; {_LOCK}"
+_BEGIN_WRITE = "BEGIN ISOLATION LEVEL READ COMMITTED"
+# A controller id's lock: one bigint key per (schema, id); a collision of two ids' hashes
+# would refuse the second with a message naming the first's session, never admit two.
+_CLAIM = (
+    "SELECT k, pg_try_advisory_lock(k) AS got FROM (SELECT hashtextextended("
+    "'callrec controller ' || current_schema() || ' ' || %s, 0) AS k) AS key"
+)
+_HOLDER = (
+    "SELECT a.application_name || COALESCE(' from ' || host(a.client_addr), '') AS who "
+    "FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid WHERE l.locktype = 'advisory' "
+    "AND l.granted AND l.objsubid = 1 AND l.classid = %s::bigint::oid "
+    "AND l.objid = %s::bigint::oid AND l.database = "
+    "(SELECT oid FROM pg_database WHERE datname = current_database())"
 )
 _RETRYABLE = (
     pg_errors.SerializationFailure,
@@ -76,7 +96,7 @@ class Transactions(Protocol):
 
     async def read(self, body: Callable[[Tx], T], doing: str) -> T: ...
 
-    async def write(self, body: Callable[[Tx], T], doing: str) -> T: ...
+    async def write(self, body: Callable[[Tx], T], doing: str, *, serial: bool = True) -> T: ...
 
     async def close(self) -> None: ...
 
@@ -191,8 +211,15 @@ class PgTx(Tx):
 
     dialect = "postgresql"
 
-    def __init__(self, conn: psycopg.Connection[Row]) -> None:
+    def __init__(self, conn: psycopg.Connection[Row], *, locked: bool = False) -> None:
         self._pg = conn
+        self.locked = locked  # this transaction holds the ledger's advisory lock
+
+    def lock(self) -> None:
+        """Take the ledger's advisory lock for the rest of this transaction (once)."""
+        if not self.locked:
+            self.run(_LOCK)
+            self.locked = True
 
     def run(self, sql: str, params: Params = ()) -> int:
         with self._pg.cursor() as cursor:
@@ -242,6 +269,7 @@ class PgDatabase:
         self._conns_lock = threading.Lock()
         self._executor = ThreadPoolExecutor(max_workers=pool, thread_name_prefix="callrec-pg")
         self._closed = False
+        self._claim: psycopg.Connection[Row] | None = None  # holds the controller id
 
     @classmethod
     async def connect(
@@ -283,7 +311,10 @@ class PgDatabase:
         action: str,
         entries: Sequence[tuple[str, Mapping[str, str]]],
     ) -> None:
-        # Every write transaction began with the ledger's advisory lock: nobody else appends.
+        # A serial transaction began with the ledger's advisory lock; any other takes it here,
+        # before reading the head, and holds it to its COMMIT: nobody else appends meanwhile.
+        if isinstance(tx, PgTx):
+            tx.lock()
         chain.append(tx, key, at, action, entries)
 
     def guard_problems(self, tx: Tx) -> list[str]:
@@ -298,7 +329,44 @@ class PgDatabase:
         return f"{table} {alias}"
 
     async def claim_controller(self, controller_id: str) -> None:
-        """Nothing to claim: many controllers share a PostgreSQL ledger."""
+        """Many controllers share a PostgreSQL ledger, but each id names one: a second
+        controller with the same id would settle the first one's live calls as its own.
+        A session-level advisory lock keyed by the id (and the ledger's schema), taken on a
+        connection of its own and held until `close`; the server drops it when that
+        session ends, a controller killed with -9 or cut off included."""
+        if self._claim is None:
+            self._claim = await asyncio.to_thread(self._claim_lock, controller_id)
+
+    def _claim_lock(self, controller_id: str) -> psycopg.Connection[Row]:
+        doing = f"claiming the controller id {controller_id}"
+        me = f"callrec pid {os.getpid()} on {socket.gethostname()}"
+        try:
+            conn = self._connect(application_name=me[:63])
+        except psycopg.Error as error:
+            raise pg_error(error, doing) from error
+        try:
+            row = conn.execute(_CLAIM, (controller_id,)).fetchone()
+            got = row is not None and bool(row["got"])
+            who = "unknown"
+            if not got and row is not None:
+                key = int(row["k"])
+                found = conn.execute(_HOLDER, ((key >> 32) & 0xFFFFFFFF, key & 0xFFFFFFFF))
+                holder = found.fetchone()
+                who = "unknown" if holder is None else str(holder["who"] or "unknown")
+        except psycopg.Error as error:
+            conn.close()
+            raise pg_error(error, doing) from error
+        except BaseException:
+            conn.close()
+            raise
+        if not got:
+            conn.close()
+            raise StorageError(
+                f"another controller with the id {controller_id} ({shown(who, 120)}) "
+                "serves this PostgreSQL ledger: stop it first, or give this one its own "
+                "storage.controller_id"
+            )
+        return conn
 
     async def migrate(self, runners: Mapping[Any, StepRunner] | None = None) -> int:
         from storage import pg_schema  # the schema needs this module's types
@@ -309,28 +377,37 @@ class PgDatabase:
         if self._closed:
             return
         self._closed = True
+        if self._claim is not None:
+            self._claim.close()  # the session's end releases the controller id
+            self._claim = None
         await asyncio.to_thread(self._executor.shutdown, True)
         with self._conns_lock:
             conns, self._conns = self._conns, []
         for conn in conns:
             conn.close()
 
-    async def write(self, body: Callable[[Tx], T], doing: str) -> T:
-        """Run `body` in one write transaction, after every earlier writer of the ledger."""
-        return await self._retrying(functools.partial(self._transaction, body, True), doing)
+    async def write(self, body: Callable[[Tx], T], doing: str, *, serial: bool = True) -> T:
+        """Run `body` in one write transaction: `serial`, after every earlier serial writer
+        of the ledger (and every audit append); else beside them, with only its audit
+        append, if any, after theirs."""
+        mode = "serial" if serial else "write"
+        return await self._retrying(functools.partial(self._transaction, body, mode), doing)
 
     async def read(self, body: Callable[[Tx], T], doing: str) -> T:
-        return await self._retrying(functools.partial(self._transaction, body, False), doing)
+        return await self._retrying(functools.partial(self._transaction, body, "read"), doing)
+
+    def _connect(self, application_name: str = "callrec") -> psycopg.Connection[Row]:
+        extra: dict[str, Any] = {"application_name": application_name, "connect_timeout": 10}
+        if self._password is not None:
+            extra["password"] = self._password
+        # autocommit: the transactions below are spelled out, BEGIN to COMMIT.
+        return psycopg.connect(self._conninfo, row_factory=_rows, autocommit=True, **extra)
 
     def _connection(self) -> psycopg.Connection[Row]:
         conn: psycopg.Connection[Row] | None = getattr(self._local, "conn", None)
         if conn is not None and not conn.closed:
             return conn
-        extra: dict[str, Any] = {"application_name": "callrec", "connect_timeout": 10}
-        if self._password is not None:
-            extra["password"] = self._password
-        # autocommit: the transactions below are spelled out, BEGIN to COMMIT.
-        conn = psycopg.connect(self._conninfo, row_factory=_rows, autocommit=True, **extra)
+        conn = self._connect()
         conn.execute("SET synchronous_commit = on")
         # Writers wait for the lock in the server's queue, first come first served, for as
         # long as `write` would retry: with a short timeout and retries, a writer that gave
@@ -344,14 +421,16 @@ class PgDatabase:
             self._conns.append(conn)
         return conn
 
-    def _transaction(self, body: Callable[[Tx], T], write: bool) -> T:
+    def _transaction(self, body: Callable[[Tx], T], mode: str) -> T:
         conn = self._connection()
         try:
-            if write:
+            if mode == "serial":
+                conn.execute(_BEGIN_SERIAL)
+            elif mode == "write":
                 conn.execute(_BEGIN_WRITE)
             else:
                 conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-            result = body(PgTx(conn))
+            result = body(PgTx(conn, locked=mode == "serial"))
             conn.execute("COMMIT")
         except BaseException:
             if not conn.closed:

@@ -121,8 +121,14 @@ class LedgerDb(Protocol):
     async def read(self, body: Callable[[Tx], T], doing: str) -> T:
         """Run the synchronous `body` in one read transaction."""
 
-    async def write(self, body: Callable[[Tx], T], doing: str) -> T:
-        """Run the synchronous `body` in one write transaction: all of it or nothing."""
+    async def write(self, body: Callable[[Tx], T], doing: str, *, serial: bool = True) -> T:
+        """Run the synchronous `body` in one write transaction: all of it or nothing.
+
+        `serial` (the default): after every earlier write transaction of the ledger, as if
+        alone on it, for bodies that read rows and decide what to write from them. False:
+        a body whose rows are its own call's (or guarded by their keys and conditions);
+        on a ledger many controllers share it runs beside others, and only its audit
+        append (if any) waits for the chain's head."""
 
     def append_audit(
         self,

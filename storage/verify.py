@@ -4,11 +4,13 @@ checkpoints, and the ledger's guards and bookkeeping (`storage.integrity`)."""
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Awaitable, Sequence
 from pathlib import Path
 
 from storage import chain, checkpoints, files, integrity
 from storage.calls import call_of_spool_file
+from storage.datadir import KEY_FILE
 from storage.ports import Progress, RecordingStatus, Row, Tx, VerifyReport
 from storage.rows import Context, audit_entry, silent
 
@@ -176,3 +178,43 @@ async def spool_leftovers(ctx: Context) -> list[str]:
         if call is None or call["ended_at"] is not None:
             problems.append(f"spool: {path.name} is not in the store (reconcile takes it)")
     return problems
+
+
+async def foreign_keys(ctx: Context) -> str | None:
+    """Why this data directory's keys are not the ones the ledger's entries were made with
+    (None: they are, or nothing in the ledger can tell yet).
+
+    Every controller on a shared ledger must append with the same audit key: entries under
+    another key would fork the chain into two that nobody can verify together. The head
+    entry's MAC says whether ours is the key; the newest decision whose call still has its
+    number says the same of the pseudonym key (a second key would give one customer two
+    pseudonyms)."""
+
+    def body(tx: Tx) -> str | None:
+        last = tx.one("SELECT * FROM audit ORDER BY seq DESC LIMIT 1")
+        if last is not None:
+            entry, signed = audit_entry(last, [])
+            # An unreadable head is verify's to report; a key it cannot judge is no reason
+            # to refuse the store.
+            mac = chain.entry_mac(ctx.audit_keys.mac, str(last["prev_hash"]), signed)
+            if entry is not None and mac != last["hash"]:
+                return f"{chain.AUDIT_KEY_FILE} is not the key of the ledger's audit chain"
+        decided = tx.one(
+            "SELECT a.details, c.customer FROM audit a JOIN calls c ON c.call_id = a.subject "
+            "WHERE a.action = 'decision.committed' AND c.customer IS NOT NULL "
+            "ORDER BY a.seq DESC LIMIT 1"
+        )
+        if decided is not None:
+            said = json.loads(decided["details"]).get("customer")
+            if said is not None and said != ctx.pseudo(decided["customer"]):
+                return f"{KEY_FILE} is not the pseudonym key of the ledger's entries"
+        return None
+
+    why = await ctx.db.read(body, "checking the data directory's keys against the ledger")
+    if why is None:
+        return None
+    return (
+        f"{why}: {ctx.data_dir} holds the keys of another store. Every controller on one "
+        "ledger needs the same keys (audit.key, pseudonym.key, checkpoint.key): copy them "
+        "from the store's first data directory"
+    )

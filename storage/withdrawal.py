@@ -168,6 +168,8 @@ async def enforce_withdrawals(
         batch = targets[start : start + SWEEP_BATCH]
         outcome = await delete_batch(ctx, batch, now, "withdrawal")
         for target in batch:
+            if target.recording_id not in outcome:
+                continue  # deleted by another sweep or withdrawal: in its report
             problem = outcome[target.recording_id]
             if problem is None:
                 deleted.append(target.recording_id)

@@ -10,18 +10,37 @@ import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 START_TIMEOUT = 60.0  # seconds for `callrec fastagi` to open its store and listen
 
 
 def cli_env(data_dir: Path, config: Path | None = None, **extra: str) -> dict[str, str]:
-    """The environment of a command: no CALLREC_* of the caller's, the given data dir."""
+    """The environment of a command: no CALLREC_* of the caller's, the given data dir, and
+    in a test's PostgreSQL run (the `ledger` fixture) that data directory's ledger there."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("CALLREC_")}
     env["CALLREC_DATA_DIR"] = str(data_dir)
+    env.update(ledger_env(data_dir))
     if config is not None:
         env["CALLREC_CONFIG"] = str(config)
     env.update(extra)
     return env
+
+
+def ledger_env(data_dir: Path) -> dict[str, str]:
+    """CALLREC_LEDGER_URL and CALLREC_LEDGER_PASSWORD of the store at `data_dir` in this
+    test's backend; nothing on SQLite."""
+    from storage_helpers import ledger_for
+
+    ledger = ledger_for(data_dir)
+    if ledger is None or ledger.url is None:
+        return {}
+    parts = urlsplit(ledger.url)
+    netloc = f"{parts.username}@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    return {
+        "CALLREC_LEDGER_URL": urlunsplit(parts._replace(netloc=netloc)),
+        "CALLREC_LEDGER_PASSWORD": parts.password or "",
+    }
 
 
 def callrec(

@@ -19,8 +19,9 @@ from pathlib import Path
 
 import aiosqlite
 import pytest
+from cli_helpers import ledger_env
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from storage_helpers import ALICE, POLICY, T0, record_call
+from storage_helpers import ALICE, POLICY, T0, open_store, record_call
 
 from callrec import commands, controller
 from flows.errors import StorageError
@@ -29,27 +30,30 @@ from storage.audit import GENESIS, canonical, entry_hash, load_key
 from storage.ports import WithdrawalVia
 from storage.schema import MIGRATIONS, expected_triggers, migrate
 from storage.sqlite import SqliteStore
+from storage.store import Store
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
+pytestmark = pytest.mark.usefixtures("ledger")
+RAW = "attacks the SQLite file with sqlite3"
+
+
 @pytest.fixture
-async def store(tmp_path: Path, spool: Path) -> AsyncIterator[SqliteStore]:
-    async with await SqliteStore.open(
-        tmp_path / "data", POLICY, spool_dir=spool, create=True
-    ) as opened:
+async def store(tmp_path: Path, spool: Path, ledger: str) -> AsyncIterator[Store]:
+    async with await open_store(tmp_path / "data", POLICY, spool_dir=spool, create=True) as opened:
         yield opened
 
 
-def _raw(store: SqliteStore) -> sqlite3.Connection:
+def _raw(store: Store) -> sqlite3.Connection:
     return sqlite3.connect(store.data_dir / "ledger.sqlite3")
 
 
-def _checkpoint_file(store: SqliteStore) -> Path:
+def _checkpoint_file(store: Store) -> Path:
     return store.data_dir / "checkpoints" / "checkpoints.jsonl"
 
 
-async def _withdrawn(store: SqliteStore, spool: Path) -> str:
+async def _withdrawn(store: Store, spool: Path) -> str:
     """A consent recording deleted by a withdrawal: the chain ends with the withdrawal's
     registration, the deletion and the completion. Returns the recording's id."""
     call_id, source = await record_call(store, spool)
@@ -86,8 +90,9 @@ def _restore_triggers(raw: sqlite3.Connection) -> None:
 # ------------------------------------------------------------------ attacks
 
 
+@pytest.mark.sqlite_only(RAW)
 async def test_a_tail_cut_with_the_triggers_restored_fails_verify(
-    store: SqliteStore, spool: Path
+    store: Store, spool: Path
 ) -> None:
     """Cutting the withdrawal's last entries off the chain and restoring the triggers is
     caught: the chain is shorter than the checkpoint written after the deletion."""
@@ -104,8 +109,9 @@ async def test_a_tail_cut_with_the_triggers_restored_fails_verify(
     assert report.checkpoint.seq == last
 
 
+@pytest.mark.sqlite_only(RAW)
 async def test_a_changed_reason_rehashed_with_plain_sha256_fails_verify(
-    store: SqliteStore, spool: Path
+    store: Store, spool: Path
 ) -> None:
     """A deletion's reason changed in the audit log and the chain recomputed with SHA-256
     is caught: the entries' hashes are MACs under a key the ledger does not hold."""
@@ -129,8 +135,9 @@ async def test_a_changed_reason_rehashed_with_plain_sha256_fails_verify(
     assert any("the chain was rewritten" in p for p in problems), problems
 
 
+@pytest.mark.sqlite_only(RAW)
 async def test_a_do_nothing_trigger_in_place_of_the_append_only_one_fails_verify(
-    store: SqliteStore, spool: Path
+    store: Store, spool: Path
 ) -> None:
     """Replacing audit_no_delete with a trigger of the same name that does nothing is
     reported, even before anything is deleted."""
@@ -145,9 +152,8 @@ async def test_a_do_nothing_trigger_in_place_of_the_append_only_one_fails_verify
     )
 
 
-async def test_a_trigger_the_migrations_never_made_fails_verify(
-    store: SqliteStore, spool: Path
-) -> None:
+@pytest.mark.sqlite_only(RAW)
+async def test_a_trigger_the_migrations_never_made_fails_verify(store: Store, spool: Path) -> None:
     """An extra trigger (one that could quietly undo what is written) is reported by name."""
     with _raw(store) as raw:
         raw.execute("CREATE TRIGGER undo AFTER INSERT ON recordings BEGIN SELECT 1; END")
@@ -155,8 +161,9 @@ async def test_a_trigger_the_migrations_never_made_fails_verify(
     assert problems == ("ledger: an unknown trigger undo on table recordings was added",)
 
 
+@pytest.mark.sqlite_only(RAW)
 async def test_a_recording_deleted_without_its_deletion_entry_fails_verify(
-    store: SqliteStore, spool: Path
+    store: Store, spool: Path
 ) -> None:
     """A recording marked deleted and its file removed, with no audit entry, is reported."""
     call_id, source = await record_call(store, spool)
@@ -173,9 +180,8 @@ async def test_a_recording_deleted_without_its_deletion_entry_fails_verify(
     assert problems == (f"recording {row.id}: deleted without its deletion entry in the audit log",)
 
 
-async def test_a_deleted_recording_brought_back_fails_verify(
-    store: SqliteStore, spool: Path
-) -> None:
+@pytest.mark.sqlite_only(RAW)
+async def test_a_deleted_recording_brought_back_fails_verify(store: Store, spool: Path) -> None:
     """A recording the audit log says was deleted, put back as stored with its file from a
     backup, is reported; so is a recording whose row was removed from the ledger."""
     call_id, source = await record_call(store, spool, line="sales")
@@ -203,8 +209,9 @@ async def test_a_deleted_recording_brought_back_fails_verify(
     )
 
 
+@pytest.mark.sqlite_only(RAW)
 async def test_a_forged_checkpoint_fails_verify_and_the_offline_check(
-    store: SqliteStore, spool: Path, tmp_path: Path
+    store: Store, spool: Path, tmp_path: Path
 ) -> None:
     """After a tail cut, a checkpoint of the shorter chain signed by another key, or one
     whose entry count was edited, is reported as not the store's, in verify and offline."""
@@ -238,8 +245,9 @@ async def test_a_forged_checkpoint_fails_verify_and_the_offline_check(
     assert commands.check_checkpoints(path, pub, as_json=False) == commands.EXIT_FAILED
 
 
+@pytest.mark.sqlite_only(RAW)
 async def test_a_tail_cut_hidden_in_the_store_is_caught_by_a_kept_copy(
-    store: SqliteStore, spool: Path, tmp_path: Path
+    store: Store, spool: Path, tmp_path: Path
 ) -> None:
     """Cutting the chain and the store's checkpoint file back to the same earlier point
     fools the store's own file, not a copy of the checkpoints kept elsewhere."""
@@ -262,7 +270,7 @@ async def test_a_tail_cut_hidden_in_the_store_is_caught_by_a_kept_copy(
     assert any("entries were cut from its end" in p for p in report.problems), report.problems
 
 
-async def test_a_removed_checkpoint_file_fails_verify(store: SqliteStore, spool: Path) -> None:
+async def test_a_removed_checkpoint_file_fails_verify(store: Store, spool: Path) -> None:
     """A store without its checkpoints cannot show its chain was not cut: verify says so."""
     await _withdrawn(store, spool)
     _checkpoint_file(store).unlink()
@@ -274,9 +282,8 @@ async def test_a_removed_checkpoint_file_fails_verify(store: SqliteStore, spool:
 # ------------------------------------------------------------- the keyed chain
 
 
-async def test_the_chain_is_keyed_with_a_key_outside_the_ledger(
-    store: SqliteStore, spool: Path
-) -> None:
+@pytest.mark.sqlite_only(RAW)
+async def test_the_chain_is_keyed_with_a_key_outside_the_ledger(store: Store, spool: Path) -> None:
     """Entry hashes are not plain SHA-256, and the audit key (0600, 32 bytes) appears
     nowhere in the ledger file."""
     call_id, source = await record_call(store, spool)
@@ -303,14 +310,15 @@ async def test_the_chain_is_keyed_with_a_key_outside_the_ledger(
 async def test_a_missing_audit_key_is_an_error_not_a_new_key(tmp_path: Path) -> None:
     """Opening a store whose audit key is gone names the file and makes no new key."""
     data = tmp_path / "data"
-    async with await SqliteStore.open(data, POLICY, create=True):
+    async with await open_store(data, POLICY, create=True):
         pass
     (data / "audit.key").unlink()
     with pytest.raises(StorageError, match=r"audit key .*audit\.key is missing"):
-        await SqliteStore.open(data, POLICY)
+        await open_store(data, POLICY)
     assert not (data / "audit.key").exists()
 
 
+@pytest.mark.sqlite_only(RAW)
 async def test_an_older_ledger_goes_on_as_a_keyed_chain(tmp_path: Path, spool: Path) -> None:
     """A ledger at schema 4 with plain SHA-256 entries is migrated: its entries still
     verify, an audit.keyed entry starts the keyed chain at its head, and a rewrite of an
@@ -355,7 +363,7 @@ async def test_an_older_ledger_goes_on_as_a_keyed_chain(tmp_path: Path, spool: P
 
 
 async def test_each_deletion_batch_and_withdrawal_is_checkpointed(
-    store: SqliteStore, spool: Path
+    store: Store, spool: Path
 ) -> None:
     """After a withdrawal and after a sweep the latest checkpoint is the chain's head."""
     await _withdrawn(store, spool)
@@ -373,7 +381,7 @@ async def test_each_deletion_batch_and_withdrawal_is_checkpointed(
 
 
 async def test_a_withdrawal_stands_when_its_checkpoint_cannot_be_written(
-    store: SqliteStore, spool: Path
+    store: Store, spool: Path
 ) -> None:
     """A checkpoint file that cannot be appended to fails no withdrawal that was carried
     out (a retry would register it twice); the next checkpoint that can be written covers
@@ -395,7 +403,7 @@ async def test_a_withdrawal_stands_when_its_checkpoint_cannot_be_written(
 
 
 async def test_the_running_controller_checkpoints_a_moved_head_on_its_schedule(
-    store: SqliteStore, spool: Path, monkeypatch: pytest.MonkeyPatch
+    store: Store, spool: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The controller's checkpoint task signs the head once it moved, and not again while
     it stays put."""
@@ -431,6 +439,7 @@ def _callrec(*args: str, data_dir: Path | None = None) -> subprocess.CompletedPr
     env = {k: v for k, v in os.environ.items() if not k.startswith("CALLREC_")}
     if data_dir is not None:
         env["CALLREC_DATA_DIR"] = str(data_dir)
+        env.update(ledger_env(data_dir))
     return subprocess.run(
         [sys.executable, "-m", "callrec.cli", *args],
         capture_output=True,
@@ -443,7 +452,7 @@ def _callrec(*args: str, data_dir: Path | None = None) -> subprocess.CompletedPr
 
 
 async def test_verify_json_reports_the_checkpoint_and_a_third_party_checks_it(
-    store: SqliteStore, spool: Path, tmp_path: Path
+    store: Store, spool: Path, tmp_path: Path
 ) -> None:
     """`recordings verify --json` gives the latest checkpoint's status; with only the
     exported public key and a copy of the checkpoint file (no ledger, no secret key)
@@ -496,7 +505,7 @@ def _readme_openssl_recipe() -> str:
 
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is not installed")
 async def test_the_readme_openssl_recipe_checks_a_checkpoint_with_the_public_key_alone(
-    store: SqliteStore, tmp_path: Path
+    store: Store, tmp_path: Path
 ) -> None:
     """The README's openssl recipe, run as written beside a copy of the checkpoint file and
     the public key, accepts the last checkpoint and refuses it with its count edited."""

@@ -4,11 +4,16 @@ ledger on PostgreSQL (CALLREC_LEDGER_URL), the files in the data directory."""
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import pg_server
-from cli_helpers import callrec
+from cli_helpers import START_TIMEOUT, callrec, cli_env, fastagi_config
+from test_cli_input import one_line_error
 
 from storage.schema import MIGRATIONS
 
@@ -41,3 +46,62 @@ def test_demo_on_postgresql_passes_then_list_and_verify_read_that_ledger(
         migrated = json.loads(callrec("migrate", "--json", data_dir=data, env=env).stdout)
         latest = len(MIGRATIONS)
         assert migrated == {"ledger": "postgresql", "from": latest, "to": latest}
+
+
+def _start_fastagi(
+    tmp_path: Path, name: str, data: Path, config: Path, env: dict[str, str]
+) -> subprocess.Popen[bytes]:
+    log = tmp_path / f"{name}.log"
+    with log.open("w") as handle:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "callrec.cli", "fastagi"],
+            stdout=subprocess.DEVNULL,
+            stderr=handle,
+            env={**cli_env(data, config), **env},
+            cwd=tmp_path,
+        )
+    deadline = time.monotonic() + START_TIMEOUT
+    while "listening on" not in log.read_text():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError(f"callrec fastagi did not start:\n{log.read_text()}")
+        time.sleep(0.05)
+    return proc
+
+
+def test_a_second_controller_with_the_same_id_on_one_postgresql_ledger_is_refused(
+    tmp_path: Path, pg_database: str
+) -> None:
+    """While `callrec fastagi` serves a PostgreSQL ledger as controller `node-a`, a second
+    `node-a` exits 2 with one line naming the id and the first's process; `node-b` runs beside
+    it; once the first is killed (kill -9) `node-a` starts again."""
+    with pg_server.schema(pg_database) as url:
+        bare, password = _without_password(url)
+        env = {"CALLREC_LEDGER_URL": bare, "CALLREC_LEDGER_PASSWORD": password}
+        node_a = {**env, "CALLREC_CONTROLLER_ID": "node-a"}
+        data = tmp_path / "data"
+        config = fastagi_config(tmp_path / "etc")
+        callrec("init", data_dir=data, env=env)
+        first = _start_fastagi(tmp_path, "first", data, config, node_a)
+        running = [first]
+        try:
+            second = callrec(
+                "fastagi", data_dir=data, config=config, env=node_a, check=False, timeout=60
+            )
+            line = one_line_error(second)
+            assert "another controller with the id node-a" in line
+            assert f"pid {first.pid}" in line
+            running.append(
+                _start_fastagi(
+                    tmp_path, "other", data, config, {**env, "CALLREC_CONTROLLER_ID": "node-b"}
+                )
+            )
+            assert first.poll() is None
+            first.send_signal(signal.SIGKILL)
+            first.wait(timeout=30)
+            running.append(_start_fastagi(tmp_path, "again", data, config, node_a))
+        finally:
+            for proc in running:
+                if proc.poll() is None:
+                    proc.send_signal(signal.SIGTERM)
+                    proc.wait(timeout=30)

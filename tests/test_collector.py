@@ -14,26 +14,26 @@ from pathlib import Path
 
 import pytest
 from fakes import ListSink, SetClock
-from storage_helpers import ALICE, POLICY, T0, record_call, wav_bytes
+from storage_helpers import ALICE, POLICY, T0, open_store, record_call, wav_bytes
 
 from agi.collector import RecordingCollector
 from agi.spool import SpoolWatch
 from flows.outcome import Outcome
 from storage import files
 from storage.ports import RecordingStatus, WithdrawalVia
-from storage.sqlite import SqliteStore
+from storage.store import Store
+
+pytestmark = pytest.mark.usefixtures("ledger")
 
 
 @pytest.fixture
-async def store(tmp_path: Path, spool: Path) -> AsyncIterator[SqliteStore]:
-    async with await SqliteStore.open(
-        tmp_path / "data", POLICY, spool_dir=spool, create=True
-    ) as opened:
+async def store(tmp_path: Path, spool: Path, ledger: str) -> AsyncIterator[Store]:
+    async with await open_store(tmp_path / "data", POLICY, spool_dir=spool, create=True) as opened:
         yield opened
 
 
 @pytest.fixture
-async def collector(store: SqliteStore, spool: Path) -> AsyncIterator[RecordingCollector]:
+async def collector(store: Store, spool: Path) -> AsyncIterator[RecordingCollector]:
     clock = SetClock(T0 + timedelta(minutes=5))
     collector = RecordingCollector(
         store,
@@ -68,7 +68,7 @@ def sha256(data: bytes) -> str:
 
 
 async def test_a_file_still_open_is_left_in_the_spool_until_it_is_closed(
-    store: SqliteStore, spool: Path, collector: RecordingCollector
+    store: Store, spool: Path, collector: RecordingCollector
 ) -> None:
     """A file some writer still has open is never hashed: it stays in the spool, and once
     it is closed (the last frames and the header written) the store keeps it as closed."""
@@ -90,7 +90,7 @@ async def test_a_file_still_open_is_left_in_the_spool_until_it_is_closed(
 
 
 async def test_a_file_closed_before_the_watch_began_is_collected(
-    store: SqliteStore, spool: Path, tmp_path: Path
+    store: Store, spool: Path, tmp_path: Path
 ) -> None:
     """After a restart no close is seen for a file finished while the controller was away:
     unchanged since before the watch began, and held open by nobody, it is collected."""
@@ -108,7 +108,7 @@ async def test_a_file_closed_before_the_watch_began_is_collected(
 
 
 async def test_a_failed_ingest_is_retried_while_the_controller_runs(
-    store: SqliteStore,
+    store: Store,
     spool: Path,
     collector: RecordingCollector,
     monkeypatch: pytest.MonkeyPatch,
@@ -138,7 +138,7 @@ async def test_a_failed_ingest_is_retried_while_the_controller_runs(
 
 
 async def test_a_withdrawal_is_complete_only_once_the_spool_file_is_gone(
-    store: SqliteStore, spool: Path, collector: RecordingCollector
+    store: Store, spool: Path, collector: RecordingCollector
 ) -> None:
     """A consent recording whose ingest failed is still in the spool when the caller
     withdraws: the withdrawal stays open (nothing of it may remain anywhere) until the
@@ -157,7 +157,7 @@ async def test_a_withdrawal_is_complete_only_once_the_spool_file_is_gone(
 
 
 async def test_a_call_whose_end_never_came_is_closed_and_its_file_stored(
-    store: SqliteStore, spool: Path, collector: RecordingCollector
+    store: Store, spool: Path, collector: RecordingCollector
 ) -> None:
     """A recorded call with no reported end is closed by the running controller once it has
     been open longer than any call lasts (audited), and its finished file is stored; a call

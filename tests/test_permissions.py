@@ -11,10 +11,9 @@ from pathlib import Path
 
 import pytest
 from cli_helpers import callrec, fastagi_config, serve_once
-from storage_helpers import POLICY, T0, record_call
+from storage_helpers import POLICY, T0, open_store, record_call
 
 from flows.policy import Purpose
-from storage.sqlite import SqliteStore
 
 
 @pytest.fixture(params=[0o000, 0o022], ids=["umask000", "umask022"])
@@ -79,13 +78,14 @@ def test_a_controller_creates_its_store_and_spool_with_exact_modes(
     assert mode(spool.parent) == 0o2770  # a missing parent is made like the spool
 
 
-def test_init_makes_a_private_store_and_spool(tmp_path: Path, umask: int) -> None:
+def test_init_makes_a_private_store_and_spool(tmp_path: Path, umask: int, ledger: str) -> None:
     """`callrec init` with the default settings: everything it makes is its owner's only,
-    the spool inside the store included."""
+    the spool inside the store included (on PostgreSQL, the same files but the ledger)."""
     data_dir = tmp_path / "store"
     callrec("init", data_dir=data_dir)
     made = modes_under(data_dir)
-    assert made.pop("ledger.sqlite3") == 0o600
+    if ledger == "sqlite":
+        assert made.pop("ledger.sqlite3") == 0o600
     for key in ("pseudonym.key", "audit.key", "checkpoint.key", "checkpoints/checkpoints.jsonl"):
         assert made.pop(key) == 0o600, key
     assert made.pop("checkpoint.pub") == 0o644
@@ -101,13 +101,15 @@ def test_init_makes_a_private_store_and_spool(tmp_path: Path, umask: int) -> Non
     }
 
 
-async def test_recordings_and_exports_get_exact_modes(tmp_path: Path, umask: int) -> None:
+async def test_recordings_and_exports_get_exact_modes(
+    tmp_path: Path, umask: int, ledger: str
+) -> None:
     """A stored recording (its day directories 0700, the file 0600) and an export (its
     directories 0700, copies and manifest 0600) do not take the umask's modes."""
     data_dir = tmp_path / "store"
     spool = tmp_path / "spool"
     spool.mkdir()
-    async with await SqliteStore.open(data_dir, POLICY, spool_dir=spool, create=True) as store:
+    async with await open_store(data_dir, POLICY, spool_dir=spool, create=True) as store:
         call_id, source = await record_call(store, spool)
         row = await store.ingest(call_id, source, T0 + timedelta(minutes=4))
         assert row is not None and row.path is not None

@@ -4,19 +4,23 @@ and a data directory that belongs to its ledger."""
 from __future__ import annotations
 
 import asyncio
+import shutil
 import sqlite3
+from datetime import timedelta
 from pathlib import Path
 
 import pg_server
 import psycopg
 import pytest
-from storage_helpers import POLICY, T0, record_call
+from storage_helpers import ALICE, POLICY, SERVICE, T0, new_id, record_call
 
 from flows.errors import NotFoundError, StorageError
+from flows.policy import Decision, Direction, LegalBasis
 from storage.factory import open_ledger
 from storage.ledgers import LedgerConfig
-from storage.pg import translate
+from storage.pg import WRITE_LOCK, translate
 from storage.pg_schema import PG_MIGRATIONS
+from storage.ports import CallStart, DecisionRecord
 from storage.schema import MIGRATIONS
 
 
@@ -101,7 +105,7 @@ async def test_a_data_directory_and_its_ledger_belong_together(
     is not made without `create`, and a SQLite data directory is not switched silently."""
     with pg_server.schema(pg_database) as url:
         ledger = LedgerConfig(url=url)
-        with pytest.raises(NotFoundError, match="no store in the ledger"):
+        with pytest.raises(NotFoundError, match=r"no store at .* \(the ledger .* holds none\)"):
             await open_ledger(tmp_path / "a", POLICY, ledger=ledger)
         async with await open_ledger(tmp_path / "a", POLICY, create=True, ledger=ledger):
             pass
@@ -160,3 +164,103 @@ def test_statements_are_translated_outside_their_literals(sqlite: str, postgresq
     """Placeholders and SQLite spellings are rewritten in SQL, never inside a string literal
     (where only `%` is doubled, as psycopg reads it there too)."""
     assert translate(sqlite) == postgresql
+
+
+async def test_a_call_starts_while_another_node_holds_the_ledgers_write_lock(
+    tmp_path: Path, pg_database: str
+) -> None:
+    """While another session holds the ledger's advisory write lock (a node mid-sweep), a
+    call start commits at once; the decision's audit entry waits for the lock and commits
+    after it is released, on one unforked chain."""
+    with pg_server.schema(pg_database) as url:
+        ledger = LedgerConfig(url=url)
+        async with await open_ledger(tmp_path / "d", POLICY, create=True, ledger=ledger) as s:
+            call_id = new_id()
+            with psycopg.connect(url) as holder:
+                holder.execute(
+                    "SELECT pg_advisory_xact_lock(%s, hashtext(current_schema()))", (WRITE_LOCK,)
+                )
+                await asyncio.wait_for(
+                    s.start_call(
+                        CallStart(
+                            call_id=call_id,
+                            channel_id="chan-1",
+                            direction=Direction.INBOUND,
+                            line="service",
+                            caller=ALICE,
+                            dialed=SERVICE,
+                            started_at=T0,
+                            customer=ALICE,
+                        )
+                    ),
+                    timeout=30,
+                )
+                decision = asyncio.ensure_future(
+                    s.commit_decision(
+                        DecisionRecord(
+                            call_id=call_id,
+                            decision=Decision.RECORD,
+                            legal_basis=LegalBasis.CONSENT,
+                            digit="1",
+                            reason="consented",
+                            prompt=None,
+                            prompt_sha256=None,
+                            decided_at=T0 + timedelta(seconds=10),
+                        )
+                    )
+                )
+                await asyncio.sleep(1.0)
+                assert not decision.done()  # its audit append waits for the chain's head
+                holder.rollback()
+                await asyncio.wait_for(decision, timeout=30)
+            call = await s.get_call(call_id)
+            report = await s.verify()
+    assert call is not None and call.decision == Decision.RECORD.value
+    assert report.ok, report.problems
+
+
+async def test_a_node_whose_keys_are_not_the_ledgers_is_refused(
+    tmp_path: Path, pg_database: str
+) -> None:
+    """A second data directory on a shared ledger opens with a copy of the first one's keys
+    and appends to the one chain, every entry of which verifies; one with another store's
+    audit key, or another pseudonym key, is refused with a line naming the key, before it
+    writes anything."""
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    first, second, other = tmp_path / "a", tmp_path / "b", tmp_path / "other"
+    keys = ("pseudonym.key", "audit.key", "checkpoint.key", "checkpoint.pub")
+    with pg_server.schema(pg_database) as url, pg_server.schema(pg_database) as other_url:
+        ledger = LedgerConfig(url=url)
+        async with await open_ledger(first, POLICY, create=True, ledger=ledger) as store:
+            call_id, source = await record_call(store, spool)
+            await store.ingest(call_id, source, T0)
+        async with await open_ledger(
+            other, POLICY, create=True, ledger=LedgerConfig(url=other_url)
+        ):
+            pass
+        second.mkdir(mode=0o700)
+        for name in keys:
+            shutil.copy2(first / name, second / name)
+        async with await open_ledger(second, POLICY, ledger=ledger) as store:
+            call_id, source = await record_call(store, spool)
+            await store.ingest(call_id, source, T0)
+            # Its recordings and checkpoints are its own directory's here; the chain is one.
+            problems = (await store.verify()).problems
+        assert [p for p in problems if p.startswith("audit:")] == [], problems
+        head = await _audit_head(url)
+        shutil.copy2(other / "audit.key", second / "audit.key")
+        with pytest.raises(StorageError, match=r"audit\.key is not the key of the ledger"):
+            await open_ledger(second, POLICY, ledger=ledger)
+        shutil.copy2(first / "audit.key", second / "audit.key")
+        shutil.copy2(other / "pseudonym.key", second / "pseudonym.key")
+        with pytest.raises(StorageError, match=r"pseudonym\.key is not the pseudonym key"):
+            await open_ledger(second, POLICY, ledger=ledger)
+        assert await _audit_head(url) == head
+
+
+async def _audit_head(url: str) -> tuple[int, str]:
+    with psycopg.connect(url) as conn:
+        row = conn.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
+    assert row is not None
+    return int(row[0]), str(row[1])

@@ -8,10 +8,13 @@ from pathlib import Path
 
 import pytest
 from cli_helpers import callrec, fastagi_config, serve_once
+from storage_helpers import open_store
 
 from flows.errors import NotFoundError, StorageError
 from flows.policy import Policy
 from storage.sqlite import SqliteStore
+
+pytestmark = pytest.mark.usefixtures("ledger")
 
 COMMANDS_NEEDING_A_STORE = [
     ["recordings", "list"],
@@ -49,14 +52,14 @@ def test_a_command_on_a_path_without_a_store_names_it_and_creates_nothing(
     assert not (tmp_path / "mistyped").exists()
 
 
-def test_init_creates_a_store_once_and_then_commands_use_it(tmp_path: Path) -> None:
+def test_init_creates_a_store_once_and_then_commands_use_it(tmp_path: Path, ledger: str) -> None:
     """`callrec init` makes the ledger, the key and the directories; a second init changes
     nothing (the key stays the same); commands then work on the store."""
     data_dir = tmp_path / "new" / "store"
     first = callrec("init", data_dir=data_dir)
     assert "created a new store" in first.stdout
     key = (data_dir / "pseudonym.key").read_bytes()
-    assert (data_dir / "ledger.sqlite3").is_file()
+    assert (data_dir / "ledger.sqlite3").is_file() == (ledger == "sqlite")
     assert (data_dir / "spool").is_dir()
     again = callrec("init", data_dir=data_dir)
     assert "exists" in again.stdout and "nothing created" in again.stdout
@@ -79,7 +82,7 @@ def test_a_missing_pseudonym_key_is_refused_and_not_replaced(tmp_path: Path) -> 
     assert not key.exists()
 
 
-def test_a_controller_creating_its_store_says_so_loudly(tmp_path: Path) -> None:
+def test_a_controller_creating_its_store_says_so_loudly(tmp_path: Path, ledger: str) -> None:
     """`callrec fastagi` on a path with no store creates one and logs a WARNING naming the
     path; on the next start, with the store there, it says nothing of the kind."""
     data_dir = tmp_path / "store"
@@ -87,7 +90,7 @@ def test_a_controller_creating_its_store_says_so_loudly(tmp_path: Path) -> None:
     first = serve_once(data_dir, config)
     warnings = [line for line in first.splitlines() if "WARNING" in line]
     assert any("NEW" in line and str(data_dir) in line for line in warnings), first
-    assert (data_dir / "ledger.sqlite3").is_file()
+    assert (data_dir / "ledger.sqlite3").is_file() == (ledger == "sqlite")
     second = serve_once(data_dir, config)
     assert "NEW" not in second
 
@@ -106,14 +109,15 @@ def test_init_refuses_a_directory_that_holds_something_else(tmp_path: Path) -> N
 
 
 async def test_opening_a_missing_store_is_an_error_that_makes_nothing(tmp_path: Path) -> None:
-    """`SqliteStore.open` without `create` raises NotFoundError naming the path and leaves
+    """Opening a store without `create` raises NotFoundError naming the path and leaves
     no directory behind."""
     data_dir = tmp_path / "absent"
     with pytest.raises(NotFoundError, match=str(data_dir)):
-        await SqliteStore.open(data_dir, Policy())
+        await open_store(data_dir, Policy())
     assert not data_dir.exists()
 
 
+@pytest.mark.sqlite_only("removes the SQLite ledger file")
 async def test_recordings_without_their_ledger_never_get_a_new_one(tmp_path: Path) -> None:
     """A data directory whose ledger is gone but whose recordings remain is not made into a
     new, empty store, even by a controller's first start."""

@@ -4,11 +4,14 @@ and demo stores and for questions that write nothing."""
 
 from __future__ import annotations
 
-import sqlite3
+import asyncio
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from cli_helpers import callrec, fastagi_config, serve_once
+from conftest import LEDGER_DB
+from storage_helpers import POLICY, open_store
 
 FUTURE = "2062-01-01T00:00:00+00:00"
 PAST = "2020-01-01T00:00:00+00:00"
@@ -21,18 +24,30 @@ WRITING_WITH_NOW = [
 ]  # fmt: skip
 
 
-@pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A store that `callrec fastagi` has served."""
-    root = tmp_path_factory.mktemp("served")
-    data_dir = root / "store"
-    serve_once(data_dir, fastagi_config(root / "etc"))
-    return data_dir
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def served(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Path]:
+    """A store that `callrec fastagi` has served, on each backend (as the `ledger` fixture,
+    for the whole module: starting a controller for every test would be slow)."""
+    with pytest.MonkeyPatch.context() as patch:
+        if request.param == "postgresql":
+            patch.setenv(LEDGER_DB, request.getfixturevalue("pg_database"))
+        else:
+            patch.delenv(LEDGER_DB, raising=False)
+        root = tmp_path_factory.mktemp("served")
+        data_dir = root / "store"
+        serve_once(data_dir, fastagi_config(root / "etc"))
+        assert (data_dir / "ledger.sqlite3").exists() == (request.param == "sqlite")
+        yield data_dir
 
 
 def audit_rows(data_dir: Path) -> list[tuple[object, ...]]:
-    with sqlite3.connect(data_dir / "ledger.sqlite3") as raw:
-        return raw.execute("SELECT seq, at, action, subject FROM audit ORDER BY seq").fetchall()
+    async def read() -> list[tuple[object, ...]]:
+        async with await open_store(data_dir, POLICY) as store:
+            return [(e.seq, e.at, e.action, e.subject) for e in await store.audit_entries()]
+
+    return asyncio.run(read())
 
 
 @pytest.mark.parametrize("args", WRITING_WITH_NOW, ids=lambda a: a[0])
@@ -82,7 +97,7 @@ def test_a_served_store_takes_writes_at_the_machine_time(served: Path) -> None:
     assert ahead.returncode == 2 and "after it is registered" in ahead.stderr
 
 
-def test_a_replay_store_keeps_now(tmp_path: Path) -> None:
+def test_a_replay_store_keeps_now(tmp_path: Path, ledger: str) -> None:
     """A store that never served calls (made by init, as by demo and replay) still takes
     --now for writing commands, so scenarios can be replayed."""
     data_dir = tmp_path / "store"
