@@ -187,6 +187,7 @@ async def harness(
         spool_dir=spool,
         prompt_versions={pid: info.sha256 for pid, info in catalog.items()},
         collector=collector,
+        country_code=policy.country_code,
     )
     app: StasisApp | None = None
     task: asyncio.Task[None] | None = None

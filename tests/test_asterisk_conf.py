@@ -33,7 +33,9 @@ from prompts.catalog import FORMATS, sounds_dir
 
 ROOT = Path(__file__).resolve().parent.parent
 CONF = ROOT / "asterisk-conf"
-CONTROLLER_SETS = {"CALLREC_RECORD", "CALLREC_FILE", "CALLREC_CALL_ID", "CALLREC_NOTICE"}
+CONTROLLER_SETS = {
+    "CALLREC_RECORD", "CALLREC_FILE", "CALLREC_CALL_ID", "CALLREC_NOTICE", "CALLREC_CALLBACK_CID"
+}  # fmt: skip
 MODES = ("ari", "agi")  # the values of CALLREC_MODE, each with its own contexts
 SPOOL_FILE = re.compile(r"^/[-A-Za-z0-9/_.]+[.](wav|wav16)$")  # what the controller writes
 # Each module's AST_MODULE_INFO (.requires, .optional_modules, builtin) at the Asterisk
@@ -663,7 +665,12 @@ def test_controller_file_names_pass_the_dialplan_check(recording_format: str) ->
 # --- callbacks ----------------------------------------------------------------------
 
 
-CALLBACK_NUMBER_OPTION = "f(${CALLREC_CALLBACK_NUMBER})"  # Dial's forced caller ID
+# Dial's forced caller ID: the callback's line's, when the controller set a plain number,
+# else the global fallback.
+CALLBACK_NUMBER_OPTION = (
+    'f(${IF(${REGEX("^[+]?[0-9]+$" ${CALLREC_CALLBACK_CID})}'
+    "?${FILTER(+0-9,${CALLREC_CALLBACK_CID})}:${CALLREC_CALLBACK_NUMBER})})"
+)
 
 
 def test_callback_dials_the_callee_routine_only_for_a_notice() -> None:
@@ -879,9 +886,9 @@ def test_the_test_customer_calls_with_a_real_number() -> None:
 
 
 def test_callbacks_show_the_centers_number() -> None:
-    """Every callback Dial forces the caller ID of the customer's leg to
-    CALLREC_CALLBACK_NUMBER, a line's public number by default, and the agent endpoint has no
-    number of its own that could show instead."""
+    """Every callback Dial forces the caller ID of the customer's leg (the line's, else
+    CALLREC_CALLBACK_NUMBER, a line's public number by default), and the agent endpoint has
+    no number of its own that could show instead."""
     number = PLAN.globals["CALLREC_CALLBACK_NUMBER"].split()[0]
     assert Policy().line_for(normalise(number)) is not None
     dials = [s for s in PLAN.steps() if s.app == "Dial"]
@@ -890,6 +897,29 @@ def test_callbacks_show_the_centers_number() -> None:
         options = split_args(step.data)[2]
         assert options.startswith(CALLBACK_NUMBER_OPTION), step.where
     assert "callerid" not in section(CONF / "pjsip.conf", "agent", "endpoint")
+
+
+@pytest.mark.parametrize(
+    ("line_cid", "shown"),
+    [
+        ("+38640404045", "+38640404045"),  # the sales line's, as the controller set it
+        ("040404045", "040404045"),
+        ("", "040404040"),  # unset: Stasis failed, the global shows
+        ("04040:4045", "040404040"),  # a ":" would pick IF's other branch
+        ("040404045),U(evil^x", "040404040"),  # would end f() and add an option
+        ("${SHELL(id)}", "040404040"),
+        ("+386 40 40 40 45", "040404040"),
+    ],
+)
+def test_callback_shows_its_lines_caller_id_or_the_global(line_cid: str, shown: str) -> None:
+    """A callback's Dial shows CALLREC_CALLBACK_CID when it is a plain number (optional +,
+    digits), and CALLREC_CALLBACK_NUMBER otherwise: nothing else from the variable reaches
+    Dial's options."""
+    option = substitute(
+        CALLBACK_NUMBER_OPTION,
+        {"CALLREC_CALLBACK_CID": line_cid, "CALLREC_CALLBACK_NUMBER": "040404040"},
+    )
+    assert option == f"f({shown})"
 
 
 def test_sip_transport_has_nat_settings_from_the_environment() -> None:
