@@ -2,7 +2,7 @@
 
 What it does, and nothing else:
 
-* writes the files of `callrec.asterisk_conf` under `<etc>/callrec/` (generated from the
+* writes the files of `callrec.asterisk_files` under `<etc>/callrec/` (generated from the
   configuration; the ARI password from CALLREC_ARI_PASSWORD or `ari.password_file`, the
   test parties' from the environment);
 * adds `#include callrec/<file>` to the operator's extensions.conf, queues.conf, ari.conf
@@ -30,7 +30,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
-from callrec.asterisk_conf import SIP_PASSWORDS, SUBDIR, Options, generate, placeholders, queues
+from callrec.asterisk_files import SIP_PASSWORDS, SUBDIR, Options, generate, placeholders, queues
 from callrec.config import Settings
 from flows.errors import CallrecError
 from flows.policy import Policy

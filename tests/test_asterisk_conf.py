@@ -25,7 +25,7 @@ import pytest
 import yaml
 from reference import SHARED, absent
 
-from callrec.asterisk_conf import Options, generate
+from callrec.asterisk_files import Options, generate
 from callrec.config import load_settings
 from flows.numbers import normalise
 from flows.policy import DEFAULT_LINES, Policy
