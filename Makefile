@@ -6,13 +6,15 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # Debian packages the tests need: mosquitto (a real MQTT broker), libsndfile (prompt audio),
-# openssl (TLS test certificates), postgresql (the ledger's second backend).
-DEBS := mosquitto libsndfile1 openssl postgresql
+# openssl (TLS test certificates), postgresql (the ledger's second backend), systemd
+# (systemd-analyze verify/security of deploy/systemd/), docker-compose (1.29: validates
+# asterisk-conf/docker-compose.yml; no Docker engine is needed for that).
+DEBS := mosquitto libsndfile1 openssl postgresql systemd docker-compose
 # The PostgreSQL the tests use: CALLREC_TEST_PG_URL, or this role on the local cluster.
 PG_TEST_ROLE := callrec_test
 PG_TEST_PASSWORD := callrec_test
 
-.PHONY: demo test lint types pytest prompts bench clean debs pg
+.PHONY: demo test lint types pytest prompts bench clean debs pg wheel
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -68,8 +70,14 @@ prompts: $(STAMP)
 	@command -v espeak-ng >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng >/dev/null; }
 	$(BIN)/python -m prompts.generate
 
+# The wheel an operator installs (README.md, "Install the package"); built with the venv's
+# setuptools, so no download is needed.
+wheel: $(STAMP)
+	$(BIN)/python -m pip wheel --quiet --no-deps --no-build-isolation --wheel-dir dist .
+
 bench: $(STAMP)
 	$(BIN)/python -m bench
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis callrec-demo-* callrec-replay-*
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis callrec-demo-* callrec-replay-* \
+	  dist build

@@ -29,7 +29,7 @@ import random
 import re
 import ssl as ssl_module
 from collections import deque
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Final
@@ -343,7 +343,12 @@ class AriClient:
         backoff_max: float = 10.0,
         heartbeat: float | None = DEFAULT_HEARTBEAT,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        on_request: Callable[[str, str, float], None] | None = None,
+        credentials_hint: str = "",
     ) -> None:
+        """`on_request(method, path template, seconds)` hears of every REST request when it
+        ends (monitoring); `credentials_hint` is added to the one log line that says ARI
+        refused the credentials (which settings name them)."""
         try:
             url = URL(base_url)
         except (ValueError, TypeError) as error:
@@ -386,6 +391,10 @@ class AriClient:
         self._unknown_types: set[str] = set()
         self._jitter = random.Random()  # noqa: S311 - spreads reconnects; not a secret
         self.connect_attempts = 0  # WebSocket connection attempts so far (status and tests)
+        self._on_request = on_request
+        self._credentials_hint = credentials_hint
+        # Why the events socket is not connected, while it is not (health checks, status).
+        self.last_failure: str | None = None
 
     def __repr__(self) -> str:
         return f"AriClient({self._base!r}, user={self._user!r}, app={self._app!r})"
@@ -688,10 +697,13 @@ class AriClient:
         what = f"ARI {method} {template}"
         session = self._open(call_id)
         await self._gate.acquire(urgent)
+        started = asyncio.get_running_loop().time()
         try:
             status, body = await self._exchange(session, method, url, json_body, what, call_id)
         finally:
             self._gate.release()
+            if self._on_request is not None:
+                self._on_request(method, template, asyncio.get_running_loop().time() - started)
         if 200 <= status < 300:
             return _Reply(status, self._decode_body(body, what, status, call_id), "")
         message = _error_message(body)
@@ -802,6 +814,7 @@ class AriClient:
         failures = 0  # attempts since the last connection that stayed up
         attempts = 0  # attempts since the connection was lost
         lost = False
+        refused_told = False  # a refused login is explained once, not at every retry
         while not self._closing.is_set():
             attempts += 1
             self.connect_attempts += 1
@@ -812,9 +825,23 @@ class AriClient:
                     return
                 failures += 1
                 delay = self._backoff(failures)
-                log.warning("ARI events: %s; retrying in %.1f s", error, delay)
+                self.last_failure = str(error)
+                if error.status in (401, 403):
+                    # Not a passing fault: nothing changes until someone fixes a setting,
+                    # so the long backoff, and one line saying which.
+                    delay = self._backoff_max
+                    if not refused_told:
+                        refused_told = True
+                        hint = f": {self._credentials_hint}" if self._credentials_hint else ""
+                        log.error("ARI events: %s%s; retrying every %.0f s", error, hint, delay)
+                    else:
+                        log.debug("ARI events: %s; retrying in %.1f s", error, delay)
+                else:
+                    log.warning("ARI events: %s; retrying in %.1f s", error, delay)
                 await self._pause(delay)
                 continue
+            refused_told = False
+            self.last_failure = None
             opened = loop.time()
             self._sockets.add(socket)
             self._connected.set()
@@ -844,9 +871,11 @@ class AriClient:
                     self._connected.clear()
                 await socket.close()
             lost = True
+            self.last_failure = "the events WebSocket closed"
             if self._closing.is_set():
                 return
             if replaced:
+                self.last_failure = f"another client took Stasis application {self._app!r}"
                 # Another client registered our application name and receives its calls;
                 # this socket hears nothing more, though it stays open and answers pings.
                 # Taking the name back at once would fight that client, so wait for it to

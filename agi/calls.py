@@ -20,7 +20,8 @@ from flows.consent import InboundFlow
 from flows.errors import NumberError
 from flows.events import CallbackPlaced, CallEntered, Event
 from flows.numbers import masked, normalise, shown, try_normalise
-from flows.policy import Direction, Policy
+from flows.policy import Direction, Line, Policy
+from flows.retention import numbers_deleted_after
 from storage.ports import CallStart
 
 CALL_ID = re.compile(r"^[0-9a-f]{32}$")
@@ -39,24 +40,27 @@ def new_call_id() -> str:
 
 def _start(
     deps: SessionDeps,
+    policy: Policy,
     *,
     channel_id: str,
     direction: Direction,
-    line: str,
+    line: Line,
     caller: str | None,
     dialed: str | None,
     parent_call_id: str | None = None,
     parent_communication: str | None = None,
 ) -> CallStart:
     call_id = new_call_id()
+    now = deps.clock.now()
     return CallStart(
         call_id=call_id,
         channel_id=channel_id,
         direction=direction,
-        line=line,
+        line=line.name,
         caller=caller,
         dialed=dialed,
-        started_at=deps.clock.now(),
+        started_at=now,
+        purge_after=numbers_deleted_after(line, now, tz=policy.timezone),
         parent_call_id=parent_call_id,
         customer=customer_of(direction, caller, dialed),
         communication_id=communication_of(call_id, None, parent_communication),
@@ -83,9 +87,10 @@ async def inbound_session(
         return Rejected(f"{masked(number)} is the number of no line")
     start = _start(
         deps,
+        policy,
         channel_id=channel_id,
         direction=Direction.INBOUND,
-        line=line.name,
+        line=line,
         caller=try_normalise(caller, country_code=policy.country_code),
         dialed=number,
     )
@@ -113,9 +118,10 @@ async def callback_session(
         return Rejected(f"callback names no known line: {shown(name)}")
     start = _start(
         deps,
+        policy,
         channel_id=channel_id,
         direction=Direction.CALLBACK,
-        line=line.name,
+        line=line,
         caller=try_normalise(agent, country_code=policy.country_code),
         dialed=number,
     )
@@ -144,9 +150,10 @@ async def callee_session(
         return Rejected(f"callback {parent_call_id} is on a line no longer configured")
     start = _start(
         deps,
+        policy,
         channel_id=channel_id,
         direction=Direction.CALLEE,
-        line=line.name,
+        line=line,
         caller=parent.dialed,
         dialed=parent.dialed,
         parent_call_id=parent_call_id,

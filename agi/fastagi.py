@@ -70,7 +70,12 @@ from flows.errors import (
 from flows.events import DigitPressed, DigitTimedOut, Event, PromptFinished
 from flows.keys import HEARD_KEYS, heard
 from flows.numbers import shown
-from flows.outcome import Outcome, outcome_after_restart, outcome_of_hangup_report
+from flows.outcome import (
+    Outcome,
+    agent_name,
+    outcome_after_restart,
+    outcome_of_hangup_report,
+)
 from flows.policy import Policy
 
 log = logging.getLogger("callrec.fastagi")
@@ -400,6 +405,11 @@ class FastAgiServer:
         self.idle = asyncio.Event()
         self.idle.set()
 
+    def use_policy(self, policy: Policy) -> None:
+        """Serve calls that arrive from now on under `policy` (a reloaded configuration).
+        A call in progress keeps the policy it started with: its flow holds its line."""
+        self._policy = policy
+
     @property
     def live_connections(self) -> int:
         return len(self._live)
@@ -624,7 +634,9 @@ class FastAgiServer:
         # Not waited for here: Asterisk detaches MixMonitor, which then writes its last
         # frames and closes the file, only after this hangup handler has ended
         # (main/channel.c, ast_hangup: hangup handlers, then destroy_hooks).
-        await finish_call(call_id, outcome, self._deps, wait=False)
+        await finish_call(
+            call_id, outcome, self._deps, wait=False, agent=agent_name(request.arg(3))
+        )
 
     def _allowed(self, writer: asyncio.StreamWriter) -> bool:
         peer = writer.get_extra_info("peername")

@@ -237,6 +237,7 @@ class CallSession:
             prompt=command.prompt,
             prompt_sha256=self.deps.prompt_versions.get(command.prompt or ""),
             decided_at=command.decided_at,
+            keep=command.keep,
             linked_to=command.linked_to,
             window=command.window,
             overload=command.overload,
@@ -257,7 +258,7 @@ class CallSession:
             "decision",
             {
                 "call_id": self.call_id,
-                "line": self.start.line,
+                "line": command.keep.line,
                 "direction": self.start.direction.value,
                 "decision": command.decision.value,
                 "legal_basis": command.legal_basis.value,
@@ -370,14 +371,20 @@ class CallSession:
         the ledger gets the call with its decision "none" and why, if it takes them."""
         self.continued = True
         self._in_ledger = asyncio.get_running_loop().create_task(self._record_start())
-        await self._commit(shed_decision(self.flow.line, reason, self.deps.clock.now()))
+        now = self.deps.clock.now()
+        await self._commit(shed_decision(self.flow.line, reason, now, tz=self.flow.timezone))
 
     async def hung_up(self) -> None:
         await self.feed(CallerHungUp())
 
 
 async def finish_call(
-    call_id: str, outcome: Outcome, deps: SessionDeps, *, wait: bool = True
+    call_id: str,
+    outcome: Outcome,
+    deps: SessionDeps,
+    *,
+    wait: bool = True,
+    agent: str | None = None,
 ) -> RecordingRow | None:
     """The channel is gone: store the outcome (a MISSED call can now be called back) and have
     the collector move the MixMonitor file into the store once MixMonitor has finished it.
@@ -386,7 +393,7 @@ async def finish_call(
     ledger alone, so the FastAGI hangup route (a separate connection) and a restarted
     controller can call it."""
     try:
-        await deps.ledger.end_call(call_id, deps.clock.now(), outcome)
+        await deps.ledger.end_call(call_id, deps.clock.now(), outcome, agent)
     except StorageError as error:
         # The file stays owned (the call is still open): the collector's check closes it
         # once no call could last that long, and collects the file then.

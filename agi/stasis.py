@@ -260,6 +260,11 @@ class StasisApp:
     def live_calls(self) -> int:
         return len(self._calls)
 
+    def use_policy(self, policy: Policy) -> None:
+        """Serve calls that arrive from now on under `policy` (a reloaded configuration).
+        A call in progress keeps the policy it started with: its flow holds its line."""
+        self._policy = policy
+
     def is_live(self, channel_id: str) -> bool:
         """Whether the controller still works on this channel (its file not yet stored)."""
         return channel_id in self._calls
@@ -484,7 +489,12 @@ class StasisApp:
             call.observer.saw_recorded_audio(recorded)
         outcome = call.observer.outcome()
         if await session.in_ledger():
-            await finish_call(session.call_id, outcome, self._deps)
+            await finish_call(
+                session.call_id,
+                outcome,
+                self._deps,
+                agent=call.observer.agent(session.start.direction),
+            )
 
     async def _release(self, channel_id: str, *, skip: bool = True) -> bool:
         """No session: the caller goes on unrecorded (never recorded by default: the
@@ -596,7 +606,12 @@ class StasisApp:
                     item.destroyed
                 ):
                     pass
-                await finish_call(row.call_id, call.observer.outcome(), self._deps)
+                await finish_call(
+                    row.call_id,
+                    call.observer.outcome(),
+                    self._deps,
+                    agent=call.observer.agent(row.direction),
+                )
             finally:
                 self._forget(call)
 

@@ -35,7 +35,6 @@ from numpy.typing import NDArray
 
 from flows.errors import CallrecError
 from flows.policy import LegalBasis, Line, LinePolicy, Policy
-from flows.purposes import ALLOWED
 from flows.retention import delete_after
 from storage.audit import GENESIS, canonical, load_key, pseudonym
 from storage.chain import entry_mac, load_audit_key
@@ -306,7 +305,7 @@ class LedgerWriter:
         self._templates = _Templates()
         self._purposes = {
             (line.name, basis.value): ",".join(
-                sorted(p.value for p in line.purposes & ALLOWED[basis])
+                sorted(p.value for p in line.purposes & policy.allowed(basis))
             )
             for line in policy.lines
             for basis in LegalBasis

@@ -21,6 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from callrec.config import Settings, load_settings
+from callrec.logs import FORMATS
+from callrec.logs import configure as configure_logs
+from callrec.resources import version
+from callrec.times import DEFAULT_ZONE, local, plain_date
 from flows.errors import CallrecError
 from flows.numbers import normalise
 
@@ -38,12 +42,20 @@ LATEST = datetime(2999, 12, 31, 23, 59, 59, tzinfo=UTC)
 def _now(text: str | None, option: str = "--now") -> datetime:
     if text is None:
         return datetime.now(UTC)
+    if plain_date(text):
+        raise CallrecError(
+            f"{option}: {text!r} is a date, and a moment is needed: give a time with its "
+            f"offset, in the form --now takes, e.g. {text.strip()}T00:00:00+01:00"
+        )
     try:
         value = datetime.fromisoformat(text)
     except ValueError:
         raise CallrecError(f"{option}: {text!r} is not an ISO-8601 time") from None
     if value.tzinfo is None:
-        raise CallrecError(f"{option}: {text!r} needs a UTC offset, e.g. 2026-11-25T10:00:00+01:00")
+        raise CallrecError(
+            f"{option}: {text!r} needs a UTC offset, e.g. {text.strip()}+01:00 (the form "
+            "--now takes)"
+        )
     try:
         utc: datetime | None = value.astimezone(UTC)
     except OverflowError:  # 0001-01-01T00:00+01:00 has no UTC time
@@ -92,22 +104,34 @@ def table(rows: Sequence[Sequence[object]], headers: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
-def short_time(moment: datetime | None, tz: str = "UTC") -> str:
-    """A time for people: minutes, in the policy's zone (UTC unless given)."""
-    if moment is None:
-        return ""
-    from zoneinfo import ZoneInfo
+def short_time(moment: datetime | None, tz: str = DEFAULT_ZONE) -> str:
+    """A time for people, by the one rule (`callrec.times`): the policy's zone, its offset."""
+    return local(moment, tz)
 
-    return moment.astimezone(ZoneInfo(tz)).strftime("%Y-%m-%d %H:%M")
+
+def log_format_option(parser: argparse.ArgumentParser, *, inner: bool = False) -> None:
+    """`--log-format`, before the command or (serve, fastagi) after it; the one after wins."""
+    parser.add_argument(
+        "--log-format",
+        choices=FORMATS,
+        # After the command only when given, so that it does not undo the one before it.
+        default=argparse.SUPPRESS if inner else None,
+        help="log lines as text (default; no timestamp under journald) or one JSON object "
+        "a line (or CALLREC_LOG_FORMAT)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from callrec import calls_cli
+
     parser = argparse.ArgumentParser(
         prog="callrec",
         description="Lawful call recording for Asterisk: notice, consent, callbacks, retention.",
     )
     parser.add_argument("--config", type=Path, help="config file (default ./callrec.toml)")
     parser.add_argument("--debug", action="store_true", help="log everything, show tracebacks")
+    log_format_option(parser)
+    parser.add_argument("--version", action="version", version=f"callrec {version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(
@@ -128,8 +152,11 @@ def build_parser() -> argparse.ArgumentParser:
         "bring the configured ledger (SQLite or PostgreSQL) to this program's schema",
         now=False,
     )
-    command("serve", "run the ARI (Stasis) controller", now=False, json_out=False)
-    command("fastagi", "run the FastAGI server", now=False, json_out=False)
+    for name, help_text in (
+        ("serve", "run the ARI (Stasis) controller"),
+        ("fastagi", "run the FastAGI server"),
+    ):
+        log_format_option(command(name, help_text, now=False, json_out=False), inner=True)
     demo = command(
         "demo",
         "the policy's cases on a simulated PBX, the configured ledger and local files",
@@ -148,13 +175,15 @@ def build_parser() -> argparse.ArgumentParser:
     rl = rsub.add_parser("list", help="recordings in the store")
     rl.add_argument("--json", action="store_true")
     rl.add_argument("--all", action="store_true", help="include deleted ones")
-    rs = rsub.add_parser("show", help="one recording with its audit trail")
+    rs = rsub.add_parser("show", help="one recording, its audit trail, accesses and exports")
     rs.add_argument("id")
     rs.add_argument("--json", action="store_true")
     rx = rsub.add_parser("export", help="copy recordings + manifest for evidence")
     rx.add_argument("ids", nargs="+")
     rx.add_argument("--to", type=Path, required=True, help="destination directory")
-    rx.add_argument("--purpose", required=True, help="evidence, training or quality")
+    rx.add_argument(
+        "--purpose", required=True, help="evidence, training, quality or one of [purposes]"
+    )
     rx.add_argument("--by", required=True, help="who asks (logged)")
     rx.add_argument("--now", help="ISO-8601 time to log the export at (replay stores only)")
     rx.add_argument("--json", action="store_true")
@@ -165,6 +194,9 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         help="check the chain against this copy of the checkpoint file (default: the store's)",
     )
+
+    calls_cli.add_access_log_parser(rsub)
+    calls_cli.add_calls_parser(sub)
 
     audit = sub.add_parser("audit", help="the audit chain's signed checkpoints")
     asub = audit.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -216,6 +248,14 @@ def build_parser() -> argparse.ArgumentParser:
     xi.add_argument("--mode", choices=["ari", "agi"], default="ari", help="CALLREC_MODE")
     xi.add_argument("--reload", action="store_true", help="reload through `asterisk -rx`")
     xi.add_argument("--asterisk", default="asterisk", help="the asterisk binary for --reload")
+    prompts = sub.add_parser("prompts", help="the prompts' audio, for Asterisk's sounds directory")
+    psub = prompts.add_subparsers(dest="action", required=True, metavar="ACTION")
+    psub.add_parser("path", help="print the directory holding sl/<id>.<format> in this install")
+    pi = psub.add_parser(
+        "install", help="copy the audio, texts and manifest into DIR/sl/ (DIR: Asterisk's sounds)"
+    )
+    pi.add_argument("dir", type=Path, metavar="DIR", help="e.g. /usr/share/asterisk/sounds")
+    pi.add_argument("--json", action="store_true")
 
     report = command("report", "calls, decisions, recordings, withdrawals and callbacks")
     report.add_argument("--from", dest="start", required=True, help="ISO-8601 start")
@@ -226,12 +266,17 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.debug else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    # aiosqlite logs every statement at DEBUG: --debug is for our own messages.
-    logging.getLogger("aiosqlite").setLevel(logging.INFO)
+    log_format = args.log_format or os.environ.get("CALLREC_LOG_FORMAT") or "text"
+    if log_format not in FORMATS:
+        print(
+            f"callrec: CALLREC_LOG_FORMAT: must be one of {', '.join(FORMATS)}, got {log_format!r}",
+            file=sys.stderr,
+        )
+        return EXIT_ERROR
+    # A controller's journal says what it does (connected, swept); commands say only
+    # what went wrong.
+    quiet = logging.INFO if args.command in ("serve", "fastagi") else logging.WARNING
+    configure_logs(log_format, logging.DEBUG if args.debug else quiet)
     try:
         settings = load_settings(args.config)
         return asyncio.run(dispatch(args, settings))
@@ -253,9 +298,9 @@ async def dispatch(args: argparse.Namespace, settings: Settings) -> int:
         case "migrate":
             return await commands.migrate(settings, args)
         case "serve":
-            return await controller.serve(settings)
+            return await controller.serve(settings, lambda: load_settings(args.config))
         case "fastagi":
-            return await controller.fastagi(settings)
+            return await controller.fastagi(settings, lambda: load_settings(args.config))
         case "demo":
             return await commands.demo(settings, args)
         case "replay":
@@ -281,6 +326,13 @@ async def dispatch(args: argparse.Namespace, settings: Settings) -> int:
             from callrec import asterisk_install
 
             return asterisk_install.command(settings, args, os.environ)
+        case "calls":
+            from callrec import calls_cli
+
+            async with commands.open_store(settings) as store:
+                return await calls_cli.calls(settings, args, store)
+        case "prompts":
+            return commands.prompts(args)
     raise CallrecError(f"unknown command {args.command}")
 
 

@@ -14,11 +14,13 @@ import contextlib
 import logging
 import sys
 import tempfile
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from agi.ports import EventSink
+from callrec import calls_cli
 from callrec.cli import (
     EXIT_ERROR,
     EXIT_FAILED,
@@ -28,23 +30,31 @@ from callrec.cli import (
     short_time,
     table,
     time_arg,
-    to_json,
 )
 from callrec.config import Settings
 from callrec.events import MqttEvents, NullEvents
+from callrec.logs import sweep_summary
 from callrec.progress import ProgressBar
-from callrec.runner import LiveAsterisk, refuse_a_taken_app
+from callrec.resources import scenarios_dir
+from callrec.runner import Harness, LiveAsterisk, refuse_a_taken_app
 from flows.errors import CallrecError
 from flows.policy import Purpose
 from storage import checkpoints, files
 from storage.factory import SCHEMA_VERSION, ledger_version
 from storage.factory import open_store as open_any_store
-from storage.ports import CheckpointStatus, Report, StoreApi, SweepReport, WithdrawalVia
+from storage.ports import (
+    CheckpointStatus,
+    RecordingRow,
+    Report,
+    StoreApi,
+    SweepReport,
+    WithdrawalVia,
+)
 from storage.rows import short_recording_id
 from storage.values import os_error, parse_ts
 
 log = logging.getLogger("callrec")
-SCENARIOS_DIR = Path(__file__).resolve().parent.parent / "scenarios"  # the policy's cases
+PROBLEMS_SHOWN = 10  # a sweep's failures listed in its text output; --json has them all
 
 
 @contextlib.asynccontextmanager
@@ -85,7 +95,7 @@ async def refuse_time_travel(store: StoreApi, args: argparse.Namespace, doing: s
     if since is not None:
         raise CallrecError(
             f"--now: the store at {store.data_dir} serves real calls (since "
-            f"{short_time(since)} UTC), so {doing} writes at the machine's time only; "
+            f"{short_time(since)}), so {doing} writes at the machine's time only; "
             "--now is for replay and demo stores and read-only questions"
         )
 
@@ -172,80 +182,112 @@ async def _run_scenarios(
     as_json: bool,
     title: str,
     live: LiveAsterisk | None = None,
+    *,
+    per_scenario: bool = False,
 ) -> int:
+    """Play the scenarios and report. With `per_scenario` (the demo, on the data directory's
+    SQLite ledger) each scenario gets its own store in `data_dir/<scenario file stem>`: a
+    scenario that sweeps a year later deletes nothing of another's."""
     from dataclasses import replace
 
-    from callrec.runner import harness, live_capable, run_scenario
-    from callrec.scenarios import load_scenarios
+    from callrec.runner import harness, live_capable, refuse_a_serving_dir, run_scenario
+    from callrec.scenarios import Scenario, load_scenarios
 
     scenarios = load_scenarios(files)
     policy = settings.policy
     if policy.overload_window is None:
         # The demo shows the overload switch: it needs a window to widen to.
         policy = replace(policy, overload_window=timedelta(hours=3))
+    per_scenario = per_scenario and live is None and settings.ledger.url is None
     results: list[dict[str, object]] = []
+    recordings: list[tuple[str, RecordingRow]] = []
     failed = 0
     skipped = 0
     if not as_json:
         print(title)
-        print(f"store: {data_dir}")
+        print(f"store: {data_dir}" + (" (one store per scenario in it)" if per_scenario else ""))
     spool = settings.spool_dir if live is not None else None
-    async with harness(
-        policy,
-        data_dir,
-        time_scale=scale,
-        live=live,
-        spool_dir=spool,
-        spool_mode=settings.spool_mode,
-        ledger=settings.ledger,
-    ) as h:
-        for scenario in scenarios:
-            if live is not None and not live_capable(scenario):
-                skipped += 1
-                results.append(
-                    {
-                        "scenario": scenario.name,
-                        "file": scenario.path.name,
-                        "skipped": "a step has no live test caller",
-                    }
-                )
-                if not as_json:
-                    print(f"\n[SKIP] {scenario.name}: a step has no `live:` test caller")
-                continue
-            reports = await run_scenario(h, scenario)
-            bad = [c for r in reports for c in r.checks if not c.ok]
-            failed += bool(bad)
+
+    def open_harness(where: Path) -> contextlib.AbstractAsyncContextManager[Harness]:
+        return harness(
+            policy,
+            where,
+            time_scale=scale,
+            live=live,
+            spool_dir=spool,
+            spool_mode=settings.spool_mode,
+            ledger=settings.ledger,
+        )
+
+    async def play(h: Harness, scenario: Scenario) -> None:
+        nonlocal failed, skipped
+        if live is not None and not live_capable(scenario):
+            skipped += 1
             results.append(
                 {
                     "scenario": scenario.name,
                     "file": scenario.path.name,
-                    "passed": not bad,
-                    "steps": reports,
+                    "skipped": "a step has no live test caller",
                 }
             )
             if not as_json:
-                mark = "PASS" if not bad else "FAIL"
-                print(f"\n[{mark}] {scenario.name}")
-                for report in reports:
-                    print(f"  {report.title}")
-                    for line in report.lines:
-                        print(f"      {line}")
-                    for check in report.checks:
-                        if not check.ok:
-                            print(
-                                f"      !! {check.what}: expected {check.expected!r}, "
-                                f"got {check.actual!r}"
-                            )
-        recordings = await h.store.recordings(include_deleted=True)
+                print(f"\n[SKIP] {scenario.name}: a step has no `live:` test caller")
+            return
+        reports = await run_scenario(h, scenario)
+        bad = [c for r in reports for c in r.checks if not c.ok]
+        failed += bool(bad)
+        results.append(
+            {
+                "scenario": scenario.name,
+                "file": scenario.path.name,
+                "data_dir": h.data_dir,
+                "passed": not bad,
+                "steps": reports,
+            }
+        )
+        if not as_json:
+            mark = "PASS" if not bad else "FAIL"
+            print(f"\n[{mark}] {scenario.name}")
+            if per_scenario:
+                print(f"  store: {h.data_dir}")
+            for report in reports:
+                print(f"  {report.title}")
+                for line in report.lines:
+                    print(f"      {line}")
+                for check in report.checks:
+                    if not check.ok:
+                        print(
+                            f"      !! {check.what}: expected {check.expected!r}, "
+                            f"got {check.actual!r}"
+                        )
+
+    if per_scenario:
+        # The directory itself may be a store that serves real calls: never write beside it.
+        await refuse_a_serving_dir(policy, data_dir)
+        for scenario in scenarios:
+            async with open_harness(data_dir / scenario.path.stem) as h:
+                await play(h, scenario)
+                rows = await h.store.recordings(include_deleted=True)
+                recordings += [(scenario.path.stem, row) for row in rows]
+    else:
+        async with open_harness(data_dir) as h:
+            for scenario in scenarios:
+                await play(h, scenario)
+            rows = await h.store.recordings(include_deleted=True)
+            recordings += [("", row) for row in rows]
     if as_json:
-        print_json({"scenarios": results, "recordings": recordings, "data_dir": data_dir})
+        print_json(
+            {"scenarios": results, "recordings": [r for _, r in recordings], "data_dir": data_dir}
+        )
     else:
         tz = policy.timezone
         print(f"\nstore contents ({len(recordings)} recordings, times in {tz}):")
+        headers = ["id", "line", "basis", "status", "bytes", "created", "delete after", "linked"]
         print(
             table(
                 [
                     (
+                        *((store,) if per_scenario else ()),
                         short_recording_id(r.id),
                         r.line,
                         r.legal_basis.value,
@@ -255,14 +297,21 @@ async def _run_scenarios(
                         short_time(r.delete_after, tz),
                         (r.linked_to or "")[:8],
                     )
-                    for r in recordings
+                    for store, r in recordings
                 ],
-                ["id", "line", "basis", "status", "bytes", "created", "delete after", "linked"],
+                (["store"] if per_scenario else []) + headers,
             )
         )
         passed = len(scenarios) - failed - skipped
         print(f"\n{passed} passed, {failed} failed" + (f", {skipped} skipped" if skipped else ""))
-        print(f"data left in {data_dir} (CALLREC_DATA_DIR={data_dir} callrec recordings list)")
+        if per_scenario:
+            example = data_dir / scenarios[0].path.stem if scenarios else data_dir
+            print(
+                f"data left in {data_dir}, one store per scenario "
+                f"(CALLREC_DATA_DIR={example} callrec recordings list)"
+            )
+        else:
+            print(f"data left in {data_dir} (CALLREC_DATA_DIR={data_dir} callrec recordings list)")
     if skipped == len(scenarios):
         return EXIT_FAILED  # nothing ran: nothing was shown to hold
     return EXIT_OK if failed == 0 else EXIT_FAILED
@@ -283,7 +332,7 @@ def _new_dir(prefix: str) -> Path:
 
 
 async def demo(settings: Settings, args: argparse.Namespace) -> int:
-    scenarios = SCENARIOS_DIR
+    scenarios = scenarios_dir()  # the policy's cases: the checkout's, or the package's copy
     data_dir = _fresh_dir(settings, args.data_dir, "callrec-demo-")
     return await _run_scenarios(
         settings,
@@ -292,6 +341,7 @@ async def demo(settings: Settings, args: argparse.Namespace) -> int:
         args.scale,
         args.json,
         "callrec demo: the policy's cases on a simulated PBX",
+        per_scenario=True,
     )
 
 
@@ -340,18 +390,9 @@ async def recordings(settings: Settings, args: argparse.Namespace) -> int:
                     )
                 return EXIT_OK
             case "show":
-                row = await store.recording(args.id)
-                if row is None:
-                    raise CallrecError(f"no recording {args.id}")
-                audit = await store.audit_entries(subject=args.id)
-                if args.json:
-                    print_json({"recording": row, "audit": audit})
-                else:
-                    for key, value in to_json(row).items():
-                        print(f"{key:>16}: {value}")
-                    for entry in audit:
-                        print(f"  audit {entry.seq}: {short_time(entry.at)} {entry.action}")
-                return EXIT_OK
+                return await calls_cli.show_recording(settings, args, store)
+            case "access-log":
+                return await calls_cli.access_log(settings, args, store)
             case "export":
                 now = now_arg(args)
                 await refuse_time_travel(store, args, "an export")
@@ -359,10 +400,9 @@ async def recordings(settings: Settings, args: argparse.Namespace) -> int:
                     purpose = Purpose(args.purpose)
                 except ValueError:
                     raise CallrecError(f"--purpose: unknown purpose {args.purpose!r}") from None
+                ids = [await store.resolve_id("recording", given) for given in args.ids]
                 with ProgressBar("export") as bar:
-                    path = await store.export(
-                        list(args.ids), args.to, purpose, args.by, now, progress=bar
-                    )
+                    path = await store.export(ids, args.to, purpose, args.by, now, progress=bar)
                 if args.json:
                     print_json({"export": path})
                 else:
@@ -399,7 +439,7 @@ def checkpoint_line(status: CheckpointStatus) -> str:
     if status.seq is None:
         return f"checkpoint: none in {status.path}"
     return (
-        f"checkpoint: entry {status.seq} at {short_time(status.at)} UTC, signature "
+        f"checkpoint: entry {status.seq} at {short_time(status.at)}, signature "
         + ("ok" if status.signature_ok else f"PROBLEMS ({status.bad} bad line(s))")
         + ", "
         + (
@@ -421,7 +461,10 @@ async def audit(settings: Settings, args: argparse.Namespace) -> int:
     if args.json:
         print_json(written)
     else:
-        print(f"checkpoint: entry {written.seq}, head {written.head}, at {written.at}")
+        print(
+            f"checkpoint: entry {written.seq}, head {written.head}, at "
+            f"{short_time(parse_ts(written.at), settings.policy.timezone)}"
+        )
     return EXIT_OK
 
 
@@ -455,7 +498,11 @@ def check_checkpoints(path: Path, public_key: Path, *, as_json: bool) -> int:
             print(f"PROBLEM: {problem}")
         print(
             f"{len(good)} checkpoint(s) signed by key {checkpoints.fingerprint(public)}"
-            + ("" if newest is None else f"; latest: entry {newest.seq} at {newest.at}")
+            + (
+                ""
+                if newest is None
+                else f"; latest: entry {newest.seq} at {short_time(parse_ts(newest.at))}"
+            )
         )
     return EXIT_OK if not problems else EXIT_FAILED
 
@@ -472,8 +519,10 @@ async def withdraw(
             received,
             args.by,
             now,
-            call_id=args.call,
-            recording_id=args.recording,
+            call_id=None if args.call is None else await store.resolve_id("call", args.call),
+            recording_id=None
+            if args.recording is None
+            else await store.resolve_id("recording", args.recording),
         )
         events.publish(
             "withdrawal/received",
@@ -499,9 +548,10 @@ async def withdraw(
     if args.json:
         print_json(result)
         return EXIT_OK
+    tz = settings.policy.timezone
     print(f"withdrawal {result.withdrawal_id} registered ({result.via.value}, by {args.by})")
     print(
-        f"received {short_time(result.received_at)} UTC, counts from {result.received_on}; "
+        f"received {short_time(result.received_at, tz)}, counts from {result.received_on}; "
         f"deletion due by {result.due_on}"
     )
     print(
@@ -522,16 +572,24 @@ async def sweep(settings: Settings, args: argparse.Namespace, now: datetime) -> 
     async with open_store(settings) as store, command_events(settings) as events:
         if not args.dry_run:
             await refuse_time_travel(store, args, "a sweep (other than --dry-run)")
+        started = time.monotonic()
         with ProgressBar("sweep") as bar:
             result = await store.sweep(now, dry_run=args.dry_run, progress=bar)
+        took = time.monotonic() - started
         publish_sweep(events, result)
     if args.json:
         print_json(result)
     else:
-        verb = "would delete" if args.dry_run else "deleted"
-        print(f"sweep at {short_time(now)} UTC: {verb} {len(result.deleted)} recording(s)")
+        # One line however many were deleted (a timer's sweep goes to the journal); the
+        # ids at debug level, and all of them in --json.
+        summary = sweep_summary(result.count, len(result.problems), took, dry_run=args.dry_run)
+        print(f"sweep at {short_time(now, settings.policy.timezone)}: {summary}")
         for recording_id in result.deleted:
-            print(f"  {recording_id}")
+            log.debug("sweep: %s %s", "due" if args.dry_run else "deleted", recording_id)
+        for problem in result.problems[:PROBLEMS_SHOWN]:
+            print(f"  not deleted (retried next sweep): {problem}")
+        if len(result.problems) > PROBLEMS_SHOWN:
+            print(f"  ... and {len(result.problems) - PROBLEMS_SHOWN} more (--json lists all)")
     return EXIT_OK
 
 
@@ -554,8 +612,8 @@ async def callbacks(settings: Settings, args: argparse.Namespace, now: datetime)
                         d.call_id,
                         d.line,
                         d.caller or "anonymous",
-                        short_time(d.ended_at),
-                        short_time(d.due_by),
+                        short_time(d.ended_at, settings.policy.timezone),
+                        short_time(d.due_by, settings.policy.timezone),
                         "OVERDUE" if d.overdue else "",
                     )
                     for d in due
@@ -643,3 +701,29 @@ def human_report(result: Report, tz: str) -> str:
         ),
     ]
     return "\n".join(parts)
+
+
+def prompts(args: argparse.Namespace) -> int:
+    """`prompts path`: where this install keeps the audio; `prompts install DIR`: copy it
+    (with texts and manifest) into Asterisk's sounds directory, checked against the manifest."""
+    from prompts.catalog import sounds_dir
+    from prompts.install import install
+
+    if args.action == "path":
+        print(sounds_dir())
+        return EXIT_OK
+    installed = install(args.dir)
+    if args.json:
+        print_json(
+            {
+                "dir": args.dir / "sl",
+                "files": [{"path": i.path, "changed": i.changed} for i in installed],
+            }
+        )
+    else:
+        changed = sum(i.changed for i in installed)
+        print(
+            f"{len(installed)} files in {args.dir / 'sl'}: {changed} written, "
+            f"{len(installed) - changed} already up to date"
+        )
+    return EXIT_OK

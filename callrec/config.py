@@ -4,7 +4,7 @@ Sources, later ones winning: built-in defaults (equal to POLICY.md), the TOML fi
 (`--config`, else `$CALLREC_CONFIG`, else `./callrec.toml` when it exists), then the
 environment overrides that every subcommand reads the same way (`CALLREC_DATA_DIR`,
 `CALLREC_ARI_URL`, `CALLREC_ARI_USER`, `CALLREC_ARI_PASSWORD`, `CALLREC_MQTT_URL`,
-`CALLREC_LEDGER_URL`, `CALLREC_LEDGER_PASSWORD`).
+`CALLREC_LEDGER_URL`, `CALLREC_LEDGER_PASSWORD`, `CALLREC_MONITOR_LISTEN`).
 Secrets never come from the file itself: a `password` key is refused; name a
 `password_file` or use the environment.
 """
@@ -22,10 +22,11 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from agi.collector import LONGEST_CALL
-from flows.config import POLICY_SECTIONS, policy_from_mapping
+from flows.config import POLICY_SECTIONS, check_notices, policy_from_mapping
 from flows.errors import ConfigError
 from flows.numbers import NUMBER_FORMS
 from flows.policy import Policy
+from prompts.catalog import load_catalog, promises
 from storage.datadir import CONTROLLER_ID
 from storage.ledgers import LedgerConfig, check_url
 
@@ -49,7 +50,9 @@ RECORDING_FORMATS = ("wav", "wav16")
 SPOOL_MODE_BITS = 0o2770  # never any access for others, no setuid or sticky bit
 DEFAULT_LONGEST_CALL_HOURS = LONGEST_CALL / timedelta(hours=1)  # see its reason there
 
-APP_SECTIONS = ("storage", "ari", "mqtt", "fastagi", "asterisk")
+DEFAULT_MONITOR = "127.0.0.1:9464"  # 9464: the port Prometheus exporters of apps commonly use
+
+APP_SECTIONS = ("storage", "ari", "mqtt", "fastagi", "monitor", "asterisk")
 # The forms a trunk delivers the lines' numbers in (each becomes a DID of callrec-inbound),
 # and the form callbacks show the line's caller ID in (what the operator's trunk accepts).
 DEFAULT_DID_FORMS = ("national", "e164")
@@ -95,6 +98,34 @@ class AsteriskSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class MonitorSettings:
+    """Where `serve` and `fastagi` answer /metrics and /healthz; None: nowhere."""
+
+    listen: tuple[str, int] | None = ("127.0.0.1", 9464)
+
+
+def _listen(value: object) -> tuple[str, int] | None:
+    """`monitor.listen`: "host:port" ("[::1]:9464" for IPv6), or "" / false for off."""
+    if value is False or value == "":
+        return None
+    where = "monitor.listen"
+    if not isinstance(value, str):
+        raise ConfigError(f'{where}: must be "host:port" or "" (off), got {value!r}')
+    host, _, port_text = value.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    try:
+        ipaddress.ip_address(host)
+        port = int(port_text)
+    except ValueError:
+        raise ConfigError(
+            f'{where}: must be "IP:port" such as "{DEFAULT_MONITOR}", or "" (off), got {value!r}'
+        ) from None
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"{where}: {port} is not a port number")
+    return host, port
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     policy: Policy
     data_dir: Path
@@ -113,6 +144,7 @@ class Settings:
     # Where the ledger is: the data directory's SQLite file by default.
     ledger: LedgerConfig = field(default_factory=LedgerConfig)
     asterisk: AsteriskSettings = field(default_factory=AsteriskSettings)
+    monitor: MonitorSettings = field(default_factory=MonitorSettings)
 
 
 def _section(data: Mapping[str, Any], name: str, keys: set[str]) -> Mapping[str, Any]:
@@ -250,6 +282,8 @@ def load_settings(config: Path | None = None, env: Mapping[str, str] | None = No
             )
     try:
         policy = policy_from_mapping(data)
+        # Each line's notice states its retention (the prompt catalog says what each says).
+        check_notices(policy, promises(load_catalog()))
     except ConfigError as error:
         raise ConfigError(f"{source}: {error}") from None
 
@@ -354,6 +388,8 @@ def load_settings(config: Path | None = None, env: Mapping[str, str] | None = No
         except ValueError:
             raise ConfigError(f"fastagi.allow: {address!r} is not an IP address") from None
     host = _str(fastagi, "fastagi", "host", "127.0.0.1")
+    monitor = _section(data, "monitor", {"listen"})
+    listen = _listen(env.get("CALLREC_MONITOR_LISTEN", monitor.get("listen", DEFAULT_MONITOR)))
     return Settings(
         policy=policy,
         data_dir=data_dir,
@@ -368,4 +404,5 @@ def load_settings(config: Path | None = None, env: Mapping[str, str] | None = No
         controller_id=controller_id,
         ledger=ledger,
         asterisk=_asterisk(data),
+        monitor=MonitorSettings(listen=listen),
     )

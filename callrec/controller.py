@@ -10,8 +10,7 @@ import asyncio
 import contextlib
 import logging
 import signal
-import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 
 from agi.collector import RecordingCollector
@@ -28,10 +27,14 @@ from callrec.commands import (
 )
 from callrec.config import Settings
 from callrec.events import MqttEvents
+from callrec.logs import announce, sweep_summary
+from callrec.metrics import MeteredStore, Metrics
+from callrec.watch import CREDENTIALS_HINT, Watch
 from flows.errors import CallrecError
+from flows.policy import Policy
 from prompts.catalog import load_catalog
 from storage import checkpoints
-from storage.ports import StoreApi
+from storage.ports import StoreApi, SweepReport
 from storage.values import parse_ts
 
 log = logging.getLogger("callrec")
@@ -63,11 +66,16 @@ async def serving_store(settings: Settings, command: str) -> AsyncIterator[Store
         yield store
 
 
-async def _sweeper(store: StoreApi, settings: Settings, events: EventSink) -> None:
+async def _sweeper(
+    store: StoreApi, settings: Settings, events: EventSink, metrics: Metrics | None = None
+) -> None:
     """Retention runs inside the controller too: a recording outlives its delete-after by at
     most one sweep interval even where nobody installed the timer unit."""
     interval = settings.policy.sweep_interval.total_seconds()
+    loop = asyncio.get_running_loop()
     while True:
+        started = loop.time()
+        result: SweepReport | None = None
         try:
             # The deletions are announced batch by batch, and not kept: a sweep that
             # catches up on months does not grow the controller by what it deleted.
@@ -75,7 +83,21 @@ async def _sweeper(store: StoreApi, settings: Settings, events: EventSink) -> No
             publish_sweep(events, result)
         except CallrecError as error:
             log.error("retention sweep failed (retrying next interval): %s", error)
+        took = loop.time() - started
+        if metrics is not None:
+            metrics.record_sweep(result, took)
+        if result is not None:
+            log_sweep(result, took)
         await asyncio.sleep(interval)
+
+
+def log_sweep(result: SweepReport, seconds: float) -> None:
+    """One line per sweep, whatever it deleted; the ids only at debug level."""
+    level = logging.WARNING if result.problems else logging.INFO
+    summary = sweep_summary(result.count, len(result.problems), seconds)
+    log.log(level, "retention sweep: %s", summary)
+    for problem in result.problems:
+        log.debug("retention sweep: %s", problem)
 
 
 async def _callback_watch(store: StoreApi, events: EventSink) -> None:
@@ -128,6 +150,70 @@ async def _until_signalled() -> None:
     await stop.wait()
 
 
+Reload = Callable[[], Settings]  # the configuration read again, as at start
+
+
+def _reloading(settings: Settings, load: Reload | None, use: Callable[[Policy], None]) -> None:
+    """On SIGHUP, read the configuration again and serve new calls under its lines and
+    policy; calls in progress keep theirs. A configuration that does not load is logged
+    and the one in use stays. Only the policy sections are reloaded: the others (storage,
+    ARI, MQTT, FastAGI) name resources the controller holds open, and need a restart."""
+    if load is None:
+        return
+    current = settings
+
+    def reload() -> None:
+        nonlocal current
+        try:
+            new = load()
+        except CallrecError as error:
+            log.error("reload refused, the configuration in use stays: %s", error)
+            return
+        except Exception:
+            log.exception("reload failed, the configuration in use stays")
+            return
+        if _restart_only(new) != _restart_only(current):
+            log.warning(
+                "reload: storage, ari, mqtt and fastagi settings changed; they take effect "
+                "at the next start (only the policy and the lines are reloaded)"
+            )
+        use(new.policy)
+        current = new
+        announce(
+            f"callrec: reloaded {new.source}: lines "
+            f"{', '.join(line.name for line in new.policy.lines)}; calls in progress keep "
+            "the configuration they started with"
+        )
+
+    asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reload)
+
+
+def _serving(deps: SessionDeps, use: Callable[[Policy], None]) -> Callable[[Policy], None]:
+    """`use`, after the prompt versions are read again: a reloaded line may name a prompt
+    that was added to the catalog since the start (its decisions name its audio)."""
+
+    def both(policy: Policy) -> None:
+        versions = deps.prompt_versions
+        if isinstance(versions, dict):
+            versions.update({pid: info.sha256 for pid, info in load_catalog().items()})
+        use(policy)
+
+    return both
+
+
+def _restart_only(settings: Settings) -> tuple[object, ...]:
+    return (
+        settings.data_dir,
+        settings.spool_dir,
+        settings.ari,
+        settings.mqtt,
+        settings.fastagi,
+        settings.ledger,
+        settings.recording_format,
+        settings.controller_id,
+    )
+
+
 def _deps(
     settings: Settings, store: StoreApi, events: EventSink, collector: RecordingCollector
 ) -> SessionDeps:
@@ -170,12 +256,14 @@ async def _start_collecting(
     return collector
 
 
-async def serve(settings: Settings) -> int:
+async def serve(settings: Settings, reload: Reload | None = None) -> int:
     from agi.ari import AriClient
     from agi.stasis import StasisApp
 
     events = events_of(settings)
-    async with serving_store(settings, "serve") as store:
+    metrics = Metrics("ari")
+    async with serving_store(settings, "serve") as plain_store:
+        store = MeteredStore(plain_store, metrics)
         collector = await _start_collecting(settings, store, events)
         if isinstance(events, MqttEvents):
             await events.start()
@@ -185,64 +273,90 @@ async def serve(settings: Settings) -> int:
             settings.ari.password,
             settings.ari.app,
             max_connections=settings.ari.max_connections,
+            on_request=metrics.observe_request,
+            credentials_hint=CREDENTIALS_HINT,
         )
-        app = StasisApp(
-            client,
-            _deps(settings, store, events, collector),
-            settings.policy,
-            shed_backlog=settings.ari.shed_backlog,
-        )
-        print(
+        deps = _deps(settings, store, events, collector)
+        app = StasisApp(client, deps, settings.policy, shed_backlog=settings.ari.shed_backlog)
+        _reloading(settings, reload, _serving(deps, app.use_policy))
+        metrics.read_ari_connected(lambda: client.connected)
+        metrics.read_calls_shed(lambda: app.shed)
+        announce(
             f"callrec serve: app {settings.ari.app!r} at {settings.ari.url}, store "
-            f"{settings.data_dir}, spool {settings.spool_dir} ({settings.source})",
-            file=sys.stderr,
+            f"{settings.data_dir}, spool {settings.spool_dir} ({settings.source})"
         )
-        tasks = [
-            asyncio.create_task(app.run()),
-            asyncio.create_task(_sweeper(store, settings, events)),
-            asyncio.create_task(_callback_watch(store, events)),
-            asyncio.create_task(_checkpointer(store)),
-        ]
-        try:
-            await _until_signalled()
-        finally:
-            await app.shutdown()
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            await collector.stop()
-            await client.close()
-            if isinstance(events, MqttEvents):
-                await events.stop()
+
+        def status() -> str:
+            if client.connected:
+                return f"serving: {app.handled} call(s) taken, {app.live_calls} live"
+            return f"waiting for ARI at {settings.ari.url}: {client.last_failure or 'connecting'}"
+
+        watch = Watch(
+            settings,
+            metrics,
+            store,
+            status=status,
+            connected=lambda: client.connected,
+            not_connected=lambda: client.last_failure or "connecting",
+        )
+        async with watch:
+            tasks = [
+                asyncio.create_task(app.run()),
+                asyncio.create_task(_sweeper(store, settings, events, metrics)),
+                asyncio.create_task(_callback_watch(store, events)),
+                asyncio.create_task(_checkpointer(store)),
+            ]
+            await watch.ready_once(client.wait_connected())
+            try:
+                await _until_signalled()
+            finally:
+                await app.shutdown()
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+                await collector.stop()
+                await client.close()
+                if isinstance(events, MqttEvents):
+                    await events.stop()
     return EXIT_OK
 
 
-async def fastagi(settings: Settings) -> int:
+async def fastagi(settings: Settings, reload: Reload | None = None) -> int:
     from agi.fastagi import FastAgiServer
 
     events = events_of(settings)
-    async with serving_store(settings, "fastagi") as store:
+    metrics = Metrics("fastagi")
+    async with serving_store(settings, "fastagi") as plain_store:
+        store = MeteredStore(plain_store, metrics)
         collector = await _start_collecting(settings, store, events)
         if isinstance(events, MqttEvents):
             await events.start()
+        deps = _deps(settings, store, events, collector)
         server = FastAgiServer(
-            _deps(settings, store, events, collector),
+            deps,
             settings.policy,
             host=settings.fastagi.host,
             port=settings.fastagi.port,
             allow=settings.fastagi.allow,
         )
-        port = await server.start()
-        print(f"callrec fastagi: listening on {settings.fastagi.host}:{port}", file=sys.stderr)
-        sweeper = asyncio.create_task(_sweeper(store, settings, events))
-        checkpointer = asyncio.create_task(_checkpointer(store))
-        try:
-            await _until_signalled()
-        finally:
-            sweeper.cancel()
-            checkpointer.cancel()
-            await server.stop()
-            await collector.stop()
-            if isinstance(events, MqttEvents):
-                await events.stop()
+
+        def status() -> str:
+            return f"listening on {settings.fastagi.host}:{port}, {server.live_connections} live"
+
+        async with Watch(settings, metrics, store, status=status) as watch:
+            port = await server.start()
+            _reloading(settings, reload, _serving(deps, server.use_policy))
+            announce(f"callrec fastagi: listening on {settings.fastagi.host}:{port}")
+            sweeper = asyncio.create_task(_sweeper(store, settings, events, metrics))
+            checkpointer = asyncio.create_task(_checkpointer(store))
+            await watch.ready_once(asyncio.sleep(0))
+            try:
+                await _until_signalled()
+            finally:
+                sweeper.cancel()
+                checkpointer.cancel()
+                await server.stop()
+                await collector.stop()
+                if isinstance(events, MqttEvents):
+                    await events.stop()
     return EXIT_OK

@@ -23,10 +23,12 @@ from agi.collector import RecordingCollector
 from agi.fastagi import FastAgiServer
 from agi.ports import OffsetClock
 from agi.session import SessionDeps
-from agi.simpbx import CallerScript, CallResult, SimulatedPbx
+from agi.simpbx import CallerScript, CallResult, SimulatedPbx, SimulatorError
+from agi.simpbx.dids import load_dids
 from agi.spool import SpoolWatch
 from agi.stasis import StasisApp
 from callrec.events import MemoryEvents
+from callrec.resources import asterisk_conf_dir
 from callrec.scenarios import (
     Check,
     Scenario,
@@ -43,7 +45,7 @@ from prompts.catalog import load_catalog
 from storage import files
 from storage.datadir import SPOOL_DIR
 from storage.factory import open_store
-from storage.ledgers import LedgerConfig
+from storage.ledgers import LEDGER_FILE, LedgerConfig
 from storage.ports import CallRow, RecordingRow, RecordingStatus, StoreApi, WithdrawalVia
 from storage.rows import short_recording_id
 from storage.values import os_error
@@ -157,6 +159,9 @@ async def harness(
                 prompt_durations={pid: info.duration_seconds for pid, info in catalog.items()},
                 time_scale=time_scale,
                 mode=mode,
+                # The policy's lines route their numbers to their queues, as the dialplan
+                # generated from them does on a real Asterisk.
+                dids=line_dids(policy),
             )
             client = AriClient(
                 await sim.start(),
@@ -276,6 +281,19 @@ async def _replay_store(
     return store
 
 
+async def refuse_a_serving_dir(policy: Policy, data_dir: Path) -> None:
+    """A demo that keeps its scenarios' stores inside `data_dir` refuses a `data_dir` that
+    is itself a store of real calls (its stores would sit among the callers' data)."""
+    root, _ = await asyncio.to_thread(_absolute, data_dir, None)
+    if not await asyncio.to_thread((root / LEDGER_FILE).exists):
+        return
+    store = await open_store(root, policy, create=False)
+    try:
+        await _refuse_serving(store)
+    finally:
+        await store.close()
+
+
 def _absolute(data_dir: Path, spool_dir: Path | None) -> tuple[Path, Path]:
     root = data_dir.absolute()
     return root, (spool_dir or root / SPOOL_DIR).absolute()
@@ -344,6 +362,29 @@ async def _until(condition: Callable[[], bool], within: float, message: str) -> 
         await asyncio.sleep(0.01)
 
 
+def line_dids(policy: Policy) -> dict[str, str]:
+    """The DID -> queue table of a dialplan made from `policy`'s lines: each number in the
+    national and the E.164 form a trunk may deliver."""
+    table: dict[str, str] = {}
+    prefix = "+" + policy.country_code
+    for line in policy.lines:
+        for number in line.numbers:
+            table[number] = line.queue
+            if number.startswith(prefix):
+                table["0" + number[len(prefix) :]] = line.queue
+    return table
+
+
+def simulated_dids(conf_dir: Path | None = None) -> dict[str, str]:
+    """The simulated PBX's DID -> queue table, from the dialplan callrec ships (the
+    checkout's `asterisk-conf/`, or the installed package's copy), not from the policy: a
+    scenario reaches the queue a real Asterisk with that dialplan would send it to."""
+    try:
+        return load_dids(conf_dir or asterisk_conf_dir())
+    except SimulatorError as error:
+        raise ConfigError(str(error)) from None
+
+
 def _script(args: Mapping[str, Any], prefix: str, where: str) -> CallerScript:
     def get(key: str, default: Any) -> Any:
         return args.get(f"{prefix}{key}", default)
@@ -354,13 +395,16 @@ def _script(args: Mapping[str, Any], prefix: str, where: str) -> CallerScript:
             raise ConfigError(f"{where}: {digit!r} is not a DTMF key (0-9, *, #, A-D)")
     agent = get("agent_answers_after", 2.0)
     hang_up = get("hang_up_at", None)
-    return CallerScript(
-        keys=keys,
-        hang_up_at=None if hang_up is None else float(hang_up),
-        agent_answers_after=None if agent is None else float(agent),
-        give_up_after=float(get("give_up_after", 5.0)),
-        talk_seconds=float(get("talk_seconds", 3.0)),
-    )
+    try:
+        return CallerScript(
+            keys=keys,
+            hang_up_at=None if hang_up is None else float(hang_up),
+            agent_answers_after=None if agent is None else float(agent),
+            give_up_after=float(get("give_up_after", 5.0)),
+            talk_seconds=float(get("talk_seconds", 3.0)),
+        )
+    except SimulatorError as error:
+        raise ConfigError(f"{where}: {error}") from None
 
 
 async def _until_finished(h: Harness, channel_id: str, within: float, message: str) -> None:
@@ -528,6 +572,28 @@ async def _live_result(h: Harness, channel_id: str, call_id: str | None) -> Call
     )
 
 
+async def _simulated_call(sim: SimulatedPbx, step: Step, name: str) -> CallResult:
+    args = step.args
+    try:
+        if step.kind == "call":
+            caller = args.get("caller")
+            placed = await sim.place_call(
+                str(args["dialed"]),
+                None if caller is None else str(caller),
+                _script(args, "", step.where),
+            )
+        else:
+            placed = await sim.place_callback(
+                str(args["customer"]),
+                args.get("line"),
+                agent_script=_script(args, "agent_", step.where),
+                customer_script=_script(args, "customer_", step.where),
+            )
+    except SimulatorError as error:
+        raise ConfigError(f"{step.where}: {name}: {error}") from None
+    return await asyncio.wait_for(placed.done, CALL_TIMEOUT)
+
+
 async def _call_step(h: Harness, step: Step) -> StepReport:
     args = step.args
     name = str(args.get("name", f"call{len(h.calls) + 1}"))
@@ -540,19 +606,8 @@ async def _call_step(h: Harness, step: Step) -> StepReport:
         title = f"{_clock(h)}  {name}: an agent calls {customer} back"
     if h.sim is None:
         result = await _live_call(h, step, name)
-    elif step.kind == "call":
-        placed = await h.sim.place_call(
-            dialed, None if caller is None else str(caller), _script(args, "", step.where)
-        )
-        result = await asyncio.wait_for(placed.done, CALL_TIMEOUT)
     else:
-        placed = await h.sim.place_callback(
-            customer,
-            args.get("line"),
-            agent_script=_script(args, "agent_", step.where),
-            customer_script=_script(args, "customer_", step.where),
-        )
-        result = await asyncio.wait_for(placed.done, CALL_TIMEOUT)
+        result = await _simulated_call(h.sim, step, name)
     report = StepReport(step.where, title)
     row = await _finished_call(h, result)
     leg = result

@@ -9,6 +9,12 @@ the operator's overload switch is on; `flows.communication` chooses) and decides
 answer. With no such call the callback is a new
 communication: nothing is recorded on the agent's leg and the customer's leg must hear the
 line's notice (`NoticeCallee`), which runs `flows.consent.InboundFlow` on that leg.
+
+The line of a conversation is decided once: a callback that answers a missed call belongs
+to the missed call's line, whatever line the agent's endpoint named. Its legal basis,
+purposes, retention and the date its numbers are wiped all come from that line (`Keeping`).
+A missed call whose line is no longer configured cannot say what its recording would
+promise: the callback is not recorded.
 """
 
 from __future__ import annotations
@@ -35,7 +41,8 @@ from flows.events import (
     PriorCallFound,
 )
 from flows.machine import Row, Table, mermaid, step
-from flows.policy import Decision, LegalBasis, Line, Policy, callback_window
+from flows.policy import TIMEZONE, Decision, LegalBasis, Line, Policy, callback_window
+from flows.retention import keeping
 
 
 class State(enum.Enum):
@@ -65,9 +72,14 @@ class CallbackFlow:
         callback_window: timedelta,
         overload_window: timedelta | None,
         call_id: str | None = None,
+        lines: tuple[Line, ...] = (),
+        timezone: str = TIMEZONE,
     ) -> None:
         self.line = line  # the line the callback is made for (its notice if none is found)
         self.call_id = call_id
+        # The lines a missed call may belong to (the configuration the call started with).
+        self._lines = {known.name: known for known in (*lines, line)}
+        self.timezone = timezone
         self.state = State.AWAITING_CALL
         self._callback_window = callback_window
         self._overload_window = overload_window
@@ -83,6 +95,8 @@ class CallbackFlow:
             callback_window=policy.callback_window,
             overload_window=policy.overload_window,
             call_id=call_id,
+            lines=policy.lines,
+            timezone=policy.timezone,
         )
 
     @property
@@ -107,6 +121,12 @@ class CallbackFlow:
 
     def _found(self, event: PriorCallFound, now: datetime) -> list[Command]:
         self._decision, reason = same_communication(event)
+        line = self._lines.get(event.line)
+        if line is None or line.legal_basis is not event.legal_basis:
+            # Nothing says what its retention and purposes would be: fail closed.
+            self._decision = Decision.REFUSE
+            reason = f"callback to a missed call on line {event.line!r}, not configured as it was"
+            line = self.line
         return [
             CommitDecision(
                 decision=self._decision,
@@ -115,6 +135,7 @@ class CallbackFlow:
                 reason=reason,
                 prompt=None,
                 decided_at=now,
+                keep=keeping(line, now, tz=self.timezone),
                 linked_to=event.call_id,
                 window=self._window,
                 overload=self._overload,
@@ -131,6 +152,7 @@ class CallbackFlow:
                 reason="no missed call within the window: a new communication",
                 prompt=None,
                 decided_at=now,
+                keep=keeping(self.line, now, tz=self.timezone),
                 window=self._window,
                 overload=self._overload,
             )

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from flows.policy import Decision, LegalBasis
+from flows.retention import Keeping
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +70,8 @@ class CommitDecision:
     reason: str
     prompt: str | None  # the prompt the decision was given to (None: none was played)
     decided_at: datetime
+    # The conversation's line and what it decides (deletion date, purposes): fixed here, once.
+    keep: Keeping
     linked_to: str | None = None  # the missed call a callback answers
     window: timedelta | None = None  # the callback window used to find it
     overload: bool = False

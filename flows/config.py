@@ -2,8 +2,13 @@
 
 Reading the file is `callrec.config`'s job; this module only validates data, so a bad
 file gives one `ConfigError` that names the key and the reason. Sections it reads:
-`[policy]`, `[consent]`, `[callbacks]`, `[lines.<name>]`. When `[lines]` is given it
-replaces the built-in lines entirely (a partial merge would hide a forgotten number).
+`[policy]`, `[consent]`, `[callbacks]`, `[purposes.<name>]`, `[lines.<name>]`. When
+`[lines]` is given it replaces the built-in lines entirely (a partial merge would hide a
+forgotten number). `[purposes.<name>]` adds a purpose or redefines a built-in one; the others
+stay (a line serves only the purposes it lists, so a new purpose widens nothing).
+
+`check_notices` compares what each line's notice promises (the prompt catalog, read by the
+caller) with the line's retention.
 """
 
 from __future__ import annotations
@@ -18,10 +23,18 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from flows import policy as defaults
 from flows.errors import ConfigError, NumberError
 from flows.numbers import normalise
-from flows.policy import LegalBasis, Line, LinePolicy, Policy, Prompts, Purpose
-from flows.purposes import ALLOWED
+from flows.policy import (
+    DEFAULT_LINE_PURPOSES,
+    LegalBasis,
+    Line,
+    LinePolicy,
+    Policy,
+    Prompts,
+    Purpose,
+    PurposeRule,
+)
 
-POLICY_SECTIONS = ("policy", "consent", "callbacks", "lines")
+POLICY_SECTIONS = ("policy", "consent", "callbacks", "purposes", "lines")
 _PROMPT_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 _LINE_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 _BASIS_OF = {LinePolicy.NOTICE: LegalBasis.ZEKOM2_214_7, LinePolicy.CONSENT: LegalBasis.CONSENT}
@@ -95,6 +108,7 @@ def _line(name: str, section: Any, country_code: str, retention_months: int) -> 
         "queue",
         "retention_months",
         "callback_caller_id",
+        "notice_retention_months",
     }
     for key in section:
         if key not in known:
@@ -123,21 +137,16 @@ def _line(name: str, section: Any, country_code: str, retention_months: int) -> 
         if number in numbers:
             raise ConfigError(f"{where}.numbers: {number} is listed twice")
         numbers.append(number)
-    raw_purposes = section.get("purposes", sorted(ALLOWED[basis]))
+    # Whether each purpose exists and fits the basis is `Policy`'s check, with the rules.
+    raw_purposes = section.get("purposes", sorted(DEFAULT_LINE_PURPOSES[basis]))
     if not isinstance(raw_purposes, list) or not raw_purposes:
         raise ConfigError(f"{where}.purposes: must be a non-empty list")
     purposes: set[Purpose] = set()
     for raw in raw_purposes:
         try:
-            purpose = Purpose(raw)
+            purposes.add(Purpose(raw))
         except ValueError:
             raise ConfigError(f"{where}.purposes: unknown purpose {raw!r}") from None
-        if purpose not in ALLOWED[basis]:
-            raise ConfigError(
-                f"{where}.purposes: {purpose.value!r} is not a purpose a {basis.value} "
-                f"recording may serve (allowed: {', '.join(sorted(ALLOWED[basis]))})"
-            )
-        purposes.add(purpose)
     consent = line_policy is LinePolicy.CONSENT
     notice = _prompt(section, where, "prompt", required=True)
     assert notice is not None  # required=True never returns None
@@ -169,7 +178,88 @@ def _line(name: str, section: Any, country_code: str, retention_months: int) -> 
         queue=queue,
         retention_months=_int(section, where, "retention_months", retention_months, 1, 120),
         callback_caller_id=caller_id,
+        notice_retention_months=(
+            None
+            if "notice_retention_months" not in section
+            else _int(section, where, "notice_retention_months", 0, 1, 120)
+        ),
     )
+
+
+def _purpose_rules(data: Mapping[str, Any]) -> tuple[PurposeRule, ...]:
+    """The built-in purposes, each `[purposes.<name>]` added or replacing one by name."""
+    raw = data.get("purposes", {})
+    if not isinstance(raw, Mapping):
+        raise ConfigError("purposes: must be a table of [purposes.<name>]")
+    rules = {rule.name: rule for rule in defaults.DEFAULT_PURPOSES}
+    bases = ", ".join(b.value for b in LegalBasis)
+    for name, section in raw.items():
+        where = f"purposes.{name}"
+        try:
+            purpose = Purpose(name)
+        except ValueError:
+            raise ConfigError(
+                f"{where}: a purpose name is lowercase letters, digits, - and _"
+            ) from None
+        if not isinstance(section, Mapping):
+            raise ConfigError(f"{where}: must be a table")
+        for key in section:
+            if key not in ("legal_bases", "description"):
+                raise ConfigError(f"{where}.{key}: unknown key (known: description, legal_bases)")
+        listed = section.get("legal_bases")
+        if not isinstance(listed, list) or not listed:
+            raise ConfigError(
+                f"{where}.legal_bases: must be a non-empty list of legal bases ({bases})"
+            )
+        chosen: set[LegalBasis] = set()
+        for value in listed:
+            try:
+                chosen.add(LegalBasis(value))
+            except ValueError:
+                raise ConfigError(
+                    f"{where}.legal_bases: unknown legal basis {value!r} (known: {bases})"
+                ) from None
+        if not isinstance(section.get("description", ""), str):
+            raise ConfigError(f"{where}.description: must be text")
+        rules[purpose] = PurposeRule(purpose, frozenset(chosen))
+    return tuple(rules.values())
+
+
+def check_notices(policy: Policy, promises: Mapping[str, int | None]) -> None:
+    """Each line's notice must promise the retention the line applies.
+
+    `promises` is the prompt catalog's word: prompt id -> the months its text states (None:
+    it states none). A notice the catalog does not know (a recording the operator put in
+    place, not yet in the manifest) needs `notice_retention_months` in the line's table: the
+    operator's declaration of what it says. Where both speak they must agree."""
+    for line in policy.lines:
+        notice = line.prompts.notice
+        where = f"lines.{line.name}"
+        known = notice in promises
+        stated = promises.get(notice)
+        declared = line.notice_retention_months
+        if known and stated is None and declared is None:
+            raise ConfigError(
+                f"{where}: its notice {notice!r} states no retention period; a notice tells "
+                "the caller how long the recording is kept (declare it with "
+                "notice_retention_months if the text says it in words the catalog misses)"
+            )
+        if not known and declared is None:
+            raise ConfigError(
+                f"{where}: its notice {notice!r} is not in the prompt catalog, so what it "
+                "promises is unknown: add it to prompts/ or declare notice_retention_months"
+            )
+        if stated is not None and declared is not None and stated != declared:
+            raise ConfigError(
+                f"{where}.notice_retention_months: {declared}, but its notice {notice!r} "
+                f"says {stated} months"
+            )
+        promised = stated if stated is not None else declared
+        if promised != line.retention_months:
+            raise ConfigError(
+                f"{where}: its notice {notice!r} promises {promised} months, but the line "
+                f"keeps recordings {line.retention_months} months (retention_months)"
+            )
 
 
 def policy_from_mapping(data: Mapping[str, Any]) -> Policy:
@@ -228,6 +318,7 @@ def policy_from_mapping(data: Mapping[str, Any]) -> Policy:
     if not isinstance(default_line, str):
         raise ConfigError(f"callbacks.default_line: must be a line name, got {default_line!r}")
     return Policy(
+        purposes=_purpose_rules(data),
         lines=lines,
         retention_months=retention_months,
         withdrawal_working_days=_int(

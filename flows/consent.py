@@ -49,7 +49,8 @@ from flows.events import (
 )
 from flows.keys import Key, classify
 from flows.machine import Row, Table, Trigger, When, mermaid, step
-from flows.policy import Decision, Line, LinePolicy, Policy
+from flows.policy import TIMEZONE, Decision, Line, LinePolicy, Policy
+from flows.retention import keeping
 
 
 class State(enum.Enum):
@@ -73,9 +74,11 @@ class InboundFlow:
         no_key_retries: int,
         invalid_key_limit: int,
         call_id: str | None = None,
+        timezone: str = TIMEZONE,
     ) -> None:
         self.line = line
         self.call_id = call_id
+        self.timezone = timezone  # where the line's retention months are counted
         self.state = State.AWAITING_CALL
         self._digit_timeout = digit_timeout
         self._no_key_retries = no_key_retries
@@ -93,6 +96,7 @@ class InboundFlow:
             no_key_retries=policy.no_key_retries,
             invalid_key_limit=policy.invalid_key_limit,
             call_id=call_id,
+            timezone=policy.timezone,
         )
 
     @property
@@ -137,6 +141,7 @@ class InboundFlow:
             reason=reason,
             prompt=self.line.prompts.notice,
             decided_at=now,
+            keep=keeping(self.line, now, tz=self.timezone),
         )
 
     def _stop(self) -> Command:

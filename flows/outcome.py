@@ -15,9 +15,17 @@ to it is a new communication, and the callback lookup passes it over.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from flows.policy import Direction
 
 AGENT_VARIABLE = "CALLREC_AGENT"
+MEMBER_VARIABLE = "MEMBERINTERFACE"  # Queue()'s setinterfacevar: the member that answered
+PEER_VARIABLE = "BRIDGEPEER"
+# Which variable names the agent best: ours (the member's interface, or its channel), then
+# the queue's member interface, then the bridged channel's name (a channel, not a person).
+_AGENT_SOURCES = (AGENT_VARIABLE, MEMBER_VARIABLE, PEER_VARIABLE)
+MAX_AGENT = 80  # an interface or channel name; anything longer is not one
 
 
 class Outcome(enum.StrEnum):
@@ -32,12 +40,23 @@ class QueueObserver:
 
     continued: bool = False
     answered: bool = False
+    # The agent as each variable named it; kept when the queue clears BRIDGEPEER after the
+    # talk, so the end of the call still knows who took it.
+    agents: dict[str, str] = field(default_factory=dict)
 
     def saw_variable(self, name: str, value: str) -> None:
-        if (name in ("BRIDGEPEER", AGENT_VARIABLE) and value.strip()) or (
+        if (name in (PEER_VARIABLE, AGENT_VARIABLE) and value.strip()) or (
             name == "ANSWEREDTIME" and _positive(value)
         ):
             self.answered = True
+        if name in _AGENT_SOURCES and (agent := agent_name(value)) is not None:
+            self.agents[name] = agent
+
+    def agent(self, direction: Direction = Direction.INBOUND) -> str | None:
+        """Who took the call, as Asterisk named them; None when no agent was seen. On an
+        agent's own callback leg the bridged channel is the customer's, never an agent."""
+        sources = _AGENT_SOURCES if direction is not Direction.CALLBACK else _AGENT_SOURCES[:2]
+        return next((self.agents[n] for n in sources if n in self.agents), None)
 
     def saw_recorded_audio(self, beyond_header: bool) -> None:
         """MixMonitor(...,b) wrote audio beyond the WAV header: it saw a bridge, so an agent
@@ -61,6 +80,15 @@ def outcome_of_hangup_report(
     observer.saw_variable("ABANDONED", abandoned)
     observer.saw_variable(AGENT_VARIABLE, agent)
     return observer.outcome()
+
+
+def agent_name(value: str) -> str | None:
+    """An agent's interface or channel name as the ledger keeps it: printable, short, or
+    None (empty, or not a name at all)."""
+    text = value.strip()
+    if not text or len(text) > MAX_AGENT or not text.isprintable():
+        return None
+    return text
 
 
 def outcome_after_restart(*, decided: bool, recorded_audio: bool) -> Outcome:

@@ -8,8 +8,11 @@ TOML table; the flows get only the values they use.
 from __future__ import annotations
 
 import enum
+import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import time, timedelta
+from typing import ClassVar
 
 from flows.errors import ConfigError
 
@@ -30,10 +33,37 @@ class Decision(enum.StrEnum):
     NONE = "none"  # no decision was given (silence, hang-up): never recorded
 
 
-class Purpose(enum.StrEnum):
-    EVIDENCE = "evidence"  # proof of the transaction / of what was ordered
-    TRAINING = "training"  # internal training (sales recordings, a compatible purpose)
-    QUALITY = "quality"  # keeping a high level of service (consent recordings)
+_PURPOSE_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
+
+
+class Purpose(str):
+    """A purpose a recording may serve: a name the configuration defines (`[purposes.<name>]`,
+    `PurposeRule`), not a closed list. The built-in ones are class attributes."""
+
+    __slots__ = ()
+    EVIDENCE: ClassVar[Purpose]  # proof of the transaction / of what was ordered
+    TRAINING: ClassVar[Purpose]  # internal training (sales recordings, a compatible purpose)
+    QUALITY: ClassVar[Purpose]  # keeping a high level of service (consent recordings)
+
+    def __new__(cls, name: object) -> Purpose:
+        if isinstance(name, Purpose):
+            return name
+        if not isinstance(name, str) or not _PURPOSE_NAME.match(name):
+            raise ValueError(f"not a purpose name (lowercase letters, digits, - and _): {name!r}")
+        return super().__new__(cls, name)
+
+    @property
+    def value(self) -> str:
+        """The name, as text (what the ledger and the JSON output hold)."""
+        return str.__str__(self)
+
+    def __repr__(self) -> str:
+        return f"Purpose({self.value!r})"
+
+
+Purpose.EVIDENCE = Purpose("evidence")
+Purpose.TRAINING = Purpose("training")
+Purpose.QUALITY = Purpose("quality")
 
 
 class Direction(enum.StrEnum):
@@ -88,6 +118,9 @@ class Line:
     queue: str = ""  # the Asterisk queue its callers wait in; empty: the line's name
     retention_months: int = RETENTION_MONTHS  # what its notice promises
     callback_caller_id: str | None = None  # E.164 its callbacks show; None: its first number
+    # The retention its notice promises, as the operator declares it: only for a notice the
+    # prompt catalog does not know (`flows.config.check_notices`); None: the catalog says.
+    notice_retention_months: int | None = None
 
     def __post_init__(self) -> None:
         if not self.queue:
@@ -98,6 +131,36 @@ class Line:
 
 SALES_PURPOSES = frozenset({Purpose.EVIDENCE, Purpose.TRAINING})
 CONSENT_PURPOSES = frozenset({Purpose.QUALITY, Purpose.EVIDENCE})
+# What a line of each kind serves when its configuration lists no purposes: exactly these,
+# never every purpose its basis could serve (a new purpose must not widen old lines).
+DEFAULT_LINE_PURPOSES: dict[LegalBasis, frozenset[Purpose]] = {
+    LegalBasis.ZEKOM2_214_7: SALES_PURPOSES,
+    LegalBasis.CONSENT: CONSENT_PURPOSES,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class PurposeRule:
+    """One purpose and the legal bases under which a recording may serve it
+    (`[purposes.<name>]`). A line may list a purpose only if it records under one of them."""
+
+    name: Purpose
+    legal_bases: frozenset[LegalBasis]
+
+
+# The built-in purposes (POLICY.md): a sales recording is evidence and training material, a
+# consent recording serves quality and the evidence its question announces.
+DEFAULT_PURPOSES: tuple[PurposeRule, ...] = (
+    PurposeRule(Purpose.EVIDENCE, frozenset({LegalBasis.ZEKOM2_214_7, LegalBasis.CONSENT})),
+    PurposeRule(Purpose.TRAINING, frozenset({LegalBasis.ZEKOM2_214_7})),
+    PurposeRule(Purpose.QUALITY, frozenset({LegalBasis.CONSENT})),
+)
+
+
+def allowed_purposes(rules: Iterable[PurposeRule], basis: LegalBasis) -> frozenset[Purpose]:
+    """Every purpose a recording made under `basis` may serve at all."""
+    return frozenset(rule.name for rule in rules if basis in rule.legal_bases)
+
 
 DEFAULT_LINES: tuple[Line, ...] = (
     Line(
@@ -145,15 +208,18 @@ class Policy:
     sweep_interval: timedelta = SWEEP_INTERVAL
     country_code: str = DEFAULT_COUNTRY
     callback_default_line: str = "service"  # no line known: the consent flow, the safe side
+    purposes: tuple[PurposeRule, ...] = DEFAULT_PURPOSES
     _by_number: dict[str, Line] = field(init=False, repr=False, compare=False, hash=False)
 
     def __post_init__(self) -> None:
         by_number: dict[str, Line] = {}
         names: set[str] = set()
+        rules = {rule.name: rule for rule in self.purposes}
         for line in self.lines:
             if line.name in names:
                 raise ConfigError(f"lines.{line.name}: the line name is used twice")
             names.add(line.name)
+            _check_purposes(line, rules)
             for number in line.numbers:
                 other = by_number.get(number)
                 if other is not None:
@@ -168,6 +234,10 @@ class Policy:
             )
         object.__setattr__(self, "_by_number", by_number)
 
+    def allowed(self, basis: LegalBasis) -> frozenset[Purpose]:
+        """Every purpose a recording made under `basis` may serve."""
+        return allowed_purposes(self.purposes, basis)
+
     def line_for(self, e164: str) -> Line | None:
         """The line a normalised number belongs to, or None."""
         return self._by_number.get(e164)
@@ -179,3 +249,24 @@ class Policy:
         """How far back a callback may reach: the overload window only while the operator's
         switch is on and one is configured."""
         return callback_window(self.callback_window, self.overload_window, overload)
+
+
+def _check_purposes(line: Line, rules: dict[Purpose, PurposeRule]) -> None:
+    """A line serves only purposes that exist and that its legal basis can serve: adding a
+    purpose to the configuration never widens a line that does not list it."""
+    if not line.purposes:
+        raise ConfigError(f"lines.{line.name}.purposes: a line serves at least one purpose")
+    for purpose in sorted(line.purposes):
+        rule = rules.get(purpose)
+        if rule is None:
+            raise ConfigError(
+                f"lines.{line.name}.purposes: unknown purpose {purpose.value!r} "
+                f"(known: {', '.join(sorted(rules))}; define it in [purposes.{purpose.value}])"
+            )
+        if line.legal_basis not in rule.legal_bases:
+            bases = ", ".join(sorted(b.value for b in rule.legal_bases)) or "none"
+            raise ConfigError(
+                f"lines.{line.name}.purposes: {purpose.value!r} is not a purpose a "
+                f"{line.legal_basis.value} recording may serve (line {line.name!r}; "
+                f"[purposes.{purpose.value}] legal_bases: {bases})"
+            )

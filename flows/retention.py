@@ -1,6 +1,7 @@
 """When a recording must be gone: retention and withdrawal deadlines.
 
-Both notices promise six months from the recording's creation; a month is a calendar
+Both notices promise six months from the recording's creation (each line states its own
+period: `Line.retention_months`, which its notice must promise); a month is a calendar
 month in Europe/Ljubljana, so a recording of 31 August is due at the same wall-clock time
 on the last day of February. A withdrawal is honoured within five Slovenian working days
 (Monday to Friday, less the public holidays of the `holidays` package's Slovenian
@@ -27,6 +28,7 @@ from zoneinfo import ZoneInfo
 import holidays
 
 from flows.errors import CallrecError
+from flows.policy import LegalBasis, Line, Policy, Purpose
 
 
 def _aware(moment: datetime, what: str) -> None:
@@ -59,6 +61,48 @@ def delete_after(made_at: datetime, *, months: int, tz: str) -> datetime:
         for fold in (0, 1)
     ]
     return max(candidates)
+
+
+@dataclass(frozen=True, slots=True)
+class Keeping:
+    """What a conversation's line decides for its data, fixed when the decision is taken:
+    a call in progress keeps it whatever the configuration becomes."""
+
+    line: str  # the conversation's line (a linked callback: the missed call's)
+    purposes: frozenset[Purpose]  # what its recording may serve
+    delete_after: datetime  # UTC: its recording goes then, and every call's numbers with it
+
+
+def keeping(line: Line, decided_at: datetime, *, tz: str) -> Keeping:
+    """When this conversation's data is deleted, and what it may serve: the line's
+    retention counted from the decision (the recording's creation), the line's purposes."""
+    return Keeping(
+        line=line.name,
+        purposes=line.purposes,
+        delete_after=delete_after(decided_at, months=line.retention_months, tz=tz),
+    )
+
+
+def keeping_by_name(
+    policy: Policy, line_name: str | None, basis: LegalBasis, decided_at: datetime
+) -> Keeping:
+    """The `Keeping` of a decision that did not carry one (a ledger written before lines
+    were data, or a tool that commits decisions by hand): the named line of `policy`, else
+    the policy's retention and the purposes the basis may serve."""
+    line = policy.line_named(line_name or "")
+    if line is not None:
+        return keeping(line, decided_at, tz=policy.timezone)
+    return Keeping(
+        line=line_name or "",
+        purposes=policy.allowed(basis),
+        delete_after=delete_after(decided_at, months=policy.retention_months, tz=policy.timezone),
+    )
+
+
+def numbers_deleted_after(line: Line, started_at: datetime, *, tz: str) -> datetime:
+    """When a call's numbers go if no decision moves the date: its line's retention from
+    the call's start (a decision later sets it to its conversation's `Keeping`)."""
+    return delete_after(started_at, months=line.retention_months, tz=tz)
 
 
 @lru_cache(maxsize=64)

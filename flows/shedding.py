@@ -13,9 +13,10 @@ from datetime import datetime
 
 from flows.commands import CommitDecision
 from flows.policy import Decision, Line
+from flows.retention import keeping
 
 
-def shed_decision(line: Line, reason: str, now: datetime) -> CommitDecision:
+def shed_decision(line: Line, reason: str, now: datetime, *, tz: str) -> CommitDecision:
     return CommitDecision(
         decision=Decision.NONE,
         legal_basis=line.legal_basis,
@@ -23,4 +24,5 @@ def shed_decision(line: Line, reason: str, now: datetime) -> CommitDecision:
         reason=f"shed before the prompt: {reason}",
         prompt=None,
         decided_at=now,
+        keep=keeping(line, now, tz=tz),
     )

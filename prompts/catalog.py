@@ -22,6 +22,9 @@ MANIFEST_NAME = "manifest.json"
 MANIFEST_VERSION = 1
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _PROMPT_ID = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")  # also a file name: nothing else
+# How a notice states its retention: "posnetek bomo hranili 6 mesecev" (1 mesec, 2 meseca,
+# 3 mesece, 5 mesecev: every form starts "mesec").
+_RETENTION = re.compile(r"\bhranili\s+(\d{1,3})\s+mesec", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -30,6 +33,26 @@ class PromptInfo:
     text: str  # exactly what the caller hears, as written in `texts/<id>.txt`
     duration_seconds: float
     sha256: str  # of `sl/<id>.wav`: the prompt version
+
+    @property
+    def retention_months(self) -> int | None:
+        """The months the text promises to keep the recording (None: it says nothing of
+        it): what `flows.config.check_notices` holds each line's retention to."""
+        return promised_months(self.text)
+
+
+def promised_months(text: str) -> int | None:
+    """The retention a prompt's text states, in months; None when it states none. Two
+    different periods in one text are a catalog error: the caller could not tell which."""
+    found = {int(match.group(1)) for match in _RETENTION.finditer(text)}
+    if len(found) > 1:
+        raise ConfigError(f"a prompt promises {sorted(found)} months at once")
+    return next(iter(found), None)
+
+
+def promises(catalog: dict[str, PromptInfo]) -> dict[str, int | None]:
+    """Prompt id -> the months it promises (`flows.config.check_notices`' input)."""
+    return {pid: info.retention_months for pid, info in catalog.items()}
 
 
 def package_dir() -> Path:
@@ -100,4 +123,8 @@ def _prompt(prompt_id: str, entry: Any, where: str) -> PromptInfo:
         raise ConfigError(f"{where}.files: must name exactly {', '.join(FORMATS)}")
     if files["wav"] != sha256:
         raise ConfigError(f"{where}: sha256 is the hash of the wav file, and they differ")
+    try:
+        promised_months(text)
+    except ConfigError as error:
+        raise ConfigError(f"{where}.text: {error}") from None
     return PromptInfo(id=prompt_id, text=text, duration_seconds=float(duration), sha256=sha256)

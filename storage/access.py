@@ -16,7 +16,7 @@ from typing import Any
 from flows.errors import AccessRefused, CallrecError, IntegrityError, NotFoundError
 from flows.numbers import shown
 from flows.policy import Purpose
-from flows.purposes import ALLOWED, may_serve
+from flows.purposes import may_serve
 from storage import files
 from storage.deletion import mark_copies_in
 from storage.ports import Progress, RecordingRow, RecordingStatus, Row, Tx
@@ -42,8 +42,9 @@ def log_access(
     )
 
 
-def refusal_of(row: RecordingRow | None, recording_id: str, purpose: Purpose) -> str:
-    """Why `row` may not serve `purpose`, or "" when it may."""
+def refusal_of(ctx: Context, row: RecordingRow | None, recording_id: str, purpose: Purpose) -> str:
+    """Why `row` may not serve `purpose`, or "" when it may: the purposes its line allowed
+    when it was made, as far as the purposes configured now still allow them."""
     if row is None:
         return f"no recording {shown(recording_id)}"
     if row.status is RecordingStatus.DELETED:
@@ -53,8 +54,10 @@ def refusal_of(row: RecordingRow | None, recording_id: str, purpose: Purpose) ->
         return f"recording {row.id} is empty: nothing was recorded"
     if row.status is RecordingStatus.MISSING:
         return f"recording {row.id}: its file is missing"
-    if not may_serve(row.legal_basis, purpose, row.purposes):
-        allowed = ", ".join(sorted(p.value for p in row.purposes & ALLOWED[row.legal_basis]))
+    if not may_serve(ctx.policy.purposes, row.legal_basis, purpose, row.purposes):
+        allowed = ", ".join(
+            sorted(p.value for p in row.purposes & ctx.policy.allowed(row.legal_basis))
+        )
         return (
             f"purpose {purpose.value!r} does not fit recording {row.id} "
             f"(legal basis {row.legal_basis.value}; it may serve only: {allowed})"
@@ -80,7 +83,7 @@ async def access(
         await refuse_logged(ctx, now, person, str(purpose)[:32], recording_id, str(error))
         raise
     row, key = await ctx.get_stored(recording_id)
-    refusal = refusal_of(row, recording_id, wanted)
+    refusal = refusal_of(ctx, row, recording_id, wanted)
     if not refusal and row is not None and key is not None:
         size = await ctx.blobs.size(key)
         if size != row.size:
@@ -135,7 +138,7 @@ async def export(
         keys: dict[str, str] = {}
         for recording_id in ids:
             row, key = await ctx.get_stored(recording_id)
-            refusal = refusal_of(row, recording_id, wanted)
+            refusal = refusal_of(ctx, row, recording_id, wanted)
             if refusal:
                 await refuse_logged(ctx, now, person, wanted.value, recording_id, refusal)
                 if row is None:

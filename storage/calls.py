@@ -12,9 +12,9 @@ from pathlib import Path
 from flows.communication import MAX_CANDIDATES, MissedCandidate
 from flows.errors import NotFoundError, StorageError
 from flows.numbers import try_normalise
-from flows.outcome import Outcome, outcome_after_restart
+from flows.outcome import Outcome, agent_name, outcome_after_restart
 from flows.policy import Decision, Direction, LegalBasis
-from flows.retention import delete_after
+from flows.retention import delete_after, keeping_by_name
 from storage import files
 from storage.ports import CallbackCandidates, CallRow, CallStart, DecisionRecord, Row, Tx
 from storage.rows import (
@@ -24,6 +24,7 @@ from storage.rows import (
     check_call_id,
     checked_name,
     in_thread,
+    purposes_text,
 )
 from storage.values import opt_ts, parse_ts, ts
 from storage.withdrawal import WITHDRAWAL_COLUMNS, scope
@@ -53,9 +54,11 @@ async def start_call(ctx: Context, call: CallStart) -> None:
     customer = try_normalise(call.customer, country_code=code)
     communication = call.communication_id or call.call_id
     check_call_id(communication)
-    purge = delete_after(
-        call.started_at, months=ctx.policy.retention_months, tz=ctx.policy.timezone
-    )
+    purge = call.purge_after
+    if purge is None:
+        line = ctx.policy.line_named(call.line or "")
+        months = ctx.policy.retention_months if line is None else line.retention_months
+        purge = delete_after(call.started_at, months=months, tz=ctx.policy.timezone)
 
     def body(tx: Tx) -> None:
         added = tx.run(
@@ -102,7 +105,7 @@ async def commit_decision(ctx: Context, record: DecisionRecord) -> None:
 
     def body(tx: Tx) -> None:
         row = tx.one(
-            "SELECT decision, decided_at, legal_basis, customer FROM calls WHERE call_id = ?",
+            "SELECT decision, decided_at, legal_basis, customer, line FROM calls WHERE call_id = ?",
             (record.call_id,),
         )
         if row is None:
@@ -114,9 +117,13 @@ async def commit_decision(ctx: Context, record: DecisionRecord) -> None:
                 f"a decision ({row['decision']}) is already committed; it is final",
                 call_id=record.call_id,
             )
+        # The conversation's line decides for the call from here on: a linked callback
+        # takes the missed call's line, and its numbers go with the recording it belongs to.
+        keep = record.keep or keeping_by_name(ctx.policy, row["line"], basis, record.decided_at)
         tx.run(
             "UPDATE calls SET decision = ?, decided_at = ?, digit = ?, legal_basis = ?, "
-            "prompt = ?, prompt_sha256 = ?, reason = ?, linked_to = ? WHERE call_id = ?",
+            "prompt = ?, prompt_sha256 = ?, reason = ?, linked_to = ?, line = ?, "
+            "purge_after = ?, purposes = ? WHERE call_id = ?",
             (
                 decision.value,
                 when,
@@ -126,6 +133,9 @@ async def commit_decision(ctx: Context, record: DecisionRecord) -> None:
                 record.prompt_sha256,
                 record.reason,
                 record.linked_to,
+                keep.line or row["line"],
+                ts(keep.delete_after),
+                purposes_text(keep.purposes),
                 record.call_id,
             ),
         )
@@ -136,7 +146,11 @@ async def commit_decision(ctx: Context, record: DecisionRecord) -> None:
             "prompt": record.prompt or "",
             "prompt_sha256": record.prompt_sha256 or "",
             "customer": ctx.pseudo(row["customer"]),
+            "line": keep.line or row["line"] or "",
+            "delete_after": ts(keep.delete_after),
         }
+        if keep.line and row["line"] is not None and keep.line != row["line"]:
+            details["call_line"] = row["line"]  # the line the endpoint named
         if record.linked_to is not None:
             missed = tx.one("SELECT 1 FROM calls WHERE call_id = ?", (record.linked_to,))
             if missed is None:
@@ -200,15 +214,19 @@ async def mark_unrecorded(ctx: Context, call_id: str, reason: str, at: datetime)
     await ctx.db.write(body, f"marking call {call_id} unrecorded")
 
 
-async def end_call(ctx: Context, call_id: str, ended_at: datetime, outcome: Outcome) -> None:
+async def end_call(
+    ctx: Context, call_id: str, ended_at: datetime, outcome: Outcome, agent: str | None = None
+) -> None:
     check_call_id(call_id)
     result = Outcome(outcome)
     when = ts(ended_at)
+    who = None if agent is None else agent_name(agent)
 
     def body(tx: Tx) -> None:
         changed = tx.run(
-            "UPDATE calls SET ended_at = ?, outcome = ? WHERE call_id = ? AND ended_at IS NULL",
-            (when, result.value, call_id),
+            "UPDATE calls SET ended_at = ?, outcome = ?, agent = ? "
+            "WHERE call_id = ? AND ended_at IS NULL",
+            (when, result.value, who, call_id),
         )
         if changed == 0 and tx.one("SELECT 1 FROM calls WHERE call_id = ?", (call_id,)) is None:
             raise NotFoundError("no such call", call_id=call_id)

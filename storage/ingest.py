@@ -14,11 +14,18 @@ from pathlib import Path
 
 from flows.errors import NotFoundError, StorageError
 from flows.policy import Decision, LegalBasis
-from flows.purposes import ALLOWED
-from flows.retention import delete_after
+from flows.retention import keeping_by_name
 from storage import files
 from storage.ports import RecordingRow, RecordingStatus, Row, Tx
-from storage.rows import Context, blob_op, check_call_id, in_thread, new_recording_id, purposes_text
+from storage.rows import (
+    Context,
+    blob_op,
+    check_call_id,
+    in_thread,
+    new_recording_id,
+    purposes_of,
+    purposes_text,
+)
 from storage.values import parse_ts, ts
 from storage.withdrawal import enforce_withdrawals
 
@@ -121,11 +128,16 @@ async def insert_recording(
     size: int,
 ) -> RecordingRow:
     created = parse_ts(call["decided_at"])
-    due = delete_after(created, months=ctx.policy.retention_months, tz=ctx.policy.timezone)
     basis = LegalBasis(call["legal_basis"])
     line_name = call["line"] or ""
-    line = ctx.policy.line_named(line_name)
-    purposes = line.purposes & ALLOWED[basis] if line is not None else ALLOWED[basis]
+    if call["purposes"] is not None:
+        # What the decision fixed (`flows.retention.Keeping`): the conversation's line, its
+        # purposes, and the date its data goes, the call's numbers alike.
+        due = parse_ts(call["purge_after"])
+        purposes = purposes_of(call["purposes"])
+    else:  # decided before the ledger kept it (schema 9): the line as configured now
+        keep = keeping_by_name(ctx.policy, line_name, basis, created)
+        due, purposes = keep.delete_after, keep.purposes
     action = "recording.stored" if status is RecordingStatus.STORED else f"recording.{status}"
 
     def body(tx: Tx) -> Row:

@@ -28,12 +28,17 @@ from storage.records import (
     AuditEntry,
     CallbackCandidates,
     CallbackDue,
+    CallbackLink,
     CallbackSummary,
     CallCount,
+    CallFilter,
+    CallListRow,
     CallRow,
     CallStart,
+    CallStory,
     CheckpointStatus,
     DecisionRecord,
+    ExportCopy,
     Progress,
     ReconcileReport,
     RecordingRow,
@@ -54,13 +59,18 @@ __all__ = [
     "AuditEntry",
     "BlobStore",
     "CallCount",
+    "CallFilter",
+    "CallListRow",
     "CallRow",
     "CallStart",
+    "CallStory",
     "CallbackCandidates",
     "CallbackDue",
+    "CallbackLink",
     "CallbackSummary",
     "CheckpointStatus",
     "DecisionRecord",
+    "ExportCopy",
     "Ledger",
     "LedgerDb",
     "Placed",
@@ -205,7 +215,10 @@ class Ledger(Protocol):
         """A committed decision to record that could not be carried out, and why (an audit
         entry `recording.not_started` on the call)."""
 
-    async def end_call(self, call_id: str, ended_at: datetime, outcome: Outcome) -> None: ...
+    async def end_call(
+        self, call_id: str, ended_at: datetime, outcome: Outcome, agent: str | None = None
+    ) -> None:
+        """Store how the call ended and who took it (`agent`: as Asterisk named them)."""
 
     async def callback_candidates(
         self, customer: str, since: datetime, legal_basis: LegalBasis
@@ -303,6 +316,19 @@ class Queries(Protocol):
     async def withdrawals(self) -> list[WithdrawalRow]: ...
 
     async def access_log(self, recording_id: str | None = None) -> list[AccessRecord]: ...
+
+    async def exports(self, recording_id: str | None = None) -> list[ExportCopy]:
+        """The copies exports made (of one recording, or of all), oldest first."""
+
+    async def calls(self, where: CallFilter) -> list[CallListRow]:
+        """The calls that match, newest first, at most `where.limit`."""
+
+    async def call_story(self, call_id: str) -> CallStory | None:
+        """Every row and audit entry about one call and its recording."""
+
+    async def resolve_id(self, kind: str, text: str) -> str:
+        """The whole id of a call, recording, withdrawal or export that `text` starts; a
+        CallrecError when none or more than one does."""
 
 
 class StoreApi(Ledger, RecordingStore, Queries, Protocol):

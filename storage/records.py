@@ -13,6 +13,7 @@ from datetime import datetime, timedelta
 from flows.communication import MissedCandidate
 from flows.outcome import Outcome
 from flows.policy import Decision, Direction, LegalBasis, Purpose
+from flows.retention import Keeping
 from flows.withdrawal import WithdrawalScope
 
 
@@ -40,6 +41,9 @@ class CallStart:
     parent_call_id: str | None = None  # callee leg: the callback it belongs to
     customer: str | None = None  # E.164 of the customer (`flows.communication.customer_of`)
     communication_id: str | None = None  # the communication it belongs to; None: its own
+    # When its numbers go unless its decision moves the date (`flows.retention`
+    # .numbers_deleted_after); None: its line's retention in the store's policy.
+    purge_after: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +60,10 @@ class DecisionRecord:
     window: timedelta | None = None  # callback: the window used to find it
     overload: bool = False  # callback: the operator's overload switch was on
     communication_id: str | None = None  # a linked callback joins the missed call's
+    # The conversation's line, its purposes and the date its data goes (the recording and
+    # this call's numbers alike), as the flow decided them; None: the call's line in the
+    # store's policy (`flows.retention.keeping_by_name`).
+    keep: Keeping | None = None
     # The file MixMonitor will be told to write (a "record" decision only): remembered in
     # the decision's own transaction, so that the decision path waits for one commit.
     recording_file: str | None = None
@@ -95,6 +103,7 @@ class CallRow:
     customer: str | None = None
     communication_id: str | None = None
     controller_id: str | None = None  # the controller it belongs to (None: an older ledger's)
+    agent: str | None = None  # who took it (interface or channel name); None: nobody seen
 
 
 @dataclass(frozen=True, slots=True)
@@ -272,3 +281,76 @@ class Report:
     deleted_by_reason: tuple[tuple[str, int], ...]  # ("retention" | "withdrawal", count)
     withdrawals: tuple[WithdrawalRow, ...]
     callbacks: tuple[CallbackSummary, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class CallFilter:
+    """What `callrec calls list` searches by; None matches everything. Numbers are E.164."""
+
+    customer: str | None = None
+    start: datetime | None = None  # started at or after
+    end: datetime | None = None  # started before
+    line: str | None = None
+    decision: Decision | None = None
+    outcome: Outcome | None = None
+    agent: str | None = None
+    limit: int = 100
+
+
+@dataclass(frozen=True, slots=True)
+class CallListRow:
+    """One call as `callrec calls list --json` gives it (README, "Calls")."""
+
+    call_id: str
+    uniqueid: str  # Asterisk's uniqueid of the call's channel: joins to CDR and CEL
+    direction: Direction
+    line: str | None
+    caller: str | None
+    dialed: str | None
+    started_at: datetime
+    ended_at: datetime | None
+    decision: Decision
+    legal_basis: LegalBasis | None
+    digit: str | None
+    outcome: Outcome | None
+    agent: str | None
+    recording_id: str | None
+    recording_status: RecordingStatus | None
+    linked_to: str | None  # a callback: the missed call it answers
+
+
+@dataclass(frozen=True, slots=True)
+class CallbackLink:
+    callback_call_id: str
+    missed_call_id: str
+    linked_at: datetime  # the callback's decision, which linked it
+    overload: bool
+    answered_at: datetime | None  # when the customer picked up this callback
+
+
+@dataclass(frozen=True, slots=True)
+class ExportCopy:
+    """A recording's copy in an export, with the export's who, why and where."""
+
+    export_id: str
+    recording_id: str
+    created_at: datetime
+    purpose: str
+    who: str
+    dir: str
+    state: str  # writing | done | deleted
+    deleted_at: datetime | None  # the copy's deletion (with the recording, or a withdrawal)
+
+
+@dataclass(frozen=True, slots=True)
+class CallStory:
+    """Everything the ledger knows about one call, for `callrec calls show`."""
+
+    call: CallRow
+    recording: RecordingRow | None
+    callback_of: CallbackLink | None  # this call is a callback of a missed call
+    called_back: tuple[CallbackLink, ...]  # this missed call's callbacks
+    withdrawals: tuple[WithdrawalRow, ...]  # those that name it, its customer since, or act on it
+    accesses: tuple[AccessRecord, ...]
+    exports: tuple[ExportCopy, ...]
+    audit: tuple[AuditEntry, ...]  # entries on the call or its recording

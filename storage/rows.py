@@ -203,6 +203,7 @@ def call_row(row: Row) -> CallRow:
         customer=row["customer"],
         communication_id=row["communication_id"],
         controller_id=row["controller_id"],
+        agent=row["agent"],
     )
 
 
@@ -242,10 +243,21 @@ def make_recording_id(created_ms: int, tail: str) -> str:
     return f"{created_ms:012x}{tail}"
 
 
+SHORT_ID = 8  # the prefix of a random id (call, withdrawal, export) that tables show
+SHORT_RECORDING_ID = 16  # a recording id's time (12 digits) and 4 of its random ones
+
+
+def short_id(any_id: str) -> str:
+    """A call's, withdrawal's or export's id as tables show it: its first 8 (random) digits,
+    accepted wherever the id is (`storage.queries.resolve_id`)."""
+    return any_id[:SHORT_ID]
+
+
 def short_recording_id(recording_id: str) -> str:
-    """A recording id shortened for a table: its last 8 (random) digits. The first ones are
-    its creation time and do not tell apart recordings made within the same minute."""
-    return f"…{recording_id[-8:]}"
+    """A recording id as tables show it, accepted wherever the id is: its first 16 digits.
+    The first 12 are its creation time in milliseconds, so 8 would not tell apart the
+    recordings of one minute; 4 random ones more tell apart those of one millisecond."""
+    return recording_id[:SHORT_RECORDING_ID]
 
 
 def new_recording_id(created: datetime) -> str:
@@ -270,7 +282,7 @@ def checked_name(value: str, what: str) -> str:
 
 
 def purposes_text(purposes: Iterable[Purpose]) -> str:
-    return ",".join(sorted(p.value for p in purposes))
+    return ",".join(sorted(Purpose(p).value for p in purposes))
 
 
 def purposes_of(text: str) -> frozenset[Purpose]:

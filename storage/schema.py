@@ -247,6 +247,19 @@ CONTROLLERS: tuple[Step, ...] = (
         WHERE ended_at IS NULL""",
 )
 
+# Who took the call (`flows.outcome.QueueObserver.agent`: the queue member's interface or
+# the bridged channel), so that one call's story and a search by agent need no CDR.
+AGENTS: tuple[Step, ...] = (
+    "ALTER TABLE calls ADD COLUMN agent TEXT",
+    "CREATE INDEX calls_agent ON calls (agent, started_at) WHERE agent IS NOT NULL",
+)
+
+# Lines are data: a decision fixes what its conversation's line decides (`flows.retention
+# .Keeping`): `line` becomes the conversation's line (a linked callback's is the missed
+# call's), `purge_after` the date its recording and numbers go, and `purposes` what that
+# recording may serve. NULL: decided before this migration (the line as configured then).
+LINES_AS_DATA: tuple[Step, ...] = ("ALTER TABLE calls ADD COLUMN purposes TEXT",)
+
 MIGRATIONS: tuple[tuple[Step, ...], ...] = (
     LEDGER,
     RECORDING_STORE,
@@ -255,6 +268,8 @@ MIGRATIONS: tuple[tuple[Step, ...], ...] = (
     COMMUNICATIONS,
     KEYED_AUDIT,
     CONTROLLERS,
+    AGENTS,
+    LINES_AS_DATA,
 )
 APPEND_ONLY_TRIGGERS = frozenset(
     {"audit_no_update", "audit_no_delete", "access_log_no_update", "access_log_no_delete"}

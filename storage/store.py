@@ -26,6 +26,7 @@ from storage import (
     chain,
     checkpoints,
     ingest,
+    queries,
     reconcile,
     reports,
     sweep,
@@ -39,9 +40,13 @@ from storage.ports import (
     AuditEntry,
     CallbackCandidates,
     CallbackDue,
+    CallFilter,
+    CallListRow,
     CallRow,
     CallStart,
+    CallStory,
     DecisionRecord,
+    ExportCopy,
     LedgerDb,
     Progress,
     ReconcileReport,
@@ -153,8 +158,10 @@ class Store:
     async def mark_unrecorded(self, call_id: str, reason: str, at: datetime) -> None:
         await calls.mark_unrecorded(self.ctx, call_id, reason, at)
 
-    async def end_call(self, call_id: str, ended_at: datetime, outcome: Outcome) -> None:
-        await calls.end_call(self.ctx, call_id, ended_at, outcome)
+    async def end_call(
+        self, call_id: str, ended_at: datetime, outcome: Outcome, agent: str | None = None
+    ) -> None:
+        await calls.end_call(self.ctx, call_id, ended_at, outcome, agent)
 
     async def close_stale_calls(self, started_before: datetime, now: datetime) -> list[str]:
         return await calls.close_stale_calls(self.ctx, started_before, now)
@@ -277,6 +284,18 @@ class Store:
 
     async def access_log(self, recording_id: str | None = None) -> list[AccessRecord]:
         return await reports.access_log(self.ctx, recording_id)
+
+    async def exports(self, recording_id: str | None = None) -> list[ExportCopy]:
+        return await queries.exports(self.ctx, recording_id)
+
+    async def calls(self, where: CallFilter) -> list[CallListRow]:
+        return await queries.list_calls(self.ctx, where)
+
+    async def call_story(self, call_id: str) -> CallStory | None:
+        return await queries.call_story(self.ctx, call_id)
+
+    async def resolve_id(self, kind: str, text: str) -> str:
+        return await queries.resolve_id(self.ctx, kind, text)
 
     async def callbacks_due(self, now: datetime) -> list[CallbackDue]:
         return await reports.callbacks_due(self.ctx, now)

@@ -34,7 +34,7 @@ INCLUDED = {
     "ari.conf": ["callrec/ari.conf"],
     "http.conf": ["callrec/http.conf"],  # the fixture's HTTP server is off
 }
-# Issue 21's recipe: a second sales number and a complaints line, in the configuration only.
+# Issue 21's recipe (README, "Adding a line"): a second sales number and a complaints line.
 LINES_TOML = """
 [lines.sales]
 policy = "notice"
@@ -51,14 +51,19 @@ prompt = "callrec-consent-question"
 invalid_key_prompt = "callrec-consent-invalid"
 ask_again_prompt = "callrec-consent-again"
 
+[purposes.complaints]
+description = "handling the caller's complaint"
+legal_bases = ["consent"]
+
 [lines.complaints]
 policy = "consent"
 numbers = ["040 40 40 50"]
-purposes = ["quality", "evidence"]
-prompt = "callrec-consent-question"
+purposes = ["quality", "complaints"]
+prompt = "callrec-complaints-question"
 invalid_key_prompt = "callrec-consent-invalid"
 ask_again_prompt = "callrec-consent-again"
 queue = "complaints"
+retention_months = 12
 """
 
 

@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -45,20 +46,46 @@ def callrec(*args: str, data_dir: Path, check: bool = True) -> subprocess.Comple
 
 
 @pytest.fixture(scope="module")
-def demo_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The demo's store: every scenario of scenarios/ played once."""
+def demo_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
+    """The demo's directory (every scenario of scenarios/ played once, each into its own
+    store) and its JSON report."""
     data_dir = tmp_path_factory.mktemp("cli") / "store"
     result = callrec("demo", "--json", "--scale", "0.02", data_dir=data_dir)
     out = json.loads(result.stdout)
     assert all(s["passed"] for s in out["scenarios"]), [
         s["scenario"] for s in out["scenarios"] if not s["passed"]
     ]
-    return data_dir
+    return data_dir, out
+
+
+@pytest.fixture(scope="module")
+def demo_store(demo_run: tuple[Path, dict[str, Any]]) -> Path:
+    """The demo's directory of scenario stores."""
+    return demo_run[0]
+
+
+def test_each_demo_scenario_has_its_own_store(demo_run: tuple[Path, dict[str, Any]]) -> None:
+    """Each scenario's store is `<demo dir>/<scenario file stem>`, holding only that
+    scenario's recordings; a year-later sweep of one deletes nothing of another's."""
+    data_dir, out = demo_run
+    stores = {Path(s["data_dir"]) for s in out["scenarios"]}
+    assert stores == {data_dir / Path(s["file"]).stem for s in out["scenarios"]}
+    for store in stores:
+        listed = json.loads(callrec("recordings", "list", "--json", "--all", data_dir=store).stdout)
+        assert all(Path(r["path"]).is_relative_to(store) for r in listed if r["path"])
+    callback_store = data_dir / "07-missed-with-1-callback-40min"
+    before = json.loads(callrec("recordings", "list", "--json", data_dir=callback_store).stdout)
+    assert any(r["status"] == "stored" for r in before)
+    elsewhere = data_dir / "00-retention-31-august"
+    callrec("sweep", "--now", "2030-01-01T00:00:00+00:00", data_dir=elsewhere)
+    after = json.loads(callrec("recordings", "list", "--json", data_dir=callback_store).stdout)
+    assert after == before
 
 
 def test_recordings_list_json_has_the_contract_fields(demo_store: Path) -> None:
     """`recordings list --json` gives the fields other people's scripts rely on."""
-    rows = json.loads(callrec("recordings", "list", "--json", data_dir=demo_store).stdout)
+    store = demo_store / "07-missed-with-1-callback-40min"
+    rows = json.loads(callrec("recordings", "list", "--json", data_dir=store).stdout)
     assert rows, "the demo leaves recordings"
     for row in rows:
         assert row.keys() >= RECORDING_FIELDS
@@ -70,6 +97,7 @@ def test_recordings_list_json_has_the_contract_fields(demo_store: Path) -> None:
 
 def test_verify_passes_then_reports_one_changed_byte(demo_store: Path, tmp_path: Path) -> None:
     """verify is clean on the demo store and names a recording altered behind its back."""
+    demo_store = demo_store / "02-service-press-1"
     assert callrec("recordings", "verify", data_dir=demo_store).returncode == 0
     rows = json.loads(callrec("recordings", "list", "--json", data_dir=demo_store).stdout)
     victim = next(r for r in rows if r["path"] and r["status"] == "stored")
@@ -89,6 +117,7 @@ def test_verify_passes_then_reports_one_changed_byte(demo_store: Path, tmp_path:
 
 def test_sweep_dry_run_deletes_nothing(demo_store: Path) -> None:
     """A dry run far in the future lists everything due and deletes nothing."""
+    demo_store = demo_store / "01-sales-call"
     before = json.loads(callrec("recordings", "list", "--json", data_dir=demo_store).stdout)
     out = json.loads(
         callrec(
@@ -117,7 +146,7 @@ def test_withdraw_of_a_sales_only_caller_says_so(demo_store: Path) -> None:
         "agent7",
         "--now",
         "2026-03-02T12:00:00+01:00",
-        data_dir=demo_store,
+        data_dir=demo_store / "01-sales-call",
     )
     assert "deleted 0 consent recording(s)" in result.stdout
     assert "kept" in result.stdout and "another legal basis" in result.stdout
@@ -191,4 +220,5 @@ def test_demo_as_the_readme_runs_it(tmp_path: Path) -> None:
     assert re.search(r"\n(\d+) passed, 0 failed\n", result.stdout)
     left = next(tmp_path.glob("callrec-demo-*"))
     assert str(left) in result.stdout
-    assert (left / "ledger.sqlite3").exists()
+    assert (left / "01-sales-call" / "ledger.sqlite3").exists()
+    assert f"CALLREC_DATA_DIR={left / '00-retention-31-august'}" in result.stdout

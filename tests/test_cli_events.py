@@ -13,6 +13,7 @@ from mosquitto import Mosquitto, requires_mosquitto
 from test_events_mqtt import collecting
 
 pytestmark = [pytest.mark.mqtt, requires_mosquitto]
+ROOT = Path(__file__).resolve().parents[1]
 
 
 async def _run(*args: str, data_dir: Path, mqtt_url: str) -> str:
@@ -38,7 +39,14 @@ async def test_withdraw_and_sweep_publish_their_events(tmp_path: Path) -> None:
     with Mosquitto(tmp_path / "broker") as broker:
         async with collecting(broker, "callrec/#") as collector:
             store = tmp_path / "store"
-            await _run("demo", "--json", "--scale", "0.02", data_dir=store, mqtt_url=broker.url)
+            # One store for both calls (the demo gives each scenario its own).
+            played = [
+                str(ROOT / "scenarios" / name)
+                for name in ("01-sales-call.yaml", "02-service-press-1.yaml")
+            ]
+            await _run(
+                "replay", "--json", "--scale", "0.02", *played, data_dir=store, mqtt_url=broker.url
+            )
             await _run(
                 "withdraw",
                 "--caller",

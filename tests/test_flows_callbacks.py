@@ -35,7 +35,8 @@ def flow() -> CallbackFlow:
 
 
 def prior(basis: LegalBasis, decision: Decision, withdrawn: bool = False) -> PriorCallFound:
-    return PriorCallFound("m1", "x", basis, decision, consent_withdrawn=withdrawn)
+    line = "sales" if basis is LegalBasis.ZEKOM2_214_7 else "service"
+    return PriorCallFound("m1", line, basis, decision, consent_withdrawn=withdrawn)
 
 
 def test_lookup_uses_the_one_hour_window() -> None:

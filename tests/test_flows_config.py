@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from flows.config import policy_from_mapping
 from flows.errors import ConfigError, NumberError
 from flows.numbers import normalise
-from flows.policy import LegalBasis, Purpose
+from flows.policy import DEFAULT_PURPOSES, LegalBasis, Purpose
 from flows.purposes import may_serve
 
 
@@ -124,12 +124,13 @@ def test_a_number_on_two_lines_is_an_error() -> None:
 
 def test_purposes_follow_the_legal_basis() -> None:
     """Sales recordings serve evidence and training; consent ones quality and evidence."""
-    everything = frozenset(Purpose)
-    assert may_serve(LegalBasis.ZEKOM2_214_7, Purpose.TRAINING, everything)
-    assert not may_serve(LegalBasis.ZEKOM2_214_7, Purpose.QUALITY, everything)
-    assert may_serve(LegalBasis.CONSENT, Purpose.QUALITY, everything)
-    assert not may_serve(LegalBasis.CONSENT, Purpose.TRAINING, everything)
-    assert not may_serve(LegalBasis.CONSENT, Purpose.QUALITY, frozenset({Purpose.EVIDENCE}))
+    everything = frozenset({Purpose.EVIDENCE, Purpose.TRAINING, Purpose.QUALITY})
+    rules = DEFAULT_PURPOSES
+    assert may_serve(rules, LegalBasis.ZEKOM2_214_7, Purpose.TRAINING, everything)
+    assert not may_serve(rules, LegalBasis.ZEKOM2_214_7, Purpose.QUALITY, everything)
+    assert may_serve(rules, LegalBasis.CONSENT, Purpose.QUALITY, everything)
+    assert not may_serve(rules, LegalBasis.CONSENT, Purpose.TRAINING, everything)
+    assert not may_serve(rules, LegalBasis.CONSENT, Purpose.QUALITY, frozenset({Purpose.EVIDENCE}))
 
 
 def test_a_line_carries_its_queue_retention_and_callback_number() -> None:

@@ -151,3 +151,54 @@ def test_commands_are_typed_on_the_ports_not_on_sqlite() -> None:
         text = path.read_text(encoding="utf-8")
         assert "SqliteStore" not in text, path.name
         assert not _storage_modules(path) & backends, path.name
+
+
+def _project_modules(path: Path) -> set[str]:
+    """Every module of this project that `path` imports, by its full dotted name."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            found.add(node.module)
+    return {name for name in found if name.split(".")[0] in PROJECT_PACKAGES}
+
+
+PROJECT_PACKAGES = {"flows", "agi", "storage", "callrec", "prompts"}
+
+
+def test_the_simulated_pbx_imports_nothing_of_the_project_but_itself() -> None:
+    """agi/simpbx/ stands where Asterisk stands: it imports no flows/, storage/, callrec/,
+    prompts/ or production agi/ module, so it cannot share the policy it is tested against."""
+    files = sorted((ROOT / "agi" / "simpbx").glob("*.py"))
+    assert len(files) >= 5, "agi/simpbx/ is a package of its own"
+    for path in files:
+        outside = {m for m in _project_modules(path) if not m.startswith("agi.simpbx")}
+        assert not outside, f"agi/simpbx/{path.name} imports {sorted(outside)}"
+
+
+def test_importing_the_simulated_pbx_loads_no_policy() -> None:
+    """Importing agi.simpbx in a fresh interpreter loads no flows/ module, not even
+    through a package's __init__."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys, agi.simpbx\n"
+        "print(' '.join(sorted(m for m in sys.modules if m.split('.')[0] in "
+        f"{sorted(PROJECT_PACKAGES)!r} and not m.startswith('agi.simpbx') and m != 'agi')))"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert loaded == [], f"importing agi.simpbx loads {loaded}"
+
+
+def test_production_code_never_imports_the_simulated_pbx() -> None:
+    """The controller's own modules (agi/, storage/, flows/) never import the simulator;
+    only the demo's wiring (callrec/runner.py) and tests do."""
+    for package in ("agi", "storage", "flows"):
+        for path in sorted((ROOT / package).glob("*.py")):
+            reached = {m for m in _project_modules(path) if m.startswith("agi.simpbx")}
+            assert not reached, f"{package}/{path.name} imports {sorted(reached)}"

@@ -55,6 +55,14 @@ EXPECTED_TEXTS = {
         "Pritisnili ste napačno tipko. Če s snemanjem soglašate pritisnite 1, sicer pritisnite 2."
     ),
     "callrec-consent-again": "Če s snemanjem soglašate pritisnite 1, sicer pritisnite 2.",
+    # The complaints line's question (README "Adding a line"): it keeps recordings 12 months.
+    "callrec-complaints-question": (
+        "Za obravnavo vaše pritožbe in zagotavljanje visokega nivoja storitev vas prosimo za "
+        "podajo soglasja za snemanje pogovora. Če s snemanjem soglašate pritisnite 1, sicer "
+        "pritisnite 2. Posnetek bomo hranili 12 mesecev. Soglasje lahko prekličete s klicem v "
+        "klicni center. Več informacij o obdelavi osebnih podatkov je na voljo na spletni "
+        "strani A1."
+    ),
 }
 FROM_THE_NOTICE = ("callrec-sales-notice", "callrec-consent-question")
 
@@ -222,13 +230,14 @@ def test_audio_is_speech_not_silence() -> None:
 
 
 def test_every_prompt_the_policy_names_exists_in_every_format() -> None:
-    """Each prompt id of the default lines has all four files."""
+    """Each prompt id of the default lines and of the README's complaints line has all four
+    files, and no other prompt lies about."""
     named = {
         prompt
         for line in DEFAULT_LINES
         for prompt in (line.prompts.notice, line.prompts.invalid_key, line.prompts.ask_again)
         if prompt
-    }
+    } | {"callrec-complaints-question"}
     assert named == set(EXPECTED_TEXTS)
     for prompt_id in named:
         for fmt in FORMATS:

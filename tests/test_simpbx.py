@@ -19,8 +19,7 @@ import aiohttp
 import pytest
 import yarl
 
-from agi.simpbx import CallerScript, SimulatedPbx
-from flows.errors import ConfigError
+from agi.simpbx import CallerScript, SimulatedPbx, SimulationSettingError
 
 USER, PASSWORD = "callrec", "simulated-pbx-test-secret"
 SCALE = 0.02  # a 10 s prompt plays in 0.2 s
@@ -583,14 +582,14 @@ async def test_log_holds_rest_and_events_in_trace_format(ari: Ari) -> None:
 
 
 async def test_bad_scripts_and_settings_are_refused_clearly(pbx: SimulatedPbx) -> None:
-    """A script or setting that cannot be simulated is a ConfigError naming the problem."""
-    with pytest.raises(ConfigError, match="DTMF"):
+    """A script or setting that cannot be simulated is refused with an error naming it."""
+    with pytest.raises(SimulationSettingError, match="DTMF"):
         CallerScript(keys=((1.0, "x"),))
-    with pytest.raises(ConfigError, match="negative"):
+    with pytest.raises(SimulationSettingError, match="negative"):
         CallerScript(talk_seconds=-1)
-    with pytest.raises(ConfigError, match="time_scale"):
+    with pytest.raises(SimulationSettingError, match="time_scale"):
         SimulatedPbx(time_scale=0)
-    with pytest.raises(ConfigError, match="empty"):
+    with pytest.raises(SimulationSettingError, match="empty"):
         await pbx.place_call(" ", None, CallerScript())
-    with pytest.raises(ConfigError, match="count"):
+    with pytest.raises(SimulationSettingError, match="count"):
         pbx.fail_next("GET", "/channels", count=0)

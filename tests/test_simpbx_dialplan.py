@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from agi.simpbx_dialplan import Dialplan, callrec_dialplan, extension_pattern
+from agi.simpbx.dialplan import Dialplan, callrec_dialplan, extension_pattern
 
 CONF = Path(__file__).resolve().parents[1] / "asterisk-conf"
 MIRRORED = (

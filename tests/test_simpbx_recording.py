@@ -14,7 +14,7 @@ import pytest
 from test_simpbx import PROMPTS, SCALE, WAIT, Ari, simulated_ari
 
 from agi.simpbx import CallerScript
-from agi.simpbx_dialplan import SAFE_RECORDING_FILE, Dialplan, Priority
+from agi.simpbx.dialplan import SAFE_RECORDING_FILE, Dialplan, Priority
 
 CALL_ID = "0123456789abcdef0123456789abcdef"
 

@@ -41,7 +41,7 @@ from reference import ARI_TRACES, absent
 from test_simpbx import PASSWORD, auth_header
 
 from agi.simpbx import CallerScript, SimulatedPbx
-from agi.simpbx_dialplan import Dialplan, Priority
+from agi.simpbx.dialplan import Dialplan, Priority
 
 TRACES = ARI_TRACES
 TRACE_FILES = sorted(TRACES.glob("*.json"))

@@ -15,12 +15,12 @@ import contextlib
 import re
 from typing import TYPE_CHECKING
 
-from agi.simpbx_calls import CallerScript
-from agi.simpbx_dialplan import QueueSettings
-from agi.simpbx_model import HANGUP, NEXT, NORMAL_CLEARING, RETURN, Channel, Outcome
+from agi.simpbx.calls import CallerScript
+from agi.simpbx.dialplan import QueueSettings
+from agi.simpbx.model import HANGUP, NEXT, NORMAL_CLEARING, RETURN, Channel, Outcome
 
 if TYPE_CHECKING:
-    from agi.simpbx_core import Switch
+    from agi.simpbx.core import Switch
 
 
 # -- Queue -----------------------------------------------------------------------

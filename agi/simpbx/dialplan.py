@@ -8,10 +8,11 @@ event shows as `dialplan_app_data`, as Asterisk shows the substituted data (a `G
 reads `1?decided:skip`).
 
 `callrec_dialplan()` follows `asterisk-conf/extensions.conf` (ARI mode) priority by priority
-(`tests/test_simpbx_dialplan.py` compares them): `callrec-inbound` (each line's DIDs, national
-and E.164, pick the queue), `callrec-ari-inbound` (clear the controller's variables with
-`callrec-clear`, push the hangup handler, `Stasis(callrec,inbound,${EXTEN})`,
-`Gosub(callrec-record,s,1)`, `Queue(${CALLREC_QUEUE})`, `Hangup()`), `callrec-record`
+(`tests/test_simpbx_dialplan.py` compares them): `callrec-inbound` (each DID of the
+dialplan's own table, `agi.simpbx.dids`, picks the queue), `callrec-ari-inbound` (clear the
+controller's variables with `callrec-clear`, push the hangup handler,
+`Stasis(callrec,inbound,${EXTEN})`, `Gosub(callrec-record,s,1)`, `Queue(${CALLREC_QUEUE})`,
+`Hangup()`), `callrec-record`
 (MixMonitor(${CALLREC_FILE},b) only when STASISSTATUS is SUCCESS, CALLREC_RECORD is exactly
 `yes` and the file is a plain absolute `.wav` path without `..`), `callrec-agent-connect`
 (the queues' membergosub: CALLREC_AGENT on the caller's channel), `callrec-callback` /
@@ -32,8 +33,8 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from flows.numbers import try_normalise
-from flows.policy import DEFAULT_LINES, Line
+from agi.simpbx.dids import load_dids, queue_of
+from agi.simpbx.errors import SimulationSettingError
 
 Variables = Mapping[str, str]
 Data = str | Callable[[Variables], str]
@@ -152,21 +153,6 @@ def recording_allowed(variables: Variables) -> bool:
     )
 
 
-def queue_of(exten: str, lines: tuple[Line, ...] = DEFAULT_LINES) -> str:
-    """The queue a dialed number goes to: its line's name (`sales`, `service`); numbers of no
-    line go to `service`."""
-    number = try_normalise(exten)
-    for line in lines:
-        if number in line.numbers:
-            return line.name
-    return "service"
-
-
-def _national(e164: str, country_code: str = "386") -> str | None:
-    prefix = "+" + country_code
-    return "0" + e164[len(prefix) :] if e164.startswith(prefix) else None
-
-
 def _regex(pattern: str, value: str | None) -> str:
     """`${REGEX("pattern" value)}`: 1 or 0."""
     return str(int(re.search(pattern, value or "") is not None))
@@ -178,25 +164,31 @@ def _filter(allowed: str, value: str | None) -> str:
 
 
 def callrec_dialplan(
-    app: str = "callrec", lines: tuple[Line, ...] = DEFAULT_LINES, *, mode: str = "ari"
+    app: str = "callrec",
+    dids: Mapping[str, str] | None = None,
+    *,
+    mode: str = "ari",
+    fallback_queue: str = "service",
 ) -> Dialplan:
     """The dialplan of `asterisk-conf/extensions.conf` and `extensions-fastagi.conf`, for
-    Stasis application `app`, with CALLREC_MODE `mode` (`ari` or `agi`)."""
+    Stasis application `app`, with CALLREC_MODE `mode` (`ari` or `agi`). `dids` (DID ->
+    queue) is `callrec-inbound`'s table, by default read from the checkout's `asterisk-conf/`
+    (`agi.simpbx.dids`); a dialled number of no DID reaches `fallback_queue`."""
     if mode not in ("ari", "agi"):
-        raise ValueError(f"CALLREC_MODE is ari or agi, not {mode!r}")
+        raise SimulationSettingError(f"CALLREC_MODE is ari or agi, not {mode!r}")
+    table = dict(load_dids() if dids is None else dids)
+    if not table:
+        raise SimulationSettingError("the simulated dialplan needs at least one DID")
 
     def to_ari(kind: str) -> Priority:
         return Priority("Goto", lambda v: f"callrec-{v['CALLREC_MODE']}-{kind},{v['EXTEN']},1")
 
-    inbound: dict[str, tuple[Priority, ...]] = {}
-    for line in lines:
-        choose = Priority("Set", f"CALLREC_QUEUE={line.name}")
-        for number in line.numbers:
-            for did in (_national(number), number):
-                if did is not None:
-                    inbound[did] = (choose, to_ari("inbound"))
+    inbound: dict[str, tuple[Priority, ...]] = {
+        did: (Priority("Set", f"CALLREC_QUEUE={queue}"), to_ari("inbound"))
+        for did, queue in table.items()
+    }
     inbound["_."] = (
-        Priority("Set", lambda v: f"CALLREC_QUEUE={queue_of(v['EXTEN'], lines)}"),
+        Priority("Set", lambda v: f"CALLREC_QUEUE={queue_of(v['EXTEN'], table, fallback_queue)}"),
         to_ari("inbound"),
     )
     clear = Priority("Gosub", "callrec-clear,s,1")
@@ -318,7 +310,7 @@ def callrec_dialplan(
             "callrec-callee": {"s": callee},
             "callrec-hangup": {"s": hangup},
         },
-        queues={line.name: queue for line in lines},
+        queues=dict.fromkeys(sorted({*table.values(), fallback_queue}), queue),
         globals={
             "CALLREC_MODE": mode,
             "CALLREC_TRUNK_TECH": "PJSIP",

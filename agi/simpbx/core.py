@@ -1,7 +1,7 @@
 """The simulated PBX's switch: channels, their dialplan, Stasis, playbacks, subscriptions.
 
 Theory of operation. Each channel has one task that plays Asterisk's channel thread: it runs
-the dialplan (`agi.simpbx_dialplan`) priority after priority and emits `ChannelDialplan` as
+the dialplan (`agi.simpbx.dialplan`) priority after priority and emits `ChannelDialplan` as
 each application starts. `Stasis()` is a loop over the controller's commands, queued by the
 REST handlers and carried out one at a time in order, as Asterisk's control queue does: a
 playback occupies the channel until it ends or is stopped, so a variable set while a prompt
@@ -31,12 +31,12 @@ from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from agi.simpbx_agi import agi
-from agi.simpbx_apps import dial, queue
-from agi.simpbx_audio import MonitorFile
-from agi.simpbx_calls import CallerScript, CallResult
-from agi.simpbx_dialplan import Dialplan
-from agi.simpbx_model import (
+from agi.simpbx.apps import dial, queue
+from agi.simpbx.audio import MonitorFile
+from agi.simpbx.calls import CallerScript, CallResult
+from agi.simpbx.dialplan import Dialplan
+from agi.simpbx.fastagi import agi
+from agi.simpbx.model import (
     CAUSE_TEXT,
     DTMF_DURATION_MS,
     HANGUP,

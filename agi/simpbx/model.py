@@ -14,8 +14,8 @@ from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import Any
 
-from agi.simpbx_audio import MonitorFile
-from agi.simpbx_calls import CallerScript, CallResult
+from agi.simpbx.audio import MonitorFile
+from agi.simpbx.calls import CallerScript, CallResult
 
 Json = dict[str, Any]
 Sink = Callable[[Json], None]

@@ -22,10 +22,10 @@ import logging
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-from agi.simpbx_model import HANGUP, NEXT, NORMAL_CLEARING, Channel, Outcome
+from agi.simpbx.model import HANGUP, NEXT, NORMAL_CLEARING, Channel, Outcome
 
 if TYPE_CHECKING:
-    from agi.simpbx_core import Switch
+    from agi.simpbx.core import Switch
 
 log = logging.getLogger("callrec.simpbx")
 

@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from agi.simpbx_calls import CallerScript
-from agi.simpbx_core import Switch
-from agi.simpbx_dialplan import Dialplan
-from agi.simpbx_model import (
+from agi.simpbx.calls import CallerScript
+from agi.simpbx.core import Switch
+from agi.simpbx.dialplan import Dialplan
+from agi.simpbx.model import (
     EXPLICIT_SOFT_HANGUP,
     HANGUP,
     NORMAL_CLEARING,

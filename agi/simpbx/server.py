@@ -2,15 +2,15 @@
 
 `SimulatedPbx` is a real HTTP + WebSocket server (aiohttp) whose paths, parameters, status
 codes, error bodies and event order follow Asterisk's ARI (`../shared/ari-spec/`) and what a
-real Asterisk sent in `../shared/ari-traces/`; behind it a small switch (`agi.simpbx_core`)
-runs a dialplan (`agi.simpbx_dialplan`, by default the one of `asterisk-conf/`) for scripted
+real Asterisk sent in `../shared/ari-traces/`; behind it a small switch (`agi.simpbx.core`)
+runs a dialplan (`agi.simpbx.dialplan`, by default the one of `asterisk-conf/`) for scripted
 callers (`CallerScript`): they press digits, hang up, are answered by an agent or give up,
 and are called back. When the dialplan runs `MixMonitor` the simulator writes a real WAV
 file, 8 kHz mono 16-bit, header-only when nobody was bridged.
 
 `callrec demo`, `callrec replay` and the tests drive calls through it; the controller cannot
 tell it from Asterisk through the ARI. With `mode="agi"` the dialplan is FastAGI mode's
-(`extensions-fastagi.conf`) and `AGI()` is a real FastAGI client (`agi.simpbx_agi`) of the
+(`extensions-fastagi.conf`) and `AGI()` is a real FastAGI client (`agi.simpbx.fastagi`) of the
 controller's server at `fastagi`. Faults for resilience tests: `fail_next` (REST answers
 with an error, after a delay that outlasts a client's timeout), `drop_websockets` and
 `drop_websockets_at` (the events socket closes, now or at an event), `restart` (every live
@@ -46,20 +46,18 @@ from urllib.parse import unquote
 
 from aiohttp import WSMsgType, web
 
-from agi.simpbx_calls import CallerScript, CallResult, SimCall
-from agi.simpbx_core import Switch
-from agi.simpbx_dialplan import Dialplan, callrec_dialplan
-from agi.simpbx_model import Json, StasisApp, timestamp
-from agi.simpbx_rest import (
+from agi.simpbx.calls import CallerScript, CallResult, SimCall
+from agi.simpbx.core import Switch
+from agi.simpbx.dialplan import Dialplan, callrec_dialplan
+from agi.simpbx.errors import SimulationSettingError, SimulatorStateError
+from agi.simpbx.model import Json, StasisApp, timestamp
+from agi.simpbx.rest import (
     DEFAULT_LOCAL_SCRIPTS,
     ENTITY_ID,
     AriResources,
     Reply,
     error_reply,
 )
-from flows.errors import AsteriskError, ConfigError
-
-__all__ = ["CallResult", "CallerScript", "SimCall", "SimulatedPbx"]
 
 log = logging.getLogger("callrec.simpbx")
 
@@ -135,13 +133,16 @@ class SimulatedPbx:
         prompt_durations: Mapping[str, float] | None = None,
         time_scale: float = 1.0,
         dialplan: Dialplan | None = None,
+        dids: Mapping[str, str] | None = None,
         local_scripts: Mapping[str, CallerScript] | None = None,
         epoch: int | None = None,
         mode: str = "ari",
         fastagi: tuple[str, int] | None = None,
     ) -> None:
         if time_scale <= 0:
-            raise ConfigError(f"simulated PBX: time_scale must be positive, not {time_scale}")
+            raise SimulationSettingError(
+                f"simulated PBX: time_scale must be positive, not {time_scale}"
+            )
         self.app = app
         self.user = user
         # Loopback only, but never a known default: callers read it back when they need it.
@@ -149,7 +150,9 @@ class SimulatedPbx:
         self.time_scale = time_scale
         # CALLREC_MODE: `agi` runs extensions-fastagi.conf's contexts, whose AGI() connects
         # to `fastagi` (the controller's FastAGI server) whatever address the dialplan names.
-        self.dialplan = dialplan or callrec_dialplan(app, mode=mode)
+        # `dids` (DID -> queue) is callrec-inbound's table; by default the checkout's
+        # asterisk-conf/ (an installed package's runner hands over the one it ships).
+        self.dialplan = dialplan or callrec_dialplan(app, dids, mode=mode)
         self._fastagi = fastagi
         self._prompt_durations = dict(prompt_durations or {})
         self._epoch = epoch if epoch is not None else int(time.time())
@@ -200,7 +203,7 @@ class SimulatedPbx:
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
         """Listen on `host:port` (0: a free port); return the ARI base URL."""
         if self._runner is not None:
-            raise AsteriskError("the simulated PBX is already running")
+            raise SimulatorStateError("the simulated PBX is already running")
         self._host = host
         self._started = asyncio.get_running_loop().time()
         await self._serve(port)
@@ -215,7 +218,7 @@ class SimulatedPbx:
         closes its files), applications and subscriptions are forgotten, channel ids start
         from a new epoch; after `down_for` wall seconds the same port serves again."""
         if self._runner is None:
-            raise AsteriskError("the simulated PBX is not running")
+            raise SimulatorStateError("the simulated PBX is not running")
         port = self._port
         await self._shutdown()
         if down_for > 0:
@@ -255,7 +258,7 @@ class SimulatedPbx:
             )
         except OSError as error:
             await runner.cleanup()
-            raise AsteriskError(
+            raise SimulatorStateError(
                 f"the simulated PBX cannot listen on {self._host}:{port}: {error.strerror}"
             ) from None
         self._runner = runner
@@ -305,7 +308,7 @@ class SimulatedPbx:
 
     def _live_switch(self) -> Switch:
         if self._switch is None:
-            raise AsteriskError("the simulated PBX was never started")
+            raise SimulatorStateError("the simulated PBX was never started")
         return self._switch
 
     # -- calls -------------------------------------------------------------------------
@@ -314,7 +317,7 @@ class SimulatedPbx:
         """A caller (`caller`: the caller ID number, None for anonymous) dials `dialed`; the
         channel enters the inbound context of the dialplan at once."""
         if not dialed.strip():
-            raise ConfigError("simulated call: the dialed number is empty")
+            raise SimulationSettingError("simulated call: the dialed number is empty")
         switch = self._running_switch()
         channel = switch.new_channel(tech="PJSIP/trunk", caller_number=caller or "", script=script)
         context = self.dialplan.inbound_context
@@ -335,7 +338,7 @@ class SimulatedPbx:
         `CALLREC_LINE` set to `line`. `done` resolves when both legs are gone; its `callee`
         is the customer's leg when that leg ran the notice Gosub."""
         if not customer.strip():
-            raise ConfigError("simulated callback: the customer's number is empty")
+            raise SimulationSettingError("simulated callback: the customer's number is empty")
         switch = self._running_switch()
         channel = switch.new_channel(tech="PJSIP/agent", caller_number=agent, script=agent_script)
         if line:
@@ -361,7 +364,7 @@ class SimulatedPbx:
 
     def _running_switch(self) -> Switch:
         if self._runner is None or self._switch is None:
-            raise AsteriskError("the simulated PBX is not running")
+            raise SimulatorStateError("the simulated PBX is not running")
         return self._switch
 
     # -- faults ------------------------------------------------------------------------
@@ -379,9 +382,9 @@ class SimulatedPbx:
         traces, without `/ari`, e.g. `/channels/*/continue`; shell-style wildcards) matches
         get `status` with `{"message": ...}` after `delay` wall seconds, and do nothing."""
         if count < 1:
-            raise ConfigError(f"fail_next: count must be at least 1, not {count}")
+            raise SimulationSettingError(f"fail_next: count must be at least 1, not {count}")
         if not 100 <= status <= 599:
-            raise ConfigError(f"fail_next: {status} is not an HTTP status")
+            raise SimulationSettingError(f"fail_next: {status} is not an HTTP status")
         self._faults.append(_Fault(method.upper(), path_pattern, status, count, delay))
 
     def delay_next(self, method: str, path_pattern: str, *, delay: float, count: int = 1) -> None:
@@ -389,21 +392,21 @@ class SimulatedPbx:
         only after `delay` wall seconds: a client that gave up on one meanwhile may send it
         again, and find it done (a second `continue` gets 409)."""
         if count < 1 or delay <= 0:
-            raise ConfigError("delay_next: count must be at least 1 and delay positive")
+            raise SimulationSettingError("delay_next: count must be at least 1 and delay positive")
         self._faults.append(_Fault(method.upper(), path_pattern, 0, count, delay, True))
 
     def limit_sessions(self, limit: int | None) -> None:
         """Serve at most `limit` HTTP connections at once (None: no limit), as Asterisk's
         http.conf `sessionlimit`: more are closed before a request is read."""
         if limit is not None and limit < 1:
-            raise ConfigError(f"limit_sessions: limit must be at least 1, not {limit}")
+            raise SimulationSettingError(f"limit_sessions: limit must be at least 1, not {limit}")
         self.session_limit = limit
 
     def slow_rest(self, base: float, per_request: float) -> None:
         """Every REST answer waits `base` plus `per_request` wall seconds for each REST
         request in flight (itself included): an Asterisk that slows down under load."""
         if base < 0 or per_request < 0:
-            raise ConfigError("slow_rest: delays cannot be negative")
+            raise SimulationSettingError("slow_rest: delays cannot be negative")
         self._slow = (base, per_request) if base or per_request else None
 
     async def drop_websockets(self) -> None:

@@ -9,7 +9,7 @@ import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from flows.errors import ConfigError
+from agi.simpbx.errors import SimulationSettingError
 
 DTMF_DIGITS = frozenset("0123456789*#ABCD")
 
@@ -38,9 +38,11 @@ class CallerScript:
     def __post_init__(self) -> None:
         for at, digit in self.keys:
             if digit not in DTMF_DIGITS or len(digit) != 1:
-                raise ConfigError(f"caller script: {digit!r} is not a DTMF digit")
+                raise SimulationSettingError(f"caller script: {digit!r} is not a DTMF digit")
             if at < 0:
-                raise ConfigError(f"caller script: key {digit!r} at {at} s is before the start")
+                raise SimulationSettingError(
+                    f"caller script: key {digit!r} at {at} s is before the start"
+                )
         times = {
             "hang_up_at": self.hang_up_at,
             "agent_answers_after": self.agent_answers_after,
@@ -49,7 +51,7 @@ class CallerScript:
         }
         for name, value in times.items():
             if value is not None and value < 0:
-                raise ConfigError(f"caller script: {name} is negative ({value})")
+                raise SimulationSettingError(f"caller script: {name} is negative ({value})")
 
 
 @dataclass(frozen=True, slots=True)
