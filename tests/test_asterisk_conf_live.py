@@ -329,7 +329,8 @@ async def test_live_callback_customer_hears_the_notice_once_before_the_agent(
                 lambda e: e["type"] == "StasisStart" and e["args"][0] == "callee"
             )
             callee = callee_start["channel"]["id"]
-            assert callee_start["channel"]["caller"]["number"] == shown
+            # Dial's f() is the connected line the called channel is given (app_dial.c).
+            assert callee_start["channel"]["connected"]["number"] == shown
             await observed.wait(varset("MIXMONITOR_FILENAME", callee))
             await observed.wait(varset("BRIDGEPEER", callee))
             await asyncio.sleep(1.0)  # a second StasisStart would come right after the first
