@@ -326,6 +326,9 @@ class AgiChannel:
         await self._set("CALLREC_NOTICE", "yes")
         return []
 
+    async def show_caller_id(self, number: str) -> None:
+        await self._set("CALLREC_CALLBACK_CID", number)
+
     async def continue_in_dialplan(self) -> list[Event]:
         await self._agi.close()
         return []

@@ -54,6 +54,7 @@ from flows.events import (
     Event,
     NoPriorCall,
 )
+from flows.numbers import caller_id_in_form
 from flows.outcome import Outcome
 from flows.policy import Decision
 from flows.shedding import shed_decision
@@ -127,6 +128,10 @@ class SessionDeps:
     collector: RecordingCollector  # takes each finished file into the store
     recording_format: str = "wav"  # the extension MixMonitor is given: "wav" or "wav16"
     lag: DecisionLag = field(default_factory=DecisionLag)  # measured for shedding
+    # How a callback's caller ID is written for the trunk (`[asterisk] caller_id_form`), and
+    # the country whose numbers have a national form.
+    caller_id_form: str = "national"
+    country_code: str = "386"
 
 
 class CallSession:
@@ -235,12 +240,30 @@ class CallSession:
             case NoticeCallee(line=line):
                 return await channel.notice_callee(self.call_id, line)
             case Continue():
+                if isinstance(self.flow, CallbackFlow):
+                    await self._show_caller_id()
                 events = await channel.continue_in_dialplan()
                 self.continued = True
                 return events
             case Hangup():
                 return await channel.hangup()
         raise AssertionError(f"unhandled command {command!r}")  # the match is exhaustive
+
+    async def _show_caller_id(self) -> None:
+        """A callback shows its line's caller ID. Failing to say so costs nothing but the
+        number shown: the dialplan then shows CALLREC_CALLBACK_NUMBER."""
+        line = self.flow.line
+        number = caller_id_in_form(
+            line.callback_caller_id or line.numbers[0],
+            self.deps.caller_id_form,
+            country_code=self.deps.country_code,
+        )
+        try:
+            await self.channel.show_caller_id(number)
+        except ChannelGone:
+            raise
+        except AsteriskError as error:
+            log.warning("call %s: callback caller ID not set: %s", self.call_id, error)
 
     async def _commit(self, command: CommitDecision) -> Event:
         # A decision to record names its file in the same commit (owned before it exists),

@@ -184,6 +184,9 @@ class AriChannel:
         await self._client.set_variable(self._channel_id, "CALLREC_NOTICE", "yes")
         return []
 
+    async def show_caller_id(self, number: str) -> None:
+        await self._client.set_variable(self._channel_id, "CALLREC_CALLBACK_CID", number)
+
     async def continue_in_dialplan(self) -> list[Event]:
         # A 409 (not in Stasis) is success too: after a `continue` that timed out, the
         # first one went through.

@@ -234,6 +234,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     exports.add_parser(sub)
 
+    asterisk = sub.add_parser("asterisk", help="callrec's files in an Asterisk configuration")
+    xsub = asterisk.add_subparsers(dest="action", required=True, metavar="ACTION")
+    xi = xsub.add_parser(
+        "install",
+        help="write callrec/ files generated from the configuration and include them",
+        description="Write callrec's dialplan, queues and ARI user under ETC/callrec/ and "
+        "add '#include callrec/...' lines to the operator's files where missing (backing "
+        "each changed file up first). Never writes modules.conf.",
+    )
+    xi.add_argument("--etc", type=Path, default=Path("/etc/asterisk"), help="default /etc/asterisk")
+    xi.add_argument("--dry-run", action="store_true", help="print a unified diff, change nothing")
+    xi.add_argument(
+        "--test-parties", action="store_true", help="also the test endpoints and test contexts"
+    )
+    xi.add_argument("--mode", choices=["ari", "agi"], default="ari", help="CALLREC_MODE")
+    xi.add_argument("--reload", action="store_true", help="reload through `asterisk -rx`")
+    xi.add_argument("--asterisk", default="asterisk", help="the asterisk binary for --reload")
     prompts = sub.add_parser("prompts", help="the prompts' audio, for Asterisk's sounds directory")
     psub = prompts.add_subparsers(dest="action", required=True, metavar="ACTION")
     psub.add_parser("path", help="print the directory holding sl/<id>.<format> in this install")
@@ -310,6 +327,10 @@ async def dispatch(args: argparse.Namespace, settings: Settings) -> int:
             return await commands.callbacks(settings, args, _now(args.now))
         case "report":
             return await commands.report(settings, args)
+        case "asterisk":
+            from callrec import asterisk_install
+
+            return asterisk_install.command(settings, args, os.environ)
         case "calls":
             from callrec import calls_cli
 

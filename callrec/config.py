@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 from agi.collector import LONGEST_CALL
 from flows.config import POLICY_SECTIONS, check_notices, policy_from_mapping
 from flows.errors import ConfigError
+from flows.numbers import NUMBER_FORMS
 from flows.policy import Policy
 from prompts.catalog import load_catalog, promises
 from storage.datadir import CONTROLLER_ID
@@ -51,7 +52,11 @@ DEFAULT_LONGEST_CALL_HOURS = LONGEST_CALL / timedelta(hours=1)  # see its reason
 
 DEFAULT_MONITOR = "127.0.0.1:9464"  # 9464: the port Prometheus exporters of apps commonly use
 
-APP_SECTIONS = ("storage", "ari", "mqtt", "fastagi", "monitor")
+APP_SECTIONS = ("storage", "ari", "mqtt", "fastagi", "monitor", "asterisk")
+# The forms a trunk delivers the lines' numbers in (each becomes a DID of callrec-inbound),
+# and the form callbacks show the line's caller ID in (what the operator's trunk accepts).
+DEFAULT_DID_FORMS = ("national", "e164")
+DEFAULT_CALLER_ID_FORM = "national"
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +89,14 @@ class FastAgiSettings:
     host: str = "127.0.0.1"
     port: int = DEFAULT_FASTAGI_PORT
     allow: tuple[str, ...] = LOOPBACK
+
+
+@dataclass(frozen=True, slots=True)
+class AsteriskSettings:
+    """How callrec's Asterisk configuration writes numbers (`callrec asterisk install`)."""
+
+    did_forms: tuple[str, ...] = DEFAULT_DID_FORMS
+    caller_id_form: str = DEFAULT_CALLER_ID_FORM
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +145,7 @@ class Settings:
     controller_id: str | None = None
     # Where the ledger is: the data directory's SQLite file by default.
     ledger: LedgerConfig = field(default_factory=LedgerConfig)
+    asterisk: AsteriskSettings = field(default_factory=AsteriskSettings)
     monitor: MonitorSettings = field(default_factory=MonitorSettings)
 
 
@@ -218,6 +232,26 @@ def _ledger(storage: Mapping[str, Any], env: Mapping[str, str]) -> LedgerConfig:
         where = "storage.ledger_password_file"
         password = _read_secret(_path(storage["ledger_password_file"], where), where)
     return LedgerConfig(url=url, password=password)
+
+
+def _asterisk(data: Mapping[str, Any]) -> AsteriskSettings:
+    section = _section(data, "asterisk", {"did_forms", "caller_id_form"})
+    forms = section.get("did_forms", list(DEFAULT_DID_FORMS))
+    if (
+        not isinstance(forms, list)
+        or not forms
+        or not all(isinstance(form, str) and form in NUMBER_FORMS for form in forms)
+    ):
+        raise ConfigError(
+            f"asterisk.did_forms: must be a list of {', '.join(NUMBER_FORMS)}, got {forms!r}"
+        )
+    caller_id_form = section.get("caller_id_form", DEFAULT_CALLER_ID_FORM)
+    if caller_id_form not in NUMBER_FORMS:
+        raise ConfigError(
+            f"asterisk.caller_id_form: must be one of {', '.join(NUMBER_FORMS)}, "
+            f"got {caller_id_form!r}"
+        )
+    return AsteriskSettings(did_forms=tuple(dict.fromkeys(forms)), caller_id_form=caller_id_form)
 
 
 def read_file(path: Path) -> dict[str, Any]:
@@ -375,5 +409,6 @@ def load_settings(config: Path | None = None, env: Mapping[str, str] | None = No
         recording_format=recording_format,
         controller_id=controller_id,
         ledger=ledger,
+        asterisk=_asterisk(data),
         monitor=MonitorSettings(listen=listen),
     )

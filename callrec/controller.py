@@ -227,6 +227,8 @@ def _deps(
         prompt_versions={pid: info.sha256 for pid, info in catalog.items()},
         collector=collector,
         recording_format=settings.recording_format,
+        caller_id_form=settings.asterisk.caller_id_form,
+        country_code=settings.policy.country_code,
     )
 
 

@@ -25,9 +25,10 @@ from agi.fastagi import FastAgiServer
 from agi.ports import OffsetClock
 from agi.session import SessionDeps
 from agi.simpbx import CallerScript, CallResult, SimulatedPbx, SimulatorError
-from agi.simpbx.dids import load_dids
+from agi.simpbx.dids import load_dids, parse_dids
 from agi.spool import SpoolWatch
 from agi.stasis import StasisApp
+from callrec import asterisk_files
 from callrec.events import MemoryEvents
 from callrec.resources import asterisk_conf_dir
 from callrec.scenarios import (
@@ -195,6 +196,7 @@ async def harness(
         spool_dir=spool,
         prompt_versions={pid: info.sha256 for pid, info in catalog.items()},
         collector=collector,
+        country_code=policy.country_code,
     )
     app: StasisApp | None = None
     task: asyncio.Task[None] | None = None
@@ -406,16 +408,12 @@ async def _until(condition: Callable[[], bool], within: float, message: str) -> 
 
 
 def line_dids(policy: Policy) -> dict[str, str]:
-    """The DID -> queue table of a dialplan made from `policy`'s lines: each number in the
-    national and the E.164 form a trunk may deliver."""
-    table: dict[str, str] = {}
-    prefix = "+" + policy.country_code
-    for line in policy.lines:
-        for number in line.numbers:
-            table[number] = line.queue
-            if number.startswith(prefix):
-                table["0" + number[len(prefix) :]] = line.queue
-    return table
+    """The DID -> queue table of the dialplan `callrec asterisk install` writes for
+    `policy`'s lines: the simulated PBX routes a number as that Asterisk would."""
+    try:
+        return parse_dids(asterisk_files.extensions(policy, asterisk_files.Options()))
+    except SimulatorError as error:
+        raise ConfigError(str(error)) from None
 
 
 def simulated_dids(conf_dir: Path | None = None) -> dict[str, str]:

@@ -81,3 +81,32 @@ def masked(raw: str, limit: int = 24) -> str:
     keep = 2 if len(raw) > 6 else 0
     hidden = "".join("*" if c.isalnum() else c for c in raw[: len(raw) - keep])
     return shown(hidden + raw[len(raw) - keep :], limit)
+
+
+NUMBER_FORMS = ("national", "e164", "international")  # how a trunk may write a number
+
+
+def in_form(e164: str, form: str, *, country_code: str = DEFAULT_COUNTRY_CODE) -> str | None:
+    """`e164` written the way a trunk sends or accepts it: `national` (`040404040`, only for
+    numbers of `country_code`: None for others), `e164` (`+38640404040`) or `international`
+    (`0038640404040`)."""
+    if form not in NUMBER_FORMS:
+        raise ValueError(f"a number form is one of {', '.join(NUMBER_FORMS)}, not {form!r}")
+    digits = e164.removeprefix("+")
+    if form == "e164":
+        return e164
+    if form == "international":
+        return "00" + digits
+    if not digits.startswith(country_code):
+        return None
+    return "0" + digits.removeprefix(country_code)
+
+
+def caller_id_in_form(e164: str, form: str, *, country_code: str = DEFAULT_COUNTRY_CODE) -> str:
+    """`e164` as a caller ID in `form`; a number of another country has no national form and
+    is written internationally instead."""
+    written = in_form(e164, form, country_code=country_code)
+    if written is None:
+        written = in_form(e164, "international", country_code=country_code)
+    assert written is not None  # every E.164 number has an international form
+    return written

@@ -198,6 +198,7 @@ async def fastagi_harness(
     header_timeout: float = 1.0,
     prompt_timeout: float = 5.0,
     max_line: int = 8192,
+    caller_id_form: str = "national",
 ) -> AsyncIterator[Harness]:
     """A FastAGI server on a free loopback port, with a SQLite store in `tmp_path`."""
     policy = policy or Policy()
@@ -215,6 +216,7 @@ async def fastagi_harness(
         spool_dir=spool,
         prompt_versions={"callrec-sales-notice": "ab" * 32},
         collector=collector,
+        caller_id_form=caller_id_form,
     )
     server = FastAgiServer(
         deps,

@@ -25,6 +25,7 @@ import pytest
 import yaml
 from reference import SHARED, absent
 
+from callrec.asterisk_files import Options, generate
 from callrec.config import load_settings
 from flows.numbers import normalise
 from flows.policy import DEFAULT_LINES, Policy
@@ -32,7 +33,9 @@ from prompts.catalog import FORMATS, sounds_dir
 
 ROOT = Path(__file__).resolve().parent.parent
 CONF = ROOT / "asterisk-conf"
-CONTROLLER_SETS = {"CALLREC_RECORD", "CALLREC_FILE", "CALLREC_CALL_ID", "CALLREC_NOTICE"}
+CONTROLLER_SETS = {
+    "CALLREC_RECORD", "CALLREC_FILE", "CALLREC_CALL_ID", "CALLREC_NOTICE", "CALLREC_CALLBACK_CID"
+}  # fmt: skip
 MODES = ("ari", "agi")  # the values of CALLREC_MODE, each with its own contexts
 SPOOL_FILE = re.compile(r"^/[-A-Za-z0-9/_.]+[.](wav|wav16)$")  # what the controller writes
 # Each module's AST_MODULE_INFO (.requires, .optional_modules, builtin) at the Asterisk
@@ -88,8 +91,11 @@ def strip_comment(line: str) -> str:
     return re.split(r"(?<!\\);", line, maxsplit=1)[0].rstrip()
 
 
-def read_dialplan(path: Path, plan: Dialplan | None = None) -> Dialplan:
+def read_dialplan(path: Path, plan: Dialplan | None = None, root: Path | None = None) -> Dialplan:
+    """extensions.conf and what it includes; as Asterisk does, an #include names a file
+    relative to the configuration directory `root` (default: the file's own)."""
     plan = plan or Dialplan()
+    root = root or path.parent
     section = None
     last: Step | None = None
     for number, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
@@ -98,7 +104,7 @@ def read_dialplan(path: Path, plan: Dialplan | None = None) -> Dialplan:
         if not line:
             continue
         if line.startswith("#include"):
-            read_dialplan(path.parent / line.split(None, 1)[1].strip('"'), plan)
+            read_dialplan(root / line.split(None, 1)[1].strip('"'), plan, root)
             continue
         if line.startswith("["):
             section = line[1 : line.index("]")]
@@ -160,14 +166,16 @@ def matches(pattern: str, exten: str) -> bool:
     return re.fullmatch(regex, exten) is not None
 
 
-def config_lines(path: Path) -> list[str]:
-    """The lines Asterisk reads from `path`: comments stripped, `#include`d files inlined
-    (a missing one fails, as it would fail Asterisk's load)."""
+def config_lines(path: Path, root: Path | None = None) -> list[str]:
+    """The lines Asterisk reads from `path`: comments stripped, `#include`d files inlined,
+    relative to the configuration directory `root` (a missing one fails, as it would fail
+    Asterisk's load)."""
+    root = root or path.parent
     lines: list[str] = []
     for raw in path.read_text(encoding="utf-8").splitlines():
         line = strip_comment(raw).strip()
         if line.startswith("#include"):
-            lines += config_lines(path.parent / line.split(None, 1)[1].strip('"'))
+            lines += config_lines(root / line.split(None, 1)[1].strip('"'), root)
         elif line:
             lines.append(line)
     return lines
@@ -175,7 +183,8 @@ def config_lines(path: Path) -> list[str]:
 
 def read_ini(path: Path) -> list[tuple[str, dict[str, list[str]]]]:
     """Sections of an Asterisk config file and its includes in order (names may repeat, as
-    in pjsip.conf); `(!)` templates and `(template)` inheritance are resolved."""
+    in pjsip.conf); `(!)` templates, `(template)` inheritance and `(+)` additions to an
+    earlier section are resolved."""
     sections: list[tuple[str, dict[str, list[str]]]] = []
     templates: dict[str, dict[str, list[str]]] = {}
     current: dict[str, list[str]] | None = None
@@ -183,6 +192,9 @@ def read_ini(path: Path) -> list[tuple[str, dict[str, list[str]]]]:
         header = re.fullmatch(r"\[([^\]]+)\](?:\(([^)]*)\))?", line)
         if header:
             name, options = header.groups()
+            if options == "+":  # config.c: the category must exist already
+                current = next(v for n, v in reversed(sections) if n == name)
+                continue
             current = {}
             for option in (options or "").split(","):
                 if option and option != "!":
@@ -434,7 +446,7 @@ def test_caller_id_never_reaches_mixmonitor_or_a_file_name() -> None:
     monitors = [s for s in PLAN.steps() if s.app == "MixMonitor"]
     assert monitors
     assert all(s.data == "${CALLREC_FILE},b" for s in monitors)
-    for path in CONF.glob("*.conf"):
+    for path in CONF.glob("**/*.conf"):
         text = "\n".join(strip_comment(line) for line in path.read_text("utf-8").splitlines())
         assert not re.search(r"CALLERID|CONNECTEDLINE|CALLERIDNUM", text), path.name
 
@@ -540,6 +552,15 @@ def substitute(text: str, variables: dict[str, str]) -> str:
         length = re.fullmatch(r"LEN\((.*)\)", body)
         if length:
             return str(len(restore(length.group(1))))
+        kept = re.fullmatch(r"FILTER\(([^,]*),(.*)\)", body, re.DOTALL)
+        if kept:
+            allowed = f"[{re.escape(kept.group(1)).replace(chr(92) + '-', '-')}]"
+            return "".join(c for c in restore(kept.group(2)) if re.fullmatch(allowed, c))
+        choice = re.fullmatch(r"IF\((.*)\)", body, re.DOTALL)
+        if choice:  # func_logic.c: the condition up to "?", then branches split at ":"
+            condition, _, branches = restore(choice.group(1)).partition("?")
+            true, false = ([*branches.split(":"), ""])[:2]
+            return true if condition.strip() not in ("", "0") else false
         assert re.fullmatch(r"\w+", body), f"cannot evaluate ${{{body}}}"
         values.append(variables.get(body, ""))
         return f"\x00{len(values) - 1}\x00"
@@ -644,7 +665,12 @@ def test_controller_file_names_pass_the_dialplan_check(recording_format: str) ->
 # --- callbacks ----------------------------------------------------------------------
 
 
-CALLBACK_NUMBER_OPTION = "f(${CALLREC_CALLBACK_NUMBER})"  # Dial's forced caller ID
+# Dial's forced caller ID: the callback's line's, when the controller set a plain number,
+# else the global fallback.
+CALLBACK_NUMBER_OPTION = (
+    'f(${IF(${REGEX("^[+]?[0-9]+$" ${CALLREC_CALLBACK_CID})}'
+    "?${FILTER(+0-9,${CALLREC_CALLBACK_CID})}:${CALLREC_CALLBACK_NUMBER})})"
+)
 
 
 def test_callback_dials_the_callee_routine_only_for_a_notice() -> None:
@@ -860,9 +886,9 @@ def test_the_test_customer_calls_with_a_real_number() -> None:
 
 
 def test_callbacks_show_the_centers_number() -> None:
-    """Every callback Dial forces the caller ID of the customer's leg to
-    CALLREC_CALLBACK_NUMBER, a line's public number by default, and the agent endpoint has no
-    number of its own that could show instead."""
+    """Every callback Dial forces the caller ID of the customer's leg (the line's, else
+    CALLREC_CALLBACK_NUMBER, a line's public number by default), and the agent endpoint has
+    no number of its own that could show instead."""
     number = PLAN.globals["CALLREC_CALLBACK_NUMBER"].split()[0]
     assert Policy().line_for(normalise(number)) is not None
     dials = [s for s in PLAN.steps() if s.app == "Dial"]
@@ -871,6 +897,29 @@ def test_callbacks_show_the_centers_number() -> None:
         options = split_args(step.data)[2]
         assert options.startswith(CALLBACK_NUMBER_OPTION), step.where
     assert "callerid" not in section(CONF / "pjsip.conf", "agent", "endpoint")
+
+
+@pytest.mark.parametrize(
+    ("line_cid", "shown"),
+    [
+        ("+38640404045", "+38640404045"),  # the sales line's, as the controller set it
+        ("040404045", "040404045"),
+        ("", "040404040"),  # unset: Stasis failed, the global shows
+        ("04040:4045", "040404040"),  # a ":" would pick IF's other branch
+        ("040404045),U(evil^x", "040404040"),  # would end f() and add an option
+        ("${SHELL(id)}", "040404040"),
+        ("+386 40 40 40 45", "040404040"),
+    ],
+)
+def test_callback_shows_its_lines_caller_id_or_the_global(line_cid: str, shown: str) -> None:
+    """A callback's Dial shows CALLREC_CALLBACK_CID when it is a plain number (optional +,
+    digits), and CALLREC_CALLBACK_NUMBER otherwise: nothing else from the variable reaches
+    Dial's options."""
+    option = substitute(
+        CALLBACK_NUMBER_OPTION,
+        {"CALLREC_CALLBACK_CID": line_cid, "CALLREC_CALLBACK_NUMBER": "040404040"},
+    )
+    assert option == f"f({shown})"
 
 
 def test_sip_transport_has_nat_settings_from_the_environment() -> None:
@@ -928,9 +977,9 @@ def test_operator_trunk_example_renders_in_place_of_the_test_parties(tmp_path: P
     source = tmp_path / "src"
     shutil.copytree(CONF, source, ignore=shutil.ignore_patterns("*.md", "Dockerfile*"))
     shutil.copy(TRUNK_EXAMPLE, source / "pjsip-trunk.conf")
-    (source / "pjsip-test-parties.conf").unlink()
+    (source / "callrec" / "pjsip-test-parties.conf").unlink()
     pjsip = (source / "pjsip.conf").read_text("utf-8")
-    pjsip = pjsip.replace("#include pjsip-test-parties.conf\n", "").replace(
+    pjsip = pjsip.replace("#include callrec/pjsip-test-parties.conf\n", "").replace(
         "; #include pjsip-trunk.conf", "#include pjsip-trunk.conf"
     )
     (source / "pjsip.conf").write_text(pjsip, "utf-8")
@@ -1009,12 +1058,14 @@ def test_render_config_fills_every_placeholder(tmp_path: Path) -> None:
     readable by owner and group only."""
     result = render(tmp_path, SECRETS)
     assert result.returncode == 0, result.stderr
-    assert {p.name for p in tmp_path.glob("*.conf")} == {p.name for p in CONF.glob("*.conf")}
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.glob("**/*.conf")) == sorted(
+        str(p.relative_to(CONF)) for p in CONF.glob("**/*.conf")
+    )
     assert section(tmp_path / "ari.conf", "callrec")["password"] == [
         SECRETS["CALLREC_ARI_PASSWORD"]
     ]
     assert section(tmp_path / "pjsip.conf", "agent", "auth")["password"] == ["agent-pw"]
-    for path in tmp_path.glob("*.conf"):
+    for path in tmp_path.glob("**/*.conf"):
         assert "@CALLREC_" not in path.read_text("utf-8"), path.name
         assert path.stat().st_mode & 0o007 == 0, path.name
     unchanged = (CONF / "extensions.conf").read_text("utf-8")
@@ -1068,6 +1119,16 @@ def test_docker_compose_wires_sounds_spool_and_loopback() -> None:
     assert {s["build"]["target"] for s in (asterisk, controller)} == {"asterisk", "controller"}
 
 
+def test_shipped_callrec_files_are_the_generated_defaults() -> None:
+    """asterisk-conf/callrec/ is exactly what the generator makes from the built-in lines
+    (with the test parties and placeholders), so a reader sees what an install writes."""
+    generated = generate(Policy(), Options(test_parties=True))
+    shipped = {str(p.relative_to(CONF)): p.read_text("utf-8") for p in (CONF / "callrec").glob("*")}
+    assert sorted(shipped) == sorted(generated)
+    for name, text in generated.items():
+        assert shipped[name] == text, f"{name} differs from what the generator makes"
+
+
 # --- asterisklint ---------------------------------------------------------------------
 
 
@@ -1096,12 +1157,12 @@ def test_asterisklint_would_catch_a_broken_dialplan(tmp_path: Path) -> None:
     """The same check fails on a copy with a misspelt application and a jump to nowhere,
     so its silence above means something."""
     pytest.importorskip("asterisklint")
-    for path in CONF.glob("extensions*.conf"):
-        shutil.copy(path, tmp_path / path.name)
-    broken = (tmp_path / "extensions.conf").read_text("utf-8")
+    shutil.copy(CONF / "extensions.conf", tmp_path / "extensions.conf")
+    shutil.copytree(CONF / "callrec", tmp_path / "callrec")
+    broken = (tmp_path / "callrec" / "extensions.conf").read_text("utf-8")
     broken = broken.replace("same => n,Queue(${CALLREC_QUEUE})", "same => n,Queeu(x)", 1)
     broken = broken.replace("Gosub(callrec-record,s,1)", "Gosub(callrec-nowhere,s,1)", 1)
-    (tmp_path / "extensions.conf").write_text(broken, "utf-8")
+    (tmp_path / "callrec" / "extensions.conf").write_text(broken, "utf-8")
     script = (
         "import os, sys; from asterisklint.main import main; "
         "sys.exit(main(sys.argv[1:], os.environ))"
@@ -1122,7 +1183,7 @@ def test_asterisklint_would_catch_a_broken_dialplan(tmp_path: Path) -> None:
 
 def test_config_files_parse_as_ini() -> None:
     """Every non-dialplan .conf is plain sections and key = value lines."""
-    for path in CONF.glob("*.conf"):
+    for path in CONF.glob("**/*.conf"):
         if path.name.startswith("extensions"):
             continue
         parser = configparser.ConfigParser(strict=False, interpolation=None)

@@ -285,17 +285,30 @@ async def test_live_without_the_application_the_call_goes_on_unrecorded() -> Non
         assert observed.varsets("MIXMONITOR_FILENAME", caller) == []
 
 
-async def test_live_callback_customer_hears_the_notice_once_before_the_agent() -> None:
+@pytest.mark.parametrize(
+    ("line_cid", "shown"),
+    [("040404045", "040404045"), ("", "040404040"), ("0404:04045", "040404040")],
+)
+async def test_live_callback_customer_hears_the_notice_once_before_the_agent(
+    line_cid: str, shown: str
+) -> None:
     """A callback that is a new communication runs Stasis once on the customer's leg (not
     twice: the nested PBX after `continue` is guarded), records that leg after its 1, and
-    then connects it to the agent."""
+    then connects it to the agent. The customer's leg shows the caller ID the controller
+    set for the callback's line, or the global CALLREC_CALLBACK_NUMBER when that is unset
+    or not a plain number."""
     callback_id = uuid.uuid4().hex
 
     async def behaviour(ari: Ari, stand_in: StandIn, channel: str, args: list[str]) -> None:
         if args[0] == "callback":
             assert args[1:] == ["040111222", "service"]
+            chosen = {"CALLREC_CALLBACK_CID": line_cid} if line_cid else {}
             await stand_in.decide(
-                channel, CALLREC_CALL_ID=callback_id, CALLREC_RECORD="no", CALLREC_NOTICE="yes"
+                channel,
+                CALLREC_CALL_ID=callback_id,
+                CALLREC_RECORD="no",
+                CALLREC_NOTICE="yes",
+                **chosen,
             )
         else:
             assert args == ["callee", callback_id]
@@ -316,6 +329,8 @@ async def test_live_callback_customer_hears_the_notice_once_before_the_agent() -
                 lambda e: e["type"] == "StasisStart" and e["args"][0] == "callee"
             )
             callee = callee_start["channel"]["id"]
+            # Dial's f() is the connected line the called channel is given (app_dial.c).
+            assert callee_start["channel"]["connected"]["number"] == shown
             await observed.wait(varset("MIXMONITOR_FILENAME", callee))
             await observed.wait(varset("BRIDGEPEER", callee))
             await asyncio.sleep(1.0)  # a second StasisStart would come right after the first

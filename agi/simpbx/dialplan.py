@@ -49,6 +49,7 @@ _CALLREC_VARIABLES = (  # cleared on entry: nothing a channel brings may decide 
     "CALLREC_CALL_ID",
     "CALLREC_NOTICE",
     "CALLREC_AGENT",
+    "CALLREC_CALLBACK_CID",
 )
 
 
