@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from cli_helpers import callrec
+from readme_recipe import complaints_recipe
 from reference import SHARED, absent
 from test_asterisk_conf import read_dialplan, read_ini
 
@@ -34,7 +35,7 @@ INCLUDED = {
     "ari.conf": ["callrec/ari.conf"],
     "http.conf": ["callrec/http.conf"],  # the fixture's HTTP server is off
 }
-# Issue 21's recipe (README, "Adding a line"): a second sales number and a complaints line.
+# The README's recipe ("Adding a line"): a second sales number and a complaints line.
 LINES_TOML = """
 [lines.sales]
 policy = "notice"
@@ -50,21 +51,8 @@ purposes = ["quality", "evidence"]
 prompt = "callrec-consent-question"
 invalid_key_prompt = "callrec-consent-invalid"
 ask_again_prompt = "callrec-consent-again"
-
-[purposes.complaints]
-description = "handling the caller's complaint"
-legal_bases = ["consent"]
-
-[lines.complaints]
-policy = "consent"
-numbers = ["040 40 40 50"]
-purposes = ["quality", "complaints"]
-prompt = "callrec-complaints-question"
-invalid_key_prompt = "callrec-consent-invalid"
-ask_again_prompt = "callrec-consent-again"
-queue = "complaints"
-retention_months = 12
 """
+LINES_TOML += complaints_recipe()
 
 
 def snapshot(directory: Path) -> dict[str, str]:

@@ -8,6 +8,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from readme_recipe import complaints_recipe, with_second_sales_number
 
 from callrec.config import load_settings
 from callrec.runner import harness, run_scenario
@@ -18,22 +19,6 @@ from storage.ports import RecordingStatus
 
 ROOT = Path(__file__).resolve().parents[1]
 SCALE = 0.02
-# The README's recipe ("Adding a line"), appended to the example configuration unchanged.
-RECIPE = """
-[purposes.complaints]
-description = "handling the caller's complaint"
-legal_bases = ["consent"]
-
-[lines.complaints]
-policy = "consent"
-numbers = ["040 40 40 50"]
-purposes = ["quality", "complaints"]
-prompt = "callrec-complaints-question"
-invalid_key_prompt = "callrec-consent-invalid"
-ask_again_prompt = "callrec-consent-again"
-queue = "complaints"
-retention_months = 12
-"""
 
 SCENARIO = """
 name: The complaints line and a second sales number, added by configuration
@@ -57,12 +42,8 @@ steps:
 
 def recipe_settings(tmp_path: Path) -> Path:
     example = (ROOT / "callrec.example.toml").read_text(encoding="utf-8")
-    # The second sales number: one more entry in the sales line's list, nothing else.
-    example = example.replace(
-        'numbers = ["040 40 40 45"]', 'numbers = ["040 40 40 45", "040 40 40 46"]'
-    )
     config = tmp_path / "callrec.toml"
-    config.write_text(example + RECIPE, encoding="utf-8")
+    config.write_text(with_second_sales_number(example) + complaints_recipe(), encoding="utf-8")
     return config
 
 
