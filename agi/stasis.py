@@ -53,7 +53,7 @@ from flows.events import (
 )
 from flows.keys import heard
 from flows.numbers import shown
-from flows.outcome import Outcome, QueueObserver, outcome_after_restart
+from flows.outcome import QUEUE_VARIABLES, Outcome, QueueObserver, outcome_after_restart
 from flows.policy import Policy
 from flows.shedding import DECISION_LAG_BOUND, Load, ShedBounds, shed_reason
 from storage.ports import CallRow
@@ -302,7 +302,7 @@ class StasisApp:
         the background, so that new calls are served meanwhile."""
         self._spawn(self._reconcile_when_connected())
         try:
-            async for item in self._client.events(WANTED_EVENTS):
+            async for item in self._client.events(WANTED_EVENTS, QUEUE_VARIABLES):
                 if isinstance(item, Reconnected):
                     self._connections += 1
                     log.warning("ARI events reconnected (attempt %d); reconciling", item.attempt)

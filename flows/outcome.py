@@ -29,6 +29,9 @@ PEER_VARIABLE = "BRIDGEPEER"
 # Which variable names the agent best: ours (the member's interface, or its channel), then
 # the queue's member interface, then the bridged channel's name (a channel, not a person).
 _AGENT_SOURCES = (AGENT_VARIABLE, MEMBER_VARIABLE, PEER_VARIABLE)
+ANSWERED_TIME_VARIABLE = "ANSWEREDTIME"
+# Every variable `QueueObserver.saw_variable` reads; an adapter may skip the others unread.
+QUEUE_VARIABLES = frozenset({*_AGENT_SOURCES, ANSWERED_TIME_VARIABLE})
 MAX_AGENT = 80  # an interface or channel name; anything longer is not one
 
 
@@ -50,7 +53,7 @@ class QueueObserver:
 
     def saw_variable(self, name: str, value: str) -> None:
         if (name in (PEER_VARIABLE, AGENT_VARIABLE) and value.strip()) or (
-            name == "ANSWEREDTIME" and _positive(value)
+            name == ANSWERED_TIME_VARIABLE and _positive(value)
         ):
             self.answered = True
         if name in _AGENT_SOURCES and (agent := agent_name(value)) is not None:
@@ -80,7 +83,7 @@ def outcome_of_hangup_report(
     """The outcome a dialplan hangup handler reports (FastAGI `/hangup`): a call is still
     open there only if it went on, i.e. if its decision was committed."""
     observer = QueueObserver(continued=decided)
-    observer.saw_variable("ANSWEREDTIME", answered_time)
+    observer.saw_variable(ANSWERED_TIME_VARIABLE, answered_time)
     observer.saw_variable("ABANDONED", abandoned)
     observer.saw_variable(AGENT_VARIABLE, agent)
     return observer.outcome()
