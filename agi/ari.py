@@ -865,12 +865,13 @@ class AriClient:
     # Events
 
     async def events(
-        self, wanted: frozenset[str] | None = None
+        self, wanted: frozenset[str] | None = None, variables: frozenset[str] | None = None
     ) -> AsyncGenerator[AriEvent | Reconnected, None]:
         """Events in arrival order, for as long as the client is open; reconnects on its own
         and yields Reconnected after each reconnection. Ends when the client is closed.
         With `wanted`, known event types not in it are dropped unread (a subscribed channel
-        reports every dialplan step and variable; an app that reads few pays for few)."""
+        reports every dialplan step and variable; an app that reads few pays for few), and
+        with `variables` too, ChannelVarset events of other variables."""
         url = self._url(
             "GET", "/events", {}, {"app": self._app, "subscribeAll": False}, websocket=True
         )
@@ -921,7 +922,7 @@ class AriClient:
                 replaced = False
                 async for message in socket:
                     if message.type in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY):
-                        event = self._decode_logged(message.data, wanted)
+                        event = self._decode_logged(message.data, wanted, variables)
                         if event is not None:
                             yield event
                             if event.type == "ApplicationReplaced":
@@ -1019,8 +1020,13 @@ class AriClient:
             raise AsteriskError(self._failure(error)) from error
 
     def _decode_logged(
-        self, data: str | bytes, wanted: frozenset[str] | None = None
+        self,
+        data: str | bytes,
+        wanted: frozenset[str] | None = None,
+        variables: frozenset[str] | None = None,
     ) -> AriEvent | None:
+        if wanted is not None and isinstance(data, str) and _unwanted(data, wanted, variables):
+            return None
         try:
             parsed = parse_event(data)
             if (
@@ -1049,6 +1055,31 @@ class AriClient:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(delay):
                 await self._closing.wait()
+
+
+# An event's type and a ChannelVarset's variable, read off the text without parsing it. A
+# key in JSON text is a quoted string no value can imitate (a quote inside a value is
+# escaped), and no object an event nests (channel, playback, bridge) has either key.
+_TYPE_FIELD = re.compile(r'"type"\s*:\s*"([A-Za-z]+)"')
+_VARIABLE_FIELD = re.compile(r'"variable"\s*:\s*"([^"\\]*)"')
+
+
+def _unwanted(text: str, wanted: frozenset[str], variables: frozenset[str] | None) -> bool:
+    """Whether an event can be dropped before it is parsed: a known type not `wanted`, or a
+    ChannelVarset of a variable not in `variables`. Whatever the text does not show plainly
+    is parsed and checked as usual."""
+    kind = _TYPE_FIELD.search(text)
+    if kind is None:
+        return False
+    name = kind.group(1)
+    if name not in EVENT_TYPES or name == "ApplicationReplaced":
+        return False
+    if name not in wanted:
+        return True
+    if name == "ChannelVarset" and variables is not None:
+        variable = _VARIABLE_FIELD.search(text)
+        return variable is not None and variable.group(1) not in variables
+    return False
 
 
 def _quote(value: str) -> str:

@@ -27,6 +27,7 @@ from pathlib import Path
 from agi.ports import Clock, EventSink
 from agi.spool import SpoolWatch
 from flows.errors import CallrecError, StorageError
+from flows.outcome import unrecorded_reason
 from storage.ports import Ledger, RecordingRow, RecordingStore
 
 log = logging.getLogger("callrec.collector")
@@ -147,9 +148,14 @@ class RecordingCollector:
             # MixMonitor creates its file as its thread starts (app_mixmonitor.c,
             # mixmonitor_thread), long before the channel ends; none now means it never
             # ran (the caller left before the queue, or the dialplan refused), or the file
-            # was collected already. Reconcile flags a row without a file.
-            log.info("call %s: no recording file was written", call_id)
+            # was collected already (the ledger then holds its recording and skips the
+            # mark). A decision to record with no recording says why, once.
             self._retries.pop(call_id, None)
+            reason = unrecorded_reason(
+                decision=row.decision, outcome=row.outcome, file_written=False
+            )
+            if row.ended_at is not None and reason is not None:
+                await self._mark_unrecorded(call_id, reason)
             return None
         if not await self.watch.finished(source, self._close_wait):
             log.warning(
@@ -178,6 +184,16 @@ class RecordingCollector:
                 },
             )
         return recording
+
+    async def _mark_unrecorded(self, call_id: str, reason: str) -> None:
+        try:
+            marked = await self._ledger.mark_unrecorded(call_id, reason, self._clock.now())
+        except StorageError as error:
+            log.error("call %s: not marked unrecorded: %s", call_id, error)
+            return
+        if marked:
+            log.info("call %s: no recording file was written: %s", call_id, reason)
+            self._events.publish("recording/skipped", {"call_id": call_id, "reason": reason})
 
     def _failed(self, call_id: str) -> None:
         failures, _ = self._retries.get(call_id, (0, 0.0))

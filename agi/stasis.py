@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import uuid
 from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass, field
@@ -52,12 +53,16 @@ from flows.events import (
 )
 from flows.keys import heard
 from flows.numbers import shown
-from flows.outcome import Outcome, QueueObserver, outcome_after_restart
+from flows.outcome import QUEUE_VARIABLES, Outcome, QueueObserver, outcome_after_restart
 from flows.policy import Policy
 from flows.shedding import DECISION_LAG_BOUND, Load, ShedBounds, shed_reason
 from storage.ports import CallRow
 
 log = logging.getLogger("callrec.stasis")
+
+# What ARRAY() passes through unchanged: no separator, quote, backslash or space (its
+# argument parser splits at commas and strips quotes and escapes).
+_ARRAY_VALUE = re.compile(r"[A-Za-z0-9_./+-]*")
 
 PROMPT_LANGUAGE = "sl"  # the prompts are Slovenian; Asterisk looks in sounds/sl/
 RECENT_CALLS = 10_000  # channel -> call id pairs kept for look-ups after a call ends
@@ -164,21 +169,32 @@ class AriChannel:
         if not self.subscribed:
             await self._client.subscribe(self._channel_id)
             self.subscribed = True
-        await _all(
-            self._client.set_variable(self._channel_id, "CALLREC_CALL_ID", call_id),
-            self._client.set_variable(self._channel_id, "CALLREC_FILE", file),
+        await self._set_all(
+            call_id, CALLREC_CALL_ID=call_id, CALLREC_FILE=file, CALLREC_RECORD="yes"
         )
-        # Last, alone: "yes" is only ever set on a channel that has the rest.
-        await self._client.set_variable(self._channel_id, "CALLREC_RECORD", "yes")
         return []
 
     async def skip_recording(self, call_id: str) -> list[Event]:
         await self._try_subscribe()  # for the outcome (answered or missed) only
-        await _all(
-            self._client.set_variable(self._channel_id, "CALLREC_CALL_ID", call_id),
-            self._client.set_variable(self._channel_id, "CALLREC_RECORD", "no"),
-        )
+        await self._set_all(call_id, CALLREC_CALL_ID=call_id, CALLREC_RECORD="no")
         return []
+
+    async def _set_all(self, call_id: str, **variables: str) -> None:
+        """The call's variables in one request: `ARRAY(A,B,...)=a,b,...` sets each in turn
+        (funcs/func_strings.c, `array`) on the channel's own thread while it is in Stasis,
+        so the dialplan sees all of them or none, and CALLREC_RECORD, named last, never
+        without the rest. A value that would split or be unquoted differently is refused:
+        the call then goes on unrecorded."""
+        for name, value in variables.items():
+            if not _ARRAY_VALUE.fullmatch(value):
+                raise AsteriskError(
+                    f"{name} {shown(value, 80)} cannot be set through ARRAY()", call_id=call_id
+                )
+        await self._client.set_variable(
+            self._channel_id,
+            f"ARRAY({','.join(variables)})",
+            ",".join(variables.values()),
+        )
 
     async def notice_callee(self, call_id: str, line: str) -> list[Event]:
         await self._client.set_variable(self._channel_id, "CALLREC_NOTICE", "yes")
@@ -196,14 +212,6 @@ class AriChannel:
     async def hangup(self) -> list[Event]:
         await self._client.hangup(self._channel_id)
         return []
-
-
-async def _all(*requests: Coroutine[Any, Any, None]) -> None:
-    """Run independent requests side by side; the first failure is raised once all ended."""
-    results = await asyncio.gather(*requests, return_exceptions=True)
-    for result in results:
-        if isinstance(result, BaseException):
-            raise result
 
 
 @dataclass(eq=False)
@@ -297,7 +305,7 @@ class StasisApp:
         the background, so that new calls are served meanwhile."""
         self._spawn(self._reconcile_when_connected())
         try:
-            async for item in self._client.events(WANTED_EVENTS):
+            async for item in self._client.events(WANTED_EVENTS, QUEUE_VARIABLES):
                 if isinstance(item, Reconnected):
                     self._connections += 1
                     log.warning("ARI events reconnected (attempt %d); reconciling", item.attempt)

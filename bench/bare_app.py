@@ -1,8 +1,9 @@
 """The live load benchmark's floor: an ARI app doing the controller's REST work, nothing more.
 
-Answer, play the consent question, and on 1 stop it, set the three recording variables and
-`continue`: the same requests on the same client (`agi.ari.AriClient`) as `callrec serve`
-makes for a caller who presses 1, with no flow, no ledger, no subscription and no policy.
+Answer, play the consent question, and on 1 stop it, set the three recording variables (one
+`ARRAY()` write, as the controller does) and `continue`: the same requests on the same client
+(`agi.ari.AriClient`) as `callrec serve` makes for a caller who presses 1, with no flow, no
+ledger, no subscription and no policy.
 
     python -m bench.bare_app URL USER APP SPOOL    (the password on stdin; until SIGTERM)
 """
@@ -66,9 +67,11 @@ class BareApp:
         call_id = uuid.uuid4().hex
         try:
             await self._client.stop_playback(playback)
-            await self._client.set_variable(channel, "CALLREC_CALL_ID", call_id)
-            await self._client.set_variable(channel, "CALLREC_FILE", f"{self._spool}/{call_id}.wav")
-            await self._client.set_variable(channel, "CALLREC_RECORD", "yes")
+            await self._client.set_variable(
+                channel,
+                "ARRAY(CALLREC_CALL_ID,CALLREC_FILE,CALLREC_RECORD)",
+                f"{call_id},{self._spool}/{call_id}.wav,yes",
+            )
             await self._client.continue_in_dialplan(channel)
         except AsteriskError as error:
             log.warning("channel %s: %s", channel, error)

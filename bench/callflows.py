@@ -69,6 +69,13 @@ SERVE = "import sys; from callrec.cli import main; sys.exit(main())"
 AFTER_COMMIT = frozenset({"CALLREC_CALL_ID", "CALLREC_FILE"})
 
 
+def variables_named(name: str) -> frozenset[str]:
+    """The variables one variable request sets: `X`, or each of `ARRAY(X,Y,...)`."""
+    if name.startswith("ARRAY(") and name.endswith(")"):
+        return frozenset(name[len("ARRAY(") : -1].split(","))
+    return frozenset({name})
+
+
 class TimedPbx(SimulatedPbx):
     """The simulated PBX, its log entries also stamped with a nanosecond clock (`ns`): the
     log's own `t` is rounded to milliseconds, too coarse for a 5 ms target."""
@@ -298,10 +305,12 @@ def _measure(run: Run, log: list[dict[str, Any]]) -> None:
         reaction.setdefault(channel, ns)
         if action == setup_suffix:
             setup.setdefault(channel, ns)
-        if action == "/variable" and params.get("variable") == "CALLREC_RECORD" and channel in dtmf:
-            record_set.setdefault(channel, ns)
-        if action == "/variable" and params.get("variable") in AFTER_COMMIT and channel in dtmf:
-            committed.setdefault(channel, ns)
+        if action == "/variable" and channel in dtmf:
+            names = variables_named(str(params.get("variable", "")))
+            if "CALLREC_RECORD" in names:
+                record_set.setdefault(channel, ns)
+            if names & AFTER_COMMIT:
+                committed.setdefault(channel, ns)
     if not setup:
         raise CallrecError(f"none of the {run.calls} calls through the {run.kind} app was set up")
     run.set_up = len(setup)

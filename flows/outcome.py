@@ -10,6 +10,10 @@ whose queue does not report the others.
 A call that ended before its decision was committed (hang-up during the prompt) is
 `ABANDONED_IN_PROMPT`, not missed: its caller did not hear the whole notice, so a callback
 to it is a new communication, and the callback lookup passes it over.
+
+A decision to record is carried out by the dialplan after the call left the controller
+(MixMonitor, before the queue), so a caller can leave in between: `unrecorded_reason` says
+why such a decision ended with no recording, once the call ended and its file settled.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
-from flows.policy import Direction
+from flows.policy import Decision, Direction
 
 AGENT_VARIABLE = "CALLREC_AGENT"
 MEMBER_VARIABLE = "MEMBERINTERFACE"  # Queue()'s setinterfacevar: the member that answered
@@ -25,6 +29,9 @@ PEER_VARIABLE = "BRIDGEPEER"
 # Which variable names the agent best: ours (the member's interface, or its channel), then
 # the queue's member interface, then the bridged channel's name (a channel, not a person).
 _AGENT_SOURCES = (AGENT_VARIABLE, MEMBER_VARIABLE, PEER_VARIABLE)
+ANSWERED_TIME_VARIABLE = "ANSWEREDTIME"
+# Every variable `QueueObserver.saw_variable` reads; an adapter may skip the others unread.
+QUEUE_VARIABLES = frozenset({*_AGENT_SOURCES, ANSWERED_TIME_VARIABLE})
 MAX_AGENT = 80  # an interface or channel name; anything longer is not one
 
 
@@ -46,7 +53,7 @@ class QueueObserver:
 
     def saw_variable(self, name: str, value: str) -> None:
         if (name in (PEER_VARIABLE, AGENT_VARIABLE) and value.strip()) or (
-            name == "ANSWEREDTIME" and _positive(value)
+            name == ANSWERED_TIME_VARIABLE and _positive(value)
         ):
             self.answered = True
         if name in _AGENT_SOURCES and (agent := agent_name(value)) is not None:
@@ -76,7 +83,7 @@ def outcome_of_hangup_report(
     """The outcome a dialplan hangup handler reports (FastAGI `/hangup`): a call is still
     open there only if it went on, i.e. if its decision was committed."""
     observer = QueueObserver(continued=decided)
-    observer.saw_variable("ANSWEREDTIME", answered_time)
+    observer.saw_variable(ANSWERED_TIME_VARIABLE, answered_time)
     observer.saw_variable("ABANDONED", abandoned)
     observer.saw_variable(AGENT_VARIABLE, agent)
     return observer.outcome()
@@ -99,6 +106,25 @@ def outcome_after_restart(*, decided: bool, recorded_audio: bool) -> Outcome:
     observer = QueueObserver(continued=decided)
     observer.saw_recorded_audio(recorded_audio)
     return observer.outcome()
+
+
+LEFT_BEFORE_RECORDING = "caller left before recording started"
+NO_FILE_THOUGH_ANSWERED = "no recording file was written though an agent took the call"
+
+
+def unrecorded_reason(
+    *, decision: Decision, outcome: Outcome | None, file_written: bool
+) -> str | None:
+    """Why an ended call's decision to record has no recording, or None when nothing is
+    owed (not a "record" decision, not ended, or MixMonitor wrote a file). MixMonitor creates
+    its file as it starts, so no file means it never ran: the caller left between the
+    decision and the dialplan's MixMonitor, or, if an agent still took the call, the
+    dialplan did not start it."""
+    if decision is not Decision.RECORD or outcome is None or file_written:
+        return None
+    if outcome is Outcome.ANSWERED:
+        return NO_FILE_THOUGH_ANSWERED
+    return LEFT_BEFORE_RECORDING
 
 
 def _positive(value: str) -> bool:

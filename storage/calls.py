@@ -199,16 +199,28 @@ async def set_recording_file(ctx: Context, call_id: str, path: str) -> None:
     await ctx.db.write(body, f"noting the recording file of call {call_id}", serial=False)
 
 
-async def mark_unrecorded(ctx: Context, call_id: str, reason: str, at: datetime) -> None:
-    """A committed decision to record that could not be carried out, and why."""
+async def mark_unrecorded(ctx: Context, call_id: str, reason: str, at: datetime) -> bool:
+    """A committed decision to record that could not be carried out, and why: once per call,
+    and never for a call whose recording is stored or being stored. Whether it was marked."""
     check_call_id(call_id)
 
-    def body(tx: Tx) -> None:
+    def body(tx: Tx) -> bool:
         if tx.one("SELECT 1 FROM calls WHERE call_id = ?", (call_id,)) is None:
             raise NotFoundError("no such call", call_id=call_id)
+        if (
+            tx.one("SELECT 1 FROM recordings WHERE call_id = ?", (call_id,)) is not None
+            or tx.one("SELECT 1 FROM pending_ingests WHERE call_id = ?", (call_id,)) is not None
+            or tx.one(
+                "SELECT 1 FROM audit WHERE subject = ? AND action = ?",
+                (call_id, "recording.not_started"),
+            )
+            is not None
+        ):
+            return False
         ctx.audit(tx, at, "recording.not_started", call_id, {"reason": reason})
+        return True
 
-    await ctx.db.write(body, f"marking call {call_id} unrecorded", serial=False)
+    return await ctx.db.write(body, f"marking call {call_id} unrecorded", serial=False)
 
 
 async def end_call(

@@ -217,9 +217,10 @@ class Ledger(Protocol):
     async def set_recording_file(self, call_id: str, path: str) -> None:
         """Remember the file MixMonitor was told to write, before it is told."""
 
-    async def mark_unrecorded(self, call_id: str, reason: str, at: datetime) -> None:
+    async def mark_unrecorded(self, call_id: str, reason: str, at: datetime) -> bool:
         """A committed decision to record that could not be carried out, and why (an audit
-        entry `recording.not_started` on the call)."""
+        entry `recording.not_started` on the call, once; none for a call whose recording is
+        stored or being stored). Whether it was marked now."""
 
     async def end_call(
         self, call_id: str, ended_at: datetime, outcome: Outcome, agent: str | None = None

@@ -155,8 +155,8 @@ class Store:
     async def set_recording_file(self, call_id: str, path: str) -> None:
         await calls.set_recording_file(self.ctx, call_id, path)
 
-    async def mark_unrecorded(self, call_id: str, reason: str, at: datetime) -> None:
-        await calls.mark_unrecorded(self.ctx, call_id, reason, at)
+    async def mark_unrecorded(self, call_id: str, reason: str, at: datetime) -> bool:
+        return await calls.mark_unrecorded(self.ctx, call_id, reason, at)
 
     async def end_call(
         self, call_id: str, ended_at: datetime, outcome: Outcome, agent: str | None = None

@@ -31,6 +31,7 @@ from agi.ports import Payload
 from agi.session import SessionDeps
 from agi.spool import SpoolWatch
 from flows.policy import Policy
+from storage.ports import Ledger
 from storage.sqlite import SqliteStore
 
 TRANSCRIPTS = Path(__file__).parent / "agi_transcripts"
@@ -199,8 +200,10 @@ async def fastagi_harness(
     prompt_timeout: float = 5.0,
     max_line: int = 8192,
     caller_id_form: str = "national",
+    ledger: Callable[[SqliteStore], Ledger] | None = None,
 ) -> AsyncIterator[Harness]:
-    """A FastAGI server on a free loopback port, with a SQLite store in `tmp_path`."""
+    """A FastAGI server on a free loopback port, with a SQLite store in `tmp_path`; the
+    sessions reach the store through `ledger(store)` when given (a slow or failing one)."""
     policy = policy or Policy()
     spool = tmp_path / "spool"
     spool.mkdir(parents=True, exist_ok=True)
@@ -209,7 +212,7 @@ async def fastagi_harness(
     collector = RecordingCollector(store, store, clock, sink, SpoolWatch(spool))
     collector.start(check=False)
     deps = SessionDeps(
-        ledger=store,
+        ledger=store if ledger is None else ledger(store),
         store=store,
         clock=clock,
         events=sink,

@@ -346,6 +346,52 @@ async def test_events_an_app_does_not_want_are_dropped_unread(
     assert taken == ["StasisStart", "ChannelVarset", "SomethingNew", "ApplicationReplaced"]
 
 
+async def test_variables_an_app_does_not_read_are_dropped_unread(
+    serve: Callable[[Handler], Awaitable[str]],
+) -> None:
+    """With `variables`, ChannelVarset events of other variables never reach the app, while
+    a wanted one always does: in pretty-printed JSON, with its keys in any order, and with
+    a value that quotes another type or variable."""
+    decoy = '{"type": "ChannelDialplan", "variable": "QUEUEPOSITION"}'
+    sent = [
+        json.dumps(_event("ChannelVarset", variable="QUEUEPOSITION", value="1")),
+        json.dumps(_event("ChannelVarset", variable="MIXMONITOR_FILENAME", value="/x.wav")),
+        json.dumps(_event("ChannelVarset", variable="BRIDGEPEER", value="PJSIP/agent-1"), indent=2),
+        json.dumps({"value": decoy, "variable": "CALLREC_AGENT", **_event("ChannelVarset")}),
+        json.dumps(_event("ChannelDialplan", dialplan_app="Queue")),
+        json.dumps(_event("ChannelVarset", variable="ANSWEREDTIME", value="12")),
+    ]
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        for text in sent:
+            await ws.send_str(text)
+        await asyncio.sleep(10)
+        return ws
+
+    url = await serve(handler)
+    wanted = frozenset({"ChannelVarset"})
+    variables = frozenset({"BRIDGEPEER", "CALLREC_AGENT", "ANSWEREDTIME"})
+    async with AriClient(url, USER, PASSWORD, "callrec", timeout=0.3) as client:
+        taken: list[tuple[str | None, str | None]] = []
+        events = client.events(wanted, variables)
+        try:
+            async with asyncio.timeout(5):
+                async for item in events:
+                    if isinstance(item, AriEvent):
+                        taken.append((item.variable, item.value))
+                    if len(taken) == 3:
+                        break
+        finally:
+            await events.aclose()
+    assert taken == [
+        ("BRIDGEPEER", "PJSIP/agent-1"),
+        ("CALLREC_AGENT", decoy),
+        ("ANSWEREDTIME", "12"),
+    ]
+
+
 async def test_reconnects_after_the_server_drops_the_socket(
     serve: Callable[[Handler], Awaitable[str]],
 ) -> None:

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from flows.outcome import Outcome, outcome_after_restart, outcome_of_hangup_report
+from flows.outcome import (
+    LEFT_BEFORE_RECORDING,
+    NO_FILE_THOUGH_ANSWERED,
+    Outcome,
+    outcome_after_restart,
+    outcome_of_hangup_report,
+    unrecorded_reason,
+)
+from flows.policy import Decision
 
 
 @pytest.mark.parametrize(
@@ -34,3 +42,24 @@ def test_a_call_that_ended_unseen_is_judged_by_its_recording() -> None:
     assert outcome_after_restart(decided=True, recorded_audio=True) is Outcome.ANSWERED
     assert outcome_after_restart(decided=True, recorded_audio=False) is Outcome.MISSED
     assert outcome_after_restart(decided=False, recorded_audio=False) is Outcome.ABANDONED_IN_PROMPT
+
+
+@pytest.mark.parametrize(
+    ("decision", "outcome", "file_written", "reason"),
+    [
+        (Decision.RECORD, Outcome.ABANDONED_IN_PROMPT, False, LEFT_BEFORE_RECORDING),
+        (Decision.RECORD, Outcome.MISSED, False, LEFT_BEFORE_RECORDING),
+        (Decision.RECORD, Outcome.ANSWERED, False, NO_FILE_THOUGH_ANSWERED),
+        (Decision.RECORD, Outcome.ANSWERED, True, None),
+        (Decision.RECORD, None, False, None),  # not ended: MixMonitor may still start
+        (Decision.REFUSE, Outcome.MISSED, False, None),
+        (Decision.NONE, Outcome.ABANDONED_IN_PROMPT, False, None),
+    ],
+)
+def test_a_decision_to_record_without_a_file_says_why(
+    decision: Decision, outcome: Outcome | None, file_written: bool, reason: str | None
+) -> None:
+    """Only an ended call decided "record" whose file was never written is owed a reason."""
+    assert (
+        unrecorded_reason(decision=decision, outcome=outcome, file_written=file_written) == reason
+    )

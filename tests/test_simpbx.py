@@ -292,6 +292,17 @@ async def test_requests_on_a_live_channel_are_checked_like_asterisk(ari: Ari) ->
         200,
         {"value": "041123456"},
     )
+    # ARRAY() sets each named variable from the comma-separated value; one with no value
+    # is set empty (funcs/func_strings.c, array).
+    status, _ = await ari.call(
+        "POST", f"/channels/{cid}/variable", variable="ARRAY(A1,A2,A3)", value="x,/s/f.wav"
+    )
+    assert status == 204
+    for name, value in (("A1", "x"), ("A2", "/s/f.wav"), ("A3", "")):
+        assert await ari.call("GET", f"/channels/{cid}/variable", variable=name) == (
+            200,
+            {"value": value},
+        ), name
     status, channel = await ari.call("GET", f"/channels/{cid}")
     assert status == 200
     assert set(channel) == {

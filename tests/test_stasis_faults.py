@@ -332,3 +332,44 @@ async def test_a_call_the_ledger_cannot_take_goes_on_unrecorded(tmp_path: Path) 
             with contextlib.suppress(asyncio.CancelledError):
                 await task
             await client.close()
+
+
+async def test_the_decision_reaches_the_channel_in_one_request(tmp_path: Path) -> None:
+    """A caller who presses 1 gets CALLREC_CALL_ID, CALLREC_FILE and CALLREC_RECORD from one
+    ARRAY() write, so the dialplan never sees "yes" without the file, and is recorded."""
+    async with harness(POLICY, tmp_path, time_scale=SCALE) as h:
+        assert h.sim is not None
+        result = await call(h, SERVICE, "041 555 240", PRESS_1)
+        row = await finished(h, result)
+        writes = [
+            e
+            for e in h.sim.log
+            if e["kind"] == "rest"
+            and e["method"] == "POST"
+            and e["path"] == f"/channels/{result.channel_id}/variable"
+        ]
+        assert [w["params"]["variable"] for w in writes] == [
+            "ARRAY(CALLREC_CALL_ID,CALLREC_FILE,CALLREC_RECORD)"
+        ]
+        assert result.variables["CALLREC_CALL_ID"] == row.call_id
+        assert result.variables["CALLREC_FILE"] == row.recording_file == result.recorded_file
+        assert result.variables["CALLREC_RECORD"] == "yes"
+        await _until_stored(h, row.call_id)
+
+
+async def test_a_spool_path_that_array_would_split_is_never_recorded(tmp_path: Path) -> None:
+    """A spool directory with a comma in its path cannot pass through ARRAY() whole: the
+    caller who pressed 1 still reaches an agent, unrecorded, and the ledger says why."""
+    async with harness(POLICY, tmp_path, time_scale=SCALE, spool_dir=tmp_path / "sp,ool") as h:
+        assert h.sim is not None
+        result = await call(h, SERVICE, "041 555 241", PRESS_1)
+        row = await finished(h, result)
+        assert result.recorded_file is None and result.answered_by_agent
+        assert result.variables.get("CALLREC_RECORD") != "yes"
+        assert row.decision is Decision.RECORD
+        reasons = [
+            e.details["reason"]
+            for e in await h.store.audit_entries(row.call_id)
+            if e.action == "recording.not_started"
+        ]
+        assert len(reasons) == 1 and reasons[0].startswith("recording could not be started")

@@ -37,6 +37,7 @@ from flows.policy import Decision, Direction, LegalBasis, Purpose
 from flows.retention import delete_after
 from storage.audit import load_key, pseudonym
 from storage.ports import (
+    AuditEntry,
     CallStart,
     DecisionRecord,
     Ledger,
@@ -307,6 +308,26 @@ async def test_ingest_stores_the_file_durably_with_its_metadata(
     assert row.delete_after == delete_after(row.created_at, months=6, tz="Europe/Ljubljana")
     assert row.purposes == {Purpose.QUALITY, Purpose.EVIDENCE}
     assert await store.recordings() == [row]
+
+
+async def test_a_decision_to_record_is_marked_unrecorded_once_and_never_when_stored(
+    store: SqliteStore, spool: Path
+) -> None:
+    """`recording.not_started` is written once per call, and never for a call whose
+    recording the store holds (a second look after the file was taken in)."""
+    stored_id, source = await record_call(store, spool)
+    await store.ingest(stored_id, source, T0 + timedelta(minutes=4))
+    assert not await store.mark_unrecorded(stored_id, "no file", T0 + timedelta(minutes=5))
+    left_id, left_file = await record_call(store, spool, at=T0 + timedelta(minutes=1))
+    left_file.unlink()
+    assert await store.mark_unrecorded(left_id, "caller left", T0 + timedelta(minutes=5))
+    assert not await store.mark_unrecorded(left_id, "again", T0 + timedelta(minutes=6))
+
+    def reasons(entries: Sequence[AuditEntry]) -> list[str]:
+        return [e.details["reason"] for e in entries if e.action == "recording.not_started"]
+
+    assert reasons(await store.audit_entries(left_id)) == ["caller left"]
+    assert reasons(await store.audit_entries(stored_id)) == []
 
 
 async def test_recording_ids_follow_the_order_the_recordings_were_made(

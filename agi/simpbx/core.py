@@ -535,7 +535,9 @@ class Switch:
     def write_variable(self, channel: Channel, name: str, value: str | None) -> None:
         """Set a variable, or write one of the few dialplan functions the dialplan uses:
         `MASTER_CHANNEL(VAR)` (the queue member's Gosub naming the agent on the caller's
-        channel), `CHANNEL(hangup_handler_push)` and `CHANNEL(language)`."""
+        channel), `CHANNEL(hangup_handler_push)`, `CHANNEL(language)`, and `ARRAY(A,B,...)`
+        (each variable in turn from the comma-separated value, missing ones set empty, as
+        funcs/func_strings.c `array` does)."""
         if not name.endswith(")"):
             self.set_var(channel, name, value)
             return
@@ -548,6 +550,10 @@ class Switch:
                 channel.hangup_handlers.append((target[0], target[1], int(target[2])))
         elif function == "CHANNEL" and argument == "language" and value:
             channel.language = value
+        elif function == "ARRAY":
+            values = (value or "").split(",")
+            for index, variable in enumerate(argument.split(",")):
+                self.set_var(channel, variable, values[index] if index < len(values) else "")
         else:
             log.info("%s: the simulator ignores writing %s", channel.id, name)
 
