@@ -11,6 +11,7 @@ import contextlib
 import logging
 import signal
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from agi.collector import RecordingCollector
@@ -256,17 +257,41 @@ async def _start_collecting(
     return collector
 
 
+@dataclass(frozen=True, slots=True)
+class _Parts:
+    """What `serve` and `fastagi` both run on."""
+
+    store: StoreApi
+    events: EventSink
+    metrics: Metrics
+    deps: SessionDeps
+
+
+@contextlib.asynccontextmanager
+async def _controller(settings: Settings, command: str, mode: str) -> AsyncIterator[_Parts]:
+    """The store, the spool's collector, the events and the metrics of a controller, started
+    in that order and stopped in the reverse one."""
+    events = events_of(settings)
+    metrics = Metrics(mode)
+    async with serving_store(settings, command) as plain_store:
+        store = MeteredStore(plain_store, metrics)
+        collector = await _start_collecting(settings, store, events)
+        try:
+            if isinstance(events, MqttEvents):
+                await events.start()
+            yield _Parts(store, events, metrics, _deps(settings, store, events, collector))
+        finally:
+            await collector.stop()
+            if isinstance(events, MqttEvents):
+                await events.stop()
+
+
 async def serve(settings: Settings, reload: Reload | None = None) -> int:
     from agi.ari import AriClient
     from agi.stasis import StasisApp
 
-    events = events_of(settings)
-    metrics = Metrics("ari")
-    async with serving_store(settings, "serve") as plain_store:
-        store = MeteredStore(plain_store, metrics)
-        collector = await _start_collecting(settings, store, events)
-        if isinstance(events, MqttEvents):
-            await events.start()
+    async with _controller(settings, "serve", "ari") as parts:
+        store, events, metrics, deps = parts.store, parts.events, parts.metrics, parts.deps
         client = AriClient(
             settings.ari.url,
             settings.ari.user,
@@ -276,7 +301,6 @@ async def serve(settings: Settings, reload: Reload | None = None) -> int:
             on_request=metrics.observe_request,
             credentials_hint=CREDENTIALS_HINT,
         )
-        deps = _deps(settings, store, events, collector)
         app = StasisApp(
             client,
             deps,
@@ -322,24 +346,15 @@ async def serve(settings: Settings, reload: Reload | None = None) -> int:
                 for task in tasks:
                     task.cancel()
                 await asyncio.gather(*tasks, return_exceptions=True)
-                await collector.stop()
                 await client.close()
-                if isinstance(events, MqttEvents):
-                    await events.stop()
     return EXIT_OK
 
 
 async def fastagi(settings: Settings, reload: Reload | None = None) -> int:
     from agi.fastagi import FastAgiServer
 
-    events = events_of(settings)
-    metrics = Metrics("fastagi")
-    async with serving_store(settings, "fastagi") as plain_store:
-        store = MeteredStore(plain_store, metrics)
-        collector = await _start_collecting(settings, store, events)
-        if isinstance(events, MqttEvents):
-            await events.start()
-        deps = _deps(settings, store, events, collector)
+    async with _controller(settings, "fastagi", "fastagi") as parts:
+        store, events, metrics, deps = parts.store, parts.events, parts.metrics, parts.deps
         server = FastAgiServer(
             deps,
             settings.policy,
@@ -364,7 +379,4 @@ async def fastagi(settings: Settings, reload: Reload | None = None) -> int:
                 sweeper.cancel()
                 checkpointer.cancel()
                 await server.stop()
-                await collector.stop()
-                if isinstance(events, MqttEvents):
-                    await events.stop()
     return EXIT_OK
