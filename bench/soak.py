@@ -25,7 +25,7 @@ from pathlib import Path
 from agi.simpbx import CallerScript
 from bench.figures import Result, Row
 from bench.sizes import Sizes
-from callrec.runner import Harness, harness
+from callrec.harness import Harness, harness
 from flows.policy import Decision, Policy
 from storage.ports import RecordingStatus
 

@@ -33,10 +33,10 @@ from callrec.cli import (
 )
 from callrec.config import Settings
 from callrec.events import MqttEvents, NullEvents
+from callrec.harness import Harness, LiveAsterisk, refuse_a_taken_app
 from callrec.logs import sweep_summary
 from callrec.progress import ProgressBar
 from callrec.resources import scenarios_dir
-from callrec.runner import Harness, LiveAsterisk, refuse_a_taken_app
 from flows.errors import CallrecError
 from flows.policy import Purpose
 from storage import checkpoints, files
@@ -190,7 +190,8 @@ async def _run_scenarios(
     scenario that sweeps a year later deletes nothing of another's."""
     from dataclasses import replace
 
-    from callrec.runner import harness, live_capable, refuse_a_serving_dir, run_scenario
+    from callrec.harness import harness, refuse_a_serving_dir
+    from callrec.runner import live_capable, run_scenario
     from callrec.scenarios import Scenario, load_scenarios
 
     scenarios = load_scenarios(files)

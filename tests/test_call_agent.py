@@ -10,7 +10,7 @@ from fakes import fastagi_harness
 from storage_helpers import POLICY, T0, open_store, record_call
 
 from agi.simpbx import CallerScript, SimulatedPbx
-from callrec.runner import harness
+from callrec.harness import harness
 from flows.outcome import Outcome, QueueObserver
 from prompts.catalog import load_catalog
 

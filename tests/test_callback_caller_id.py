@@ -12,7 +12,7 @@ import pytest
 from fakes import fastagi_harness
 
 from agi.simpbx import CallerScript, CallResult, SimulatedPbx
-from callrec.runner import harness
+from callrec.harness import harness
 from flows.policy import Policy
 from prompts.catalog import load_catalog
 

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from callrec.runner import harness, run_scenario
+from callrec.harness import harness
+from callrec.runner import run_scenario
 from callrec.scenarios import load_scenario
 from flows.errors import ConfigError
 from flows.policy import Policy

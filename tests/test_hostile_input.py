@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agi.simpbx import CallerScript
-from callrec.runner import harness
+from callrec.harness import harness
 from flows.config import policy_from_mapping
 from flows.errors import ConfigError
 from flows.policy import Policy

@@ -11,7 +11,7 @@ import pytest
 from fakes import KeyingAsterisk, fastagi_harness
 
 from agi.simpbx import CallerScript
-from callrec.runner import harness
+from callrec.harness import harness
 from flows.policy import Policy
 from prompts.catalog import load_catalog
 

@@ -197,7 +197,7 @@ def test_importing_the_simulated_pbx_loads_no_policy() -> None:
 
 def test_production_code_never_imports_the_simulated_pbx() -> None:
     """The controller's own modules (agi/, storage/, flows/) never import the simulator;
-    only the demo's wiring (callrec/runner.py) and tests do."""
+    only the demo's wiring (callrec/harness.py) and tests do."""
     for package in ("agi", "storage", "flows"):
         for path in sorted((ROOT / package).glob("*.py")):
             reached = {m for m in _project_modules(path) if m.startswith("agi.simpbx")}

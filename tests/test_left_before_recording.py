@@ -12,7 +12,7 @@ from pathlib import Path
 from fakes import fastagi_harness
 
 from agi.simpbx import CallerScript, CallResult, SimulatedPbx
-from callrec.runner import harness
+from callrec.harness import harness
 from flows.outcome import LEFT_BEFORE_RECORDING
 from flows.policy import Decision, Policy
 from prompts.catalog import load_catalog

@@ -11,7 +11,8 @@ import pytest
 from readme_recipe import complaints_recipe, with_second_sales_number
 
 from callrec.config import load_settings
-from callrec.runner import harness, run_scenario
+from callrec.harness import harness
+from callrec.runner import run_scenario
 from callrec.scenarios import load_scenario
 from flows.policy import Purpose
 from flows.retention import delete_after

@@ -22,7 +22,8 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from callrec.runner import LIVE_FASTAGI_PORT, LiveAsterisk, harness, live_capable, run_scenario
+from callrec.harness import LIVE_FASTAGI_PORT, LiveAsterisk, harness
+from callrec.runner import live_capable, run_scenario
 from callrec.scenarios import load_scenario
 from flows.policy import Policy
 

@@ -21,7 +21,7 @@ from agi.ari import DEFAULT_MAX_CONNECTIONS, _Gate
 from agi.session import DecisionLag
 from agi.simpbx import CallerScript, CallResult
 from callrec.config import DEFAULT_ARI_MAX_CONNECTIONS, load_settings
-from callrec.runner import Harness, harness
+from callrec.harness import Harness, harness
 from flows.errors import ConfigError, StorageError
 from flows.policy import Decision, Direction, LegalBasis, Policy
 from flows.shedding import Load, ShedBounds, shed_reason

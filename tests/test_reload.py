@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from agi.simpbx import CallerScript, CallResult, SimulatedPbx
-from callrec.runner import line_dids
+from callrec.harness import line_dids
 from flows.config import policy_from_mapping
 from flows.retention import delete_after
 from prompts.catalog import load_catalog

@@ -9,7 +9,7 @@ import pytest
 from agi.simpbx import SimulationSettingError
 from agi.simpbx.dialplan import callrec_dialplan
 from agi.simpbx.dids import DEFAULT_CONF_DIR, load_dids, parse_dids
-from callrec.runner import simulated_dids
+from callrec.harness import simulated_dids
 from flows.errors import ConfigError
 
 DIALPLAN = """

@@ -14,7 +14,7 @@ import pytest
 
 from agi.ari import AriClient
 from agi.simpbx import CallerScript, SimCall
-from callrec.runner import Harness, LiveAsterisk, harness, refuse_a_taken_app
+from callrec.harness import Harness, LiveAsterisk, harness, refuse_a_taken_app
 from flows.errors import CallrecError
 from flows.policy import Policy
 

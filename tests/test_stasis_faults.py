@@ -14,7 +14,7 @@ from agi.ari import AriClient
 from agi.session import SessionDeps
 from agi.simpbx import CallerScript, CallResult
 from agi.stasis import StasisApp
-from callrec.runner import Harness, harness
+from callrec.harness import Harness, harness
 from flows.errors import StoreFullError
 from flows.policy import Decision, Policy
 from storage.ports import CallRow, CallStart, Ledger, RecordingStatus

@@ -21,7 +21,7 @@ from agi.simpbx.errors import SimulationSettingError
 
 INBOUND_CONTEXT = "callrec-inbound"
 # The checkout's asterisk-conf/; an installed package has no checkout, so whoever runs the
-# simulator there (callrec.runner) names the directory it ships.
+# simulator there (callrec.harness) names the directory it ships.
 DEFAULT_CONF_DIR = Path(__file__).resolve().parents[2] / "asterisk-conf"
 _SECTION = re.compile(r"\[([^\]]+)\]")
 _DID = re.compile(

@@ -1,6 +1,6 @@
 """The simulator's own errors: it stands for Asterisk, so it knows nothing of callrec's.
 
-Callers that wire it to the controller (`callrec.runner`) translate these at the boundary.
+Callers that wire it to the controller (`callrec.harness`) translate these at the boundary.
 """
 
 from __future__ import annotations
