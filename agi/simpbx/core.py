@@ -157,7 +157,7 @@ class Switch:
         event: Json = {"type": kind, "timestamp": timestamp(), **fields}
         event["asterisk_id"] = self.entity_id
         for app in list(self.apps.values()):
-            if app.sink is not None and app.wants(targets):
+            if app.sink is not None and app.wants(targets) and app.allows(kind):
                 app.sink({**event, "application": app.name})
 
     def tidy_apps(self) -> None:

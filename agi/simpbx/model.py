@@ -91,6 +91,7 @@ class Channel:
     app_name: str = ""
     app_data: str = ""
     variables: dict[str, str] = field(default_factory=dict)
+    reported: list[str] = field(default_factory=list)  # variables set with report_events
     stasis_app: str | None = None
     stasis_reached: bool = False
     pending: deque[Command] = field(default_factory=deque)
@@ -126,8 +127,9 @@ class Channel:
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
 
     def snapshot(self) -> Json:
-        """The ARI `Channel` model, with the fields the traces show."""
-        return {
+        """The ARI `Channel` model, with the fields the traces show, and `channelvars` once a
+        variable is reported (main/stasis_channels.c: each with its value now, "" unset)."""
+        snapshot: Json = {
             "id": self.id,
             "name": self.name,
             "state": self.state,
@@ -145,6 +147,9 @@ class Channel:
             "creationtime": self.creationtime,
             "language": self.language,
         }
+        if self.reported:
+            snapshot["channelvars"] = {n: self.variables.get(n, "") for n in self.reported}
+        return snapshot
 
     def locate(self, context: str, exten: str, priority: int, app: str, data: str) -> None:
         self.context, self.exten, self.priority = context, exten, priority
@@ -182,6 +187,10 @@ class StasisApp:
     sink: Sink | None = None
     subscribe_all: bool = False
     interest: Counter[str] = field(default_factory=Counter)  # channel id -> subscriptions
+    # PUT /applications/{name}/eventFilter (res/stasis/app.c): event types; an empty
+    # `allowed` allows all, and `disallowed` wins over `allowed`.
+    allowed: list[str] = field(default_factory=list)
+    disallowed: list[str] = field(default_factory=list)
 
     @property
     def active(self) -> bool:
@@ -195,6 +204,9 @@ class StasisApp:
     def wants(self, channels: Iterable[Channel]) -> bool:
         return self.subscribe_all or any(self.interest[c.id] > 0 for c in channels)
 
+    def allows(self, kind: str) -> bool:
+        return kind not in self.disallowed and (not self.allowed or kind in self.allowed)
+
     def json(self) -> Json:
         return {
             "name": self.name,
@@ -202,8 +214,8 @@ class StasisApp:
             "bridge_ids": [],
             "endpoint_ids": [],
             "device_names": [],
-            "events_allowed": [],
-            "events_disallowed": [],
+            "events_allowed": [{"type": t} for t in self.allowed],
+            "events_disallowed": [{"type": t} for t in self.disallowed],
         }
 
 

@@ -119,6 +119,9 @@ class _Socket:
     closed: bool = False
 
 
+_STRUCTURED = frozenset({"variables", "allowed", "disallowed"})  # body fields kept as JSON
+
+
 def _true(value: str | None) -> bool:
     return (value or "").strip().lower() in ("yes", "true", "y", "t", "1", "on")
 
@@ -138,6 +141,7 @@ class SimulatedPbx:
         epoch: int | None = None,
         mode: str = "ari",
         fastagi: tuple[str, int] | None = None,
+        reports_variables: bool = True,
     ) -> None:
         if time_scale <= 0:
             raise SimulationSettingError(
@@ -177,6 +181,8 @@ class SimulatedPbx:
             self._live_switch,
             self.dialplan,
             {**DEFAULT_LOCAL_SCRIPTS, **(local_scripts or {})},
+            # False: an Asterisk from before 2026, without POST /channels/{id}/variables.
+            reports_variables=reports_variables,
         )
 
     # -- lifecycle -------------------------------------------------------------------
@@ -495,7 +501,11 @@ class SimulatedPbx:
                     return error_reply(400, "Error parsing request body")
                 if isinstance(body, dict):
                     for key, value in body.items():
-                        params.setdefault(key, value if key == "variables" else str(value))
+                        # Structured fields stay JSON (originate's and set-variables'
+                        # `variables`, an event filter's lists); the rest are text as in
+                        # a query.
+                        structured = isinstance(value, dict | list) and key in _STRUCTURED
+                        params.setdefault(key, value if structured else str(value))
         return params
 
     def _fault(self, method: str, path: str) -> _Fault | None:
