@@ -29,7 +29,7 @@ import random
 import re
 import ssl as ssl_module
 from collections import deque
-from collections.abc import AsyncGenerator, Callable, Mapping
+from collections.abc import AsyncGenerator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Final
@@ -75,6 +75,9 @@ CHANNEL_REQUIRED: Final = frozenset(
     {"StasisStart", "StasisEnd", "ChannelDtmfReceived", "ChannelHangupRequest", "ChannelDestroyed"}
 )
 
+# The channel id `reports_variables` names: no channel is ever called this (Asterisk's ids
+# are "<epoch>.<n>" or a client's own), and the request is refused before any look-up.
+PROBE_CHANNEL = "callrec-probe"
 RELEASE_POLL = 2.0  # seconds between looks whether another client let go of our app
 # Requests in flight at once. Asterisk serves each HTTP connection with a thread and refuses
 # connections past http.conf's `sessionlimit` (asterisk-conf/http.conf: 100) by closing them
@@ -94,6 +97,7 @@ ENDPOINTS: tuple[tuple[str, str, frozenset[str]], ...] = (
     ("POST", "/applications/{applicationName}/subscription", frozenset({"eventSource"})),
     ("DELETE", "/applications/{applicationName}/subscription", frozenset({"eventSource"})),
     ("POST", "/channels/{channelId}/variable", frozenset({"variable", "value"})),
+    ("POST", "/channels/{channelId}/variables", frozenset({"variables"})),
     ("GET", "/channels/{channelId}/variable", frozenset({"variable"})),
     ("POST", "/channels/{channelId}/continue", frozenset({"context", "extension", "priority"})),
     ("DELETE", "/channels/{channelId}", frozenset({"reason"})),
@@ -110,6 +114,7 @@ ENDPOINTS: tuple[tuple[str, str, frozenset[str]], ...] = (
     ("GET", "/asterisk/variable", frozenset({"variable"})),
     ("POST", "/asterisk/variable", frozenset({"variable", "value"})),
     ("GET", "/applications/{applicationName}", frozenset()),
+    ("PUT", "/applications/{applicationName}/eventFilter", frozenset({"filter"})),
     ("GET", "/events", frozenset({"app", "subscribeAll"})),
 )
 _ALLOWED: Final = {(method, path): params for method, path, params in ENDPOINTS}
@@ -133,6 +138,9 @@ class AriEvent:
     exten: str | None
     timestamp: str | None
     raw: Mapping[str, Any] = field(repr=False, compare=False)
+    # The channel's `channelvars`: the variables Asterisk was asked to report with every
+    # event of the channel (`set_variables(..., reported=...)`), at the event's moment.
+    channel_vars: Mapping[str, str] | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,8 +197,10 @@ def lift_event(data: dict[str, Any]) -> AriEvent:
     if channel is None and kind in CHANNEL_REQUIRED:
         raise ProtocolViolation(f"{where} has no 'channel'")
     channel_id = caller_number = exten = None
+    channel_vars: Mapping[str, str] | None = None
     if channel is not None:
         channel_id = _required_text(channel, "id", where, "channel")
+        channel_vars = _variables(channel, where)
         caller = _object(channel, "caller", where, "channel")
         caller_number = None if caller is None else _text(caller, "number", where, "caller")
         dialplan = _object(channel, "dialplan", where, "channel")
@@ -234,7 +244,19 @@ def lift_event(data: dict[str, Any]) -> AriEvent:
         exten=exten,
         timestamp=_text(data, "timestamp", where),
         raw=MappingProxyType(data),
+        channel_vars=channel_vars,
     )
+
+
+def _variables(channel: Mapping[str, Any], where: _Where) -> Mapping[str, str] | None:
+    """A channel snapshot's `channelvars` (Swagger: an object), its values strings."""
+    found = _object(channel, "channelvars", where, "channel")
+    if found is None:
+        return None
+    if not all(isinstance(value, str) for value in found.values()):
+        where = _Where(where.kind, "channel")
+        raise ProtocolViolation(f"{where}: 'channelvars' has a value that is not a string")
+    return MappingProxyType(found)
 
 
 def _kind(value: object) -> str:
@@ -422,6 +444,8 @@ class AriClient:
         self._closing = asyncio.Event()
         self._connected = asyncio.Event()
         self._unknown_types: set[str] = set()
+        self._reports_variables: bool | None = None  # see reports_variables
+        self._probing = asyncio.Lock()
         self._jitter = random.Random()  # noqa: S311 - spreads reconnects; not a secret
         self.connect_attempts = 0  # WebSocket connection attempts so far (status and tests)
         self._on_request = on_request
@@ -572,6 +596,69 @@ class AriClient:
             call_id=channel_id,
             urgent=True,
         )
+
+    async def set_variables(
+        self, channel_id: str, values: Mapping[str, str], *, reported: Iterable[str] = ()
+    ) -> None:
+        """Set `values` in one request, in order, on the channel's own thread (so the
+        dialplan sees all or none of them), and have Asterisk report each `reported`
+        variable, with its value at the time, in every later event of the channel (the
+        snapshot's `channelvars`). A reported variable not in `values` is left unset.
+        Only where `reports_variables()` is True."""
+        body: dict[str, Any] = dict(values)
+        for name in reported:
+            body[name] = {"value": values.get(name, ""), "report_events": True}
+        await self._request(
+            "POST",
+            "/channels/{channelId}/variables",
+            {"channelId": channel_id},
+            json_body={"variables": body},
+            body_param="variables",
+            call_id=channel_id,
+            urgent=True,
+        )
+
+    async def reports_variables(self, *, again: bool = False) -> bool:
+        """Whether this Asterisk takes `POST /channels/{id}/variables` with `report_events`
+        (2026 and later). Asked once (`again`: after a reconnection, which may have found
+        another Asterisk), without touching any channel: a request without its body is
+        refused with 400 by an Asterisk that has the resource and with 404 "Resource not
+        found" by one that does not."""
+        async with self._probing:
+            if self._reports_variables is None or again:
+                self._reports_variables = await self._probe_variables()
+            return self._reports_variables
+
+    async def _probe_variables(self) -> bool:
+        reply = await self._request(
+            "POST",
+            "/channels/{channelId}/variables",
+            {"channelId": PROBE_CHANNEL},
+            accept={400, 404},
+            gone=frozenset(),
+        )
+        reported = reply.status == 400
+        log.info("ARI: channel variables %s reported in events", "are" if reported else "cannot be")
+        return reported
+
+    async def filter_events(self, allowed: Iterable[str]) -> bool:
+        """Have Asterisk send our application only events of the `allowed` types (the rest
+        cost it a write and us a read for nothing). False, and logged, when it refuses:
+        the events then come unfiltered and the client drops the unwanted ones."""
+        types = sorted(set(allowed))
+        try:
+            await self._request(
+                "PUT",
+                "/applications/{applicationName}/eventFilter",
+                {"applicationName": self._app},
+                json_body={"allowed": [{"type": t} for t in types], "disallowed": []},
+                body_param="filter",
+                gone=frozenset(),
+            )
+        except AsteriskError as error:
+            log.warning("ARI: events not filtered by Asterisk (%s); dropped here instead", error)
+            return False
+        return True
 
     async def get_variable(self, channel_id: str, name: str) -> str | None:
         """The variable's value, or None when it is not set.
@@ -744,6 +831,7 @@ class AriClient:
         params: Mapping[str, _Param] | None = None,
         json_body: Mapping[str, Any] | None = None,
         *,
+        body_param: str | None = None,
         call_id: str | None = None,
         accept: set[int] | frozenset[int] = frozenset(),
         gone: set[int] | frozenset[int] = frozenset({404}),
@@ -752,8 +840,10 @@ class AriClient:
         """Send one request; 2xx and `accept`ed statuses are returned, `gone` statuses raise
         ChannelGone, anything else raises AsteriskError. `urgent` requests get the next free
         connection before others that wait. The timeout counts from the request being sent,
-        not from its wait for a connection."""
-        url = self._url(method, template, path_params, params or {}, frozenset(json_body or ()))
+        not from its wait for a connection. `body_param`: the Swagger parameter the whole
+        body is (default: each of the body's keys is one)."""
+        body_keys = frozenset(json_body or ()) if body_param is None else frozenset({body_param})
+        url = self._url(method, template, path_params, params or {}, body_keys)
         what = f"ARI {method} {template}"
         session = self._open(call_id)
         await self._gate.acquire(urgent)
