@@ -112,7 +112,9 @@ async def complete(
     if source != Path(ctx.blobs.location(key)):
         await in_thread(f"removing {source}", files.remove, source)
     # complete: a withdrawal that waited for this file may have nothing left now.
-    await enforce_withdrawals(ctx, now, recording_id=row.id, complete=True)
+    deleted, problems = await enforce_withdrawals(ctx, now, recording_id=row.id, complete=True)
+    if not deleted and not problems:
+        return row  # untouched since it was stored
     return await ctx.require_recording(row.id)
 
 

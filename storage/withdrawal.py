@@ -212,6 +212,13 @@ async def complete_withdrawals(ctx: Context, now: datetime) -> None:
     """A withdrawal is complete once nothing it covers for deletion remains anywhere: no
     recording in the store, and no file of a covered call still to come or waiting in the
     spool (an ingest that failed, a call not yet ended)."""
+
+    def any_open(tx: Tx) -> bool:
+        return tx.one("SELECT 1 FROM withdrawals WHERE completed_at IS NULL LIMIT 1") is not None
+
+    # Run after every ingest: with no withdrawal open (nearly always), one read and done.
+    if not await ctx.db.read(any_open, "looking for open withdrawals"):
+        return
     waiting = await withdrawals_waiting_for_files(ctx)
 
     def body(tx: Tx) -> int:
