@@ -198,9 +198,14 @@ class BlobStore(Protocol):
     async def remove_many(self, keys: Sequence[str]) -> list[bool | OSError]:
         """For each key: True (removed), False (already gone) or the error that kept it."""
 
-    async def discard_partial(self, key: str | None = None) -> list[str]:
-        """Remove what an interrupted `put` left (of `key`, or of every key); what it
-        removed, as locations."""
+    async def discard_partial(self, key: str) -> list[str]:
+        """Remove what an interrupted `put` of `key` left; what it removed, as keys."""
+
+    def partial_key(self, key: str) -> str:
+        """How `list` shows an unfinished `put` of `key` (a temporary file, locally)."""
+
+    async def partials(self) -> list[str]:
+        """The keys with a `put` unfinished (in progress, or interrupted), in order."""
 
     async def list(self) -> list[str]:
         """Every key held, in order."""
