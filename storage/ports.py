@@ -37,6 +37,8 @@ from storage.records import (
     CallStart,
     CallStory,
     CheckpointStatus,
+    ClaimCheck,
+    ClaimState,
     DecisionRecord,
     ExportCopy,
     Progress,
@@ -69,6 +71,8 @@ __all__ = [
     "CallbackLink",
     "CallbackSummary",
     "CheckpointStatus",
+    "ClaimCheck",
+    "ClaimState",
     "DecisionRecord",
     "ExportCopy",
     "Ledger",
@@ -154,6 +158,11 @@ class LedgerDb(Protocol):
         """Hold the ledger for the controller `controller_id` until `close`; a StorageError
         saying who holds it when it may not (SQLite: another controller on the data
         directory; a shared ledger: another controller with the same id)."""
+
+    async def check_claim(self) -> ClaimCheck:
+        """Whether `claim_controller`'s hold is still there, taken again when it was lost;
+        `ControllerConflict` when another controller holds it now (the controller's
+        heartbeat, every few seconds)."""
 
     async def close(self) -> None: ...
 
@@ -359,6 +368,9 @@ class StoreApi(Ledger, RecordingStore, Queries, Protocol):
 
     async def claim_controller(self) -> None:
         """Hold the store for this controller while it serves calls (`LedgerDb`)."""
+
+    async def keep_claim(self) -> ClaimCheck:
+        """The heartbeat of that hold (`LedgerDb.check_claim`)."""
 
     async def mark_serving(self, now: datetime, by: str) -> None:
         """Note, once and in the audit chain, that this store serves real calls."""
