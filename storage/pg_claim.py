@@ -66,6 +66,7 @@ class ControllerClaim:
         self._conn: psycopg.Connection[Any] | None = None
         self._backend: int | None = None  # the server's pid of the session holding it
         self._key: int | None = None
+        self._closed = False
         self.me = f"callrec pid {os.getpid()} on {socket.gethostname()}"[:63]
 
     def take(self) -> None:
@@ -142,7 +143,9 @@ class ControllerClaim:
         raise self._conflict(who)
 
     def close(self) -> None:
-        """Let go of the id (the session's end releases it)."""
+        """Let go of the id (the session's end releases it), for good: a check still under
+        way on its thread keeps no session it opens after this."""
+        self._closed = True
         self._drop()
 
     def _conflict(self, who: str) -> ControllerConflict:
@@ -186,6 +189,9 @@ class ControllerClaim:
         return (self._key >> 32) & 0xFFFFFFFF, self._key & 0xFFFFFFFF
 
     def _hold(self, conn: psycopg.Connection[Any]) -> None:
+        if self._closed:
+            conn.close()
+            return
         self._conn = conn
         self._backend = conn.info.backend_pid
 
