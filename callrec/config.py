@@ -49,6 +49,9 @@ DEFAULT_SPOOL_MODE = 0o700
 RECORDING_FORMATS = ("wav", "wav16")
 SPOOL_MODE_BITS = 0o2770  # never any access for others, no setuid or sticky bit
 DEFAULT_LONGEST_CALL_HOURS = LONGEST_CALL / timedelta(hours=1)  # see its reason there
+# How often a controller checks that it still holds its id on the ledger (README "Scaling
+# out"): a lost lock is taken again, or the controller stops, within about this long.
+DEFAULT_LOCK_CHECK_SECONDS = 5.0
 
 DEFAULT_MONITOR = "127.0.0.1:9464"  # 9464: the port Prometheus exporters of apps commonly use
 
@@ -145,6 +148,8 @@ class Settings:
     controller_id: str | None = None
     # Where the ledger is: the data directory's SQLite file by default.
     ledger: LedgerConfig = field(default_factory=LedgerConfig)
+    # Seconds between the heartbeats of the controller id's lock on a shared ledger.
+    lock_check_seconds: float = DEFAULT_LOCK_CHECK_SECONDS
     asterisk: AsteriskSettings = field(default_factory=AsteriskSettings)
     monitor: MonitorSettings = field(default_factory=MonitorSettings)
 
@@ -301,6 +306,7 @@ def load_settings(config: Path | None = None, env: Mapping[str, str] | None = No
             "controller_id",
             "ledger_url",
             "ledger_password_file",
+            "lock_check_seconds",
         },
     )
     # Absolute, because Asterisk is told the spool path (CALLREC_FILE) and has its own cwd.
@@ -327,6 +333,16 @@ def load_settings(config: Path | None = None, env: Mapping[str, str] | None = No
             f"got {recording_format!r}"
         )
     ledger = _ledger(storage, env)
+    lock_check = storage.get("lock_check_seconds", DEFAULT_LOCK_CHECK_SECONDS)
+    if (
+        isinstance(lock_check, bool)
+        or not isinstance(lock_check, int | float)
+        or not 0.1 <= lock_check <= 300
+    ):
+        raise ConfigError(
+            "storage.lock_check_seconds: must be a number of seconds from 0.1 to 300, "
+            f"got {lock_check!r}"
+        )
 
     controller_id = env.get("CALLREC_CONTROLLER_ID") or storage.get("controller_id")
     if controller_id is not None and not (
@@ -409,6 +425,7 @@ def load_settings(config: Path | None = None, env: Mapping[str, str] | None = No
         recording_format=recording_format,
         controller_id=controller_id,
         ledger=ledger,
+        lock_check_seconds=float(lock_check),
         asterisk=_asterisk(data),
         monitor=MonitorSettings(listen=listen),
     )

@@ -18,7 +18,7 @@ from agi.collector import RecordingCollector
 from agi.ports import EventSink, SystemClock
 from agi.session import SessionDeps
 from agi.spool import SpoolWatch
-from callrec.cli import EXIT_OK
+from callrec.cli import EXIT_ERROR, EXIT_OK
 from callrec.commands import (
     announce_deleted,
     events_of,
@@ -31,11 +31,11 @@ from callrec.events import MqttEvents
 from callrec.logs import announce, sweep_summary
 from callrec.metrics import MeteredStore, Metrics
 from callrec.watch import CREDENTIALS_HINT, Watch
-from flows.errors import CallrecError
+from flows.errors import CallrecError, ControllerConflict
 from flows.policy import Policy
 from prompts.catalog import load_catalog
 from storage import checkpoints
-from storage.ports import StoreApi, SweepReport
+from storage.ports import ClaimCheck, ClaimState, StoreApi, SweepReport
 from storage.values import parse_ts
 
 log = logging.getLogger("callrec")
@@ -143,12 +143,63 @@ async def _checkpointer(store: StoreApi) -> None:
         await asyncio.sleep(CHECKPOINT_INTERVAL.total_seconds())
 
 
-async def _until_signalled() -> None:
+async def _keep_claim(store: StoreApi, every: float, metrics: Metrics) -> None:
+    """The heartbeat of the controller's hold on its id (`StoreApi.keep_claim`). A lost
+    hold (a PostgreSQL session ended) is taken again; while it cannot be, the calls go on
+    (the ledger's own writes fail closed) and it is tried again at every beat. Ends only by
+    raising `ControllerConflict`: another controller took the id meanwhile."""
+    lost = False
+    metrics.lock_held.set(1)
+    while True:
+        await asyncio.sleep(every)
+        try:
+            check = await store.keep_claim()
+        except ControllerConflict:
+            metrics.lock_held.set(0)
+            raise
+        except CallrecError as error:
+            check = ClaimCheck(ClaimState.LOST, str(error))
+        if check.state is ClaimState.LOST:
+            if not lost:
+                metrics.lock_lost.inc()
+                log.error(
+                    "the lock on this controller's id is lost: %s; calls go on, taking it "
+                    "again every %g s",
+                    check.detail,
+                    every,
+                )
+            else:
+                log.debug("the lock on this controller's id is still lost: %s", check.detail)
+            lost = True
+            metrics.lock_held.set(0)
+            continue
+        if check.state is ClaimState.RETAKEN:
+            if not lost:
+                metrics.lock_lost.inc()
+            log.warning(
+                "the lock on this controller's id was lost and is held again: %s", check.detail
+            )
+        lost = False
+        metrics.lock_held.set(1)
+
+
+async def _until_stopped(*watched: asyncio.Task[None]) -> int:
+    """Until SIGINT or SIGTERM (EXIT_OK), or until one of `watched` ends: it raised, said
+    here (critical), and the controller stops with EXIT_ERROR, for systemd to restart it
+    (and the start-up then to say why it may not run)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    signalled = asyncio.create_task(stop.wait())
+    done, _ = await asyncio.wait({signalled, *watched}, return_when=asyncio.FIRST_COMPLETED)
+    signalled.cancel()
+    for task in watched:
+        if task in done:
+            error = task.exception()
+            log.critical("stopping: %s", error if error is not None else "a part ended")
+            return EXIT_ERROR
+    return EXIT_OK
 
 
 Reload = Callable[[], Settings]  # the configuration read again, as at start
@@ -212,6 +263,7 @@ def _restart_only(settings: Settings) -> tuple[object, ...]:
         settings.ledger,
         settings.recording_format,
         settings.controller_id,
+        settings.lock_check_seconds,
     )
 
 
@@ -332,22 +384,24 @@ async def serve(settings: Settings, reload: Reload | None = None) -> int:
             not_connected=lambda: client.last_failure or "connecting",
         )
         async with watch:
+            claim = asyncio.create_task(_keep_claim(store, settings.lock_check_seconds, metrics))
             tasks = [
                 asyncio.create_task(app.run()),
                 asyncio.create_task(_sweeper(store, settings, events, metrics)),
                 asyncio.create_task(_callback_watch(store, events)),
                 asyncio.create_task(_checkpointer(store)),
+                claim,
             ]
             await watch.ready_once(client.wait_connected())
             try:
-                await _until_signalled()
+                code = await _until_stopped(claim)
             finally:
                 await app.shutdown()
                 for task in tasks:
                     task.cancel()
                 await asyncio.gather(*tasks, return_exceptions=True)
                 await client.close()
-    return EXIT_OK
+    return code
 
 
 async def fastagi(settings: Settings, reload: Reload | None = None) -> int:
@@ -372,11 +426,12 @@ async def fastagi(settings: Settings, reload: Reload | None = None) -> int:
             announce(f"callrec fastagi: listening on {settings.fastagi.host}:{port}")
             sweeper = asyncio.create_task(_sweeper(store, settings, events, metrics))
             checkpointer = asyncio.create_task(_checkpointer(store))
+            claim = asyncio.create_task(_keep_claim(store, settings.lock_check_seconds, metrics))
             await watch.ready_once(asyncio.sleep(0))
             try:
-                await _until_signalled()
+                code = await _until_stopped(claim)
             finally:
-                sweeper.cancel()
-                checkpointer.cancel()
+                for task in (sweeper, checkpointer, claim):
+                    task.cancel()
                 await server.stop()
-    return EXIT_OK
+    return code

@@ -122,6 +122,16 @@ class Metrics:
             "Missed calls whose callback window has passed with no callback",
             registry=r,
         )
+        self.lock_held = Gauge(
+            "callrec_controller_lock_held",
+            "1 while the controller holds its id's lock on the ledger, 0 while it is lost",
+            registry=r,
+        )
+        self.lock_lost = Counter(
+            "callrec_controller_lock_lost",
+            "Times the lock on the controller's id was found lost (its ledger session ended)",
+            registry=r,
+        )
         self._readings = _Readings()
         r.register(self._readings)
 

@@ -8,6 +8,7 @@
     │   ├── StoreFullError         no space left (the source file stays where it was)
     │   ├── StoreReadOnlyError     the store cannot be written
     │   ├── IntegrityError         a hash, a file or the audit chain does not match
+    │   ├── ControllerConflict     another controller took this controller's id meanwhile
     │   └── NotFoundError          no such call, recording or withdrawal
     ├── AccessRefused              a purpose does not fit a recording's legal basis, or it is gone
     ├── AsteriskError              ARI or AGI failed (HTTP status / AGI code, with the call id)
@@ -61,6 +62,11 @@ class StoreReadOnlyError(StorageError):
 
 class IntegrityError(StorageError):
     """A recording's hash, its file, or the audit chain does not match the ledger."""
+
+
+class ControllerConflict(StorageError):
+    """This controller's id was taken by another controller while its lock was lost: two
+    controllers with one id would settle each other's calls, so this one must stop."""
 
 
 class NotFoundError(StorageError):

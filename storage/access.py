@@ -155,9 +155,9 @@ async def export(
 
         def register(tx: Tx) -> None:
             tx.run(
-                "INSERT INTO exports (export_id, dir, purpose, who, created_at, state) "
-                "VALUES (?, ?, ?, ?, ?, 'writing')",
-                (export_id, str(folder), wanted.value, person, ts(now)),
+                "INSERT INTO exports (export_id, dir, purpose, who, created_at, state, "
+                "controller_id) VALUES (?, ?, ?, ?, ?, 'writing', ?)",
+                (export_id, str(folder), wanted.value, person, ts(now), ctx.controller_id),
             )
             tx.many(
                 "INSERT INTO export_files (export_id, recording_id, path, sha256) "

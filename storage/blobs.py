@@ -79,19 +79,24 @@ class LocalBlobs:
             unlinker.sync()
         return outcomes
 
-    async def discard_partial(self, key: str | None = None) -> list[str]:
-        if key is not None:
-            final = self.path(key)
-            tmp = final.with_name(f".{final.name}{files.TEMP_SUFFIX}")
-            return [key] if await asyncio.to_thread(files.remove, tmp) else []
+    def _partial(self, key: str) -> Path:
+        final = self.path(key)
+        return final.with_name(f".{final.name}{files.TEMP_SUFFIX}")
 
-        def sweep_temps() -> list[Path]:
+    def partial_key(self, key: str) -> str:
+        return self._key(self._partial(key))
+
+    async def discard_partial(self, key: str) -> list[str]:
+        partial = self._partial(key)
+        return [self._key(partial)] if await asyncio.to_thread(files.remove, partial) else []
+
+    async def partials(self) -> list[str]:
+        def walk() -> list[str]:
             found = sorted(self.dir.rglob(f".*{files.TEMP_SUFFIX}"))
-            for path in found:
-                files.remove(path)
-            return found
+            names = (p.with_name(p.name[1 : -len(files.TEMP_SUFFIX)]) for p in found)
+            return [self._key(p) for p in names]
 
-        return [self._key(path) for path in await asyncio.to_thread(sweep_temps)]
+        return await asyncio.to_thread(walk)
 
     async def list(self) -> list[str]:
         def walk() -> list[str]:

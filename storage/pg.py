@@ -38,9 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import os
 import re
-import socket
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -53,15 +51,17 @@ from psycopg import errors as pg_errors
 from psycopg.rows import RowMaker
 
 from flows.errors import IntegrityError, StorageError, StoreFullError, StoreReadOnlyError
-from flows.numbers import shown
 from storage import chain
 from storage.db import RETRY_FOR
 from storage.ledgers import redact
-from storage.ports import Tx
+from storage.pg_claim import ControllerClaim
+from storage.ports import ClaimCheck, ClaimState, Tx
 
 T = TypeVar("T")
 Params = Sequence[Any]
 
+# How long a heartbeat of the controller id's lock may take before it counts as unanswered.
+CLAIM_CHECK_TIMEOUT = 10.0
 POOL_SIZE = 4  # connections (and threads) per store: one writer at a time, reads beside it
 # A stuck writer (a process frozen mid-transaction) is cut off by the server after this, so
 # that the ledger's lock is never held for longer by a session that does nothing.
@@ -71,19 +71,6 @@ _LOCK = f"SELECT pg_advisory_xact_lock({WRITE_LOCK}, hashtext(current_schema()))
 # One round trip: the transaction and its lock (no parameters, so both statements go at once).
 _BEGIN_SERIAL = f"BEGIN ISOLATION LEVEL READ COMMITTED; {_LOCK}"
 _BEGIN_WRITE = "BEGIN ISOLATION LEVEL READ COMMITTED"
-# A controller id's lock: one bigint key per (schema, id); a collision of two ids' hashes
-# would refuse the second with a message naming the first's session, never admit two.
-_CLAIM = (
-    "SELECT k, pg_try_advisory_lock(k) AS got FROM (SELECT hashtextextended("
-    "'callrec controller ' || current_schema() || ' ' || %s, 0) AS k) AS key"
-)
-_HOLDER = (
-    "SELECT a.application_name || COALESCE(' from ' || host(a.client_addr), '') AS who "
-    "FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid WHERE l.locktype = 'advisory' "
-    "AND l.granted AND l.objsubid = 1 AND l.classid = %s::bigint::oid "
-    "AND l.objid = %s::bigint::oid AND l.database = "
-    "(SELECT oid FROM pg_database WHERE datname = current_database())"
-)
 _RETRYABLE = (
     pg_errors.SerializationFailure,
     pg_errors.DeadlockDetected,
@@ -269,7 +256,8 @@ class PgDatabase:
         self._conns_lock = threading.Lock()
         self._executor = ThreadPoolExecutor(max_workers=pool, thread_name_prefix="callrec-pg")
         self._closed = False
-        self._claim: psycopg.Connection[Row] | None = None  # holds the controller id
+        self._claim: ControllerClaim | None = None  # holds the controller id
+        self._checking: asyncio.Future[ClaimCheck] | None = None
 
     @classmethod
     async def connect(
@@ -329,44 +317,33 @@ class PgDatabase:
         return f"{table} {alias}"
 
     async def claim_controller(self, controller_id: str) -> None:
-        """Many controllers share a PostgreSQL ledger, but each id names one: a second
-        controller with the same id would settle the first one's live calls as its own.
-        A session-level advisory lock keyed by the id (and the ledger's schema), taken on a
-        connection of its own and held until `close`; the server drops it when that
-        session ends, a controller killed with -9 or cut off included."""
+        """Many controllers share a PostgreSQL ledger, but each id names one: a session-level
+        advisory lock keyed by the id, held until `close` (`storage.pg_claim`)."""
         if self._claim is None:
-            self._claim = await asyncio.to_thread(self._claim_lock, controller_id)
+            claim = ControllerClaim(self._connect, controller_id)
+            await asyncio.to_thread(claim.take)
+            self._claim = claim
 
-    def _claim_lock(self, controller_id: str) -> psycopg.Connection[Row]:
-        doing = f"claiming the controller id {controller_id}"
-        me = f"callrec pid {os.getpid()} on {socket.gethostname()}"
+    async def check_claim(self) -> ClaimCheck:
+        """The heartbeat of the controller id's lock (`ControllerClaim.check`); a check the
+        server leaves unanswered for `CLAIM_CHECK_TIMEOUT` counts as lost, and none is
+        started while it hangs."""
+        claim = self._claim
+        if claim is None:
+            return ClaimCheck(ClaimState.HELD)
+        previous = self._checking
+        if previous is not None:
+            if not previous.done():
+                return ClaimCheck(ClaimState.LOST, "the ledger has not answered the last check")
+            if not previous.cancelled():
+                previous.exception()  # seen: one that timed out is found again below
+        self._checking = asyncio.ensure_future(asyncio.to_thread(claim.check))
         try:
-            conn = self._connect(application_name=me[:63])
-        except psycopg.Error as error:
-            raise pg_error(error, doing) from error
-        try:
-            row = conn.execute(_CLAIM, (controller_id,)).fetchone()
-            got = row is not None and bool(row["got"])
-            who = "unknown"
-            if not got and row is not None:
-                key = int(row["k"])
-                found = conn.execute(_HOLDER, ((key >> 32) & 0xFFFFFFFF, key & 0xFFFFFFFF))
-                holder = found.fetchone()
-                who = "unknown" if holder is None else str(holder["who"] or "unknown")
-        except psycopg.Error as error:
-            conn.close()
-            raise pg_error(error, doing) from error
-        except BaseException:
-            conn.close()
-            raise
-        if not got:
-            conn.close()
-            raise StorageError(
-                f"another controller with the id {controller_id} ({shown(who, 120)}) "
-                "serves this PostgreSQL ledger: stop it first, or give this one its own "
-                "storage.controller_id"
+            return await asyncio.wait_for(asyncio.shield(self._checking), CLAIM_CHECK_TIMEOUT)
+        except TimeoutError:
+            return ClaimCheck(
+                ClaimState.LOST, f"the ledger did not answer within {CLAIM_CHECK_TIMEOUT:g} s"
             )
-        return conn
 
     async def migrate(self, runners: Mapping[Any, StepRunner] | None = None) -> int:
         from storage import pg_schema  # the schema needs this module's types
@@ -380,6 +357,8 @@ class PgDatabase:
         if self._claim is not None:
             self._claim.close()  # the session's end releases the controller id
             self._claim = None
+        if self._checking is not None:
+            self._checking.cancel()
         await asyncio.to_thread(self._executor.shutdown, True)
         with self._conns_lock:
             conns, self._conns = self._conns, []
@@ -396,8 +375,11 @@ class PgDatabase:
     async def read(self, body: Callable[[Tx], T], doing: str) -> T:
         return await self._retrying(functools.partial(self._transaction, body, "read"), doing)
 
-    def _connect(self, application_name: str = "callrec") -> psycopg.Connection[Row]:
+    def _connect(
+        self, application_name: str = "callrec", **options: Any
+    ) -> psycopg.Connection[Row]:
         extra: dict[str, Any] = {"application_name": application_name, "connect_timeout": 10}
+        extra.update(options)
         if self._password is not None:
             extra["password"] = self._password
         # autocommit: the transactions below are spelled out, BEGIN to COMMIT.

@@ -37,6 +37,8 @@ from storage.records import (
     CallStart,
     CallStory,
     CheckpointStatus,
+    ClaimCheck,
+    ClaimState,
     DecisionRecord,
     ExportCopy,
     Progress,
@@ -69,6 +71,8 @@ __all__ = [
     "CallbackLink",
     "CallbackSummary",
     "CheckpointStatus",
+    "ClaimCheck",
+    "ClaimState",
     "DecisionRecord",
     "ExportCopy",
     "Ledger",
@@ -155,6 +159,11 @@ class LedgerDb(Protocol):
         saying who holds it when it may not (SQLite: another controller on the data
         directory; a shared ledger: another controller with the same id)."""
 
+    async def check_claim(self) -> ClaimCheck:
+        """Whether `claim_controller`'s hold is still there, taken again when it was lost;
+        `ControllerConflict` when another controller holds it now (the controller's
+        heartbeat, every few seconds)."""
+
     async def close(self) -> None: ...
 
 
@@ -198,9 +207,14 @@ class BlobStore(Protocol):
     async def remove_many(self, keys: Sequence[str]) -> list[bool | OSError]:
         """For each key: True (removed), False (already gone) or the error that kept it."""
 
-    async def discard_partial(self, key: str | None = None) -> list[str]:
-        """Remove what an interrupted `put` left (of `key`, or of every key); what it
-        removed, as locations."""
+    async def discard_partial(self, key: str) -> list[str]:
+        """Remove what an interrupted `put` of `key` left; what it removed, as keys."""
+
+    def partial_key(self, key: str) -> str:
+        """How `list` shows an unfinished `put` of `key` (a temporary file, locally)."""
+
+    async def partials(self) -> list[str]:
+        """The keys with a `put` unfinished (in progress, or interrupted), in order."""
 
     async def list(self) -> list[str]:
         """Every key held, in order."""
@@ -354,6 +368,9 @@ class StoreApi(Ledger, RecordingStore, Queries, Protocol):
 
     async def claim_controller(self) -> None:
         """Hold the store for this controller while it serves calls (`LedgerDb`)."""
+
+    async def keep_claim(self) -> ClaimCheck:
+        """The heartbeat of that hold (`LedgerDb.check_claim`)."""
 
     async def mark_serving(self, now: datetime, by: str) -> None:
         """Note, once and in the audit chain, that this store serves real calls."""

@@ -105,7 +105,12 @@ async def resume_ingests(
 
 async def resume_exports(ctx: Context, now: datetime, resumed: list[str]) -> None:
     def read(tx: Tx) -> Sequence[Row]:
-        return tx.all("SELECT export_id FROM exports WHERE state = 'writing'")
+        # Another controller's export may be being written right now: its own to finish.
+        return tx.all(
+            "SELECT export_id FROM exports WHERE state = 'writing' "
+            "AND (controller_id = ? OR controller_id IS NULL)",
+            (ctx.controller_id,),
+        )
 
     for row in await ctx.db.read(read, "listing unfinished exports"):
         await abandon_export(ctx, row["export_id"], now)
@@ -113,8 +118,31 @@ async def resume_exports(ctx: Context, now: datetime, resumed: list[str]) -> Non
 
 
 async def remove_temp_files(ctx: Context, resumed: list[str]) -> None:
-    for key in await blob_op("removing temporary files", ctx.blobs.discard_partial()):
-        resumed.append(f"store: removed the temporary file {key}")
+    """What interrupted ingests left in the store, not what another controller's ingest is
+    writing now. An ingest commits its intent (`pending_ingests`) before the blob store
+    makes a temporary file, and the intent goes only once the file is renamed away (or, on
+    failure, removed): a temporary file without an intent has no writer, and one whose
+    intent is another controller's call is that controller's ingest in progress (finished,
+    or cleaned up, at its own restart). An age bound would not do: copying a long recording
+    to a slow shared store takes as long as it takes."""
+    partial = await blob_op("listing temporary files", ctx.blobs.partials())
+    if not partial:
+        return
+
+    def theirs(tx: Tx) -> set[str]:
+        rows = tx.all(
+            "SELECT p.dest FROM pending_ingests p JOIN calls c ON c.call_id = p.call_id "
+            "WHERE c.controller_id <> ?",
+            (ctx.controller_id,),
+        )
+        return {str(row["dest"]) for row in rows}
+
+    busy = await ctx.db.read(theirs, "listing other controllers' ingests")
+    for key in partial:
+        if key in busy:
+            continue
+        for removed in await blob_op("removing a temporary file", ctx.blobs.discard_partial(key)):
+            resumed.append(f"store: removed the temporary file {removed}")
 
 
 async def fail_closed(ctx: Context, now: datetime) -> list[str]:
@@ -227,9 +255,36 @@ async def check_stored(ctx: Context, now: datetime, flagged: list[str], resumed:
             else:
                 flagged.append(f"recording {row['id']}: a different file is at its path")
     held = await blob_op("listing the store", ctx.blobs.list())
-    orphans = [key for key in held if key not in referenced]
+    orphans = await not_in_flight(ctx, [key for key in held if key not in referenced])
     if orphans:
         await place_orphans(ctx, orphans, now, flagged, resumed)
+
+
+async def not_in_flight(ctx: Context, keys: list[str]) -> list[str]:
+    """`keys` without those an ingest (this controller's or another's) is placing now, or
+    placed since the recordings were read. Read after the store was listed, in one
+    snapshot: an ingest commits its intent before it places the file, and turns the intent
+    into the recording row in one transaction, so a file listed is either still pending
+    or a recording by then."""
+    if not keys:
+        return keys
+
+    def read(tx: Tx) -> set[str]:
+        known = {str(row["dest"]) for row in tx.all("SELECT dest FROM pending_ingests")}
+        for start in range(0, len(keys), 500):
+            chunk = keys[start : start + 500]
+            marks = ", ".join("?" * len(chunk))
+            rows = tx.all(
+                f"SELECT path FROM recordings WHERE path IN ({marks}) "  # noqa: S608 - only placeholders
+                "AND status IN ('stored', 'missing')",
+                chunk,
+            )
+            known.update(str(row["path"]) for row in rows)
+        return known
+
+    known = await ctx.db.read(read, "listing ingests in progress")
+    busy = known | {ctx.blobs.partial_key(key) for key in known}
+    return [key for key in keys if key not in busy]
 
 
 async def place_orphans(

@@ -24,6 +24,20 @@ class RecordingStatus(enum.StrEnum):
     MISSING = "missing"  # the ledger expects a file that is not there (flagged by reconcile)
 
 
+class ClaimState(enum.StrEnum):
+    """Whether a controller still holds its id on the ledger (`LedgerDb.check_claim`)."""
+
+    HELD = "held"  # as since the start
+    RETAKEN = "retaken"  # it was lost (its session ended) and is held again now
+    LOST = "lost"  # lost, and not held again yet: the ledger does not answer (retrying)
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimCheck:
+    state: ClaimState
+    detail: str = ""  # what happened, one line, for the log (HELD: "")
+
+
 class WithdrawalVia(enum.StrEnum):
     PHONE = "phone"  # registered by an agent during a call to the center
     EMAIL = "email"  # registered by the DPO from an e-mail

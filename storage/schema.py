@@ -260,6 +260,11 @@ AGENTS: tuple[Step, ...] = (
 # recording may serve. NULL: decided before this migration (the line as configured then).
 LINES_AS_DATA: tuple[Step, ...] = ("ALTER TABLE calls ADD COLUMN purposes TEXT",)
 
+# Each export belongs to the controller (or command) that writes it: a restart abandons its
+# own unfinished exports, never one another node is writing. NULL: written before this
+# migration, every controller's (as calls of before `CONTROLLERS`).
+EXPORT_OWNERS: tuple[Step, ...] = ("ALTER TABLE exports ADD COLUMN controller_id TEXT",)
+
 MIGRATIONS: tuple[tuple[Step, ...], ...] = (
     LEDGER,
     RECORDING_STORE,
@@ -270,6 +275,7 @@ MIGRATIONS: tuple[tuple[Step, ...], ...] = (
     CONTROLLERS,
     AGENTS,
     LINES_AS_DATA,
+    EXPORT_OWNERS,
 )
 APPEND_ONLY_TRIGGERS = frozenset(
     {"audit_no_update", "audit_no_delete", "access_log_no_update", "access_log_no_delete"}

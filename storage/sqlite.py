@@ -37,7 +37,7 @@ from storage.datadir import (
 )
 from storage.db import BUSY_TIMEOUT, RETRY_FOR, Database, os_error, ts
 from storage.deletion import SWEEP_BATCH
-from storage.ports import Tx
+from storage.ports import ClaimCheck, ClaimState, Tx
 from storage.rows import make_recording_id, short_recording_id
 from storage.schema import START_KEYED_AUDIT, PythonStep, StepRunner, expected_triggers
 from storage.store import Store
@@ -82,6 +82,13 @@ class SqliteLedger:
         even by kill -9: no stale lock to clean up)."""
         if self._lock is None:
             self._lock = await asyncio.to_thread(_lock, self._lock_path, controller_id)
+
+    async def check_claim(self) -> ClaimCheck:
+        # Nothing to check: the flock belongs to this process's open file description of
+        # `controller.lock` on the data directory's (local) file system. No session or
+        # server stands between them, so it cannot end while the process runs with the
+        # descriptor open; the process's end drops it and the controller with it.
+        return ClaimCheck(ClaimState.HELD)
 
     def append_audit(
         self,

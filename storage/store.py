@@ -45,6 +45,7 @@ from storage.ports import (
     CallRow,
     CallStart,
     CallStory,
+    ClaimCheck,
     DecisionRecord,
     ExportCopy,
     LedgerDb,
@@ -132,6 +133,9 @@ class Store:
 
     async def claim_controller(self) -> None:
         await self.ctx.db.claim_controller(self.ctx.controller_id)
+
+    async def keep_claim(self) -> ClaimCheck:
+        return await self.ctx.db.check_claim()
 
     async def __aenter__(self) -> Self:
         return self

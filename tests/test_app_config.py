@@ -116,6 +116,25 @@ def test_longest_call_is_configurable_and_defaults_to_12_hours(tmp_path: Path) -
     assert load_settings(config, env={}).longest_call == timedelta(hours=4)
 
 
+def test_lock_check_is_configurable_and_defaults_to_5_seconds(tmp_path: Path) -> None:
+    """storage.lock_check_seconds sets how often a controller checks its id's lock; the
+    example and the default say 5 seconds."""
+    assert load_settings(None, env={}).lock_check_seconds == 5.0
+    assert load_settings(ROOT / "callrec.example.toml", env={}).lock_check_seconds == 5.0
+    config = tmp_path / "c.toml"
+    config.write_text("[storage]\nlock_check_seconds = 0.5\n")
+    assert load_settings(config, env={}).lock_check_seconds == 0.5
+
+
+@pytest.mark.parametrize("value", ["0", "301", '"5"', "true"])
+def test_a_bad_lock_check_is_refused(tmp_path: Path, value: str) -> None:
+    """Zero, more than five minutes, or not a number: one error naming the key."""
+    config = tmp_path / "c.toml"
+    config.write_text(f"[storage]\nlock_check_seconds = {value}\n")
+    with pytest.raises(ConfigError, match=r"storage\.lock_check_seconds"):
+        load_settings(config, env={})
+
+
 @pytest.mark.parametrize("value", ["0", "169", '"12"', "true"])
 def test_a_bad_longest_call_is_refused(tmp_path: Path, value: str) -> None:
     """Too short (it would close live calls), too long, or not a number: a clear error."""

@@ -1,0 +1,210 @@
+"""Two controllers, one ledger and one store: a node's reconcile at start leaves another
+node's export, temporary file and ingest in progress alone, and still cleans up its own."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from storage_helpers import POLICY, T0, new_id, open_store, record_call
+
+from flows.policy import Purpose
+from storage import files
+from storage.blobs import LocalBlobs
+from storage.ports import Placed, RecordingStatus, Tx
+from storage.store import Store
+
+pytestmark = pytest.mark.usefixtures("ledger")
+LATER = T0 + timedelta(minutes=4)
+
+
+class HeldBlobs(LocalBlobs):
+    """The store's own blob store, whose `put` or `open` stops until `release` is set: a
+    node's ingest or export caught in the middle, as another node sees it then."""
+
+    def __init__(self, root: Path, *, hold: str) -> None:
+        super().__init__(root)
+        self.hold = hold  # "placed": the file is in place, its row not yet committed;
+        # "copying": a copy to the store has begun (its temporary file); "open": an export
+        self.reached = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def _wait(self) -> None:
+        self.reached.set()
+        await self.release.wait()
+
+    async def put(self, source: Path, key: str) -> Placed:
+        if self.hold == "placed":
+            placed = await super().put(source, key)
+            await self._wait()
+            return placed
+        if self.hold != "copying":
+            return await super().put(source, key)
+        # A copy across file systems, under way: what `files.copy_durably` writes first.
+        partial = Path(self.location(self.partial_key(key)))
+        await asyncio.to_thread(files.private_dir, partial.parent)
+        await asyncio.to_thread(partial.write_bytes, source.read_bytes()[:64])
+        await self._wait()
+        digest, size = await asyncio.to_thread(files.copy_durably, source, self.path(key))
+        return Placed(digest, size, renamed=False)
+
+    async def open(self, key: str) -> Path:
+        if self.hold == "open":
+            await self._wait()
+        return await super().open(key)
+
+
+@pytest.fixture
+async def nodes(tmp_path: Path) -> AsyncIterator[tuple[Store, Store]]:
+    """Controllers node-a and node-b on one store and ledger, each with its own spool."""
+    data = tmp_path / "store"
+    for name in ("spool-a", "spool-b"):
+        (tmp_path / name).mkdir()
+    a = await open_store(data, POLICY, create=True, controller_id="node-a")
+    b = await open_store(data, POLICY, controller_id="node-b")
+    try:
+        yield a, b
+    finally:
+        await b.close()
+        await a.close()
+
+
+def _hold(store: Store, hold: str) -> HeldBlobs:
+    held = HeldBlobs(store.data_dir, hold=hold)
+    store.ctx.blobs = held
+    return held
+
+
+async def test_a_restart_leaves_another_nodes_export_in_progress_alone(
+    tmp_path: Path, nodes: tuple[Store, Store]
+) -> None:
+    """While node A writes an export, node B's reconcile neither abandons it nor removes its
+    files, and A's export completes; B still abandons its own unfinished export and one
+    written before exports had owners."""
+    a, b = nodes
+    call_id, source = await record_call(a, tmp_path / "spool-a")
+    row = await a.ingest(call_id, source, LATER)
+    assert row is not None
+    held = _hold(a, "open")
+    out = tmp_path / "out"
+    exporting = asyncio.create_task(a.export([row.id], out, Purpose.EVIDENCE, "dpo", T0))
+    await asyncio.wait_for(held.reached.wait(), 30)
+    (theirs,) = await _writing(a)
+    own = await _crashed_export(b, tmp_path / "b-out", "node-b")
+    legacy = await _crashed_export(b, tmp_path / "old-out", None)
+
+    report = await b.reconcile(tmp_path / "spool-b", LATER)
+
+    assert await _state(a, theirs) == "writing"
+    assert (out / f"callrec-export-{theirs}").is_dir()
+    assert not any(theirs in line for line in report.resumed + report.flagged)
+    assert f"export {own[0]}: unfinished, its files removed" in report.resumed
+    assert f"export {legacy[0]}: unfinished, its files removed" in report.resumed
+    assert not own[1].exists() and not legacy[1].exists()
+    held.release.set()
+    folder = await asyncio.wait_for(exporting, 30)
+    assert folder == out / f"callrec-export-{theirs}"
+    assert (folder / f"{row.id}.wav").read_bytes() == Path(row.path or "").read_bytes()
+    assert await _state(a, theirs) == "done"
+
+
+async def test_a_restart_leaves_another_nodes_temporary_file_alone(
+    tmp_path: Path, nodes: tuple[Store, Store]
+) -> None:
+    """While node A copies a recording into the store (its temporary file there), node B's
+    reconcile neither removes nor flags that file, and A's ingest completes whole; B still
+    removes a temporary file no ingest is writing."""
+    a, b = nodes
+    held = _hold(a, "copying")
+    call_id, source = await record_call(a, tmp_path / "spool-a")
+    audio = source.read_bytes()
+    ingesting = asyncio.create_task(a.ingest(call_id, source, LATER))
+    await asyncio.wait_for(held.reached.wait(), 30)
+    (theirs,) = [
+        p for p in (a.data_dir / "recordings").rglob(f"*{files.TEMP_SUFFIX}") if p.is_file()
+    ]
+    stray = theirs.with_name(f".{new_id()}.wav{files.TEMP_SUFFIX}")
+    stray.write_bytes(b"left by a crash")
+
+    report = await b.reconcile(tmp_path / "spool-b", LATER)
+
+    assert theirs.exists()
+    assert not stray.exists()
+    assert any(stray.name in line for line in report.resumed)
+    assert not any(theirs.name in line for line in report.resumed + report.flagged)
+    held.release.set()
+    row = await asyncio.wait_for(ingesting, 30)
+    assert row is not None and row.status is RecordingStatus.STORED
+    assert row.sha256 == hashlib.sha256(audio).hexdigest()
+    assert Path(row.path or "").read_bytes() == audio and not theirs.exists()
+
+
+async def test_a_restart_leaves_another_nodes_ingest_in_flight_alone(
+    tmp_path: Path, nodes: tuple[Store, Store]
+) -> None:
+    """A file node A has placed in the store, its recording not yet committed, is neither
+    flagged nor removed by node B's reconcile, and A's ingest completes; a file in the
+    store that belongs to no recording and no ingest is still flagged."""
+    a, b = nodes
+    held = _hold(a, "placed")
+    call_id, source = await record_call(a, tmp_path / "spool-a")
+    ingesting = asyncio.create_task(a.ingest(call_id, source, LATER))
+    await asyncio.wait_for(held.reached.wait(), 30)
+    (placed,) = [p for p in (a.data_dir / "recordings").rglob("*.wav") if p.is_file()]
+    stray = placed.with_name(f"{new_id()}.wav")
+    stray.write_bytes(b"nobody's")
+
+    report = await b.reconcile(tmp_path / "spool-b", LATER)
+
+    assert placed.exists()
+    assert not any(placed.name in line for line in report.flagged + report.resumed)
+    assert any(stray.name in line and "belongs to no recording" in line for line in report.flagged)
+    held.release.set()
+    row = await asyncio.wait_for(ingesting, 30)
+    assert row is not None and row.status is RecordingStatus.STORED
+    assert Path(row.path or "") == placed and placed.exists()
+
+
+async def _crashed_export(store: Store, dest: Path, owner: str | None) -> tuple[str, Path]:
+    """What a controller killed while writing an export leaves: its rows, state 'writing',
+    and part of a copy. (Its id, the copy.)"""
+    export_id = new_id()
+    folder = dest / f"callrec-export-{export_id}"
+    folder.mkdir(parents=True)
+    copy = folder / f"{new_id()}.wav"
+    copy.write_bytes(b"part of a copy")
+
+    def register(tx: Tx) -> None:
+        tx.run(
+            "INSERT INTO exports (export_id, dir, purpose, who, created_at, state, "
+            "controller_id) VALUES (?, ?, 'evidence', 'dpo', ?, 'writing', ?)",
+            (export_id, str(folder), "2025-03-03T09:00:00.000000Z", owner),
+        )
+        tx.run(
+            "INSERT INTO export_files (export_id, recording_id, path, sha256) "
+            "VALUES (?, NULL, ?, NULL)",
+            (export_id, str(copy)),
+        )
+
+    await store.ctx.db.write(register, "a test's crashed export")
+    return export_id, copy
+
+
+async def _writing(store: Store) -> list[str]:
+    def read(tx: Tx) -> list[str]:
+        rows = tx.all("SELECT export_id FROM exports WHERE state = 'writing'")
+        return [str(row["export_id"]) for row in rows]
+
+    return await store.ctx.db.read(read, "a test's look at exports")
+
+
+async def _state(store: Store, export_id: str) -> str:
+    def read(tx: Tx) -> str:
+        row = tx.one("SELECT state FROM exports WHERE export_id = ?", (export_id,))
+        return "" if row is None else str(row["state"])
+
+    return await store.ctx.db.read(read, "a test's look at an export")
