@@ -154,11 +154,12 @@ async def enforce_withdrawals(
     else:
         return [], []
 
-    def read(tx: Tx) -> list[Coverable]:
-        return coverable(tx, where, params)
+    def read(tx: Tx) -> tuple[list[Coverable], bool]:
+        return coverable(tx, where, params), _any_open(tx)
 
+    found, any_open = await ctx.db.read(read, "applying withdrawals")
     targets: list[Target] = []
-    for item in await ctx.db.read(read, "applying withdrawals"):
+    for item in found:
         withdrawal = deleted_for(item.item, item.withdrawals)
         if withdrawal is not None:
             targets.append(Target(item.recording_id, withdrawal.withdrawal_id))
@@ -175,9 +176,13 @@ async def enforce_withdrawals(
                 deleted.append(target.recording_id)
             else:
                 problems.append(problem)
-    if deleted or everyone or complete:
+    if (deleted or everyone or complete) and any_open:
         await complete_withdrawals(ctx, now)
     return deleted, problems
+
+
+def _any_open(tx: Tx) -> bool:
+    return tx.one("SELECT 1 FROM withdrawals WHERE completed_at IS NULL LIMIT 1") is not None
 
 
 async def withdrawals_waiting_for_files(ctx: Context) -> set[str]:
@@ -212,12 +217,8 @@ async def complete_withdrawals(ctx: Context, now: datetime) -> None:
     """A withdrawal is complete once nothing it covers for deletion remains anywhere: no
     recording in the store, and no file of a covered call still to come or waiting in the
     spool (an ingest that failed, a call not yet ended)."""
-
-    def any_open(tx: Tx) -> bool:
-        return tx.one("SELECT 1 FROM withdrawals WHERE completed_at IS NULL LIMIT 1") is not None
-
     # Run after every ingest: with no withdrawal open (nearly always), one read and done.
-    if not await ctx.db.read(any_open, "looking for open withdrawals"):
+    if not await ctx.db.read(_any_open, "looking for open withdrawals"):
         return
     waiting = await withdrawals_waiting_for_files(ctx)
 
