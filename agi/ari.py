@@ -75,9 +75,6 @@ CHANNEL_REQUIRED: Final = frozenset(
     {"StasisStart", "StasisEnd", "ChannelDtmfReceived", "ChannelHangupRequest", "ChannelDestroyed"}
 )
 
-# The channel id `reports_variables` names: no channel is ever called this (Asterisk's ids
-# are "<epoch>.<n>" or a client's own), and the request is refused before any look-up.
-PROBE_CHANNEL = "callrec-probe"
 RELEASE_POLL = 2.0  # seconds between looks whether another client let go of our app
 # Requests in flight at once. Asterisk serves each HTTP connection with a thread and refuses
 # connections past http.conf's `sessionlimit` (asterisk-conf/http.conf: 100) by closing them
@@ -97,7 +94,6 @@ ENDPOINTS: tuple[tuple[str, str, frozenset[str]], ...] = (
     ("POST", "/applications/{applicationName}/subscription", frozenset({"eventSource"})),
     ("DELETE", "/applications/{applicationName}/subscription", frozenset({"eventSource"})),
     ("POST", "/channels/{channelId}/variable", frozenset({"variable", "value"})),
-    ("POST", "/channels/{channelId}/variables", frozenset({"variables"})),
     ("GET", "/channels/{channelId}/variable", frozenset({"variable"})),
     ("POST", "/channels/{channelId}/continue", frozenset({"context", "extension", "priority"})),
     ("DELETE", "/channels/{channelId}", frozenset({"reason"})),
@@ -138,9 +134,6 @@ class AriEvent:
     exten: str | None
     timestamp: str | None
     raw: Mapping[str, Any] = field(repr=False, compare=False)
-    # The channel's `channelvars`: the variables Asterisk was asked to report with every
-    # event of the channel (`set_variables(..., reported=...)`), at the event's moment.
-    channel_vars: Mapping[str, str] | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,10 +190,8 @@ def lift_event(data: dict[str, Any]) -> AriEvent:
     if channel is None and kind in CHANNEL_REQUIRED:
         raise ProtocolViolation(f"{where} has no 'channel'")
     channel_id = caller_number = exten = None
-    channel_vars: Mapping[str, str] | None = None
     if channel is not None:
         channel_id = _required_text(channel, "id", where, "channel")
-        channel_vars = _variables(channel, where)
         caller = _object(channel, "caller", where, "channel")
         caller_number = None if caller is None else _text(caller, "number", where, "caller")
         dialplan = _object(channel, "dialplan", where, "channel")
@@ -244,19 +235,7 @@ def lift_event(data: dict[str, Any]) -> AriEvent:
         exten=exten,
         timestamp=_text(data, "timestamp", where),
         raw=MappingProxyType(data),
-        channel_vars=channel_vars,
     )
-
-
-def _variables(channel: Mapping[str, Any], where: _Where) -> Mapping[str, str] | None:
-    """A channel snapshot's `channelvars` (Swagger: an object), its values strings."""
-    found = _object(channel, "channelvars", where, "channel")
-    if found is None:
-        return None
-    if not all(isinstance(value, str) for value in found.values()):
-        where = _Where(where.kind, "channel")
-        raise ProtocolViolation(f"{where}: 'channelvars' has a value that is not a string")
-    return MappingProxyType(found)
 
 
 def _kind(value: object) -> str:
@@ -444,8 +423,6 @@ class AriClient:
         self._closing = asyncio.Event()
         self._connected = asyncio.Event()
         self._unknown_types: set[str] = set()
-        self._reports_variables: bool | None = None  # see reports_variables
-        self._probing = asyncio.Lock()
         self._jitter = random.Random()  # noqa: S311 - spreads reconnects; not a secret
         self.connect_attempts = 0  # WebSocket connection attempts so far (status and tests)
         self._on_request = on_request
@@ -596,50 +573,6 @@ class AriClient:
             call_id=channel_id,
             urgent=True,
         )
-
-    async def set_variables(
-        self, channel_id: str, values: Mapping[str, str], *, reported: Iterable[str] = ()
-    ) -> None:
-        """Set `values` in one request, in order, on the channel's own thread (so the
-        dialplan sees all or none of them), and have Asterisk report each `reported`
-        variable, with its value at the time, in every later event of the channel (the
-        snapshot's `channelvars`). A reported variable not in `values` is left unset.
-        Only where `reports_variables()` is True."""
-        body: dict[str, Any] = dict(values)
-        for name in reported:
-            body[name] = {"value": values.get(name, ""), "report_events": True}
-        await self._request(
-            "POST",
-            "/channels/{channelId}/variables",
-            {"channelId": channel_id},
-            json_body={"variables": body},
-            body_param="variables",
-            call_id=channel_id,
-            urgent=True,
-        )
-
-    async def reports_variables(self, *, again: bool = False) -> bool:
-        """Whether this Asterisk takes `POST /channels/{id}/variables` with `report_events`
-        (2026 and later). Asked once (`again`: after a reconnection, which may have found
-        another Asterisk), without touching any channel: a request without its body is
-        refused with 400 by an Asterisk that has the resource and with 404 "Resource not
-        found" by one that does not."""
-        async with self._probing:
-            if self._reports_variables is None or again:
-                self._reports_variables = await self._probe_variables()
-            return self._reports_variables
-
-    async def _probe_variables(self) -> bool:
-        reply = await self._request(
-            "POST",
-            "/channels/{channelId}/variables",
-            {"channelId": PROBE_CHANNEL},
-            accept={400, 404},
-            gone=frozenset(),
-        )
-        reported = reply.status == 400
-        log.info("ARI: channel variables %s reported in events", "are" if reported else "cannot be")
-        return reported
 
     async def filter_events(self, allowed: Iterable[str]) -> bool:
         """Have Asterisk send our application only events of the `allowed` types (the rest

@@ -88,11 +88,6 @@ WANTED_EVENTS = frozenset(
         "ChannelDestroyed",
     }
 )
-# Where Asterisk reports the queue's variables in every event of the channel (they are set
-# with `report_events` before `continue`), ChannelVarset is not needed: a queued caller's
-# channel sets some twenty variables, each an event of a kilobyte or two, for the two or
-# three the observer reads, which its ChannelDestroyed then carries.
-VARSET = "ChannelVarset"
 
 
 class _Ended:
@@ -187,24 +182,23 @@ class AriChannel:
         return []
 
     async def _set_all(self, call_id: str, **variables: str) -> None:
-        """The call's variables in one request, on the channel's own thread while it is in
-        Stasis, so the dialplan sees all of them or none, and CALLREC_RECORD, named last,
-        never without the rest. Where Asterisk can, the same request has it report the
-        queue's variables in the channel's events (the outcome is then read off its
-        ChannelDestroyed); elsewhere `ARRAY(A,B,...)=a,b,...` sets them (funcs/func_strings.c,
-        `array`). A value the dialplan would split or unquote is refused: the call then goes
-        on unrecorded."""
+        """The call's variables in one request: `ARRAY(A,B,...)=a,b,...` sets each in turn
+        (funcs/func_strings.c, `array`) on the channel's own thread while it is in Stasis,
+        so the dialplan sees all of them or none, and CALLREC_RECORD, named last, never
+        without the rest. A value the dialplan would split or unquote is refused: the call
+        then goes on unrecorded.
+
+        Not `POST /channels/{id}/variables` with `report_events` (2026), which would let
+        ChannelDestroyed carry the queue's variables and spare the app every ChannelVarset:
+        Asterisk then publishes a channel snapshot at each variable set on the channel
+        (main/stasis_channels.c), and at 100 calls/s that cost it more than the events
+        saved (README, "Live load")."""
         for name, value in variables.items():
             if not _ARRAY_VALUE.fullmatch(value):
                 raise AsteriskError(
                     f"{name} {shown(value, 80)} cannot pass through the dialplan whole",
                     call_id=call_id,
                 )
-        if await self._client.reports_variables():
-            await self._client.set_variables(
-                self._channel_id, variables, reported=sorted(QUEUE_VARIABLES)
-            )
-            return
         await self._client.set_variable(
             self._channel_id,
             f"ARRAY({','.join(variables)})",
@@ -343,24 +337,18 @@ class StasisApp:
         # Subscriptions are refused until Asterisk knows the app, i.e. until the events
         # WebSocket is up; so the start-up look waits for it.
         await self._client.wait_connected()
-        await self._filter_events(again=False)
+        await self._filter_events()
         await self._reconcile(1)
 
     async def _reconnected(self, epoch: int) -> None:
-        await self._filter_events(again=True)
+        await self._filter_events()
         await self._reconcile(epoch)
 
-    async def _filter_events(self, *, again: bool) -> None:
-        """Ask Asterisk for the events `_route` reads only; ChannelVarset too unless it
-        reports the queue's variables in the channel's other events. Until this is done
-        (and where it fails) the client drops the others itself."""
-        try:
-            reported = await self._client.reports_variables(again=again)
-        except AsteriskError as error:
-            log.warning("could not ask Asterisk what it reports: %s", error)
-            reported = False
-        allowed = WANTED_EVENTS - {VARSET} if reported else WANTED_EVENTS
-        await self._client.filter_events(allowed | {"ApplicationReplaced"})
+    async def _filter_events(self) -> None:
+        """Ask Asterisk for the events `_route` reads only (a new application starts with
+        no filter, so at every connection). Until this is done, and where it fails, the
+        client drops the others itself."""
+        await self._client.filter_events(WANTED_EVENTS | {"ApplicationReplaced"})
 
     def _route(self, event: AriEvent) -> None:
         channel_id = event.channel_id
@@ -380,9 +368,6 @@ class StasisApp:
         if call is None:
             log.debug("%s for a channel that is not ours; ignored", event.type)
             return
-        if event.channel_vars:
-            for name in QUEUE_VARIABLES.intersection(event.channel_vars):
-                call.observer.saw_variable(name, event.channel_vars[name])
         match event.type:
             case "ChannelDtmfReceived" if event.digit is not None:
                 if heard(event.digit):

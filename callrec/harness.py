@@ -125,15 +125,13 @@ async def harness(
     shed_backlog: int | None = None,
     shed_decision_lag: float | None = None,
     ledger: LedgerConfig | None = None,
-    reports_variables: bool = True,
 ) -> AsyncIterator[Harness]:
     """A controller wired to a store in `data_dir` (created when new; never a store that
     serves real calls), facing the simulated PBX or, with `live`, a real Asterisk. The
     spool, when missing, is created with `spool_mode`. `mode` is CALLREC_MODE: `ari`
     (`serve`'s Stasis app) or `agi` (`fastagi`'s server, on 127.0.0.1:4573 for a live
     Asterisk, whose dialplan names that address, and CALLREC_MODE set to agi there for the
-    run). `reports_variables`: False makes the simulated PBX an Asterisk from before
-    `report_events` (2026)."""
+    run)."""
     if mode not in ("ari", "agi"):
         raise ConfigError(f"mode: ari or agi, not {mode!r}")
     catalog = load_catalog()
@@ -156,7 +154,6 @@ async def harness(
                 # The policy's lines route their numbers to their queues, as the dialplan
                 # generated from them does on a real Asterisk.
                 dids=line_dids(policy),
-                reports_variables=reports_variables,
             )
             client = AriClient(
                 await sim.start(),

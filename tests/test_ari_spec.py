@@ -193,10 +193,6 @@ async def test_every_request_the_client_sends_is_in_the_spec(
         await client.subscribe("1795597767.8")
         await client.unsubscribe("1795597767.8")
         await client.set_variable("1795597767.8", "CALLREC_RECORD", "yes")
-        await client.set_variables(
-            "1795597767.8", {"CALLREC_RECORD": "yes"}, reported=["ANSWEREDTIME"]
-        )
-        await client.reports_variables()
         await client.filter_events(["StasisStart", "StasisEnd"])
         await client.get_variable("1795597767.8", "BRIDGEPEER")
         await client.continue_in_dialplan(

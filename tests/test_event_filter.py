@@ -1,28 +1,26 @@
-"""Asterisk sends the controller only the events it reads, and the queue's outcome comes
-with the channel's last event where Asterisk reports variables; on an Asterisk that cannot,
-the outcome still comes, from the variables' own events."""
+"""Asterisk sends the controller only the event types it reads: a queued caller's channel
+reports every dialplan step, which the app never looks at."""
 
 from __future__ import annotations
 
 import asyncio
 from collections import Counter
 from pathlib import Path
-from typing import Any
 
-import pytest
 from storage_helpers import POLICY
 
 from agi.simpbx import CallerScript
 from agi.stasis import WANTED_EVENTS
 from callrec.harness import Harness, harness
 from flows.outcome import Outcome
+from storage.ports import CallRow
 
 SCALE = 0.02
 ANSWERED = CallerScript(keys=((1.0, "1"),), agent_answers_after=1.0, talk_seconds=3.0)
 GIVES_UP = CallerScript(keys=((1.0, "1"),), agent_answers_after=None, give_up_after=4.0)
 
 
-async def _ended(h: Harness, script: CallerScript, caller: str) -> tuple[str, Any]:
+async def _ended(h: Harness, script: CallerScript, caller: str) -> tuple[str, CallRow]:
     placed = await h.sim.place_call("040 40 40 40", caller, script)
     result = await asyncio.wait_for(placed.done, 30)
     loop = asyncio.get_running_loop()
@@ -52,38 +50,16 @@ def _sent_to_the_app(h: Harness, channel_id: str) -> Counter[str]:
     return kinds
 
 
-@pytest.mark.parametrize("reports", [True, False], ids=["reports-variables", "older-asterisk"])
-async def test_an_answered_call_keeps_its_agent_and_a_queued_caller_who_gives_up_is_missed(
-    tmp_path: Path, reports: bool
-) -> None:
-    """Whether or not Asterisk reports variables in its events, the ledger knows who took an
-    answered call, and a caller who gave up in the queue is a missed call to call back."""
-    async with harness(POLICY, tmp_path, time_scale=SCALE, reports_variables=reports) as h:
-        _, answered = await _ended(h, ANSWERED, "041 555 201")
-        _, missed = await _ended(h, GIVES_UP, "041 555 202")
-    assert answered.outcome is Outcome.ANSWERED
-    assert answered.agent == "PJSIP/agent"
-    assert missed.outcome is Outcome.MISSED
-    assert missed.agent is None
-
-
 async def test_asterisk_sends_only_the_events_the_controller_reads(tmp_path: Path) -> None:
-    """With the event filter and reported variables, a queued caller's dialplan steps and
-    the queue's twenty-odd variables never reach the controller's WebSocket."""
+    """The app's event filter keeps a queued caller's dialplan steps, playback starts and
+    dial events off the controller's WebSocket; the queue's variables still come, and with
+    them who answered, or that nobody did."""
     async with harness(POLICY, tmp_path, time_scale=SCALE) as h:
-        channel_id, row = await _ended(h, ANSWERED, "041 555 201")
+        channel_id, answered = await _ended(h, ANSWERED, "041 555 201")
+        _, missed = await _ended(h, GIVES_UP, "041 555 202")
     sent = _sent_to_the_app(h, channel_id)
-    assert row.outcome is Outcome.ANSWERED
-    assert set(sent) <= WANTED_EVENTS - {"ChannelVarset"}, sent
-    assert sent["StasisStart"] == 1 and sent["ChannelDestroyed"] == 1
-
-
-async def test_an_older_asterisk_still_filters_what_it_can(tmp_path: Path) -> None:
-    """Without reported variables the controller asks for ChannelVarset too (the queue's
-    outcome comes in it), and still for no dialplan steps or playback starts."""
-    async with harness(POLICY, tmp_path, time_scale=SCALE, reports_variables=False) as h:
-        channel_id, row = await _ended(h, ANSWERED, "041 555 201")
-    sent = _sent_to_the_app(h, channel_id)
-    assert row.outcome is Outcome.ANSWERED
     assert set(sent) <= WANTED_EVENTS, sent
+    assert sent["StasisStart"] == 1 and sent["ChannelDestroyed"] == 1
     assert sent["ChannelVarset"] > 0
+    assert answered.outcome is Outcome.ANSWERED and answered.agent == "PJSIP/agent"
+    assert missed.outcome is Outcome.MISSED and missed.agent is None

@@ -91,7 +91,6 @@ class Channel:
     app_name: str = ""
     app_data: str = ""
     variables: dict[str, str] = field(default_factory=dict)
-    reported: list[str] = field(default_factory=list)  # variables set with report_events
     stasis_app: str | None = None
     stasis_reached: bool = False
     pending: deque[Command] = field(default_factory=deque)
@@ -127,9 +126,8 @@ class Channel:
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
 
     def snapshot(self) -> Json:
-        """The ARI `Channel` model, with the fields the traces show, and `channelvars` once a
-        variable is reported (main/stasis_channels.c: each with its value now, "" unset)."""
-        snapshot: Json = {
+        """The ARI `Channel` model, with the fields the traces show."""
+        return {
             "id": self.id,
             "name": self.name,
             "state": self.state,
@@ -147,9 +145,6 @@ class Channel:
             "creationtime": self.creationtime,
             "language": self.language,
         }
-        if self.reported:
-            snapshot["channelvars"] = {n: self.variables.get(n, "") for n in self.reported}
-        return snapshot
 
     def locate(self, context: str, exten: str, priority: int, app: str, data: str) -> None:
         self.context, self.exten, self.priority = context, exten, priority

@@ -98,8 +98,6 @@ class AriResources:
         switch: Callable[[], Switch],
         dialplan: Dialplan,
         local_scripts: Mapping[str, CallerScript],
-        *,
-        reports_variables: bool = True,
     ) -> None:
         self._switch = switch
         self.dialplan = dialplan
@@ -116,7 +114,6 @@ class AriResources:
             ("POST", ("channels", "{channelId}", "play", "{playbackId}"), self._play),
             ("GET", ("channels", "{channelId}", "variable"), self._get_variable),
             ("POST", ("channels", "{channelId}", "variable"), self._set_variable),
-            ("POST", ("channels", "{channelId}", "variables"), self._set_variables),
             ("POST", ("channels", "{channelId}", "continue"), self._continue),
             ("GET", ("playbacks", "{playbackId}"), self._get_playback),
             ("DELETE", ("playbacks", "{playbackId}"), self._stop_playback),
@@ -126,9 +123,6 @@ class AriResources:
             ("POST", ("applications", "{applicationName}", "subscription"), self._subscribe),
             ("DELETE", ("applications", "{applicationName}", "subscription"), self._unsubscribe),
         ]
-        if not reports_variables:
-            # An Asterisk from before `report_events` (2026) has no such resource.
-            self._routes = [r for r in self._routes if r[2] != self._set_variables]
 
     async def handle(self, method: str, segments: tuple[str, ...], params: dict[str, Any]) -> Reply:
         handler, path_params, reply = self.route(method, segments)
@@ -388,56 +382,6 @@ class AriResources:
             switch.write_variable(channel, name, None if value is None else str(value))
 
         done = switch.submit(channel, set_variable, wait=True)
-        if done is None or not await done:
-            return error_reply(400, "Failed to execute function")
-        return NO_CONTENT
-
-    async def _set_variables(self, params: dict[str, Any], path: dict[str, str]) -> Reply:
-        """resource_channels.c `ast_ari_channels_set_channel_vars`: each value a string or
-        {"value": string, "report_events": bool}; all set in order by the channel."""
-        if "variables" not in params:
-            return error_reply(400, "The 'variables' field is required")
-        if path["channelId"] not in self._switch().channels:
-            return error_reply(404, "Provided channel was not found")
-        channel = self._control(path["channelId"])
-        if isinstance(channel, Reply):
-            return channel
-        given = params["variables"]
-        if not isinstance(given, dict):
-            return error_reply(400, "The 'variables' field must be a JSON object")
-        values: list[tuple[str, str, bool]] = []
-        for name, entry in given.items():
-            if isinstance(entry, str):
-                values.append((name.strip(), entry, False))
-            elif isinstance(entry, dict) and isinstance(entry.get("value"), str):
-                report = entry.get("report_events", False)
-                if not isinstance(report, bool):
-                    return error_reply(
-                        400, "Field 'report_events' in 'variables' entries must be boolean"
-                    )
-                values.append((name.strip(), entry["value"], report))
-            elif isinstance(entry, dict):
-                return error_reply(
-                    400, "Each object value in 'variables' must include string field 'value'"
-                )
-            else:
-                return error_reply(
-                    400,
-                    "Each value in 'variables' must be a string or an object with 'value' "
-                    "and optional 'report_events'",
-                )
-        switch = self._switch()
-
-        async def set_all() -> None:
-            for name, value, report in values:
-                if report and name not in channel.reported:
-                    channel.reported.append(name)
-                elif not report and name in channel.reported:
-                    channel.reported.remove(name)
-                # pbx_builtin_setvar_helper: an empty value unsets.
-                switch.write_variable(channel, name, value or None)
-
-        done = switch.submit(channel, set_all, wait=True)
         if done is None or not await done:
             return error_reply(400, "Failed to execute function")
         return NO_CONTENT

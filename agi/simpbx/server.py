@@ -141,7 +141,6 @@ class SimulatedPbx:
         epoch: int | None = None,
         mode: str = "ari",
         fastagi: tuple[str, int] | None = None,
-        reports_variables: bool = True,
     ) -> None:
         if time_scale <= 0:
             raise SimulationSettingError(
@@ -181,8 +180,6 @@ class SimulatedPbx:
             self._live_switch,
             self.dialplan,
             {**DEFAULT_LOCAL_SCRIPTS, **(local_scripts or {})},
-            # False: an Asterisk from before 2026, without POST /channels/{id}/variables.
-            reports_variables=reports_variables,
         )
 
     # -- lifecycle -------------------------------------------------------------------
@@ -501,9 +498,8 @@ class SimulatedPbx:
                     return error_reply(400, "Error parsing request body")
                 if isinstance(body, dict):
                     for key, value in body.items():
-                        # Structured fields stay JSON (originate's and set-variables'
-                        # `variables`, an event filter's lists); the rest are text as in
-                        # a query.
+                        # Structured fields stay JSON (originate's `variables`, an event
+                        # filter's lists); the rest are text as in a query.
                         structured = isinstance(value, dict | list) and key in _STRUCTURED
                         params.setdefault(key, value if structured else str(value))
         return params
