@@ -267,8 +267,13 @@ def _ledger(work: Path, observer: Observer) -> dict[str, int]:
                 "SELECT subject FROM audit WHERE action = 'recording.not_started'"
             )
         }
+        # A stored recording proves MixMonitor ran where a stalled Asterisk's events to the
+        # observer came too late to show it.
+        stored = {call_id for (call_id,) in db.execute("SELECT call_id FROM recordings")}
     record = [r for r in rows if r[2] == "record"]
-    recorded = [r for r in record if observer.callers.get(r[1], Caller()).mixmonitor]
+    recorded = [
+        r for r in record if observer.callers.get(r[1], Caller()).mixmonitor or r[0] in stored
+    ]
     unmarked = [r for r in record if r not in recorded and r[0] not in marked]
     return {
         "calls": len(rows),
