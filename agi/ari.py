@@ -82,6 +82,7 @@ RELEASE_POLL = 2.0  # seconds between looks whether another client let go of our
 # of it keeps the controller well clear, and more connections do not make a busy Asterisk
 # answer sooner: they only queue inside it instead of here, where urgent work can go first.
 DEFAULT_MAX_CONNECTIONS = 20
+ANSWER_SMOOTHING = 0.2  # weight of the latest request in the smoothed time per request
 REFUSED_RETRIES = 2  # a connection closed before any answer is tried again this often
 REFUSED_PAUSE = 0.05  # seconds before the first such retry, doubling
 
@@ -423,6 +424,7 @@ class AriClient:
         self._closing = asyncio.Event()
         self._connected = asyncio.Event()
         self._unknown_types: set[str] = set()
+        self._answer_time = 0.0  # seconds per request, smoothed: see expected_wait
         self._jitter = random.Random()  # noqa: S311 - spreads reconnects; not a secret
         self.connect_attempts = 0  # WebSocket connection attempts so far (status and tests)
         self._on_request = on_request
@@ -445,6 +447,12 @@ class AriClient:
     def backlog(self) -> int:
         """REST requests waiting for a connection: how far behind Asterisk's answers are."""
         return self._gate.waiting
+
+    @property
+    def expected_wait(self) -> float:
+        """Seconds the waiting requests would take to be sent, each connection answering at
+        the recent pace (a smoothed time per request, its timeouts included)."""
+        return self._gate.waiting / self._gate.limit * self._answer_time
 
     async def __aenter__(self) -> AriClient:
         return self
@@ -785,8 +793,10 @@ class AriClient:
             status, body = await self._exchange(session, method, url, json_body, what, call_id)
         finally:
             self._gate.release()
+            took = asyncio.get_running_loop().time() - started
+            self._answer_time += ANSWER_SMOOTHING * (took - self._answer_time)
             if self._on_request is not None:
-                self._on_request(method, template, asyncio.get_running_loop().time() - started)
+                self._on_request(method, template, took)
         if 200 <= status < 300:
             return _Reply(status, self._decode_body(body, what, status, call_id), "")
         message = _error_message(body)

@@ -407,7 +407,11 @@ class StasisApp:
         call = _Call(channel_id, timer_scale=self._timer_scale, epoch=self._connections)
         self._calls[channel_id] = call
         self.idle.clear()
-        load = Load(ari_backlog=self._client.backlog, decision_lag=self._deps.lag.seconds())
+        load = Load(
+            ari_backlog=self._client.backlog,
+            decision_lag=self._deps.lag.seconds(),
+            ari_wait=self._client.expected_wait,
+        )
         reason = shed_reason(load, self._shed_bounds)
         if reason is not None:
             self.shed += 1

@@ -36,6 +36,10 @@ def shed_decision(line: Line, reason: str, now: datetime, *, tz: str) -> CommitD
 
 
 DECISION_LAG_BOUND = 0.5  # seconds a decision may wait for the ledger before calls are shed
+# Seconds the requests waiting for a connection would take to be sent, at the pace Asterisk
+# answers now, before calls are shed: a burst of new calls queues many requests that a
+# quick Asterisk clears in milliseconds, and shedding them would lose recordings for nothing.
+ARI_WAIT_BOUND = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,18 +49,24 @@ class Load:
     ari_backlog: int  # REST requests waiting for a connection to Asterisk
     decision_lag: float  # seconds: the oldest decision still waiting for its commit, else
     # the recent decisions' time to commit
+    ari_wait: float = 0.0  # seconds the waiting requests would take to be sent, at the
+    # recent time Asterisk takes per request
 
 
 @dataclass(frozen=True, slots=True)
 class ShedBounds:
     ari_backlog: int
     decision_lag: float = DECISION_LAG_BOUND
+    ari_wait: float = ARI_WAIT_BOUND
 
 
 def shed_reason(load: Load, bounds: ShedBounds) -> str | None:
     """Why a new call is shed now, or None to serve it."""
-    if load.ari_backlog > bounds.ari_backlog:
-        return f"{load.ari_backlog} ARI requests were waiting (bound {bounds.ari_backlog})"
+    if load.ari_backlog > bounds.ari_backlog and load.ari_wait > bounds.ari_wait:
+        return (
+            f"{load.ari_backlog} ARI requests were waiting, {load.ari_wait:.2f} s of Asterisk's "
+            f"answers (bounds {bounds.ari_backlog} and {bounds.ari_wait:g} s)"
+        )
     if load.decision_lag > bounds.decision_lag:
         return (
             f"decisions took {load.decision_lag:.2f} s to commit (bound {bounds.decision_lag:g} s)"

@@ -191,8 +191,8 @@ async def test_a_backlog_sheds_new_calls_to_the_queue_unrecorded(tmp_path: Path)
     prompt: counted, their decision committed as "none" with the reason, and they reach
     the agent like the others."""
     async with harness(POLICY, tmp_path, time_scale=SCALE, max_connections=2, shed_backlog=2) as h:
-        h.sim.slow_rest(0.03, 0.0)
-        results = await calls(h, 16, every=0.01)
+        h.sim.slow_rest(0.15, 0.0)
+        results = await calls(h, 16, every=0.1)
         rows = await check_everyone_served(h, results)
         shed = [row for row in rows if row.reason and row.reason.startswith("shed")]
         assert h.app.shed == len(shed) > 0
@@ -203,6 +203,17 @@ async def test_a_backlog_sheds_new_calls_to_the_queue_unrecorded(tmp_path: Path)
             if result.channel_id in shed_channels:
                 assert result.prompts_played == ()
                 assert result.recorded_file is None
+
+
+async def test_a_burst_of_calls_a_quick_pbx_answers_is_not_shed(tmp_path: Path) -> None:
+    """A hundred callers at once queue far more requests than the connection bound, but a
+    PBX that answers at once clears them in moments: every caller hears the question and
+    is recorded as they chose, none shed."""
+    async with harness(POLICY, tmp_path, time_scale=SCALE) as h:
+        results = await calls(h, 100)
+        rows = await check_everyone_served(h, results)
+    assert h.app.shed == 0
+    assert [row.decision for row in rows] == [Decision.RECORD] * 100
 
 
 async def test_a_held_ledger_sheds_new_calls_to_the_queue_unrecorded(tmp_path: Path) -> None:
@@ -237,11 +248,13 @@ async def test_a_held_ledger_sheds_new_calls_to_the_queue_unrecorded(tmp_path: P
 
 
 def test_shedding_weighs_asterisk_backlog_and_decision_lag() -> None:
-    """A call is shed when either Asterisk's request backlog or the controller's decision
-    lag is past its bound, and the reason says which."""
-    bounds = ShedBounds(ari_backlog=40, decision_lag=0.5)
-    assert shed_reason(Load(ari_backlog=40, decision_lag=0.5), bounds) is None
-    assert "ARI requests" in (shed_reason(Load(41, 0.0), bounds) or "")
+    """A call is shed when Asterisk's request backlog is past its bound and would take it
+    too long to clear, or when the controller's decision lag is past its bound; the reason
+    says which. A long queue that a quick Asterisk clears at once (a burst) sheds nothing."""
+    bounds = ShedBounds(ari_backlog=40, decision_lag=0.5, ari_wait=0.5)
+    assert shed_reason(Load(ari_backlog=40, decision_lag=0.5, ari_wait=9.0), bounds) is None
+    assert shed_reason(Load(ari_backlog=749, decision_lag=0.0, ari_wait=0.08), bounds) is None
+    assert "ARI requests" in (shed_reason(Load(41, 0.0, ari_wait=0.6), bounds) or "")
     assert "decisions took 0.75 s" in (shed_reason(Load(0, 0.75), bounds) or "")
 
 
