@@ -97,3 +97,25 @@ def serve_once(data_dir: Path, config: Path) -> str:
             proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
     return log.read_text()
+
+
+def start_fastagi(
+    directory: Path, name: str, data_dir: Path, config: Path, env: Mapping[str, str]
+) -> subprocess.Popen[bytes]:
+    """`callrec fastagi` as a process, once it listens; its log in `directory/<name>.log`."""
+    log = directory / f"{name}.log"
+    with log.open("w") as handle:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "callrec.cli", "fastagi"],
+            stdout=subprocess.DEVNULL,
+            stderr=handle,
+            env={**cli_env(data_dir, config), **env},
+            cwd=directory,
+        )
+    deadline = time.monotonic() + START_TIMEOUT
+    while "listening on" not in log.read_text():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError(f"callrec fastagi did not start:\n{log.read_text()}")
+        time.sleep(0.05)
+    return proc

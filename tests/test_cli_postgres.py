@@ -5,14 +5,11 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import pg_server
-from cli_helpers import START_TIMEOUT, callrec, cli_env, fastagi_config
+from cli_helpers import callrec, fastagi_config, start_fastagi
 from test_cli_input import one_line_error
 
 from storage.schema import MIGRATIONS
@@ -48,27 +45,6 @@ def test_demo_on_postgresql_passes_then_list_and_verify_read_that_ledger(
         assert migrated == {"ledger": "postgresql", "from": latest, "to": latest}
 
 
-def _start_fastagi(
-    tmp_path: Path, name: str, data: Path, config: Path, env: dict[str, str]
-) -> subprocess.Popen[bytes]:
-    log = tmp_path / f"{name}.log"
-    with log.open("w") as handle:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "callrec.cli", "fastagi"],
-            stdout=subprocess.DEVNULL,
-            stderr=handle,
-            env={**cli_env(data, config), **env},
-            cwd=tmp_path,
-        )
-    deadline = time.monotonic() + START_TIMEOUT
-    while "listening on" not in log.read_text():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            raise AssertionError(f"callrec fastagi did not start:\n{log.read_text()}")
-        time.sleep(0.05)
-    return proc
-
-
 def test_a_second_controller_with_the_same_id_on_one_postgresql_ledger_is_refused(
     tmp_path: Path, pg_database: str
 ) -> None:
@@ -82,7 +58,7 @@ def test_a_second_controller_with_the_same_id_on_one_postgresql_ledger_is_refuse
         data = tmp_path / "data"
         config = fastagi_config(tmp_path / "etc")
         callrec("init", data_dir=data, env=env)
-        first = _start_fastagi(tmp_path, "first", data, config, node_a)
+        first = start_fastagi(tmp_path, "first", data, config, node_a)
         running = [first]
         try:
             second = callrec(
@@ -92,14 +68,14 @@ def test_a_second_controller_with_the_same_id_on_one_postgresql_ledger_is_refuse
             assert "another controller with the id node-a" in line
             assert f"pid {first.pid}" in line
             running.append(
-                _start_fastagi(
+                start_fastagi(
                     tmp_path, "other", data, config, {**env, "CALLREC_CONTROLLER_ID": "node-b"}
                 )
             )
             assert first.poll() is None
             first.send_signal(signal.SIGKILL)
             first.wait(timeout=30)
-            running.append(_start_fastagi(tmp_path, "again", data, config, node_a))
+            running.append(start_fastagi(tmp_path, "again", data, config, node_a))
         finally:
             for proc in running:
                 if proc.poll() is None:

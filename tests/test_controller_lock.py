@@ -9,7 +9,6 @@ import contextlib
 import re
 import signal
 import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -18,7 +17,7 @@ from pathlib import Path
 import pg_server
 import psycopg
 import pytest
-from cli_helpers import START_TIMEOUT, callrec, cli_env, fastagi_config
+from cli_helpers import callrec, fastagi_config, start_fastagi
 from storage_helpers import POLICY
 from test_cli_input import one_line_error
 from test_cli_postgres import _without_password
@@ -61,24 +60,9 @@ def _until(what: str, check: Callable[[], object], timeout: float = 30.0) -> obj
 
 
 def _start(tmp_path: Path, name: str, env: dict[str, str]) -> tuple[subprocess.Popen[bytes], Path]:
-    data = tmp_path / "data"
     config = fastagi_config(tmp_path / "etc", f"[storage]\nlock_check_seconds = {CHECK}\n")
-    log = tmp_path / f"{name}.log"
-    with log.open("w") as handle:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "callrec.cli", "fastagi"],
-            stdout=subprocess.DEVNULL,
-            stderr=handle,
-            env={**cli_env(data, config), **env},
-            cwd=tmp_path,
-        )
-    deadline = time.monotonic() + START_TIMEOUT
-    while "listening on" not in log.read_text():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            raise AssertionError(f"callrec fastagi did not start:\n{log.read_text()}")
-        time.sleep(0.05)
-    return proc, log
+    proc = start_fastagi(tmp_path, name, tmp_path / "data", config, env)
+    return proc, tmp_path / f"{name}.log"
 
 
 def _metrics(log: Path) -> str:
