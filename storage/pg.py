@@ -153,6 +153,9 @@ _PLAIN_INSERT = re.compile(
     r"^\s*INSERT\s+INTO\s+(\w+)\s*\(([\w\s,]+)\)\s*VALUES\s*\(\s*\?(?:\s*,\s*\?)*\s*\)\s*$",
     re.IGNORECASE,
 )
+# A long `IN (?, ?, ...)` (a sweep batch names 1,000 ids): psycopg would parse a query of a
+# thousand placeholders anew at each batch, and the server plan a thousand-term list.
+_IN_LIST = re.compile(r"\b(NOT\s+)?IN\s*\(\s*\?(?:\s*,\s*\?){15,}\s*\)", re.IGNORECASE)
 COPY_FROM = 16  # rows from which a plain insert goes as COPY (a sweep batch's audit: 1,000)
 _OR_IGNORE = re.compile(r"^\s*INSERT\s+OR\s+IGNORE\s+", re.IGNORECASE)
 _NOT_INDEXED = re.compile(r"\s+NOT\s+INDEXED\b", re.IGNORECASE)
@@ -188,6 +191,29 @@ def translate(sql: str) -> str:
     return f"{sql} ON CONFLICT DO NOTHING" if ignore else sql
 
 
+def _with_arrays(sql: str, params: tuple[Any, ...]) -> tuple[str, tuple[Any, ...]]:
+    """Each long `IN (?, ?, ...)` of `sql` as `= ANY(?)` (`NOT IN` as `<> ALL(?)`), its
+    parameters as one array: the same rows, one placeholder. The others keep their order
+    (string literals hold no placeholder)."""
+    if _IN_LIST.search(sql) is None:
+        return sql, params
+    parts: list[str] = []
+    values: list[Any] = []
+    at = taken = 0
+    for found in _IN_LIST.finditer(sql):
+        before = sql[at : found.start()]
+        ahead = _STRING.sub("", before).count("?")
+        values.extend(params[taken : taken + ahead])
+        listed = found.group(0).count("?")
+        values.append(list(params[taken + ahead : taken + ahead + listed]))
+        taken += ahead + listed
+        parts.append(before + ("<> ALL(?)" if found.group(1) else "= ANY(?)"))
+        at = found.end()
+    parts.append(sql[at:])
+    values.extend(params[taken:])
+    return "".join(parts), tuple(values)
+
+
 def _param(value: Any) -> Any:
     if isinstance(value, str):
         return _encode(value)
@@ -215,8 +241,9 @@ class PgTx(Tx):
             self.locked = True
 
     def run(self, sql: str, params: Params = ()) -> int:
+        sql, values = _with_arrays(sql, _params(params))
         with self._pg.cursor() as cursor:
-            cursor.execute(translate(sql), _params(params))
+            cursor.execute(translate(sql), values)
             return cursor.rowcount
 
     def many(self, sql: str, rows: Iterable[Params]) -> None:
@@ -236,8 +263,9 @@ class PgTx(Tx):
                     copy.write_row(row)
 
     def all(self, sql: str, params: Params = ()) -> list[Any]:
+        sql, values = _with_arrays(sql, _params(params))
         with self._pg.cursor() as cursor:
-            cursor.execute(translate(sql), _params(params))
+            cursor.execute(translate(sql), values)
             return cursor.fetchall() if cursor.description else []
 
     def one(self, sql: str, params: Params = ()) -> Any:
