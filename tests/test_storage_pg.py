@@ -18,7 +18,7 @@ from flows.errors import NotFoundError, StorageError
 from flows.policy import Decision, Direction, LegalBasis
 from storage.factory import open_ledger
 from storage.ledgers import LedgerConfig
-from storage.pg import WRITE_LOCK, translate
+from storage.pg import WRITE_LOCK, _with_arrays, translate
 from storage.pg_schema import PG_MIGRATIONS
 from storage.ports import CallStart, DecisionRecord
 from storage.schema import MIGRATIONS
@@ -164,6 +164,27 @@ def test_statements_are_translated_outside_their_literals(sqlite: str, postgresq
     """Placeholders and SQLite spellings are rewritten in SQL, never inside a string literal
     (where only `%` is doubled, as psycopg reads it there too)."""
     assert translate(sqlite) == postgresql
+
+
+def test_long_in_lists_select_the_same_rows_as_arrays(pg_database: str) -> None:
+    """A list of 16 or more placeholders goes to PostgreSQL as one array parameter: IN and
+    NOT IN select exactly the rows they name, the parameters around the list in place."""
+    ids = [f"r{i:02d}" for i in range(40)]
+    chosen = ids[::2]
+    marks = ", ".join("?" * len(chosen))
+    with pg_server.schema(pg_database) as url, psycopg.connect(url) as conn:
+        conn.execute("CREATE TABLE listed (id text, tag text)")
+        with conn.cursor() as cursor:
+            cursor.executemany("INSERT INTO listed VALUES (%s, 'a')", [(i,) for i in ids])
+        for negate, expected in ((False, set(chosen)), (True, set(ids) - set(chosen))):
+            sql = (
+                f"SELECT id FROM listed WHERE tag = ? AND id {'NOT ' if negate else ''}IN "
+                f"({marks}) AND id NOT IN ('r00', ?)"
+            )
+            text, values = _with_arrays(sql, ("a", *chosen, "r01"))
+            assert "?, ?" not in text and len(values) == 3
+            found = {row[0] for row in conn.execute(translate(text), values)}
+            assert found == expected - {"r00", "r01"}
 
 
 async def test_a_call_starts_while_another_node_holds_the_ledgers_write_lock(
