@@ -289,7 +289,8 @@ def _ledger(work: Path, observer: Observer) -> dict[str, int]:
 def start_profiler(py_spy: str | None, pid: int, work: Path) -> subprocess.Popen[bytes] | None:
     if py_spy is None:
         return None
-    argv = [py_spy, "record", "--pid", str(pid), "--nonblocking", "--rate", "200"]
+    # Per thread: the event loop, the ledger's thread and the file threads apart.
+    argv = [py_spy, "record", "--pid", str(pid), "--nonblocking", "--rate", "1000", "--threads"]
     argv += ["--format", "raw", "--output", str(work / "profile.txt")]
     return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
