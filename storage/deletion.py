@@ -153,6 +153,11 @@ async def delete_batch(
     return await record_removed(ctx, removed, now, reason)
 
 
+# What a deletion reads of a recording (its audit entry and its files): a sweep batch reads
+# a thousand rows, and the other columns only cost the time to build them.
+DOOMED_COLUMNS = "id, call_id, path, legal_basis, sha256, size, created_at, delete_after"
+
+
 def list_doomed(tx: Tx, ids: Sequence[str]) -> list[Doomed]:
     """The recordings of `ids` not deleted yet, with their live export copies and the
     exports that hold them."""
@@ -160,7 +165,8 @@ def list_doomed(tx: Tx, ids: Sequence[str]) -> list[Doomed]:
         return []
     marks = ", ".join("?" * len(ids))
     rows = tx.all(
-        f"SELECT * FROM recordings WHERE id IN ({marks}) AND status != 'deleted'",  # noqa: S608 - only placeholders are added
+        f"SELECT {DOOMED_COLUMNS} FROM recordings WHERE id IN ({marks}) "  # noqa: S608 - only placeholders are added
+        "AND status != 'deleted'",
         ids,
     )
     copies, exports = copies_of(tx, [row["id"] for row in rows])
