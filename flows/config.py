@@ -284,10 +284,16 @@ def policy_from_mapping(data: Mapping[str, Any]) -> Policy:
         data, "callbacks", {"window_minutes", "overload_window_minutes", "default_line"}
     )
     timezone = general.get("timezone", defaults.TIMEZONE)
+    if not isinstance(timezone, str):
+        raise ConfigError(
+            f'policy.timezone: must be a time zone name like "{defaults.TIMEZONE}", '
+            f"not a {type(timezone).__name__}"
+        )
     try:
-        ZoneInfo(str(timezone))
-    except (ZoneInfoNotFoundError, ValueError):
-        raise ConfigError(f"policy.timezone: unknown time zone {timezone!r}") from None
+        ZoneInfo(timezone)
+    except (ZoneInfoNotFoundError, ValueError, OSError):
+        # OSError: a name too long for the file system ZoneInfo looks it up in.
+        raise ConfigError(f"policy.timezone: unknown time zone {timezone[:80]!r}") from None
     country_code = general.get("country_code", defaults.DEFAULT_COUNTRY)
     if not isinstance(country_code, str) or not re.fullmatch(r"[1-9]\d{0,2}", country_code):
         raise ConfigError(

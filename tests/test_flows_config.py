@@ -88,6 +88,8 @@ def _lines(**sales: Any) -> dict[str, Any]:
         ({"policy": {"retention_months": "six"}}, r"policy\.retention_months: must be a whole"),
         ({"policy": {"retention_mnths": 6}}, r"policy\.retention_mnths: unknown key"),
         ({"policy": {"timezone": "Mars/Olympus"}}, r"policy\.timezone: unknown time zone"),
+        ({"policy": {"timezone": "Europe/" + "x" * 300}}, r"policy\.timezone: unknown time"),
+        ({"policy": {"timezone": [None, {"a": 1}] * 40}}, r"policy\.timezone: must be a time"),
         ({"consent": {"digit_timeout_seconds": 0}}, r"consent\.digit_timeout_seconds: must be"),
         (_lines(policy="maybe"), r"lines\.sales\.policy: must be"),
         (_lines(numbers=["04O"]), r"lines\.sales\.numbers: not a phone number"),
