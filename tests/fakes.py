@@ -29,8 +29,10 @@ from agi.collector import RecordingCollector
 from agi.fastagi import FastAgiServer
 from agi.ports import Payload
 from agi.session import SessionDeps
+from agi.simpbx import SimulatedPbx
 from agi.spool import SpoolWatch
 from flows.policy import Policy
+from prompts.catalog import load_catalog
 from storage.ports import Ledger
 from storage.sqlite import SqliteStore
 
@@ -348,3 +350,14 @@ class KeyingAsterisk:
                 return key
         self._now = until
         return None
+
+
+def fastagi_pbx(port: int, *, time_scale: float) -> SimulatedPbx:
+    """A simulated PBX whose dialplan runs FastAGI against `port` on loopback, each prompt
+    as long as the catalog says (not started)."""
+    return SimulatedPbx(
+        mode="agi",
+        fastagi=("127.0.0.1", port),
+        prompt_durations={pid: info.duration_seconds for pid, info in load_catalog().items()},
+        time_scale=time_scale,
+    )

@@ -6,13 +6,12 @@ import asyncio
 from pathlib import Path
 
 import pytest
-from fakes import fastagi_harness
+from fakes import fastagi_harness, fastagi_pbx
 from storage_helpers import POLICY, T0, open_store, record_call
 
-from agi.simpbx import CallerScript, SimulatedPbx
+from agi.simpbx import CallerScript
 from callrec.harness import harness
 from flows.outcome import Outcome, QueueObserver
-from prompts.catalog import load_catalog
 
 SCALE = 0.02
 PRESS_1 = CallerScript(keys=((1.0, "1"),), agent_answers_after=1.0, talk_seconds=3.0)
@@ -73,12 +72,7 @@ async def test_ari_mode_stores_the_agent_who_answered(tmp_path: Path) -> None:
 async def test_fastagi_mode_stores_the_agent_who_answered(tmp_path: Path) -> None:
     """The dialplan's hangup report names the agent (CALLREC_AGENT); the ledger keeps it."""
     async with fastagi_harness(tmp_path, prompt_timeout=30.0) as agi:
-        sim = SimulatedPbx(
-            mode="agi",
-            fastagi=("127.0.0.1", agi.port),
-            prompt_durations={pid: i.duration_seconds for pid, i in load_catalog().items()},
-            time_scale=SCALE,
-        )
+        sim = fastagi_pbx(agi.port, time_scale=SCALE)
         await sim.start()
         try:
             placed = await sim.place_call("040404040", "041123456", PRESS_1)

@@ -9,12 +9,11 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from fakes import fastagi_harness
+from fakes import fastagi_harness, fastagi_pbx
 
-from agi.simpbx import CallerScript, CallResult, SimulatedPbx
+from agi.simpbx import CallerScript, CallResult
 from callrec.harness import harness
 from flows.policy import Policy
-from prompts.catalog import load_catalog
 
 SCALE = 0.02
 WAIT = 20.0
@@ -42,12 +41,7 @@ async def over_ari(line: str, tmp_path: Path) -> CallResult:
 
 async def over_fastagi(line: str, tmp_path: Path, form: str = "national") -> CallResult:
     async with fastagi_harness(tmp_path, POLICY, prompt_timeout=30.0, caller_id_form=form) as agi:
-        sim = SimulatedPbx(
-            mode="agi",
-            fastagi=("127.0.0.1", agi.port),
-            prompt_durations={pid: i.duration_seconds for pid, i in load_catalog().items()},
-            time_scale=SCALE,
-        )
+        sim = fastagi_pbx(agi.port, time_scale=SCALE)
         await sim.start()
         try:
             placed = await sim.place_callback(

@@ -12,12 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from fakes import Harness, fastagi_harness
+from fakes import Harness, fastagi_harness, fastagi_pbx
 
 from agi.simpbx import CallerScript, CallResult, SimulatedPbx
 from flows.outcome import Outcome
 from flows.policy import Decision, Direction
-from prompts.catalog import load_catalog
 from storage.ports import RecordingRow, RecordingStatus
 
 SCALE = 0.02  # a 10 s prompt plays in 0.2 s
@@ -41,12 +40,7 @@ class Pbx:
 @pytest.fixture
 async def pbx(tmp_path: Path) -> AsyncIterator[Pbx]:
     async with fastagi_harness(tmp_path, prompt_timeout=30.0) as agi:
-        sim = SimulatedPbx(
-            mode="agi",
-            fastagi=("127.0.0.1", agi.port),
-            prompt_durations={pid: info.duration_seconds for pid, info in load_catalog().items()},
-            time_scale=SCALE,
-        )
+        sim = fastagi_pbx(agi.port, time_scale=SCALE)
         await sim.start()
         try:
             yield Pbx(agi, sim)

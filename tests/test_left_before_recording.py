@@ -9,13 +9,12 @@ from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 
-from fakes import fastagi_harness
+from fakes import fastagi_harness, fastagi_pbx
 
-from agi.simpbx import CallerScript, CallResult, SimulatedPbx
+from agi.simpbx import CallerScript, CallResult
 from callrec.harness import harness
 from flows.outcome import LEFT_BEFORE_RECORDING
 from flows.policy import Decision, Policy
-from prompts.catalog import load_catalog
 from storage.ports import CallRow, DecisionRecord, Ledger, StoreApi
 from storage.records import CallFilter
 from storage.sqlite import SqliteStore
@@ -99,12 +98,7 @@ async def test_fastagi_caller_who_leaves_before_mixmonitor_is_marked_unrecorded(
     """FastAGI: the caller hangs up while the decision is being committed, so MixMonitor is
     never run; the ledger shows the decision, the end, and the not-started mark."""
     async with fastagi_harness(tmp_path, POLICY, prompt_timeout=30.0, ledger=_slow) as agi:
-        sim = SimulatedPbx(
-            mode="agi",
-            fastagi=("127.0.0.1", agi.port),
-            prompt_durations={pid: info.duration_seconds for pid, info in load_catalog().items()},
-            time_scale=SCALE,
-        )
+        sim = fastagi_pbx(agi.port, time_scale=SCALE)
         await sim.start()
         try:
             placed = await sim.place_call(SERVICE, "041555302", PRESSES_1_AND_LEAVES)

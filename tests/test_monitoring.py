@@ -20,6 +20,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 from cli_helpers import START_TIMEOUT, cli_env
+from fakes import fastagi_pbx
 from prometheus_client.parser import text_string_to_metric_families
 
 from agi.simpbx import CallerScript, CallResult, SimulatedPbx
@@ -372,12 +373,7 @@ async def test_fastagi_metrics_count_its_calls_and_it_is_healthy(tmp_path: Path)
         line = await controller.wait_for("listening on")
         found = re.search(r"listening on 127\.0\.0\.1:(\d+)", line)
         assert found is not None, line
-        sim = SimulatedPbx(
-            mode="agi",
-            fastagi=("127.0.0.1", int(found.group(1))),
-            prompt_durations={pid: info.duration_seconds for pid, info in load_catalog().items()},
-            time_scale=SCALE,
-        )
+        sim = fastagi_pbx(int(found.group(1)), time_scale=SCALE)
         await sim.start()
         try:
             results = [await call(sim, PRESS_1) for _ in range(2)]
