@@ -23,7 +23,7 @@ import multiprocessing
 import os
 import random
 import sqlite3
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime, timedelta
 from multiprocessing.connection import Connection
@@ -34,13 +34,17 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from flows.callbacks import same_communication
 from flows.errors import CallrecError
-from flows.policy import LegalBasis, Line, LinePolicy, Policy
+from flows.events import PriorCallFound
+from flows.policy import Decision, LegalBasis, Line, LinePolicy, Policy
 from flows.retention import delete_after
 from storage.audit import GENESIS, canonical, load_key, pseudonym
 from storage.chain import entry_mac, load_audit_key
+from storage.datadir import default_controller_id
 from storage.db import ts
 from storage.ledgers import LedgerConfig
+from storage.rows import purposes_text
 from storage.sqlite import KEY_FILE, LEDGER_FILE, make_recording_id
 
 SECOND = 1_000_000
@@ -158,9 +162,11 @@ _TABLES = (
         "calls",
         "call_id, channel_id, direction, line, caller, dialed, customer, started_at, "
         "purge_after, ended_at, outcome, decision, decided_at, digit, legal_basis, prompt, "
-        "prompt_sha256, reason, linked_to, recording_file",
+        "prompt_sha256, reason, linked_to, recording_file, purposes, communication_id, "
+        "controller_id",
     ),
     ("callbacks", "callback_call_id, missed_call_id, window_seconds, overload, linked_at"),
+    ("callback_answers", "missed_call_id, callback_call_id, answered_at"),
     (
         "recordings",
         "id, call_id, line, legal_basis, caller, dialed, customer, decided_at, created_at, "
@@ -168,18 +174,12 @@ _TABLES = (
     ),
     ("audit", "seq, at, action, subject, details, prev_hash, hash"),
 )
+FILLED_TABLES = tuple(table for table, _ in _TABLES)
 _INSERTS = tuple(
     f"INSERT INTO {table} ({columns}) VALUES ({', '.join('?' * (columns.count(',') + 1))})"
     for table, columns in _TABLES
 )
 _COPIES = tuple(f"COPY {table} ({columns}) FROM STDIN" for table, columns in _TABLES)
-# Every callback of the fill reached its customer: it answers its missed call.
-_ANSWERS = (
-    "INSERT INTO callback_answers (missed_call_id, callback_call_id, answered_at) "
-    # WHERE true: SQLite's parser needs it between a SELECT and its upsert clause.
-    "SELECT missed_call_id, callback_call_id, linked_at FROM callbacks WHERE true "
-    "ON CONFLICT DO NOTHING"
-)
 
 Rows = list[tuple[Any, ...]]
 
@@ -206,7 +206,6 @@ def _load(db_path: str, batches: Connection) -> None:
             conn.executemany(sql, rows)
         conn.execute("COMMIT")
     conn.execute("BEGIN")
-    conn.execute(_ANSWERS)
     for _, sql in indexes:
         conn.execute(sql)
     conn.execute("COMMIT")
@@ -260,19 +259,24 @@ class _Templates:
         return body, text
 
 
+# The details of `storage.calls.commit_decision`'s audit entry, in sorted order.
 _DECISION: tuple[str, ...] = (
     "customer",
     "decision",
+    "delete_after",
     "digit",
     "legal_basis",
+    "line",
     "prompt",
     "prompt_sha256",
 )
 _LINKED: tuple[str, ...] = (
     "customer",
     "decision",
+    "delete_after",
     "digit",
     "legal_basis",
+    "line",
     "linked_to",
     "overload",
     "prompt",
@@ -303,10 +307,13 @@ class LedgerWriter:
         *,
         audio: bytes | None = None,
         ledger: LedgerConfig | None = None,
+        prompt_versions: Mapping[str, str] | None = None,
     ) -> None:
         """`audio`: the content every recording's file will have (the caller writes the
         files at `filled.recording_paths`); None: no files, sizes from the call's length.
-        `ledger`: a PostgreSQL ledger of the store (None: its SQLite file)."""
+        `ledger`: a PostgreSQL ledger of the store (None: its SQLite file).
+        `prompt_versions`: the audio version (SHA-256) of each prompt, as
+        `prompts/manifest.json` gives them; None: a random one per prompt."""
         self._key = load_key(data_dir / KEY_FILE)
         self._audit_key = load_audit_key(data_dir)
         head = "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1"
@@ -330,19 +337,20 @@ class LedgerWriter:
         self._loader = context.Process(target=target, args=args, name="ledger-load", daemon=True)
         self._loader.start()
         receiver.close()
-        self._due = DueTimes(policy.retention_months, policy.timezone)
+        # As `flows.retention.keeping`: each line's retention, its purposes.
+        self._due = {
+            months: DueTimes(months, policy.timezone)
+            for months in {line.retention_months for line in policy.lines}
+        }
+        self._months = {line.name: line.retention_months for line in policy.lines}
+        self._purposes = {line.name: purposes_text(line.purposes) for line in policy.lines}
+        self._controller_id = default_controller_id(data_dir)  # the store's, opened there
         self._audio = None if audio is None else (len(audio), hashlib.sha256(audio).hexdigest())
         self._window = policy.callback_window.total_seconds()
         self._templates = _Templates()
-        self._purposes = {
-            (line.name, basis.value): ",".join(
-                sorted(p.value for p in line.purposes & policy.allowed(basis))
-            )
-            for line in policy.lines
-            for basis in LegalBasis
-        }
-        # Stands for prompts/manifest.json: one audio version per prompt.
-        self._prompt_sha = {line.prompts.notice: os.urandom(32).hex() for line in policy.lines}
+        self._prompt_sha = dict(prompt_versions or {})
+        for line in policy.lines:  # stands for prompts/manifest.json: one version per prompt
+            self._prompt_sha.setdefault(line.prompts.notice, os.urandom(32).hex())
         self._pseudonyms: dict[str, str] = {}
         self.filled = Filled()
 
@@ -354,18 +362,38 @@ class LedgerWriter:
             found = self._pseudonyms[number] = pseudonym(self._key, number)
         return found
 
+    def _due_times(self, lines: Sequence[str], us: Micros) -> Micros:
+        """`flows.retention.keeping`'s date for each call: its line's retention from `us`."""
+        months = [self._months[line] for line in lines]
+        kinds = set(months)
+        if len(kinds) == 1:
+            return self._due[kinds.pop()](us)
+        due = np.empty_like(us)
+        by_months = np.array(months, dtype=np.int64)
+        for m in kinds:
+            where = by_months == m
+            due[where] = self._due[m](us[where])
+        return due
+
     def add(self, c: CallColumns) -> None:
+        """Appends the calls of `c`, each as `storage.calls` (start, decision, end) and
+        `storage.ingest` (a recording) write it."""
         if not len(c):
             return
         started = texts(c.started)
         if started[0] != ts(moment(int(c.started[0]))):
             raise CallrecError("numpy's timestamps differ from storage.db.ts")
-        has_decision = (c.decided != NO_TIME).tolist()
+        has_decision = c.decided != NO_TIME
         decided = [
-            d if has else None for d, has in zip(texts(c.decided), has_decision, strict=True)
+            d if has else None
+            for d, has in zip(texts(c.decided), has_decision.tolist(), strict=True)
         ]
+        ended = texts(c.ended)
         first = self.filled.calls
         prompt_sha = [None if p is None else self._prompt_sha[p] for p in c.prompt]
+        # A call's numbers go after its line's retention from its start, until its decision
+        # fixes its conversation's date (`flows.retention.keeping`), its recording's too.
+        purge = texts(self._due_times(c.line, np.where(has_decision, c.decided, c.started)))
         calls = list(
             zip(
                 c.call_id,
@@ -376,8 +404,8 @@ class LedgerWriter:
                 c.dialed,
                 c.customer,
                 started,
-                texts(self._due(c.started)),
-                texts(c.ended),
+                purge,
+                ended,
                 c.outcome,
                 c.decision,
                 decided,
@@ -391,18 +419,31 @@ class LedgerWriter:
                     None if r is None else f"{SPOOL}/{i}.wav"
                     for i, r in zip(c.call_id, c.recording_id, strict=True)
                 ],
+                [
+                    self._purposes[line] if d else None
+                    for line, d in zip(c.line, decided, strict=True)
+                ],
+                # A linked callback joins its missed call's communication.
+                [
+                    i if linked is None else linked
+                    for i, linked in zip(c.call_id, c.linked_to, strict=True)
+                ],
+                _const(self._controller_id, len(c)),
                 strict=True,
             )
         )
         entries: list[_Entry] = []
         callbacks: Rows = []
+        answers: Rows = []
         decided_us = c.decided.tolist()
-        for k in np.flatnonzero(c.decided != NO_TIME).tolist():
+        for k in np.flatnonzero(has_decision).tolist():
             values = [
                 self._pseudonym(c.customer[k]),
                 c.decision[k],
+                purge[k],
                 c.digit[k] or "",
                 str(c.basis[k]),
+                c.line[k],
             ]
             tail = [c.prompt[k] or "", prompt_sha[k] or ""]
             linked = c.linked_to[k]
@@ -411,20 +452,23 @@ class LedgerWriter:
             else:
                 keys, values = _LINKED, [*values, linked, "off", *tail]
                 callbacks.append((c.call_id[k], linked, self._window, 0, decided[k]))
+                if c.outcome[k] == "answered":  # the customer picked up: it answers its call
+                    answers.append((linked, c.call_id[k], ended[k]))
             entries.append(
                 (decided_us[k], str(decided[k]), "decision.committed", c.call_id[k], keys, values)
             )
-        recordings = self._recordings(c, decided, entries)
+        recordings = self._recordings(c, decided, purge, entries)
         self.filled.calls += len(c)
         self.filled.callbacks += len(callbacks)
-        self._send(calls, callbacks, recordings, self._chain(entries))
+        self._send(calls, callbacks, answers, recordings, self._chain(entries))
 
-    def _recordings(self, c: CallColumns, decided: list[str | None], entries: list[_Entry]) -> Rows:
+    def _recordings(
+        self, c: CallColumns, decided: list[str | None], purge: list[str], entries: list[_Entry]
+    ) -> Rows:
         which = [k for k, r in enumerate(c.recording_id) if r is not None]
         if not which:
             return []
         index = np.array(which, dtype=np.int64)
-        due = texts(self._due(c.decided[index]))
         stored_at = texts(c.ingested[index])
         lengths = ((c.ended[index] - c.decided[index]) // SECOND).tolist()
         rows: Rows = []
@@ -438,22 +482,23 @@ class LedgerWriter:
                 size, sha256 = self._audio
                 self.filled.recording_paths.append(path)
             linked = c.linked_to[k]
+            line = c.line[k]
             rows.append(
                 (
                     recording_id,
                     c.call_id[k],
-                    c.line[k],
+                    line,
                     basis,
                     c.caller[k],
                     c.dialed[k],
                     c.customer[k],
                     made,
                     made,
-                    due[n],
+                    purge[k],
                     sha256,
                     path,
                     linked,
-                    self._purposes[(c.line[k], basis)],
+                    self._purposes[line],
                     size,
                     "stored",
                 )
@@ -461,9 +506,9 @@ class LedgerWriter:
             values = [
                 c.call_id[k],
                 self._pseudonym(c.customer[k]),
-                due[n],
+                purge[k],
                 basis,
-                c.line[k],
+                line,
                 linked or "",
                 sha256,
                 str(size),
@@ -541,7 +586,6 @@ def _load_pg(url: str, password: str | None, batches: Connection) -> None:
                         for row in rows:
                             copy.write_row(row)
         with conn.transaction():
-            conn.execute(_ANSWERS)
             for _, sql in indexes:
                 conn.execute(sql)
         conn.execute("ANALYZE")
@@ -733,8 +777,8 @@ def _busy_batch(
             None if a else sales.prompts.notice if s else service.prompts.notice
             for a, s in zip(abandoned.tolist(), on_sales.tolist(), strict=True)
         ],
-        reason=[
-            "hung up during the notice"
+        reason=[  # a decision's: a caller who hung up in the notice left none
+            None
             if a
             else "sales line: notice played"
             if s
@@ -763,7 +807,20 @@ def _callbacks(
     started = missed.ended[index] + _between(rng, 5, 55, MINUTE, n)
     decided = started + _between(rng, 1, 3, SECOND, n)
     ended = decided + _between(rng, 30, 600, SECOND, n)
-    recorded = [missed.decision[k] == "record" for k in pick]
+    # What a callback inherits from the missed call it answers, as the flow decides it.
+    inherited = [
+        same_communication(
+            PriorCallFound(
+                call_id=missed.call_id[k],
+                line=missed.line[k],
+                legal_basis=LegalBasis(str(missed.basis[k])),
+                decision=Decision(missed.decision[k]),
+                consent_withdrawn=False,
+            )
+        )
+        for k in pick
+    ]
+    recorded = [decision is Decision.RECORD for decision, _ in inherited]
     call_ids, recording_ids = _ids(rng, n), _recording_ids(rng, decided)
     customer = [missed.customer[k] for k in pick]
     return CallColumns(
@@ -776,12 +833,12 @@ def _callbacks(
         started=started,
         ended=ended,
         outcome=_const("answered", n),
-        decision=["record" if r else "refuse" for r in recorded],
+        decision=[decision.value for decision, _ in inherited],
         decided=decided,
         digit=_const(None, n),
         basis=[missed.basis[k] for k in pick],
         prompt=_const(None, n),
-        reason=_const("callback within the window: the same communication", n),
+        reason=[reason for _, reason in inherited],
         linked_to=[missed.call_id[k] for k in pick],
         recording_id=[i if r else None for i, r in zip(recording_ids, recorded, strict=True)],
         ingested=ended + _between(rng, 1, 5, SECOND, n),
