@@ -151,6 +151,25 @@ def _tables(data_dir: Path, recording_ids: dict[str, str]) -> dict[str, list[dic
     return tables
 
 
+def _schema(data_dir: Path, ledger: str) -> set[tuple[str, ...]]:
+    """The ledger's tables, indexes, keys and triggers, as its migrations made them."""
+    with raw_ledger(data_dir) as raw:
+        if ledger == "sqlite":
+            sql = "SELECT type, name, sql FROM sqlite_master"
+        else:
+            sql = (
+                "SELECT 'constraint', conrelid::regclass::text || '.' || conname, "
+                "pg_get_constraintdef(oid) FROM pg_constraint "
+                "WHERE connamespace = current_schema()::regnamespace "
+                "UNION SELECT 'index', indexname, regexp_replace(indexdef, ' ON \\S+\\.', ' ON ') "
+                "FROM pg_indexes WHERE schemaname = current_schema() "
+                "UNION SELECT 'trigger', t.tgname, c.relname FROM pg_trigger t "
+                "JOIN pg_class c ON c.oid = t.tgrelid WHERE NOT t.tgisinternal "
+                "AND c.relnamespace = current_schema()::regnamespace"
+            )
+        return {tuple(map(str, row)) for row in raw.execute(sql).fetchall()}
+
+
 async def test_a_filled_ledger_reads_back_like_calls_the_controller_stored(
     tmp_path: Path, ledger: str
 ) -> None:
@@ -211,6 +230,7 @@ async def test_a_filled_ledger_reads_back_like_calls_the_controller_stored(
             assert await real.callback_candidates(customer, since, basis) == (
                 await filled.callback_candidates(customer, since, basis)
             )
+        assert _schema(fill_dir, ledger) == _schema(real_dir, ledger)
         assert (await filled.verify()).problems == ()
         assert (await real.verify()).problems == ()
     finally:
