@@ -4,14 +4,17 @@ Going through the store's API would take hours for ten million calls (each call 
 fsync'd transactions), so the rows are inserted directly with `sqlite3` (or, for a
 PostgreSQL ledger, with COPY through psycopg), in the tables the store's own migrations
 created (the store is opened first), with the values the store
-writes: normalised numbers, `storage.db.ts` timestamps, `flows.retention.delete_after`
-due dates, the purposes `flows.purposes` allows, and an audit log whose hash chain and
+writes: normalised numbers, `storage.db.ts` timestamps, each line's `flows.retention`
+dates and purposes, callbacks as `flows.callbacks` decides them, and an audit log whose
+hash chain and
 pseudonyms are computed with `storage.audit` and `storage.chain` (keyed under the store's
 audit key, as the store writes it: its `verify` accepts it).
 
 Calls are made a batch at a time as columns (numpy arrays of microseconds since the epoch,
-lists of texts), and inserted by a second process, so that on two cores making the next
-batch and SQLite's inserting the last one overlap.
+lists of texts), and hash-chained into the audit and inserted by a second process, so that
+on two cores making the next batch and loading the last one overlap. Both loaders build the
+store's indexes (on PostgreSQL also its keys) after the load, from their own definitions.
+`tests/test_ledger_fill.py` checks the rows against calls driven through the store.
 """
 
 from __future__ import annotations
@@ -184,7 +187,7 @@ _COPIES = tuple(f"COPY {table} ({columns}) FROM STDIN" for table, columns in _TA
 Rows = list[tuple[Any, ...]]
 
 
-def _load(db_path: str, batches: Connection) -> None:
+def _load(db_path: str, batches: Connection, chain: _Chain) -> None:
     """The loading process: inserts the batches it receives until it receives None."""
     conn = sqlite3.connect(db_path, isolation_level=None)
     # A bulk load that fails is thrown away, not recovered: no fsync per batch; the file
@@ -201,8 +204,9 @@ def _load(db_path: str, batches: Connection) -> None:
     for name, _ in indexes:
         conn.execute(f'DROP INDEX "{name}"')
     while (batch := batches.recv()) is not None:
+        rows_of = (*batch[:-1], chain.rows(batch[-1]))
         conn.execute("BEGIN")
-        for sql, rows in zip(_INSERTS, batch, strict=True):
+        for sql, rows in zip(_INSERTS, rows_of, strict=True):
             conn.executemany(sql, rows)
         conn.execute("COMMIT")
     conn.execute("BEGIN")
@@ -297,6 +301,29 @@ _STORED: tuple[str, ...] = (
 _Entry = tuple[int, str, str, str, tuple[str, ...], list[str]]
 
 
+class _Chain:
+    """The audit chain from its head on: entries in, hash-chained rows out. It runs in the
+    loading process, which has time to spare while the next batch is being made."""
+
+    def __init__(self, key: bytes, seq: int, prev: str) -> None:
+        self._key = key
+        self._seq = seq
+        self._prev = prev
+        self._templates = _Templates()
+
+    def rows(self, entries: list[_Entry]) -> Rows:
+        """The audit rows, in time order as the store commits them, hash-chained."""
+        entries.sort(key=itemgetter(0))
+        rows: Rows = []
+        for _, when, action, subject, keys, values in entries:
+            self._seq += 1
+            body, text = self._templates.render(self._seq, when, action, subject, keys, values)
+            digest = entry_mac(self._key, self._prev, body)
+            rows.append((self._seq, when, action, subject, text, self._prev, digest))
+            self._prev = digest
+        return rows
+
+
 class LedgerWriter:
     """Appends batches of calls to the ledger of a store that is not open elsewhere."""
 
@@ -315,25 +342,29 @@ class LedgerWriter:
         `prompt_versions`: the audio version (SHA-256) of each prompt, as
         `prompts/manifest.json` gives them; None: a random one per prompt."""
         self._key = load_key(data_dir / KEY_FILE)
-        self._audit_key = load_audit_key(data_dir)
         head = "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1"
-        context = multiprocessing.get_context("spawn")
-        receiver, self._sender = context.Pipe(duplex=False)
-        target: Callable[..., None]
-        args: tuple[Any, ...]
         if ledger is None or ledger.url is None:
             db_path = data_dir / LEDGER_FILE
             with contextlib.closing(sqlite3.connect(db_path)) as conn:
                 last = conn.execute(head).fetchone()
-            target, args = _load, (str(db_path), receiver)
         else:
             import psycopg
 
             extra: dict[str, Any] = {} if ledger.password is None else {"password": ledger.password}
             with psycopg.connect(ledger.url, **extra) as pg_conn:
                 last = pg_conn.execute(head).fetchone()
-            target, args = _load_pg, (ledger.url, ledger.password, receiver)
-        self._seq, self._prev = (0, GENESIS) if last is None else (int(last[0]), str(last[1]))
+        chain = _Chain(
+            load_audit_key(data_dir),
+            *((0, GENESIS) if last is None else (int(last[0]), str(last[1]))),
+        )
+        context = multiprocessing.get_context("spawn")
+        receiver, self._sender = context.Pipe(duplex=False)
+        target: Callable[..., None]
+        args: tuple[Any, ...]
+        if ledger is None or ledger.url is None:
+            target, args = _load, (str(data_dir / LEDGER_FILE), receiver, chain)
+        else:
+            target, args = _load_pg, (ledger.url, ledger.password, receiver, chain)
         self._loader = context.Process(target=target, args=args, name="ledger-load", daemon=True)
         self._loader.start()
         receiver.close()
@@ -347,7 +378,6 @@ class LedgerWriter:
         self._controller_id = default_controller_id(data_dir)  # the store's, opened there
         self._audio = None if audio is None else (len(audio), hashlib.sha256(audio).hexdigest())
         self._window = policy.callback_window.total_seconds()
-        self._templates = _Templates()
         self._prompt_sha = dict(prompt_versions or {})
         for line in policy.lines:  # stands for prompts/manifest.json: one version per prompt
             self._prompt_sha.setdefault(line.prompts.notice, os.urandom(32).hex())
@@ -460,7 +490,8 @@ class LedgerWriter:
         recordings = self._recordings(c, decided, purge, entries)
         self.filled.calls += len(c)
         self.filled.callbacks += len(callbacks)
-        self._send(calls, callbacks, answers, recordings, self._chain(entries))
+        self.filled.audit_entries += len(entries)
+        self._send(calls, callbacks, answers, recordings, entries)
 
     def _recordings(
         self, c: CallColumns, decided: list[str | None], purge: list[str], entries: list[_Entry]
@@ -526,20 +557,7 @@ class LedgerWriter:
         self.filled.recordings += len(rows)
         return rows
 
-    def _chain(self, entries: list[_Entry]) -> Rows:
-        """The audit rows, in time order as the store commits them, hash-chained."""
-        entries.sort(key=itemgetter(0))
-        rows: Rows = []
-        for _, when, action, subject, keys, values in entries:
-            self._seq += 1
-            body, text = self._templates.render(self._seq, when, action, subject, keys, values)
-            digest = entry_mac(self._audit_key, self._prev, body)
-            rows.append((self._seq, when, action, subject, text, self._prev, digest))
-            self._prev = digest
-        self.filled.audit_entries += len(rows)
-        return rows
-
-    def _send(self, *batch: Rows) -> None:
+    def _send(self, *batch: Rows | list[_Entry]) -> None:
         """Hand a batch to the loading process (blocks while it is a batch behind)."""
         try:
             self._sender.send(batch)
@@ -561,7 +579,7 @@ class LedgerWriter:
 _SCHEMA = "SELECT oid FROM pg_namespace WHERE nspname = current_schema()"
 
 
-def _load_pg(url: str, password: str | None, batches: Connection) -> None:
+def _load_pg(url: str, password: str | None, batches: Connection, chain: _Chain) -> None:
     """The loading process on PostgreSQL: COPY of each batch into tables without their
     indexes and constraints, which are built again at the end from their definitions, as
     the migrations made them (one sort per index, one join per foreign key, instead of an
@@ -597,8 +615,9 @@ def _load_pg(url: str, password: str | None, batches: Connection) -> None:
             for name, _ in indexes:
                 conn.execute(f'DROP INDEX "{name}"')
         while (batch := batches.recv()) is not None:
+            rows_of = (*batch[:-1], chain.rows(batch[-1]))
             with conn.transaction():
-                for sql, rows in zip(_COPIES, batch, strict=True):
+                for sql, rows in zip(_COPIES, rows_of, strict=True):
                     if not rows:
                         continue
                     with conn.cursor().copy(sql) as copy:
