@@ -4,14 +4,17 @@ Going through the store's API would take hours for ten million calls (each call 
 fsync'd transactions), so the rows are inserted directly with `sqlite3` (or, for a
 PostgreSQL ledger, with COPY through psycopg), in the tables the store's own migrations
 created (the store is opened first), with the values the store
-writes: normalised numbers, `storage.db.ts` timestamps, `flows.retention.delete_after`
-due dates, the purposes `flows.purposes` allows, and an audit log whose hash chain and
+writes: normalised numbers, `storage.db.ts` timestamps, each line's `flows.retention`
+dates and purposes, callbacks as `flows.callbacks` decides them, and an audit log whose
+hash chain and
 pseudonyms are computed with `storage.audit` and `storage.chain` (keyed under the store's
 audit key, as the store writes it: its `verify` accepts it).
 
 Calls are made a batch at a time as columns (numpy arrays of microseconds since the epoch,
-lists of texts), and inserted by a second process, so that on two cores making the next
-batch and SQLite's inserting the last one overlap.
+lists of texts), and hash-chained into the audit and inserted by a second process, so that
+on two cores making the next batch and loading the last one overlap. Both loaders build the
+store's indexes (on PostgreSQL also its keys) after the load, from their own definitions.
+`tests/test_ledger_fill.py` checks the rows against calls driven through the store.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import multiprocessing
 import os
 import random
 import sqlite3
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime, timedelta
 from multiprocessing.connection import Connection
@@ -34,13 +37,17 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from flows.callbacks import same_communication
 from flows.errors import CallrecError
-from flows.policy import LegalBasis, Line, LinePolicy, Policy
+from flows.events import PriorCallFound
+from flows.policy import Decision, LegalBasis, Line, LinePolicy, Policy
 from flows.retention import delete_after
 from storage.audit import GENESIS, canonical, load_key, pseudonym
 from storage.chain import entry_mac, load_audit_key
+from storage.datadir import default_controller_id
 from storage.db import ts
 from storage.ledgers import LedgerConfig
+from storage.rows import purposes_text
 from storage.sqlite import KEY_FILE, LEDGER_FILE, make_recording_id
 
 SECOND = 1_000_000
@@ -158,9 +165,11 @@ _TABLES = (
         "calls",
         "call_id, channel_id, direction, line, caller, dialed, customer, started_at, "
         "purge_after, ended_at, outcome, decision, decided_at, digit, legal_basis, prompt, "
-        "prompt_sha256, reason, linked_to, recording_file",
+        "prompt_sha256, reason, linked_to, recording_file, purposes, communication_id, "
+        "controller_id",
     ),
     ("callbacks", "callback_call_id, missed_call_id, window_seconds, overload, linked_at"),
+    ("callback_answers", "missed_call_id, callback_call_id, answered_at"),
     (
         "recordings",
         "id, call_id, line, legal_basis, caller, dialed, customer, decided_at, created_at, "
@@ -168,23 +177,17 @@ _TABLES = (
     ),
     ("audit", "seq, at, action, subject, details, prev_hash, hash"),
 )
+FILLED_TABLES = tuple(table for table, _ in _TABLES)
 _INSERTS = tuple(
     f"INSERT INTO {table} ({columns}) VALUES ({', '.join('?' * (columns.count(',') + 1))})"
     for table, columns in _TABLES
 )
 _COPIES = tuple(f"COPY {table} ({columns}) FROM STDIN" for table, columns in _TABLES)
-# Every callback of the fill reached its customer: it answers its missed call.
-_ANSWERS = (
-    "INSERT INTO callback_answers (missed_call_id, callback_call_id, answered_at) "
-    # WHERE true: SQLite's parser needs it between a SELECT and its upsert clause.
-    "SELECT missed_call_id, callback_call_id, linked_at FROM callbacks WHERE true "
-    "ON CONFLICT DO NOTHING"
-)
 
 Rows = list[tuple[Any, ...]]
 
 
-def _load(db_path: str, batches: Connection) -> None:
+def _load(db_path: str, batches: Connection, chain: _Chain) -> None:
     """The loading process: inserts the batches it receives until it receives None."""
     conn = sqlite3.connect(db_path, isolation_level=None)
     # A bulk load that fails is thrown away, not recovered: no fsync per batch; the file
@@ -201,12 +204,12 @@ def _load(db_path: str, batches: Connection) -> None:
     for name, _ in indexes:
         conn.execute(f'DROP INDEX "{name}"')
     while (batch := batches.recv()) is not None:
+        rows_of = (*batch[:-1], chain.rows(batch[-1]))
         conn.execute("BEGIN")
-        for sql, rows in zip(_INSERTS, batch, strict=True):
+        for sql, rows in zip(_INSERTS, rows_of, strict=True):
             conn.executemany(sql, rows)
         conn.execute("COMMIT")
     conn.execute("BEGIN")
-    conn.execute(_ANSWERS)
     for _, sql in indexes:
         conn.execute(sql)
     conn.execute("COMMIT")
@@ -260,19 +263,24 @@ class _Templates:
         return body, text
 
 
+# The details of `storage.calls.commit_decision`'s audit entry, in sorted order.
 _DECISION: tuple[str, ...] = (
     "customer",
     "decision",
+    "delete_after",
     "digit",
     "legal_basis",
+    "line",
     "prompt",
     "prompt_sha256",
 )
 _LINKED: tuple[str, ...] = (
     "customer",
     "decision",
+    "delete_after",
     "digit",
     "legal_basis",
+    "line",
     "linked_to",
     "overload",
     "prompt",
@@ -293,6 +301,29 @@ _STORED: tuple[str, ...] = (
 _Entry = tuple[int, str, str, str, tuple[str, ...], list[str]]
 
 
+class _Chain:
+    """The audit chain from its head on: entries in, hash-chained rows out. It runs in the
+    loading process, which has time to spare while the next batch is being made."""
+
+    def __init__(self, key: bytes, seq: int, prev: str) -> None:
+        self._key = key
+        self._seq = seq
+        self._prev = prev
+        self._templates = _Templates()
+
+    def rows(self, entries: list[_Entry]) -> Rows:
+        """The audit rows, in time order as the store commits them, hash-chained."""
+        entries.sort(key=itemgetter(0))
+        rows: Rows = []
+        for _, when, action, subject, keys, values in entries:
+            self._seq += 1
+            body, text = self._templates.render(self._seq, when, action, subject, keys, values)
+            digest = entry_mac(self._key, self._prev, body)
+            rows.append((self._seq, when, action, subject, text, self._prev, digest))
+            self._prev = digest
+        return rows
+
+
 class LedgerWriter:
     """Appends batches of calls to the ledger of a store that is not open elsewhere."""
 
@@ -303,46 +334,53 @@ class LedgerWriter:
         *,
         audio: bytes | None = None,
         ledger: LedgerConfig | None = None,
+        prompt_versions: Mapping[str, str] | None = None,
     ) -> None:
         """`audio`: the content every recording's file will have (the caller writes the
         files at `filled.recording_paths`); None: no files, sizes from the call's length.
-        `ledger`: a PostgreSQL ledger of the store (None: its SQLite file)."""
+        `ledger`: a PostgreSQL ledger of the store (None: its SQLite file).
+        `prompt_versions`: the audio version (SHA-256) of each prompt, as
+        `prompts/manifest.json` gives them; None: a random one per prompt."""
         self._key = load_key(data_dir / KEY_FILE)
-        self._audit_key = load_audit_key(data_dir)
         head = "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1"
-        context = multiprocessing.get_context("spawn")
-        receiver, self._sender = context.Pipe(duplex=False)
-        target: Callable[..., None]
-        args: tuple[Any, ...]
         if ledger is None or ledger.url is None:
             db_path = data_dir / LEDGER_FILE
             with contextlib.closing(sqlite3.connect(db_path)) as conn:
                 last = conn.execute(head).fetchone()
-            target, args = _load, (str(db_path), receiver)
         else:
             import psycopg
 
             extra: dict[str, Any] = {} if ledger.password is None else {"password": ledger.password}
             with psycopg.connect(ledger.url, **extra) as pg_conn:
                 last = pg_conn.execute(head).fetchone()
-            target, args = _load_pg, (ledger.url, ledger.password, receiver)
-        self._seq, self._prev = (0, GENESIS) if last is None else (int(last[0]), str(last[1]))
+        chain = _Chain(
+            load_audit_key(data_dir),
+            *((0, GENESIS) if last is None else (int(last[0]), str(last[1]))),
+        )
+        context = multiprocessing.get_context("spawn")
+        receiver, self._sender = context.Pipe(duplex=False)
+        target: Callable[..., None]
+        args: tuple[Any, ...]
+        if ledger is None or ledger.url is None:
+            target, args = _load, (str(data_dir / LEDGER_FILE), receiver, chain)
+        else:
+            target, args = _load_pg, (ledger.url, ledger.password, receiver, chain)
         self._loader = context.Process(target=target, args=args, name="ledger-load", daemon=True)
         self._loader.start()
         receiver.close()
-        self._due = DueTimes(policy.retention_months, policy.timezone)
+        # As `flows.retention.keeping`: each line's retention, its purposes.
+        self._due = {
+            months: DueTimes(months, policy.timezone)
+            for months in {line.retention_months for line in policy.lines}
+        }
+        self._months = {line.name: line.retention_months for line in policy.lines}
+        self._purposes = {line.name: purposes_text(line.purposes) for line in policy.lines}
+        self._controller_id = default_controller_id(data_dir)  # the store's, opened there
         self._audio = None if audio is None else (len(audio), hashlib.sha256(audio).hexdigest())
         self._window = policy.callback_window.total_seconds()
-        self._templates = _Templates()
-        self._purposes = {
-            (line.name, basis.value): ",".join(
-                sorted(p.value for p in line.purposes & policy.allowed(basis))
-            )
-            for line in policy.lines
-            for basis in LegalBasis
-        }
-        # Stands for prompts/manifest.json: one audio version per prompt.
-        self._prompt_sha = {line.prompts.notice: os.urandom(32).hex() for line in policy.lines}
+        self._prompt_sha = dict(prompt_versions or {})
+        for line in policy.lines:  # stands for prompts/manifest.json: one version per prompt
+            self._prompt_sha.setdefault(line.prompts.notice, os.urandom(32).hex())
         self._pseudonyms: dict[str, str] = {}
         self.filled = Filled()
 
@@ -354,18 +392,38 @@ class LedgerWriter:
             found = self._pseudonyms[number] = pseudonym(self._key, number)
         return found
 
+    def _due_times(self, lines: Sequence[str], us: Micros) -> Micros:
+        """`flows.retention.keeping`'s date for each call: its line's retention from `us`."""
+        months = [self._months[line] for line in lines]
+        kinds = set(months)
+        if len(kinds) == 1:
+            return self._due[kinds.pop()](us)
+        due = np.empty_like(us)
+        by_months = np.array(months, dtype=np.int64)
+        for m in kinds:
+            where = by_months == m
+            due[where] = self._due[m](us[where])
+        return due
+
     def add(self, c: CallColumns) -> None:
+        """Appends the calls of `c`, each as `storage.calls` (start, decision, end) and
+        `storage.ingest` (a recording) write it."""
         if not len(c):
             return
         started = texts(c.started)
         if started[0] != ts(moment(int(c.started[0]))):
             raise CallrecError("numpy's timestamps differ from storage.db.ts")
-        has_decision = (c.decided != NO_TIME).tolist()
+        has_decision = c.decided != NO_TIME
         decided = [
-            d if has else None for d, has in zip(texts(c.decided), has_decision, strict=True)
+            d if has else None
+            for d, has in zip(texts(c.decided), has_decision.tolist(), strict=True)
         ]
+        ended = texts(c.ended)
         first = self.filled.calls
         prompt_sha = [None if p is None else self._prompt_sha[p] for p in c.prompt]
+        # A call's numbers go after its line's retention from its start, until its decision
+        # fixes its conversation's date (`flows.retention.keeping`), its recording's too.
+        purge = texts(self._due_times(c.line, np.where(has_decision, c.decided, c.started)))
         calls = list(
             zip(
                 c.call_id,
@@ -376,8 +434,8 @@ class LedgerWriter:
                 c.dialed,
                 c.customer,
                 started,
-                texts(self._due(c.started)),
-                texts(c.ended),
+                purge,
+                ended,
                 c.outcome,
                 c.decision,
                 decided,
@@ -391,18 +449,31 @@ class LedgerWriter:
                     None if r is None else f"{SPOOL}/{i}.wav"
                     for i, r in zip(c.call_id, c.recording_id, strict=True)
                 ],
+                [
+                    self._purposes[line] if d else None
+                    for line, d in zip(c.line, decided, strict=True)
+                ],
+                # A linked callback joins its missed call's communication.
+                [
+                    i if linked is None else linked
+                    for i, linked in zip(c.call_id, c.linked_to, strict=True)
+                ],
+                _const(self._controller_id, len(c)),
                 strict=True,
             )
         )
         entries: list[_Entry] = []
         callbacks: Rows = []
+        answers: Rows = []
         decided_us = c.decided.tolist()
-        for k in np.flatnonzero(c.decided != NO_TIME).tolist():
+        for k in np.flatnonzero(has_decision).tolist():
             values = [
                 self._pseudonym(c.customer[k]),
                 c.decision[k],
+                purge[k],
                 c.digit[k] or "",
                 str(c.basis[k]),
+                c.line[k],
             ]
             tail = [c.prompt[k] or "", prompt_sha[k] or ""]
             linked = c.linked_to[k]
@@ -411,20 +482,24 @@ class LedgerWriter:
             else:
                 keys, values = _LINKED, [*values, linked, "off", *tail]
                 callbacks.append((c.call_id[k], linked, self._window, 0, decided[k]))
+                if c.outcome[k] == "answered":  # the customer picked up: it answers its call
+                    answers.append((linked, c.call_id[k], ended[k]))
             entries.append(
                 (decided_us[k], str(decided[k]), "decision.committed", c.call_id[k], keys, values)
             )
-        recordings = self._recordings(c, decided, entries)
+        recordings = self._recordings(c, decided, purge, entries)
         self.filled.calls += len(c)
         self.filled.callbacks += len(callbacks)
-        self._send(calls, callbacks, recordings, self._chain(entries))
+        self.filled.audit_entries += len(entries)
+        self._send(calls, callbacks, answers, recordings, entries)
 
-    def _recordings(self, c: CallColumns, decided: list[str | None], entries: list[_Entry]) -> Rows:
+    def _recordings(
+        self, c: CallColumns, decided: list[str | None], purge: list[str], entries: list[_Entry]
+    ) -> Rows:
         which = [k for k, r in enumerate(c.recording_id) if r is not None]
         if not which:
             return []
         index = np.array(which, dtype=np.int64)
-        due = texts(self._due(c.decided[index]))
         stored_at = texts(c.ingested[index])
         lengths = ((c.ended[index] - c.decided[index]) // SECOND).tolist()
         rows: Rows = []
@@ -438,22 +513,23 @@ class LedgerWriter:
                 size, sha256 = self._audio
                 self.filled.recording_paths.append(path)
             linked = c.linked_to[k]
+            line = c.line[k]
             rows.append(
                 (
                     recording_id,
                     c.call_id[k],
-                    c.line[k],
+                    line,
                     basis,
                     c.caller[k],
                     c.dialed[k],
                     c.customer[k],
                     made,
                     made,
-                    due[n],
+                    purge[k],
                     sha256,
                     path,
                     linked,
-                    self._purposes[(c.line[k], basis)],
+                    self._purposes[line],
                     size,
                     "stored",
                 )
@@ -461,9 +537,9 @@ class LedgerWriter:
             values = [
                 c.call_id[k],
                 self._pseudonym(c.customer[k]),
-                due[n],
+                purge[k],
                 basis,
-                c.line[k],
+                line,
                 linked or "",
                 sha256,
                 str(size),
@@ -481,20 +557,7 @@ class LedgerWriter:
         self.filled.recordings += len(rows)
         return rows
 
-    def _chain(self, entries: list[_Entry]) -> Rows:
-        """The audit rows, in time order as the store commits them, hash-chained."""
-        entries.sort(key=itemgetter(0))
-        rows: Rows = []
-        for _, when, action, subject, keys, values in entries:
-            self._seq += 1
-            body, text = self._templates.render(self._seq, when, action, subject, keys, values)
-            digest = entry_mac(self._audit_key, self._prev, body)
-            rows.append((self._seq, when, action, subject, text, self._prev, digest))
-            self._prev = digest
-        self.filled.audit_entries += len(rows)
-        return rows
-
-    def _send(self, *batch: Rows) -> None:
+    def _send(self, *batch: Rows | list[_Entry]) -> None:
         """Hand a batch to the loading process (blocks while it is a batch behind)."""
         try:
             self._sender.send(batch)
@@ -513,35 +576,56 @@ class LedgerWriter:
             raise CallrecError(f"loading the ledger failed (exit code {self._loader.exitcode})")
 
 
-def _load_pg(url: str, password: str | None, batches: Connection) -> None:
-    """The loading process on PostgreSQL: COPY of each batch, the store's secondary indexes
-    dropped for the load and built again from their definitions at the end (as `_load`)."""
+_SCHEMA = "SELECT oid FROM pg_namespace WHERE nspname = current_schema()"
+
+
+def _load_pg(url: str, password: str | None, batches: Connection, chain: _Chain) -> None:
+    """The loading process on PostgreSQL: COPY of each batch into tables without their
+    indexes and constraints, which are built again at the end from their definitions, as
+    the migrations made them (one sort per index, one join per foreign key, instead of an
+    index entry and a foreign-key look-up per row)."""
     import psycopg  # only the PostgreSQL fill needs it
 
     extra: dict[str, Any] = {} if password is None else {"password": password}
     with psycopg.connect(url, autocommit=True, **extra) as conn:
-        # A bulk load that fails is thrown away, not recovered: no flush per batch.
+        # A bulk load that fails is thrown away, not recovered: no flush per commit. This
+        # session only; the store's own sessions commit with synchronous_commit = on.
         conn.execute("SET synchronous_commit = off")
         conn.execute("SET maintenance_work_mem = '512MB'")
+        tables = list(FILLED_TABLES)
+        # The constraints on the filled tables and those that point at them: foreign keys
+        # go first and come back last, primary and unique keys the other way round.
+        constraints = conn.execute(
+            "SELECT c.conrelid::regclass::text, c.conname, pg_get_constraintdef(c.oid), "
+            "c.contype = 'f' FROM pg_constraint c WHERE c.contype IN ('p', 'u', 'f') "
+            f"AND c.connamespace = ({_SCHEMA}) "
+            "AND (c.conrelid = ANY(%(t)s::regclass[]) OR c.confrelid = ANY(%(t)s::regclass[])) "
+            "ORDER BY c.contype = 'f' DESC, c.conname",
+            {"t": tables},
+        ).fetchall()
         indexes = conn.execute(
             "SELECT i.indexname, i.indexdef FROM pg_indexes i WHERE i.schemaname = "
-            "current_schema() AND i.tablename IN ('calls', 'callbacks', 'recordings', "
-            "'audit', 'callback_answers') AND NOT EXISTS (SELECT 1 FROM pg_constraint c "
-            "WHERE c.conname = i.indexname AND c.connamespace = "
-            "(SELECT oid FROM pg_namespace WHERE nspname = current_schema()))"
+            "current_schema() AND i.tablename = ANY(%s) AND NOT EXISTS (SELECT 1 FROM "
+            f"pg_constraint c WHERE c.conname = i.indexname AND c.connamespace = ({_SCHEMA}))",
+            (tables,),
         ).fetchall()
-        for name, _ in indexes:
-            conn.execute(f'DROP INDEX "{name}"')
+        with conn.transaction():
+            for table, name, _, _ in constraints:
+                conn.execute(f'ALTER TABLE {table} DROP CONSTRAINT "{name}"')
+            for name, _ in indexes:
+                conn.execute(f'DROP INDEX "{name}"')
         while (batch := batches.recv()) is not None:
+            rows_of = (*batch[:-1], chain.rows(batch[-1]))
             with conn.transaction():
-                for sql, rows in zip(_COPIES, batch, strict=True):
+                for sql, rows in zip(_COPIES, rows_of, strict=True):
                     if not rows:
                         continue
                     with conn.cursor().copy(sql) as copy:
                         for row in rows:
                             copy.write_row(row)
         with conn.transaction():
-            conn.execute(_ANSWERS)
+            for table, name, definition, _ in reversed(constraints):
+                conn.execute(f'ALTER TABLE {table} ADD CONSTRAINT "{name}" {definition}')
             for _, sql in indexes:
                 conn.execute(sql)
         conn.execute("ANALYZE")
@@ -733,8 +817,8 @@ def _busy_batch(
             None if a else sales.prompts.notice if s else service.prompts.notice
             for a, s in zip(abandoned.tolist(), on_sales.tolist(), strict=True)
         ],
-        reason=[
-            "hung up during the notice"
+        reason=[  # a decision's: a caller who hung up in the notice left none
+            None
             if a
             else "sales line: notice played"
             if s
@@ -763,7 +847,20 @@ def _callbacks(
     started = missed.ended[index] + _between(rng, 5, 55, MINUTE, n)
     decided = started + _between(rng, 1, 3, SECOND, n)
     ended = decided + _between(rng, 30, 600, SECOND, n)
-    recorded = [missed.decision[k] == "record" for k in pick]
+    # What a callback inherits from the missed call it answers, as the flow decides it.
+    inherited = [
+        same_communication(
+            PriorCallFound(
+                call_id=missed.call_id[k],
+                line=missed.line[k],
+                legal_basis=LegalBasis(str(missed.basis[k])),
+                decision=Decision(missed.decision[k]),
+                consent_withdrawn=False,
+            )
+        )
+        for k in pick
+    ]
+    recorded = [decision is Decision.RECORD for decision, _ in inherited]
     call_ids, recording_ids = _ids(rng, n), _recording_ids(rng, decided)
     customer = [missed.customer[k] for k in pick]
     return CallColumns(
@@ -776,12 +873,12 @@ def _callbacks(
         started=started,
         ended=ended,
         outcome=_const("answered", n),
-        decision=["record" if r else "refuse" for r in recorded],
+        decision=[decision.value for decision, _ in inherited],
         decided=decided,
         digit=_const(None, n),
         basis=[missed.basis[k] for k in pick],
         prompt=_const(None, n),
-        reason=_const("callback within the window: the same communication", n),
+        reason=[reason for _, reason in inherited],
         linked_to=[missed.call_id[k] for k in pick],
         recording_id=[i if r else None for i, r in zip(recording_ids, recorded, strict=True)],
         ingested=ended + _between(rng, 1, 5, SECOND, n),

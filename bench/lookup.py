@@ -34,7 +34,7 @@ from flows.policy import LegalBasis, Policy
 from storage.db import ts
 from storage.factory import open_ledger
 from storage.ledgers import LedgerConfig, redact
-from storage.pg import translate
+from storage.pg_sql import translate
 from storage.ports import StoreApi
 from storage.sqlite import LEDGER_FILE, MISSED_CANDIDATES_SQL, SqliteStore
 

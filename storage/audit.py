@@ -63,4 +63,4 @@ def load_key(path: Path, *, create: bool = False) -> bytes:
 
 
 def pseudonym(key: bytes, e164: str) -> str:
-    return hmac.new(key, e164.encode("ascii", "replace"), hashlib.sha256).hexdigest()
+    return hmac.digest(key, e164.encode("ascii", "replace"), "sha256").hex()

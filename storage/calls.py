@@ -33,8 +33,12 @@ SERVING = "store.serving"  # the audit action that marks a store of real calls
 STORE_SUBJECT = "store"
 SERVING_SQL = "SELECT at FROM audit WHERE subject = ? AND action = ? ORDER BY seq LIMIT 1"
 
+# `withdrawn`: a withdrawal names the customer or this call's communication, so the look-up
+# reads the withdrawals (a second statement, a second wait on the ledger) only then.
 MISSED_CANDIDATES_SQL = (
     "SELECT c.call_id, c.line, c.legal_basis, c.decision, c.decided_at, c.ended_at, "
+    "(EXISTS (SELECT 1 FROM withdrawals w WHERE w.caller = c.customer) "
+    "OR EXISTS (SELECT 1 FROM withdrawals w WHERE w.communication_id = c.call_id)) AS withdrawn, "
     "EXISTS (SELECT 1 FROM callback_answers a WHERE a.missed_call_id = c.call_id) AS answered "
     "FROM calls c "
     "WHERE c.customer = ? AND c.legal_basis = ? AND c.outcome = 'missed' "
@@ -323,8 +327,8 @@ async def callback_candidates(
 
     def body(tx: Tx) -> tuple[Sequence[Row], Sequence[Row]]:
         calls = tx.all(MISSED_CANDIDATES_SQL, (number, basis.value, after, MAX_CANDIDATES))
-        if not calls:
-            return calls, []
+        if not any(row["withdrawn"] for row in calls):
+            return calls, []  # what the query below would find: nothing
         ids = [row["call_id"] for row in calls]
         marks = ", ".join("?" * len(ids))
         withdrawals = tx.all(

@@ -49,7 +49,7 @@ INSERT_SQL = (
 
 
 def entry_mac(key: bytes, prev_hash: str, body: str) -> str:
-    return hmac.new(key, (prev_hash + body).encode("utf-8"), hashlib.sha256).hexdigest()
+    return hmac.digest(key, (prev_hash + body).encode("utf-8"), "sha256").hex()
 
 
 def key_id(key: bytes) -> str:

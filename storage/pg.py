@@ -23,6 +23,11 @@ lock in the server's queue (first come, first served) up to `retry_for` seconds;
 serialization failure or a deadlock retries the whole body with a growing pause until then,
 like SQLITE_BUSY in `storage.db`.
 
+A read is answered as soon as its body returns: its COMMIT only ends a read-only snapshot,
+and its worker sends it afterwards, before it takes another job; a write is answered after
+its COMMIT, which makes it durable. (Sending the BEGIN in one pipeline with the first
+statement was measured too: psycopg's pipeline cost more here than the round trip it saved.)
+
 Durability: every session runs with `synchronous_commit = on`, so a committed decision is
 on the server's disk (and, with synchronous replication configured on the server, on its
 standby) before `write` returns.
@@ -30,35 +35,43 @@ standby) before `write` returns.
 Statements are written for SQLite with `?` placeholders; each is translated once (cached):
 `?` becomes `%s`, a literal `%` is doubled, and the few SQLite spellings the store still uses
 (`INSERT OR IGNORE`, `NOT INDEXED`, `json_extract`, `IS` between values, `SUM` of a
-comparison) are rewritten to their PostgreSQL equivalents. `PgDatabase` also answers the
-rest of the ledger port (`append_audit`, `guard_problems`, `json_text`, `full_scan`).
+comparison) are rewritten to their PostgreSQL equivalents (`storage.pg_sql`). `PgDatabase`
+also answers the rest of the ledger port (`append_audit`, `guard_problems`, `json_text`,
+`full_scan`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
-import re
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime
-from decimal import Decimal
 from typing import Any, Protocol, TypeVar
 
 import psycopg
 from psycopg import errors as pg_errors
-from psycopg.rows import RowMaker
 
 from flows.errors import IntegrityError, StorageError, StoreFullError, StoreReadOnlyError
 from storage import chain
 from storage.db import RETRY_FOR
 from storage.ledgers import redact
 from storage.pg_claim import ControllerClaim
+from storage.pg_sql import (
+    _PLAIN_INSERT,
+    COPY_FROM,
+    Params,
+    Row,
+    _params,
+    _rows,
+    _with_arrays,
+    translate,
+)
 from storage.ports import ClaimCheck, ClaimState, Tx
 
 T = TypeVar("T")
-Params = Sequence[Any]
 
 # How long a heartbeat of the controller id's lock may take before it counts as unanswered.
 CLAIM_CHECK_TIMEOUT = 10.0
@@ -68,9 +81,13 @@ POOL_SIZE = 4  # connections (and threads) per store: one writer at a time, read
 IDLE_IN_TRANSACTION = 60.0
 WRITE_LOCK = 0x63616C6C  # the advisory lock's first key ("call"); the second is the schema
 _LOCK = f"SELECT pg_advisory_xact_lock({WRITE_LOCK}, hashtext(current_schema()))"
-# One round trip: the transaction and its lock (no parameters, so both statements go at once).
-_BEGIN_SERIAL = f"BEGIN ISOLATION LEVEL READ COMMITTED; {_LOCK}"
-_BEGIN_WRITE = "BEGIN ISOLATION LEVEL READ COMMITTED"
+# What opens a transaction of each mode, in one round trip (a serial one's two statements
+# have no parameters, so both go at once).
+_BEGIN = {
+    "serial": f"BEGIN ISOLATION LEVEL READ COMMITTED; {_LOCK}",
+    "write": "BEGIN ISOLATION LEVEL READ COMMITTED",
+    "read": "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
+}
 _RETRYABLE = (
     pg_errors.SerializationFailure,
     pg_errors.DeadlockDetected,
@@ -88,141 +105,9 @@ class Transactions(Protocol):
     async def close(self) -> None: ...
 
 
-class Row(tuple[Any, ...]):
-    """A row indexable by position and by column name, like `sqlite3.Row`."""
-
-    _names: dict[str, int]
-
-    def __new__(cls, values: Iterable[Any], names: dict[str, int]) -> Row:
-        row = super().__new__(cls, values)
-        row._names = names
-        return row
-
-    def __getitem__(self, key: Any) -> Any:
-        if isinstance(key, str):
-            try:
-                return tuple.__getitem__(self, self._names[key])
-            except KeyError:
-                raise IndexError(f"no such column: {key}") from None
-        return tuple.__getitem__(self, key)
-
-    def keys(self) -> list[str]:
-        return list(self._names)
-
-
-# PostgreSQL text cannot hold NUL, which a caller-supplied channel id or reason may: text is
-# stored with NUL as ESCAPE + "0" and ESCAPE itself doubled (a Unicode noncharacter, never in
-# real input), and decoded on the way out, so every string comes back as it went in.
-_ESCAPE = "\ufffe"
-_ESCAPED = re.compile(_ESCAPE + "(.)", re.DOTALL)
-
-
-def _encode(text: str) -> str:
-    if "\x00" not in text and _ESCAPE not in text:
-        return text
-    return text.replace(_ESCAPE, _ESCAPE * 2).replace("\x00", _ESCAPE + "0")
-
-
-def _decode(text: str) -> str:
-    if _ESCAPE not in text:
-        return text
-    return _ESCAPED.sub(lambda m: "\x00" if m.group(1) == "0" else m.group(1), text)
-
-
-def _value(value: Any) -> Any:
-    if isinstance(value, str):
-        return _decode(value)
-    # SUM over BIGINT is NUMERIC in PostgreSQL; SQLite answers an integer.
-    if isinstance(value, Decimal):
-        return int(value) if value == value.to_integral_value() else float(value)
-    return value
-
-
-def _rows(cursor: psycopg.Cursor[Any]) -> RowMaker[Row]:
-    names = {column.name: i for i, column in enumerate(cursor.description or ())}
-
-    def make(values: Sequence[Any]) -> Row:
-        return Row((_value(v) for v in values), names)
-
-    return make
-
-
-_STRING = re.compile(r"'(?:[^']|'')*'")
-# A plain insert of whole rows: `many` sends a long batch of them as COPY.
-_PLAIN_INSERT = re.compile(
-    r"^\s*INSERT\s+INTO\s+(\w+)\s*\(([\w\s,]+)\)\s*VALUES\s*\(\s*\?(?:\s*,\s*\?)*\s*\)\s*$",
-    re.IGNORECASE,
-)
-# A long `IN (?, ?, ...)` (a sweep batch names 1,000 ids): psycopg would parse a query of a
-# thousand placeholders anew at each batch, and the server plan a thousand-term list.
-_IN_LIST = re.compile(r"\b(NOT\s+)?IN\s*\(\s*\?(?:\s*,\s*\?){15,}\s*\)", re.IGNORECASE)
-COPY_FROM = 16  # rows from which a plain insert goes as COPY (a sweep batch's audit: 1,000)
-_OR_IGNORE = re.compile(r"^\s*INSERT\s+OR\s+IGNORE\s+", re.IGNORECASE)
-_NOT_INDEXED = re.compile(r"\s+NOT\s+INDEXED\b", re.IGNORECASE)
-_JSON_FIELD = re.compile(r"json_extract\(\s*([\w.]+)\s*,\s*'\$\.(\w+)'\s*\)", re.IGNORECASE)
-_IS_VALUE = re.compile(r"\bIS\s+(?!NULL\b|NOT\b|DISTINCT\b|TRUE\b|FALSE\b)")
-_SUM_TEST = re.compile(
-    r"\bSUM\(\s*([\w.]+\s*(?:=|!=|<>|<=|>=|<|>)\s*(?:'(?:[^']|'')*'|\d+))\s*\)", re.IGNORECASE
-)
-
-
-def _code(sql: str) -> str:
-    sql = _NOT_INDEXED.sub("", sql)
-    sql = _IS_VALUE.sub("IS NOT DISTINCT FROM ", sql)
-    return sql.replace("%", "%%").replace("?", "%s")
-
-
-@functools.lru_cache(maxsize=1024)
-def translate(sql: str) -> str:
-    """`sql` as written for SQLite, in PostgreSQL's spelling and psycopg's placeholders."""
-    ignore = _OR_IGNORE.match(sql) is not None
-    if ignore:
-        sql = _OR_IGNORE.sub("INSERT ", sql)
-    sql = _JSON_FIELD.sub(r"(\1::jsonb ->> '\2')", sql)
-    sql = _SUM_TEST.sub(r"SUM(CASE WHEN \1 THEN 1 ELSE 0 END)", sql)
-    # The rest only outside string literals: a message may well say "is".
-    parts = _STRING.split(sql)
-    literals = _STRING.findall(sql)
-    out = [_code(parts[0])]
-    for literal, code in zip(literals, parts[1:], strict=True):
-        # psycopg reads `%` as a placeholder even inside a literal: doubled there too.
-        out += [literal.replace("%", "%%"), _code(code)]
-    sql = "".join(out)
-    return f"{sql} ON CONFLICT DO NOTHING" if ignore else sql
-
-
-def _with_arrays(sql: str, params: tuple[Any, ...]) -> tuple[str, tuple[Any, ...]]:
-    """Each long `IN (?, ?, ...)` of `sql` as `= ANY(?)` (`NOT IN` as `<> ALL(?)`), its
-    parameters as one array: the same rows, one placeholder. The others keep their order
-    (string literals hold no placeholder)."""
-    if _IN_LIST.search(sql) is None:
-        return sql, params
-    parts: list[str] = []
-    values: list[Any] = []
-    at = taken = 0
-    for found in _IN_LIST.finditer(sql):
-        before = sql[at : found.start()]
-        ahead = _STRING.sub("", before).count("?")
-        values.extend(params[taken : taken + ahead])
-        listed = found.group(0).count("?")
-        values.append(list(params[taken + ahead : taken + ahead + listed]))
-        taken += ahead + listed
-        parts.append(before + ("<> ALL(?)" if found.group(1) else "= ANY(?)"))
-        at = found.end()
-    parts.append(sql[at:])
-    values.extend(params[taken:])
-    return "".join(parts), tuple(values)
-
-
-def _param(value: Any) -> Any:
-    if isinstance(value, str):
-        return _encode(value)
-    # SQLite stores a bool as 1/0 in an INTEGER column; PostgreSQL has no implicit cast.
-    return int(value) if isinstance(value, bool) else value
-
-
-def _params(params: Params) -> tuple[Any, ...]:
-    return tuple(_param(p) for p in params)
+def _soon(loop: asyncio.AbstractEventLoop, callback: Callable[[], None]) -> None:
+    with contextlib.suppress(RuntimeError):  # the loop is gone: nobody waits
+        loop.call_soon_threadsafe(callback)
 
 
 class PgTx(Tx):
@@ -413,11 +298,10 @@ class PgDatabase:
         """Run `body` in one write transaction: `serial`, after every earlier serial writer
         of the ledger (and every audit append); else beside them, with only its audit
         append, if any, after theirs."""
-        mode = "serial" if serial else "write"
-        return await self._retrying(functools.partial(self._transaction, body, mode), doing)
+        return await self._retrying(body, "serial" if serial else "write", doing)
 
     async def read(self, body: Callable[[Tx], T], doing: str) -> T:
-        return await self._retrying(functools.partial(self._transaction, body, "read"), doing)
+        return await self._retrying(body, "read", doing)
 
     def _connect(
         self, application_name: str = "callrec", **options: Any
@@ -447,16 +331,17 @@ class PgDatabase:
             self._conns.append(conn)
         return conn
 
-    def _transaction(self, body: Callable[[Tx], T], mode: str) -> T:
+    def _transaction(
+        self, body: Callable[[Tx], T], mode: str, answer: Callable[[T], None] | None = None
+    ) -> T:
+        """`body` in one transaction of `mode`. `answer` (a read's) is given the result as
+        soon as the body has it, before the COMMIT that only ends a read-only snapshot."""
         conn = self._connection()
         try:
-            if mode == "serial":
-                conn.execute(_BEGIN_SERIAL)
-            elif mode == "write":
-                conn.execute(_BEGIN_WRITE)
-            else:
-                conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            conn.execute(_BEGIN[mode])
             result = body(PgTx(conn, locked=mode == "serial"))
+            if answer is not None:
+                answer(result)
             conn.execute("COMMIT")
         except BaseException:
             if not conn.closed:
@@ -467,7 +352,38 @@ class PgDatabase:
             raise
         return result
 
-    async def _retrying(self, attempt: Callable[[], T], doing: str) -> T:
+    def _job(self, body: Callable[[Tx], T], mode: str) -> asyncio.Future[T]:
+        """`body`'s transaction on a worker. A write is done when its COMMIT is; a read is
+        answered as soon as its rows are in, while its worker ends the snapshot."""
+        loop = asyncio.get_running_loop()
+        if mode != "read":
+            return loop.run_in_executor(self._executor, self._transaction, body, mode)
+        answered: asyncio.Future[T] = loop.create_future()
+
+        def settle(value: T) -> None:
+            if not answered.done():
+                answered.set_result(value)
+
+        def answer(value: T) -> None:
+            _soon(loop, functools.partial(settle, value))
+
+        def ended(job: Future[T]) -> None:
+            if answered.done():
+                return
+            if job.cancelled():  # never started: the store closed
+                answered.cancel()
+                return
+            error = job.exception()  # the body failed (or never answered)
+            if error is None:
+                answered.set_result(job.result())
+            else:
+                answered.set_exception(error)
+
+        job = self._executor.submit(self._transaction, body, mode, answer)
+        job.add_done_callback(lambda done: _soon(loop, functools.partial(ended, done)))
+        return answered
+
+    async def _retrying(self, body: Callable[[Tx], T], mode: str, doing: str) -> T:
         if self._closed:
             raise StorageError(f"{doing}: the ledger is closed")
         loop = asyncio.get_running_loop()
@@ -475,7 +391,7 @@ class PgDatabase:
         pause = 0.02
         while True:
             try:
-                return await loop.run_in_executor(self._executor, attempt)
+                return await self._job(body, mode)
             except _RETRYABLE as error:
                 if loop.time() + pause > deadline:
                     raise StorageError(

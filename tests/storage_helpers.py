@@ -64,7 +64,7 @@ class _RawPg:
         self._conn = conn
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
-        from storage.pg import translate
+        from storage.pg_sql import translate
 
         sql = _DROP_TRIGGER.sub(r"DROP TRIGGER \1 ON \2", sql)
         return self._conn.execute(translate(sql), tuple(params))

@@ -18,8 +18,9 @@ from flows.errors import NotFoundError, StorageError
 from flows.policy import Decision, Direction, LegalBasis
 from storage.factory import open_ledger
 from storage.ledgers import LedgerConfig
-from storage.pg import WRITE_LOCK, _with_arrays, translate
+from storage.pg import WRITE_LOCK
 from storage.pg_schema import PG_MIGRATIONS
+from storage.pg_sql import _with_arrays, translate
 from storage.ports import CallStart, DecisionRecord
 from storage.schema import MIGRATIONS
 

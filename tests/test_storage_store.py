@@ -235,6 +235,27 @@ async def test_withdrawal_voids_consent_for_later_callbacks(
     assert found is not None and found.call_id == later and not found.consent_withdrawn
 
 
+async def test_callback_candidates_see_a_withdrawal_named_by_the_call(
+    store: SqliteStore, spool: Path
+) -> None:
+    """A withdrawal that names the missed call (not the number) also reaches the callback's
+    look-up: the callback is told the consent was withdrawn."""
+    missed, _ = await record_call(store, spool, outcome=Outcome.MISSED)
+    await record_call(store, spool, caller=BOB, outcome=Outcome.MISSED)
+    await store.withdraw(
+        None,
+        WithdrawalVia.PHONE,
+        T0 + timedelta(minutes=5),
+        "agent 7",
+        T0 + timedelta(minutes=5),
+        call_id=missed,
+    )
+    found = await _prior(store, ALICE, T0)
+    assert found is not None and found.call_id == missed and found.consent_withdrawn
+    other = await _prior(store, BOB, T0)
+    assert other is not None and not other.consent_withdrawn
+
+
 def _lookup_plan(raw: sqlite3.Connection) -> str:
     params = (ALICE, LegalBasis.CONSENT.value, "2025", MAX_CANDIDATES)
     rows = raw.execute(f"EXPLAIN QUERY PLAN {MISSED_CANDIDATES_SQL}", params)
