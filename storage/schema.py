@@ -279,6 +279,13 @@ CONTROLLER_CLAIMS: tuple[Step, ...] = (
     )""",
 )
 
+# A deletion's intent (`storage.deletion`): set, with the deletion's time, in the
+# transaction that lists the recordings before any of their files is removed, and cleared
+# when they are marked deleted (or kept). Between the two a recording's file is gone while
+# its row still says stored; reconcile and verify on another node must not take it for
+# missing.
+DELETION_INTENT: tuple[Step, ...] = ("ALTER TABLE recordings ADD COLUMN deleting_since TEXT",)
+
 MIGRATIONS: tuple[tuple[Step, ...], ...] = (
     LEDGER,
     RECORDING_STORE,
@@ -291,6 +298,7 @@ MIGRATIONS: tuple[tuple[Step, ...], ...] = (
     LINES_AS_DATA,
     EXPORT_OWNERS,
     CONTROLLER_CLAIMS,
+    DELETION_INTENT,
 )
 APPEND_ONLY_TRIGGERS = frozenset(
     {"audit_no_update", "audit_no_delete", "access_log_no_update", "access_log_no_delete"}
