@@ -1,12 +1,13 @@
 """Verify: every file against its hash, the audit chain against its key and the signed
 checkpoints, and the ledger's guards and bookkeeping (`storage.integrity`).
 
-Other controllers may be working on the same ledger and store while it runs. A deletion
-between its files' removal and its commit (`storage.deletion` marks its rows first) is not
-a problem: verify looks again, in a fresh transaction, at every file it found wrong before
-calling it a problem, and lists such a deletion in flight (`VerifyReport.in_flight`).
-A deletion in flight for longer than `IN_FLIGHT_FOR` is reported: its controller is gone
-or stuck.
+Other controllers may be working on the same ledger and store while it runs. What they have
+in flight is not a problem: an ingest whose intent is committed (its temporary or placed
+file, its recording not committed yet), an export being written, a deletion between its
+files' removal and its commit (`storage.deletion` marks its rows first). Verify lists
+these (`VerifyReport.in_flight`) and looks again, in a fresh transaction, at every file it
+found wrong before calling it a problem. A step in flight for longer than `IN_FLIGHT_FOR`
+is reported: its controller is gone or stuck.
 """
 
 from __future__ import annotations
@@ -21,13 +22,16 @@ from storage import chain, checkpoints, files, integrity
 from storage.calls import call_of_spool_file
 from storage.datadir import KEY_FILE
 from storage.ports import Progress, RecordingStatus, Row, Tx, VerifyReport
+from storage.reconcile import not_in_flight
 from storage.rows import Context, audit_entry, silent
 from storage.values import ts
 
 AUDIT_BATCH = 5000  # audit entries read per query while verifying
-# How long a deletion may be in flight before it is a problem: it removes a batch of 1,000
-# files (about a second on a working system). An hour past its start, its controller died
-# (the next sweep or withdrawal finishes it) or hangs.
+# How long an ingest, export or deletion may be in flight before it is a problem. Each is
+# one short step on a working system: an ingest copies one recording (a four-hour call at
+# 16 kHz is some 460 MB: minutes on a slow share), a deletion removes a batch of 1,000
+# files (about a second), an export copies what was asked for. An hour past its start, the
+# step's controller died (its restart finishes or undoes it) or hangs.
 IN_FLIGHT_FOR = timedelta(hours=1)
 
 
@@ -98,7 +102,9 @@ async def verify(
     problems += unreadable + unsigned + anchored
     problems += await asyncio.to_thread(public_key_problems, ctx)
 
-    def state(tx: Tx) -> tuple[list[str], Sequence[Row], Sequence[Row], Sequence[Row]]:
+    def state(
+        tx: Tx,
+    ) -> tuple[list[str], Sequence[Row], Sequence[Row], Sequence[Row], Sequence[Row]]:
         return (
             ctx.db.guard_problems(tx) + integrity.bookkeeping_problems(tx, ctx.db),
             tx.all(
@@ -109,10 +115,11 @@ async def verify(
                 "SELECT f.id, f.path, f.sha256, f.recording_id FROM export_files f JOIN exports "
                 "e ON e.export_id = f.export_id WHERE f.deleted_at IS NULL AND e.state = 'done'"
             ),
-            tx.all("SELECT call_id, dest FROM pending_ingests"),
+            tx.all("SELECT call_id, dest, started_at FROM pending_ingests"),
+            tx.all("SELECT export_id, created_at FROM exports WHERE state = 'writing'"),
         )
 
-    ledger, recordings, copies, pending = await ctx.db.read(state, "verifying")
+    ledger, recordings, copies, pending, writing = await ctx.db.read(state, "verifying")
     problems += ledger
     known: set[str] = set()
     suspects: dict[str, list[str]] = {}  # recording id -> its file's problems
@@ -148,11 +155,28 @@ async def verify(
         tell(checked, total)
     problems += await copies_again(ctx, wrong, in_flight)
     for row in pending:
-        known.add(str(row["dest"]))
-        problems.append(f"call {row['call_id']}: ingest not finished (reconcile finishes it)")
-    for key in await ctx.blobs.list():
-        if key not in known:
-            problems.append(f"store: {key} belongs to no recording")
+        known.update((str(row["dest"]), ctx.blobs.partial_key(str(row["dest"]))))
+        since = str(row["started_at"])
+        if since < stale_before:
+            problems.append(
+                f"call {row['call_id']}: ingest not finished since {since} (its controller's "
+                "reconcile finishes it)"
+            )
+        else:
+            in_flight.append(f"call {row['call_id']}: being ingested since {since}")
+    for row in writing:
+        since = str(row["created_at"])
+        if since < stale_before:
+            problems.append(
+                f"export {row['export_id']}: unfinished since {since} (its controller's "
+                "reconcile removes its files)"
+            )
+        else:
+            in_flight.append(f"export {row['export_id']}: being written since {since}")
+    listed = [key for key in await ctx.blobs.list() if key not in known]
+    # Looked up again after the listing: ingests begun or finished since the first read.
+    for key in await not_in_flight(ctx, listed):
+        problems.append(f"store: {key} belongs to no recording")
     problems += await spool_leftovers(ctx)
     return VerifyReport(checked, tuple(problems), status, tuple(in_flight))
 

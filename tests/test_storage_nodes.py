@@ -249,6 +249,94 @@ async def test_a_file_gone_without_a_deletion_is_still_flagged_missing(
     assert flagged is not None and flagged.status is RecordingStatus.MISSING
 
 
+@pytest.mark.parametrize("hold", ["copying", "placed"])
+async def test_verify_calls_another_nodes_ingest_in_flight_not_a_problem(
+    tmp_path: Path, nodes: tuple[Store, Store], hold: str
+) -> None:
+    """While node A ingests a recording (its temporary file being written, or its file
+    placed before its recording is committed), node B's verify finds no problem and lists
+    the ingest in flight; an hour on, the same unfinished ingest is a problem, and a
+    temporary file no ingest is writing is one all along."""
+    a, b = nodes
+    held = _hold(a, hold)
+    call_id, source = await record_call(a, tmp_path / "spool-a")
+    ingesting = asyncio.create_task(a.ingest(call_id, source, LATER))
+    await asyncio.wait_for(held.reached.wait(), 30)
+
+    checked = await b.verify(now=LATER + timedelta(minutes=5))
+
+    assert checked.ok, checked.problems
+    assert f"call {call_id}: being ingested since {ts(LATER)}" in checked.in_flight
+    later = await b.verify(now=LATER + timedelta(hours=2))
+    assert any(
+        line.startswith(f"call {call_id}: ingest not finished since") for line in later.problems
+    ), later.problems
+    stray = a.data_dir / "recordings" / "2025" / f".{new_id()}.wav{files.TEMP_SUFFIX}"
+    stray.parent.mkdir(parents=True, exist_ok=True)
+    stray.write_bytes(b"left by a crash")
+    with_stray = await b.verify(now=LATER + timedelta(minutes=5))
+    assert [line for line in with_stray.problems if stray.name in line], with_stray.problems
+    stray.unlink()
+    held.release.set()
+    row = await asyncio.wait_for(ingesting, 30)
+    assert row is not None and row.status is RecordingStatus.STORED
+    final = await b.verify(now=LATER + timedelta(minutes=5))
+    assert final.ok and not final.in_flight, final.problems
+
+
+async def test_verify_sees_an_ingest_begun_after_it_read_the_ledger(
+    tmp_path: Path, nodes: tuple[Store, Store]
+) -> None:
+    """An ingest on node A that places its file after node B's verify read the ledger and
+    before it listed the store is no file without a recording: verify looks again."""
+    a, b = nodes
+    held = _hold(a, "placed")
+    call_id, source = await record_call(a, tmp_path / "spool-a")
+    tasks: list[asyncio.Task[object]] = []
+
+    class Late(LocalBlobs):
+        async def list(self) -> list[str]:
+            tasks.append(asyncio.create_task(a.ingest(call_id, source, LATER)))
+            await asyncio.wait_for(held.reached.wait(), 30)
+            return await super().list()
+
+    b.ctx.blobs = Late(b.data_dir)
+
+    checked = await b.verify(now=LATER)
+
+    assert tasks and checked.ok, checked.problems
+    held.release.set()
+    await asyncio.wait_for(tasks[0], 30)
+    assert (await b.verify(now=LATER)).ok
+
+
+async def test_verify_calls_another_nodes_export_in_flight_until_it_is_stale(
+    tmp_path: Path, nodes: tuple[Store, Store]
+) -> None:
+    """While node A writes an export, node B's verify lists it in flight and finds no
+    problem; two hours on, the same unfinished export is reported."""
+    a, b = nodes
+    call_id, source = await record_call(a, tmp_path / "spool-a")
+    row = await a.ingest(call_id, source, LATER)
+    assert row is not None
+    held = _hold(a, "open")
+    exporting = asyncio.create_task(
+        a.export([row.id], tmp_path / "out", Purpose.EVIDENCE, "dpo", LATER)
+    )
+    await asyncio.wait_for(held.reached.wait(), 30)
+    (export_id,) = await _writing(a)
+
+    checked = await b.verify(now=LATER)
+    later = await b.verify(now=LATER + timedelta(hours=2))
+
+    assert checked.ok, checked.problems
+    assert f"export {export_id}: being written since {ts(LATER)}" in checked.in_flight
+    assert any(line.startswith(f"export {export_id}: unfinished since") for line in later.problems)
+    held.release.set()
+    await asyncio.wait_for(exporting, 30)
+    assert (await b.verify(now=LATER + timedelta(hours=2))).ok
+
+
 async def _crashed_export(store: Store, dest: Path, owner: str | None) -> tuple[str, Path]:
     """What a controller killed while writing an export leaves: its rows, state 'writing',
     and part of a copy. (Its id, the copy.)"""
