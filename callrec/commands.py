@@ -421,11 +421,14 @@ async def recordings(settings: Settings, args: argparse.Namespace) -> int:
                             "ok": result.ok,
                             "problems": list(result.problems),
                             "checkpoint": result.checkpoint,
+                            "in_flight": list(result.in_flight),
                         }
                     )
                 else:
                     for problem in result.problems:
                         print(f"PROBLEM: {problem}")
+                    for line in result.in_flight:
+                        print(f"in flight: {line}")
                     if result.checkpoint is not None:
                         print(checkpoint_line(result.checkpoint))
                     print(

@@ -1,8 +1,10 @@
-"""Deleting recordings, in batches: the copies and audio go first (their directories
-fsync'd), then the rows are committed as deleted with an audit entry each. A crash in
-between leaves rows whose files are gone, which the next run deletes again as "already
-absent". Shared by the retention sweep and withdrawals. A recording's export copies go
-with it, and nothing else of the exports that hold them (`storage.exportcopies`)."""
+"""Deleting recordings, in batches: the rows are listed and marked as being deleted
+(`recordings.deleting_since`), the copies and audio go (their directories fsync'd), then
+the rows are committed as deleted with an audit entry each. A crash in between leaves rows
+whose files are gone, which the next run deletes again as "already absent"; meanwhile the
+mark tells a checker on another node that such a file is being deleted, not missing.
+Shared by the retention sweep and withdrawals. A recording's export copies go with it,
+and nothing else of the exports that hold them (`storage.exportcopies`)."""
 
 from __future__ import annotations
 
@@ -147,7 +149,9 @@ async def delete_batch(
     sweep deletes again as "already absent". A recording whose audio could not be
     removed keeps its row (and is due again); the copies that did go are noted."""
     ids = [target.recording_id for target in targets]
-    items = await ctx.db.read(lambda tx: list_doomed(tx, ids), "reading recordings")
+    items = await ctx.db.write(
+        lambda tx: list_doomed(tx, ids, ts(now)), "marking recordings for deletion", serial=False
+    )
     removals = await remove_files(ctx, items, now=now, reason=reason)
     removed = Removed(targets, items, removals)
     return await record_removed(ctx, removed, now, reason)
@@ -158,17 +162,25 @@ async def delete_batch(
 DOOMED_COLUMNS = "id, call_id, path, legal_basis, sha256, size, created_at, delete_after"
 
 
-def list_doomed(tx: Tx, ids: Sequence[str]) -> list[Doomed]:
+def list_doomed(tx: Tx, ids: Sequence[str], since: str | None = None) -> list[Doomed]:
     """The recordings of `ids` not deleted yet, with their live export copies and the
-    exports that hold them."""
+    exports that hold them; with `since` (a write transaction), each marked as being
+    deleted from then on, before any of its files goes."""
     if not ids:
         return []
     marks = ", ".join("?" * len(ids))
-    rows = tx.all(
-        f"SELECT {DOOMED_COLUMNS} FROM recordings WHERE id IN ({marks}) "  # noqa: S608 - only placeholders are added
-        "AND status != 'deleted'",
-        ids,
-    )
+    if since is None:
+        rows = tx.all(
+            f"SELECT {DOOMED_COLUMNS} FROM recordings WHERE id IN ({marks}) "  # noqa: S608 - only placeholders are added
+            "AND status != 'deleted'",
+            ids,
+        )
+    else:
+        rows = tx.all(
+            f"UPDATE recordings SET deleting_since = ? WHERE id IN ({marks}) "  # noqa: S608 - only placeholders are added
+            f"AND status != 'deleted' RETURNING {DOOMED_COLUMNS}",
+            (since, *ids),
+        )
     copies, exports = copies_of(tx, [row["id"] for row in rows])
     order = {recording_id: n for n, recording_id in enumerate(ids)}
     return [
@@ -205,7 +217,11 @@ async def record_removed(
             mark_copies_in(tx, copies_gone, now)
         why = {t.recording_id: (reason, t.withdrawal_id) for t in removed.targets}
         note_changes(ctx, tx, changes, now, why)
-        # The audio of the others is still there: their rows stay, due again.
+        # The audio of the others is still there: their rows stay, due again, no longer
+        # being deleted.
+        kept = [(item.row["id"],) for item, r in pairs if r.file_state is None]
+        if kept:
+            tx.many("UPDATE recordings SET deleting_since = NULL WHERE id = ?", kept)
         removed_audio = [(i, r) for i, r in pairs if r.file_state is not None]
         if not removed_audio:
             return []
@@ -286,7 +302,8 @@ def claim(tx: Tx, targets: Sequence[Target], when: str, reason: str) -> set[str]
         marks = ", ".join("?" * len(ids))
         rows = tx.all(
             "UPDATE recordings SET status = 'deleted', deleted_at = ?, "  # noqa: S608 - only placeholders are added
-            "deletion_reason = ?, withdrawal_id = ?, path = NULL, caller = NULL, "
+            "deletion_reason = ?, withdrawal_id = ?, deleting_since = NULL, path = NULL, "
+            "caller = NULL, "
             f"dialed = NULL, customer = NULL WHERE id IN ({marks}) AND status != 'deleted' "
             "RETURNING id",
             (when, reason, withdrawal_id, *ids),

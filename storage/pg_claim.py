@@ -15,6 +15,12 @@ id is another controller's now: `ControllerConflict`, and this one stops. One ex
 session of this process that the server still keeps (its end of a cut connection) is ours,
 not a rival; it is ended and the lock taken at the next check.
 
+A rival may also take the id and let it go again between two checks (it started, worked
+and stopped). The lock alone cannot tell: it is free again. So whoever takes the lock adds
+one to the id's generation in `controller_claims`, in the lock's own session; a controller
+that takes its lock again expects to find the generation it left there, and any other means
+a rival held the id meanwhile: `ControllerConflict` as well.
+
 Blocking: each method runs on a worker thread. TCP keepalives and `tcp_user_timeout` bound
 how long a check can hang on a connection whose peer is gone.
 """
@@ -25,6 +31,7 @@ import contextlib
 import os
 import socket
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
@@ -32,6 +39,7 @@ import psycopg
 from flows.errors import ControllerConflict, StorageError
 from flows.numbers import shown
 from storage.records import ClaimCheck, ClaimState
+from storage.values import ts
 
 # One bigint key per (schema, id); a collision of two ids' hashes would refuse the second
 # with a message naming the first's session, never admit two.
@@ -53,6 +61,21 @@ _MINE = (
     f"AND {_WHERE_KEY})"
 )
 
+# The id's generation (`storage.schema.CONTROLLER_CLAIMS`), written only by a session that
+# holds the id's lock: taken at start, it goes up whatever it was; taken again after a loss,
+# only from the generation this controller left there.
+_TAKEN = (
+    "INSERT INTO controller_claims (controller_id, generation, taken_at, taken_by) "
+    "VALUES (%s, 1, %s, %s) ON CONFLICT (controller_id) DO UPDATE SET "
+    "generation = controller_claims.generation + 1, taken_at = EXCLUDED.taken_at, "
+    "taken_by = EXCLUDED.taken_by RETURNING generation"
+)
+_RETAKEN = (
+    "UPDATE controller_claims SET generation = generation + 1, taken_at = %s, taken_by = %s "
+    "WHERE controller_id = %s AND generation = %s RETURNING generation"
+)
+_LAST = "SELECT taken_at, taken_by FROM controller_claims WHERE controller_id = %s"
+
 KEEPALIVE = 5  # seconds: a dead peer is noticed after about three of them
 Connect = Callable[..., "psycopg.Connection[Any]"]
 
@@ -66,6 +89,7 @@ class ControllerClaim:
         self._conn: psycopg.Connection[Any] | None = None
         self._backend: int | None = None  # the server's pid of the session holding it
         self._key: int | None = None
+        self._generation = 0  # of the id's claims, as this controller last took it
         self._closed = False
         self.me = f"callrec pid {os.getpid()} on {socket.gethostname()}"[:63]
 
@@ -74,6 +98,8 @@ class ControllerClaim:
         conn = self._open()
         try:
             holder = self._try(conn)
+            if holder is None:
+                self._generation = self._taken(conn)
         except psycopg.Error as error:
             conn.close()
             raise StorageError(
@@ -101,10 +127,14 @@ class ControllerClaim:
                 if row is not None and row[0]:
                     return ClaimCheck(ClaimState.HELD)
                 holder = self._try(conn)  # the session lives on without the lock
+                rival = None if holder is not None else self._taken_again(conn)
             except psycopg.Error as error:
                 self._drop()
                 why = _first_line(error)
             else:
+                if rival is not None:
+                    self._drop()
+                    raise self._held_meanwhile(rival)
                 if holder is None:
                     return ClaimCheck(ClaimState.RETAKEN, "the lock was released; held again")
                 if holder[0] == 0:
@@ -119,9 +149,13 @@ class ControllerClaim:
             return ClaimCheck(ClaimState.LOST, f"its session ended ({why}); {error}")
         try:
             holder = self._try(conn)
+            rival = None if holder is not None else self._taken_again(conn)
         except (psycopg.Error, StorageError) as error:
             conn.close()
             return ClaimCheck(ClaimState.LOST, f"its session ended ({why}); {error}")
+        if rival is not None:
+            conn.close()
+            raise self._held_meanwhile(rival)
         if holder is None:
             self._hold(conn)
             return ClaimCheck(ClaimState.RETAKEN, f"its session ended ({why}); held again")
@@ -154,6 +188,32 @@ class ControllerClaim:
             "this PostgreSQL ledger while this controller's lock session was lost: this one "
             "stops, since two controllers with one id would settle each other's calls"
         )
+
+    def _held_meanwhile(self, who: str) -> ControllerConflict:
+        return ControllerConflict(
+            f"another controller with the id {self.controller_id} ({shown(who, 120)}) held "
+            "this PostgreSQL ledger while this controller's lock session was lost, and has "
+            "let it go again: this one stops, since that controller may have settled this "
+            "one's calls as its own"
+        )
+
+    def _taken(self, conn: psycopg.Connection[Any]) -> int:
+        """The id's next generation, ours now (the lock just taken on `conn`)."""
+        row = conn.execute(_TAKEN, (self.controller_id, _now(), self.me)).fetchone()
+        assert row is not None  # RETURNING of an upsert
+        return int(row[0])
+
+    def _taken_again(self, conn: psycopg.Connection[Any]) -> str | None:
+        """After the lock was taken again on `conn`: None when the id's generation is still
+        ours (and is the next one now), else who took it last and when."""
+        row = conn.execute(
+            _RETAKEN, (_now(), self.me, self.controller_id, self._generation)
+        ).fetchone()
+        if row is not None:
+            self._generation = int(row[0])
+            return None
+        last = conn.execute(_LAST, (self.controller_id,)).fetchone()
+        return "unknown" if last is None else f"{last[1]}, at {last[0]}"
 
     def _open(self) -> psycopg.Connection[Any]:
         try:
@@ -200,6 +260,10 @@ class ControllerClaim:
         if conn is not None:
             with contextlib.suppress(psycopg.Error):
                 conn.close()
+
+
+def _now() -> str:
+    return ts(datetime.now(UTC))
 
 
 def _first_line(error: BaseException) -> str:

@@ -305,7 +305,11 @@ class RecordingStore(Protocol):
     ) -> Path: ...
 
     async def verify(
-        self, *, progress: Progress | None = None, checkpoint_file: Path | None = None
+        self,
+        *,
+        progress: Progress | None = None,
+        checkpoint_file: Path | None = None,
+        now: datetime | None = None,
     ) -> VerifyReport: ...
 
     async def reconcile(

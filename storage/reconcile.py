@@ -245,8 +245,8 @@ async def check_stored(ctx: Context, now: datetime, flagged: list[str], resumed:
     for row, present in zip(rows, exists, strict=True):
         status = row["status"]
         if status == RecordingStatus.STORED.value and not present:
-            await set_status(ctx, row["id"], RecordingStatus.MISSING, now)
-            flagged.append(f"recording {row['id']} (call {row['call_id']}): file missing")
+            if await mark_missing(ctx, row["id"], now):
+                flagged.append(f"recording {row['id']} (call {row['call_id']}): file missing")
         elif status == RecordingStatus.MISSING.value and present:
             digest, _ = await blob_op("reading a reappeared file", ctx.blobs.hash(row["path"]))
             if row["sha256"] is not None and digest == row["sha256"]:
@@ -315,6 +315,27 @@ async def place_orphans(
             resumed.append(f"recording {row['id']}: deleted again (it had reappeared)")
         else:
             flagged.append(f"store: {key} belongs to no recording")
+
+
+async def mark_missing(ctx: Context, recording_id: str, now: datetime) -> bool:
+    """Mark a stored recording whose file was not found as missing; whether it was. Decided
+    again in the write transaction, after the store was looked at: a deletion (this node's
+    or another's) marks its rows before it removes their files, and marks them deleted once
+    they are gone, so a row still stored and not being deleted really has lost its file.
+    One being deleted is left to that deletion (or, if it was cut short, to the next sweep
+    or withdrawal, which finds the file already absent)."""
+
+    def body(tx: Tx) -> bool:
+        found = tx.all(
+            "UPDATE recordings SET status = ? WHERE id = ? AND status = ? "
+            "AND deleting_since IS NULL RETURNING id",
+            (RecordingStatus.MISSING.value, recording_id, RecordingStatus.STORED.value),
+        )
+        if found:
+            ctx.audit(tx, now, f"recording.{RecordingStatus.MISSING.value}", recording_id, {})
+        return bool(found)
+
+    return await ctx.db.write(body, f"marking recording {recording_id} missing")
 
 
 async def set_status(

@@ -188,6 +188,9 @@ class VerifyReport:
     checked: int
     problems: tuple[str, ...]  # one line each; empty means everything matches
     checkpoint: CheckpointStatus | None = None
+    # Other work under way meanwhile (an ingest, an export, a deletion), one line each: no
+    # problem, until it has been under way for too long (`storage.verify.IN_FLIGHT_FOR`).
+    in_flight: tuple[str, ...] = ()
 
     @property
     def ok(self) -> bool:

@@ -265,6 +265,27 @@ LINES_AS_DATA: tuple[Step, ...] = ("ALTER TABLE calls ADD COLUMN purposes TEXT",
 # migration, every controller's (as calls of before `CONTROLLERS`).
 EXPORT_OWNERS: tuple[Step, ...] = ("ALTER TABLE exports ADD COLUMN controller_id TEXT",)
 
+# Each taking of a controller id's lock on a shared ledger (`storage.pg_claim`) adds one to
+# the id's generation, in the lock's own session. A controller that takes its lock again
+# after losing it finds its own generation there, or learns that another controller held
+# the id meanwhile (and may have settled its calls) although none holds it now. SQLite's
+# lock is a flock that ends only with its process, so nothing there writes this table.
+CONTROLLER_CLAIMS: tuple[Step, ...] = (
+    """CREATE TABLE controller_claims (
+        controller_id TEXT PRIMARY KEY,
+        generation    INTEGER NOT NULL,
+        taken_at      TEXT NOT NULL,
+        taken_by      TEXT NOT NULL
+    )""",
+)
+
+# A deletion's intent (`storage.deletion`): set, with the deletion's time, in the
+# transaction that lists the recordings before any of their files is removed, and cleared
+# when they are marked deleted (or kept). Between the two a recording's file is gone while
+# its row still says stored; reconcile and verify on another node must not take it for
+# missing.
+DELETION_INTENT: tuple[Step, ...] = ("ALTER TABLE recordings ADD COLUMN deleting_since TEXT",)
+
 MIGRATIONS: tuple[tuple[Step, ...], ...] = (
     LEDGER,
     RECORDING_STORE,
@@ -276,6 +297,8 @@ MIGRATIONS: tuple[tuple[Step, ...], ...] = (
     AGENTS,
     LINES_AS_DATA,
     EXPORT_OWNERS,
+    CONTROLLER_CLAIMS,
+    DELETION_INTENT,
 )
 APPEND_ONLY_TRIGGERS = frozenset(
     {"audit_no_update", "audit_no_delete", "access_log_no_update", "access_log_no_delete"}

@@ -247,9 +247,15 @@ class Store:
         )
 
     async def verify(
-        self, *, progress: Progress | None = None, checkpoint_file: Path | None = None
+        self,
+        *,
+        progress: Progress | None = None,
+        checkpoint_file: Path | None = None,
+        now: datetime | None = None,
     ) -> VerifyReport:
-        return await verify.verify(self.ctx, progress=progress, checkpoint_file=checkpoint_file)
+        return await verify.verify(
+            self.ctx, progress=progress, checkpoint_file=checkpoint_file, now=now
+        )
 
     async def reconcile(
         self,

@@ -52,7 +52,7 @@ async def sweep(
             )
             last = (rows[-1]["delete_after"], rows[-1]["id"]) if rows else after
             ids = [row["id"] for row in rows]
-            return ids, last, ([] if dry_run else list_doomed(tx, ids))
+            return ids, last, ([] if dry_run else list_doomed(tx, ids, when))
 
         return body
 
@@ -74,6 +74,7 @@ async def sweep(
         problems.extend(problem for problem in outcome.values() if problem)
         tell(count + len(problems), total)
 
+    listing = "listing due recordings"
     async with ctx.files:
         total = await ctx.db.read(
             lambda tx: int(
@@ -97,7 +98,8 @@ async def sweep(
         # rows are committed and batch k+1 is listed (the ledger's thread). Each batch
         # still commits only after its own files are gone and their directories fsync'd.
         # A copy listed for k+1 that batch k removes is found absent, which is fine.
-        ids, after, doomed = await ctx.db.read(page(after), "listing due recordings")
+        # Each page is listed and marked as being deleted in one write transaction.
+        ids, after, doomed = await ctx.db.write(page(after), listing, serial=False)
         previous: Removed | None = None
         while ids:
             committing = (
@@ -105,7 +107,7 @@ async def sweep(
                 if previous is None
                 else asyncio.create_task(record_removed(ctx, previous, now, "retention"))
             )
-            listing = asyncio.create_task(ctx.db.read(page(after), "listing due recordings"))
+            following_page = asyncio.create_task(ctx.db.write(page(after), listing, serial=False))
             try:
                 removals = await remove_files(
                     ctx, doomed, "removing expired recordings", now=now, reason="retention"
@@ -116,7 +118,7 @@ async def sweep(
                     if committing is not None:
                         tally(await committing)
                 finally:
-                    following = await listing
+                    following = await following_page
             previous = Removed([Target(i, None) for i in ids], doomed, removals)
             ids, after, doomed = following
         if previous is not None:

@@ -1,29 +1,53 @@
 """Verify: every file against its hash, the audit chain against its key and the signed
-checkpoints, and the ledger's guards and bookkeeping (`storage.integrity`)."""
+checkpoints, and the ledger's guards and bookkeeping (`storage.integrity`).
+
+Other controllers may be working on the same ledger and store while it runs. What they have
+in flight is not a problem: an ingest whose intent is committed (its temporary or placed
+file, its recording not committed yet), an export being written, a deletion between its
+files' removal and its commit (`storage.deletion` marks its rows first). Verify lists
+these (`VerifyReport.in_flight`) and looks again, in a fresh transaction, at every file it
+found wrong before calling it a problem. A step in flight for longer than `IN_FLIGHT_FOR`
+is reported: its controller is gone or stuck.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import json
 from collections.abc import Awaitable, Sequence
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from storage import chain, checkpoints, files, integrity
 from storage.calls import call_of_spool_file
 from storage.datadir import KEY_FILE
 from storage.ports import Progress, RecordingStatus, Row, Tx, VerifyReport
+from storage.reconcile import not_in_flight
 from storage.rows import Context, audit_entry, silent
+from storage.values import ts
 
 AUDIT_BATCH = 5000  # audit entries read per query while verifying
+# How long an ingest, export or deletion may be in flight before it is a problem. Each is
+# one short step on a working system: an ingest copies one recording (a four-hour call at
+# 16 kHz is some 460 MB: minutes on a slow share), a deletion removes a batch of 1,000
+# files (about a second), an export copies what was asked for. An hour past its start, the
+# step's controller died (its restart finishes or undoes it) or hangs.
+IN_FLIGHT_FOR = timedelta(hours=1)
 
 
 async def verify(
-    ctx: Context, *, progress: Progress | None = None, checkpoint_file: Path | None = None
+    ctx: Context,
+    *,
+    progress: Progress | None = None,
+    checkpoint_file: Path | None = None,
+    now: datetime | None = None,
 ) -> VerifyReport:
     """Every file against its hash, the audit chain against its key and the signed
     checkpoints (the store's own, or a copy kept elsewhere: `checkpoint_file`), and the
-    ledger's triggers and bookkeeping."""
+    ledger's triggers and bookkeeping. `now` (default: the clock) dates what is in flight."""
     tell = progress or silent
+    stale_before = ts((now or datetime.now(UTC)) - IN_FLIGHT_FOR)
+    in_flight: list[str] = []
     problems: list[str] = []
     checked = 0
     last = 0
@@ -78,7 +102,9 @@ async def verify(
     problems += unreadable + unsigned + anchored
     problems += await asyncio.to_thread(public_key_problems, ctx)
 
-    def state(tx: Tx) -> tuple[list[str], Sequence[Row], Sequence[Row], Sequence[Row]]:
+    def state(
+        tx: Tx,
+    ) -> tuple[list[str], Sequence[Row], Sequence[Row], Sequence[Row], Sequence[Row]]:
         return (
             ctx.db.guard_problems(tx) + integrity.bookkeeping_problems(tx, ctx.db),
             tx.all(
@@ -86,15 +112,17 @@ async def verify(
                 "WHERE status IN ('stored', 'missing')"
             ),
             tx.all(
-                "SELECT f.path, f.sha256, f.recording_id FROM export_files f JOIN exports e "
-                "ON e.export_id = f.export_id WHERE f.deleted_at IS NULL AND e.state = 'done'"
+                "SELECT f.id, f.path, f.sha256, f.recording_id FROM export_files f JOIN exports "
+                "e ON e.export_id = f.export_id WHERE f.deleted_at IS NULL AND e.state = 'done'"
             ),
-            tx.all("SELECT call_id, dest FROM pending_ingests"),
+            tx.all("SELECT call_id, dest, started_at FROM pending_ingests"),
+            tx.all("SELECT export_id, created_at FROM exports WHERE state = 'writing'"),
         )
 
-    ledger, recordings, copies, pending = await ctx.db.read(state, "verifying")
+    ledger, recordings, copies, pending, writing = await ctx.db.read(state, "verifying")
     problems += ledger
     known: set[str] = set()
+    suspects: dict[str, list[str]] = {}  # recording id -> its file's problems
     for row in recordings:
         checked += 1
         key = str(row["path"])
@@ -102,38 +130,144 @@ async def verify(
         if row["status"] == RecordingStatus.MISSING.value:
             problems.append(f"recording {row['id']}: file missing (flagged by reconcile)")
             continue
-        problems += await check_file(
+        bad = await check_file(
             f"recording {row['id']}",
             ctx.blobs.location(key),
             ctx.blobs.hash(key),
             row["sha256"],
             row["size"],
         )
+        if bad and not (await ctx.blobs.exists_many([key]))[0]:
+            suspects[str(row["id"])] = bad  # gone: perhaps a deletion in flight
+        else:
+            problems += bad
         tell(checked, total)
+    lines, stuck, gone = await being_deleted(ctx, list(suspects), stale_before)
+    in_flight += lines
+    problems += stuck
+    problems += [p for rid, bad in suspects.items() if rid not in gone for p in bad]
+    wrong: list[tuple[Row, list[str]]] = []
     for row in copies:
         checked += 1
-        path = Path(row["path"])
-        what = (
-            f"export copy of {row['recording_id']}"
-            if row["recording_id"]
-            else f"export file {path.name}"
-        )
-        problems += await check_file(
-            what,
-            str(path),
-            asyncio.to_thread(files.hash_file, path),
-            row["sha256"],
-            None,
-        )
+        bad = await check_copy(row, row["sha256"])
+        if bad:
+            wrong.append((row, bad))
         tell(checked, total)
+    problems += await copies_again(ctx, wrong, in_flight)
     for row in pending:
-        known.add(str(row["dest"]))
-        problems.append(f"call {row['call_id']}: ingest not finished (reconcile finishes it)")
-    for key in await ctx.blobs.list():
-        if key not in known:
-            problems.append(f"store: {key} belongs to no recording")
+        known.update((str(row["dest"]), ctx.blobs.partial_key(str(row["dest"]))))
+        since = str(row["started_at"])
+        if since < stale_before:
+            problems.append(
+                f"call {row['call_id']}: ingest not finished since {since} (its controller's "
+                "reconcile finishes it)"
+            )
+        else:
+            in_flight.append(f"call {row['call_id']}: being ingested since {since}")
+    for row in writing:
+        since = str(row["created_at"])
+        if since < stale_before:
+            problems.append(
+                f"export {row['export_id']}: unfinished since {since} (its controller's "
+                "reconcile removes its files)"
+            )
+        else:
+            in_flight.append(f"export {row['export_id']}: being written since {since}")
+    listed = [key for key in await ctx.blobs.list() if key not in known]
+    # Looked up again after the listing: ingests begun or finished since the first read.
+    for key in await not_in_flight(ctx, listed):
+        problems.append(f"store: {key} belongs to no recording")
     problems += await spool_leftovers(ctx)
-    return VerifyReport(checked, tuple(problems), status)
+    return VerifyReport(checked, tuple(problems), status, tuple(in_flight))
+
+
+async def being_deleted(
+    ctx: Context, ids: list[str], stale_before: str
+) -> tuple[list[str], list[str], set[str]]:
+    """Of recordings whose file was not found, read again now: the in-flight lines of those
+    being deleted, the problem lines of deletions begun before `stale_before`, and the ids
+    whose missing file is said by these (or by nothing: deleted meanwhile)."""
+    if not ids:
+        return [], [], set()
+
+    def read(tx: Tx) -> list[Row]:
+        rows: list[Row] = []
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            marks = ", ".join("?" * len(chunk))
+            rows += tx.all(
+                f"SELECT id, status, deleting_since FROM recordings WHERE id IN ({marks})",  # noqa: S608 - only placeholders
+                chunk,
+            )
+        return rows
+
+    lines: list[str] = []
+    stuck: list[str] = []
+    gone: set[str] = set()
+    for row in await ctx.db.read(read, "reading recordings again"):
+        since = row["deleting_since"]
+        if row["status"] == RecordingStatus.DELETED.value:
+            gone.add(str(row["id"]))
+        elif since is not None:
+            gone.add(str(row["id"]))
+            if str(since) < stale_before:
+                stuck.append(
+                    f"recording {row['id']}: its file was removed by a deletion begun at "
+                    f"{since} that was never committed (the next sweep or withdrawal "
+                    "finishes it)"
+                )
+            else:
+                lines.append(f"recording {row['id']}: being deleted since {since}")
+    return lines, stuck, gone
+
+
+async def check_copy(row: Row, sha256: str | None) -> list[str]:
+    path = Path(row["path"])
+    what = (
+        f"export copy of {row['recording_id']}"
+        if row["recording_id"]
+        else f"export file {path.name}"
+    )
+    return await check_file(what, str(path), asyncio.to_thread(files.hash_file, path), sha256, None)
+
+
+async def copies_again(
+    ctx: Context, wrong: list[tuple[Row, list[str]]], in_flight: list[str]
+) -> list[str]:
+    """Export files found wrong, read again now: a deletion removes a recording's copies
+    and rewrites its exports' manifests before it commits (the copies' rows and the new
+    SHA-256s with it). No problem: a file whose row is marked removed by now, or whose
+    export holds a recording being deleted; one whose SHA-256 changed is checked again."""
+    if not wrong:
+        return []
+
+    def read(tx: Tx) -> dict[int, Row]:
+        found: dict[int, Row] = {}
+        for row, _ in wrong:
+            again = tx.one(
+                "SELECT f.deleted_at, f.sha256, (SELECT MIN(r.deleting_since) FROM "
+                "export_files g JOIN recordings r ON r.id = g.recording_id WHERE "
+                "g.export_id = f.export_id AND r.deleting_since IS NOT NULL) AS pruning "
+                "FROM export_files f WHERE f.id = ?",
+                (row["id"],),
+            )
+            if again is not None:
+                found[int(row["id"])] = again
+        return found
+
+    now = await ctx.db.read(read, "reading export files again")
+    problems: list[str] = []
+    for row, found in wrong:
+        again = now.get(int(row["id"]))
+        if again is None or again["deleted_at"] is not None:
+            continue
+        if again["pruning"] is not None:
+            in_flight.append(f"export file {row['path']}: being pruned by a deletion")
+        elif again["sha256"] != row["sha256"]:
+            problems += await check_copy(row, again["sha256"])
+        else:
+            problems += found
+    return problems
 
 
 def public_key_problems(ctx: Context) -> list[str]:

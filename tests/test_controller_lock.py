@@ -24,8 +24,10 @@ from test_cli_postgres import _without_password
 
 from callrec.controller import _keep_claim
 from callrec.metrics import Metrics
+from flows.errors import ControllerConflict
 from storage.factory import open_ledger
 from storage.ledgers import LedgerConfig
+from storage.records import ClaimState
 
 CHECK = 0.5  # storage.lock_check_seconds of these tests' controllers
 _KEY = "SELECT hashtextextended('callrec controller ' || current_schema() || ' ' || %s, 0)"
@@ -242,3 +244,62 @@ async def _wait_for(check: Callable[[], bool], timeout: float = 30.0) -> None:
 
 def _sample(metrics: Metrics, name: str) -> float | None:
     return metrics.registry.get_sample_value(name)
+
+
+async def test_a_rival_that_held_the_id_between_two_checks_stops_the_controller(
+    tmp_path: Path, pg_database: str
+) -> None:
+    """When controller `node-a`'s lock session ends and another controller with that id
+    starts and stops before node-a's next check, that check takes the lock again but raises
+    `ControllerConflict` naming the rival's claim, and node-a no longer holds the id."""
+    with pg_server.schema(pg_database) as url:
+        ledger = LedgerConfig(url=url)
+        store = await open_ledger(
+            tmp_path / "data", POLICY, ledger, create=True, controller_id="node-a"
+        )
+        try:
+            await store.claim_controller()
+            first = _holder(url, "node-a")
+            assert first is not None
+            assert (await store.keep_claim()).state is ClaimState.HELD
+            _terminate(url, first[0])
+            await _wait_for(lambda: _holder(url, "node-a") is None)
+            rival = await open_ledger(tmp_path / "data", POLICY, ledger, controller_id="node-a")
+            try:
+                await rival.claim_controller()
+                assert _holder(url, "node-a") is not None
+            finally:
+                await rival.close()
+            await _wait_for(lambda: _holder(url, "node-a") is None)
+
+            with pytest.raises(ControllerConflict) as caught:
+                await store.keep_claim()
+
+            assert "another controller with the id node-a" in str(caught.value)
+            assert "held this PostgreSQL ledger while" in str(caught.value)
+            assert _holder(url, "node-a") is None
+        finally:
+            await store.close()
+
+
+async def test_a_controller_that_lost_its_lock_to_nobody_takes_it_again_more_than_once(
+    tmp_path: Path, pg_database: str
+) -> None:
+    """A lock session ended twice with no rival in between is taken again both times, each
+    check saying so, and the id stays held by this controller."""
+    with pg_server.schema(pg_database) as url:
+        store = await open_ledger(
+            tmp_path / "data", POLICY, LedgerConfig(url=url), create=True, controller_id="node-a"
+        )
+        try:
+            await store.claim_controller()
+            for _ in range(2):
+                holder = _holder(url, "node-a")
+                assert holder is not None
+                _terminate(url, holder[0])
+                await _wait_for(lambda: _holder(url, "node-a") is None)
+                assert (await store.keep_claim()).state is ClaimState.RETAKEN
+                assert (await store.keep_claim()).state is ClaimState.HELD
+            assert _holder(url, "node-a") is not None
+        finally:
+            await store.close()

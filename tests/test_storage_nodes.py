@@ -1,5 +1,6 @@
-"""Two controllers, one ledger and one store: a node's reconcile at start leaves another
-node's export, temporary file and ingest in progress alone, and still cleans up its own."""
+"""Two controllers, one ledger and one store: a node's reconcile at start and its verify leave
+another node's export, temporary file, ingest and deletion in progress alone, and still
+report (or clean up) what nobody is working on."""
 
 from __future__ import annotations
 
@@ -8,15 +9,19 @@ import hashlib
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
-from storage_helpers import POLICY, T0, new_id, open_store, record_call
+from storage_helpers import BOB, POLICY, T0, new_id, open_store, record_call
 
 from flows.policy import Purpose
 from storage import files
+from storage import sweep as sweep_module
 from storage.blobs import LocalBlobs
+from storage.deletion import record_removed
 from storage.ports import Placed, RecordingStatus, Tx
 from storage.store import Store
+from storage.values import ts
 
 pytestmark = pytest.mark.usefixtures("ledger")
 LATER = T0 + timedelta(minutes=4)
@@ -167,6 +172,169 @@ async def test_a_restart_leaves_another_nodes_ingest_in_flight_alone(
     row = await asyncio.wait_for(ingesting, 30)
     assert row is not None and row.status is RecordingStatus.STORED
     assert Path(row.path or "") == placed and placed.exists()
+
+
+async def test_another_nodes_deletion_between_its_steps_is_not_taken_for_a_missing_file(
+    tmp_path: Path, nodes: tuple[Store, Store], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While node A's sweep has removed an exported recording's file and copy (and rewritten
+    the export's manifest) but not yet committed its deletion, node B's reconcile neither
+    marks the recording missing nor flags it, and B's verify calls it and the export in
+    flight, not a problem; A's sweep then deletes it, audited once, and all verifies."""
+    a, b = nodes
+    call_id, source = await record_call(a, tmp_path / "spool-a")
+    row = await a.ingest(call_id, source, LATER)
+    assert row is not None and row.path is not None
+    other_id, other_source = await record_call(a, tmp_path / "spool-a", caller=BOB)
+    other = await a.ingest(other_id, other_source, LATER)
+    assert other is not None
+    folder = await a.export([row.id, other.id], tmp_path / "out", Purpose.EVIDENCE, "dpo", T0)
+    await a.ctx.db.write(
+        lambda tx: tx.run(
+            "UPDATE recordings SET delete_after = '2999-01-01T00:00:00.000000Z' WHERE id = ?",
+            (other.id,),
+        ),
+        "a test keeping one recording",
+    )
+    now = row.delete_after + timedelta(hours=1)
+    reached, release = asyncio.Event(), asyncio.Event()
+
+    async def held(*args: Any, **kwargs: Any) -> dict[str, str | None]:
+        reached.set()  # every file of the batch is gone, nothing is committed yet
+        await release.wait()
+        return await record_removed(*args, **kwargs)
+
+    monkeypatch.setattr(sweep_module, "record_removed", held)
+    sweeping = asyncio.create_task(a.sweep(now))
+    await asyncio.wait_for(reached.wait(), 30)
+    assert not Path(row.path).exists() and not (folder / f"{row.id}.wav").exists()
+
+    report = await b.reconcile(tmp_path / "spool-b", now)
+    checked = await b.verify(now=now)
+
+    assert not any(row.id in line for line in report.flagged), report.flagged
+    during = await b.recording(row.id)
+    assert during is not None and during.status is RecordingStatus.STORED
+    assert checked.ok, checked.problems
+    assert f"recording {row.id}: being deleted since {ts(now)}" in checked.in_flight
+    assert any("manifest.json: being pruned" in line for line in checked.in_flight)
+    release.set()
+    swept = await asyncio.wait_for(sweeping, 30)
+    assert swept.deleted == (row.id,)
+    after = await b.recording(row.id)
+    assert after is not None and after.status is RecordingStatus.DELETED
+    actions = [entry.action for entry in await b.audit_entries(row.id)]
+    assert actions.count("recording.deleted") == 1 and "recording.missing" not in actions
+    final = await b.verify(now=now)
+    assert final.ok and not final.in_flight, final.problems
+
+
+async def test_a_file_gone_without_a_deletion_is_still_flagged_missing(
+    tmp_path: Path, nodes: tuple[Store, Store]
+) -> None:
+    """A stored recording whose file disappeared while no deletion was under way is marked
+    missing by node B's reconcile, and B's verify reports it."""
+    a, b = nodes
+    call_id, source = await record_call(a, tmp_path / "spool-a")
+    row = await a.ingest(call_id, source, LATER)
+    assert row is not None and row.path is not None
+    Path(row.path).unlink()
+
+    checked = await b.verify(now=LATER)
+    report = await b.reconcile(tmp_path / "spool-b", LATER)
+
+    assert any(f"recording {row.id}: file missing" in line for line in checked.problems)
+    assert f"recording {row.id} (call {call_id}): file missing" in report.flagged
+    flagged = await b.recording(row.id)
+    assert flagged is not None and flagged.status is RecordingStatus.MISSING
+
+
+@pytest.mark.parametrize("hold", ["copying", "placed"])
+async def test_verify_calls_another_nodes_ingest_in_flight_not_a_problem(
+    tmp_path: Path, nodes: tuple[Store, Store], hold: str
+) -> None:
+    """While node A ingests a recording (its temporary file being written, or its file
+    placed before its recording is committed), node B's verify finds no problem and lists
+    the ingest in flight; an hour on, the same unfinished ingest is a problem, and a
+    temporary file no ingest is writing is one all along."""
+    a, b = nodes
+    held = _hold(a, hold)
+    call_id, source = await record_call(a, tmp_path / "spool-a")
+    ingesting = asyncio.create_task(a.ingest(call_id, source, LATER))
+    await asyncio.wait_for(held.reached.wait(), 30)
+
+    checked = await b.verify(now=LATER + timedelta(minutes=5))
+
+    assert checked.ok, checked.problems
+    assert f"call {call_id}: being ingested since {ts(LATER)}" in checked.in_flight
+    later = await b.verify(now=LATER + timedelta(hours=2))
+    assert any(
+        line.startswith(f"call {call_id}: ingest not finished since") for line in later.problems
+    ), later.problems
+    stray = a.data_dir / "recordings" / "2025" / f".{new_id()}.wav{files.TEMP_SUFFIX}"
+    stray.parent.mkdir(parents=True, exist_ok=True)
+    stray.write_bytes(b"left by a crash")
+    with_stray = await b.verify(now=LATER + timedelta(minutes=5))
+    assert [line for line in with_stray.problems if stray.name in line], with_stray.problems
+    stray.unlink()
+    held.release.set()
+    row = await asyncio.wait_for(ingesting, 30)
+    assert row is not None and row.status is RecordingStatus.STORED
+    final = await b.verify(now=LATER + timedelta(minutes=5))
+    assert final.ok and not final.in_flight, final.problems
+
+
+async def test_verify_sees_an_ingest_begun_after_it_read_the_ledger(
+    tmp_path: Path, nodes: tuple[Store, Store]
+) -> None:
+    """An ingest on node A that places its file after node B's verify read the ledger and
+    before it listed the store is no file without a recording: verify looks again."""
+    a, b = nodes
+    held = _hold(a, "placed")
+    call_id, source = await record_call(a, tmp_path / "spool-a")
+    tasks: list[asyncio.Task[object]] = []
+
+    class Late(LocalBlobs):
+        async def list(self) -> list[str]:
+            tasks.append(asyncio.create_task(a.ingest(call_id, source, LATER)))
+            await asyncio.wait_for(held.reached.wait(), 30)
+            return await super().list()
+
+    b.ctx.blobs = Late(b.data_dir)
+
+    checked = await b.verify(now=LATER)
+
+    assert tasks and checked.ok, checked.problems
+    held.release.set()
+    await asyncio.wait_for(tasks[0], 30)
+    assert (await b.verify(now=LATER)).ok
+
+
+async def test_verify_calls_another_nodes_export_in_flight_until_it_is_stale(
+    tmp_path: Path, nodes: tuple[Store, Store]
+) -> None:
+    """While node A writes an export, node B's verify lists it in flight and finds no
+    problem; two hours on, the same unfinished export is reported."""
+    a, b = nodes
+    call_id, source = await record_call(a, tmp_path / "spool-a")
+    row = await a.ingest(call_id, source, LATER)
+    assert row is not None
+    held = _hold(a, "open")
+    exporting = asyncio.create_task(
+        a.export([row.id], tmp_path / "out", Purpose.EVIDENCE, "dpo", LATER)
+    )
+    await asyncio.wait_for(held.reached.wait(), 30)
+    (export_id,) = await _writing(a)
+
+    checked = await b.verify(now=LATER)
+    later = await b.verify(now=LATER + timedelta(hours=2))
+
+    assert checked.ok, checked.problems
+    assert f"export {export_id}: being written since {ts(LATER)}" in checked.in_flight
+    assert any(line.startswith(f"export {export_id}: unfinished since") for line in later.problems)
+    held.release.set()
+    await asyncio.wait_for(exporting, 30)
+    assert (await b.verify(now=LATER + timedelta(hours=2))).ok
 
 
 async def _crashed_export(store: Store, dest: Path, owner: str | None) -> tuple[str, Path]:
