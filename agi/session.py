@@ -440,13 +440,13 @@ async def finish_call(
     ledger alone, so the FastAGI hangup route (a separate connection) and a restarted
     controller can call it."""
     try:
-        await deps.ledger.end_call(call_id, deps.clock.now(), outcome, agent)
+        row = await deps.ledger.end_call(call_id, deps.clock.now(), outcome, agent)
     except StorageError as error:
         # The file stays owned (the call is still open): the collector's check closes it
         # once no call could last that long, and collects the file then.
         log.error("call %s: outcome %s not stored: %s", call_id, outcome.value, error)
         return None
     if wait:
-        return await deps.collector.collect(call_id)
-    deps.collector.collect_soon(call_id)
+        return await deps.collector.collect(call_id, row)
+    deps.collector.collect_soon(call_id, row)
     return None

@@ -225,19 +225,22 @@ async def mark_unrecorded(ctx: Context, call_id: str, reason: str, at: datetime)
 
 async def end_call(
     ctx: Context, call_id: str, ended_at: datetime, outcome: Outcome, agent: str | None = None
-) -> None:
+) -> CallRow:
     check_call_id(call_id)
     result = Outcome(outcome)
     when = ts(ended_at)
     who = None if agent is None else agent_name(agent)
 
-    def body(tx: Tx) -> None:
+    # The row comes back from the same transaction: the recording's collection goes on from
+    # it without a read of its own.
+    def body(tx: Tx) -> Row:
         changed = tx.run(
             "UPDATE calls SET ended_at = ?, outcome = ?, agent = ? "
             "WHERE call_id = ? AND ended_at IS NULL",
             (when, result.value, who, call_id),
         )
-        if changed == 0 and tx.one("SELECT 1 FROM calls WHERE call_id = ?", (call_id,)) is None:
+        row = tx.one("SELECT * FROM calls WHERE call_id = ?", (call_id,))
+        if row is None:
             raise NotFoundError("no such call", call_id=call_id)
         if changed and result is Outcome.ANSWERED:
             # A callback the customer picked up answers its missed call, once: the
@@ -248,8 +251,9 @@ async def end_call(
                 "WHERE callback_call_id = ? ON CONFLICT DO NOTHING",
                 (when, call_id),
             )
+        return row
 
-    await ctx.db.write(body, f"ending call {call_id}", serial=False)
+    return call_row(await ctx.db.write(body, f"ending call {call_id}", serial=False))
 
 
 async def close_stale_calls(ctx: Context, started_before: datetime, now: datetime) -> list[str]:

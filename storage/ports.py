@@ -238,8 +238,9 @@ class Ledger(Protocol):
 
     async def end_call(
         self, call_id: str, ended_at: datetime, outcome: Outcome, agent: str | None = None
-    ) -> None:
-        """Store how the call ended and who took it (`agent`: as Asterisk named them)."""
+    ) -> CallRow:
+        """Store how the call ended and who took it (`agent`: as Asterisk named them); the
+        call as the ledger holds it then (an end stored before stays as it was)."""
 
     async def callback_candidates(
         self, customer: str, since: datetime, legal_basis: LegalBasis

@@ -164,8 +164,8 @@ class Store:
 
     async def end_call(
         self, call_id: str, ended_at: datetime, outcome: Outcome, agent: str | None = None
-    ) -> None:
-        await calls.end_call(self.ctx, call_id, ended_at, outcome, agent)
+    ) -> CallRow:
+        return await calls.end_call(self.ctx, call_id, ended_at, outcome, agent)
 
     async def close_stale_calls(self, started_before: datetime, now: datetime) -> list[str]:
         return await calls.close_stale_calls(self.ctx, started_before, now)
