@@ -529,8 +529,10 @@ class StasisApp:
         if not session.continued:
             await session.hung_up()
         call.observer.continued = session.continued
-        if not call.observer.answered and session.recording_file is not None:
-            # The queue's variables may have been lost with the WebSocket.
+        lost_events = call.epoch != self._connections
+        if lost_events and not call.observer.answered and session.recording_file is not None:
+            # The queue's variables may have been lost with the WebSocket; while it stayed
+            # up, they were all seen and the file has nothing to add.
             recorded = await asyncio.to_thread(_has_audio, session.recording_file)
             call.observer.saw_recorded_audio(recorded)
         outcome = call.observer.outcome()
