@@ -27,7 +27,7 @@ from storage.rows import (
     purposes_text,
 )
 from storage.values import parse_ts, ts
-from storage.withdrawal import enforce_withdrawals
+from storage.withdrawal import Covering, apply_withdrawals, covering_recording
 
 _SUFFIX = re.compile(r"^\.[a-z0-9]{1,8}$")
 
@@ -99,7 +99,7 @@ async def complete(
     source: Path,
     now: datetime,
 ) -> RecordingRow:
-    row = await insert_recording(
+    row, covering = await insert_recording(
         ctx,
         recording_id,
         call,
@@ -112,7 +112,7 @@ async def complete(
     if source != Path(ctx.blobs.location(key)):
         await in_thread(f"removing {source}", files.remove, source)
     # complete: a withdrawal that waited for this file may have nothing left now.
-    deleted, problems = await enforce_withdrawals(ctx, now, recording_id=row.id, complete=True)
+    deleted, problems = await apply_withdrawals(ctx, now, covering, complete=True)
     if not deleted and not problems:
         return row  # untouched since it was stored
     return await ctx.require_recording(row.id)
@@ -128,7 +128,9 @@ async def insert_recording(
     path: str | None,
     sha256: str | None,
     size: int,
-) -> RecordingRow:
+) -> tuple[RecordingRow, Covering]:
+    """The recording's row, written with its audit entry, and what withdrawals cover it,
+    read in the same (serial) transaction."""
     created = parse_ts(call["decided_at"])
     basis = LegalBasis(call["legal_basis"])
     line_name = call["line"] or ""
@@ -142,7 +144,7 @@ async def insert_recording(
         due, purposes = keep.delete_after, keep.purposes
     action = "recording.stored" if status is RecordingStatus.STORED else f"recording.{status}"
 
-    def body(tx: Tx) -> Row:
+    def body(tx: Tx) -> tuple[Row, Covering]:
         tx.run("DELETE FROM pending_ingests WHERE recording_id = ?", (recording_id,))
         tx.run(
             "INSERT INTO recordings (id, call_id, line, legal_basis, caller, dialed, "
@@ -185,14 +187,14 @@ async def insert_recording(
         )
         stored = tx.one("SELECT * FROM recordings WHERE id = ?", (recording_id,))
         assert stored is not None  # inserted just above, in this transaction
-        return stored
+        return stored, covering_recording(tx, recording_id)
 
-    stored = await ctx.db.write(body, f"storing the recording of call {call['call_id']}")
-    return ctx.recording(stored)
+    stored, covering = await ctx.db.write(body, f"storing the recording of call {call['call_id']}")
+    return ctx.recording(stored), covering
 
 
 async def store_empty(ctx: Context, call: Row, source: Path, now: datetime) -> RecordingRow:
-    row = await insert_recording(
+    row, covering = await insert_recording(
         ctx,
         new_recording_id(parse_ts(call["decided_at"])),
         call,
@@ -203,7 +205,7 @@ async def store_empty(ctx: Context, call: Row, source: Path, now: datetime) -> R
         size=0,
     )
     await in_thread(f"removing {source}", files.remove, source)
-    await enforce_withdrawals(ctx, now, recording_id=row.id, complete=True)
+    await apply_withdrawals(ctx, now, covering, complete=True)
     return row
 
 
@@ -267,7 +269,7 @@ async def finish_pending(ctx: Context, pending: Row, now: datetime) -> Recording
     if await asyncio.to_thread(source.exists):
         placed = await blob_op(f"storing {source.name}", ctx.blobs.put(source, key))
         return await complete(ctx, recording_id, call, key, placed.sha256, placed.size, source, now)
-    return await insert_recording(
+    row, _ = await insert_recording(
         ctx,
         recording_id,
         call,
@@ -277,3 +279,4 @@ async def finish_pending(ctx: Context, pending: Row, now: datetime) -> Recording
         sha256=None,
         size=0,
     )
+    return row
