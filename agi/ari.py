@@ -530,6 +530,9 @@ class AriClient:
             call_id=channel_id,
             accept={404},
             gone={422},
+            # The reply is the application, with every channel it is subscribed to: as
+            # long as the calls in progress, and of no use here.
+            unread=True,
         )
         if reply.status == 404:
             # Swagger: 404 "Application does not exist" (our WebSocket is not registered);
@@ -777,12 +780,14 @@ class AriClient:
         accept: set[int] | frozenset[int] = frozenset(),
         gone: set[int] | frozenset[int] = frozenset({404}),
         urgent: bool = False,
+        unread: bool = False,
     ) -> _Reply:
         """Send one request; 2xx and `accept`ed statuses are returned, `gone` statuses raise
         ChannelGone, anything else raises AsteriskError. `urgent` requests get the next free
         connection before others that wait. The timeout counts from the request being sent,
         not from its wait for a connection. `body_param`: the Swagger parameter the whole
-        body is (default: each of the body's keys is one)."""
+        body is (default: each of the body's keys is one). `unread`: a 2xx body is not
+        decoded (the caller has no use for it)."""
         body_keys = frozenset(json_body or ()) if body_param is None else frozenset({body_param})
         url = self._url(method, template, path_params, params or {}, body_keys)
         what = f"ARI {method} {template}"
@@ -798,6 +803,8 @@ class AriClient:
             if self._on_request is not None:
                 self._on_request(method, template, took)
         if 200 <= status < 300:
+            if unread:
+                return _Reply(status, None, "")
             return _Reply(status, self._decode_body(body, what, status, call_id), "")
         message = _error_message(body)
         if status in accept:
