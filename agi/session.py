@@ -162,13 +162,22 @@ class CallSession:
 
     async def _record_start(self) -> bool:
         try:
-            await self.deps.ledger.start_call(self.start)
+            # Lazy: the decision or the end waits for it, not the caller.
+            await self.deps.ledger.start_call(self.start, lazy=True)
         except StorageError as error:
             log.error(
                 "call %s: ledger refused the call (%s); going on unrecorded", self.call_id, error
             )
             return False
         return True
+
+    def _start_refused(self) -> bool:
+        started = self._in_ledger
+        if started is None:
+            return True
+        if not started.done():
+            return False
+        return started.cancelled() or started.exception() is not None or not started.result()
 
     async def in_ledger(self) -> bool:
         """Whether the ledger holds the call (waiting for its start to be recorded)."""
@@ -289,8 +298,10 @@ class CallSession:
         )
         waiting = self.deps.lag.begin()
         try:
-            if not await self.in_ledger():
+            if self._start_refused():
                 return CommitFailed("the ledger did not take the call")
+            # A start still waiting for its commit is queued before this decision and shares
+            # its transaction; if the ledger refuses it there, the decision finds no call.
             await self.deps.ledger.commit_decision(record)
         except StorageError as error:
             log.error("call %s: decision not committed: %s", self.call_id, error)

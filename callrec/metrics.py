@@ -196,8 +196,8 @@ class MeteredStore:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
 
-    async def start_call(self, call: CallStart) -> None:
-        await self._inner.start_call(call)
+    async def start_call(self, call: CallStart, *, lazy: bool = False) -> None:
+        await self._inner.start_call(call, lazy=lazy)
         line = call.line or NO_LINE
         self._metrics.calls.labels(line, call.direction.value, self._metrics.mode).inc()
         log.debug("call %s: %s call on line %s", call.call_id, call.direction.value, line)

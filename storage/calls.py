@@ -43,7 +43,12 @@ MISSED_CANDIDATES_SQL = (
 )
 
 
-async def start_call(ctx: Context, call: CallStart) -> None:
+# Seconds a lazy call start may wait to share the commit of the ledger's next write: the
+# call's own decision or end, seconds later, carries it if nothing else does first.
+START_WAIT = 0.25
+
+
+async def start_call(ctx: Context, call: CallStart, *, lazy: bool = False) -> None:
     check_call_id(call.call_id)
     if call.parent_call_id is not None:
         check_call_id(call.parent_call_id)
@@ -88,7 +93,8 @@ async def start_call(ctx: Context, call: CallStart) -> None:
             if old is None or old["channel_id"] != str(call.channel_id):
                 raise StorageError("call id already used by another channel", call_id=call.call_id)
 
-    await ctx.db.write(body, f"starting call {call.call_id}", serial=False)
+    within = START_WAIT if lazy else None
+    await ctx.db.write(body, f"starting call {call.call_id}", serial=False, within=within)
 
 
 async def commit_decision(ctx: Context, record: DecisionRecord) -> None:

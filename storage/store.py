@@ -150,8 +150,8 @@ class Store:
 
     # ------------------------------------------------------------- a live call
 
-    async def start_call(self, call: CallStart) -> None:
-        await calls.start_call(self.ctx, call)
+    async def start_call(self, call: CallStart, *, lazy: bool = False) -> None:
+        await calls.start_call(self.ctx, call, lazy=lazy)
 
     async def commit_decision(self, record: DecisionRecord) -> None:
         await calls.commit_decision(self.ctx, record)
