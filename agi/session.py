@@ -181,6 +181,8 @@ class CallSession:
 
     async def in_ledger(self) -> bool:
         """Whether the ledger holds the call (waiting for its start to be recorded)."""
+        if self.decision_committed:
+            return True  # its start went with the decision
         if self._in_ledger is None:
             return False
         # Shielded: a cancelled caller must not cancel the write others wait for.
@@ -300,9 +302,9 @@ class CallSession:
         try:
             if self._start_refused():
                 return CommitFailed("the ledger did not take the call")
-            # A start still waiting for its commit is queued before this decision and shares
-            # its transaction; if the ledger refuses it there, the decision finds no call.
-            await self.deps.ledger.commit_decision(record)
+            # The start goes with the decision: one still on its way is not waited for,
+            # and the ledger writes it first in the decision's transaction.
+            await self.deps.ledger.commit_decision(record, self.start)
         except StorageError as error:
             log.error("call %s: decision not committed: %s", self.call_id, error)
             return CommitFailed(str(error))

@@ -202,8 +202,8 @@ class MeteredStore:
         self._metrics.calls.labels(line, call.direction.value, self._metrics.mode).inc()
         log.debug("call %s: %s call on line %s", call.call_id, call.direction.value, line)
 
-    async def commit_decision(self, record: DecisionRecord) -> None:
-        await self._inner.commit_decision(record)
+    async def commit_decision(self, record: DecisionRecord, start: CallStart | None = None) -> None:
+        await self._inner.commit_decision(record, start)
         self._metrics.decisions.labels(record.decision.value, record.legal_basis.value).inc()
         log.debug("call %s: decision %s committed", record.call_id, record.decision.value)
 

@@ -5,7 +5,7 @@ each, no file work except judging a call whose end was never reported."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
 
@@ -49,6 +49,14 @@ START_WAIT = 0.25
 
 
 async def start_call(ctx: Context, call: CallStart, *, lazy: bool = False) -> None:
+    body = call_inserter(ctx, call)
+    within = START_WAIT if lazy else None
+    await ctx.db.write(body, f"starting call {call.call_id}", serial=False, within=within)
+
+
+def call_inserter(ctx: Context, call: CallStart) -> Callable[[Tx], None]:
+    """A transaction body that records the call's start, once: again with the same channel
+    it does nothing, with another it is refused."""
     check_call_id(call.call_id)
     if call.parent_call_id is not None:
         check_call_id(call.parent_call_id)
@@ -93,12 +101,18 @@ async def start_call(ctx: Context, call: CallStart, *, lazy: bool = False) -> No
             if old is None or old["channel_id"] != str(call.channel_id):
                 raise StorageError("call id already used by another channel", call_id=call.call_id)
 
-    within = START_WAIT if lazy else None
-    await ctx.db.write(body, f"starting call {call.call_id}", serial=False, within=within)
+    return body
 
 
-async def commit_decision(ctx: Context, record: DecisionRecord) -> None:
+async def commit_decision(
+    ctx: Context, record: DecisionRecord, start: CallStart | None = None
+) -> None:
     check_call_id(record.call_id)
+    if start is not None and start.call_id != record.call_id:
+        raise StorageError("the start given is another call's", call_id=record.call_id)
+    # A start still on its way (lazy, or on another connection) is written here first, so
+    # the decision never waits for it nor fails for its lag.
+    starting = None if start is None else call_inserter(ctx, start)
     if record.linked_to is not None:
         check_call_id(record.linked_to)
     if record.communication_id is not None:
@@ -112,6 +126,8 @@ async def commit_decision(ctx: Context, record: DecisionRecord) -> None:
         )
 
     def body(tx: Tx) -> None:
+        if starting is not None:
+            starting(tx)
         row = tx.one(
             "SELECT decision, decided_at, legal_basis, customer, line FROM calls WHERE call_id = ?",
             (record.call_id,),

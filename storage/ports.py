@@ -239,8 +239,10 @@ class Ledger(Protocol):
         (its decision or end), so it may wait a moment for another write and share its
         commit; a decision or end written meanwhile is queued after it."""
 
-    async def commit_decision(self, record: DecisionRecord) -> None:
-        """Durably store the decision (fsync'd by the database) before returning."""
+    async def commit_decision(self, record: DecisionRecord, start: CallStart | None = None) -> None:
+        """Durably store the decision (fsync'd by the database) before returning. `start`:
+        the call's start, recorded first in the same transaction unless it is already (a
+        lazy `start_call` need not be waited for)."""
 
     async def set_recording_file(self, call_id: str, path: str) -> None:
         """Remember the file MixMonitor was told to write, before it is told."""

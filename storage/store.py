@@ -153,8 +153,8 @@ class Store:
     async def start_call(self, call: CallStart, *, lazy: bool = False) -> None:
         await calls.start_call(self.ctx, call, lazy=lazy)
 
-    async def commit_decision(self, record: DecisionRecord) -> None:
-        await calls.commit_decision(self.ctx, record)
+    async def commit_decision(self, record: DecisionRecord, start: CallStart | None = None) -> None:
+        await calls.commit_decision(self.ctx, record, start)
 
     async def set_recording_file(self, call_id: str, path: str) -> None:
         await calls.set_recording_file(self.ctx, call_id, path)
