@@ -28,7 +28,7 @@ from agi.ports import Clock, EventSink
 from agi.spool import SpoolWatch
 from flows.errors import CallrecError, StorageError
 from flows.outcome import unrecorded_reason
-from storage.ports import Ledger, RecordingRow, RecordingStore
+from storage.ports import CallRow, Ledger, RecordingRow, RecordingStore
 
 log = logging.getLogger("callrec.collector")
 
@@ -110,32 +110,34 @@ class RecordingCollector:
         """Call ids waiting for a retry, with the failures so far."""
         return {call_id: failures for call_id, (failures, _) in self._retries.items()}
 
-    async def collect(self, call_id: str) -> RecordingRow | None:
+    async def collect(self, call_id: str, call: CallRow | None = None) -> RecordingRow | None:
         """Wait (bounded) until the call's file is finished, then ingest it. None when there
-        is no file, when it was discarded, or when it is left for a retry."""
-        return await asyncio.shield(self._task(call_id))
+        is no file, when it was discarded, or when it is left for a retry. `call`: the
+        call's row as the ledger just gave it (`Ledger.end_call`), else it is read."""
+        return await asyncio.shield(self._task(call_id, call))
 
-    def collect_soon(self, call_id: str) -> None:
+    def collect_soon(self, call_id: str, call: CallRow | None = None) -> None:
         """`collect` in the background: for a caller that must not wait for the file (the
         FastAGI hangup handler, which MixMonitor's close waits for)."""
-        self._task(call_id)
+        self._task(call_id, call)
 
     async def drain(self) -> None:
         """Wait until no collection runs (retries still scheduled do not count)."""
         while self._busy:
             await asyncio.gather(*list(self._busy.values()), return_exceptions=True)
 
-    def _task(self, call_id: str) -> asyncio.Task[RecordingRow | None]:
+    def _task(self, call_id: str, call: CallRow | None) -> asyncio.Task[RecordingRow | None]:
         task = self._busy.get(call_id)
         if task is None:
-            task = asyncio.get_running_loop().create_task(self._collect(call_id))
+            task = asyncio.get_running_loop().create_task(self._collect(call_id, call))
             self._busy[call_id] = task
             task.add_done_callback(lambda _: self._busy.pop(call_id, None))
         return task
 
-    async def _collect(self, call_id: str) -> RecordingRow | None:
+    async def _collect(self, call_id: str, row: CallRow | None) -> RecordingRow | None:
         try:
-            row = await self._ledger.get_call(call_id)
+            if row is None:
+                row = await self._ledger.get_call(call_id)
         except StorageError as error:
             log.error("call %s: cannot read its recording file (%s); retrying", call_id, error)
             self._failed(call_id)
@@ -144,7 +146,9 @@ class RecordingCollector:
             self._retries.pop(call_id, None)
             return None
         source = Path(row.recording_file)
-        if not await asyncio.to_thread(source.exists):
+        # A stat in the local spool, here: a worker thread would cost more than it does
+        # (the ingest checks the file the same way).
+        if not source.exists():  # noqa: ASYNC240
             # MixMonitor creates its file as its thread starts (app_mixmonitor.c,
             # mixmonitor_thread), long before the channel ends; none now means it never
             # ran (the caller left before the queue, or the dialplan refused), or the file
@@ -236,7 +240,7 @@ class RecordingCollector:
                     and row.recording_file is not None
                     and Path(row.recording_file) == self.watch.directory / name
                 ):
-                    self.collect_soon(call_id)
+                    self.collect_soon(call_id, row)
 
     def _spool_names(self) -> list[str]:
         try:

@@ -162,7 +162,8 @@ class CallSession:
 
     async def _record_start(self) -> bool:
         try:
-            await self.deps.ledger.start_call(self.start)
+            # Lazy: the decision or the end waits for it, not the caller.
+            await self.deps.ledger.start_call(self.start, lazy=True)
         except StorageError as error:
             log.error(
                 "call %s: ledger refused the call (%s); going on unrecorded", self.call_id, error
@@ -170,8 +171,18 @@ class CallSession:
             return False
         return True
 
+    def _start_refused(self) -> bool:
+        started = self._in_ledger
+        if started is None:
+            return True
+        if not started.done():
+            return False
+        return started.cancelled() or started.exception() is not None or not started.result()
+
     async def in_ledger(self) -> bool:
         """Whether the ledger holds the call (waiting for its start to be recorded)."""
+        if self.decision_committed:
+            return True  # its start went with the decision
         if self._in_ledger is None:
             return False
         # Shielded: a cancelled caller must not cancel the write others wait for.
@@ -289,9 +300,11 @@ class CallSession:
         )
         waiting = self.deps.lag.begin()
         try:
-            if not await self.in_ledger():
+            if self._start_refused():
                 return CommitFailed("the ledger did not take the call")
-            await self.deps.ledger.commit_decision(record)
+            # The start goes with the decision: one still on its way is not waited for,
+            # and the ledger writes it first in the decision's transaction.
+            await self.deps.ledger.commit_decision(record, self.start)
         except StorageError as error:
             log.error("call %s: decision not committed: %s", self.call_id, error)
             return CommitFailed(str(error))
@@ -440,13 +453,13 @@ async def finish_call(
     ledger alone, so the FastAGI hangup route (a separate connection) and a restarted
     controller can call it."""
     try:
-        await deps.ledger.end_call(call_id, deps.clock.now(), outcome, agent)
+        row = await deps.ledger.end_call(call_id, deps.clock.now(), outcome, agent)
     except StorageError as error:
         # The file stays owned (the call is still open): the collector's check closes it
         # once no call could last that long, and collects the file then.
         log.error("call %s: outcome %s not stored: %s", call_id, outcome.value, error)
         return None
     if wait:
-        return await deps.collector.collect(call_id)
-    deps.collector.collect_soon(call_id)
+        return await deps.collector.collect(call_id, row)
+    deps.collector.collect_soon(call_id, row)
     return None

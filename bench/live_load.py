@@ -19,7 +19,8 @@ observer app subscribed to each caller's channel records Asterisk's own event ti
 way out), `MixMonitor` and `Queue` starting, and the channel's end. The callers are hung up
 by the benchmark once all reached the queue (or after a deadline); one that ended before
 reaching it was dropped. Controller CPU per call is read from /proc over the whole run,
-teardown included; Asterisk's "HTTP session count exceeded" warnings are counted in its log.
+teardown included, and split into the event loop's thread and the others (user + system);
+Asterisk's "HTTP session count exceeded" warnings are counted in its log.
 """
 
 from __future__ import annotations
@@ -142,6 +143,7 @@ class Run:
     stasis_failed: int = 0
     cpu_per_call: float = 0.0
     session_warnings: int = 0
+    threads: str = ""  # CPU per call of each thread group, user + system
     ledger: dict[str, int] = field(default_factory=dict)
 
 
@@ -191,6 +193,32 @@ async def start_app(
     proc.stdin.write(password.encode() + b"\n")
     proc.stdin.close()
     return proc
+
+
+def thread_times(pid: int) -> dict[str, tuple[int, int]]:
+    """User and system CPU ticks of `pid`'s event loop thread (its main thread) and of its
+    other threads (the ledger's, the file workers'), from /proc."""
+    times: dict[str, tuple[int, int]] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            text = (task / "stat").read_text(encoding="ascii")
+            name = "main" if task.name == str(pid) else "other threads"
+            fields = text[text.rindex(")") + 2 :].split()
+            user, system = times.get(name, (0, 0))
+            times[name] = (user + int(fields[11]), system + int(fields[12]))
+    return times
+
+
+def thread_split(
+    before: Mapping[str, tuple[int, int]], after: Mapping[str, tuple[int, int]], calls: int
+) -> str:
+    """CPU per call of each thread group, user + system, in ms (10 ms ticks, so coarse)."""
+    tick = 1000 / os.sysconf("SC_CLK_TCK") / max(calls, 1)
+    parts = []
+    for name, (user, system) in sorted(after.items()):
+        was_user, was_system = before.get(name, (0, 0))
+        parts.append(f"{name} {(user - was_user) * tick:.1f}u+{(system - was_system) * tick:.1f}s")
+    return ", ".join(parts)
 
 
 async def stop_app(proc: subprocess.Popen[bytes]) -> None:
@@ -326,6 +354,7 @@ async def one_run(
         await asyncio.sleep(STARTUP_SECONDS)
         profiler = start_profiler(py_spy, proc.pid, work)
         cpu_before = cpu_seconds(proc.pid)
+        threads_before = thread_times(proc.pid)
         log_from = _log_size()
         observer.callers.clear()
         observer.mine.clear()
@@ -374,6 +403,7 @@ async def one_run(
         await hang_up_all(client)
         await asyncio.sleep(2.0)  # the app finishes its calls (ledger, files)
         run.cpu_per_call = (cpu_seconds(proc.pid) - cpu_before) / n
+        run.threads = thread_split(threads_before, thread_times(proc.pid), n)
         run.session_warnings = _session_warnings(log_from)
         await stop_profiler(profiler)
     finally:
@@ -411,6 +441,8 @@ def table(runs: list[Run]) -> str:
             f"{run.session_warnings} | "
             f"{ledger} |"
         )
+    lines += ["", "CPU per call by thread (ms, user + system, 10 ms ticks):"]
+    lines += [f"- {run.rate:.0f}/s {run.kind}: {run.threads}" for run in runs]
     return "\n".join(lines)
 
 

@@ -196,14 +196,14 @@ class MeteredStore:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
 
-    async def start_call(self, call: CallStart) -> None:
-        await self._inner.start_call(call)
+    async def start_call(self, call: CallStart, *, lazy: bool = False) -> None:
+        await self._inner.start_call(call, lazy=lazy)
         line = call.line or NO_LINE
         self._metrics.calls.labels(line, call.direction.value, self._metrics.mode).inc()
         log.debug("call %s: %s call on line %s", call.call_id, call.direction.value, line)
 
-    async def commit_decision(self, record: DecisionRecord) -> None:
-        await self._inner.commit_decision(record)
+    async def commit_decision(self, record: DecisionRecord, start: CallStart | None = None) -> None:
+        await self._inner.commit_decision(record, start)
         self._metrics.decisions.labels(record.decision.value, record.legal_basis.value).inc()
         log.debug("call %s: decision %s committed", record.call_id, record.decision.value)
 

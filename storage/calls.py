@@ -5,7 +5,7 @@ each, no file work except judging a call whose end was never reported."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
 
@@ -47,7 +47,20 @@ MISSED_CANDIDATES_SQL = (
 )
 
 
-async def start_call(ctx: Context, call: CallStart) -> None:
+# Seconds a lazy call start may wait to share the commit of the ledger's next write: the
+# call's own decision or end, seconds later, carries it if nothing else does first.
+START_WAIT = 0.25
+
+
+async def start_call(ctx: Context, call: CallStart, *, lazy: bool = False) -> None:
+    body = call_inserter(ctx, call)
+    within = START_WAIT if lazy else None
+    await ctx.db.write(body, f"starting call {call.call_id}", serial=False, within=within)
+
+
+def call_inserter(ctx: Context, call: CallStart) -> Callable[[Tx], None]:
+    """A transaction body that records the call's start, once: again with the same channel
+    it does nothing, with another it is refused."""
     check_call_id(call.call_id)
     if call.parent_call_id is not None:
         check_call_id(call.parent_call_id)
@@ -92,11 +105,18 @@ async def start_call(ctx: Context, call: CallStart) -> None:
             if old is None or old["channel_id"] != str(call.channel_id):
                 raise StorageError("call id already used by another channel", call_id=call.call_id)
 
-    await ctx.db.write(body, f"starting call {call.call_id}", serial=False)
+    return body
 
 
-async def commit_decision(ctx: Context, record: DecisionRecord) -> None:
+async def commit_decision(
+    ctx: Context, record: DecisionRecord, start: CallStart | None = None
+) -> None:
     check_call_id(record.call_id)
+    if start is not None and start.call_id != record.call_id:
+        raise StorageError("the start given is another call's", call_id=record.call_id)
+    # A start still on its way (lazy, or on another connection) is written here first, so
+    # the decision never waits for it nor fails for its lag.
+    starting = None if start is None else call_inserter(ctx, start)
     if record.linked_to is not None:
         check_call_id(record.linked_to)
     if record.communication_id is not None:
@@ -110,6 +130,8 @@ async def commit_decision(ctx: Context, record: DecisionRecord) -> None:
         )
 
     def body(tx: Tx) -> None:
+        if starting is not None:
+            starting(tx)
         row = tx.one(
             "SELECT decision, decided_at, legal_basis, customer, line FROM calls WHERE call_id = ?",
             (record.call_id,),
@@ -229,19 +251,22 @@ async def mark_unrecorded(ctx: Context, call_id: str, reason: str, at: datetime)
 
 async def end_call(
     ctx: Context, call_id: str, ended_at: datetime, outcome: Outcome, agent: str | None = None
-) -> None:
+) -> CallRow:
     check_call_id(call_id)
     result = Outcome(outcome)
     when = ts(ended_at)
     who = None if agent is None else agent_name(agent)
 
-    def body(tx: Tx) -> None:
+    # The row comes back from the same transaction: the recording's collection goes on from
+    # it without a read of its own.
+    def body(tx: Tx) -> Row:
         changed = tx.run(
             "UPDATE calls SET ended_at = ?, outcome = ?, agent = ? "
             "WHERE call_id = ? AND ended_at IS NULL",
             (when, result.value, who, call_id),
         )
-        if changed == 0 and tx.one("SELECT 1 FROM calls WHERE call_id = ?", (call_id,)) is None:
+        row = tx.one("SELECT * FROM calls WHERE call_id = ?", (call_id,))
+        if row is None:
             raise NotFoundError("no such call", call_id=call_id)
         if changed and result is Outcome.ANSWERED:
             # A callback the customer picked up answers its missed call, once: the
@@ -252,8 +277,9 @@ async def end_call(
                 "WHERE callback_call_id = ? ON CONFLICT DO NOTHING",
                 (when, call_id),
             )
+        return row
 
-    await ctx.db.write(body, f"ending call {call_id}", serial=False)
+    return call_row(await ctx.db.write(body, f"ending call {call_id}", serial=False))
 
 
 async def close_stale_calls(ctx: Context, started_before: datetime, now: datetime) -> list[str]:

@@ -169,6 +169,7 @@ class Database:
         self._retry_for = retry_for
         self._queued: list[tuple[Callable[[Tx], Any], asyncio.Future[Any], str]] = []
         self._writer: asyncio.Task[None] | None = None
+        self._flush: asyncio.TimerHandle | None = None  # when waiting writes go anyway
         self.groups = 0  # transactions that carried more than one write (status and tests)
 
     @classmethod
@@ -196,18 +197,44 @@ class Database:
         return database
 
     async def close(self) -> None:
+        # Writes waiting to share a transaction go now, not never.
+        self._start_writer()
+        if self._writer is not None:
+            await asyncio.wait([self._writer])
         await self._conn.close()
 
-    async def write(self, body: Callable[[Tx], T], doing: str, *, serial: bool = True) -> T:
+    async def write(
+        self,
+        body: Callable[[Tx], T],
+        doing: str,
+        *,
+        serial: bool = True,
+        within: float | None = None,
+    ) -> T:
         """Run `body` in one write transaction, retried while another process holds the lock;
         writes queued meanwhile share it (group commit). Returns after the commit. Every
-        SQLite write holds the database's write lock: `serial` changes nothing here."""
+        SQLite write holds the database's write lock: `serial` changes nothing here.
+
+        With `within`, the write waits in the queue for the next write that does not, up to
+        `within` seconds, and then goes anyway: a commit (a thread hop, an fsync) saved
+        for a write nobody waits for at once, such as a call's start, which its decision
+        follows seconds later."""
         loop = asyncio.get_running_loop()
         done: asyncio.Future[Any] = loop.create_future()
         self._queued.append((body, done, doing))
         if self._writer is None or self._writer.done():
-            self._writer = loop.create_task(self._write_queued())
+            if within is None:
+                self._start_writer()
+            elif self._flush is None:
+                self._flush = loop.call_later(within, self._start_writer)
         return cast(T, await done)
+
+    def _start_writer(self) -> None:
+        if self._flush is not None:
+            self._flush.cancel()
+            self._flush = None
+        if self._queued and (self._writer is None or self._writer.done()):
+            self._writer = asyncio.get_running_loop().create_task(self._write_queued())
 
     async def _write_queued(self) -> None:
         while self._queued:

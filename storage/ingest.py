@@ -3,14 +3,24 @@
 The intent (`pending_ingests`: which file goes under which key) is committed before the
 file is touched; the blob store places it whole; then the recording is committed and the
 source removed. Reconcile finishes an intent whose blob is in place, retries one whose
-source is still in the spool, and marks one where both are gone as missing."""
+source is still in the spool, and marks one where both are gone as missing.
+
+The spool's copy is removed once the ledger holds the recording, without an fsync of the
+spool directory: a removal a crash undoes leaves a copy of a stored recording, which the
+collector's next look at the spool finds and removes (`tidy_source`).
+
+Small steps on a spool file (its type, whether it is only a WAV header, removing an empty
+one) run on the event loop (`spool_op`): the spool is MixMonitor's local directory, and a
+worker thread costs each call more than they do. Copying and hashing run in threads."""
 
 from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
+from typing import TypeVar
 
 from flows.errors import NotFoundError, StorageError
 from flows.policy import Decision, LegalBasis
@@ -26,10 +36,19 @@ from storage.rows import (
     purposes_of,
     purposes_text,
 )
-from storage.values import parse_ts, ts
-from storage.withdrawal import enforce_withdrawals
+from storage.values import os_error, parse_ts, ts
+from storage.withdrawal import Covering, apply_withdrawals, covering_recording
 
 _SUFFIX = re.compile(r"^\.[a-z0-9]{1,8}$")
+R = TypeVar("R")
+
+
+def spool_op(doing: str, step: Callable[[Path], R], source: Path) -> R:
+    """`step(source)` at once, a file system error told as ours."""
+    try:
+        return step(source)
+    except OSError as error:
+        raise os_error(error, doing) from error
 
 
 async def ingest(ctx: Context, call_id: str, source: Path, now: datetime) -> RecordingRow | None:
@@ -60,7 +79,7 @@ async def ingest_now(
         await discard(ctx, call_id, source, now, why)
         return None
     files.regular_file(source, f"ingesting call {call_id}")
-    if await in_thread(f"reading {source}", files.header_only, source):
+    if spool_op(f"reading {source}", files.header_only, source):
         return await store_empty(ctx, call, source, now)
     created = parse_ts(call["decided_at"])
     recording_id = new_recording_id(created)
@@ -99,7 +118,7 @@ async def complete(
     source: Path,
     now: datetime,
 ) -> RecordingRow:
-    row = await insert_recording(
+    row, covering = await insert_recording(
         ctx,
         recording_id,
         call,
@@ -110,9 +129,9 @@ async def complete(
         size=size,
     )
     if source != Path(ctx.blobs.location(key)):
-        await in_thread(f"removing {source}", files.remove, source)
+        await in_thread(f"removing {source}", files.unlink, source)
     # complete: a withdrawal that waited for this file may have nothing left now.
-    deleted, problems = await enforce_withdrawals(ctx, now, recording_id=row.id, complete=True)
+    deleted, problems = await apply_withdrawals(ctx, now, covering, complete=True)
     if not deleted and not problems:
         return row  # untouched since it was stored
     return await ctx.require_recording(row.id)
@@ -128,7 +147,9 @@ async def insert_recording(
     path: str | None,
     sha256: str | None,
     size: int,
-) -> RecordingRow:
+) -> tuple[RecordingRow, Covering]:
+    """The recording's row, written with its audit entry, and what withdrawals cover it,
+    read in the same (serial) transaction."""
     created = parse_ts(call["decided_at"])
     basis = LegalBasis(call["legal_basis"])
     line_name = call["line"] or ""
@@ -142,7 +163,7 @@ async def insert_recording(
         due, purposes = keep.delete_after, keep.purposes
     action = "recording.stored" if status is RecordingStatus.STORED else f"recording.{status}"
 
-    def body(tx: Tx) -> Row:
+    def body(tx: Tx) -> tuple[Row, Covering]:
         tx.run("DELETE FROM pending_ingests WHERE recording_id = ?", (recording_id,))
         tx.run(
             "INSERT INTO recordings (id, call_id, line, legal_basis, caller, dialed, "
@@ -185,14 +206,14 @@ async def insert_recording(
         )
         stored = tx.one("SELECT * FROM recordings WHERE id = ?", (recording_id,))
         assert stored is not None  # inserted just above, in this transaction
-        return stored
+        return stored, covering_recording(tx, recording_id)
 
-    stored = await ctx.db.write(body, f"storing the recording of call {call['call_id']}")
-    return ctx.recording(stored)
+    stored, covering = await ctx.db.write(body, f"storing the recording of call {call['call_id']}")
+    return ctx.recording(stored), covering
 
 
 async def store_empty(ctx: Context, call: Row, source: Path, now: datetime) -> RecordingRow:
-    row = await insert_recording(
+    row, covering = await insert_recording(
         ctx,
         new_recording_id(parse_ts(call["decided_at"])),
         call,
@@ -202,8 +223,8 @@ async def store_empty(ctx: Context, call: Row, source: Path, now: datetime) -> R
         sha256=None,
         size=0,
     )
-    await in_thread(f"removing {source}", files.remove, source)
-    await enforce_withdrawals(ctx, now, recording_id=row.id, complete=True)
+    spool_op(f"removing {source}", files.unlink, source)
+    await apply_withdrawals(ctx, now, covering, complete=True)
     return row
 
 
@@ -241,11 +262,11 @@ async def tidy_source(ctx: Context, existing: Row, source: Path) -> None:
         return
     if existing["status"] == RecordingStatus.EMPTY.value:
         if await in_thread(f"reading {source}", files.header_only, source):
-            await in_thread(f"removing {source}", files.remove, source)
+            await in_thread(f"removing {source}", files.unlink, source)
         return
     digest, _ = await in_thread(f"reading {source}", files.hash_file, source)
     if digest == existing["sha256"]:
-        await in_thread(f"removing {source}", files.remove, source)
+        await in_thread(f"removing {source}", files.unlink, source)
 
 
 async def finish_pending(ctx: Context, pending: Row, now: datetime) -> RecordingRow | None:
@@ -267,7 +288,7 @@ async def finish_pending(ctx: Context, pending: Row, now: datetime) -> Recording
     if await asyncio.to_thread(source.exists):
         placed = await blob_op(f"storing {source.name}", ctx.blobs.put(source, key))
         return await complete(ctx, recording_id, call, key, placed.sha256, placed.size, source, now)
-    return await insert_recording(
+    row, _ = await insert_recording(
         ctx,
         recording_id,
         call,
@@ -277,3 +298,4 @@ async def finish_pending(ctx: Context, pending: Row, now: datetime) -> Recording
         sha256=None,
         size=0,
     )
+    return row

@@ -100,7 +100,14 @@ class Transactions(Protocol):
 
     async def read(self, body: Callable[[Tx], T], doing: str) -> T: ...
 
-    async def write(self, body: Callable[[Tx], T], doing: str, *, serial: bool = True) -> T: ...
+    async def write(
+        self,
+        body: Callable[[Tx], T],
+        doing: str,
+        *,
+        serial: bool = True,
+        within: float | None = None,
+    ) -> T: ...
 
     async def close(self) -> None: ...
 
@@ -294,10 +301,18 @@ class PgDatabase:
         for conn in conns:
             conn.close()
 
-    async def write(self, body: Callable[[Tx], T], doing: str, *, serial: bool = True) -> T:
+    async def write(
+        self,
+        body: Callable[[Tx], T],
+        doing: str,
+        *,
+        serial: bool = True,
+        within: float | None = None,
+    ) -> T:
         """Run `body` in one write transaction: `serial`, after every earlier serial writer
         of the ledger (and every audit append); else beside them, with only its audit
-        append, if any, after theirs."""
+        append, if any, after theirs. At once, `within` or not: each write has a
+        connection of its own here, so there is no other transaction to join."""
         return await self._retrying(body, "serial" if serial else "write", doing)
 
     async def read(self, body: Callable[[Tx], T], doing: str) -> T:

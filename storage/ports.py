@@ -125,14 +125,25 @@ class LedgerDb(Protocol):
     async def read(self, body: Callable[[Tx], T], doing: str) -> T:
         """Run the synchronous `body` in one read transaction."""
 
-    async def write(self, body: Callable[[Tx], T], doing: str, *, serial: bool = True) -> T:
+    async def write(
+        self,
+        body: Callable[[Tx], T],
+        doing: str,
+        *,
+        serial: bool = True,
+        within: float | None = None,
+    ) -> T:
         """Run the synchronous `body` in one write transaction: all of it or nothing.
 
         `serial` (the default): after every earlier write transaction of the ledger, as if
         alone on it, for bodies that read rows and decide what to write from them. False:
         a body whose rows are its own call's (or guarded by their keys and conditions);
         on a ledger many controllers share it runs beside others, and only its audit
-        append (if any) waits for the chain's head."""
+        append (if any) waits for the chain's head.
+
+        `within`: a write nothing waits for at once may wait up to that many seconds for
+        the next write of the ledger and share its transaction (a ledger that commits each
+        write on its own may commit it at once). Writes keep their order either way."""
 
     def append_audit(
         self,
@@ -223,10 +234,15 @@ class BlobStore(Protocol):
 class Ledger(Protocol):
     """What a live call needs from the store."""
 
-    async def start_call(self, call: CallStart) -> None: ...
+    async def start_call(self, call: CallStart, *, lazy: bool = False) -> None:
+        """Record a call's start. `lazy`: nobody waits for it before the call's next write
+        (its decision or end), so it may wait a moment for another write and share its
+        commit; a decision or end written meanwhile is queued after it."""
 
-    async def commit_decision(self, record: DecisionRecord) -> None:
-        """Durably store the decision (fsync'd by the database) before returning."""
+    async def commit_decision(self, record: DecisionRecord, start: CallStart | None = None) -> None:
+        """Durably store the decision (fsync'd by the database) before returning. `start`:
+        the call's start, recorded first in the same transaction unless it is already (a
+        lazy `start_call` need not be waited for)."""
 
     async def set_recording_file(self, call_id: str, path: str) -> None:
         """Remember the file MixMonitor was told to write, before it is told."""
@@ -238,8 +254,9 @@ class Ledger(Protocol):
 
     async def end_call(
         self, call_id: str, ended_at: datetime, outcome: Outcome, agent: str | None = None
-    ) -> None:
-        """Store how the call ended and who took it (`agent`: as Asterisk named them)."""
+    ) -> CallRow:
+        """Store how the call ended and who took it (`agent`: as Asterisk named them); the
+        call as the ledger holds it then (an end stored before stays as it was)."""
 
     async def callback_candidates(
         self, customer: str, since: datetime, legal_basis: LegalBasis

@@ -150,11 +150,11 @@ class Store:
 
     # ------------------------------------------------------------- a live call
 
-    async def start_call(self, call: CallStart) -> None:
-        await calls.start_call(self.ctx, call)
+    async def start_call(self, call: CallStart, *, lazy: bool = False) -> None:
+        await calls.start_call(self.ctx, call, lazy=lazy)
 
-    async def commit_decision(self, record: DecisionRecord) -> None:
-        await calls.commit_decision(self.ctx, record)
+    async def commit_decision(self, record: DecisionRecord, start: CallStart | None = None) -> None:
+        await calls.commit_decision(self.ctx, record, start)
 
     async def set_recording_file(self, call_id: str, path: str) -> None:
         await calls.set_recording_file(self.ctx, call_id, path)
@@ -164,8 +164,8 @@ class Store:
 
     async def end_call(
         self, call_id: str, ended_at: datetime, outcome: Outcome, agent: str | None = None
-    ) -> None:
-        await calls.end_call(self.ctx, call_id, ended_at, outcome, agent)
+    ) -> CallRow:
+        return await calls.end_call(self.ctx, call_id, ended_at, outcome, agent)
 
     async def close_stale_calls(self, started_before: datetime, now: datetime) -> list[str]:
         return await calls.close_stale_calls(self.ctx, started_before, now)

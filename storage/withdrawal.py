@@ -154,10 +154,35 @@ async def enforce_withdrawals(
     else:
         return [], []
 
-    def read(tx: Tx) -> tuple[list[Coverable], bool]:
-        return coverable(tx, where, params), _any_open(tx)
+    def read(tx: Tx) -> Covering:
+        return Covering(coverable(tx, where, params), _any_open(tx))
 
-    found, any_open = await ctx.db.read(read, "applying withdrawals")
+    covering = await ctx.db.read(read, "applying withdrawals")
+    return await apply_withdrawals(ctx, now, covering, complete=everyone or complete)
+
+
+@dataclass(frozen=True, slots=True)
+class Covering:
+    """What `apply_withdrawals` acts on: recordings with the withdrawals that name them,
+    and whether any withdrawal is still open."""
+
+    found: list[Coverable]
+    any_open: bool
+
+
+def covering_recording(tx: Tx, recording_id: str) -> Covering:
+    """`Covering` of one recording, read in the caller's transaction: a serial write that
+    stores the recording sees every withdrawal registered before it, and one registered
+    after it sees the recording."""
+    return Covering(coverable(tx, "r.id = ?", (recording_id,)), _any_open(tx))
+
+
+async def apply_withdrawals(
+    ctx: Context, now: datetime, covering: Covering, *, complete: bool = False
+) -> tuple[list[str], list[str]]:
+    """Delete what `covering` shows a withdrawal covers; (deleted ids, problems). With
+    `complete`, or when something was deleted, mark withdrawals with nothing left complete."""
+    found, any_open = covering.found, covering.any_open
     targets: list[Target] = []
     for item in found:
         withdrawal = deleted_for(item.item, item.withdrawals)
@@ -176,7 +201,7 @@ async def enforce_withdrawals(
                 deleted.append(target.recording_id)
             else:
                 problems.append(problem)
-    if (deleted or everyone or complete) and any_open:
+    if (deleted or complete) and any_open:
         await complete_withdrawals(ctx, now)
     return deleted, problems
 

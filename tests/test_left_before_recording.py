@@ -15,7 +15,7 @@ from agi.simpbx import CallerScript, CallResult
 from callrec.harness import harness
 from flows.outcome import LEFT_BEFORE_RECORDING
 from flows.policy import Decision, Policy
-from storage.ports import CallRow, DecisionRecord, Ledger, StoreApi
+from storage.ports import CallRow, CallStart, DecisionRecord, Ledger, StoreApi
 from storage.records import CallFilter
 from storage.sqlite import SqliteStore
 
@@ -79,9 +79,9 @@ class _SlowDecisions:
     def __init__(self, store: SqliteStore) -> None:
         self._store = store
 
-    async def commit_decision(self, record: DecisionRecord) -> None:
+    async def commit_decision(self, record: DecisionRecord, start: CallStart | None = None) -> None:
         await asyncio.sleep(HELD_BACK)
-        await self._store.commit_decision(record)
+        await self._store.commit_decision(record, start)
 
     def __getattr__(self, name: str) -> object:
         return getattr(self._store, name)

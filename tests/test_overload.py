@@ -25,6 +25,7 @@ from callrec.harness import Harness, harness
 from flows.errors import ConfigError, StorageError
 from flows.policy import Decision, Direction, LegalBasis, Policy
 from flows.shedding import Load, ShedBounds, shed_reason
+from storage.calls import START_WAIT
 from storage.ports import CallRow, CallStart, DecisionRecord, RecordingStatus
 from storage.sqlite import SqliteStore
 from storage.store import Store
@@ -376,3 +377,60 @@ async def test_queued_ledger_writes_share_one_commit_and_fail_alone(tmp_path: Pa
             assert await store.get_call(start.call_id) is not None
     finally:
         await store.close()
+
+
+async def test_a_call_start_shares_the_commit_of_the_next_write(tmp_path: Path) -> None:
+    """A lazy call start waits for the ledger's next write and is committed with it (one
+    transaction for start and decision); alone, it is committed within `START_WAIT`; and
+    closing the store commits a start still waiting."""
+    store = await SqliteStore.open(tmp_path / "store", POLICY, create=True)
+    now = datetime(2026, 12, 5, 8, 0, tzinfo=UTC)
+
+    def start(n: int) -> CallStart:
+        return CallStart(
+            call_id=uuid.uuid4().hex,
+            channel_id=f"1796457000.{n}",
+            direction=Direction.INBOUND,
+            line="service",
+            caller=None,
+            dialed="+38640404040",
+            started_at=now,
+        )
+
+    try:
+        first = start(1)
+        starting = asyncio.create_task(store.start_call(first, lazy=True))
+        await asyncio.sleep(0)
+        assert not starting.done()  # waiting for company
+        decision = DecisionRecord(
+            call_id=first.call_id,
+            decision=Decision.RECORD,
+            legal_basis=LegalBasis.CONSENT,
+            digit="1",
+            reason="test",
+            prompt=None,
+            prompt_sha256=None,
+            decided_at=now,
+        )
+        await store.commit_decision(decision)
+        assert starting.done()
+        assert store.ctx.db.groups == 1  # type: ignore[attr-defined]
+        row = await store.get_call(first.call_id)
+        assert row is not None and row.decision is Decision.RECORD
+
+        alone = start(2)
+        await asyncio.wait_for(store.start_call(alone, lazy=True), START_WAIT + 5)
+        assert await store.get_call(alone.call_id) is not None
+        assert store.ctx.db.groups == 1
+
+        last = start(3)
+        waiting = asyncio.create_task(store.start_call(last, lazy=True))
+        await asyncio.sleep(0)
+    finally:
+        await store.close()
+    assert waiting.done() and waiting.exception() is None
+    reopened = await SqliteStore.open(tmp_path / "store", POLICY)
+    try:
+        assert await reopened.get_call(last.call_id) is not None
+    finally:
+        await reopened.close()

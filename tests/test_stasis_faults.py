@@ -290,7 +290,7 @@ class _RefusingLedger:
         self._store = store
         self.refused = 0
 
-    async def start_call(self, call: CallStart) -> None:
+    async def start_call(self, call: CallStart, *, lazy: bool = False) -> None:
         self.refused += 1
         raise StoreFullError("no space left for the ledger (injected)")
 

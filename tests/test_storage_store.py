@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import hashlib
@@ -11,6 +12,7 @@ import re
 import sqlite3
 import stat
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,7 @@ from storage_helpers import (
     BOB,
     LEDGER_INTEGRITY,
     POLICY,
+    SERVICE,
     T0,
     new_id,
     open_store,
@@ -101,6 +104,37 @@ async def test_decision_is_committed_before_return(store: SqliteStore, spool: Pa
             "SELECT decision, legal_basis, digit FROM calls WHERE call_id = ?", (call_id,)
         ).fetchone()
     assert row == ("record", "consent", "1")
+
+
+async def test_a_decision_carries_its_call_start_however_the_two_race(
+    store: SqliteStore,
+) -> None:
+    """A decision given its call's start records the call first when the start has not
+    reached the ledger (a lazy start, or one on another connection), and leaves it alone
+    when it has; a start for another channel under the same call id is refused."""
+    start = CallStart(
+        call_id=new_id(),
+        channel_id="1796457000.1",
+        direction=Direction.INBOUND,
+        line="service",
+        caller=ALICE,
+        dialed=SERVICE,
+        started_at=T0,
+        customer=ALICE,
+    )
+    decided = DecisionRecord(
+        start.call_id, Decision.RECORD, LegalBasis.CONSENT, "1", "test", None, None, T0
+    )
+    await asyncio.gather(store.commit_decision(decided, start), store.start_call(start))
+    row = await store.get_call(start.call_id)
+    assert row is not None and row.decision is Decision.RECORD and row.started_at == T0
+    other = replace(start, call_id=new_id())
+    await store.start_call(other)
+    clash = replace(other, channel_id="1796457000.2")
+    with pytest.raises(StorageError, match="another channel"):
+        await store.commit_decision(replace(decided, call_id=other.call_id), clash)
+    row = await store.get_call(other.call_id)
+    assert row is not None and row.decided_at is None
 
 
 async def test_a_committed_decision_is_final(store: SqliteStore, spool: Path) -> None:
