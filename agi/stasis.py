@@ -33,7 +33,8 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from agi.ari import AriClient, AriEvent, Reconnected
+from agi.ari import AriClient
+from agi.ari_events import AriEvent, Reconnected
 from agi.calls import Rejected, callback_session, callee_session, inbound_session
 from agi.session import (
     CallSession,

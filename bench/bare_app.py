@@ -20,7 +20,8 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
-from agi.ari import AriClient, AriEvent
+from agi.ari import AriClient
+from agi.ari_events import AriEvent
 from flows.errors import AsteriskError
 
 log = logging.getLogger("bench.bare_app")

@@ -14,7 +14,8 @@ import logging
 import signal
 import sys
 
-from agi.ari import AriClient, AriEvent
+from agi.ari import AriClient
+from agi.ari_events import AriEvent
 from flows.errors import AsteriskError
 
 log = logging.getLogger("bench.noop_app")

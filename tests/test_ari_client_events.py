@@ -18,7 +18,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from reference import ARI_TRACES, absent
 
-from agi.ari import MAX_EVENT_BYTES, AriClient, AriEvent, Reconnected, decode_event
+from agi.ari import AriClient
+from agi.ari_events import MAX_EVENT_BYTES, AriEvent, Reconnected, decode_event
 from flows.errors import ProtocolViolation
 
 TRACES = ARI_TRACES

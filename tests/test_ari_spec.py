@@ -14,7 +14,8 @@ import pytest
 from aiohttp import web
 from reference import ARI_SPEC, absent
 
-from agi.ari import CHANNEL_REQUIRED, ENDPOINTS, EVENT_TYPES, AriClient
+from agi.ari import ENDPOINTS, AriClient
+from agi.ari_events import CHANNEL_REQUIRED, EVENT_TYPES
 
 SPEC_DIR = ARI_SPEC
 if not any(SPEC_DIR.glob("*.json")):

@@ -337,24 +337,29 @@ def test_the_live_load_benchmark_is_opt_in() -> None:
     assert "skipped" in done.stdout
 
 
+LEDGER_NOW = datetime(2026, 12, 5, 8, 0, tzinfo=UTC)
+
+
+def _call_start(n: int) -> CallStart:
+    """An inbound call on the service line, its start as the session records it."""
+    return CallStart(
+        call_id=uuid.uuid4().hex,
+        channel_id=f"1796457000.{n}",
+        direction=Direction.INBOUND,
+        line="service",
+        caller=None,
+        dialed="+38640404040",
+        started_at=LEDGER_NOW,
+    )
+
+
 async def test_queued_ledger_writes_share_one_commit_and_fail_alone(tmp_path: Path) -> None:
     """Calls started together are committed as one transaction; a write among them that
     fails (a decision for a call the ledger does not have) fails alone, the others stand."""
     store = await SqliteStore.open(tmp_path / "store", POLICY, create=True)
     try:
-        now = datetime(2026, 12, 5, 8, 0, tzinfo=UTC)
-        starts = [
-            CallStart(
-                call_id=uuid.uuid4().hex,
-                channel_id=f"1796457000.{n}",
-                direction=Direction.INBOUND,
-                line="service",
-                caller=None,
-                dialed="+38640404040",
-                started_at=now,
-            )
-            for n in range(5)
-        ]
+        now = LEDGER_NOW
+        starts = [_call_start(n) for n in range(5)]
         stray = DecisionRecord(
             call_id=uuid.uuid4().hex,
             decision=Decision.NONE,
@@ -384,19 +389,8 @@ async def test_a_call_start_shares_the_commit_of_the_next_write(tmp_path: Path) 
     transaction for start and decision); alone, it is committed within `START_WAIT`; and
     closing the store commits a start still waiting."""
     store = await SqliteStore.open(tmp_path / "store", POLICY, create=True)
-    now = datetime(2026, 12, 5, 8, 0, tzinfo=UTC)
-
-    def start(n: int) -> CallStart:
-        return CallStart(
-            call_id=uuid.uuid4().hex,
-            channel_id=f"1796457000.{n}",
-            direction=Direction.INBOUND,
-            line="service",
-            caller=None,
-            dialed="+38640404040",
-            started_at=now,
-        )
-
+    now = LEDGER_NOW
+    start = _call_start
     try:
         first = start(1)
         starting = asyncio.create_task(store.start_call(first, lazy=True))
