@@ -408,9 +408,6 @@ class AriClient:
             # The reply is the application, with every channel it is subscribed to: as
             # long as the calls in progress, and of no use here.
             unread=True,
-            # The decision path waits for it: it goes before new calls' answers and prompts,
-            # like `continue`, or a slow Asterisk would keep decided callers in Stasis.
-            urgent=True,
         )
         if reply.status == 404:
             # Swagger: 404 "Application does not exist" (our WebSocket is not registered);
