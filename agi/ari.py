@@ -29,7 +29,7 @@ import random
 import re
 import ssl as ssl_module
 from collections import deque
-from collections.abc import AsyncGenerator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 from urllib.parse import quote
@@ -67,11 +67,6 @@ DEFAULT_MAX_CONNECTIONS = 20
 ANSWER_SMOOTHING = 0.2  # weight of the latest request in the smoothed time per request
 REFUSED_RETRIES = 2  # a connection closed before any answer is tried again this often
 REFUSED_PAUSE = 0.05  # seconds before the first such retry, doubling
-# A gathered subscription waits this long for other new channels' to go in one request
-# (`subscribe(..., gathered=True)`), at most this many channels a request (Asterisk's
-# generated handlers take up to 128 values of a list parameter).
-SUBSCRIBE_GATHER = 0.05
-SUBSCRIBE_BATCH = 100
 
 # (method, path template as in the Swagger, query/body parameters the client may send).
 ENDPOINTS: tuple[tuple[str, str, frozenset[str]], ...] = (
@@ -234,10 +229,6 @@ class AriClient:
         self._connected = asyncio.Event()
         self._unknown_types: set[str] = set()
         self._answer_time = 0.0  # seconds per request, smoothed: see expected_wait
-        # Subscriptions waiting to go as one request (`subscribe(..., gathered=True)`).
-        self._gathering: dict[str, list[asyncio.Future[None]]] = {}
-        self._gather_timer: asyncio.TimerHandle | None = None
-        self._batches: set[asyncio.Task[None]] = set()
         self._jitter = random.Random()  # noqa: S311 - spreads reconnects; not a secret
         self.connect_attempts = 0  # WebSocket connection attempts so far (status and tests)
         self._on_request = on_request
@@ -276,16 +267,6 @@ class AriClient:
     async def close(self) -> None:
         """End the events iterator and release the HTTP session. Idempotent."""
         self._closing.set()
-        if self._gather_timer is not None:
-            self._gather_timer.cancel()
-            self._gather_timer = None
-        gathered, self._gathering = self._gathering, {}
-        for waiters in gathered.values():
-            for waiter in waiters:
-                if not waiter.done():
-                    waiter.set_exception(AsteriskError("the ARI client is closed"))
-        for batch in list(self._batches):
-            batch.cancel()
         for socket in list(self._sockets):
             await socket.close()
         if self._session is not None:
@@ -343,74 +324,19 @@ class AriClient:
             urgent=True,
         )
 
-    async def subscribe(self, channel_id: str, *, gathered: bool = False) -> None:
-        """Keep receiving the channel's events after it leaves Stasis. `gathered`: the
-        request waits up to SUBSCRIBE_GATHER seconds for other channels' and goes with
-        them as one (`eventSource` takes a list); each channel's outcome is its own."""
-        if not gathered:
-            await self._subscribe([channel_id])
-            return
-        if self._closing.is_set():
-            raise AsteriskError("the ARI client is closed", call_id=channel_id)
-        loop = asyncio.get_running_loop()
-        waiter: asyncio.Future[None] = loop.create_future()
-        self._gathering.setdefault(channel_id, []).append(waiter)
-        if self._gather_timer is None:
-            self._gather_timer = loop.call_later(SUBSCRIBE_GATHER, self._send_gathered)
-        await waiter
-
-    def _send_gathered(self) -> None:
-        self._gather_timer = None
-        gathered, self._gathering = self._gathering, {}
-        ids = list(gathered)
-        for start in range(0, len(ids), SUBSCRIBE_BATCH):
-            part = {i: gathered[i] for i in ids[start : start + SUBSCRIBE_BATCH]}
-            task = asyncio.get_running_loop().create_task(self._subscribe_gathered(part))
-            self._batches.add(task)
-            task.add_done_callback(self._batches.discard)
-
-    async def _subscribe_gathered(self, waiters: Mapping[str, list[asyncio.Future[None]]]) -> None:
-        ids = list(waiters)
-        outcomes: dict[str, BaseException | None] = dict.fromkeys(ids)
-        try:
-            await self._subscribe(ids)
-        except ChannelGone as error:
-            if len(ids) == 1:
-                outcomes[ids[0]] = error
-            else:
-                # Asterisk subscribes the list in order and stops at the first channel that
-                # is gone, without naming it: each alone, then (subscribing is idempotent).
-                alone = await asyncio.gather(
-                    *(self._subscribe([i]) for i in ids), return_exceptions=True
-                )
-                outcomes = dict(zip(ids, alone, strict=True))
-        except Exception as error:  # handed to every waiter, raised there
-            outcomes = dict.fromkeys(ids, error)
-        for channel_id, outcome in outcomes.items():
-            for waiter in waiters[channel_id]:
-                if waiter.done():
-                    continue
-                if outcome is None:
-                    waiter.set_result(None)
-                else:
-                    waiter.set_exception(outcome)
-
-    async def _subscribe(self, channel_ids: Sequence[str]) -> None:
-        first = channel_ids[0] if len(channel_ids) == 1 else None
+    async def subscribe(self, channel_id: str) -> None:
+        """Keep receiving the channel's events after it leaves Stasis."""
         reply = await self._request(
             "POST",
             "/applications/{applicationName}/subscription",
             {"applicationName": self._app},
-            {"eventSource": ",".join(f"channel:{i}" for i in channel_ids)},
-            call_id=first,
+            {"eventSource": f"channel:{channel_id}"},
+            call_id=channel_id,
             accept={404},
             gone={422},
             # The reply is the application, with every channel it is subscribed to: as
             # long as the calls in progress, and of no use here.
             unread=True,
-            # The decision path waits for it: it goes before new calls' answers and prompts,
-            # like `continue`, or a slow Asterisk would keep decided callers in Stasis.
-            urgent=True,
         )
         if reply.status == 404:
             # Swagger: 404 "Application does not exist" (our WebSocket is not registered);
@@ -419,11 +345,11 @@ class AriClient:
                 raise AsteriskError(
                     f"ARI subscription: application {self._app!r} is not registered "
                     f"({shown(reply.message, 80)})",
-                    call_id=first,
+                    call_id=channel_id,
                     status=404,
                 )
             raise ChannelGone(
-                f"ARI subscription: 404 {shown(reply.message, 80)}", call_id=first, status=404
+                f"ARI subscription: 404 {shown(reply.message, 80)}", call_id=channel_id, status=404
             )
 
     async def subscribed_channels(self) -> list[str]:

@@ -109,27 +109,18 @@ class AriChannel:
         self._channel_id = channel_id
         self._call = call
         self.subscribed = False
-        self._subscribing: asyncio.Task[None] | None = None
 
     async def answer(self) -> list[Event]:
-        # The subscription that keeps the channel's events coming after `continue` is asked
-        # for now, in one request with other new calls' (`gathered`), while the caller
-        # listens to the prompt: neither the prompt nor the digit -> continue path waits for
-        # it. A failure here is tried once more before recording (`start_recording`), which
-        # it would otherwise keep from starting.
-        self._subscribing = asyncio.get_running_loop().create_task(self._subscribe_early())
-        await self._client.answer(self._channel_id)
+        # The subscription that keeps the channel's events coming after `continue` is made
+        # now, beside the answer, while the caller listens to the prompt: the digit ->
+        # continue path then has one round trip less. A failure here is tried once more
+        # before recording (`start_recording`), which it would otherwise keep from starting.
+        answered, _ = await asyncio.gather(
+            self._client.answer(self._channel_id), self._try_subscribe(), return_exceptions=True
+        )
+        if isinstance(answered, BaseException):
+            raise answered
         return []
-
-    async def _subscribe_early(self) -> None:
-        # A channel gone meanwhile says so by its own events (StasisEnd, the hang-up).
-        with contextlib.suppress(ChannelGone):
-            await self._try_subscribe(gathered=True)
-
-    async def _subscribed(self) -> None:
-        """Wait for the subscription asked for at the answer, whatever came of it."""
-        if self._subscribing is not None:
-            await asyncio.wait([self._subscribing])
 
     async def play(self, prompt: str, *, barge_in: bool, token: int) -> list[Event]:
         # Registered before the request: PlaybackFinished may overtake the REST reply.
@@ -163,11 +154,11 @@ class AriChannel:
         self._call.cancel_timer()
         return []
 
-    async def _try_subscribe(self, *, gathered: bool = False) -> None:
+    async def _try_subscribe(self) -> None:
         if self.subscribed:
             return
         try:
-            await self._client.subscribe(self._channel_id, gathered=gathered)
+            await self._client.subscribe(self._channel_id)
         except ChannelGone:
             raise
         except AsteriskError as error:
@@ -178,7 +169,6 @@ class AriChannel:
     async def start_recording(self, call_id: str, file: str) -> list[Event]:
         # Fail closed: without the subscription the call's end (and its file) would go
         # unseen, so nothing records unless it is in place.
-        await self._subscribed()
         if not self.subscribed:
             await self._client.subscribe(self._channel_id)
             self.subscribed = True
@@ -188,7 +178,6 @@ class AriChannel:
         return []
 
     async def skip_recording(self, call_id: str) -> list[Event]:
-        await self._subscribed()
         await self._try_subscribe()  # for the outcome (answered or missed) only
         await self._set_all(call_id, CALLREC_CALL_ID=call_id, CALLREC_RECORD="no")
         return []

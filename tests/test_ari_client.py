@@ -429,31 +429,3 @@ async def test_https_verifies_the_certificate(serve: Any, tmp_path: Path) -> Non
     trusting = ssl.create_default_context(cafile=str(cert))
     async with AriClient(fake.url, USER, PASSWORD, "callrec", ssl=trusting) as client:
         assert await client.ping() == {"system": {"version": "22"}}
-
-
-async def test_gathered_subscriptions_go_as_one_request_and_fail_alone(serve: Any) -> None:
-    """Channels subscribed together (`gathered`) go in one request; when Asterisk answers
-    422 for the list (it subscribes in order and stops at a vanished channel), each is
-    tried alone: the vanished one is ChannelGone, the others are subscribed."""
-    subscribed: list[str] = []
-
-    async def subscription(request: web.Request) -> Reply:
-        for source in request.query["eventSource"].split(","):
-            channel = source.removeprefix("channel:")
-            if channel.startswith("gone"):
-                return 422, {"message": "Event source does not exist"}
-            subscribed.append(channel)
-        return 200, {"name": "callrec", "channel_ids": subscribed}
-
-    fake = await serve(subscription)
-    async with AriClient(fake.url, USER, PASSWORD, "callrec") as client:
-        await asyncio.gather(*(client.subscribe(c, gathered=True) for c in ("c1", "c2", "c3")))
-        assert [s.query["eventSource"] for s in fake.seen] == ["channel:c1,channel:c2,channel:c3"]
-        results = await asyncio.gather(
-            *(client.subscribe(c, gathered=True) for c in ("c4", "gone5", "c6")),
-            return_exceptions=True,
-        )
-    assert results[0] is None and results[2] is None
-    assert isinstance(results[1], ChannelGone)
-    assert set(subscribed) == {"c1", "c2", "c3", "c4", "c6"}
-    assert len(fake.seen) == 1 + 1 + 3  # the first list, the second list, each alone

@@ -496,16 +496,11 @@ class AriResources:
         return stasis_app, channel_ids
 
     async def _subscribe(self, params: dict[str, Any], path: dict[str, str]) -> Reply:
-        """res_stasis.c `app_handle_subscriptions`: the sources in order, stopping at the
-        first that does not exist (422); those before it stay subscribed."""
-        found = self._sources(params, path, existing=False)
+        found = self._sources(params, path)
         if isinstance(found, Reply):
             return found
         stasis_app, channel_ids = found
-        channels = self._switch().channels
         for channel_id in channel_ids:
-            if channel_id not in channels:
-                return error_reply(422, "Event source does not exist")
             stasis_app.interest[channel_id] += 1
         return Reply(200, stasis_app.json())
 
