@@ -28,6 +28,7 @@ from flows.errors import ControllerConflict
 from storage.factory import open_ledger
 from storage.ledgers import LedgerConfig
 from storage.records import ClaimState
+from storage.store import Store
 
 CHECK = 0.5  # storage.lock_check_seconds of these tests' controllers
 _KEY = "SELECT hashtextextended('callrec controller ' || current_schema() || ' ' || %s, 0)"
@@ -210,13 +211,8 @@ async def test_a_controller_cut_off_from_its_ledger_keeps_retrying_and_takes_its
             pytest.skip("the test server's URL names no port to relay")
         metrics = Metrics("fastagi")
         ledger = LedgerConfig(url=through)
-        store = await open_ledger(
-            tmp_path / "data", POLICY, ledger, create=True, controller_id="node-a"
-        )
+        store, first = await _node_a(tmp_path, ledger, url)
         try:
-            await store.claim_controller()
-            first = _holder(url, "node-a")
-            assert first is not None
             beat = asyncio.create_task(_keep_claim(store, 0.2, metrics))
             await proxy.cut()
             await _wait_for(lambda: _sample(metrics, "callrec_controller_lock_held") == 0)
@@ -233,6 +229,21 @@ async def test_a_controller_cut_off_from_its_ledger_keeps_retrying_and_takes_its
         finally:
             await store.close()
             await proxy.cut()
+
+
+async def _node_a(tmp_path: Path, ledger: LedgerConfig, url: str) -> tuple[Store, tuple[int, str]]:
+    """Controller `node-a`'s store with its id claimed, and the session holding the lock."""
+    store = await open_ledger(
+        tmp_path / "data", POLICY, ledger, create=True, controller_id="node-a"
+    )
+    try:
+        await store.claim_controller()
+        holder = _holder(url, "node-a")
+        assert holder is not None
+    except BaseException:
+        await store.close()
+        raise
+    return store, holder
 
 
 async def _wait_for(check: Callable[[], bool], timeout: float = 30.0) -> None:
@@ -254,13 +265,8 @@ async def test_a_rival_that_held_the_id_between_two_checks_stops_the_controller(
     `ControllerConflict` naming the rival's claim, and node-a no longer holds the id."""
     with pg_server.schema(pg_database) as url:
         ledger = LedgerConfig(url=url)
-        store = await open_ledger(
-            tmp_path / "data", POLICY, ledger, create=True, controller_id="node-a"
-        )
+        store, first = await _node_a(tmp_path, ledger, url)
         try:
-            await store.claim_controller()
-            first = _holder(url, "node-a")
-            assert first is not None
             assert (await store.keep_claim()).state is ClaimState.HELD
             _terminate(url, first[0])
             await _wait_for(lambda: _holder(url, "node-a") is None)
