@@ -109,6 +109,20 @@ def new_id() -> str:
     return secrets.token_hex(16)
 
 
+def alice_calls(call_id: str, channel_id: str) -> CallStart:
+    """The start of Alice's inbound call to the service line at T0."""
+    return CallStart(
+        call_id=call_id,
+        channel_id=channel_id,
+        direction=Direction.INBOUND,
+        line="service",
+        caller=ALICE,
+        dialed=SERVICE,
+        started_at=T0,
+        customer=ALICE,
+    )
+
+
 async def record_call(
     store: Store,
     spool: Path,

@@ -11,30 +11,18 @@ from pathlib import Path
 
 import pytest
 from cli_helpers import START_TIMEOUT, callrec, cli_env, fastagi_config
-from storage_helpers import ALICE, POLICY, SERVICE, T0, new_id, open_store, record_call
+from storage_helpers import POLICY, T0, alice_calls, new_id, open_store, record_call
 from test_cli_input import one_line_error
 
 from flows.outcome import Outcome
-from flows.policy import Direction
 from storage.datadir import default_controller_id
-from storage.ports import CallStart, StoreApi
+from storage.ports import StoreApi
 
 
 async def _undecided_call(store: StoreApi) -> str:
     """A call that has heard the notice and not answered yet (no decision committed)."""
     call_id = new_id()
-    await store.start_call(
-        CallStart(
-            call_id=call_id,
-            channel_id=f"chan-{call_id[:8]}",
-            direction=Direction.INBOUND,
-            line="service",
-            caller=ALICE,
-            dialed=SERVICE,
-            started_at=T0,
-            customer=ALICE,
-        )
-    )
+    await store.start_call(alice_calls(call_id, f"chan-{call_id[:8]}"))
     return call_id
 
 

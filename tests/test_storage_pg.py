@@ -12,16 +12,16 @@ from pathlib import Path
 import pg_server
 import psycopg
 import pytest
-from storage_helpers import ALICE, POLICY, SERVICE, T0, new_id, record_call
+from storage_helpers import POLICY, T0, alice_calls, new_id, record_call
 
 from flows.errors import NotFoundError, StorageError
-from flows.policy import Decision, Direction, LegalBasis
+from flows.policy import Decision, LegalBasis
 from storage.factory import open_ledger
 from storage.ledgers import LedgerConfig
 from storage.pg import WRITE_LOCK
 from storage.pg_schema import PG_MIGRATIONS
 from storage.pg_sql import _with_arrays, translate
-from storage.ports import CallStart, DecisionRecord
+from storage.ports import DecisionRecord
 from storage.schema import MIGRATIONS
 
 
@@ -203,18 +203,7 @@ async def test_a_call_starts_while_another_node_holds_the_ledgers_write_lock(
                     "SELECT pg_advisory_xact_lock(%s, hashtext(current_schema()))", (WRITE_LOCK,)
                 )
                 await asyncio.wait_for(
-                    s.start_call(
-                        CallStart(
-                            call_id=call_id,
-                            channel_id="chan-1",
-                            direction=Direction.INBOUND,
-                            line="service",
-                            caller=ALICE,
-                            dialed=SERVICE,
-                            started_at=T0,
-                            customer=ALICE,
-                        )
-                    ),
+                    s.start_call(alice_calls(call_id, "chan-1")),
                     timeout=30,
                 )
                 decision = asyncio.ensure_future(

@@ -23,8 +23,8 @@ from storage_helpers import (
     BOB,
     LEDGER_INTEGRITY,
     POLICY,
-    SERVICE,
     T0,
+    alice_calls,
     new_id,
     open_store,
     raw_ledger,
@@ -112,16 +112,7 @@ async def test_a_decision_carries_its_call_start_however_the_two_race(
     """A decision given its call's start records the call first when the start has not
     reached the ledger (a lazy start, or one on another connection), and leaves it alone
     when it has; a start for another channel under the same call id is refused."""
-    start = CallStart(
-        call_id=new_id(),
-        channel_id="1796457000.1",
-        direction=Direction.INBOUND,
-        line="service",
-        caller=ALICE,
-        dialed=SERVICE,
-        started_at=T0,
-        customer=ALICE,
-    )
+    start = alice_calls(new_id(), "1796457000.1")
     decided = DecisionRecord(
         start.call_id, Decision.RECORD, LegalBasis.CONSENT, "1", "test", None, None, T0
     )
