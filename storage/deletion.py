@@ -181,12 +181,15 @@ def list_doomed(tx: Tx, ids: Sequence[str], since: str | None = None) -> list[Do
             f"AND status != 'deleted' RETURNING {DOOMED_COLUMNS}",
             (since, *ids),
         )
-    copies, exports = copies_of(tx, [row["id"] for row in rows])
     order = {recording_id: n for n, recording_id in enumerate(ids)}
-    return [
-        doomed_with(row, row["path"], copies.get(row["id"], []), exports)
-        for row in sorted(rows, key=lambda row: order[row["id"]])
-    ]
+    return doomed_of(tx, sorted(rows, key=lambda row: order[row["id"]]))
+
+
+def doomed_of(tx: Tx, rows: Sequence[Row]) -> list[Doomed]:
+    """`rows` (`DOOMED_COLUMNS`) as recordings to delete, in their order, with their live
+    export copies and the exports that hold them."""
+    copies, exports = copies_of(tx, [row["id"] for row in rows])
+    return [doomed_with(row, row["path"], copies.get(row["id"], []), exports) for row in rows]
 
 
 def doomed_with(

@@ -4,23 +4,28 @@ batch by batch; then copies left behind, withdrawals and old calls' numbers."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable, Sequence
 from datetime import datetime
 
 from storage.deletion import (
+    DOOMED_COLUMNS,
     SWEEP_BATCH,
     Doomed,
     Removed,
     Target,
-    list_doomed,
+    doomed_of,
     record_removed,
     remove_files,
     retry_copies,
 )
-from storage.ports import Progress, SweepReport, Tx
+from storage.ports import Progress, Row, SweepReport, Tx
 from storage.rows import Context, silent
 from storage.values import ts
 from storage.withdrawal import enforce_withdrawals
+
+Key = tuple[str, str]  # (delete_after, id) of the last recording of a page
+MARK_ATTEMPTS = 3  # pages a sweep tries to mark where another node deleted them meanwhile
 
 
 async def sweep(
@@ -38,25 +43,40 @@ async def sweep(
     when = ts(now)
     tell = progress or silent
 
-    Key = tuple[str, str]  # (delete_after, id) of the last recording of a page
-
     def page(after: Key) -> Callable[[Tx], tuple[list[str], Key, list[Doomed]]]:
         # Pages in (delete_after, id) order, each after the last: memory stays flat
         # however many are due, and a recording that cannot be deleted is not met again.
+        due = (
+            "WHERE status != 'deleted' AND delete_after <= ? AND (delete_after, id) > (?, ?) "
+            "ORDER BY delete_after, id LIMIT ?"
+        )
+        arguments = (when, *after, SWEEP_BATCH)
+
         def body(tx: Tx) -> tuple[list[str], Key, list[Doomed]]:
-            rows = tx.all(
-                "SELECT id, delete_after FROM recordings WHERE status != 'deleted' "
-                "AND delete_after <= ? AND (delete_after, id) > (?, ?) "
-                "ORDER BY delete_after, id LIMIT ?",
-                (when, *after, SWEEP_BATCH),
-            )
-            last = (rows[-1]["delete_after"], rows[-1]["id"]) if rows else after
-            ids = [row["id"] for row in rows]
-            return ids, last, ([] if dry_run else list_doomed(tx, ids, when))
+            for _ in range(0 if dry_run else MARK_ATTEMPTS):
+                # Listed and marked as being deleted in one statement, before any file goes.
+                marked = tx.all(
+                    "UPDATE recordings SET deleting_since = ? WHERE status != 'deleted' "  # noqa: S608 - constant SQL
+                    f"AND id IN (SELECT id FROM recordings {due}) RETURNING {DOOMED_COLUMNS}",
+                    (when, *arguments),
+                )
+                if marked:
+                    rows = sorted(marked, key=lambda row: (row["delete_after"], row["id"]))
+                    return [row["id"] for row in rows], key_of(rows), doomed_of(tx, rows)
+                # Nothing marked: the end, or a page another node deleted meanwhile (on
+                # PostgreSQL the UPDATE skips a row it found deleted once its lock went).
+                if not tx.all(f"SELECT id FROM recordings {due}", arguments):  # noqa: S608 - constant SQL
+                    return [], after, []
+            # A dry run; or pages deleted by others again and again: go on after the
+            # listing (what another node's deletion failed on is due at the next sweep).
+            listed = tx.all(f"SELECT id, delete_after FROM recordings {due}", arguments)  # noqa: S608 - constant SQL
+            return [row["id"] for row in listed], key_of(listed), []
+
+        def key_of(rows: Sequence[Row]) -> Key:
+            return (rows[-1]["delete_after"], rows[-1]["id"]) if rows else after
 
         return body
 
-    after: Key = ("", "")
     deleted: list[str] = []
     count = 0
     problems: list[str] = []
@@ -74,7 +94,6 @@ async def sweep(
         problems.extend(problem for problem in outcome.values() if problem)
         tell(count + len(problems), total)
 
-    listing = "listing due recordings"
     async with ctx.files:
         total = await ctx.db.read(
             lambda tx: int(
@@ -88,46 +107,69 @@ async def sweep(
         )
         tell(0, total)
         if dry_run:
+            after: Key = ("", "")
             while True:
                 ids, after, _ = await ctx.db.read(page(after), "listing due recordings")
                 if not ids:
                     return SweepReport(tuple(deleted), True, now, count)
                 hand_over(ids)
                 tell(count, total)
-        # Pipelined: while batch k's files are removed (a worker thread), batch k-1's
-        # rows are committed and batch k+1 is listed (the ledger's thread). Each batch
-        # still commits only after its own files are gone and their directories fsync'd.
-        # A copy listed for k+1 that batch k removes is found absent, which is fine.
-        # Each page is listed and marked as being deleted in one write transaction.
-        ids, after, doomed = await ctx.db.write(page(after), listing, serial=False)
-        previous: Removed | None = None
-        while ids:
-            committing = (
-                None
-                if previous is None
-                else asyncio.create_task(record_removed(ctx, previous, now, "retention"))
-            )
-            following_page = asyncio.create_task(ctx.db.write(page(after), listing, serial=False))
-            try:
-                removals = await remove_files(
-                    ctx, doomed, "removing expired recordings", now=now, reason="retention"
-                )
-            finally:
-                # Both ledger jobs are awaited whatever fails, so that none is left behind.
-                try:
-                    if committing is not None:
-                        tally(await committing)
-                finally:
-                    following = await following_page
-            previous = Removed([Target(i, None) for i in ids], doomed, removals)
-            ids, after, doomed = following
-        if previous is not None:
-            tally(await record_removed(ctx, previous, now, "retention"))
-        problems += await retry_copies(ctx, now)
-        _, withdrawal_problems = await enforce_withdrawals(ctx, now, everyone=True)
-        problems += withdrawal_problems
-        await scrub_calls(ctx, now)
+        # The old calls' numbers go beside the deletions (another connection on
+        # PostgreSQL, between the batches' jobs on SQLite): they do not depend on them.
+        scrubbing = asyncio.create_task(scrub_calls(ctx, now))
+        try:
+            problems += await _delete_due(ctx, now, page, tally)
+        except BaseException:
+            # The first failure is the one to report; the scrub is awaited all the same.
+            with contextlib.suppress(Exception):
+                await scrubbing
+            raise
+        await scrubbing
     return SweepReport(tuple(deleted), False, now, count, tuple(problems))
+
+
+async def _delete_due(
+    ctx: Context,
+    now: datetime,
+    page: Callable[[Key], Callable[[Tx], tuple[list[str], Key, list[Doomed]]]],
+    tally: Callable[[dict[str, str | None]], None],
+) -> list[str]:
+    """Delete what `page` lists, page by page, each batch's outcome to `tally`; then copies
+    left behind and withdrawals due. The problems of the last two."""
+    listing = "listing due recordings"
+    after: Key = ("", "")
+    # Pipelined: while batch k's files are removed (a worker thread), batch k-1's
+    # rows are committed and batch k+1 is listed (the ledger's thread). Each batch
+    # still commits only after its own files are gone and their directories fsync'd.
+    # A copy listed for k+1 that batch k removes is found absent, which is fine.
+    # Each page is listed and marked as being deleted in one write transaction.
+    ids, after, doomed = await ctx.db.write(page(after), listing, serial=False)
+    previous: Removed | None = None
+    while ids:
+        committing = (
+            None
+            if previous is None
+            else asyncio.create_task(record_removed(ctx, previous, now, "retention"))
+        )
+        following_page = asyncio.create_task(ctx.db.write(page(after), listing, serial=False))
+        try:
+            removals = await remove_files(
+                ctx, doomed, "removing expired recordings", now=now, reason="retention"
+            )
+        finally:
+            # Both ledger jobs are awaited whatever fails, so that none is left behind.
+            try:
+                if committing is not None:
+                    tally(await committing)
+            finally:
+                following = await following_page
+        previous = Removed([Target(i, None) for i in ids], doomed, removals)
+        ids, after, doomed = following
+    if previous is not None:
+        tally(await record_removed(ctx, previous, now, "retention"))
+    problems = await retry_copies(ctx, now)
+    _, withdrawal_problems = await enforce_withdrawals(ctx, now, everyone=True)
+    return problems + withdrawal_problems
 
 
 async def scrub_calls(ctx: Context, now: datetime) -> None:
