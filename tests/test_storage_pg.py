@@ -6,6 +6,9 @@ from __future__ import annotations
 import asyncio
 import shutil
 import sqlite3
+import threading
+import time
+from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
 
@@ -16,12 +19,13 @@ from storage_helpers import POLICY, T0, alice_calls, new_id, record_call
 
 from flows.errors import NotFoundError, StorageError
 from flows.policy import Decision, LegalBasis
+from storage import deletion
 from storage.factory import open_ledger
 from storage.ledgers import LedgerConfig
 from storage.pg import WRITE_LOCK
 from storage.pg_schema import PG_MIGRATIONS
 from storage.pg_sql import _with_arrays, translate
-from storage.ports import DecisionRecord
+from storage.ports import DecisionRecord, RecordingStatus, Tx
 from storage.schema import MIGRATIONS
 
 
@@ -275,3 +279,104 @@ async def _audit_head(url: str) -> tuple[int, str]:
         row = conn.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
     assert row is not None
     return int(row[0]), str(row[1])
+
+
+async def test_a_page_another_node_deletes_under_the_sweep_does_not_end_it(
+    tmp_path: Path, pg_database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A sweep whose first page another node holds locked and then commits as deleted goes
+    on to delete every other due recording in the same run, each once, and all verifies."""
+    monkeypatch.setattr("storage.sweep.SWEEP_BATCH", 2)
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    with pg_server.schema(pg_database) as url:
+        ledger = LedgerConfig(url=url)
+        data = tmp_path / "store"
+        a = await open_ledger(data, POLICY, ledger, create=True, controller_id="node-a")
+        b = await open_ledger(data, POLICY, ledger, controller_id="node-b")
+        try:
+            rows = []
+            for _ in range(6):
+                call_id, source = await record_call(a, spool)
+                row = await a.ingest(call_id, source, T0 + timedelta(minutes=4))
+                assert row is not None
+                rows.append(row)
+            rows.sort(key=lambda r: (r.delete_after, r.id))
+            first = [r.id for r in rows[:2]]  # the first page of B's sweep
+            now = max(r.delete_after for r in rows) + timedelta(hours=1)
+            # The holder is node A's own deletion, not a bare UPDATE: each deleted recording
+            # then has its files gone and its audit entry, as verify wants.
+            holding = _hold_claim(monkeypatch, first)
+            taking = asyncio.create_task(
+                deletion.delete_batch(
+                    a.ctx, [deletion.Target(i, None) for i in first], now, "retention"
+                )
+            )
+            await asyncio.to_thread(holding.reached.wait, 30)
+            assert holding.pid is not None
+            sweeping = asyncio.create_task(b.sweep(now))
+            try:
+                # B's marking UPDATE listed A's rows and now waits for their row locks.
+                await asyncio.to_thread(_wait_until_blocked_by, url, holding.pid)
+            finally:
+                holding.release.set()
+            taken = await asyncio.wait_for(taking, 30)
+            swept = await asyncio.wait_for(sweeping, 30)
+
+            assert taken == dict.fromkeys(first)
+            assert sorted(swept.deleted) == sorted(r.id for r in rows[2:])
+            assert swept.count == 4 and not swept.problems
+            for row in rows:
+                after = await b.recording(row.id)
+                assert after is not None and after.status is RecordingStatus.DELETED
+                actions = [entry.action for entry in await b.audit_entries(row.id)]
+                assert actions.count("recording.deleted") == 1, (row.id, actions)
+            report = await b.verify(now=now)
+            assert report.ok and not report.in_flight, report.problems
+        finally:
+            await b.close()
+            await a.close()
+
+
+class _Held:
+    """Where a deletion's transaction stops once it has marked its rows deleted."""
+
+    def __init__(self) -> None:
+        self.reached = threading.Event()
+        self.release = threading.Event()
+        self.pid: int | None = None  # the backend of the held transaction
+
+
+def _hold_claim(monkeypatch: pytest.MonkeyPatch, ids: Sequence[str]) -> _Held:
+    """The deletion of exactly `ids` stops inside its transaction after its claim (rows
+    marked deleted and locked, not committed) until released; any other claim goes on."""
+    held = _Held()
+    claim = deletion.claim
+
+    def holding(tx: Tx, targets: Sequence[deletion.Target], when: str, reason: str) -> set[str]:
+        claimed = claim(tx, targets, when, reason)
+        if sorted(t.recording_id for t in targets) == sorted(ids) and not held.reached.is_set():
+            held.pid = int(tx.one("SELECT pg_backend_pid() AS pid")["pid"])
+            held.reached.set()
+            held.release.wait(60)
+        return claimed
+
+    monkeypatch.setattr(deletion, "claim", holding)
+    return held
+
+
+def _wait_until_blocked_by(url: str, pid: int) -> None:
+    """Until a sweep's marking UPDATE waits for a row lock that backend `pid` holds."""
+    deadline = time.monotonic() + 30
+    with psycopg.connect(url, autocommit=True) as conn:
+        while time.monotonic() < deadline:
+            waiting = conn.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE %s = ANY(pg_blocking_pids(pid)) "
+                "AND wait_event_type = 'Lock' "
+                "AND query LIKE '%%UPDATE recordings SET deleting_since%%'",
+                (pid,),
+            ).fetchone()
+            if waiting is not None and waiting[0]:
+                return
+            time.sleep(0.05)
+    raise AssertionError("the sweep never waited for the other node's row locks")
