@@ -59,6 +59,9 @@ class AriEvent:
     exten: str | None
     timestamp: str | None
     raw: Mapping[str, Any] = field(repr=False, compare=False)
+    # ChannelUserevent: the event's name and its fields (UserEvent(name,key:value,...)).
+    eventname: str | None = None
+    userevent: Mapping[str, str] = field(default_factory=dict, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,6 +151,11 @@ def lift_event(data: dict[str, Any]) -> AriEvent:
     else:
         raise ProtocolViolation(f"{where}: 'args' is not a list of strings")
 
+    eventname = _text(data, "eventname", where)
+    fields = _object(data, "userevent", where)
+    if fields is not None and not all(isinstance(v, str) for v in fields.values()):
+        raise ProtocolViolation(f"{where}: 'userevent' has a value that is not a string")
+
     return AriEvent(
         type=kind,
         channel_id=channel_id,
@@ -160,6 +168,8 @@ def lift_event(data: dict[str, Any]) -> AriEvent:
         exten=exten,
         timestamp=_text(data, "timestamp", where),
         raw=MappingProxyType(data),
+        eventname=eventname,
+        userevent={} if fields is None else MappingProxyType(fields),
     )
 
 

@@ -85,10 +85,17 @@ WANTED_EVENTS = frozenset(
         "PlaybackFinished",
         "ChannelDtmfReceived",
         "ChannelVarset",
+        "ChannelUserevent",
         "ChannelHangupRequest",
         "ChannelDestroyed",
     }
 )
+# The dialplan's version, a global: from 2 on, the hangup handler sends the queue's outcome
+# in one user event (ENDED_EVENT), and Asterisk is asked for no ChannelVarset, about 45 a
+# call it would otherwise build and send. An older (or unreadable) dialplan: the variables.
+DIALPLAN_VERSION_VARIABLE = "CALLREC_DIALPLAN_VERSION"
+ENDED_EVENT = "CallrecEnded"
+REPORTS_END_FROM = 2
 
 
 class _Ended:
@@ -349,7 +356,27 @@ class StasisApp:
         """Ask Asterisk for the events `_route` reads only (a new application starts with
         no filter, so at every connection). Until this is done, and where it fails, the
         client drops the others itself."""
-        await self._client.filter_events(WANTED_EVENTS | {"ApplicationReplaced"})
+        wanted = WANTED_EVENTS | {"ApplicationReplaced"}
+        if await self._reports_end():
+            wanted -= {"ChannelVarset"}
+        await self._client.filter_events(wanted)
+
+    async def _reports_end(self) -> bool:
+        """Whether the dialplan's hangup handler reports each call's end (`ENDED_EVENT`)."""
+        try:
+            version = await self._client.get_global(DIALPLAN_VERSION_VARIABLE)
+        except AsteriskError as error:
+            log.warning("could not read the dialplan's version (%s); reading variables", error)
+            return False
+        if version.isdecimal() and int(version) >= REPORTS_END_FROM:
+            return True
+        log.warning(
+            "the dialplan predates end reports (%s %s): install it again with `callrec "
+            "asterisk install`; until then the queue's variables are read one by one",
+            DIALPLAN_VERSION_VARIABLE,
+            shown(version, 20) or "unset",
+        )
+        return False
 
     def _route(self, event: AriEvent) -> None:
         channel_id = event.channel_id
@@ -377,6 +404,10 @@ class StasisApp:
                     log.info("channel %s: ignored DTMF %s", shown(call.channel_id), event.digit)
             case "ChannelVarset" if event.variable is not None:
                 call.observer.saw_variable(event.variable, event.value or "")
+            case "ChannelUserevent" if event.eventname == ENDED_EVENT:
+                for name, value in event.userevent.items():
+                    if name in QUEUE_VARIABLES:
+                        call.observer.saw_variable(name, value)
             case "ChannelHangupRequest":
                 # Asterisk reports the hang-up first, then PlaybackFinished, then StasisEnd;
                 # the flow must know before it takes a finished prompt for a heard one.
@@ -531,9 +562,13 @@ class StasisApp:
             await session.hung_up()
         call.observer.continued = session.continued
         lost_events = call.epoch != self._connections
-        if lost_events and not call.observer.answered and session.recording_file is not None:
+        observer = call.observer
+        if (
+            (lost_events and not observer.answered) or observer.needs_audio()
+        ) and session.recording_file is not None:
             # The queue's variables may have been lost with the WebSocket; while it stayed
-            # up, they were all seen and the file has nothing to add.
+            # up, they were all seen and the file has nothing to add, unless the leg had no
+            # queue to set them (a callback's customer leg).
             recorded = await asyncio.to_thread(_has_audio, session.recording_file)
             call.observer.saw_recorded_audio(recorded)
         outcome = call.observer.outcome()

@@ -30,8 +30,9 @@ PEER_VARIABLE = "BRIDGEPEER"
 # the queue's member interface, then the bridged channel's name (a channel, not a person).
 _AGENT_SOURCES = (AGENT_VARIABLE, MEMBER_VARIABLE, PEER_VARIABLE)
 ANSWERED_TIME_VARIABLE = "ANSWEREDTIME"
+ABANDONED_VARIABLE = "ABANDONED"  # TRUE when the caller gave up waiting in the queue
 # Every variable `QueueObserver.saw_variable` reads; an adapter may skip the others unread.
-QUEUE_VARIABLES = frozenset({*_AGENT_SOURCES, ANSWERED_TIME_VARIABLE})
+QUEUE_VARIABLES = frozenset({*_AGENT_SOURCES, ANSWERED_TIME_VARIABLE, ABANDONED_VARIABLE})
 MAX_AGENT = 80  # an interface or channel name; anything longer is not one
 
 
@@ -50,8 +51,13 @@ class QueueObserver:
     # The agent as each variable named it; kept when the queue clears BRIDGEPEER after the
     # talk, so the end of the call still knows who took it.
     agents: dict[str, str] = field(default_factory=dict)
+    # The leg's queue (or Dial) said how it ended: ANSWEREDTIME or ABANDONED was set. A leg
+    # with neither (a callback's customer leg has no queue) is judged by its recording.
+    settled: bool = False
 
     def saw_variable(self, name: str, value: str) -> None:
+        if name in (ANSWERED_TIME_VARIABLE, ABANDONED_VARIABLE) and value.strip():
+            self.settled = True
         if (name in (PEER_VARIABLE, AGENT_VARIABLE) and value.strip()) or (
             name == ANSWERED_TIME_VARIABLE and _positive(value)
         ):
@@ -64,6 +70,11 @@ class QueueObserver:
         agent's own callback leg the bridged channel is the customer's, never an agent."""
         sources = _AGENT_SOURCES if direction is not Direction.CALLBACK else _AGENT_SOURCES[:2]
         return next((self.agents[n] for n in sources if n in self.agents), None)
+
+    def needs_audio(self) -> bool:
+        """Whether the recording's audio has something to add: nothing said the leg was
+        answered, and nothing said how its queue ended."""
+        return not self.answered and not self.settled
 
     def saw_recorded_audio(self, beyond_header: bool) -> None:
         """MixMonitor(...,b) wrote audio beyond the WAV header: it saw a bridge, so an agent
@@ -84,7 +95,7 @@ def outcome_of_hangup_report(
     open there only if it went on, i.e. if its decision was committed."""
     observer = QueueObserver(continued=decided)
     observer.saw_variable(ANSWERED_TIME_VARIABLE, answered_time)
-    observer.saw_variable("ABANDONED", abandoned)
+    observer.saw_variable(ABANDONED_VARIABLE, abandoned)
     observer.saw_variable(AGENT_VARIABLE, agent)
     return observer.outcome()
 

@@ -727,7 +727,7 @@ APP_MODULES = {
     "Queue": "app_queue", "Dial": "app_dial", "Gosub": "app_stack", "Return": "app_stack",
     "ExecIf": "app_exec", "Log": "app_verbose", "Playback": "app_playback",
     "SendDTMF": "app_senddtmf", "AGI": "res_agi", "AddQueueMember": "app_queue",
-    "RemoveQueueMember": "app_queue",
+    "RemoveQueueMember": "app_queue", "UserEvent": "app_userevent",
 }  # fmt: skip
 BUILTIN_APPS = {"Answer", "Wait", "Hangup", "Set", "GotoIf", "Goto", "NoOp"}  # pbx_builtins.c
 # Needed without being named by the dialplan: ARI and its event stream, the prompts' formats

@@ -243,8 +243,9 @@ def answer_with(record: str, file: str | None = None) -> Behaviour:
 
 
 async def test_live_consent_records_the_conversation_with_the_agent() -> None:
-    """After a 1, MixMonitor writes the controller's file, and the agent who answers is
-    named on the caller's channel."""
+    """After a 1, MixMonitor writes the controller's file, the agent who answers is named
+    on the caller's channel, and when the caller leaves, the hangup handler's CallrecEnded
+    user event says who answered and for how long."""
     async with live(answer_with("yes")) as (ari, observed, stand_in):
         caller = await place_call(ari, "press1")
         started = await observed.wait(varset("MIXMONITOR_FILENAME", caller))
@@ -255,6 +256,16 @@ async def test_live_consent_records_the_conversation_with_the_agent() -> None:
         agent = await observed.wait(varset("CALLREC_AGENT", caller))
         assert agent["value"] == "Local/agent@callrec-test-agent/n"
         await observed.wait(varset("BRIDGEPEER", caller))
+        ended = await observed.wait(
+            lambda e: (
+                e["type"] == "ChannelUserevent"
+                and e.get("eventname") == "CallrecEnded"
+                and e.get("channel", {}).get("id") == caller
+            )
+        )
+        report = ended["userevent"]
+        assert report["CALLREC_AGENT"] == "Local/agent@callrec-test-agent/n"
+        assert int(report["ANSWEREDTIME"]) > 0 and report["ABANDONED"] in ("", "FALSE")
 
 
 @pytest.mark.parametrize(

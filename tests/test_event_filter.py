@@ -1,16 +1,20 @@
 """Asterisk sends the controller only the event types it reads: a queued caller's channel
-reports every dialplan step, which the app never looks at."""
+reports every dialplan step and variable, which the app never looks at; the outcome comes in
+the hangup handler's one user event."""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections import Counter
 from pathlib import Path
 
+import pytest
 from storage_helpers import POLICY
 
 from agi.simpbx import CallerScript
-from agi.stasis import WANTED_EVENTS
+from agi.simpbx.dialplan import Dialplan
+from agi.stasis import DIALPLAN_VERSION_VARIABLE, WANTED_EVENTS
 from callrec.harness import Harness, harness
 from flows.outcome import Outcome
 from storage.ports import CallRow
@@ -60,6 +64,42 @@ async def test_asterisk_sends_only_the_events_the_controller_reads(tmp_path: Pat
     sent = _sent_to_the_app(h, channel_id)
     assert set(sent) <= WANTED_EVENTS, sent
     assert sent["StasisStart"] == 1 and sent["ChannelDestroyed"] == 1
-    assert sent["ChannelVarset"] > 0
+    # The queue's variables come in the hangup handler's one user event, not one by one.
+    assert sent["ChannelUserevent"] == 1 and "ChannelVarset" not in sent
     assert answered.outcome is Outcome.ANSWERED and answered.agent == "PJSIP/agent"
     assert missed.outcome is Outcome.MISSED and missed.agent is None
+
+
+def _before_end_reports(dialplan: Dialplan) -> Dialplan:
+    """The dialplan as installed before CALLREC_DIALPLAN_VERSION 2: no version, and a hangup
+    handler that only logs."""
+    contexts = dict(dialplan.contexts)
+    contexts["callrec-hangup"] = {
+        exten: tuple(step for step in steps if step.app != "UserEvent")
+        for exten, steps in contexts["callrec-hangup"].items()
+    }
+    kept = {k: v for k, v in dialplan.globals.items() if k != DIALPLAN_VERSION_VARIABLE}
+    return dataclasses.replace(dialplan, contexts=contexts, globals=kept)
+
+
+async def test_an_older_dialplan_still_tells_answered_from_missed(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Against a dialplan whose hangup handler sends no end report, the controller asks
+    Asterisk for the queue's variables again (at every connection), says the dialplan
+    wants installing again, and still tells an answered call from a missed one."""
+    async with harness(POLICY, tmp_path, time_scale=SCALE) as h:
+        h.sim.dialplan = _before_end_reports(h.sim.dialplan)
+        await h.sim.restart()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 10
+        while not h.sim.connected("callrec"):
+            assert loop.time() < deadline, "the controller never came back"
+            await asyncio.sleep(0.01)
+        channel_id, answered = await _ended(h, ANSWERED, "041 555 203")
+        _, missed = await _ended(h, GIVES_UP, "041 555 204")
+    sent = _sent_to_the_app(h, channel_id)
+    assert sent["ChannelVarset"] > 0 and "ChannelUserevent" not in sent
+    assert answered.outcome is Outcome.ANSWERED and answered.agent == "PJSIP/agent"
+    assert missed.outcome is Outcome.MISSED and missed.agent is None
+    assert "the dialplan predates end reports" in caplog.text

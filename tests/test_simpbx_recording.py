@@ -9,6 +9,7 @@ import math
 import wave
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from test_simpbx import PROMPTS, SCALE, WAIT, Ari, simulated_ari
@@ -41,7 +42,9 @@ def variables_seen(events: list[dict[str, object]]) -> list[tuple[object, object
     return [(e["variable"], e["value"]) for e in events if e["type"] == "ChannelVarset"]
 
 
-async def consented_call(ari: Ari, file: Path, script: CallerScript) -> tuple[str, list[str]]:
+async def consented_call(
+    ari: Ari, file: Path, script: CallerScript
+) -> tuple[str, list[dict[str, Any]]]:
     """A caller on the service line presses 1; the controller records to `file`."""
     events = await ari.events()
     call = await ari.pbx.place_call("040404040", "041123456", script)
@@ -54,7 +57,7 @@ async def consented_call(ari: Ari, file: Path, script: CallerScript) -> tuple[st
     await events.expect("ChannelDestroyed")
     result = await asyncio.wait_for(call.done, WAIT)
     assert result.stasis_status == "SUCCESS"
-    return call.channel_id, [e["type"] for e in events.seen]
+    return call.channel_id, events.seen
 
 
 async def test_answered_call_leaves_real_audio(ari: Ari, tmp_path: Path) -> None:
@@ -102,20 +105,32 @@ async def test_answered_call_leaves_real_audio(ari: Ari, tmp_path: Path) -> None
 
 
 async def test_nobody_answering_leaves_a_header_only_wav(ari: Ari, tmp_path: Path) -> None:
-    """The caller gives up in the queue: ANSWEREDTIME=0, ABANDONED=TRUE, a 44-byte WAV."""
+    """The caller gives up in the queue: ANSWEREDTIME=0, ABANDONED=TRUE, a 44-byte WAV, and
+    the hangup handler reports both in its CallrecEnded user event before the destruction."""
     file = tmp_path / f"{CALL_ID}.wav"
     script = CallerScript(keys=((1.0, "1"),), agent_answers_after=None, give_up_after=2.0)
-    _, types = await consented_call(ari, file, script)
+    _, seen = await consented_call(ari, file, script)
+    types = [e["type"] for e in seen]
     params, samples = read_wav(file)
     assert params == (8000, 1, 2) and len(samples) == 0
     assert file.stat().st_size == 44
     assert "Dial" not in types
-    assert types[-4:] == [
+    assert types[-6:] == [
         "ChannelHangupRequest",
         "ChannelDialplan",
         "ChannelDialplan",
+        "ChannelUserevent",
+        "ChannelDialplan",
         "ChannelDestroyed",
     ], "the hangup handler runs between the last request and the destruction"
+    [ended] = [e for e in seen if e["type"] == "ChannelUserevent"]
+    assert ended["eventname"] == "CallrecEnded"
+    assert ended["userevent"] == {
+        "ANSWEREDTIME": "0",
+        "ABANDONED": "TRUE",
+        "CALLREC_AGENT": "",
+        "MEMBERINTERFACE": "",
+    }
 
 
 async def test_missed_call_variables_follow_the_trace_order(ari: Ari, tmp_path: Path) -> None:
@@ -140,10 +155,12 @@ async def test_missed_call_variables_follow_the_trace_order(ari: Ari, tmp_path: 
         ("ChannelHangupRequest", None, True),
         ("ChannelDialplan", None, None),
         ("ChannelDialplan", None, None),
+        ("ChannelUserevent", None, None),  # the hangup handler's CallrecEnded
+        ("ChannelDialplan", None, None),
         ("ChannelDestroyed", None, None),
     ]
     handler = [e["dialplan_app"] for e in tail if e["type"] == "ChannelDialplan"]
-    assert handler == ["Log", "Return"]
+    assert handler == ["Log", "UserEvent", "Return"]
     result = await asyncio.wait_for(call.done, WAIT)
     assert result.variables["ANSWEREDTIME"] == "0" and result.recorded_file is None
 

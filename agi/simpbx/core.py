@@ -378,6 +378,7 @@ class Switch:
             "NoOp": self._app_nothing,
             "Verbose": self._app_nothing,
             "Log": self._app_nothing,
+            "UserEvent": self._app_userevent,
         }
 
     async def run_priorities(
@@ -485,6 +486,18 @@ class Switch:
             log.warning("ExecIf: the simulated dialplan has no application %s", name)
             return HANGUP
         return await app(channel, rest.rsplit(")", 1)[0])
+
+    async def _app_userevent(self, channel: Channel, data: str) -> Outcome:
+        """As apps/app_userevent.c: `name,key:value,...`; an argument without a colon is
+        skipped, values are stripped."""
+        name, *extra = data.split(",")
+        fields: dict[str, str] = {}
+        for argument in extra:
+            key, colon, value = argument.partition(":")
+            if colon:
+                fields[key] = value.strip()
+        self.emit_channel("ChannelUserevent", channel, eventname=name, userevent=fields)
+        return NEXT
 
     async def _app_nothing(self, channel: Channel, data: str) -> Outcome:
         return NEXT

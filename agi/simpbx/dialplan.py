@@ -43,6 +43,8 @@ DIAL_TIMEOUT = 60  # CALLREC_DIAL_TIMEOUT: seconds a callback rings the customer
 FASTAGI_ADDRESS = "127.0.0.1:4573"  # where extensions-fastagi.conf's AGI() connects
 AGENT_CONNECT_GOSUB = "callrec-agent-connect"
 SAFE_RECORDING_FILE = re.compile(r"/(?!.*\.\.)[A-Za-z0-9/_.-]+\.wav(16)?")
+# What callrec-hangup's CallrecEnded user event carries, in its order.
+_ENDED_FIELDS = ("ANSWEREDTIME", "ABANDONED", "CALLREC_AGENT", "MEMBERINTERFACE")
 _CALLREC_VARIABLES = (  # cleared on entry: nothing a channel brings may decide to record
     "CALLREC_RECORD",
     "CALLREC_FILE",
@@ -269,6 +271,7 @@ def callrec_dialplan(
     callee = (
         Priority("NoOp", lambda v: f"callrec: customer leg of callback {v.get('ARG1', '')}"),
         clear,
+        push_handler,
         Priority("Set", "CALLREC_CALLEE_PASSES=0"),
         Priority(
             "ExecIf",
@@ -284,6 +287,15 @@ def callrec_dialplan(
                 f"NOTICE,callrec: call {v.get('CALLREC_CALL_ID', '')} ended: answered "
                 f"{v.get('ANSWEREDTIME', '')} s / abandoned {v.get('ABANDONED', '')} / agent "
                 f"{v.get('CALLREC_AGENT', '')}"
+            ),
+        ),
+        Priority(
+            "UserEvent",
+            lambda v: ",".join(
+                [
+                    "CallrecEnded",
+                    *(f"{name}:{v.get(name, '')}" for name in _ENDED_FIELDS),
+                ]
             ),
         ),
         Priority("Return"),
@@ -312,6 +324,7 @@ def callrec_dialplan(
         },
         queues=dict.fromkeys(sorted({*table.values(), fallback_queue}), queue),
         globals={
+            "CALLREC_DIALPLAN_VERSION": "2",
             "CALLREC_MODE": mode,
             "CALLREC_TRUNK_TECH": "PJSIP",
             "CALLREC_TRUNK": "trunk",

@@ -105,6 +105,7 @@ class AriResources:
         self._routes: list[tuple[str, tuple[str, ...], Handler]] = [
             ("GET", ("asterisk", "info"), self._asterisk_info),
             ("GET", ("asterisk", "ping"), self._asterisk_ping),
+            ("GET", ("asterisk", "variable"), self._get_global),
             ("GET", ("channels",), self._list_channels),
             ("POST", ("channels",), self._originate),
             ("GET", ("channels", "{channelId}"), self._get_channel),
@@ -347,6 +348,13 @@ class AriResources:
         switch.playbacks[playback.id] = playback
         switch.submit(channel, lambda: switch.play(playback), wait=False)
         return Reply(201, playback.json(), {"Location": f"/playbacks/{playback.id}"})
+
+    async def _get_global(self, params: dict[str, Any], path: dict[str, str]) -> Reply:
+        """As res/ari/resource_asterisk.c: an unset global reads as ""."""
+        name = str(params.get("variable", ""))
+        if not name:
+            return error_reply(400, "Variable name is required")
+        return Reply(200, {"value": self._switch().dialplan.globals.get(name, "")})
 
     async def _get_variable(self, params: dict[str, Any], path: dict[str, str]) -> Reply:
         name = str(params.get("variable", ""))
