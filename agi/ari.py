@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import functools
 import json
 import logging
 import random
@@ -549,20 +550,22 @@ class AriClient:
         *,
         websocket: bool = False,
     ) -> URL:
-        allowed = _ALLOWED.get((method, template))
-        if allowed is None:
+        route = _route(method, template)
+        if route is None:
             raise AsteriskError(f"ARI {method} {template} is not in ENDPOINTS")
-        extra = (set(params) | body_keys) - allowed
-        if extra:
+        allowed, names, parts = route
+        if not allowed.issuperset(params) or not allowed.issuperset(body_keys):
+            extra = (set(params) | body_keys) - allowed
             raise AsteriskError(f"ARI {method} {template} takes no {sorted(extra)}")
-        if set(_PLACEHOLDER.findall(template)) != set(path_params):
+        if names != path_params.keys():
             raise AsteriskError(f"ARI {method} {template} needs {sorted(path_params)}")
-        encoded: dict[str, str] = {}
-        for name, value in path_params.items():
+        pieces = list(parts)
+        for n in range(1, len(pieces), 2):
+            value = path_params[pieces[n]]
             if not value:
-                raise AsteriskError(f"ARI {method} {template}: {name} is empty")
-            encoded[name] = _quote(value)
-        path = _PLACEHOLDER.sub(lambda m: encoded[m.group(1)], template)
+                raise AsteriskError(f"ARI {method} {template}: {pieces[n]} is empty")
+            pieces[n] = _quote(value)
+        path = "".join(pieces)
         query = "&".join(
             f"{_quote(name)}={_quote(_query_text(value))}"
             for name, value in params.items()
@@ -901,6 +904,21 @@ class AriClient:
                 await self._closing.wait()
 
 
+@functools.cache
+def _route(
+    method: str, template: str
+) -> tuple[frozenset[str], frozenset[str], tuple[str, ...]] | None:
+    """What `_url` checks and fills for an endpoint, worked out once: the parameters it
+    takes, its placeholders, and its template split around them (literal, name, literal,
+    ...). None: not in ENDPOINTS."""
+    allowed = _ALLOWED.get((method, template))
+    if allowed is None:
+        return None
+    parts = tuple(_PLACEHOLDER.split(template))
+    return allowed, frozenset(parts[1::2]), parts
+
+
+@functools.lru_cache(maxsize=4096)  # a call's channel id is quoted for each of its requests
 def _quote(value: str) -> str:
     """Percent-encode everything but unreserved characters: `/`, `?`, `%` stay data."""
     return quote(value, safe="")

@@ -134,6 +134,7 @@ class Metrics:
         )
         self._readings = _Readings()
         r.register(self._readings)
+        self._latency: dict[tuple[str, str], Histogram] = {}
 
     def read_ari_connected(self, read: Callable[[], bool]) -> None:
         """serve: `callrec_ari_connected` is 1 while the events socket is up."""
@@ -143,7 +144,11 @@ class Metrics:
         self._readings.shed = read
 
     def observe_request(self, method: str, resource: str, seconds: float) -> None:
-        self.rest_latency.labels(method, resource).observe(seconds)
+        # Each REST request of every call lands here: the labelled child is looked up once.
+        child = self._latency.get((method, resource))
+        if child is None:
+            child = self._latency[method, resource] = self.rest_latency.labels(method, resource)
+        child.observe(seconds)
 
     def record_sweep(self, result: SweepReport | None, seconds: float) -> None:
         """A sweep ended (`None`: it failed as a whole)."""
