@@ -111,10 +111,13 @@ _Item = Event | _Ended
 class AriChannel:
     """`agi.ports.ChannelPort` over ARI for one channel."""
 
-    def __init__(self, client: AriClient, channel_id: str, call: _Call) -> None:
+    def __init__(
+        self, client: AriClient, channel_id: str, call: _Call, *, up: bool = False
+    ) -> None:
         self._client = client
         self._channel_id = channel_id
         self._call = call
+        self._up = up  # answered before it entered Stasis (the inbound dialplan's Answer())
         self.subscribed = False
 
     async def answer(self) -> list[Event]:
@@ -122,6 +125,10 @@ class AriChannel:
         # now, beside the answer, while the caller listens to the prompt: the digit ->
         # continue path then has one round trip less. A failure here is tried once more
         # before recording (`start_recording`), which it would otherwise keep from starting.
+        if self._up:
+            # The dialplan answered: a request less per call, for Asterisk and for us.
+            await self._try_subscribe()
+            return []
         answered, _ = await asyncio.gather(
             self._client.answer(self._channel_id), self._try_subscribe(), return_exceptions=True
         )
@@ -488,7 +495,9 @@ class StasisApp:
     ):
         if not self._accepting:
             return Rejected("the controller is shutting down")
-        channel = AriChannel(self._client, call.channel_id, call)
+        snapshot = event.raw.get("channel")
+        up = isinstance(snapshot, Mapping) and snapshot.get("state") == "Up"
+        channel = AriChannel(self._client, call.channel_id, call, up=up)
         call.channel = channel
         route = event.args[0] if event.args else "inbound"
         args = event.args[1:]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -103,3 +104,24 @@ async def test_an_older_dialplan_still_tells_answered_from_missed(
     assert answered.outcome is Outcome.ANSWERED and answered.agent == "PJSIP/agent"
     assert missed.outcome is Outcome.MISSED and missed.agent is None
     assert "the dialplan predates end reports" in caplog.text
+
+
+async def test_an_answered_inbound_call_costs_five_requests(tmp_path: Path) -> None:
+    """The inbound dialplan answers the call before Stasis, so the controller sends no
+    answer of its own: subscribe, play, stop, set the decision, continue."""
+    async with harness(POLICY, tmp_path, time_scale=SCALE) as h:
+        channel_id, row = await _ended(h, ANSWERED, "041 555 205")
+    rest = [e for e in h.sim.log if e.get("kind") == "rest"]
+    mine = [
+        (e["method"], re.sub(r"/play/[^/]+$", "/play", e["path"].replace(channel_id, "{id}")))
+        for e in rest
+        if channel_id in e["path"] or channel_id in str(e["params"])
+    ]
+    assert sorted(mine) == [
+        ("POST", "/applications/callrec/subscription"),
+        ("POST", "/channels/{id}/continue"),
+        ("POST", "/channels/{id}/play"),
+        ("POST", "/channels/{id}/variable"),
+    ]
+    assert [e["method"] for e in rest if e["path"].startswith("/playbacks/")] == ["DELETE"]
+    assert row.outcome is Outcome.ANSWERED

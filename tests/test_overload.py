@@ -122,10 +122,10 @@ async def test_a_continue_that_keeps_failing_is_tried_until_it_goes_through(
 
 
 async def test_a_caller_that_cannot_be_served_is_handed_on_not_hung_up(tmp_path: Path) -> None:
-    """The answer fails and `continue` fails four times: the caller still reaches the
-    agent, unrecorded, and is never hung up."""
+    """The notice's playback fails and `continue` fails four times: the caller still
+    reaches the agent, unrecorded, and is never hung up."""
     async with harness(POLICY, tmp_path, time_scale=SCALE) as h:
-        h.sim.fail_next("POST", "/channels/*/answer", status=500)
+        h.sim.fail_next("POST", "/channels/*/play/*", status=500)
         h.sim.fail_next("POST", "/channels/*/continue", status=500, count=4)
         [result] = await calls(h, 1)
         [row] = await check_everyone_served(h, [result])

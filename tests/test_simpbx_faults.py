@@ -25,7 +25,10 @@ async def ari() -> AsyncIterator[Ari]:
 async def test_fail_next_answers_an_error_and_does_nothing(ari: Ari) -> None:
     """A matched request gets the injected status and has no effect; the next one works."""
     events = await ari.events()
-    call = await ari.pbx.place_call("040404040", "041123456", CallerScript())
+    # A callback's agent leg: it enters Stasis unanswered (the inbound dialplan answers).
+    call = await ari.pbx.place_callback(
+        "041123456", None, agent_script=CallerScript(), customer_script=CallerScript()
+    )
     await events.expect("StasisStart")
     ari.pbx.fail_next("post", "/channels/*/answer", status=500)
     ari.pbx.fail_next("POST", "/channels/*/variable", status=503, count=2)

@@ -52,11 +52,12 @@ async def stored(h: Harness, call_id: str) -> bool:
     )
 
 
-async def test_failed_answer_goes_on_unrecorded_and_next_call_is_served(tmp_path: Path) -> None:
-    """A 500 on answer: the call fails closed (no decision, no MixMonitor, still queued to an
-    agent), and the next caller is served normally."""
+async def test_failed_prompt_goes_on_unrecorded_and_next_call_is_served(tmp_path: Path) -> None:
+    """A 500 on the notice's playback (the first request for a call the dialplan answered):
+    the call fails closed (no decision, no MixMonitor, still queued to an agent), and the
+    next caller is served normally."""
     async with harness(POLICY, tmp_path, time_scale=SCALE) as h:
-        h.sim.fail_next("POST", "/channels/*/answer", status=500)
+        h.sim.fail_next("POST", "/channels/*/play/*", status=500)
         first = await call(h, SERVICE, "041 555 201", PRESS_1)
         row = await finished(h, first)
         assert row.decision is Decision.NONE

@@ -203,6 +203,7 @@ def callrec_dialplan(
         Priority("NoOp", lambda v: f"callrec: inbound call for queue {v.get('CALLREC_QUEUE', '')}"),
         clear,
         push_handler,
+        Priority("Answer"),
         Priority("Stasis", lambda v: f"{app},inbound,{v['EXTEN']}"),
         Priority("Gosub", "callrec-record,s,1"),
         Priority("Queue", lambda v: v.get("CALLREC_QUEUE", "")),
