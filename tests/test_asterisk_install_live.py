@@ -74,7 +74,14 @@ async def test_live_a_new_number_and_line_route_after_install(tmp_path: Path) ->
                 caller = await place_call(ari, "press1", did)
                 await observed.wait(varset("CALLREC_AGENT", caller))
                 assert observed.varsets("CALLREC_QUEUE", caller)[-1] == queue
-                assert observed.varsets("QUEUENAME", caller)[-1] == queue
+                queued = [
+                    e.get("dialplan_app_data")
+                    for e in observed.seen
+                    if e["type"] == "ChannelDialplan"
+                    and e.get("dialplan_app") == "Queue"
+                    and e.get("channel", {}).get("id") == caller
+                ]
+                assert queued[-1:] == [queue]
                 await ari.request("DELETE", f"/channels/{caller}")
     finally:
         restore(etc, saved)
