@@ -33,6 +33,7 @@ import os
 import shutil
 import signal
 import sqlite3
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -443,7 +444,34 @@ def table(runs: list[Run]) -> str:
         )
     lines += ["", "CPU per call by thread (ms, user + system, 10 ms ticks):"]
     lines += [f"- {run.rate:.0f}/s {run.kind}: {run.threads}" for run in runs]
+    pairs = ratios(runs)
+    if pairs:
+        lines += ["", "callrec / bare, run by run in each round (median):"]
+        lines += [f"- {line}" for line in pairs]
     return "\n".join(lines)
+
+
+def ratios(runs: list[Run]) -> list[str]:
+    """Per rate, the controller's CPU per call and digit -> left Stasis p99 over the bare
+    app's, for each round's pair of runs, and their medians."""
+    lines = []
+    for rate in sorted({run.rate for run in runs}):
+        mine = [r for r in runs if r.rate == rate and r.kind == "callrec"]
+        bare = [r for r in runs if r.rate == rate and r.kind == "bare"]
+        pairs = list(zip(mine, bare, strict=False))
+        if not pairs:
+            continue
+        cpu = [a.cpu_per_call / b.cpu_per_call for a, b in pairs if b.cpu_per_call > 0]
+        p99 = [
+            percentile(a.digit_to_left, 99) / percentile(b.digit_to_left, 99)
+            for a, b in pairs
+            if a.digit_to_left and b.digit_to_left and percentile(b.digit_to_left, 99) > 0
+        ]
+        for name, values in (("CPU per call", cpu), ("digit -> left Stasis p99", p99)):
+            if values:
+                shown = ", ".join(f"{v:.2f}x" for v in values)
+                lines.append(f"{rate:.0f}/s {name}: {shown} ({statistics.median(values):.2f}x)")
+    return lines
 
 
 async def run_all(args: argparse.Namespace, credentials: tuple[str, str, str]) -> list[Run]:
@@ -462,6 +490,22 @@ async def run_all(args: argparse.Namespace, credentials: tuple[str, str, str]) -
         watcher = asyncio.get_running_loop().create_task(observe(url, user, password, observer))
         try:
             await asyncio.sleep(1.0)
+            if args.warmup > 0:
+                # The first calls after Asterisk starts are slower for whichever app takes
+                # them; without this, the first app of every batch would pay for it.
+                say(f"live load: warm-up, bare at {args.rates[0]:g}/s, {args.warmup} callers")
+                await one_run(
+                    "bare",
+                    args.rates[0],
+                    args.warmup,
+                    client,
+                    observer,
+                    credentials,
+                    work / "warm-up",
+                    watch,
+                    None,
+                    args.caller,
+                )
             for rate in args.rates:
                 for round_ in range(args.rounds):
                     kinds = args.kinds if round_ % 2 == 0 else args.kinds[::-1]
@@ -500,6 +544,12 @@ def main(argv: list[str] | None = None) -> int:
         "--kinds", nargs="+", choices=("callrec", "bare"), default=["callrec", "bare"]
     )
     parser.add_argument("--py-spy", metavar="PY_SPY", help="sample each app run with py-spy")
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        default=100,
+        help="callers of a bare-app run before the measured ones, not counted (0: none)",
+    )
     parser.add_argument(
         "--caller",
         choices=("press1", SELF_ENDING),
