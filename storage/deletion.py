@@ -19,7 +19,7 @@ from storage.ports import Row, Tx
 from storage.rows import Context, blob_op
 from storage.values import ts
 
-SWEEP_BATCH = 1000
+SWEEP_BATCH = 2000  # recordings a deletion step lists, removes and commits at once
 
 
 @dataclass(frozen=True, slots=True)

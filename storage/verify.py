@@ -29,7 +29,7 @@ from storage.values import ts
 AUDIT_BATCH = 5000  # audit entries read per query while verifying
 # How long an ingest, export or deletion may be in flight before it is a problem. Each is
 # one short step on a working system: an ingest copies one recording (a four-hour call at
-# 16 kHz is some 460 MB: minutes on a slow share), a deletion removes a batch of 1,000
+# 16 kHz is some 460 MB: minutes on a slow share), a deletion removes a batch of 2,000
 # files (about a second), an export copies what was asked for. An hour past its start, the
 # step's controller died (its restart finishes or undoes it) or hangs.
 IN_FLIGHT_FOR = timedelta(hours=1)
