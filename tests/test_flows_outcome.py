@@ -8,6 +8,7 @@ from flows.outcome import (
     LEFT_BEFORE_RECORDING,
     NO_FILE_THOUGH_ANSWERED,
     Outcome,
+    QueueObserver,
     outcome_after_restart,
     outcome_of_hangup_report,
     unrecorded_reason,
@@ -42,6 +43,30 @@ def test_a_call_that_ended_unseen_is_judged_by_its_recording() -> None:
     assert outcome_after_restart(decided=True, recorded_audio=True) is Outcome.ANSWERED
     assert outcome_after_restart(decided=True, recorded_audio=False) is Outcome.MISSED
     assert outcome_after_restart(decided=False, recorded_audio=False) is Outcome.ABANDONED_IN_PROMPT
+
+
+@pytest.mark.parametrize(
+    ("reported", "needs_audio"),
+    [
+        ({"ANSWEREDTIME": "0", "ABANDONED": "TRUE"}, False),  # the queue: nobody answered
+        ({"ANSWEREDTIME": "12"}, False),  # the queue (or Dial): talked 12 s
+        ({"CALLREC_AGENT": "PJSIP/agent"}, False),  # an agent took it
+        ({"ANSWEREDTIME": "", "ABANDONED": "", "CALLREC_AGENT": ""}, True),  # no queue here
+        ({}, True),
+    ],
+)
+def test_a_leg_whose_queue_said_nothing_is_judged_by_its_recording(
+    reported: dict[str, str], needs_audio: bool
+) -> None:
+    """A leg with no queue (a callback's customer leg) reports empty variables at its end:
+    only its recording can tell whether it was bridged; a queue's report settles it."""
+    observer = QueueObserver(continued=True)
+    for name, value in reported.items():
+        observer.saw_variable(name, value)
+    assert observer.needs_audio() is needs_audio
+    if needs_audio:
+        observer.saw_recorded_audio(beyond_header=True)
+        assert observer.outcome() is Outcome.ANSWERED
 
 
 @pytest.mark.parametrize(
