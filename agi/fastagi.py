@@ -73,8 +73,7 @@ from flows.numbers import shown
 from flows.outcome import (
     Outcome,
     agent_name,
-    outcome_after_restart,
-    outcome_of_hangup_report,
+    hangup_report,
 )
 from flows.policy import Policy
 
@@ -618,19 +617,17 @@ class FastAgiServer:
             return
         # A call is still open here only if it went on: calls that ended in the prompt
         # were finished by their own connection before it closed.
-        outcome = outcome_of_hangup_report(
+        report = hangup_report(
             decided=row.decided_at is not None,
             answered_time=request.arg(1),
             abandoned=request.arg(2),
             agent=request.arg(3),
         )
-        if not request.arg(1) and not request.arg(2) and row.recording_file is not None:
+        if report.needs_audio() and row.recording_file is not None:
             # No queue on this leg (a callback's customer leg): judged by its audio, as
-            # ARI mode judges a leg whose queue variables it did not see.
-            audio = await asyncio.to_thread(_has_audio, row.recording_file)
-            outcome = outcome_after_restart(
-                decided=row.decided_at is not None, recorded_audio=audio
-            )
+            # ARI mode judges a leg whose queue reported nothing.
+            report.saw_recorded_audio(await asyncio.to_thread(_has_audio, row.recording_file))
+        outcome = report.outcome()
         # Not waited for here: Asterisk detaches MixMonitor, which then writes its last
         # frames and closes the file, only after this hangup handler has ended
         # (main/channel.c, ast_hangup: hangup handlers, then destroy_hooks).

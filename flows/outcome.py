@@ -88,16 +88,26 @@ class QueueObserver:
         return Outcome.MISSED if self.continued else Outcome.ABANDONED_IN_PROMPT
 
 
-def outcome_of_hangup_report(
+def hangup_report(
     *, decided: bool, answered_time: str, abandoned: str, agent: str
-) -> Outcome:
-    """The outcome a dialplan hangup handler reports (FastAGI `/hangup`): a call is still
-    open there only if it went on, i.e. if its decision was committed."""
+) -> QueueObserver:
+    """What a dialplan hangup handler reports (FastAGI `/hangup`), read as the queue left
+    it: a call is still open there only if it went on, i.e. if its decision was committed.
+    `needs_audio()` says whether its recording must settle it."""
     observer = QueueObserver(continued=decided)
     observer.saw_variable(ANSWERED_TIME_VARIABLE, answered_time)
     observer.saw_variable(ABANDONED_VARIABLE, abandoned)
     observer.saw_variable(AGENT_VARIABLE, agent)
-    return observer.outcome()
+    return observer
+
+
+def outcome_of_hangup_report(
+    *, decided: bool, answered_time: str, abandoned: str, agent: str
+) -> Outcome:
+    """The outcome of a hangup report (`hangup_report`) with no recording to look at."""
+    return hangup_report(
+        decided=decided, answered_time=answered_time, abandoned=abandoned, agent=agent
+    ).outcome()
 
 
 def agent_name(value: str) -> str | None:
