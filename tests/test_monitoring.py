@@ -235,11 +235,13 @@ async def test_metrics_count_the_calls_a_controller_took(tmp_path: Path, pbx: Si
     assert samples["callrec_calls_shed_total{}"] == 0
     assert samples["callrec_callbacks_due{}"] == 0
     assert samples["callrec_sweep_last_run_timestamp_seconds{}"] > 0  # swept at start
-    answered = (
+    # Each call was handed on once; the dialplan answered them (no answer request).
+    continued = (
         'callrec_ari_request_duration_seconds_count{method="POST",'
-        'resource="/channels/{channelId}/answer"}'
+        'resource="/channels/{channelId}/continue"}'
     )
-    assert samples[answered] == 4
+    assert samples[continued] == 4
+    assert not any("/answer" in name for name in samples)
     call_ids = {r.variables["CALLREC_CALL_ID"] for r in results}
     channel_ids = {r.channel_id for r in results}
     for secret in call_ids | channel_ids | {CALLER, CALLER[1:], "38641123456"}:
