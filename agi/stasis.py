@@ -571,13 +571,10 @@ class StasisApp:
             await session.hung_up()
         call.observer.continued = session.continued
         lost_events = call.epoch != self._connections
-        observer = call.observer
         if (
-            (lost_events and not observer.answered) or observer.needs_audio()
-        ) and session.recording_file is not None:
-            # The queue's variables may have been lost with the WebSocket; while it stayed
-            # up, they were all seen and the file has nothing to add, unless the leg had no
-            # queue to set them (a callback's customer leg).
+            call.observer.needs_audio(reports_lost=lost_events)
+            and session.recording_file is not None
+        ):
             recorded = await asyncio.to_thread(_has_audio, session.recording_file)
             call.observer.saw_recorded_audio(recorded)
         outcome = call.observer.outcome()

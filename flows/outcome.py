@@ -71,10 +71,11 @@ class QueueObserver:
         sources = _AGENT_SOURCES if direction is not Direction.CALLBACK else _AGENT_SOURCES[:2]
         return next((self.agents[n] for n in sources if n in self.agents), None)
 
-    def needs_audio(self) -> bool:
+    def needs_audio(self, *, reports_lost: bool = False) -> bool:
         """Whether the recording's audio has something to add: nothing said the leg was
-        answered, and nothing said how its queue ended."""
-        return not self.answered and not self.settled
+        answered, and either nothing said how its queue ended or what did may have been
+        lost (`reports_lost`: the events connection dropped while the call was on)."""
+        return not self.answered and (reports_lost or not self.settled)
 
     def saw_recorded_audio(self, beyond_header: bool) -> None:
         """MixMonitor(...,b) wrote audio beyond the WAV header: it saw a bridge, so an agent
