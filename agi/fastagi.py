@@ -43,7 +43,6 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from pathlib import Path
 
 from agi.agi_protocol import (
     MAX_ENVIRONMENT_LINES,
@@ -58,7 +57,7 @@ from agi.agi_protocol import (
     starts_usage_block,
 )
 from agi.calls import CALL_ID, Rejected, callback_session, callee_session, inbound_session
-from agi.session import CallSession, SessionDeps, finish_call
+from agi.session import CallSession, SessionDeps, finish_call, has_audio
 from flows.errors import (
     AsteriskError,
     CallrecError,
@@ -89,7 +88,6 @@ MAX_USAGE_LINES = 200  # a 520- usage block is a page of help text
 MAX_CONNECTIONS = 1000  # each live call holds one; past this a flood is refused
 SHUTDOWN_GRACE = 5.0  # seconds live calls get to end before their connections are closed
 PROMPT_LANGUAGE = "sl"  # the prompts are Slovenian; Asterisk looks in sounds/sl/
-WAV_HEADER_BYTES = 44  # what MixMonitor(...,b) writes when nobody was bridged
 RECENT_CALLS = 10_000  # channel -> call id pairs kept for look-ups after a call ends
 MIXMONITOR_OPTIONS = "b"  # record only while bridged: the queue's music is nobody's data
 _PROMPT_ID = re.compile(r"[A-Za-z0-9_-]+(?:/[A-Za-z0-9_-]+)*")
@@ -626,7 +624,7 @@ class FastAgiServer:
         if report.needs_audio() and row.recording_file is not None:
             # No queue on this leg (a callback's customer leg): judged by its audio, as
             # ARI mode judges a leg whose queue reported nothing.
-            report.saw_recorded_audio(await asyncio.to_thread(_has_audio, row.recording_file))
+            report.saw_recorded_audio(await asyncio.to_thread(has_audio, row.recording_file))
         outcome = report.outcome()
         # Not waited for here: Asterisk detaches MixMonitor, which then writes its last
         # frames and closes the file, only after this hangup handler has ended
@@ -646,12 +644,6 @@ class FastAgiServer:
         if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
             address = address.ipv4_mapped
         return address in self._allow
-
-
-def _has_audio(file: str) -> bool:
-    with contextlib.suppress(OSError):
-        return Path(file).stat().st_size > WAV_HEADER_BYTES
-    return False
 
 
 def _address(text: str, key: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:

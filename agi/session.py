@@ -62,6 +62,17 @@ from storage.ports import CallStart, DecisionRecord, Ledger, RecordingRow, Recor
 
 log = logging.getLogger("callrec.session")
 
+WAV_HEADER_BYTES = 44  # what MixMonitor(...,b) writes when nobody was bridged
+
+
+def has_audio(file: str) -> bool:
+    """Whether MixMonitor's file holds more than its WAV header: it saw a bridge. False when
+    the file cannot be read."""
+    with contextlib.suppress(OSError):
+        return Path(file).stat().st_size > WAV_HEADER_BYTES
+    return False
+
+
 # A channel that would not continue is tried again, for as long as it exists (Asterisk then
 # answers 404, or 409 once it has left Stasis): hanging up is never a way to fail closed.
 RELEASE_PAUSE = 0.2  # seconds before the second try, doubling

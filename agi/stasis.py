@@ -30,7 +30,6 @@ import uuid
 from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 from agi.ari import AriClient
@@ -40,6 +39,7 @@ from agi.session import (
     CallSession,
     SessionDeps,
     finish_call,
+    has_audio,
     release_pause,
 )
 from flows.errors import AsteriskError, ChannelGone, StorageError
@@ -70,7 +70,6 @@ PROMPT_LANGUAGE = "sl"  # the prompts are Slovenian; Asterisk looks in sounds/sl
 RECENT_CALLS = 10_000  # channel -> call id pairs kept for look-ups after a call ends
 SHUTDOWN_GRACE = 5.0  # seconds live calls get to reach a decision before failing closed
 UNKNOWN_CHANNEL_GRACE = 1.0  # seconds a listed channel's StasisStart may lag the listing
-WAV_HEADER_BYTES = 44  # what MixMonitor(...,b) writes when nobody was bridged
 # New calls are shed (handed on at once, unrecorded, no prompt) while more REST requests
 # than this wait for a connection: Asterisk is behind, and a call served late costs it far
 # more work than one `continue` now. Default: this many times the connection limit.
@@ -575,7 +574,7 @@ class StasisApp:
             call.observer.needs_audio(reports_lost=lost_events)
             and session.recording_file is not None
         ):
-            recorded = await asyncio.to_thread(_has_audio, session.recording_file)
+            recorded = await asyncio.to_thread(has_audio, session.recording_file)
             call.observer.saw_recorded_audio(recorded)
         outcome = call.observer.outcome()
         if await session.in_ledger():
@@ -753,14 +752,8 @@ def _playback_state(event: AriEvent) -> str | None:
     return None
 
 
-def _has_audio(file: str) -> bool:
-    with contextlib.suppress(OSError):
-        return Path(file).stat().st_size > WAV_HEADER_BYTES
-    return False
-
-
 def _outcome_after_restart(row: CallRow) -> Outcome:
-    recorded = row.recording_file is not None and _has_audio(row.recording_file)
+    recorded = row.recording_file is not None and has_audio(row.recording_file)
     return outcome_after_restart(decided=row.decided_at is not None, recorded_audio=recorded)
 
 
