@@ -150,7 +150,7 @@ async def delete_batch(
     removed keeps its row (and is due again); the copies that did go are noted."""
     ids = [target.recording_id for target in targets]
     items = await ctx.db.write(
-        lambda tx: list_doomed(tx, ids, ts(now)), "marking recordings for deletion", serial=False
+        lambda tx: mark_doomed(tx, ids, ts(now)), "marking recordings for deletion", serial=False
     )
     removals = await remove_files(ctx, items, now=now, reason=reason)
     removed = Removed(targets, items, removals)
@@ -162,25 +162,18 @@ async def delete_batch(
 DOOMED_COLUMNS = "id, call_id, path, legal_basis, sha256, size, created_at, delete_after"
 
 
-def list_doomed(tx: Tx, ids: Sequence[str], since: str | None = None) -> list[Doomed]:
-    """The recordings of `ids` not deleted yet, with their live export copies and the
-    exports that hold them; with `since` (a write transaction), each marked as being
-    deleted from then on, before any of its files goes."""
+def mark_doomed(tx: Tx, ids: Sequence[str], since: str) -> list[Doomed]:
+    """The recordings of `ids` not deleted yet, each marked as being deleted from `since`
+    on (before any of its files goes), with their live export copies and the exports that
+    hold them, in the order of `ids`."""
     if not ids:
         return []
     marks = ", ".join("?" * len(ids))
-    if since is None:
-        rows = tx.all(
-            f"SELECT {DOOMED_COLUMNS} FROM recordings WHERE id IN ({marks}) "  # noqa: S608 - only placeholders are added
-            "AND status != 'deleted'",
-            ids,
-        )
-    else:
-        rows = tx.all(
-            f"UPDATE recordings SET deleting_since = ? WHERE id IN ({marks}) "  # noqa: S608 - only placeholders are added
-            f"AND status != 'deleted' RETURNING {DOOMED_COLUMNS}",
-            (since, *ids),
-        )
+    rows = tx.all(
+        f"UPDATE recordings SET deleting_since = ? WHERE id IN ({marks}) "  # noqa: S608 - only placeholders are added
+        f"AND status != 'deleted' RETURNING {DOOMED_COLUMNS}",
+        (since, *ids),
+    )
     order = {recording_id: n for n, recording_id in enumerate(ids)}
     return doomed_of(tx, sorted(rows, key=lambda row: order[row["id"]]))
 
