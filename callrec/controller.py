@@ -183,14 +183,21 @@ async def _keep_claim(store: StoreApi, every: float, metrics: Metrics) -> None:
         metrics.lock_held.set(1)
 
 
-async def _until_stopped(*watched: asyncio.Task[None]) -> int:
-    """Until SIGINT or SIGTERM (EXIT_OK), or until one of `watched` ends: it raised, said
-    here (critical), and the controller stops with EXIT_ERROR, for systemd to restart it
-    (and the start-up then to say why it may not run)."""
+def _stop_on_signals() -> asyncio.Event:
+    """An event SIGINT and SIGTERM set from now on. Installed before the controller says
+    it is up, so that a stop right after start still stops it in order."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
+async def _until_stopped(stop: asyncio.Event, *watched: asyncio.Task[None]) -> int:
+    """Until `stop` is set (a signal, `_stop_on_signals`: EXIT_OK), or until one of
+    `watched` ends: it raised, said here (critical), and the controller stops with
+    EXIT_ERROR, for systemd to restart it (and the start-up then to say why it may not
+    run)."""
     signalled = asyncio.create_task(stop.wait())
     done, _ = await asyncio.wait({signalled, *watched}, return_when=asyncio.FIRST_COMPLETED)
     signalled.cancel()
@@ -365,6 +372,7 @@ async def serve(settings: Settings, reload: Reload | None = None) -> int:
         _reloading(settings, reload, _serving(deps, app.use_policy))
         metrics.read_ari_connected(lambda: client.connected)
         metrics.read_calls_shed(lambda: app.shed)
+        stop = _stop_on_signals()
         announce(
             f"callrec serve: app {settings.ari.app!r} at {settings.ari.url}, store "
             f"{settings.data_dir}, spool {settings.spool_dir} ({settings.source})"
@@ -394,7 +402,7 @@ async def serve(settings: Settings, reload: Reload | None = None) -> int:
             ]
             await watch.ready_once(client.wait_connected())
             try:
-                code = await _until_stopped(claim)
+                code = await _until_stopped(stop, claim)
             finally:
                 await app.shutdown()
                 for task in tasks:
@@ -423,13 +431,14 @@ async def fastagi(settings: Settings, reload: Reload | None = None) -> int:
         async with Watch(settings, metrics, store, status=status) as watch:
             port = await server.start()
             _reloading(settings, reload, _serving(deps, server.use_policy))
+            stop = _stop_on_signals()
             announce(f"callrec fastagi: listening on {settings.fastagi.host}:{port}")
             sweeper = asyncio.create_task(_sweeper(store, settings, events, metrics))
             checkpointer = asyncio.create_task(_checkpointer(store))
             claim = asyncio.create_task(_keep_claim(store, settings.lock_check_seconds, metrics))
             await watch.ready_once(asyncio.sleep(0))
             try:
-                code = await _until_stopped(claim)
+                code = await _until_stopped(stop, claim)
             finally:
                 for task in (sweeper, checkpointer, claim):
                     task.cancel()
