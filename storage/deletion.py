@@ -1,15 +1,17 @@
-"""Deleting recordings, in batches: the rows are listed and marked as being deleted
-(`recordings.deleting_since`), the copies and audio go (their directories fsync'd), then
-the rows are committed as deleted with an audit entry each. A crash in between leaves rows
-whose files are gone, which the next run deletes again as "already absent"; meanwhile the
-mark tells a checker on another node that such a file is being deleted, not missing.
+"""Deleting recordings, in batches: the rows are listed and the batch noted as being
+deleted (a row of `deletions` naming them), the copies and audio go (their directories
+fsync'd), then the rows are committed as deleted with an audit entry each and the note
+goes. A crash in between leaves rows whose files are gone, which the next run deletes
+again as "already absent"; meanwhile the note tells a checker on another node that such a
+file is being deleted, not missing.
 Shared by the retention sweep and withdrawals. A recording's export copies go with it,
 and nothing else of the exports that hold them (`storage.exportcopies`)."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import json
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -55,11 +57,13 @@ class Removal:
 
 @dataclass(frozen=True, slots=True)
 class Removed:
-    """A batch whose files are gone (or could not go), its rows not yet marked deleted."""
+    """A batch whose files are gone (or could not go), its rows not yet marked deleted;
+    `deletion` its row in `deletions` (None: nothing was listed)."""
 
     targets: Sequence[Target]
     doomed: list[Doomed]
     removals: list[Removal]
+    deletion: int | None
 
 
 async def remove_files(
@@ -149,11 +153,11 @@ async def delete_batch(
     sweep deletes again as "already absent". A recording whose audio could not be
     removed keeps its row (and is due again); the copies that did go are noted."""
     ids = [target.recording_id for target in targets]
-    items = await ctx.db.write(
+    deletion, items = await ctx.db.write(
         lambda tx: mark_doomed(tx, ids, ts(now)), "marking recordings for deletion", serial=False
     )
     removals = await remove_files(ctx, items, now=now, reason=reason)
-    removed = Removed(targets, items, removals)
+    removed = Removed(targets, items, removals, deletion)
     return await record_removed(ctx, removed, now, reason)
 
 
@@ -162,20 +166,73 @@ async def delete_batch(
 DOOMED_COLUMNS = "id, call_id, path, legal_basis, sha256, size, created_at, delete_after"
 
 
-def mark_doomed(tx: Tx, ids: Sequence[str], since: str) -> list[Doomed]:
-    """The recordings of `ids` not deleted yet, each marked as being deleted from `since`
-    on (before any of its files goes), with their live export copies and the exports that
-    hold them, in the order of `ids`."""
+def mark_doomed(tx: Tx, ids: Sequence[str], since: str) -> tuple[int | None, list[Doomed]]:
+    """The recordings of `ids` not deleted yet, noted as being deleted from `since` on
+    (before any of their files goes; `note_deletion`), with their live export copies and
+    the exports that hold them, in the order of `ids`."""
     if not ids:
-        return []
+        return None, []
     marks = ", ".join("?" * len(ids))
-    rows = tx.all(
-        f"UPDATE recordings SET deleting_since = ? WHERE id IN ({marks}) "  # noqa: S608 - only placeholders are added
-        f"AND status != 'deleted' RETURNING {DOOMED_COLUMNS}",
-        (since, *ids),
-    )
     order = {recording_id: n for n, recording_id in enumerate(ids)}
-    return doomed_of(tx, sorted(rows, key=lambda row: order[row["id"]]))
+    rows = sorted(
+        tx.all(
+            f"SELECT {DOOMED_COLUMNS} FROM recordings WHERE id IN ({marks}) "  # noqa: S608 - only placeholders are added
+            "AND status != 'deleted'",
+            ids,
+        ),
+        key=lambda row: order[row["id"]],
+    )
+    return note_deletion(tx, (row["id"] for row in rows), since), doomed_of(tx, rows)
+
+
+def note_deletion(tx: Tx, ids: Iterable[str], since: str) -> int | None:
+    """Note the recordings of `ids` as being deleted from `since` on: one row of
+    `deletions` for the batch, gone again when the batch is committed. Its id (None: no
+    recordings, nothing noted)."""
+    listed = list(ids)
+    if not listed:
+        return None
+    row = tx.one(
+        "INSERT INTO deletions (since, ids) VALUES (?, ?) RETURNING id",
+        (since, json.dumps(listed)),
+    )
+    assert row is not None  # INSERT ... RETURNING
+    return int(row["id"])
+
+
+def drop_finished_notes(tx: Tx) -> None:
+    """Drop the notes of deletions whose recordings are all deleted by now. A deletion
+    drops its own note when it commits; one cut short by a crash leaves it, until the next
+    sweep or withdrawal has deleted what it named."""
+    for note in tx.all("SELECT id, ids FROM deletions"):
+        ids = json.loads(note["ids"])
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            marks = ", ".join("?" * len(chunk))
+            if tx.all(
+                f"SELECT id FROM recordings WHERE id IN ({marks}) "  # noqa: S608 - only placeholders are added
+                "AND status != 'deleted' LIMIT 1",
+                chunk,
+            ):
+                break
+        else:
+            tx.run("DELETE FROM deletions WHERE id = ?", (note["id"],))
+
+
+def being_deleted(tx: Tx, ids: Iterable[str] | None = None) -> dict[str, str]:
+    """Of the recordings of `ids` (None: all), those a deletion has noted and not yet
+    committed, each with when the earliest such deletion began. A handful of rows: one
+    for each deletion step under way, or cut short by a crash."""
+    wanted = None if ids is None else set(ids)
+    found: dict[str, str] = {}
+    for row in tx.all("SELECT since, ids FROM deletions"):
+        since = str(row["since"])
+        for recording_id in json.loads(row["ids"]):
+            if wanted is not None and recording_id not in wanted:
+                continue
+            if recording_id not in found or since < found[recording_id]:
+                found[recording_id] = since
+    return found
 
 
 def doomed_of(tx: Tx, rows: Sequence[Row]) -> list[Doomed]:
@@ -213,11 +270,10 @@ async def record_removed(
             mark_copies_in(tx, copies_gone, now)
         why = {t.recording_id: (reason, t.withdrawal_id) for t in removed.targets}
         note_changes(ctx, tx, changes, now, why)
-        # The audio of the others is still there: their rows stay, due again, no longer
-        # being deleted.
-        kept = [(item.row["id"],) for item, r in pairs if r.file_state is None]
-        if kept:
-            tx.many("UPDATE recordings SET deleting_since = NULL WHERE id = ?", kept)
+        # The batch is no longer being deleted: the recordings whose audio is still there
+        # keep their rows, due again; the others are marked deleted now.
+        if removed.deletion is not None:
+            tx.run("DELETE FROM deletions WHERE id = ?", (removed.deletion,))
         removed_audio = [(i, r) for i, r in pairs if r.file_state is not None]
         if not removed_audio:
             return []
@@ -298,8 +354,7 @@ def claim(tx: Tx, targets: Sequence[Target], when: str, reason: str) -> set[str]
         marks = ", ".join("?" * len(ids))
         rows = tx.all(
             "UPDATE recordings SET status = 'deleted', deleted_at = ?, "  # noqa: S608 - only placeholders are added
-            "deletion_reason = ?, withdrawal_id = ?, deleting_since = NULL, path = NULL, "
-            "caller = NULL, "
+            "deletion_reason = ?, withdrawal_id = ?, path = NULL, caller = NULL, "
             f"dialed = NULL, customer = NULL WHERE id IN ({marks}) AND status != 'deleted' "
             "RETURNING id",
             (when, reason, withdrawal_id, *ids),

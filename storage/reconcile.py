@@ -17,6 +17,7 @@ from flows.policy import Decision
 from storage import files
 from storage.access import abandon_export
 from storage.calls import call_of_spool_file, close_stale_calls
+from storage.deletion import being_deleted
 from storage.ingest import discard, finish_pending, ingest_now, tidy_source
 from storage.ports import ReconcileReport, RecordingStatus, Row, Tx
 from storage.rows import Context, blob_op, in_thread
@@ -320,15 +321,17 @@ async def place_orphans(
 async def mark_missing(ctx: Context, recording_id: str, now: datetime) -> bool:
     """Mark a stored recording whose file was not found as missing; whether it was. Decided
     again in the write transaction, after the store was looked at: a deletion (this node's
-    or another's) marks its rows before it removes their files, and marks them deleted once
-    they are gone, so a row still stored and not being deleted really has lost its file.
+    or another's) notes its recordings (`deletions`) before it removes their files, and
+    marks them deleted once they are gone, so a row still stored and not being deleted really
+    has lost its file.
     One being deleted is left to that deletion (or, if it was cut short, to the next sweep
     or withdrawal, which finds the file already absent)."""
 
     def body(tx: Tx) -> bool:
+        if being_deleted(tx, [recording_id]):
+            return False
         found = tx.all(
-            "UPDATE recordings SET status = ? WHERE id = ? AND status = ? "
-            "AND deleting_since IS NULL RETURNING id",
+            "UPDATE recordings SET status = ? WHERE id = ? AND status = ? RETURNING id",
             (RecordingStatus.MISSING.value, recording_id, RecordingStatus.STORED.value),
         )
         if found:

@@ -286,6 +286,21 @@ CONTROLLER_CLAIMS: tuple[Step, ...] = (
 # missing.
 DELETION_INTENT: tuple[Step, ...] = ("ALTER TABLE recordings ADD COLUMN deleting_since TEXT",)
 
+# The intent above, once a batch instead of once a row: a deletion step writes one row
+# naming its recordings (a JSON array of their ids) where it marked each of them, which
+# rewrote every recording row (and on PostgreSQL each of its index entries) only for the
+# claim to rewrite it again. The marks a crash left become one-recording rows.
+DELETIONS: tuple[Step, ...] = (
+    """CREATE TABLE deletions (
+        id    INTEGER PRIMARY KEY,
+        since TEXT NOT NULL,
+        ids   TEXT NOT NULL
+    )""",
+    "INSERT INTO deletions (since, ids) SELECT deleting_since, '[\"' || id || '\"]' "
+    "FROM recordings WHERE deleting_since IS NOT NULL",
+    "ALTER TABLE recordings DROP COLUMN deleting_since",
+)
+
 MIGRATIONS: tuple[tuple[Step, ...], ...] = (
     LEDGER,
     RECORDING_STORE,
@@ -299,6 +314,7 @@ MIGRATIONS: tuple[tuple[Step, ...], ...] = (
     EXPORT_OWNERS,
     CONTROLLER_CLAIMS,
     DELETION_INTENT,
+    DELETIONS,
 )
 APPEND_ONLY_TRIGGERS = frozenset(
     {"audit_no_update", "audit_no_delete", "access_log_no_update", "access_log_no_delete"}

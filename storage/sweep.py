@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 
 from storage.deletion import (
@@ -15,17 +16,29 @@ from storage.deletion import (
     Removed,
     Target,
     doomed_of,
+    drop_finished_notes,
+    note_deletion,
     record_removed,
     remove_files,
     retry_copies,
 )
-from storage.ports import Progress, Row, SweepReport, Tx
+from storage.ports import Progress, SweepReport, Tx
 from storage.rows import Context, silent
 from storage.values import ts
 from storage.withdrawal import enforce_withdrawals
 
 Key = tuple[str, str]  # (delete_after, id) of the last recording of a page
-MARK_ATTEMPTS = 3  # pages a sweep tries to mark where another node deleted them meanwhile
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """A page of due recordings: their ids, the key to list the next page after, and (not
+    on a dry run) the recordings to delete and the row that notes them being deleted."""
+
+    ids: list[str]
+    after: Key
+    doomed: list[Doomed]
+    deletion: int | None
 
 
 async def sweep(
@@ -43,37 +56,26 @@ async def sweep(
     when = ts(now)
     tell = progress or silent
 
-    def page(after: Key) -> Callable[[Tx], tuple[list[str], Key, list[Doomed]]]:
+    def page(after: Key) -> Callable[[Tx], Page]:
         # Pages in (delete_after, id) order, each after the last: memory stays flat
         # however many are due, and a recording that cannot be deleted is not met again.
-        due = (
-            "WHERE status != 'deleted' AND delete_after <= ? AND (delete_after, id) > (?, ?) "
-            "ORDER BY delete_after, id LIMIT ?"
-        )
-        arguments = (when, *after, SWEEP_BATCH)
+        # A recording another node is deleting meanwhile may be listed too: its files are
+        # found already absent, and only the transaction that claims its row reports it.
+        columns = "id, delete_after" if dry_run else DOOMED_COLUMNS
 
-        def body(tx: Tx) -> tuple[list[str], Key, list[Doomed]]:
-            for _ in range(0 if dry_run else MARK_ATTEMPTS):
-                # Listed and marked as being deleted in one statement, before any file goes.
-                marked = tx.all(
-                    "UPDATE recordings SET deleting_since = ? WHERE status != 'deleted' "  # noqa: S608 - constant SQL
-                    f"AND id IN (SELECT id FROM recordings {due}) RETURNING {DOOMED_COLUMNS}",
-                    (when, *arguments),
-                )
-                if marked:
-                    rows = sorted(marked, key=lambda row: (row["delete_after"], row["id"]))
-                    return [row["id"] for row in rows], key_of(rows), doomed_of(tx, rows)
-                # Nothing marked: the end, or a page another node deleted meanwhile (on
-                # PostgreSQL the UPDATE skips a row it found deleted once its lock went).
-                if not tx.all(f"SELECT id FROM recordings {due}", arguments):  # noqa: S608 - constant SQL
-                    return [], after, []
-            # A dry run; or pages deleted by others again and again: go on after the
-            # listing (what another node's deletion failed on is due at the next sweep).
-            listed = tx.all(f"SELECT id, delete_after FROM recordings {due}", arguments)  # noqa: S608 - constant SQL
-            return [row["id"] for row in listed], key_of(listed), []
-
-        def key_of(rows: Sequence[Row]) -> Key:
-            return (rows[-1]["delete_after"], rows[-1]["id"]) if rows else after
+        def body(tx: Tx) -> Page:
+            rows = tx.all(
+                f"SELECT {columns} FROM recordings WHERE status != 'deleted' "  # noqa: S608 - constant SQL
+                "AND delete_after <= ? AND (delete_after, id) > (?, ?) "
+                "ORDER BY delete_after, id LIMIT ?",
+                (when, *after, SWEEP_BATCH),
+            )
+            ids = [row["id"] for row in rows]
+            key = (rows[-1]["delete_after"], rows[-1]["id"]) if rows else after
+            if dry_run:
+                return Page(ids, key, [], None)
+            # Noted as being deleted in the same transaction, before any file goes.
+            return Page(ids, key, doomed_of(tx, rows), note_deletion(tx, ids, when))
 
         return body
 
@@ -109,10 +111,11 @@ async def sweep(
         if dry_run:
             after: Key = ("", "")
             while True:
-                ids, after, _ = await ctx.db.read(page(after), "listing due recordings")
-                if not ids:
+                listed = await ctx.db.read(page(after), "listing due recordings")
+                if not listed.ids:
                     return SweepReport(tuple(deleted), True, now, count)
-                hand_over(ids)
+                after = listed.after
+                hand_over(listed.ids)
                 tell(count, total)
         # The old calls' numbers go beside the deletions (another connection on
         # PostgreSQL, between the batches' jobs on SQLite): they do not depend on them.
@@ -131,30 +134,31 @@ async def sweep(
 async def _delete_due(
     ctx: Context,
     now: datetime,
-    page: Callable[[Key], Callable[[Tx], tuple[list[str], Key, list[Doomed]]]],
+    page: Callable[[Key], Callable[[Tx], Page]],
     tally: Callable[[dict[str, str | None]], None],
 ) -> list[str]:
     """Delete what `page` lists, page by page, each batch's outcome to `tally`; then copies
     left behind and withdrawals due. The problems of the last two."""
     listing = "listing due recordings"
-    after: Key = ("", "")
     # Pipelined: while batch k's files are removed (a worker thread), batch k-1's
     # rows are committed and batch k+1 is listed (the ledger's thread). Each batch
     # still commits only after its own files are gone and their directories fsync'd.
     # A copy listed for k+1 that batch k removes is found absent, which is fine.
-    # Each page is listed and marked as being deleted in one write transaction.
-    ids, after, doomed = await ctx.db.write(page(after), listing, serial=False)
+    # Each page is listed and noted as being deleted in one write transaction.
+    current = await ctx.db.write(page(("", "")), listing, serial=False)
     previous: Removed | None = None
-    while ids:
+    while current.ids:
         committing = (
             None
             if previous is None
             else asyncio.create_task(record_removed(ctx, previous, now, "retention"))
         )
-        following_page = asyncio.create_task(ctx.db.write(page(after), listing, serial=False))
+        following_page = asyncio.create_task(
+            ctx.db.write(page(current.after), listing, serial=False)
+        )
         try:
             removals = await remove_files(
-                ctx, doomed, "removing expired recordings", now=now, reason="retention"
+                ctx, current.doomed, "removing expired recordings", now=now, reason="retention"
             )
         finally:
             # Both ledger jobs are awaited whatever fails, so that none is left behind.
@@ -163,12 +167,15 @@ async def _delete_due(
                     tally(await committing)
             finally:
                 following = await following_page
-        previous = Removed([Target(i, None) for i in ids], doomed, removals)
-        ids, after, doomed = following
+        previous = Removed(
+            [Target(i, None) for i in current.ids], current.doomed, removals, current.deletion
+        )
+        current = following
     if previous is not None:
         tally(await record_removed(ctx, previous, now, "retention"))
     problems = await retry_copies(ctx, now)
     _, withdrawal_problems = await enforce_withdrawals(ctx, now, everyone=True)
+    await ctx.db.write(drop_finished_notes, "dropping finished deletions' notes", serial=False)
     return problems + withdrawal_problems
 
 

@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from storage import chain, checkpoints, files, integrity
+from storage import chain, checkpoints, deletion, files, integrity
 from storage.calls import call_of_spool_file
 from storage.datadir import KEY_FILE
 from storage.ports import Progress, RecordingStatus, Row, Tx, VerifyReport
@@ -190,22 +190,23 @@ async def being_deleted(
     if not ids:
         return [], [], set()
 
-    def read(tx: Tx) -> list[Row]:
+    def read(tx: Tx) -> tuple[list[Row], dict[str, str]]:
         rows: list[Row] = []
         for start in range(0, len(ids), 500):
             chunk = ids[start : start + 500]
             marks = ", ".join("?" * len(chunk))
             rows += tx.all(
-                f"SELECT id, status, deleting_since FROM recordings WHERE id IN ({marks})",  # noqa: S608 - only placeholders
+                f"SELECT id, status FROM recordings WHERE id IN ({marks})",  # noqa: S608 - only placeholders
                 chunk,
             )
-        return rows
+        return rows, deletion.being_deleted(tx, ids)
 
     lines: list[str] = []
     stuck: list[str] = []
     gone: set[str] = set()
-    for row in await ctx.db.read(read, "reading recordings again"):
-        since = row["deleting_since"]
+    rows, deleting = await ctx.db.read(read, "reading recordings again")
+    for row in rows:
+        since = deleting.get(str(row["id"]))
         if row["status"] == RecordingStatus.DELETED.value:
             gone.add(str(row["id"]))
         elif since is not None:
@@ -241,27 +242,32 @@ async def copies_again(
     if not wrong:
         return []
 
-    def read(tx: Tx) -> dict[int, Row]:
-        found: dict[int, Row] = {}
+    def read(tx: Tx) -> dict[int, tuple[Row, bool]]:
+        deleting = deletion.being_deleted(tx)
+        found: dict[int, tuple[Row, bool]] = {}
         for row, _ in wrong:
             again = tx.one(
-                "SELECT f.deleted_at, f.sha256, (SELECT MIN(r.deleting_since) FROM "
-                "export_files g JOIN recordings r ON r.id = g.recording_id WHERE "
-                "g.export_id = f.export_id AND r.deleting_since IS NOT NULL) AS pruning "
-                "FROM export_files f WHERE f.id = ?",
+                "SELECT deleted_at, sha256, export_id FROM export_files WHERE id = ?",
                 (row["id"],),
             )
             if again is not None:
-                found[int(row["id"])] = again
+                held = tx.all(
+                    "SELECT recording_id FROM export_files WHERE export_id = ?",
+                    (again["export_id"],),
+                )
+                pruning = any(h["recording_id"] in deleting for h in held)
+                found[int(row["id"])] = again, pruning
         return found
 
     now = await ctx.db.read(read, "reading export files again")
     problems: list[str] = []
     for row, found in wrong:
-        again = now.get(int(row["id"]))
-        if again is None or again["deleted_at"] is not None:
+        if int(row["id"]) not in now:
             continue
-        if again["pruning"] is not None:
+        again, pruning = now[int(row["id"])]
+        if again["deleted_at"] is not None:
+            continue
+        if pruning:
             in_flight.append(f"export file {row['path']}: being pruned by a deletion")
         elif again["sha256"] != row["sha256"]:
             problems += await check_copy(row, again["sha256"])

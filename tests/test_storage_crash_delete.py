@@ -77,12 +77,15 @@ async def _check_sweep(case: Case) -> None:
             assert checked.ok, checked.problems
         report = await store.verify()
         assert report.ok, report.problems
+        notes = await store.ctx.db.read(lambda tx: tx.all("SELECT ids FROM deletions"), "notes")
+        assert not notes, f"deletions still noted as under way: {notes}"
 
 
 async def test_kill_during_sweep_leaves_nothing_undeleted(tmp_path: Path) -> None:
     """After a kill at any step of a sweep and a re-run, every due recording and every
-    export copy of it is gone with an audit entry, nothing not yet due was touched, and
-    the exports left (one held a due and a later recording) verify offline."""
+    export copy of it is gone with an audit entry, nothing not yet due was touched, no
+    deletion is left noted as under way, and the exports left (one held a due and a later
+    recording) verify offline."""
     steps = await crash_everywhere(_prepare_sweep, _check_sweep, tmp_path)
     assert steps.count("unlink") >= 5
 

@@ -316,7 +316,8 @@ async def test_a_page_another_node_deletes_under_the_sweep_does_not_end_it(
             assert holding.pid is not None
             sweeping = asyncio.create_task(b.sweep(now))
             try:
-                # B's marking UPDATE listed A's rows and now waits for their row locks.
+                # B listed A's rows, found their files gone, and its commit now waits
+                # for A's.
                 await asyncio.to_thread(_wait_until_blocked_by, url, holding.pid)
             finally:
                 holding.release.set()
@@ -366,17 +367,17 @@ def _hold_claim(monkeypatch: pytest.MonkeyPatch, ids: Sequence[str]) -> _Held:
 
 
 def _wait_until_blocked_by(url: str, pid: int) -> None:
-    """Until a sweep's marking UPDATE waits for a row lock that backend `pid` holds."""
+    """Until a sweep's commit of its deletions waits for a lock that backend `pid` holds
+    (the audit's head, then the rows)."""
     deadline = time.monotonic() + 30
     with psycopg.connect(url, autocommit=True) as conn:
         while time.monotonic() < deadline:
             waiting = conn.execute(
                 "SELECT count(*) FROM pg_stat_activity WHERE %s = ANY(pg_blocking_pids(pid)) "
-                "AND wait_event_type = 'Lock' "
-                "AND query LIKE '%%UPDATE recordings SET deleting_since%%'",
+                "AND wait_event_type = 'Lock'",
                 (pid,),
             ).fetchone()
             if waiting is not None and waiting[0]:
                 return
             time.sleep(0.05)
-    raise AssertionError("the sweep never waited for the other node's row locks")
+    raise AssertionError("the sweep never waited for the other node's deletion")

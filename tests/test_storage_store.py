@@ -56,6 +56,7 @@ from storage.sqlite import (
     SqliteStore,
     make_recording_id,
 )
+from storage.values import ts
 
 pytestmark = pytest.mark.usefixtures("ledger")
 
@@ -1087,6 +1088,47 @@ async def test_an_older_ledger_gets_the_covering_lookup_index(tmp_path: Path) ->
     with sqlite3.connect(data / "ledger.sqlite3") as raw:
         plan = _lookup_plan(raw)
     assert "USING COVERING INDEX calls_missed" in plan
+
+
+@pytest.mark.sqlite_only("turns a SQLite ledger back into schema version 12")
+async def test_a_deletion_an_older_ledger_had_under_way_is_still_known_after_migration(
+    tmp_path: Path, spool: Path
+) -> None:
+    """A recording an older program had marked as being deleted (its file gone, the crash
+    before the commit) is called in flight, not missing, by the migrated ledger; the next
+    sweep deletes it as already absent, and all verifies."""
+    data = tmp_path / "data"
+    async with await open_store(data, POLICY, create=True) as store:
+        call_id, source = await record_call(store, spool)
+        row = await store.ingest(call_id, source, T0)
+        assert row is not None and row.path is not None
+    began = row.delete_after + timedelta(minutes=1)
+    with sqlite3.connect(data / "ledger.sqlite3") as raw:
+        # What version 12 was: the intent as a column of the recording.
+        raw.execute("DROP TABLE deletions")
+        raw.execute("ALTER TABLE recordings ADD COLUMN deleting_since TEXT")
+        raw.execute("UPDATE recordings SET deleting_since = ?", (ts(began),))
+        raw.execute("DELETE FROM schema_version WHERE version > 12")
+    Path(row.path).unlink()
+    now = began + timedelta(minutes=5)
+
+    async with await open_store(data, POLICY) as store:
+        checked = await store.verify(now=now)
+        assert checked.ok, checked.problems
+        assert f"recording {row.id}: being deleted since {ts(began)}" in checked.in_flight
+        report = await store.reconcile(spool, now)
+        assert not report.flagged
+        swept = await store.sweep(now)
+        assert swept.deleted == (row.id,) and not swept.problems
+        deleted = (await store.audit_entries(row.id))[-1]
+        assert deleted.action == "recording.deleted"
+        assert deleted.details["file"] == "already absent"
+        final = await store.verify(now=now)
+        assert final.ok and not final.in_flight, final.problems
+    with sqlite3.connect(data / "ledger.sqlite3") as raw:
+        columns = [c[1] for c in raw.execute("PRAGMA table_info(recordings)")]
+        assert "deleting_since" not in columns
+        assert raw.execute("SELECT COUNT(*) FROM deletions").fetchone()[0] == 0
 
 
 @pytest.mark.sqlite_only("writes a newer version into the SQLite file")
