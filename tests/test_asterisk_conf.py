@@ -618,6 +618,13 @@ GOOD_FILE = "/var/spool/asterisk/monitor/callrec/0123456789abcdef0123456789abcde
         ("SUCCESS", "yes", "/var/spool/asterisk/monitor/x.gsm", False),
         ("SUCCESS", "yes", "/var/spool/asterisk/monitor/${SHELL(id)}.wav", False),
         ("SUCCESS", "yes", "/var/spool/asterisk/monitor/+38640404040.wav", False),
+        # The three are tested joined by spaces: no value may pass for its neighbour's part.
+        ("FAILED", "yes", f"{GOOD_FILE} SUCCESS yes", False),
+        ("SUCCESS", "", f"{GOOD_FILE} SUCCESS yes", False),
+        ("", "", f"{GOOD_FILE} SUCCESS yes", False),
+        ("SUCCESS", "yes", f'{GOOD_FILE}" SUCCESS yes', False),
+        ("SUCCESS", "yes", "/var/spool/asterisk/monitor/a..wav", False),
+        ("SUCCESS", "yes", "/var/spool/asterisk/monitor/.a.b.wav16", True),
     ],
 )
 def test_mixmonitor_starts_only_after_success_and_yes_with_a_plain_path(

@@ -274,6 +274,7 @@ async def test_live_consent_records_the_conversation_with_the_agent() -> None:
         ("no", None),  # the caller pressed 2
         ("yes", f"{SPOOL}/../escape.wav"),  # a file outside the spool
         ("yes", f"{SPOOL}/x.wav,v(9)"),  # a comma would add MixMonitor options
+        ("no", f"{SPOOL}/x.wav SUCCESS yes"),  # the file passing for the whole test
     ],
 )
 async def test_live_unrecorded_calls_still_reach_the_agent(record: str, file: str | None) -> None:

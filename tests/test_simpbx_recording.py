@@ -199,18 +199,19 @@ async def test_queue_timeout_goes_on_unanswered() -> None:
 @pytest.mark.parametrize(
     ("record", "name", "refusal"),
     [
-        ("Yes", "ok.wav", "0?file:skip"),
-        ("yes ", "ok.wav", "0?file:skip"),
-        ("yes", "relative.wav", "0?dots:unsafe"),
-        ("yes", "../escape.wav", "1?unsafe"),
-        ("yes", "sound.mp3", "0?dots:unsafe"),
+        ("Yes", "ok.wav", "0?unsafe:skip"),
+        ("yes ", "ok.wav", "0?unsafe:skip"),
+        ("yes", "relative.wav", "1?unsafe:skip"),
+        ("yes", "../escape.wav", "1?unsafe:skip"),
+        ("yes", "sound.mp3", "1?unsafe:skip"),
     ],
 )
 async def test_recording_needs_exactly_yes_and_a_safe_absolute_path(
     ari: Ari, tmp_path: Path, record: str, name: str, refusal: str
 ) -> None:
     """MixMonitor starts only for CALLREC_RECORD exactly `yes` and a safe absolute .wav path;
-    callrec-record's GotoIf that refuses it is the one the conf has for that case."""
+    callrec-record's first GotoIf refuses it, and its second tells an unsafe file (logged)
+    from a decision not to record, as the conf does."""
     file = name if name == "relative.wav" else f"{tmp_path}/spool/{name}"
     events = await ari.events()
     call = await ari.pbx.place_call("040404040", "041123456", CallerScript(talk_seconds=1))
@@ -223,7 +224,7 @@ async def test_recording_needs_exactly_yes_and_a_safe_absolute_path(
     assert "MIXMONITOR_FILENAME" not in result.variables
     assert not any(tmp_path.rglob("*")), "nothing was written"
     steps = [e["dialplan_app_data"] for e in events.seen if e["type"] == "ChannelDialplan"]
-    assert refusal in steps
+    assert "0?record:check" in steps and refusal in steps
     assert not any(e.get("dialplan_app") == "MixMonitor" for e in events.seen)
 
 

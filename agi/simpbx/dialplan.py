@@ -5,7 +5,7 @@ function of the channel's variables (with the globals, `EXTEN`, `CONTEXT`, `CHAN
 Gosub's `ARG1`...), which plays the part of Asterisk's `${...}` substitution and its
 functions (`REGEX`, `FILTER`, `IF`): what the function returns is what a `ChannelDialplan`
 event shows as `dialplan_app_data`, as Asterisk shows the substituted data (a `GotoIf`
-reads `1?decided:skip`).
+reads `1?record:check`).
 
 `callrec_dialplan()` follows `asterisk-conf/extensions.conf` (ARI mode) priority by priority
 (`tests/test_simpbx_dialplan.py` compares them): `callrec-inbound` (each DID of the
@@ -160,6 +160,11 @@ def _regex(pattern: str, value: str | None) -> str:
     return str(int(re.search(pattern, value or "") is not None))
 
 
+def _joined(variables: Variables, *names: str) -> str:
+    """`${A} ${B} ...`: the variables' values joined by spaces."""
+    return " ".join(variables.get(name, "") for name in names)
+
+
 def _filter(allowed: str, value: str | None) -> str:
     """`${FILTER(a-z0-9_,value)}` for the simple character ranges the dialplan uses."""
     return "".join(char for char in value or "" if re.fullmatch(f"[{allowed}]", char))
@@ -210,24 +215,26 @@ def callrec_dialplan(
         Priority("Hangup"),
     )
     record = (
-        Priority("GotoIf", lambda v: f"{_regex('^SUCCESS$', v.get('STASISSTATUS'))}?decided:skip"),
-        Priority(
-            "GotoIf",
-            lambda v: f"{_regex('^yes$', v.get('CALLREC_RECORD'))}?file:skip",
-            label="decided",
-        ),
         Priority(
             "GotoIf",
             lambda v: (
-                f"{_regex('^/[-A-Za-z0-9/_.]+[.](wav|wav16)$', v.get('CALLREC_FILE'))}?dots:unsafe"
+                _regex(
+                    "^/([-A-Za-z0-9/_]|[.][-A-Za-z0-9/_])+[.](wav|wav16) SUCCESS yes$",
+                    _joined(v, "CALLREC_FILE", "STASISSTATUS", "CALLREC_RECORD"),
+                )
+                + "?record:check"
             ),
-            label="file",
         ),
-        Priority(
-            "GotoIf", lambda v: f"{_regex('[.][.]', v.get('CALLREC_FILE'))}?unsafe", label="dots"
-        ),
-        Priority("MixMonitor", lambda v: f"{v.get('CALLREC_FILE', '')},b"),
+        Priority("MixMonitor", lambda v: f"{v.get('CALLREC_FILE', '')},b", label="record"),
         Priority("Return"),
+        Priority(
+            "GotoIf",
+            lambda v: (
+                _regex("^SUCCESS yes$", _joined(v, "STASISSTATUS", "CALLREC_RECORD"))
+                + "?unsafe:skip"
+            ),
+            label="check",
+        ),
         Priority(
             "Log",
             "WARNING,callrec: CALLREC_FILE is not a plain absolute .wav path so the call is "
