@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import secrets
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -63,7 +64,7 @@ class Removed:
     targets: Sequence[Target]
     doomed: list[Doomed]
     removals: list[Removal]
-    deletion: int | None
+    deletion: str | None
 
 
 async def remove_files(
@@ -166,7 +167,7 @@ async def delete_batch(
 DOOMED_COLUMNS = "id, call_id, path, legal_basis, sha256, size, created_at, delete_after"
 
 
-def mark_doomed(tx: Tx, ids: Sequence[str], since: str) -> tuple[int | None, list[Doomed]]:
+def mark_doomed(tx: Tx, ids: Sequence[str], since: str) -> tuple[str | None, list[Doomed]]:
     """The recordings of `ids` not deleted yet, noted as being deleted from `since` on
     (before any of their files goes; `note_deletion`), with their live export copies and
     the exports that hold them, in the order of `ids`."""
@@ -185,19 +186,19 @@ def mark_doomed(tx: Tx, ids: Sequence[str], since: str) -> tuple[int | None, lis
     return note_deletion(tx, (row["id"] for row in rows), since), doomed_of(tx, rows)
 
 
-def note_deletion(tx: Tx, ids: Iterable[str], since: str) -> int | None:
+def note_deletion(tx: Tx, ids: Iterable[str], since: str) -> str | None:
     """Note the recordings of `ids` as being deleted from `since` on: one row of
     `deletions` for the batch, gone again when the batch is committed. Its id (None: no
     recordings, nothing noted)."""
     listed = list(ids)
     if not listed:
         return None
-    row = tx.one(
-        "INSERT INTO deletions (since, ids) VALUES (?, ?) RETURNING id",
-        (since, json.dumps(listed)),
+    note = secrets.token_hex(16)
+    tx.run(
+        "INSERT INTO deletions (id, since, ids) VALUES (?, ?, ?)",
+        (note, since, json.dumps(listed)),
     )
-    assert row is not None  # INSERT ... RETURNING
-    return int(row["id"])
+    return note
 
 
 def drop_finished_notes(tx: Tx) -> None:
@@ -221,8 +222,9 @@ def drop_finished_notes(tx: Tx) -> None:
 
 def being_deleted(tx: Tx, ids: Iterable[str] | None = None) -> dict[str, str]:
     """Of the recordings of `ids` (None: all), those a deletion has noted and not yet
-    committed, each with when the earliest such deletion began. A handful of rows: one
-    for each deletion step under way, or cut short by a crash."""
+    committed, each with when the latest such deletion began (the one under way; an
+    earlier one was cut short). A handful of rows: one for each deletion step under way,
+    or cut short by a crash."""
     wanted = None if ids is None else set(ids)
     found: dict[str, str] = {}
     for row in tx.all("SELECT since, ids FROM deletions"):
@@ -230,7 +232,7 @@ def being_deleted(tx: Tx, ids: Iterable[str] | None = None) -> dict[str, str]:
         for recording_id in json.loads(row["ids"]):
             if wanted is not None and recording_id not in wanted:
                 continue
-            if recording_id not in found or since < found[recording_id]:
+            if recording_id not in found or since > found[recording_id]:
                 found[recording_id] = since
     return found
 

@@ -34,12 +34,7 @@ from storage.values import ts
 if TYPE_CHECKING:
     from storage.pg import PgDatabase, StepRunner
 
-_IDENTITY_KEYS = {
-    ("export_files", "id"),
-    ("access_log", "id"),
-    ("overload_switch", "seq"),
-    ("deletions", "id"),
-}
+_IDENTITY_KEYS = {("export_files", "id"), ("access_log", "id"), ("overload_switch", "seq")}
 _TABLE = re.compile(r"^\s*CREATE\s+TABLE\s+(\w+)", re.IGNORECASE)
 _ALTER = re.compile(r"^\s*ALTER\s+TABLE\s+\w+\s+ADD\s+COLUMN", re.IGNORECASE)
 _CREATE_TRIGGER = re.compile(r"^\s*CREATE\s+TRIGGER\s+(\w+)\s", re.IGNORECASE)

@@ -290,14 +290,16 @@ DELETION_INTENT: tuple[Step, ...] = ("ALTER TABLE recordings ADD COLUMN deleting
 # naming its recordings (a JSON array of their ids) where it marked each of them, which
 # rewrote every recording row (and on PostgreSQL each of its index entries) only for the
 # claim to rewrite it again. The marks a crash left become one-recording rows.
+# A note's id is random, never a rowid: SQLite hands a deleted rowid out again, and a
+# deletion that commits deletes its note by id, which must not be another's by then.
 DELETIONS: tuple[Step, ...] = (
     """CREATE TABLE deletions (
-        id    INTEGER PRIMARY KEY,
+        id    TEXT PRIMARY KEY,
         since TEXT NOT NULL,
         ids   TEXT NOT NULL
     )""",
-    "INSERT INTO deletions (since, ids) SELECT deleting_since, '[\"' || id || '\"]' "
-    "FROM recordings WHERE deleting_since IS NOT NULL",
+    "INSERT INTO deletions (id, since, ids) SELECT 'mark-' || id, deleting_since, "
+    "'[\"' || id || '\"]' FROM recordings WHERE deleting_since IS NOT NULL",
     "ALTER TABLE recordings DROP COLUMN deleting_since",
 )
 

@@ -38,7 +38,7 @@ class Page:
     ids: list[str]
     after: Key
     doomed: list[Doomed]
-    deletion: int | None
+    deletion: str | None
 
 
 async def sweep(

@@ -38,6 +38,7 @@ from flows.events import PriorCallFound
 from flows.outcome import Outcome
 from flows.policy import Decision, Direction, LegalBasis, Purpose
 from flows.retention import delete_after
+from storage import deletion
 from storage.audit import load_key, pseudonym
 from storage.ports import (
     AuditEntry,
@@ -1129,6 +1130,67 @@ async def test_a_deletion_an_older_ledger_had_under_way_is_still_known_after_mig
         columns = [c[1] for c in raw.execute("PRAGMA table_info(recordings)")]
         assert "deleting_since" not in columns
         assert raw.execute("SELECT COUNT(*) FROM deletions").fetchone()[0] == 0
+
+
+async def test_a_deletion_under_way_is_judged_by_its_latest_attempt(
+    store: SqliteStore, spool: Path
+) -> None:
+    """A recording whose file is gone while a deletion of it is under way is in flight
+    since that deletion began, however old the note of an earlier attempt cut short."""
+    call_id, source = await record_call(store, spool)
+    row = await store.ingest(call_id, source, T0)
+    assert row is not None and row.path is not None
+    now = row.delete_after + timedelta(hours=3)
+    for began in (ts(now - timedelta(hours=2)), ts(now - timedelta(minutes=1))):
+        await store.ctx.db.write(
+            lambda tx, at=began: deletion.note_deletion(tx, [row.id], at), "a test's notes"
+        )
+    Path(row.path).unlink()
+
+    checked = await store.verify(now=now)
+
+    assert checked.ok, checked.problems
+    since = ts(now - timedelta(minutes=1))
+    assert f"recording {row.id}: being deleted since {since}" in checked.in_flight
+
+
+async def test_a_later_deletion_never_takes_the_note_of_one_dropped(
+    store: SqliteStore, spool: Path
+) -> None:
+    """When a sweep drops the note of a deletion whose recordings it deleted itself, a
+    deletion begun after it gets a note of its own: the first one's commit, which deletes
+    its note by id, leaves the later one's in place."""
+    rows = []
+    for caller in (ALICE, BOB):
+        call_id, source = await record_call(store, spool, caller=caller)
+        row = await store.ingest(call_id, source, T0)
+        assert row is not None
+        rows.append(row)
+    due, kept = rows
+    await store.ctx.db.write(
+        lambda tx: tx.run(
+            "UPDATE recordings SET delete_after = '2999-01-01T00:00:00.000000Z' WHERE id = ?",
+            (kept.id,),
+        ),
+        "a test keeping one recording",
+    )
+    now = due.delete_after + timedelta(hours=1)
+    when = ts(now)
+    first = await store.ctx.db.write(
+        lambda tx: deletion.note_deletion(tx, [due.id], when), "another node's deletion"
+    )
+    swept = await store.sweep(now)  # deletes `due` itself, and drops the first's note
+    assert swept.deleted == (due.id,)
+    later = await store.ctx.db.write(
+        lambda tx: deletion.note_deletion(tx, [kept.id], when), "a later deletion"
+    )
+
+    assert later != first
+    await store.ctx.db.write(
+        lambda tx: tx.run("DELETE FROM deletions WHERE id = ?", (first,)), "the first's commit"
+    )
+    noted = await store.ctx.db.read(deletion.being_deleted, "reading the notes")
+    assert noted == {kept.id: when}
 
 
 @pytest.mark.sqlite_only("writes a newer version into the SQLite file")
