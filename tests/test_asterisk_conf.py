@@ -624,6 +624,8 @@ GOOD_FILE = "/var/spool/asterisk/monitor/callrec/0123456789abcdef0123456789abcde
         ("", "", f"{GOOD_FILE} SUCCESS yes", False),
         ("SUCCESS", "yes", f'{GOOD_FILE}" SUCCESS yes', False),
         ("SUCCESS", "yes", "/var/spool/asterisk/monitor/a..wav", False),
+        ("SUCCESS", "yes", f"/{'a' * 1000}.wav", False),  # too long to test safely
+        ("SUCCESS", "yes", f"/{'a' * 980}.wav", True),
         ("SUCCESS", "yes", "/var/spool/asterisk/monitor/.a.b.wav16", True),
     ],
 )

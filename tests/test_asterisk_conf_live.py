@@ -235,7 +235,7 @@ def answer_with(record: str, file: str | None = None) -> Behaviour:
         await stand_in.ask(channel)
         call_id = uuid.uuid4().hex
         chosen = {"CALLREC_CALL_ID": call_id, "CALLREC_RECORD": record}
-        if record == "yes":
+        if record == "yes" or file is not None:
             chosen["CALLREC_FILE"] = file or f"{SPOOL}/{call_id}.wav"
         await stand_in.decide(channel, **chosen)
 

@@ -219,8 +219,10 @@ def callrec_dialplan(
             "GotoIf",
             lambda v: (
                 _regex(
-                    "^/([-A-Za-z0-9/_]|[.][-A-Za-z0-9/_])+[.](wav|wav16) SUCCESS yes$",
-                    _joined(v, "CALLREC_FILE", "STASISSTATUS", "CALLREC_RECORD"),
+                    "^([0-9]|[0-9][0-9]|[0-9][0-9][0-9]) "
+                    "/([-A-Za-z0-9/_]|[.][-A-Za-z0-9/_])+[.](wav|wav16) SUCCESS yes$",
+                    f"{len(v.get('CALLREC_FILE', '') + v.get('CALLREC_RECORD', ''))} "
+                    + _joined(v, "CALLREC_FILE", "STASISSTATUS", "CALLREC_RECORD"),
                 )
                 + "?record:check"
             ),
