@@ -102,15 +102,6 @@ def hangup_report(
     return observer
 
 
-def outcome_of_hangup_report(
-    *, decided: bool, answered_time: str, abandoned: str, agent: str
-) -> Outcome:
-    """The outcome of a hangup report (`hangup_report`) with no recording to look at."""
-    return hangup_report(
-        decided=decided, answered_time=answered_time, abandoned=abandoned, agent=agent
-    ).outcome()
-
-
 def agent_name(value: str) -> str | None:
     """An agent's interface or channel name as the ledger keeps it: printable, short, or
     None (empty, or not a name at all)."""

@@ -9,8 +9,8 @@ from flows.outcome import (
     NO_FILE_THOUGH_ANSWERED,
     Outcome,
     QueueObserver,
+    hangup_report,
     outcome_after_restart,
-    outcome_of_hangup_report,
     unrecorded_reason,
 )
 from flows.policy import Decision
@@ -31,9 +31,9 @@ def test_a_hangup_report_reads_as_the_queue_left_it(
     decided: bool, answered_time: str, abandoned: str, agent: str, outcome: Outcome
 ) -> None:
     """The FastAGI hangup handler's variables give the same outcome as ARI's events."""
-    report = outcome_of_hangup_report(
+    report = hangup_report(
         decided=decided, answered_time=answered_time, abandoned=abandoned, agent=agent
-    )
+    ).outcome()
     assert report is outcome
 
 
