@@ -123,6 +123,17 @@ def alice_calls(call_id: str, channel_id: str) -> CallStart:
     )
 
 
+async def keep_recording(store: Store, recording_id: str) -> None:
+    """Make a recording due only in 2999, so that a sweep passes it by."""
+    await store.ctx.db.write(
+        lambda tx: tx.run(
+            "UPDATE recordings SET delete_after = '2999-01-01T00:00:00.000000Z' WHERE id = ?",
+            (recording_id,),
+        ),
+        "a test keeping one recording",
+    )
+
+
 async def record_call(
     store: Store,
     spool: Path,

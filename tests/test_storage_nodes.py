@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from storage_helpers import BOB, POLICY, T0, new_id, open_store, record_call
+from storage_helpers import BOB, POLICY, T0, keep_recording, new_id, open_store, record_call
 
 from flows.policy import Purpose
 from storage import files
@@ -189,13 +189,7 @@ async def test_another_nodes_deletion_between_its_steps_is_not_taken_for_a_missi
     other = await a.ingest(other_id, other_source, LATER)
     assert other is not None
     folder = await a.export([row.id, other.id], tmp_path / "out", Purpose.EVIDENCE, "dpo", T0)
-    await a.ctx.db.write(
-        lambda tx: tx.run(
-            "UPDATE recordings SET delete_after = '2999-01-01T00:00:00.000000Z' WHERE id = ?",
-            (other.id,),
-        ),
-        "a test keeping one recording",
-    )
+    await keep_recording(a, other.id)
     now = row.delete_after + timedelta(hours=1)
     reached, release = asyncio.Event(), asyncio.Event()
 

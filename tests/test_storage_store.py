@@ -25,6 +25,7 @@ from storage_helpers import (
     POLICY,
     T0,
     alice_calls,
+    keep_recording,
     new_id,
     open_store,
     raw_ledger,
@@ -1167,13 +1168,7 @@ async def test_a_later_deletion_never_takes_the_note_of_one_dropped(
         assert row is not None
         rows.append(row)
     due, kept = rows
-    await store.ctx.db.write(
-        lambda tx: tx.run(
-            "UPDATE recordings SET delete_after = '2999-01-01T00:00:00.000000Z' WHERE id = ?",
-            (kept.id,),
-        ),
-        "a test keeping one recording",
-    )
+    await keep_recording(store, kept.id)
     now = due.delete_after + timedelta(hours=1)
     when = ts(now)
     first = await store.ctx.db.write(
