@@ -169,8 +169,8 @@ DOOMED_COLUMNS = "id, call_id, path, legal_basis, sha256, size, created_at, dele
 
 def mark_doomed(tx: Tx, ids: Sequence[str], since: str) -> tuple[str | None, list[Doomed]]:
     """The recordings of `ids` not deleted yet, noted as being deleted from `since` on
-    (before any of their files goes; `note_deletion`), with their live export copies and
-    the exports that hold them, in the order of `ids`."""
+    (before any of their files goes), with their live export copies and the exports that
+    hold them, in the order of `ids` (`doom`)."""
     if not ids:
         return None, []
     marks = ", ".join("?" * len(ids))
@@ -183,6 +183,12 @@ def mark_doomed(tx: Tx, ids: Sequence[str], since: str) -> tuple[str | None, lis
         ),
         key=lambda row: order[row["id"]],
     )
+    return doom(tx, rows, since)
+
+
+def doom(tx: Tx, rows: Sequence[Row], since: str) -> tuple[str | None, list[Doomed]]:
+    """`rows` (`DOOMED_COLUMNS`) noted as being deleted from `since` on (`note_deletion`),
+    and as recordings to delete (`doomed_of`)."""
     return note_deletion(tx, (row["id"] for row in rows), since), doomed_of(tx, rows)
 
 

@@ -15,9 +15,8 @@ from storage.deletion import (
     Doomed,
     Removed,
     Target,
-    doomed_of,
+    doom,
     drop_finished_notes,
-    note_deletion,
     record_removed,
     remove_files,
     retry_copies,
@@ -75,7 +74,8 @@ async def sweep(
             if dry_run:
                 return Page(ids, key, [], None)
             # Noted as being deleted in the same transaction, before any file goes.
-            return Page(ids, key, doomed_of(tx, rows), note_deletion(tx, ids, when))
+            deletion, doomed = doom(tx, rows, when)
+            return Page(ids, key, doomed, deletion)
 
         return body
 
