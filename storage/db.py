@@ -22,6 +22,9 @@ decisions and ends arrive together under load) run as one transaction, each body
 savepoint, with one `COMMIT` and so one fsync for all of them. A body that raises is rolled
 back to its savepoint and fails alone; every caller is answered only after the `COMMIT`, so a
 returned write is as durable as before. A write alone in the queue runs as it always did.
+A lazy write (`within`: a call's start, a call's end whose recording's ingest follows) is
+not worth a commit of its own: it waits in the queue, while the writer is idle or busy,
+until a write that is not lazy comes or its time is up.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ import sqlite3
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import Any, NamedTuple, TypeVar, cast
 
 import aiosqlite
 
@@ -122,6 +125,18 @@ def _transaction(conn: sqlite3.Connection, body: Callable[[Tx], T]) -> T:
     return result
 
 
+# A lazy write whose time comes within this many seconds counts as due: the loop may run a
+# timer a clock tick early.
+_DUE_SLACK = 0.001
+
+
+class _Queued(NamedTuple):
+    body: Callable[[Tx], Any]
+    done: asyncio.Future[Any]
+    doing: str
+    due: float | None  # a lazy write's latest start (loop time); None: at once
+
+
 class _Failed:
     """A grouped body's exception, handed back to its own caller."""
 
@@ -167,9 +182,10 @@ class Database:
     def __init__(self, conn: aiosqlite.Connection, *, retry_for: float) -> None:
         self._conn = conn
         self._retry_for = retry_for
-        self._queued: list[tuple[Callable[[Tx], Any], asyncio.Future[Any], str]] = []
+        self._queued: list[_Queued] = []
         self._writer: asyncio.Task[None] | None = None
         self._flush: asyncio.TimerHandle | None = None  # when waiting writes go anyway
+        self._closing = False
         self.groups = 0  # transactions that carried more than one write (status and tests)
 
     @classmethod
@@ -198,6 +214,7 @@ class Database:
 
     async def close(self) -> None:
         # Writes waiting to share a transaction go now, not never.
+        self._closing = True
         self._start_writer()
         if self._writer is not None:
             await asyncio.wait([self._writer])
@@ -221,13 +238,20 @@ class Database:
         follows seconds later."""
         loop = asyncio.get_running_loop()
         done: asyncio.Future[Any] = loop.create_future()
-        self._queued.append((body, done, doing))
+        due = None if within is None else loop.time() + within
+        self._queued.append(_Queued(body, done, doing, due))
         if self._writer is None or self._writer.done():
-            if within is None:
+            if due is None:
                 self._start_writer()
-            elif self._flush is None:
-                self._flush = loop.call_later(within, self._start_writer)
+            else:
+                self._flush_at(due)
         return cast(T, await done)
+
+    def _flush_at(self, due: float) -> None:
+        if self._flush is None or self._flush.when() > due:
+            if self._flush is not None:
+                self._flush.cancel()
+            self._flush = asyncio.get_running_loop().call_at(due, self._start_writer)
 
     def _start_writer(self) -> None:
         if self._flush is not None:
@@ -236,11 +260,28 @@ class Database:
         if self._queued and (self._writer is None or self._writer.done()):
             self._writer = asyncio.get_running_loop().create_task(self._write_queued())
 
+    def _all_waiting(self) -> float | None:
+        """The earliest due time when every queued write may still wait (lazy, not yet
+        due): such writes are not worth a commit of their own yet. None: write now."""
+        if self._closing:
+            return None
+        now = asyncio.get_running_loop().time() + _DUE_SLACK
+        dues = [queued.due for queued in self._queued]
+        if any(due is None or due <= now for due in dues):
+            return None
+        return min(due for due in dues if due is not None)
+
     async def _write_queued(self) -> None:
         while self._queued:
+            waiting = self._all_waiting()
+            if waiting is not None:
+                # Lazy writes that queued while the last transaction ran wait for the
+                # next write that is not lazy (or their time), as they do when idle.
+                self._flush_at(waiting)
+                return
             batch, self._queued = self._queued, []
             if len(batch) == 1:
-                [(body, done, doing)] = batch
+                [(body, done, doing, _)] = batch
                 try:
                     result = await self._retrying(partial(self._job, _transaction, body), doing)
                 except BaseException as error:
@@ -249,17 +290,17 @@ class Database:
                     _answer(done, result)
                 continue
             self.groups += 1
-            bodies = [body for body, _, _ in batch]
+            bodies = [queued.body for queued in batch]
             doing = f"{len(batch)} grouped ledger writes ({batch[0][2]}, ...)"
             try:
                 outcomes = await self._retrying(
                     partial(self._job, cast(Any, _group), cast(Any, bodies)), doing
                 )
             except BaseException as error:
-                for _, done, _ in batch:
-                    _answer(done, error=error)
+                for queued in batch:
+                    _answer(queued.done, error=error)
                 continue
-            for (_, done, what), outcome in zip(batch, outcomes, strict=True):
+            for (_, done, what, _), outcome in zip(batch, outcomes, strict=True):
                 if isinstance(outcome, _Failed):
                     failure: Exception = outcome.error
                     if isinstance(failure, sqlite3.Error):

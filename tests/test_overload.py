@@ -14,6 +14,7 @@ import uuid
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -428,3 +429,47 @@ async def test_a_call_start_shares_the_commit_of_the_next_write(tmp_path: Path) 
         assert await reopened.get_call(last.call_id) is not None
     finally:
         await reopened.close()
+
+
+def _record(call_id: str, now: datetime) -> DecisionRecord:
+    return DecisionRecord(
+        call_id=call_id,
+        decision=Decision.RECORD,
+        legal_basis=LegalBasis.CONSENT,
+        digit="1",
+        reason="test",
+        prompt=None,
+        prompt_sha256=None,
+        decided_at=now,
+    )
+
+
+async def test_a_lazy_write_queued_behind_a_busy_writer_still_waits_for_company(
+    tmp_path: Path,
+) -> None:
+    """Under load the ledger's writer is seldom idle: a lazy call start that queues while
+    a transaction runs is not committed alone once it ends, but with the next write."""
+    store = await SqliteStore.open(tmp_path / "store", POLICY, create=True)
+    try:
+        gate = threading.Event()
+
+        def slow(tx: Any) -> None:
+            gate.wait(5)  # on the ledger's thread: the writer is busy until the test says
+            tx.run("UPDATE calls SET agent = NULL WHERE 0")
+
+        busy = asyncio.create_task(store.ctx.db.write(slow, "a slow write"))
+        await asyncio.sleep(0.05)
+        first = _call_start(1)
+        starting = asyncio.create_task(store.start_call(first, lazy=True))
+        await asyncio.sleep(0)
+        gate.set()
+        await busy
+        await asyncio.sleep(START_WAIT / 5)
+        assert not starting.done()  # still waiting for company, not committed alone
+        await store.commit_decision(_record(first.call_id, LEDGER_NOW))
+        assert starting.done() and starting.exception() is None
+        assert store.ctx.db.groups == 1  # type: ignore[attr-defined]
+        row = await store.get_call(first.call_id)
+        assert row is not None and row.decision is Decision.RECORD
+    finally:
+        await store.close()
