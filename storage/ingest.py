@@ -1,7 +1,10 @@
 """Ingest: a finished MixMonitor file into the store, only for a committed RECORD decision.
 
-The intent (`pending_ingests`: which file goes under which key) is committed before the
-file is touched; the blob store places it whole; then the recording is committed and the
+One serial transaction reads what the ledger holds for the call and, when the file may be
+taken, writes the first step with it: the row of a recording with no audio (MixMonitor's
+header only, a caller never bridged), or the intent of a file to place. The intent
+(`pending_ingests`: which file goes under which key) is committed before the file is
+touched; the blob store places it whole; then the recording is committed and the
 source removed. Reconcile finishes an intent whose blob is in place, retries one whose
 source is still in the spool, and marks one where both are gone as missing.
 
@@ -18,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import Callable
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import TypeVar
@@ -58,44 +62,94 @@ async def ingest(ctx: Context, call_id: str, source: Path, now: datetime) -> Rec
         return await ingest_now(ctx, call_id, Path(source), now)
 
 
+@dataclass(frozen=True, slots=True)
+class _Probe:
+    """What the spool file looked like before the ledger was asked: only a header or not,
+    or why it could not be read (told only when the call's decision wants the file)."""
+
+    empty: bool = False
+    error: StorageError | None = None
+
+
+def _probe(call_id: str, source: Path) -> _Probe:
+    try:
+        files.regular_file(source, f"ingesting call {call_id}")
+        return _Probe(empty=spool_op(f"reading {source}", files.header_only, source))
+    except StorageError as error:
+        return _Probe(error=error)
+
+
+@dataclass(frozen=True, slots=True)
+class _Claim:
+    """The ledger's answer to "may this file be ingested", taken in one serial transaction
+    that also writes the first step when it may: the empty recording's row, or the intent
+    of a file to be placed."""
+
+    existing: Row | None
+    pending: Row | None
+    call: Row | None
+    stored: tuple[Row, Covering] | None = None
+    intent: tuple[str, str] | None = None  # (recording id, blob key)
+
+
 async def ingest_now(
     ctx: Context, call_id: str, source: Path, now: datetime
 ) -> RecordingRow | None:
-    def state(tx: Tx) -> tuple[Row | None, ...]:
-        return (
+    probe = _probe(call_id, source)
+
+    def claim(tx: Tx) -> _Claim:
+        state = _Claim(
             tx.one("SELECT * FROM recordings WHERE call_id = ?", (call_id,)),
             tx.one("SELECT * FROM pending_ingests WHERE call_id = ?", (call_id,)),
             tx.one("SELECT * FROM calls WHERE call_id = ?", (call_id,)),
         )
-
-    existing, pending, call = await ctx.db.read(state, f"ingesting call {call_id}")
-    if existing is not None:
-        await tidy_source(ctx, existing, source)
-        return ctx.recording(existing)
-    if pending is not None:
-        return await finish_pending(ctx, pending, now)
-    if call is None or call["decision"] != Decision.RECORD.value:
-        why = "no such call" if call is None else f"decision {call['decision']}"
-        await discard(ctx, call_id, source, now, why)
-        return None
-    files.regular_file(source, f"ingesting call {call_id}")
-    if spool_op(f"reading {source}", files.header_only, source):
-        return await store_empty(ctx, call, source, now)
-    created = parse_ts(call["decided_at"])
-    recording_id = new_recording_id(created)
-    suffix = source.suffix.lower() if _SUFFIX.match(source.suffix.lower()) else ".wav"
-    if suffix == ".wav16":  # MixMonitor's name for 16 kHz; the file is a plain RIFF WAV
-        suffix = ".wav"
-    key = ctx.blobs.key_for(recording_id, created, suffix)
-
-    def intent(tx: Tx) -> None:
+        call = state.call
+        if state.existing is not None or state.pending is not None or probe.error is not None:
+            return state
+        if call is None or call["decision"] != Decision.RECORD.value:
+            return state
+        created = parse_ts(call["decided_at"])
+        recording_id = new_recording_id(created)
+        if probe.empty:
+            insert = recording_inserter(
+                ctx,
+                recording_id,
+                call,
+                now,
+                status=RecordingStatus.EMPTY,
+                path=None,
+                sha256=None,
+                size=0,
+            )
+            return replace(state, stored=insert(tx))
+        key = ctx.blobs.key_for(recording_id, created, _suffix(source))
         tx.run(
             "INSERT INTO pending_ingests (recording_id, call_id, source, dest, started_at) "
             "VALUES (?, ?, ?, ?, ?)",
             (recording_id, call_id, str(source), key, ts(now)),
         )
+        return replace(state, intent=(recording_id, key))
 
-    await ctx.db.write(intent, f"ingesting call {call_id}")
+    state = await ctx.db.write(claim, f"ingesting call {call_id}")
+    if state.existing is not None:
+        await tidy_source(ctx, state.existing, source)
+        return ctx.recording(state.existing)
+    if state.pending is not None:
+        return await finish_pending(ctx, state.pending, now)
+    call = state.call
+    if call is None or call["decision"] != Decision.RECORD.value:
+        why = "no such call" if call is None else f"decision {call['decision']}"
+        await discard(ctx, call_id, source, now, why)
+        return None
+    if probe.error is not None:
+        raise probe.error
+    if state.stored is not None:
+        stored, covering = state.stored
+        spool_op(f"removing {source}", files.unlink, source)
+        await apply_withdrawals(ctx, now, covering, complete=True)
+        return ctx.recording(stored)
+    assert state.intent is not None  # a RECORD call with a readable file, claimed above
+    recording_id, key = state.intent
     try:
         placed = await blob_op(f"storing {source.name}", ctx.blobs.put(source, key))
     except StorageError:
@@ -106,6 +160,13 @@ async def ingest_now(
         await ctx.db.write(undo, f"undoing the ingest of call {call_id}")
         raise
     return await complete(ctx, recording_id, call, key, placed.sha256, placed.size, source, now)
+
+
+def _suffix(source: Path) -> str:
+    suffix = source.suffix.lower() if _SUFFIX.match(source.suffix.lower()) else ".wav"
+    if suffix == ".wav16":  # MixMonitor's name for 16 kHz; the file is a plain RIFF WAV
+        suffix = ".wav"
+    return suffix
 
 
 async def complete(
@@ -150,6 +211,28 @@ async def insert_recording(
 ) -> tuple[RecordingRow, Covering]:
     """The recording's row, written with its audit entry, and what withdrawals cover it,
     read in the same (serial) transaction."""
+    insert = recording_inserter(
+        ctx, recording_id, call, now, status=status, path=path, sha256=sha256, size=size
+    )
+    stored, covering = await ctx.db.write(
+        insert, f"storing the recording of call {call['call_id']}"
+    )
+    return ctx.recording(stored), covering
+
+
+def recording_inserter(
+    ctx: Context,
+    recording_id: str,
+    call: Row,
+    now: datetime,
+    *,
+    status: RecordingStatus,
+    path: str | None,
+    sha256: str | None,
+    size: int,
+) -> Callable[[Tx], tuple[Row, Covering]]:
+    """The body of a transaction that writes the recording's row with its audit entry and
+    reads what withdrawals cover it (in a serial transaction)."""
     created = parse_ts(call["decided_at"])
     basis = LegalBasis(call["legal_basis"])
     line_name = call["line"] or ""
@@ -208,24 +291,7 @@ async def insert_recording(
         assert stored is not None  # inserted just above, in this transaction
         return stored, covering_recording(tx, recording_id)
 
-    stored, covering = await ctx.db.write(body, f"storing the recording of call {call['call_id']}")
-    return ctx.recording(stored), covering
-
-
-async def store_empty(ctx: Context, call: Row, source: Path, now: datetime) -> RecordingRow:
-    row, covering = await insert_recording(
-        ctx,
-        new_recording_id(parse_ts(call["decided_at"])),
-        call,
-        now,
-        status=RecordingStatus.EMPTY,
-        path=None,
-        sha256=None,
-        size=0,
-    )
-    spool_op(f"removing {source}", files.unlink, source)
-    await apply_withdrawals(ctx, now, covering, complete=True)
-    return row
+    return body
 
 
 async def discard(ctx: Context, call_id: str, source: Path, now: datetime, why: str) -> None:
