@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import logging
 import re
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
@@ -31,6 +32,18 @@ from flows.outcome import unrecorded_reason
 from storage.ports import CallRow, Ledger, RecordingRow, RecordingStore
 
 log = logging.getLogger("callrec.collector")
+
+
+@dataclass(frozen=True, slots=True)
+class Ending:
+    """A call's end on its way to the ledger (a lazy `Ledger.end_call`), with the recording
+    file the call was given: the file is collected without waiting for the end, which then
+    shares the commit of the file's ingest. `row`: the call as the end stored it, None when
+    the end was not stored."""
+
+    file: str
+    row: asyncio.Future[CallRow | None]
+
 
 # MixMonitor closes its file as soon as the channel's hooks are gone, within milliseconds; a
 # PBX under load, writing to a slow disk, may take seconds. Past this the file is left for
@@ -110,13 +123,16 @@ class RecordingCollector:
         """Call ids waiting for a retry, with the failures so far."""
         return {call_id: failures for call_id, (failures, _) in self._retries.items()}
 
-    async def collect(self, call_id: str, call: CallRow | None = None) -> RecordingRow | None:
+    async def collect(
+        self, call_id: str, call: CallRow | Ending | None = None
+    ) -> RecordingRow | None:
         """Wait (bounded) until the call's file is finished, then ingest it. None when there
         is no file, when it was discarded, or when it is left for a retry. `call`: the
-        call's row as the ledger just gave it (`Ledger.end_call`), else it is read."""
+        call's row as the ledger just gave it (`Ledger.end_call`), or its end on the way
+        with the file it was given (`Ending`), else it is read."""
         return await asyncio.shield(self._task(call_id, call))
 
-    def collect_soon(self, call_id: str, call: CallRow | None = None) -> None:
+    def collect_soon(self, call_id: str, call: CallRow | Ending | None = None) -> None:
         """`collect` in the background: for a caller that must not wait for the file (the
         FastAGI hangup handler, which MixMonitor's close waits for)."""
         self._task(call_id, call)
@@ -126,7 +142,9 @@ class RecordingCollector:
         while self._busy:
             await asyncio.gather(*list(self._busy.values()), return_exceptions=True)
 
-    def _task(self, call_id: str, call: CallRow | None) -> asyncio.Task[RecordingRow | None]:
+    def _task(
+        self, call_id: str, call: CallRow | Ending | None
+    ) -> asyncio.Task[RecordingRow | None]:
         task = self._busy.get(call_id)
         if task is None:
             task = asyncio.get_running_loop().create_task(self._collect(call_id, call))
@@ -134,32 +152,38 @@ class RecordingCollector:
             task.add_done_callback(lambda _: self._busy.pop(call_id, None))
         return task
 
-    async def _collect(self, call_id: str, row: CallRow | None) -> RecordingRow | None:
-        try:
-            if row is None:
-                row = await self._ledger.get_call(call_id)
-        except StorageError as error:
-            log.error("call %s: cannot read its recording file (%s); retrying", call_id, error)
-            self._failed(call_id)
-            return None
-        if row is None or row.recording_file is None:
-            self._retries.pop(call_id, None)
-            return None
-        source = Path(row.recording_file)
+    async def _collect(self, call_id: str, call: CallRow | Ending | None) -> RecordingRow | None:
+        row = None
+        if isinstance(call, Ending):
+            source = Path(call.file)
+        else:
+            try:
+                row = call if call is not None else await self._ledger.get_call(call_id)
+            except StorageError as error:
+                log.error("call %s: cannot read its recording file (%s); retrying", call_id, error)
+                self._failed(call_id)
+                return None
+            if row is None or row.recording_file is None:
+                self._retries.pop(call_id, None)
+                return None
+            source = Path(row.recording_file)
         # A stat in the local spool, here: a worker thread would cost more than it does
         # (the ingest checks the file the same way).
-        if not source.exists():  # noqa: ASYNC240
+        if not source.exists():
             # MixMonitor creates its file as its thread starts (app_mixmonitor.c,
             # mixmonitor_thread), long before the channel ends; none now means it never
             # ran (the caller left before the queue, or the dialplan refused), or the file
             # was collected already (the ledger then holds its recording and skips the
             # mark). A decision to record with no recording says why, once.
             self._retries.pop(call_id, None)
-            reason = unrecorded_reason(
-                decision=row.decision, outcome=row.outcome, file_written=False
-            )
-            if row.ended_at is not None and reason is not None:
-                await self._mark_unrecorded(call_id, reason)
+            if isinstance(call, Ending):
+                row = await call.row  # None: the end was not stored; the check closes it
+            if row is not None:
+                reason = unrecorded_reason(
+                    decision=row.decision, outcome=row.outcome, file_written=False
+                )
+                if row.ended_at is not None and reason is not None:
+                    await self._mark_unrecorded(call_id, reason)
             return None
         if not await self.watch.finished(source, self._close_wait):
             log.warning(

@@ -630,7 +630,12 @@ class FastAgiServer:
         # frames and closes the file, only after this hangup handler has ended
         # (main/channel.c, ast_hangup: hangup handlers, then destroy_hooks).
         await finish_call(
-            call_id, outcome, self._deps, wait=False, agent=agent_name(request.arg(3))
+            call_id,
+            outcome,
+            self._deps,
+            wait=False,
+            agent=agent_name(request.arg(3)),
+            file=row.recording_file,
         )
 
     def _allowed(self, writer: asyncio.StreamWriter) -> bool:

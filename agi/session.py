@@ -23,9 +23,10 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
-from agi.collector import RecordingCollector
+from agi.collector import Ending, RecordingCollector
 from agi.ports import ChannelPort, Clock, EventSink
 from flows.callbacks import CallbackFlow
 from flows.commands import (
@@ -58,7 +59,14 @@ from flows.numbers import caller_id_in_form
 from flows.outcome import Outcome
 from flows.policy import Decision
 from flows.shedding import shed_decision
-from storage.ports import CallStart, DecisionRecord, Ledger, RecordingRow, RecordingStore
+from storage.ports import (
+    CallRow,
+    CallStart,
+    DecisionRecord,
+    Ledger,
+    RecordingRow,
+    RecordingStore,
+)
 
 log = logging.getLogger("callrec.session")
 
@@ -456,21 +464,50 @@ async def finish_call(
     *,
     wait: bool = True,
     agent: str | None = None,
+    file: str | None = None,
 ) -> RecordingRow | None:
     """The channel is gone: store the outcome (a MISSED call can now be called back) and have
     the collector move the MixMonitor file into the store once MixMonitor has finished it.
     With `wait`, that is awaited (bounded); without, it happens in the background (the
     FastAGI hangup handler must end before MixMonitor can close the file). Works from the
     ledger alone, so the FastAGI hangup route (a separate connection) and a restarted
-    controller can call it."""
+    controller can call it.
+
+    `file`: the recording file the call was given, when it is known. The file is then
+    collected without waiting for the end's commit, and the end waits (`lazy`, briefly) to
+    share the commit of the file's ingest: one transaction a call instead of two."""
+    ending = asyncio.get_running_loop().create_task(
+        _store_end(call_id, deps.clock.now(), outcome, deps, agent, lazy=file is not None)
+    )
+    target: CallRow | Ending
+    if file is None:
+        row = await ending
+        if row is None:
+            return None
+        target = row
+    else:
+        target = Ending(file, ending)
+    if not wait:
+        deps.collector.collect_soon(call_id, target)
+        return None
+    recording = await deps.collector.collect(call_id, target)
+    await ending
+    return recording
+
+
+async def _store_end(
+    call_id: str,
+    ended_at: datetime,
+    outcome: Outcome,
+    deps: SessionDeps,
+    agent: str | None,
+    *,
+    lazy: bool,
+) -> CallRow | None:
     try:
-        row = await deps.ledger.end_call(call_id, deps.clock.now(), outcome, agent)
+        return await deps.ledger.end_call(call_id, ended_at, outcome, agent, lazy=lazy)
     except StorageError as error:
-        # The file stays owned (the call is still open): the collector's check closes it
-        # once no call could last that long, and collects the file then.
+        # The call stays open: the collector's check closes it once no call could last
+        # that long, and collects a file still in the spool then.
         log.error("call %s: outcome %s not stored: %s", call_id, outcome.value, error)
         return None
-    if wait:
-        return await deps.collector.collect(call_id, row)
-    deps.collector.collect_soon(call_id, row)
-    return None

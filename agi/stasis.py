@@ -583,6 +583,7 @@ class StasisApp:
                 outcome,
                 self._deps,
                 agent=call.observer.agent(session.start.direction),
+                file=session.recording_file,
             )
 
     async def _release(self, channel_id: str, *, skip: bool = True) -> bool:
@@ -676,7 +677,7 @@ class StasisApp:
                     row.call_id,
                     outcome.value,
                 )
-                await finish_call(row.call_id, outcome, self._deps)
+                await finish_call(row.call_id, outcome, self._deps, file=row.recording_file)
 
     async def _watch(self, row: CallRow) -> None:
         call = _Call(row.channel_id, timer_scale=self._timer_scale)
@@ -700,6 +701,7 @@ class StasisApp:
                     call.observer.outcome(),
                     self._deps,
                     agent=call.observer.agent(row.direction),
+                    file=row.recording_file,
                 )
             finally:
                 self._forget(call)

@@ -50,6 +50,9 @@ MISSED_CANDIDATES_SQL = (
 # Seconds a lazy call start may wait to share the commit of the ledger's next write: the
 # call's own decision or end, seconds later, carries it if nothing else does first.
 START_WAIT = 0.25
+# ... and a lazy call end, the commit of its recording's ingest, which follows once
+# MixMonitor has closed the file (`agi.collector`).
+END_WAIT = 0.25
 
 
 async def start_call(ctx: Context, call: CallStart, *, lazy: bool = False) -> None:
@@ -250,7 +253,13 @@ async def mark_unrecorded(ctx: Context, call_id: str, reason: str, at: datetime)
 
 
 async def end_call(
-    ctx: Context, call_id: str, ended_at: datetime, outcome: Outcome, agent: str | None = None
+    ctx: Context,
+    call_id: str,
+    ended_at: datetime,
+    outcome: Outcome,
+    agent: str | None = None,
+    *,
+    lazy: bool = False,
 ) -> CallRow:
     check_call_id(call_id)
     result = Outcome(outcome)
@@ -279,7 +288,8 @@ async def end_call(
             )
         return row
 
-    return call_row(await ctx.db.write(body, f"ending call {call_id}", serial=False))
+    within = END_WAIT if lazy else None
+    return call_row(await ctx.db.write(body, f"ending call {call_id}", serial=False, within=within))
 
 
 async def close_stale_calls(ctx: Context, started_before: datetime, now: datetime) -> list[str]:

@@ -253,10 +253,19 @@ class Ledger(Protocol):
         stored or being stored). Whether it was marked now."""
 
     async def end_call(
-        self, call_id: str, ended_at: datetime, outcome: Outcome, agent: str | None = None
+        self,
+        call_id: str,
+        ended_at: datetime,
+        outcome: Outcome,
+        agent: str | None = None,
+        *,
+        lazy: bool = False,
     ) -> CallRow:
         """Store how the call ended and who took it (`agent`: as Asterisk named them); the
-        call as the ledger holds it then (an end stored before stays as it was)."""
+        call as the ledger holds it then (an end stored before stays as it was). `lazy`:
+        the end may wait a moment to share the commit of the ledger's next write (the
+        ingest of the call's recording, once MixMonitor has closed it); it returns only
+        once committed either way."""
 
     async def callback_candidates(
         self, customer: str, since: datetime, legal_basis: LegalBasis

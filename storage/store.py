@@ -163,9 +163,15 @@ class Store:
         return await calls.mark_unrecorded(self.ctx, call_id, reason, at)
 
     async def end_call(
-        self, call_id: str, ended_at: datetime, outcome: Outcome, agent: str | None = None
+        self,
+        call_id: str,
+        ended_at: datetime,
+        outcome: Outcome,
+        agent: str | None = None,
+        *,
+        lazy: bool = False,
     ) -> CallRow:
-        return await calls.end_call(self.ctx, call_id, ended_at, outcome, agent)
+        return await calls.end_call(self.ctx, call_id, ended_at, outcome, agent, lazy=lazy)
 
     async def close_stale_calls(self, started_before: datetime, now: datetime) -> list[str]:
         return await calls.close_stale_calls(self.ctx, started_before, now)

@@ -5,22 +5,27 @@ and a call whose end never came is closed after the longest plausible call."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import hashlib
 import os
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 from fakes import ListSink, SetClock
 from storage_helpers import ALICE, POLICY, T0, open_store, record_call, wav_bytes
 
 from agi.collector import RecordingCollector
+from agi.session import SessionDeps, finish_call
 from agi.spool import SpoolWatch
+from flows.errors import StoreFullError
 from flows.outcome import Outcome
 from storage import files
-from storage.ports import RecordingStatus, WithdrawalVia
+from storage.calls import END_WAIT
+from storage.ports import CallRow, Ledger, RecordingStatus, WithdrawalVia
 from storage.store import Store
 
 pytestmark = pytest.mark.usefixtures("ledger")
@@ -178,3 +183,109 @@ async def test_a_call_whose_end_never_came_is_closed_and_its_file_stored(
     assert fresh is not None and fresh.ended_at is None
     actions = [entry.action for entry in await store.audit_entries(subject=stale_id)]
     assert "call.closed_unreported" in actions
+
+
+@contextlib.asynccontextmanager
+async def finishing(
+    store: Store, spool: Path, ledger: Ledger | None = None
+) -> AsyncIterator[tuple[SessionDeps, ListSink]]:
+    """What a controller's sessions share, enough to finish calls: the store (or `ledger`
+    in front of it) and a running collector."""
+    sink, clock = ListSink(), SetClock(T0 + timedelta(minutes=5))
+    collector = RecordingCollector(
+        store, store, clock, sink, SpoolWatch(spool), close_wait=0.3, retry_first=0.01
+    )
+    collector.start(check=False)
+    deps = SessionDeps(
+        ledger=store if ledger is None else ledger,
+        store=store,
+        clock=clock,
+        events=sink,
+        spool_dir=spool,
+        prompt_versions={},
+        collector=collector,
+    )
+    try:
+        yield deps, sink
+    finally:
+        await collector.stop()
+
+
+def transactions_shared(store: Store) -> int | None:
+    """How many of the SQLite ledger's transactions carried more than one write (None on
+    PostgreSQL, whose writes each commit at once)."""
+    groups = getattr(store.ctx.db, "groups", None)
+    return groups if isinstance(groups, int) else None
+
+
+async def test_a_recorded_call_ends_in_the_commit_of_its_recording(
+    store: Store, spool: Path
+) -> None:
+    """The end of a call whose file is known is not committed alone: it waits for the
+    file's ingest and goes in the same transaction; both are stored when the call is
+    finished."""
+    async with finishing(store, spool) as (deps, _):
+        call_id, path = await record_call(store, spool, end=False)
+        shared = transactions_shared(store)
+        with path.open("ab") as mixmonitor:  # open until after the hangup, as it is
+            mixmonitor.write(b"\x01\x02" * 100)
+            mixmonitor.flush()
+            finishing_call = asyncio.create_task(
+                finish_call(
+                    call_id, Outcome.ANSWERED, deps, agent="Local/agent-1@ctx", file=str(path)
+                )
+            )
+            await asyncio.sleep(END_WAIT / 5)
+            assert not finishing_call.done()
+            mixmonitor.write(b"\x03\x04" * 100)  # its last frames
+        recording = await finishing_call
+    assert recording is not None and recording.status is RecordingStatus.STORED
+    row = await store.get_call(call_id)
+    assert row is not None and row.ended_at == T0 + timedelta(minutes=5)
+    assert (row.outcome, row.agent) == (Outcome.ANSWERED, "Local/agent-1@ctx")
+    assert not path.exists()
+    if shared is not None:
+        assert transactions_shared(store) == shared + 1
+
+
+async def test_a_recorded_call_whose_file_never_came_is_ended_and_marked(
+    store: Store, spool: Path
+) -> None:
+    """MixMonitor never ran (the caller left before the queue): the end is still stored,
+    and the decision to record is marked as not carried out."""
+    call_id, path = await record_call(store, spool, end=False)
+    path.unlink()
+    async with finishing(store, spool) as (deps, sink):
+        assert await finish_call(call_id, Outcome.MISSED, deps, file=str(path)) is None
+    row = await store.get_call(call_id)
+    assert row is not None and row.outcome is Outcome.MISSED
+    assert sink.kinds() == ["recording/skipped"]
+    actions = [entry.action for entry in await store.audit_entries(subject=call_id)]
+    assert "recording.not_started" in actions
+
+
+class _EndRefused:
+    """The store, except that it cannot take a call's end (a full disk for a moment)."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    async def end_call(self, *args: object, **options: object) -> CallRow:
+        raise StoreFullError("no space left for the ledger (injected)")
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+
+async def test_a_recording_is_stored_when_its_call_end_could_not_be(
+    store: Store, spool: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The end is refused: the finished file is stored all the same (kept, and due for
+    deletion on its date), and the call stays open for the collector's check to close."""
+    async with finishing(store, spool, cast(Ledger, _EndRefused(store))) as (deps, _):
+        call_id, path = await record_call(store, spool, end=False)
+        recording = await finish_call(call_id, Outcome.ANSWERED, deps, file=str(path))
+    assert recording is not None and recording.status is RecordingStatus.STORED
+    row = await store.get_call(call_id)
+    assert row is not None and row.ended_at is None
+    assert f"call {call_id}: outcome answered not stored" in caplog.text

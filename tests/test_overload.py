@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from storage_helpers import wav_bytes
 
 from agi.ari import DEFAULT_MAX_CONNECTIONS, _Gate
 from agi.session import DecisionLag
@@ -24,9 +25,10 @@ from agi.simpbx import CallerScript, CallResult
 from callrec.config import DEFAULT_ARI_MAX_CONNECTIONS, load_settings
 from callrec.harness import Harness, harness
 from flows.errors import ConfigError, StorageError
+from flows.outcome import Outcome
 from flows.policy import Decision, Direction, LegalBasis, Policy
 from flows.shedding import Load, ShedBounds, shed_reason
-from storage.calls import START_WAIT
+from storage.calls import END_WAIT, START_WAIT
 from storage.ports import CallRow, CallStart, DecisionRecord, RecordingStatus
 from storage.sqlite import SqliteStore
 from storage.store import Store
@@ -471,5 +473,43 @@ async def test_a_lazy_write_queued_behind_a_busy_writer_still_waits_for_company(
         assert store.ctx.db.groups == 1  # type: ignore[attr-defined]
         row = await store.get_call(first.call_id)
         assert row is not None and row.decision is Decision.RECORD
+    finally:
+        await store.close()
+
+
+async def test_a_call_end_shares_the_commit_of_its_recording(tmp_path: Path) -> None:
+    """A lazy call end waits for its recording's ingest and is committed in the same
+    transaction; with no write after it, it is committed alone within `END_WAIT`."""
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    store = await SqliteStore.open(tmp_path / "store", POLICY, spool_dir=spool, create=True)
+    try:
+        start = _call_start(1)
+        file = spool / f"{start.call_id}.wav"
+        await store.start_call(start)
+        await store.commit_decision(
+            replace(_record(start.call_id, LEDGER_NOW), recording_file=str(file))
+        )
+        file.write_bytes(wav_bytes(frames=0))  # MixMonitor's header only: not bridged
+        ended_at = LEDGER_NOW + timedelta(seconds=30)
+        ending = asyncio.create_task(
+            store.end_call(start.call_id, ended_at, Outcome.MISSED, lazy=True)
+        )
+        await asyncio.sleep(0)
+        assert not ending.done()
+        recording = await store.ingest(start.call_id, file, ended_at)
+        assert recording is not None and recording.status is RecordingStatus.EMPTY
+        assert ending.done() and store.ctx.db.groups == 1  # type: ignore[attr-defined]
+        row = ending.result()
+        assert (row.ended_at, row.outcome) == (ended_at, Outcome.MISSED)
+        assert not file.exists()
+
+        alone = _call_start(2)
+        await store.start_call(alone)
+        row = await asyncio.wait_for(
+            store.end_call(alone.call_id, ended_at, Outcome.MISSED, lazy=True), END_WAIT + 5
+        )
+        assert row.outcome is Outcome.MISSED
+        assert store.ctx.db.groups == 1  # type: ignore[attr-defined]
     finally:
         await store.close()
