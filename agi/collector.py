@@ -195,7 +195,7 @@ class RecordingCollector:
             self._failed(call_id)
             return None
         try:
-            recording = await self._store.ingest(call_id, source, self._clock.now())
+            recording = await self._store.ingest(call_id, source, self._clock.now(), lazy=True)
         except StorageError as error:
             log.error("call %s: recording not ingested, tried again later: %s", call_id, error)
             self._failed(call_id)

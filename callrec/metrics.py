@@ -212,9 +212,11 @@ class MeteredStore:
         self._metrics.decisions.labels(record.decision.value, record.legal_basis.value).inc()
         log.debug("call %s: decision %s committed", record.call_id, record.decision.value)
 
-    async def ingest(self, call_id: str, source: Path, now: datetime) -> RecordingRow | None:
+    async def ingest(
+        self, call_id: str, source: Path, now: datetime, *, lazy: bool = False
+    ) -> RecordingRow | None:
         try:
-            row = await self._inner.ingest(call_id, source, now)
+            row = await self._inner.ingest(call_id, source, now, lazy=lazy)
         except StorageError:
             self._metrics.ingest_failures.inc()
             raise

@@ -289,9 +289,14 @@ class Ledger(Protocol):
 class RecordingStore(Protocol):
     """Retention, withdrawal, access and proof: what the DPO answers for."""
 
-    async def ingest(self, call_id: str, source: Path, now: datetime) -> RecordingRow | None:
+    async def ingest(
+        self, call_id: str, source: Path, now: datetime, *, lazy: bool = False
+    ) -> RecordingRow | None:
         """Move a finished MixMonitor file into the store. None when the call has no
-        committed RECORD decision (the file is then deleted and audited, never kept)."""
+        committed RECORD decision (the file is then deleted and audited, never kept).
+        `lazy`: its first commit may wait a moment to share the ledger's next write (a live
+        call's), unless other ingests wait behind it; each step is still committed before
+        the next one starts."""
 
     async def sweep(
         self,

@@ -63,6 +63,7 @@ class Context:
     # Serialises this process's file work (ingest, deletions, exports, reconcile); other
     # processes are kept consistent by the ledger's transactions.
     files: asyncio.Lock = field(default_factory=asyncio.Lock)
+    ingesting: int = 0  # ingests under way or waiting for `files`
 
     def pseudo(self, number: str | None) -> str:
         return "anonymous" if number is None else pseudonym(self.key, number)

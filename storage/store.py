@@ -201,8 +201,10 @@ class Store:
 
     # ------------------------------------------------- recordings and the DPO
 
-    async def ingest(self, call_id: str, source: Path, now: datetime) -> RecordingRow | None:
-        return await ingest.ingest(self.ctx, call_id, source, now)
+    async def ingest(
+        self, call_id: str, source: Path, now: datetime, *, lazy: bool = False
+    ) -> RecordingRow | None:
+        return await ingest.ingest(self.ctx, call_id, source, now, lazy=lazy)
 
     async def sweep(
         self,

@@ -29,6 +29,7 @@ from flows.outcome import Outcome
 from flows.policy import Decision, Direction, LegalBasis, Policy
 from flows.shedding import Load, ShedBounds, shed_reason
 from storage.calls import END_WAIT, START_WAIT
+from storage.ingest import INGEST_WAIT
 from storage.ports import CallRow, CallStart, DecisionRecord, RecordingStatus
 from storage.sqlite import SqliteStore
 from storage.store import Store
@@ -511,5 +512,50 @@ async def test_a_call_end_shares_the_commit_of_its_recording(tmp_path: Path) -> 
         )
         assert row.outcome is Outcome.MISSED
         assert store.ctx.db.groups == 1  # type: ignore[attr-defined]
+    finally:
+        await store.close()
+
+
+async def _recorded_call(store: Store, spool: Path, n: int) -> tuple[str, Path]:
+    """A call decided to record, its MixMonitor file only a header (never bridged)."""
+    start = _call_start(n)
+    file = spool / f"{start.call_id}.wav"
+    await store.start_call(start)
+    await store.commit_decision(
+        replace(_record(start.call_id, LEDGER_NOW), recording_file=str(file))
+    )
+    file.write_bytes(wav_bytes(frames=0))
+    return start.call_id, file
+
+
+async def test_an_ingest_shares_the_commit_of_a_live_calls_write(tmp_path: Path) -> None:
+    """A lazy ingest's first commit waits for the ledger's next write (another call's
+    decision) and goes with it; an ingest that other ingests wait behind goes at once."""
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    store = await SqliteStore.open(tmp_path / "store", POLICY, spool_dir=spool, create=True)
+    try:
+        call_id, file = await _recorded_call(store, spool, 1)
+        ingesting = asyncio.create_task(store.ingest(call_id, file, LEDGER_NOW, lazy=True))
+        await asyncio.sleep(INGEST_WAIT / 5)
+        assert not ingesting.done()
+        live = _call_start(2)
+        await store.start_call(live)
+        assert ingesting.done() and store.ctx.db.groups == 1  # type: ignore[attr-defined]
+        recording = ingesting.result()
+        assert recording is not None and recording.status is RecordingStatus.EMPTY
+
+        first_id, first_file = await _recorded_call(store, spool, 3)
+        second_id, second_file = await _recorded_call(store, spool, 4)
+        async with store.ctx.files:  # a sweep's file work, say: both ingests queue
+            first = asyncio.create_task(store.ingest(first_id, first_file, LEDGER_NOW, lazy=True))
+            await asyncio.sleep(0)
+            second = asyncio.create_task(
+                store.ingest(second_id, second_file, LEDGER_NOW, lazy=True)
+            )
+            await asyncio.sleep(0)
+        await asyncio.wait_for(first, INGEST_WAIT / 2)  # another waits behind it: not lazy
+        assert not second.done()  # the last of the queue waits for company again
+        assert (await asyncio.wait_for(second, INGEST_WAIT + 5)) is not None
     finally:
         await store.close()
