@@ -195,13 +195,17 @@ async def complete(
 ) -> RecordingRow:
     row, covering = await insert_recording(
         ctx,
-        recording_id,
-        call,
-        now,
-        status=RecordingStatus.STORED,
-        path=key,
-        sha256=sha256,
-        size=size,
+        call["call_id"],
+        recording_inserter(
+            ctx,
+            recording_id,
+            call,
+            now,
+            status=RecordingStatus.STORED,
+            path=key,
+            sha256=sha256,
+            size=size,
+        ),
     )
     if source != Path(ctx.blobs.location(key)):
         await in_thread(f"removing {source}", files.unlink, source)
@@ -213,24 +217,11 @@ async def complete(
 
 
 async def insert_recording(
-    ctx: Context,
-    recording_id: str,
-    call: Row,
-    now: datetime,
-    *,
-    status: RecordingStatus,
-    path: str | None,
-    sha256: str | None,
-    size: int,
+    ctx: Context, call_id: str, insert: Callable[[Tx], tuple[Row, Covering]]
 ) -> tuple[RecordingRow, Covering]:
-    """The recording's row, written with its audit entry, and what withdrawals cover it,
-    read in the same (serial) transaction."""
-    insert = recording_inserter(
-        ctx, recording_id, call, now, status=status, path=path, sha256=sha256, size=size
-    )
-    stored, covering = await ctx.db.write(
-        insert, f"storing the recording of call {call['call_id']}"
-    )
+    """The recording's row, written with its audit entry (`recording_inserter`), and what
+    withdrawals cover it, read in the same (serial) transaction."""
+    stored, covering = await ctx.db.write(insert, f"storing the recording of call {call_id}")
     return ctx.recording(stored), covering
 
 
@@ -370,12 +361,16 @@ async def finish_pending(ctx: Context, pending: Row, now: datetime) -> Recording
         return await complete(ctx, recording_id, call, key, placed.sha256, placed.size, source, now)
     row, _ = await insert_recording(
         ctx,
-        recording_id,
-        call,
-        now,
-        status=RecordingStatus.MISSING,
-        path=key,
-        sha256=None,
-        size=0,
+        call["call_id"],
+        recording_inserter(
+            ctx,
+            recording_id,
+            call,
+            now,
+            status=RecordingStatus.MISSING,
+            path=key,
+            sha256=None,
+            size=0,
+        ),
     )
     return row
