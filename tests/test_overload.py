@@ -357,6 +357,20 @@ def _call_start(n: int) -> CallStart:
     )
 
 
+def _record(call_id: str, now: datetime) -> DecisionRecord:
+    """A decision to record, as a session commits it on the digit 1."""
+    return DecisionRecord(
+        call_id=call_id,
+        decision=Decision.RECORD,
+        legal_basis=LegalBasis.CONSENT,
+        digit="1",
+        reason="test",
+        prompt=None,
+        prompt_sha256=None,
+        decided_at=now,
+    )
+
+
 async def test_queued_ledger_writes_share_one_commit_and_fail_alone(tmp_path: Path) -> None:
     """Calls started together are committed as one transaction; a write among them that
     fails (a decision for a call the ledger does not have) fails alone, the others stand."""
@@ -400,17 +414,7 @@ async def test_a_call_start_shares_the_commit_of_the_next_write(tmp_path: Path) 
         starting = asyncio.create_task(store.start_call(first, lazy=True))
         await asyncio.sleep(0)
         assert not starting.done()  # waiting for company
-        decision = DecisionRecord(
-            call_id=first.call_id,
-            decision=Decision.RECORD,
-            legal_basis=LegalBasis.CONSENT,
-            digit="1",
-            reason="test",
-            prompt=None,
-            prompt_sha256=None,
-            decided_at=now,
-        )
-        await store.commit_decision(decision)
+        await store.commit_decision(_record(first.call_id, now))
         assert starting.done()
         assert store.ctx.db.groups == 1  # type: ignore[attr-defined]
         row = await store.get_call(first.call_id)
@@ -432,19 +436,6 @@ async def test_a_call_start_shares_the_commit_of_the_next_write(tmp_path: Path) 
         assert await reopened.get_call(last.call_id) is not None
     finally:
         await reopened.close()
-
-
-def _record(call_id: str, now: datetime) -> DecisionRecord:
-    return DecisionRecord(
-        call_id=call_id,
-        decision=Decision.RECORD,
-        legal_basis=LegalBasis.CONSENT,
-        digit="1",
-        reason="test",
-        prompt=None,
-        prompt_sha256=None,
-        decided_at=now,
-    )
 
 
 async def test_a_lazy_write_queued_behind_a_busy_writer_still_waits_for_company(
