@@ -198,6 +198,10 @@ class CallSession:
             return False
         return started.cancelled() or started.exception() is not None or not started.result()
 
+    def _start_stored(self) -> bool:
+        started = self._in_ledger
+        return started is not None and started.done() and not self._start_refused()
+
     async def in_ledger(self) -> bool:
         """Whether the ledger holds the call (waiting for its start to be recorded)."""
         if self.decision_committed:
@@ -321,9 +325,11 @@ class CallSession:
         try:
             if self._start_refused():
                 return CommitFailed("the ledger did not take the call")
-            # The start goes with the decision: one still on its way is not waited for,
-            # and the ledger writes it first in the decision's transaction.
-            await self.deps.ledger.commit_decision(record, self.start)
+            # The start goes with the decision while it is still on its way (not waited
+            # for: the ledger writes it first in the decision's transaction); one already
+            # committed, as under load it is, costs the decision nothing.
+            carried = None if self._start_stored() else self.start
+            await self.deps.ledger.commit_decision(record, carried)
         except StorageError as error:
             log.error("call %s: decision not committed: %s", self.call_id, error)
             return CommitFailed(str(error))

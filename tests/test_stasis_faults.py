@@ -10,6 +10,8 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, cast
 
+import pytest
+
 from agi.ari import AriClient
 from agi.session import SessionDeps
 from agi.simpbx import CallerScript, CallResult
@@ -17,7 +19,7 @@ from agi.stasis import StasisApp
 from callrec.harness import Harness, harness
 from flows.errors import StoreFullError
 from flows.policy import Decision, Policy
-from storage.ports import CallRow, CallStart, Ledger, RecordingStatus
+from storage.ports import CallRow, CallStart, DecisionRecord, Ledger, RecordingStatus
 from storage.sqlite import SqliteStore
 
 POLICY = replace(Policy(), overload_window=timedelta(hours=3))
@@ -374,3 +376,67 @@ async def test_a_spool_path_that_array_would_split_is_never_recorded(tmp_path: P
             if e.action == "recording.not_started"
         ]
         assert len(reasons) == 1 and reasons[0].startswith("recording could not be started")
+
+
+class _StartWatch:
+    """The store, noting whether each decision carried its call's start; with `hold`, the
+    start is held back until the decision is in (a slow disk)."""
+
+    def __init__(self, store: SqliteStore, *, hold: bool) -> None:
+        self._store = store
+        self._hold = hold
+        self._decided = asyncio.Event()
+        self.carried: list[bool] = []
+
+    async def start_call(self, call: CallStart, *, lazy: bool = False) -> None:
+        if self._hold:
+            await self._decided.wait()
+        await self._store.start_call(call, lazy=lazy)
+
+    async def commit_decision(self, record: DecisionRecord, start: CallStart | None = None) -> None:
+        self.carried.append(start is not None)
+        await self._store.commit_decision(record, start)
+        self._decided.set()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+
+@pytest.mark.parametrize("hold", [True, False])
+async def test_a_decision_carries_its_calls_start_only_while_it_is_on_its_way(
+    tmp_path: Path, hold: bool
+) -> None:
+    """A start still on its way (held back here) is written in the decision's transaction,
+    so the decision never waits for it; a start already committed (the caller pressed 1
+    after the start's lazy wait) is not written again."""
+    scale = 0.2  # the digit 0.4 s in: after a start's lazy wait (`START_WAIT`)
+    async with harness(POLICY, tmp_path, time_scale=scale) as h:
+        assert h.sim is not None
+        _crash(h)
+        await h.client.close()
+        ledger = _StartWatch(h.store, hold=hold)
+        client = AriClient(h.sim.base_url, "callrec", h.sim_password, "callrec")
+        deps = SessionDeps(
+            ledger=cast(Ledger, ledger),
+            store=h.store,
+            clock=h.clock,
+            events=h.events,
+            spool_dir=tmp_path / "spool",
+            prompt_versions={},
+            collector=h.collector,
+        )
+        app = StasisApp(client, deps, POLICY, timer_scale=scale)
+        task = asyncio.create_task(app.run())
+        try:
+            await asyncio.wait_for(client.wait_connected(), 10)
+            result = await call(h, SERVICE, "041 555 232", PRESS_1)
+            assert ledger.carried == [hold]
+            assert result.recorded_file is not None
+            row = await h.store.get_call(result.variables["CALLREC_CALL_ID"])
+            assert row is not None and row.decision is Decision.RECORD
+            assert row.caller == "+38641555232"  # the start's own fields, written once
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            await client.close()
