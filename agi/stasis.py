@@ -755,7 +755,7 @@ def _playback_state(event: AriEvent) -> str | None:
 
 
 def _outcome_after_restart(row: CallRow) -> Outcome:
-    recorded = row.recording_file is not None and has_audio(row.recording_file)
+    recorded = row.recorded or (row.recording_file is not None and has_audio(row.recording_file))
     return outcome_after_restart(decided=row.decided_at is not None, recorded_audio=recorded)
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 
@@ -302,7 +303,10 @@ async def close_stale_calls(ctx: Context, started_before: datetime, now: datetim
 
     def read(tx: Tx) -> Sequence[Row]:
         return tx.all(
-            "SELECT c.call_id, c.decided_at, c.recording_file FROM calls c "
+            # `recorded`: the store took its file with audio (its end was not stored then).
+            "SELECT c.call_id, c.decided_at, c.recording_file, "
+            "EXISTS (SELECT 1 FROM recordings r WHERE r.call_id = c.call_id AND r.size > 0) "
+            "AS recorded FROM calls c "
             "WHERE c.ended_at IS NULL AND c.started_at < ? "
             "AND (c.controller_id = ? OR c.controller_id IS NULL) "
             "ORDER BY c.started_at",
@@ -317,8 +321,8 @@ async def close_stale_calls(ctx: Context, started_before: datetime, now: datetim
         judged = []
         for row in rows:
             file = row["recording_file"]
-            audio = False
-            if file is not None:
+            audio = bool(row["recorded"])  # its file ingested already (its end not stored)
+            if file is not None and not audio:
                 with contextlib.suppress(OSError):
                     audio = not files.header_only(Path(file))
             outcome = outcome_after_restart(
@@ -447,13 +451,16 @@ async def get_call(ctx: Context, call_id: str) -> CallRow | None:
 async def open_calls(ctx: Context) -> list[CallRow]:
     def body(tx: Tx) -> Sequence[Row]:
         return tx.all(
-            "SELECT c.* FROM calls c WHERE c.ended_at IS NULL "
+            "SELECT c.*, "
+            "EXISTS (SELECT 1 FROM recordings r WHERE r.call_id = c.call_id AND r.size > 0) "
+            "AS recorded FROM calls c WHERE c.ended_at IS NULL "
             "AND (c.controller_id = ? OR c.controller_id IS NULL) "
             "ORDER BY c.started_at, c.call_id",
             (ctx.controller_id,),
         )
 
-    return [call_row(row) for row in await ctx.db.read(body, "listing open calls")]
+    rows = await ctx.db.read(body, "listing open calls")
+    return [replace(call_row(row), recorded=bool(row["recorded"])) for row in rows]
 
 
 async def call_of_spool_file(ctx: Context, path: Path) -> Row | None:

@@ -21,8 +21,10 @@ from storage_helpers import ALICE, POLICY, T0, open_store, record_call, wav_byte
 from agi.collector import RecordingCollector
 from agi.session import SessionDeps, finish_call
 from agi.spool import SpoolWatch
+from agi.stasis import _outcome_after_restart
 from flows.errors import StoreFullError
 from flows.outcome import Outcome
+from flows.policy import LegalBasis
 from storage import files
 from storage.calls import END_WAIT
 from storage.ports import CallRow, Ledger, RecordingStatus, WithdrawalVia
@@ -281,11 +283,24 @@ async def test_a_recording_is_stored_when_its_call_end_could_not_be(
     store: Store, spool: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """The end is refused: the finished file is stored all the same (kept, and due for
-    deletion on its date), and the call stays open for the collector's check to close."""
+    deletion on its date), and the call stays open. Judged later without its spool file (a
+    restart, or the check for calls no end was reported for), it counts as answered by its
+    stored audio, never as a missed call to be called back."""
     async with finishing(store, spool, cast(Ledger, _EndRefused(store))) as (deps, _):
         call_id, path = await record_call(store, spool, end=False)
         recording = await finish_call(call_id, Outcome.ANSWERED, deps, file=str(path))
-    assert recording is not None and recording.status is RecordingStatus.STORED
+        assert recording is not None and recording.status is RecordingStatus.STORED
+        row = await store.get_call(call_id)
+        assert row is not None and row.ended_at is None
+        assert f"call {call_id}: outcome answered not stored" in caplog.text
+        assert not path.exists()
+        [open_row] = await store.open_calls()
+        assert open_row.recorded  # what a restarted controller judges it by
+        assert _outcome_after_restart(open_row) is Outcome.ANSWERED
+        cast(SetClock, deps.clock).advance(timedelta(hours=13))
+        await deps.collector.check()
     row = await store.get_call(call_id)
-    assert row is not None and row.ended_at is None
-    assert f"call {call_id}: outcome answered not stored" in caplog.text
+    assert row is not None and row.outcome is Outcome.ANSWERED
+    later = T0 + timedelta(hours=13)
+    found = await store.callback_candidates(ALICE, later - timedelta(days=1), LegalBasis.CONSENT)
+    assert [call.call_id for call in found.calls] == []
