@@ -486,8 +486,9 @@ async def finish_call(
         _store_end(call_id, deps.clock.now(), outcome, deps, agent, lazy=file is not None)
     )
     target: CallRow | Ending
+    # Shielded: a cancelled caller (a shutdown) must not take the end with it.
     if file is None:
-        row = await ending
+        row = await asyncio.shield(ending)
         if row is None:
             return None
         target = row
@@ -497,7 +498,7 @@ async def finish_call(
         deps.collector.collect_soon(call_id, target)
         return None
     recording = await deps.collector.collect(call_id, target)
-    await ending
+    await asyncio.shield(ending)
     return recording
 
 

@@ -304,3 +304,22 @@ async def test_a_recording_is_stored_when_its_call_end_could_not_be(
     later = T0 + timedelta(hours=13)
     found = await store.callback_candidates(ALICE, later - timedelta(days=1), LegalBasis.CONSENT)
     assert [call.call_id for call in found.calls] == []
+
+
+async def test_a_call_end_survives_its_finisher_being_cancelled(store: Store, spool: Path) -> None:
+    """A shutdown cancels a call's worker just as it finishes the call: its end is stored
+    all the same."""
+    async with finishing(store, spool) as (deps, _):
+        call_id, path = await record_call(store, spool, end=False)
+        path.unlink()
+        finishing_call = asyncio.create_task(finish_call(call_id, Outcome.MISSED, deps))
+        await asyncio.sleep(0)
+        finishing_call.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await finishing_call
+        for _ in range(200):
+            row = await store.get_call(call_id)
+            if row is not None and row.ended_at is not None:
+                break
+            await asyncio.sleep(0.01)
+    assert row is not None and row.outcome is Outcome.MISSED
