@@ -409,7 +409,7 @@ async def test_a_decision_carries_its_calls_start_only_while_it_is_on_its_way(
     """A start still on its way (held back here) is written in the decision's transaction,
     so the decision never waits for it; a start already committed (the caller pressed 1
     after the start's lazy wait) is not written again."""
-    scale = 0.2  # the digit 0.4 s in: after a start's lazy wait (`START_WAIT`)
+    scale = 0.3  # the digit 0.6 s in: well after a start's lazy wait (`START_WAIT`)
     async with harness(POLICY, tmp_path, time_scale=scale) as h:
         assert h.sim is not None
         _crash(h)
