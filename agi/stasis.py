@@ -671,7 +671,12 @@ class StasisApp:
             if row.channel_id in present and row.decided_at is not None:
                 await self._watch(row)
             elif row.channel_id not in present:
-                outcome = await asyncio.to_thread(_outcome_after_restart, row)
+                try:  # its file may be in the store already (its end was not stored)
+                    stored = await self._deps.ledger.has_stored_audio(row.call_id)
+                except StorageError as error:
+                    log.warning("call %s: could not read its recording: %s", row.call_id, error)
+                    stored = False
+                outcome = await asyncio.to_thread(_outcome_after_restart, row, stored=stored)
                 log.warning(
                     "call %s ended while the controller was away; finished as %s",
                     row.call_id,
@@ -754,8 +759,9 @@ def _playback_state(event: AriEvent) -> str | None:
     return None
 
 
-def _outcome_after_restart(row: CallRow) -> Outcome:
-    recorded = row.recorded or (row.recording_file is not None and has_audio(row.recording_file))
+def _outcome_after_restart(row: CallRow, *, stored: bool) -> Outcome:
+    """`stored`: the store took the call's recording with audio already."""
+    recorded = stored or (row.recording_file is not None and has_audio(row.recording_file))
     return outcome_after_restart(decided=row.decided_at is not None, recorded_audio=recorded)
 
 

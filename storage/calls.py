@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Sequence
-from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 
@@ -451,16 +450,26 @@ async def get_call(ctx: Context, call_id: str) -> CallRow | None:
 async def open_calls(ctx: Context) -> list[CallRow]:
     def body(tx: Tx) -> Sequence[Row]:
         return tx.all(
-            "SELECT c.*, "
-            "EXISTS (SELECT 1 FROM recordings r WHERE r.call_id = c.call_id AND r.size > 0) "
-            "AS recorded FROM calls c WHERE c.ended_at IS NULL "
+            "SELECT c.* FROM calls c WHERE c.ended_at IS NULL "
             "AND (c.controller_id = ? OR c.controller_id IS NULL) "
             "ORDER BY c.started_at, c.call_id",
             (ctx.controller_id,),
         )
 
-    rows = await ctx.db.read(body, "listing open calls")
-    return [replace(call_row(row), recorded=bool(row["recorded"])) for row in rows]
+    return [call_row(row) for row in await ctx.db.read(body, "listing open calls")]
+
+
+async def has_stored_audio(ctx: Context, call_id: str) -> bool:
+    """Whether the store took the call's recording with audio (stored, or stored and
+    deleted since): an open call whose end was not stored may have had its file ingested,
+    and is then judged by that, its spool file being gone."""
+    check_call_id(call_id)
+
+    def body(tx: Tx) -> bool:
+        found = tx.one("SELECT 1 FROM recordings WHERE call_id = ? AND size > 0", (call_id,))
+        return found is not None
+
+    return await ctx.db.read(body, "reading whether a call was recorded")
 
 
 async def call_of_spool_file(ctx: Context, path: Path) -> Row | None:

@@ -278,6 +278,9 @@ class Ledger(Protocol):
 
     async def get_call(self, call_id: str) -> CallRow | None: ...
 
+    async def has_stored_audio(self, call_id: str) -> bool:
+        """Whether the store took the call's recording with audio (even if deleted since)."""
+
     async def open_calls(self) -> list[CallRow]:
         """Calls started and not ended (for reconciling after a restart)."""
 

@@ -118,9 +118,6 @@ class CallRow:
     communication_id: str | None = None
     controller_id: str | None = None  # the controller it belongs to (None: an older ledger's)
     agent: str | None = None  # who took it (interface or channel name); None: nobody seen
-    # Whether the store took its recording with audio (read by `open_calls` only): a call
-    # left open once its file was ingested is judged by that, the spool file being gone.
-    recorded: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -199,6 +199,9 @@ class Store:
     async def open_calls(self) -> list[CallRow]:
         return await calls.open_calls(self.ctx)
 
+    async def has_stored_audio(self, call_id: str) -> bool:
+        return await calls.has_stored_audio(self.ctx, call_id)
+
     # ------------------------------------------------- recordings and the DPO
 
     async def ingest(
