@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
@@ -301,40 +302,48 @@ class _RefusingLedger:
         return getattr(self._store, name)
 
 
+@contextlib.asynccontextmanager
+async def app_over(h: Harness, tmp_path: Path, ledger: object, scale: float) -> AsyncIterator[None]:
+    """The harness's controller replaced by a Stasis app whose sessions reach the store
+    through `ledger` (one that refuses or watches), connected for the test's calls."""
+    assert h.sim is not None
+    _crash(h)
+    await h.client.close()
+    client = AriClient(h.sim.base_url, "callrec", h.sim_password, "callrec")
+    deps = SessionDeps(
+        ledger=cast(Ledger, ledger),
+        store=h.store,
+        clock=h.clock,
+        events=h.events,
+        spool_dir=tmp_path / "spool",
+        prompt_versions={},
+        collector=h.collector,
+    )
+    app = StasisApp(client, deps, POLICY, timer_scale=scale)
+    task = asyncio.create_task(app.run())
+    try:
+        await asyncio.wait_for(client.wait_connected(), 10)
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await client.close()
+
+
 async def test_a_call_the_ledger_cannot_take_goes_on_unrecorded(tmp_path: Path) -> None:
     """The ledger refuses the call's start: the caller still hears the question and reaches
     an agent after pressing 1, but no decision is committed and nothing records."""
     async with harness(POLICY, tmp_path, time_scale=SCALE) as h:
-        assert h.sim is not None
-        _crash(h)
-        await h.client.close()
         ledger = _RefusingLedger(h.store)
-        client = AriClient(h.sim.base_url, "callrec", h.sim_password, "callrec")
-        deps = SessionDeps(
-            ledger=cast(Ledger, ledger),
-            store=h.store,
-            clock=h.clock,
-            events=h.events,
-            spool_dir=tmp_path / "spool",
-            prompt_versions={},
-            collector=h.collector,
-        )
-        app = StasisApp(client, deps, POLICY, timer_scale=SCALE)
-        task = asyncio.create_task(app.run())
-        try:
-            await asyncio.wait_for(client.wait_connected(), 10)
+        async with app_over(h, tmp_path, ledger, SCALE):
             result = await call(h, SERVICE, "041 555 231", PRESS_1)
-            assert ledger.refused == 1
-            assert "callrec-consent-question" in result.prompts_played
-            assert result.recorded_file is None
-            assert result.variables.get("CALLREC_RECORD") == "no"
-            assert result.answered_by_agent  # refusing to record never costs the call
-            assert await h.store.recordings(include_deleted=True) == []
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-            await client.close()
+        assert ledger.refused == 1
+        assert "callrec-consent-question" in result.prompts_played
+        assert result.recorded_file is None
+        assert result.variables.get("CALLREC_RECORD") == "no"
+        assert result.answered_by_agent  # refusing to record never costs the call
+        assert await h.store.recordings(include_deleted=True) == []
 
 
 async def test_the_decision_reaches_the_channel_in_one_request(tmp_path: Path) -> None:
@@ -411,32 +420,11 @@ async def test_a_decision_carries_its_calls_start_only_while_it_is_on_its_way(
     after the start's lazy wait) is not written again."""
     scale = 0.3  # the digit 0.6 s in: well after a start's lazy wait (`START_WAIT`)
     async with harness(POLICY, tmp_path, time_scale=scale) as h:
-        assert h.sim is not None
-        _crash(h)
-        await h.client.close()
         ledger = _StartWatch(h.store, hold=hold)
-        client = AriClient(h.sim.base_url, "callrec", h.sim_password, "callrec")
-        deps = SessionDeps(
-            ledger=cast(Ledger, ledger),
-            store=h.store,
-            clock=h.clock,
-            events=h.events,
-            spool_dir=tmp_path / "spool",
-            prompt_versions={},
-            collector=h.collector,
-        )
-        app = StasisApp(client, deps, POLICY, timer_scale=scale)
-        task = asyncio.create_task(app.run())
-        try:
-            await asyncio.wait_for(client.wait_connected(), 10)
+        async with app_over(h, tmp_path, ledger, scale):
             result = await call(h, SERVICE, "041 555 232", PRESS_1)
-            assert ledger.carried == [hold]
-            assert result.recorded_file is not None
-            row = await h.store.get_call(result.variables["CALLREC_CALL_ID"])
-            assert row is not None and row.decision is Decision.RECORD
-            assert row.caller == "+38641555232"  # the start's own fields, written once
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-            await client.close()
+        assert ledger.carried == [hold]
+        assert result.recorded_file is not None
+        row = await h.store.get_call(result.variables["CALLREC_CALL_ID"])
+        assert row is not None and row.decision is Decision.RECORD
+        assert row.caller == "+38641555232"  # the start's own fields, written once
