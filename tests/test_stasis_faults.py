@@ -128,10 +128,15 @@ async def _continued(h: Harness, channel_id: str) -> None:
         await asyncio.sleep(0.01)
 
 
-async def _restart_controller(h: Harness, tmp_path: Path) -> tuple[StasisApp, AriClient]:
+async def _restart_controller(
+    h: Harness, tmp_path: Path, ledger: object | None = None, scale: float = SCALE
+) -> tuple[StasisApp, AriClient]:
+    """A controller over the harness's simulator; its sessions reach the store through
+    `ledger` when given (one that refuses or watches)."""
+    assert h.sim is not None
     client = AriClient(h.sim.base_url, "callrec", h.sim_password, "callrec")
     deps = SessionDeps(
-        ledger=h.store,
+        ledger=h.store if ledger is None else cast(Ledger, ledger),
         store=h.store,
         clock=h.clock,
         events=h.events,
@@ -139,7 +144,7 @@ async def _restart_controller(h: Harness, tmp_path: Path) -> tuple[StasisApp, Ar
         prompt_versions={},
         collector=h.collector,
     )
-    return StasisApp(client, deps, POLICY, timer_scale=SCALE), client
+    return StasisApp(client, deps, POLICY, timer_scale=scale), client
 
 
 async def _ended(h: Harness, call_id: str) -> CallRow:
@@ -306,20 +311,9 @@ class _RefusingLedger:
 async def app_over(h: Harness, tmp_path: Path, ledger: object, scale: float) -> AsyncIterator[None]:
     """The harness's controller replaced by a Stasis app whose sessions reach the store
     through `ledger` (one that refuses or watches), connected for the test's calls."""
-    assert h.sim is not None
     _crash(h)
     await h.client.close()
-    client = AriClient(h.sim.base_url, "callrec", h.sim_password, "callrec")
-    deps = SessionDeps(
-        ledger=cast(Ledger, ledger),
-        store=h.store,
-        clock=h.clock,
-        events=h.events,
-        spool_dir=tmp_path / "spool",
-        prompt_versions={},
-        collector=h.collector,
-    )
-    app = StasisApp(client, deps, POLICY, timer_scale=scale)
+    app, client = await _restart_controller(h, tmp_path, ledger, scale)
     task = asyncio.create_task(app.run())
     try:
         await asyncio.wait_for(client.wait_connected(), 10)
